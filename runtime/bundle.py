@@ -1,0 +1,286 @@
+"""The bundle contract: what export writes and the runtime reads.
+
+A bundle is a directory holding ``model.onnx`` and, optionally, ``report.json``. The ONNX file describes
+itself through ``metadata_props`` (string keys and values, defined below). This module is stdlib-only so
+that export (torch side) and runtime (torch-free side) share it without dragging anything in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONTRACT_VERSION = 1
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "report.json"
+
+# Graph interface.
+INPUT_NAME = "image"  # uint8 RGB, NHWC [batch, H, W, 3]
+PROBS_OUTPUT = "probabilities"  # float32 [batch, num_classes], softmax with temperature applied
+CAM_OUTPUT = "cam"  # optional, float32 [batch, num_classes, h, w]
+LOGITS_OUTPUT = "logits"  # optional, float32 [batch, num_classes], before temperature
+
+RESIZE_MODES = ("stretch", "center_crop")
+RESIZE_FILTERS = ("bilinear", "bicubic")
+
+# metadata_props keys. Lists and dicts are JSON-encoded strings.
+K_CONTRACT = "skin.contract_version"
+K_CLASSES = "skin.class_names"
+K_DISPLAY = "skin.display_names"
+K_INPUT_SIZE = "skin.input_size"
+K_RESIZE = "skin.resize"
+K_NAME = "skin.model_name"
+K_VERSION = "skin.model_version"
+K_ARCH = "skin.architecture"
+K_TEMPERATURE = "skin.temperature"
+K_CREATED = "skin.created"
+K_FINGERPRINT = "skin.data_fingerprint"
+K_TRAINED_ON = "skin.trained_on"
+K_DEMO = "skin.demo"
+K_MEAN = "skin.mean"
+K_STD = "skin.std"
+K_THRESHOLDS = "skin.thresholds"
+
+# Folder names of the dataset mapped to names for people; unknown names fall back to underscores → spaces.
+DISPLAY_NAMES = {
+    "Acne": "Acne",
+    "Actinic_Keratosis": "Actinic Keratosis",
+    "Benign_tumors": "Benign Tumors",
+    "Bullous": "Bullous Disease",
+    "Candidiasis": "Candidiasis",
+    "DrugEruption": "Drug Eruption",
+    "Eczema": "Eczema",
+    "Infestations_Bites": "Infestations & Bites",
+    "Lichen": "Lichen Planus",
+    "Lupus": "Lupus",
+    "Moles": "Moles",
+    "Psoriasis": "Psoriasis",
+    "Rosacea": "Rosacea",
+    "Seborrh_Keratoses": "Seborrheic Keratoses",
+    "SkinCancer": "Skin Cancer",
+    "Sun_Sunlight_Damage": "Sun/Sunlight Damage",
+    "Tinea": "Tinea",
+    "Unknown_Normal": "Unknown/Normal",
+    "Vascular_Tumors": "Vascular Tumors",
+    "Vasculitis": "Vasculitis",
+    "Vitiligo": "Vitiligo",
+    "Warts": "Warts",
+}
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message is one line for people."""
+
+
+def display_name(class_name: str) -> str:
+    return DISPLAY_NAMES.get(class_name, class_name.replace("_", " "))
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    class_names: list[str]
+    display_names: list[str]
+    input_size: tuple[int, int]  # (height, width)
+    model_name: str
+    model_version: str
+    architecture: str = ""
+    resize: str = "stretch"
+    resize_filter: str = "bilinear"
+    temperature: float = 1.0
+    created: str = ""
+    data_fingerprint: str = ""
+    trained_on: str = ""
+    demo: bool = False
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # Decision thresholds (e.g. confidence, out-of-distribution); empty when the bundle has none.
+    thresholds: dict[str, Any] = field(default_factory=dict)
+    contract_version: int = CONTRACT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The string map stored in the ONNX file's metadata_props."""
+        validate(self)
+        return {
+            K_CONTRACT: str(self.contract_version),
+            K_CLASSES: json.dumps(self.class_names),
+            K_DISPLAY: json.dumps(self.display_names),
+            K_INPUT_SIZE: json.dumps(list(self.input_size)),
+            K_RESIZE: json.dumps({"mode": self.resize, "filter": self.resize_filter}),
+            K_NAME: self.model_name,
+            K_VERSION: self.model_version,
+            K_ARCH: self.architecture,
+            K_TEMPERATURE: repr(float(self.temperature)),
+            K_CREATED: self.created,
+            K_FINGERPRINT: self.data_fingerprint,
+            K_TRAINED_ON: self.trained_on,
+            K_DEMO: "true" if self.demo else "false",
+            K_MEAN: json.dumps(list(self.mean)),
+            K_STD: json.dumps(list(self.std)),
+            K_THRESHOLDS: json.dumps(self.thresholds, sort_keys=True),
+        }
+
+    @classmethod
+    def from_metadata(cls, props: dict[str, str]) -> BundleMeta:
+        """Parse and validate metadata_props; raises BundleError naming the first problem."""
+        version = _get(props, K_CONTRACT)
+        if not version.isdigit() or int(version) != CONTRACT_VERSION:
+            raise BundleError(
+                f"bundle contract version {version!r} is not understood (this runtime reads {CONTRACT_VERSION})"
+            )
+        resize = _json(props, K_RESIZE, {"mode": "stretch", "filter": "bilinear"})
+        if not isinstance(resize, dict):
+            raise BundleError(f"metadata {K_RESIZE} must be a JSON object")
+        try:
+            temperature = float(props.get(K_TEMPERATURE, "1.0"))
+        except ValueError:
+            raise BundleError(f"metadata {K_TEMPERATURE} is not a number") from None
+        size = _json(props, K_INPUT_SIZE)
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
+            raise BundleError(f"metadata {K_INPUT_SIZE} must be [height, width], got {size!r}")
+        classes = _json(props, K_CLASSES)
+        display = _json(props, K_DISPLAY, None)
+        if display is None and isinstance(classes, list):
+            display = [display_name(str(c)) for c in classes]
+        thresholds = _json(props, K_THRESHOLDS, {})
+        meta = cls(
+            class_names=classes,
+            display_names=display,
+            input_size=(size[0], size[1]),
+            model_name=props.get(K_NAME, ""),
+            model_version=props.get(K_VERSION, ""),
+            architecture=props.get(K_ARCH, ""),
+            resize=str(resize.get("mode", "stretch")),
+            resize_filter=str(resize.get("filter", "bilinear")),
+            temperature=temperature,
+            created=props.get(K_CREATED, ""),
+            data_fingerprint=props.get(K_FINGERPRINT, ""),
+            trained_on=props.get(K_TRAINED_ON, ""),
+            demo=props.get(K_DEMO, "false").lower() == "true",
+            mean=tuple(_json(props, K_MEAN, [0.485, 0.456, 0.406])),  # type: ignore[arg-type]
+            std=tuple(_json(props, K_STD, [0.229, 0.224, 0.225])),  # type: ignore[arg-type]
+            thresholds=thresholds if isinstance(thresholds, dict) else {},
+            contract_version=int(version),
+        )
+        validate(meta)
+        return meta
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate(meta: BundleMeta) -> None:
+    names = meta.class_names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise BundleError("class names must be a non-empty list of strings")
+    if len(set(names)) != len(names):
+        raise BundleError("class names must be unique")
+    if not isinstance(meta.display_names, list) or len(meta.display_names) != len(names):
+        raise BundleError(f"{len(names)} class names but display names {meta.display_names!r}")
+    h, w = meta.input_size
+    if not (16 <= h <= 4096 and 16 <= w <= 4096):
+        raise BundleError(f"input size {h}x{w} is out of range")
+    if meta.resize not in RESIZE_MODES:
+        raise BundleError(f"resize mode {meta.resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    if meta.resize_filter not in RESIZE_FILTERS:
+        raise BundleError(f"resize filter {meta.resize_filter!r} is not one of {', '.join(RESIZE_FILTERS)}")
+    if not (math.isfinite(meta.temperature) and meta.temperature > 0):
+        raise BundleError(f"temperature must be a positive number, got {meta.temperature!r}")
+    if not meta.model_name:
+        raise BundleError("model name is missing")
+    for label, vec in (("mean", meta.mean), ("std", meta.std)):
+        if len(vec) != 3 or not all(isinstance(v, int | float) for v in vec):
+            raise BundleError(f"{label} must be three numbers")
+
+
+def check_graph(
+    meta: BundleMeta,
+    *,
+    input_name: str,
+    input_type: str,
+    input_shape: list[Any],
+    outputs: dict[str, list[Any]],
+) -> None:
+    """Check the graph's declared interface against the metadata (types as onnxruntime prints them)."""
+    if input_name != INPUT_NAME:
+        raise BundleError(f"model input is {input_name!r}, the contract says {INPUT_NAME!r}")
+    if input_type != "tensor(uint8)":
+        raise BundleError(f"model input type is {input_type}, the contract says tensor(uint8)")
+    h, w = meta.input_size
+    if len(input_shape) != 4 or list(input_shape[1:]) != [h, w, 3]:
+        raise BundleError(f"model input shape is {input_shape}, metadata says [batch, {h}, {w}, 3]")
+    if PROBS_OUTPUT not in outputs:
+        raise BundleError(f"model has no {PROBS_OUTPUT!r} output (outputs: {', '.join(outputs)})")
+    probs = outputs[PROBS_OUTPUT]
+    if len(probs) != 2 or probs[1] != meta.num_classes:
+        raise BundleError(
+            f"model output {PROBS_OUTPUT} has shape {probs}, but metadata lists {meta.num_classes} classes"
+        )
+    cam = outputs.get(CAM_OUTPUT)
+    if cam is not None and (len(cam) != 4 or cam[1] != meta.num_classes):
+        raise BundleError(f"model output {CAM_OUTPUT} has shape {cam}, expected [batch, {meta.num_classes}, h, w]")
+
+
+def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:
+    """The stored evaluation report, or None when the bundle has none."""
+    path = Path(bundle_dir) / REPORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{REPORT_FILE} is not readable JSON: {exc}") from None
+    if not isinstance(report, dict):
+        raise BundleError(f"{REPORT_FILE} must hold a JSON object")
+    return report
+
+
+def model_path(bundle_dir: str | Path) -> Path:
+    directory = Path(bundle_dir)
+    if not directory.is_dir():
+        raise BundleError(f"bundle directory {str(directory)!r} does not exist")
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint_files(root: str | Path, files: list[Path]) -> str:
+    """A stable fingerprint of a dataset: relative paths and sizes (cheap; no pixel reads)."""
+    digest = hashlib.sha256()
+    base = Path(root)
+    for path in sorted(files):
+        digest.update(f"{path.relative_to(base).as_posix()}\0{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _get(props: dict[str, str], key: str) -> str:
+    if key not in props:
+        raise BundleError(f"model metadata has no {key!r}: not a skin-lesion bundle (or made by another tool)")
+    return props[key]
+
+
+def _json(props: dict[str, str], key: str, default: Any = ...) -> Any:
+    if key not in props:
+        if default is ...:
+            return json.loads(_get(props, key))
+        return default
+    try:
+        return json.loads(props[key])
+    except json.JSONDecodeError:
+        raise BundleError(f"metadata {key} is not valid JSON") from None

@@ -1,0 +1,150 @@
+"""Image preprocessing shared by training's evaluation and the runtime (so there is no train/serve skew).
+
+decode (allow-listed formats, pixel cap from the header) → EXIF orientation → RGB → resize → uint8 HWC.
+Normalization is not done here: it lives in the ONNX graph (and in training's tensor conversion).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo passes; decompression bombs do not
+
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+class ImageError(ValueError):
+    """An input that is not a usable image. ``code`` and ``status`` map to the API's JSON errors."""
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def open_image(
+    source: bytes | str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
+) -> Image.Image:
+    """Open lazily (header only), refusing other formats and oversized images before any pixel is decoded."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise ImageError("empty_file", "the uploaded file is empty")
+        fp: io.BytesIO | str | Path = io.BytesIO(source)
+    else:
+        fp = source
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp, formats=allowed_formats)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError("image_too_large", "the image has too many pixels", 413) from None
+    except Image.UnidentifiedImageError:
+        raise _unidentified(fp, allowed_formats) from None
+    except Exception:  # Pillow raises many kinds of errors on hostile headers
+        raise ImageError("corrupt_image", "the image header could not be read") from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageError("corrupt_image", "the image has no pixels")
+    if width * height > max_pixels:
+        raise ImageError(
+            "image_too_large", f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels", 413
+        )
+    return img
+
+
+def decode_rgb(
+    source: bytes | str | Path,
+    *,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
+) -> Image.Image:
+    """Decode to an upright RGB image. ``draft_size`` (width, height) lets JPEG decode at a reduced scale."""
+    img = open_image(source, max_pixels=max_pixels, allowed_formats=allowed_formats)
+    try:
+        if draft_size is not None and img.format == "JPEG":
+            # DCT scaling: decodes at 1/2, 1/4 or 1/8 while staying at least draft_size; ~4x faster on 12 MP.
+            img.draft("RGB" if img.mode == "RGB" else None, draft_size)
+        img.load()  # animated PNG/WebP: the first frame
+        img = ImageOps.exif_transpose(img) or img
+        return to_rgb(img)
+    except ImageError:
+        raise
+    except Exception:
+        raise ImageError("corrupt_image", "the image data is corrupt or truncated") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB; transparency is flattened onto white, 16-bit grey scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        grey = np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize(img: Image.Image, size: tuple[int, int], mode: str = "stretch", filter: str = "bilinear") -> Image.Image:
+    """Resize to ``size`` = (height, width). ``stretch`` ignores aspect; ``center_crop`` keeps it and crops."""
+    height, width = size
+    resample = _FILTERS[filter]
+    if mode == "stretch":
+        return img.resize((width, height), resample)
+    if mode == "center_crop":
+        scale = max(width / img.width, height / img.height)
+        w, h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
+        left, top = (w - width) // 2, (h - height) // 2
+        return img.resize((w, h), resample).crop((left, top, left + width, top + height))
+    raise ValueError(f"unknown resize mode {mode!r}")
+
+
+def preprocess(
+    source: bytes | str | Path,
+    size: tuple[int, int] = (300, 300),
+    *,
+    resize_mode: str = "stretch",
+    resize_filter: str = "bilinear",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allowed_formats: tuple[str, ...] = ALLOWED_FORMATS,
+) -> np.ndarray:
+    """File bytes or a path → uint8 RGB array of shape (height, width, 3): the model's input for one image."""
+    height, width = size
+    img = decode_rgb(source, draft_size=(width, height), max_pixels=max_pixels, allowed_formats=allowed_formats)
+    try:
+        out = resize(img, size, resize_mode, resize_filter)
+    except Exception:
+        raise ImageError("corrupt_image", "the image could not be resized") from None
+    return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
+
+
+def _unidentified(fp: io.BytesIO | str | Path, allowed_formats: tuple[str, ...]) -> ImageError:
+    """Tell 'a format we do not take' (415) from 'not an image at all' (400)."""
+    try:
+        if isinstance(fp, io.BytesIO):
+            fp.seek(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fp) as other:
+                fmt = other.format or "unknown"
+        allowed = ", ".join(allowed_formats)
+        return ImageError("unsupported_format", f"{fmt} images are not accepted; send one of {allowed}", 415)
+    except Exception:
+        return ImageError("not_an_image", "the file is not a recognised image")

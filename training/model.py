@@ -1,0 +1,124 @@
+"""Model construction and the checkpoint format (a self-describing dict, loadable with weights_only=True)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_FORMAT = "skin-checkpoint/1"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelError(Exception):
+    """A model or checkpoint that cannot be used; the message is one line for people."""
+
+
+def build_model(
+    arch: str = "efficientnet_b3",
+    num_classes: int = 22,
+    *,
+    pretrained: bool = False,
+    init_weights: str | Path | None = None,
+    drop_rate: float = 0.3,
+) -> Any:
+    """A timm classifier. ImageNet weights come from timm's hub (``pretrained``) or a local file."""
+    import timm
+    import torch
+
+    if arch not in timm.list_models():
+        raise ModelError(f"unknown architecture {arch!r} (not a timm model name)")
+    if pretrained and init_weights:
+        raise ModelError("use either --pretrained or --init-weights, not both")
+    try:
+        model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+    except Exception as exc:
+        if pretrained:
+            raise ModelError(
+                f"could not download ImageNet weights for {arch} ({type(exc).__name__}); "
+                "connect to the hub for --pretrained, or pass --init-weights PATH to a local weights file"
+            ) from None
+        raise
+    if init_weights:
+        path = Path(init_weights)
+        if not path.is_file():
+            raise ModelError(
+                f"--init-weights file {str(path)!r} does not exist; pass a local weights file "
+                "or use --pretrained when the hub is reachable"
+            )
+        try:
+            state = _load_weights_file(path, torch)
+        except Exception as exc:
+            raise ModelError(f"could not read weights from {str(path)!r}: {type(exc).__name__}") from None
+        # The classifier head has another class count: keep the backbone, leave the head fresh.
+        head = str(model.pretrained_cfg.get("classifier", "classifier")) + "."
+        own = model.state_dict()
+        usable = {
+            k: v for k, v in state.items() if k in own and not k.startswith(head) and own[k].shape == v.shape
+        }
+        if not usable:
+            raise ModelError(f"weights in {str(path)!r} do not fit {arch}")
+        model.load_state_dict(usable, strict=False)
+    return model
+
+
+def _load_weights_file(path: Path, torch: Any) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path)))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # one of our own checkpoints
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{str(path)!r} holds no state dict")
+    return state
+
+
+def save_checkpoint(path: str | Path, *, model: Any, meta: dict[str, Any], **extra: Any) -> None:
+    """Write a checkpoint atomically. ``meta`` must hold arch, img_size, class_names and friends."""
+    import torch
+
+    required = ("arch", "img_size", "class_names")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint meta lacks {missing}")
+    net = getattr(model, "module", model)  # unwrap DDP
+    payload = {"format": CHECKPOINT_FORMAT, **meta, "model": net.state_dict(), **extra}
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint without executing pickled code; raises ModelError with one line on any problem."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"checkpoint {str(path)!r} is not readable ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError(f"{str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint")
+    names = ckpt.get("class_names")
+    if not isinstance(names, list) or not names:
+        raise ModelError(f"checkpoint {str(path)!r} has no class names")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+    model = build_model(ckpt["arch"], len(ckpt["class_names"]), drop_rate=0.0)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise ModelError(f"checkpoint weights do not fit {ckpt['arch']} with {len(ckpt['class_names'])} classes: "
+                         f"{first}") from None
+    return model.eval()
