@@ -133,7 +133,8 @@ class BundleMeta:
         version = _get(props, K_CONTRACT)
         if not version.isdigit() or int(version) != CONTRACT_VERSION:
             raise BundleError(
-                f"bundle contract version {version!r} is not understood (this runtime reads {CONTRACT_VERSION})"
+                f"bundle contract version {version!r} is not understood"
+                f" (this runtime reads {CONTRACT_VERSION})"
             )
         resize = _json(props, K_RESIZE, {"mode": "stretch", "filter": "bilinear"})
         if not isinstance(resize, dict):
@@ -164,8 +165,8 @@ class BundleMeta:
             data_fingerprint=props.get(K_FINGERPRINT, ""),
             trained_on=props.get(K_TRAINED_ON, ""),
             demo=props.get(K_DEMO, "false").lower() == "true",
-            mean=tuple(_json(props, K_MEAN, [0.485, 0.456, 0.406])),  # type: ignore[arg-type]
-            std=tuple(_json(props, K_STD, [0.229, 0.224, 0.225])),  # type: ignore[arg-type]
+            mean=tuple(_json(props, K_MEAN, [0.485, 0.456, 0.406])),
+            std=tuple(_json(props, K_STD, [0.229, 0.224, 0.225])),
             thresholds=thresholds if isinstance(thresholds, dict) else {},
             contract_version=int(version),
         )
@@ -225,7 +226,9 @@ def check_graph(
         )
     cam = outputs.get(CAM_OUTPUT)
     if cam is not None and (len(cam) != 4 or cam[1] != meta.num_classes):
-        raise BundleError(f"model output {CAM_OUTPUT} has shape {cam}, expected [batch, {meta.num_classes}, h, w]")
+        raise BundleError(
+            f"model output {CAM_OUTPUT} has shape {cam}, expected [batch, {meta.num_classes}, h, w]"
+        )
 
 
 def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:
@@ -271,7 +274,9 @@ def fingerprint_files(root: str | Path, files: list[Path]) -> str:
 
 def _get(props: dict[str, str], key: str) -> str:
     if key not in props:
-        raise BundleError(f"model metadata has no {key!r}: not a skin-lesion bundle (or made by another tool)")
+        raise BundleError(
+            f"model metadata has no {key!r}: not a skin-lesion bundle (or made by another tool)"
+        )
     return props[key]
 
 

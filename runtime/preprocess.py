@@ -57,7 +57,9 @@ def open_image(
         raise ImageError("corrupt_image", "the image has no pixels")
     if width * height > max_pixels:
         raise ImageError(
-            "image_too_large", f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels", 413
+            "image_too_large",
+            f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+            413,
         )
     return img
 
@@ -102,8 +104,10 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize(img: Image.Image, size: tuple[int, int], mode: str = "stretch", filter: str = "bilinear") -> Image.Image:
-    """Resize to ``size`` = (height, width). ``stretch`` ignores aspect; ``center_crop`` keeps it and crops."""
+def resize(
+    img: Image.Image, size: tuple[int, int], mode: str = "stretch", filter: str = "bilinear"
+) -> Image.Image:
+    """Resize to (height, width): ``stretch`` ignores aspect; ``center_crop`` keeps it and crops."""
     height, width = size
     resample = _FILTERS[filter]
     if mode == "stretch":
@@ -127,7 +131,9 @@ def preprocess(
 ) -> np.ndarray:
     """File bytes or a path → uint8 RGB array of shape (height, width, 3): the model's input for one image."""
     height, width = size
-    img = decode_rgb(source, draft_size=(width, height), max_pixels=max_pixels, allowed_formats=allowed_formats)
+    img = decode_rgb(
+        source, draft_size=(width, height), max_pixels=max_pixels, allowed_formats=allowed_formats
+    )
     try:
         out = resize(img, size, resize_mode, resize_filter)
     except Exception:

@@ -1,0 +1,63 @@
+# Everything a fresh machine needs, in two commands:  make demo   and   make test
+# (Python 3.11+ with pip; apt-get for Chromium when run as root.)
+PYTHON ?= python3
+VENV ?= .venv
+RUNTIME_VENV ?= .venv-runtime
+PY := $(VENV)/bin/python
+PIP_FLAGS ?= --disable-pip-version-check --progress-bar off -q
+
+.PHONY: help venv runtime-venv system-deps lint typecheck test test-fast test-runtime-only demo serve clean
+
+help:
+	@echo "make demo   - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
+	@echo "make test   - install everything, then lint, type-check and run the whole test suite"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[runtime,train,bench,dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The serving image's dependency set alone (no torch): proves the runtime and its tests need nothing more.
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
+	$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[runtime,dev]"
+	touch $@
+
+runtime-venv: $(RUNTIME_VENV)/.installed
+
+# Chromium for the browser tests (Debian package; Playwright cannot download its own here).
+system-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "Chromium is missing: run 'sudo apt-get install chromium' for the browser tests"; fi; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy runtime export training
+
+test-runtime-only: runtime-venv
+	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
+	$(RUNTIME_VENV)/bin/python -m pytest tests/runtime -q -p no:cacheprovider
+
+test: system-deps venv lint typecheck test-runtime-only
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+demo: venv
+	$(VENV)/bin/skin-demo
+
+serve: venv
+	$(VENV)/bin/skin-serve --bundle $(BUNDLE)
+
+clean:
+	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .mypy_cache .ruff_cache

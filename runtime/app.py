@@ -1,0 +1,382 @@
+"""The HTTP service: Starlette routes over one onnxruntime session.
+
+``runtime.app:app`` reads its settings (SKIN_BUNDLE, …) from the environment at start-up;
+``create_app(settings, engine=...)`` builds one for tests and for the CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime import openapi
+from runtime.engine import Engine
+from runtime.metrics import Metrics
+from runtime.preprocess import ImageError, preprocess
+from runtime.settings import Settings
+from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, read_files
+
+log = logging.getLogger("runtime")
+
+SECURITY_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
+        b"base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"permissions-policy", b"camera=(self), microphone=(), geolocation=()"),
+]
+API_ROUTES = ("/api/predict/batch", "/api/predict", "/api/info", "/api/report", "/api/openapi.json")
+
+
+# ---- request handlers
+
+
+async def predict(request: Request) -> JSONResponse:
+    state = request.app.state
+    top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
+    part = (await read_files(request, "file", max_files=1))[0]
+    _check_size(part, state.settings)
+    image, size = await _decode(request, part)
+    output = await _infer(request, image[None])
+    result = _result(
+        state.engine, output.probabilities[0], None if output.cam is None else output.cam[0], top_k, heatmap
+    )
+    result["image"] = size
+    result["model"] = _model_summary(state.engine)
+    return JSONResponse(result)
+
+
+async def predict_batch(request: Request) -> JSONResponse:
+    state = request.app.state
+    top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
+    parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
+    results: list[dict[str, Any]] = []
+    images, slots = [], []
+    for part in parts:
+        try:
+            _check_size(part, state.settings)
+            image, size = await _decode(request, part)
+        except ApiError as exc:
+            state.metrics.rejected.labels(exc.code).inc()
+            results.append({"filename": part.filename, "error": {"code": exc.code, "message": exc.message}})
+            continue
+        results.append({"filename": part.filename, "image": size})
+        images.append(image)
+        slots.append(len(results) - 1)
+    if images:
+        output = await _infer(request, np.stack(images))
+        for row, slot in enumerate(slots):
+            cam = None if output.cam is None else output.cam[row]
+            results[slot].update(_result(state.engine, output.probabilities[row], cam, top_k, heatmap))
+    return JSONResponse({"results": results, "model": _model_summary(state.engine)})
+
+
+async def info(request: Request) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    body = request.app.state.engine.info()
+    body["limits"] = {
+        "max_image_bytes": settings.max_image_bytes,
+        "max_body_bytes": settings.max_body_bytes,
+        "max_batch_files": settings.max_batch_files,
+        "max_pixels": settings.max_pixels,
+        "allowed_formats": list(settings.allowed_formats),
+        "allowed_types": [f"image/{f.lower()}" for f in settings.allowed_formats],
+    }
+    return JSONResponse(body)
+
+
+async def report(request: Request) -> JSONResponse:
+    stored = request.app.state.engine.report
+    if stored is None:
+        raise ApiError(404, "no_report", "this model bundle has no evaluation report (report.json)")
+    return JSONResponse(stored)
+
+
+async def api_fallback(request: Request) -> Response:
+    """Unknown /api paths get JSON, and known ones a 405, instead of the static mount's 404."""
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path == request.url.path and route.methods:
+            raise HTTPException(405, headers={"allow": ", ".join(sorted(route.methods))})
+    raise HTTPException(404)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> JSONResponse:
+    engine = getattr(request.app.state, "engine", None)
+    if engine is None or not engine.ready:
+        return JSONResponse({"status": "starting"}, status_code=503)
+    return JSONResponse(
+        {"status": "ready", "model": engine.meta.model_name, "version": engine.meta.model_version}
+    )
+
+
+async def prometheus(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi_json(request: Request) -> JSONResponse:
+    return JSONResponse(openapi.spec(request.app.state.engine.meta.model_version or "0"))
+
+
+# ---- helpers
+
+
+def _query_options(request: Request, num_classes: int, default_top_k: int) -> tuple[int, bool]:
+    raw = request.query_params.get("top_k")
+    top_k = default_top_k
+    if raw is not None:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ApiError(422, "bad_top_k", "top_k must be a whole number of at least 1")
+        top_k = int(raw)
+    flag = request.query_params.get("heatmap", "true").lower()
+    if flag not in ("true", "false", "1", "0"):
+        raise ApiError(422, "bad_heatmap", "heatmap must be true or false")
+    return min(top_k, num_classes), flag in ("true", "1")
+
+
+def _check_size(part: Part, settings: Settings) -> None:
+    if len(part.data) > settings.max_image_bytes:
+        limit = settings.max_image_bytes / (1024 * 1024)
+        raise ApiError(413, "file_too_large", f"the image is larger than {limit:g} MB")
+
+
+async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, Any]]:
+    state = request.app.state
+    meta, settings = state.engine.meta, state.settings
+    start = time.perf_counter()
+    try:
+        array = await run_in_threadpool(
+            preprocess,
+            part.data,
+            meta.input_size,
+            resize_mode=meta.resize,
+            resize_filter=meta.resize_filter,
+            max_pixels=settings.max_pixels,
+            allowed_formats=settings.allowed_formats,
+        )
+    except ImageError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    state.metrics.decode.observe(time.perf_counter() - start)
+    return array, {"bytes": len(part.data)}
+
+
+async def _infer(request: Request, images: np.ndarray) -> Any:
+    state = request.app.state
+    start = time.perf_counter()
+    async with state.inference_slots:
+        try:
+            output = await run_in_threadpool(state.engine.run, images)
+        except Exception:
+            # Never echo onnxruntime's message (it can name files); the log has it with the request id.
+            log.exception("inference failed (request %s)", request.scope.get("request_id", "-"))
+            raise ApiError(
+                500, "inference_failed", "the model failed on this request; it has been logged"
+            ) from None
+    state.metrics.inference.observe(time.perf_counter() - start)
+    state.metrics.images.inc(len(images))
+    return output
+
+
+def _result(
+    engine: Engine, probs: np.ndarray, cam: np.ndarray | None, top_k: int, heatmap: bool
+) -> dict[str, Any]:
+    meta = engine.meta
+    order = np.argsort(-probs, kind="stable")
+    top = [
+        {
+            "label": meta.class_names[i],
+            "display_name": meta.display_names[i],
+            "probability": round(float(probs[i]), 6),
+        }
+        for i in order[:top_k]
+    ]
+    result: dict[str, Any] = {
+        "predictions": {name: round(float(p), 6) for name, p in zip(meta.class_names, probs, strict=True)},
+        "top": top,
+        "primary": top[0],
+        "heatmap": None,
+    }
+    if heatmap and cam is not None:
+        result["heatmap"] = _heatmap(cam[order[0]], meta.class_names[order[0]])
+    return result
+
+
+def _heatmap(values: np.ndarray, label: str) -> dict[str, Any]:
+    """The CAM of one class scaled to 0..1 (its own min→0, max→1), rows top to bottom."""
+    low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    return {
+        "label": label,
+        "height": int(values.shape[0]),
+        "width": int(values.shape[1]),
+        "values": np.round(scaled, 3).tolist(),
+    }
+
+
+def _model_summary(engine: Engine) -> dict[str, Any]:
+    m = engine.meta
+    return {"name": m.model_name, "version": m.model_version, "demo": m.demo}
+
+
+# ---- errors and middleware
+
+
+async def api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.rejected.labels(exc.code).inc()
+    return Response(error_body(exc.code, exc.message), exc.status, exc.headers, media_type="application/json")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    message = {404: "no such page or endpoint", 405: "method not allowed here"}.get(
+        exc.status_code, exc.detail
+    )
+    return Response(
+        error_body(codes.get(exc.status_code, "http_error"), str(message)),
+        exc.status_code,
+        exc.headers,
+        media_type="application/json",
+    )
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    return Response(
+        error_body("internal_error", "internal error; it has been logged"), 500, media_type="application/json"
+    )
+
+
+class RequestMiddleware:
+    """Request id, security headers, no caching of API answers, and per-route metrics on every response."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = next((r for r in API_ROUTES if path == r), None) or (
+            path if path in ("/healthz", "/readyz", "/metrics") else "static"
+        )
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = (
+            incoming if 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable() else ""
+        )
+        request_id = request_id or uuid.uuid4().hex
+        scope["request_id"] = request_id
+        status = 500
+        start = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers += SECURITY_HEADERS
+                headers.append((b"x-request-id", request_id.encode()))
+                if route != "static":
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+class OneLineStartupErrors:
+    """uvicorn prints a start-up failure's whole traceback; people need its last line (what is wrong)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and message.get("message"):
+                last = str(message["message"]).strip().splitlines()[-1]
+                message = {**message, "message": "cannot start: " + last.split(": ", 1)[-1]}
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper if scope["type"] == "lifespan" else send)
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> Starlette:
+    """The ASGI app. Without ``settings`` they come from the environment when the app starts."""
+    metrics = Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        cfg = settings or Settings.from_env()
+        served = engine or Engine(cfg.bundle, threads=cfg.threads, providers=cfg.providers)
+        app.state.settings = cfg
+        app.state.engine = served
+        app.state.inference_slots = asyncio.Semaphore(max(1, cfg.inference_concurrency))
+        await run_in_threadpool(served.warmup)
+        m = served.meta
+        metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
+        log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
+        yield
+
+    webui = Path((settings or Settings.from_env()).webui_dir)
+    routes = [
+        Route("/api/predict", predict, methods=["POST"]),
+        Route("/api/predict/batch", predict_batch, methods=["POST"]),
+        Route("/api/info", info),
+        Route("/api/report", report),
+        Route("/api/openapi.json", openapi_json),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", prometheus),
+        Route("/api/{rest:path}", api_fallback, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+        Mount("/", StaticFiles(directory=webui, html=True, check_dir=False), name="webui"),
+    ]
+    max_body = (settings or Settings.from_env()).max_body_bytes
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[
+            Middleware(RequestMiddleware, metrics=metrics),
+            Middleware(BodyLimitMiddleware, max_body_bytes=max_body),
+        ],
+        exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.metrics = metrics
+    return app
+
+
+app = OneLineStartupErrors(create_app())

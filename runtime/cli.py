@@ -1,0 +1,77 @@
+"""skin-serve: serve a model bundle over HTTP (uvicorn + the runtime app)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+
+from runtime.bundle import BundleError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skin-serve",
+        description="Serve a skin-lesion model bundle: the web page at / and the JSON API under /api.",
+    )
+    parser.add_argument(
+        "--bundle", default=os.environ.get("SKIN_BUNDLE", ""), help="bundle directory (SKIN_BUNDLE)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime threads (default: the CPU quota)"
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    return parser
+
+
+def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_level: str = "info") -> None:
+    """Check the bundle first (one clear line if it is bad), then run uvicorn until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    from runtime.app import OneLineStartupErrors, create_app
+    from runtime.engine import Engine
+    from runtime.settings import Settings
+
+    settings = Settings.from_env()
+    settings = dataclasses.replace(
+        settings, bundle=bundle, threads=settings.threads if threads is None else threads
+    )
+    engine = Engine(settings.bundle, threads=settings.threads, providers=settings.providers)
+    app = OneLineStartupErrors(create_app(settings, engine=engine))
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: make that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    print(
+        f"skin-serve: {engine.meta.model_name} {engine.meta.model_version} on http://{host}:{port}/",
+        flush=True,
+    )
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.bundle:
+        print("skin-serve: no bundle given: pass --bundle DIR or set SKIN_BUNDLE", file=sys.stderr)
+        return 2
+    if not 0 < args.port < 65536:
+        print(f"skin-serve: port {args.port} is out of range", file=sys.stderr)
+        return 2
+    try:
+        serve(
+            bundle=args.bundle, host=args.host, port=args.port, threads=args.threads, log_level=args.log_level
+        )
+    except (BundleError, ValueError) as exc:
+        print(f"skin-serve: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

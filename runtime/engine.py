@@ -1,0 +1,131 @@
+"""The onnxruntime session: sized to the CPU quota this process really has, validated against the contract."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime import bundle
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup quota (containers), not the host's core count."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_quota() -> float | None:
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Output:
+    probabilities: np.ndarray  # [batch, classes]
+    cam: np.ndarray | None  # [batch, classes, h, w]
+
+
+class Engine:
+    """One onnxruntime session plus the bundle's metadata and report."""
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        *,
+        threads: int = 0,
+        providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    ) -> None:
+        if not str(bundle_dir):
+            raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
+        path = bundle.model_path(bundle_dir)
+        self.bundle_dir = Path(bundle_dir)
+        self.threads = threads if threads > 0 else available_cpus()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle spinning burns a core per thread between requests; a server is idle most of the time.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        options.log_severity_level = 3
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            have = ", ".join(ort.get_available_providers())
+            raise bundle.BundleError(f"execution provider {unknown[0]} is not available (have: {have})")
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise bundle.BundleError(f"{path} is not a loadable ONNX model: {first}") from None
+        self.meta = bundle.BundleMeta.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
+        inp = self.session.get_inputs()[0]
+        outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
+        bundle.check_graph(
+            self.meta, input_name=inp.name, input_type=inp.type, input_shape=list(inp.shape), outputs=outputs
+        )
+        self.has_cam = bundle.CAM_OUTPUT in outputs
+        self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
+        self.report = bundle.load_report(bundle_dir)
+        self.sha256 = bundle.sha256_file(path)
+        self.providers = self.session.get_providers()
+        self.ready = False
+
+    def run(self, images: np.ndarray) -> Output:
+        """images: uint8 [batch, H, W, 3] → probabilities (and CAM when the graph has it)."""
+        results = self.session.run(self._fetch, {bundle.INPUT_NAME: images})
+        probs = np.asarray(results[0], dtype=np.float32)
+        if probs.shape != (images.shape[0], self.meta.num_classes) or not np.all(np.isfinite(probs)):
+            raise RuntimeError("the model returned malformed probabilities")
+        cam = np.asarray(results[1], dtype=np.float32) if self.has_cam else None
+        return Output(probabilities=probs, cam=cam)
+
+    def warmup(self) -> None:
+        h, w = self.meta.input_size
+        self.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+        self.ready = True
+
+    def info(self) -> dict[str, Any]:
+        m = self.meta
+        return {
+            "model_name": m.model_name,
+            "model_version": m.model_version,
+            "architecture": m.architecture,
+            "trained_on": m.trained_on,
+            "demo": m.demo,
+            "created": m.created,
+            "data_fingerprint": m.data_fingerprint,
+            "classes": [
+                {"label": c, "display_name": d} for c, d in zip(m.class_names, m.display_names, strict=True)
+            ],
+            "num_classes": m.num_classes,
+            "input_size": list(m.input_size),
+            "resize": {"mode": m.resize, "filter": m.resize_filter},
+            "temperature": m.temperature,
+            "thresholds": m.thresholds,
+            "has_heatmap": self.has_cam,
+            "has_report": self.report is not None,
+            "onnxruntime": {"version": ort.__version__, "providers": self.providers, "threads": self.threads},
+            "model_sha256": self.sha256,
+        }

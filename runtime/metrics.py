@@ -1,0 +1,34 @@
+"""Prometheus metrics (prometheus-client), one registry per app so tests can build many apps."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "skin_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "skin_request_seconds", "Total request latency", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.decode = Histogram(
+            "skin_decode_seconds",
+            "Image decode + resize time per image",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "skin_inference_seconds", "onnxruntime time per batch", buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("skin_in_flight_requests", "Requests being served now", registry=r)
+        self.rejected = Counter(
+            "skin_rejected", "Requests refused, by reason (error code)", ["reason"], registry=r
+        )
+        self.images = Counter("skin_images", "Images classified", registry=r)
+        self.model = Info("skin_model", "The served model", registry=r)

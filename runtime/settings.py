@@ -1,0 +1,59 @@
+"""Runtime configuration from the environment (starlette Config, typed casts). README lists every knob."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.config import Config
+
+from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
+
+DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    bundle: str = ""
+    threads: int = 0  # onnxruntime intra-op threads; 0 = the CPU quota this process really has
+    inference_concurrency: int = 1  # sessions run one batch at a time; the threads already fill the cores
+    max_image_bytes: int = 10 * MB
+    max_body_bytes: int = 40 * MB
+    max_batch_files: int = 16
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    allowed_formats: tuple[str, ...] = ALLOWED_FORMATS
+    top_k: int = 5
+    webui_dir: str = str(DEFAULT_WEBUI)
+    providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
+
+    @classmethod
+    def from_env(cls, env_file: str | None = None) -> Settings:
+        config = Config(env_file)
+        return cls(
+            bundle=config("SKIN_BUNDLE", cast=str, default=""),
+            threads=config("SKIN_THREADS", cast=int, default=0),
+            inference_concurrency=config("SKIN_INFERENCE_CONCURRENCY", cast=int, default=1),
+            max_image_bytes=int(config("SKIN_MAX_IMAGE_MB", cast=float, default=10) * MB),
+            max_body_bytes=int(config("SKIN_MAX_BODY_MB", cast=float, default=40) * MB),
+            max_batch_files=config("SKIN_MAX_BATCH_FILES", cast=int, default=16),
+            max_pixels=config("SKIN_MAX_PIXELS", cast=int, default=DEFAULT_MAX_PIXELS),
+            allowed_formats=_formats(
+                config("SKIN_ALLOWED_FORMATS", cast=str, default=",".join(ALLOWED_FORMATS))
+            ),
+            top_k=config("SKIN_TOP_K", cast=int, default=5),
+            webui_dir=config("SKIN_WEBUI_DIR", cast=str, default=str(DEFAULT_WEBUI)),
+            providers=tuple(
+                p.strip()
+                for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
+                if p.strip()
+            ),
+        )
+
+
+def _formats(value: str) -> tuple[str, ...]:
+    formats = tuple(f.strip().upper() for f in value.split(",") if f.strip())
+    unknown = [f for f in formats if f not in ALLOWED_FORMATS]
+    if unknown or not formats:
+        raise ValueError(f"SKIN_ALLOWED_FORMATS may list only {', '.join(ALLOWED_FORMATS)}")
+    return formats

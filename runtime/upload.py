@@ -1,0 +1,135 @@
+"""Upload handling: body-size limit before buffering, and multipart parsed in memory only.
+
+Uploaded images are health data: Starlette's parser spools parts over 1 MB to a temporary file, so the parser
+here never rolls over (the body limit bounds what it can hold) and nothing reaches the disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ApiError(Exception):
+    """A client-facing error: HTTP status, a stable machine code and one sentence for people."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+class BodyLimitMiddleware:
+    """413 from Content-Length before reading, and while streaming when there is none (chunked)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                declared = -1
+            if declared < 0 or declared > limit:
+                status, code = (413, "body_too_large") if declared > limit else (400, "bad_content_length")
+                message = (
+                    f"the request body is larger than {limit // (1024 * 1024)} MB"
+                    if status == 413
+                    else ("the Content-Length header is not a number")
+                )
+                await _send_json(send, status, error_body(code, message))
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ApiError(
+                        413, "body_too_large", f"the request body is larger than {limit // (1024 * 1024)} MB"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Part:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+async def read_files(request: Request, field: str, *, max_files: int) -> list[Part]:
+    """The files sent under ``field`` in a multipart body, read into memory; ApiError for anything else."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(400, "not_multipart", f"send the image as multipart/form-data in the field '{field}'")
+    parser = MultiPartParser(
+        request.headers, request.stream(), max_files=max_files + 4, max_fields=32, max_part_size=64 * 1024
+    )
+    # Never roll over to disk: the body limit already bounds every part.
+    parser.spool_max_size = 1 << 62
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise ApiError(
+            400, "bad_multipart", f"the multipart body could not be parsed: {exc.message}"
+        ) from None
+    try:
+        values = form.getlist(field)
+        if not values:
+            sent = ", ".join(sorted({str(k)[:40] for k in form})) or "none"
+            raise ApiError(400, "missing_file", f"no file in the field '{field}' (fields sent: {sent})")
+        if len(values) > max_files:
+            raise ApiError(
+                400 if max_files == 1 else 413,
+                "too_many_files",
+                f"send one file in '{field}'"
+                if max_files == 1
+                else f"send at most {max_files} files at once",
+            )
+        parts = []
+        for value in values:
+            if not isinstance(value, UploadFile):
+                raise ApiError(400, "missing_file", f"the field '{field}' holds text, not a file")
+            data = await value.read()
+            parts.append(
+                Part(filename=_safe_name(value.filename), content_type=value.content_type or "", data=data)
+            )
+        return parts
+    finally:
+        await form.close()
+
+
+def _safe_name(name: str | None) -> str:
+    """A display-safe file name: base name only, printable, bounded."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return "".join(ch for ch in base if ch.isprintable())[:120]

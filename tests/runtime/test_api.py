@@ -1,0 +1,317 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from runtime.app import create_app
+from runtime.settings import Settings
+from tests.bundle_factory import CLASS_NAMES, make_bundle
+from tests.images import encode, solid
+
+MB = 1024 * 1024
+
+
+def _client(bundle: Path, **overrides: object) -> TestClient:
+    settings = dataclasses.replace(Settings(bundle=str(bundle), threads=1), **overrides)  # type: ignore[arg-type]
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def client(tiny_bundle: Path) -> Iterator[TestClient]:
+    with _client(tiny_bundle, max_image_bytes=1 * MB, max_body_bytes=2 * MB, max_batch_files=3) as c:
+        yield c
+
+
+def _error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"]["code"] == code
+    assert body["error"]["message"]
+    assert "Traceback" not in response.text and "/tmp" not in response.text
+
+
+@pytest.mark.parametrize(
+    ("colour", "label"),
+    [
+        pytest.param("red", "Acne", id="red"),
+        pytest.param("green", "Eczema", id="green"),
+        pytest.param("blue", "Moles", id="blue"),
+    ],
+)
+def test_predict_returns_the_right_class(client: TestClient, colour: str, label: str) -> None:
+    response = client.post("/api/predict", files={"file": ("x.jpg", solid(colour), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body["predictions"]) == set(CLASS_NAMES)
+    assert abs(sum(body["predictions"].values()) - 1) < 1e-3
+    assert body["primary"]["label"] == label
+    assert body["primary"]["display_name"] == label
+    assert [t["label"] for t in body["top"]][0] == label
+    assert len(body["top"]) == 5
+    assert body["model"] == {"name": "tiny-test-model", "version": "0.0.1", "demo": False}
+    heat = body["heatmap"]
+    assert heat["label"] == label and (heat["height"], heat["width"]) == (8, 8)
+    assert len(heat["values"]) == 8 and all(0 <= v <= 1 for row in heat["values"] for v in row)
+
+
+def test_heatmap_peaks_where_the_colour_is(client: TestClient) -> None:
+    img = Image.new("RGB", (64, 64), (128, 128, 128))
+    img.paste((255, 0, 0), (40, 8, 64, 32))  # red patch: top right
+    body = client.post("/api/predict", files={"file": ("x.png", encode(img, "PNG"), "image/png")}).json()
+    assert body["primary"]["label"] == "Acne"
+    values = body["heatmap"]["values"]
+    peak = max((v, r, c) for r, row in enumerate(values) for c, v in enumerate(row))
+    assert peak[1] < 4 and peak[2] >= 5
+
+
+def test_top_k_and_heatmap_off(client: TestClient) -> None:
+    body = client.post(
+        "/api/predict?top_k=2&heatmap=false", files={"file": ("x.png", solid("red", fmt="PNG"), "image/png")}
+    ).json()
+    assert len(body["top"]) == 2 and body["heatmap"] is None
+    assert len(client.post("/api/predict?top_k=99", files={"file": ("x", solid())}).json()["top"]) == 5
+
+
+@pytest.mark.parametrize("query", ["top_k=0", "top_k=abc", "top_k=-1", "heatmap=maybe"])
+def test_bad_query_is_422(client: TestClient, query: str) -> None:
+    _error(
+        client.post(f"/api/predict?{query}", files={"file": ("x", solid())}),
+        422,
+        query.split("=")[0].join(["bad_", ""]),
+    )
+
+
+def test_predict_webp(client: TestClient) -> None:
+    body = client.post(
+        "/api/predict", files={"file": ("x.webp", solid("blue", fmt="WEBP"), "image/webp")}
+    ).json()
+    assert body["primary"]["label"] == "Moles"
+
+
+def test_label_does_not_matter_content_does(client: TestClient) -> None:
+    # A PNG sent as "photo.jpg" with a JPEG content type is decoded as what it is.
+    response = client.post(
+        "/api/predict", files={"file": ("photo.jpg", solid("green", fmt="PNG"), "image/jpeg")}
+    )
+    assert response.json()["primary"]["label"] == "Eczema"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        pytest.param({"files": {"file": ("x.jpg", b"", "image/jpeg")}}, 400, "empty_file", id="empty-file"),
+        pytest.param(
+            {"files": {"file": ("x.jpg", b"not an image at all", "image/jpeg")}},
+            400,
+            "not_an_image",
+            id="text-named-jpg",
+        ),
+        pytest.param(
+            {"files": {"image": ("x.jpg", solid(), "image/jpeg")}}, 400, "missing_file", id="wrong-field"
+        ),
+        pytest.param(
+            {"data": {"file": "just text"}, "files": {"other": ("a.jpg", solid())}},
+            400,
+            "missing_file",
+            id="text-field",
+        ),
+        pytest.param({"data": {"file": "just text"}}, 400, "not_multipart", id="urlencoded"),
+        pytest.param(
+            {"content": b"raw bytes", "headers": {"content-type": "image/jpeg"}},
+            400,
+            "not_multipart",
+            id="raw-body",
+        ),
+        pytest.param({}, 400, "not_multipart", id="empty-body"),
+        pytest.param(
+            {
+                "files": [
+                    ("file", ("a.jpg", solid(), "image/jpeg")),
+                    ("file", ("b.jpg", solid(), "image/jpeg")),
+                ]
+            },
+            400,
+            "too_many_files",
+            id="two-files",
+        ),
+        pytest.param(
+            {"files": {"file": ("x.gif", encode(Image.new("RGB", (8, 8)), "GIF"), "image/gif")}},
+            415,
+            "unsupported_format",
+            id="gif",
+        ),
+        pytest.param(
+            {"files": {"file": ("x.jpg", solid()[:200], "image/jpeg")}}, 400, "corrupt_image", id="truncated"
+        ),
+        pytest.param(
+            {"files": {"file": ("x.png", encode(Image.new("L", (8000, 6000)), "PNG"), "image/png")}},
+            413,
+            "image_too_large",
+            id="too-many-pixels",
+        ),
+    ],
+)
+def test_predict_errors(client: TestClient, kwargs: dict[str, object], status: int, code: str) -> None:
+    _error(client.post("/api/predict", **kwargs), status, code)  # type: ignore[arg-type]
+
+
+def test_file_over_the_image_limit_is_413(client: TestClient) -> None:
+    big = b"\xff\xd8" + b"0" * (1 * MB + 10)
+    _error(client.post("/api/predict", files={"file": ("x.jpg", big, "image/jpeg")}), 413, "file_too_large")
+
+
+def test_body_over_limit_refused_from_content_length(client: TestClient) -> None:
+    _error(
+        client.post("/api/predict", content=b"0" * 10, headers={"content-length": str(3 * MB)}),
+        413,
+        "body_too_large",
+    )
+
+
+def test_body_over_limit_refused_while_streaming(client: TestClient) -> None:
+    sent = 0
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        for _ in range(64):
+            sent += 64 * 1024
+            yield b"0" * (64 * 1024)
+
+    response = client.post(
+        "/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"}
+    )
+    _error(response, 413, "body_too_large")
+
+
+def test_many_multipart_fields_are_refused(client: TestClient) -> None:
+    data = {f"f{i}": "x" for i in range(2000)}
+    _error(client.post("/api/predict", data=data, files={"file": ("x.jpg", solid())}), 400, "bad_multipart")
+
+
+def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:
+    files = [
+        ("files", ("red.jpg", solid("red"), "image/jpeg")),
+        ("files", ("notes.txt", b"hello", "text/plain")),
+        ("files", ("blue.png", solid("blue", fmt="PNG"), "image/png")),
+    ]
+    body = client.post("/api/predict/batch?heatmap=false", files=files).json()
+    results = body["results"]
+    assert [r["filename"] for r in results] == ["red.jpg", "notes.txt", "blue.png"]
+    assert results[0]["primary"]["label"] == "Acne" and results[2]["primary"]["label"] == "Moles"
+    assert results[1]["error"]["code"] == "not_an_image" and "predictions" not in results[1]
+    assert body["model"]["name"] == "tiny-test-model"
+
+
+def test_batch_all_bad_is_still_200_with_errors(client: TestClient) -> None:
+    body = client.post("/api/predict/batch", files=[("files", ("a", b"", "image/jpeg"))]).json()
+    assert body["results"][0]["error"]["code"] == "empty_file"
+
+
+def test_batch_limits(client: TestClient) -> None:
+    files = [("files", (f"{i}.jpg", solid(), "image/jpeg")) for i in range(4)]
+    _error(client.post("/api/predict/batch", files=files), 413, "too_many_files")
+    _error(client.post("/api/predict/batch", files={"file": ("x.jpg", solid())}), 400, "missing_file")
+
+
+def test_batch_file_names_are_sanitised(client: TestClient) -> None:
+    files = [("files", ("../../etc/passwd.jpg", solid(), "image/jpeg"))]
+    assert client.post("/api/predict/batch", files=files).json()["results"][0]["filename"] == "passwd.jpg"
+
+
+def test_info(client: TestClient) -> None:
+    body = client.get("/api/info").json()
+    assert body["model_name"] == "tiny-test-model" and body["model_version"] == "0.0.1"
+    assert [c["label"] for c in body["classes"]] == CLASS_NAMES
+    assert body["input_size"] == [64, 64]
+    assert body["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
+    assert len(body["model_sha256"]) == 64
+    assert body["limits"]["allowed_formats"] == ["JPEG", "PNG", "WEBP"]
+    assert body["limits"]["max_image_bytes"] == 1 * MB
+    assert body["has_heatmap"] is True and body["demo"] is False
+
+
+def test_report(client: TestClient) -> None:
+    body = client.get("/api/report").json()
+    assert {"accuracy", "macro avg", "weighted avg"} <= set(body)
+    assert body["Acne"]["support"] == 10
+
+
+def test_report_missing_is_404(tmp_path: Path) -> None:
+    with _client(make_bundle(tmp_path, report=False)) as c:
+        _error(c.get("/api/report"), 404, "no_report")
+        assert c.get("/api/info").json()["has_report"] is False
+
+
+def test_health_and_ready(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_openapi_lists_every_endpoint(client: TestClient) -> None:
+    spec = client.get("/api/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/api/predict", "/api/predict/batch", "/api/info", "/api/report", "/healthz", "/readyz"} <= set(
+        spec["paths"]
+    )
+
+
+def test_metrics(client: TestClient) -> None:
+    client.post("/api/predict", files={"file": ("x.jpg", solid())})
+    text = client.get("/metrics").text
+    assert 'skin_requests_total{route="/api/predict",status="200"}' in text
+    assert "skin_inference_seconds_bucket" in text and "skin_decode_seconds_count" in text
+    assert 'skin_model_info{name="tiny-test-model"' in text
+
+
+def test_security_headers_and_request_id(client: TestClient) -> None:
+    response = client.get("/api/info", headers={"x-request-id": "abc-123"})
+    assert response.headers["x-request-id"] == "abc-123"
+    assert "default-src 'self'" in response.headers["content-security-policy"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["cache-control"] == "no-store"
+    assert len(client.get("/healthz").headers["x-request-id"]) == 32
+
+
+def test_unknown_paths_and_methods_are_json(client: TestClient) -> None:
+    _error(client.get("/api/nope"), 404, "not_found")
+    _error(client.get("/api/predict"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("path", ["/..%2f..%2fetc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/../pyproject.toml"])
+def test_no_path_traversal_through_static_files(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "root:" not in response.text and "[project]" not in response.text
+
+
+def test_page_is_served(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and "<html" in response.text.lower()
+
+
+def test_inference_failure_is_a_generic_500(tiny_bundle: Path) -> None:
+    with _client(tiny_bundle) as c:
+
+        def broken(images):  # type: ignore[no-untyped-def]
+            raise RuntimeError("onnxruntime exploded in /secret/path")
+
+        c.app.state.engine.run = broken  # type: ignore[attr-defined]
+        response = c.post("/api/predict", files={"file": ("x.jpg", solid())})
+        _error(response, 500, "inference_failed")
+        assert "secret" not in response.text
+        assert c.get("/healthz").status_code == 200
+
+
+def test_wrong_method_names_the_allowed_ones(client: TestClient) -> None:
+    response = client.post("/api/info")
+    _error(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]

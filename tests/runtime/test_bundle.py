@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runtime import bundle
+from runtime.engine import Engine, available_cpus
+from tests.bundle_factory import CLASS_NAMES, make_bundle, make_model
+
+
+def _meta(**overrides: object) -> bundle.BundleMeta:
+    fields: dict[str, object] = {
+        "class_names": ["A", "B"],
+        "display_names": ["A", "B"],
+        "input_size": (300, 300),
+        "model_name": "m",
+        "model_version": "1",
+    }
+    fields.update(overrides)
+    return bundle.BundleMeta(**fields)  # type: ignore[arg-type]
+
+
+def test_metadata_round_trip() -> None:
+    meta = _meta(temperature=1.7, demo=True, thresholds={"confidence": 0.6}, resize="center_crop")
+    props = meta.to_metadata()
+    assert all(isinstance(v, str) for v in props.values())
+    assert bundle.BundleMeta.from_metadata(props) == meta
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param({"class_names": []}, "non-empty", id="no-classes"),
+        pytest.param({"class_names": ["A", "A"]}, "unique", id="duplicate-classes"),
+        pytest.param({"display_names": ["A"]}, "display names", id="display-count"),
+        pytest.param({"input_size": (4, 4)}, "out of range", id="tiny-input"),
+        pytest.param({"temperature": 0.0}, "temperature", id="zero-temperature"),
+        pytest.param({"temperature": float("nan")}, "temperature", id="nan-temperature"),
+        pytest.param({"resize": "squish"}, "resize mode", id="resize-mode"),
+        pytest.param({"model_name": ""}, "model name", id="no-name"),
+    ],
+)
+def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(bundle.BundleError, match=message):
+        _meta(**overrides).to_metadata()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param({bundle.K_CONTRACT: "99"}, "contract version", id="future-contract"),
+        pytest.param({bundle.K_CLASSES: "not json"}, "not valid JSON", id="bad-json"),
+        pytest.param({bundle.K_INPUT_SIZE: "[300]"}, "height, width", id="bad-size"),
+        pytest.param({bundle.K_TEMPERATURE: "hot"}, "not a number", id="bad-temperature"),
+    ],
+)
+def test_bad_metadata_strings(change: dict[str, str], message: str) -> None:
+    props = _meta().to_metadata() | change
+    with pytest.raises(bundle.BundleError, match=message):
+        bundle.BundleMeta.from_metadata(props)
+
+
+def test_missing_contract_key_says_foreign_model() -> None:
+    props = _meta().to_metadata()
+    del props[bundle.K_CONTRACT]
+    with pytest.raises(bundle.BundleError, match="not a skin-lesion bundle"):
+        bundle.BundleMeta.from_metadata(props)
+
+
+def test_display_names_default_from_class_names() -> None:
+    props = _meta(class_names=["Sun_Sunlight_Damage", "New_Class"], display_names=["x", "y"]).to_metadata()
+    del props[bundle.K_DISPLAY]
+    meta = bundle.BundleMeta.from_metadata(props)
+    assert meta.display_names == ["Sun/Sunlight Damage", "New Class"]
+
+
+def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:
+    engine = Engine(tiny_bundle, threads=1)
+    assert engine.meta.class_names == CLASS_NAMES
+    assert engine.has_cam and engine.report is not None
+    assert len(engine.sha256) == 64
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        pytest.param(lambda d: None, "has no model.onnx", id="missing-model"),
+        pytest.param(lambda d: (d / "model.onnx").write_bytes(b""), "not a loadable ONNX", id="empty-model"),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(make_model()[:300]),
+            "not a loadable ONNX",
+            id="truncated",
+        ),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(make_model(metadata={bundle.K_CONTRACT: "7"})),
+            "contract version",
+            id="future-contract",
+        ),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(
+                make_model(
+                    meta_overrides={bundle.K_CLASSES: ["A", "B", "C"], bundle.K_DISPLAY: ["A", "B", "C"]}
+                )
+            ),
+            "lists 3 classes",
+            id="class-count-mismatch",
+        ),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(
+                make_model(meta_overrides={bundle.K_INPUT_SIZE: [32, 32]})
+            ),
+            "input shape",
+            id="input-size-mismatch",
+        ),
+        pytest.param(
+            lambda d: ((d / "model.onnx").write_bytes(make_model()), (d / "report.json").write_text("{oops")),
+            "not readable JSON",
+            id="corrupt-report",
+        ),
+    ],
+)
+def test_bad_bundles_are_refused_with_one_line(tmp_path: Path, make, message: str) -> None:  # type: ignore[no-untyped-def]
+    make(tmp_path)
+    with pytest.raises(bundle.BundleError, match=message) as info:
+        Engine(tmp_path, threads=1)
+    assert "\n" not in str(info.value)
+
+
+def test_foreign_onnx_model_is_refused(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "foreign",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(bundle.BundleError, match="not a skin-lesion bundle"):
+        Engine(tmp_path, threads=1)
+
+
+def test_missing_report_is_allowed(tmp_path: Path) -> None:
+    make_bundle(tmp_path, report=False)
+    assert Engine(tmp_path, threads=1).report is None
+
+
+def test_report_must_be_an_object(tmp_path: Path) -> None:
+    make_bundle(tmp_path)
+    (tmp_path / "report.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(bundle.BundleError, match="JSON object"):
+        bundle.load_report(tmp_path)
+
+
+def test_available_cpus_is_positive_and_bounded() -> None:
+    import os
+
+    assert 1 <= available_cpus() <= (os.cpu_count() or 1)
+
+
+def test_fingerprint_depends_on_names_and_sizes(tmp_path: Path) -> None:
+    a = tmp_path / "a.jpg"
+    a.write_bytes(b"123")
+    first = bundle.fingerprint_files(tmp_path, [a])
+    a.write_bytes(b"1234")
+    assert bundle.fingerprint_files(tmp_path, [a]) != first

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.images import solid
+from tests.server import ROOT, start_server, stop_server
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+def test_help() -> None:
+    out = _run("--help")
+    assert out.returncode == 0 and "--bundle" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param([], "no bundle given", id="no-bundle"),
+        pytest.param(["--bundle", "/nonexistent/bundle"], "does not exist", id="missing-dir"),
+        pytest.param(["--bundle", str(ROOT / "runtime")], "has no model.onnx", id="not-a-bundle"),
+    ],
+)
+def test_bad_bundle_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    out = _run(*args)
+    assert out.returncode == 2
+    assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr
+
+
+def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "testboundary42"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n\r\n'
+    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), boundary
+
+
+@pytest.mark.slow
+def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> None:
+    command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
+    url, proc = start_server(tiny_bundle, command=command)
+    try:
+        with urllib.request.urlopen(url + "/api/info") as response:
+            assert json.load(response)["model_name"] == "tiny-test-model"
+        body, boundary = _multipart("file", "x.jpg", solid("green"))
+        request = urllib.request.Request(
+            url + "/api/predict",
+            data=body,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request) as response:
+            assert json.load(response)["primary"]["label"] == "Eczema"
+    finally:
+        assert stop_server(proc) == 0
+
+
+@pytest.mark.slow
+def test_uvicorn_app_from_environment_refuses_a_bad_bundle_in_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "runtime.app:app", "--port", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"SKIN_BUNDLE": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    assert out.returncode != 0
+    assert "cannot start: bundle" in out.stderr and "has no model.onnx" in out.stderr
+    assert "Traceback" not in out.stderr

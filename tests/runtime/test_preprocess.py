@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.preprocess import ImageError, decode_rgb, preprocess
+from tests.images import encode
+
+
+def _arrow(size: tuple[int, int] = (120, 80)) -> Image.Image:
+    """Red left half, blue right half: orientation is visible after decoding."""
+    img = Image.new("RGB", size, (200, 20, 20))
+    img.paste((20, 20, 200), (size[0] // 2, 0, size[0], size[1]))
+    return img
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: Image.new("L", (50, 40), 128), id="grayscale"),
+        pytest.param(lambda: Image.new("1", (50, 40), 1), id="bilevel"),
+        pytest.param(lambda: Image.new("LA", (50, 40), (128, 255)), id="grey-alpha"),
+        pytest.param(lambda: Image.new("RGBA", (50, 40), (10, 20, 30, 255)), id="rgba"),
+        pytest.param(lambda: Image.new("RGB", (50, 40), (10, 20, 30)).convert("P"), id="palette"),
+        pytest.param(lambda: Image.new("I;16", (50, 40), 40000), id="16-bit-grey"),
+    ],
+)
+def test_png_modes_become_rgb(make) -> None:  # type: ignore[no-untyped-def]
+    out = preprocess(encode(make(), "PNG"), (32, 32))
+    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
+    out = preprocess(encode(Image.new("I;16", (20, 20), 32768), "PNG"), (8, 8))
+    assert 120 <= int(out.mean()) <= 135
+
+
+def test_transparency_is_flattened_onto_white() -> None:
+    out = preprocess(encode(Image.new("RGBA", (20, 20), (0, 0, 0, 0)), "PNG"), (8, 8))
+    assert out.min() == 255
+
+
+def test_palette_with_transparency() -> None:
+    img = Image.new("P", (20, 20), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.info["transparency"] = 0
+    assert preprocess(encode(img, "PNG", transparency=0), (8, 8)).min() == 255
+
+
+def test_cmyk_jpeg() -> None:
+    out = preprocess(encode(Image.new("CMYK", (40, 40), (0, 255, 255, 0)), "JPEG"), (16, 16))
+    r, g, b = out.reshape(-1, 3).mean(axis=0)
+    assert r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_allowed_formats(fmt: str) -> None:
+    out = preprocess(encode(Image.new("RGB", (40, 30), (0, 200, 0)), fmt), (16, 16))
+    assert out[..., 1].mean() > 150
+
+
+@pytest.mark.parametrize(
+    ("orientation", "left_colour_channel"),
+    [
+        pytest.param(1, 0, id="1-normal"),
+        pytest.param(2, 2, id="2-mirrored"),
+        pytest.param(3, 2, id="3-rotated-180"),
+        pytest.param(4, 0, id="4-flipped"),
+    ],
+)
+def test_exif_orientation_horizontal(orientation: int, left_colour_channel: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = decode_rgb(encode(_arrow(), "JPEG", exif=exif))
+    assert out.size == (120, 80)
+    left = np.asarray(out)[:, :10].reshape(-1, 3).mean(axis=0)
+    assert int(np.argmax(left)) == left_colour_channel
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_exif_orientation_quarter_turns(orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = decode_rgb(encode(_arrow(), "JPEG", exif=exif))
+    assert out.size == (80, 120)  # width and height swap
+
+
+def test_phone_photo_rotation_reaches_model_input() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = preprocess(encode(_arrow((200, 100)), "JPEG", exif=exif), (20, 20))
+    # Displayed upright: the red half (originally left) is now on top.
+    assert out[:5].reshape(-1, 3).mean(axis=0)[0] > 150
+    assert out[-5:].reshape(-1, 3).mean(axis=0)[2] > 150
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "status"),
+    [
+        pytest.param(b"", "empty_file", 400, id="empty"),
+        pytest.param(b"hello, this is text" * 10, "not_an_image", 400, id="text"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "GIF"), "unsupported_format", 415, id="gif"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "BMP"), "unsupported_format", 415, id="bmp"),
+        pytest.param(encode(Image.new("RGB", (8, 8)), "TIFF"), "unsupported_format", 415, id="tiff"),
+        pytest.param(b'<svg xmlns="http://www.w3.org/2000/svg"/>', "not_an_image", 400, id="svg"),
+    ],
+)
+def test_refused_inputs(data: bytes, code: str, status: int) -> None:
+    with pytest.raises(ImageError) as info:
+        preprocess(data, (16, 16))
+    assert (info.value.code, info.value.status) == (code, status)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
+def test_truncated_jpeg_is_a_clean_error(fraction: float) -> None:
+    rng = np.random.default_rng(0)
+    data = encode(Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)), "JPEG")
+    with pytest.raises(ImageError) as info:
+        preprocess(data[: int(len(data) * fraction)], (16, 16))
+    assert info.value.status == 400
+
+
+def test_pixel_cap_from_header() -> None:
+    data = encode(Image.new("L", (3000, 3000)), "PNG")
+    with pytest.raises(ImageError) as info:
+        preprocess(data, (16, 16), max_pixels=1_000_000)
+    assert (info.value.code, info.value.status) == ("image_too_large", 413)
+
+
+def test_decompression_bomb_png_refused_before_decoding() -> None:
+    # A PNG header that declares 50 000 x 50 000 pixels, with almost no data behind it.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
+    with pytest.raises(ImageError) as info:
+        preprocess(data, (16, 16))
+    assert info.value.status == 413
+
+
+def test_large_jpeg_uses_draft_and_matches_full_decode_closely() -> None:
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR)
+    data = encode(big, "JPEG", quality=90)
+    fast = preprocess(data, (300, 300)).astype(np.int16)
+    full = np.asarray(
+        Image.open(io.BytesIO(data)).convert("RGB").resize((300, 300), Image.Resampling.BILINEAR)
+    )
+    assert np.abs(fast - full.astype(np.int16)).mean() < 4
+
+
+def test_center_crop_keeps_aspect() -> None:
+    img = Image.new("RGB", (300, 100), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 0, 100, 100))  # red only in the left third
+    out = preprocess(encode(img, "PNG"), (50, 50), resize_mode="center_crop")
+    assert out.shape == (50, 50, 3)
+    assert out[..., 2].mean() > 200  # the centre is blue
+
+
+def test_same_result_from_path_and_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = encode(_arrow(), "PNG")
+    path = tmp_path / "x.png"
+    path.write_bytes(data)
+    assert np.array_equal(preprocess(path, (32, 32)), preprocess(data, (32, 32)))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 2000), (2000, 1)])
+def test_extreme_shapes(size: tuple[int, int]) -> None:
+    out = preprocess(encode(Image.new("RGB", size, (9, 9, 9)), "PNG"), (16, 16))
+    assert out.shape == (16, 16, 3)

@@ -1,0 +1,77 @@
+"""Start the runtime as a real uvicorn process for end-to-end tests (browser, CLI, signals)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(
+    bundle_dir: str | Path,
+    *,
+    command: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Run ``uvicorn runtime.app:app`` (or ``command`` with {port}) on a free port; wait for /readyz."""
+    port = free_port()
+    args = (
+        [a.format(port=port) for a in command]
+        if command
+        else [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "runtime.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    )
+    full_env = {**os.environ, "SKIN_BUNDLE": str(bundle_dir), "SKIN_THREADS": "1", **(env or {})}
+    # A file, not a pipe: a chatty server must never block on a full pipe.
+    log_path = Path(tempfile.mkdtemp(prefix="skin-server-")) / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out = log_path.read_text(errors="replace")
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return url, proc
+        except OSError:
+            time.sleep(0.1)
+    stop_server(proc)
+    raise RuntimeError(f"server on {url} was not ready within {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
+    """SIGTERM, then wait; returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
