@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime import openapi
+from runtime import logs, openapi
 from runtime.engine import Engine
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageError, preprocess
@@ -35,6 +35,7 @@ from runtime.settings import Settings
 from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, read_files
 
 log = logging.getLogger("runtime")
+access_log = logging.getLogger("runtime.access")
 
 SECURITY_HEADERS = [
     (
@@ -58,8 +59,9 @@ async def predict(request: Request) -> JSONResponse:
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     part = (await read_files(request, "file", max_files=1))[0]
     _check_size(part, state.settings)
-    image, size = await _decode(request, part)
-    output = await _infer(request, image[None])
+    async with state.admission.slot():
+        image, size = await _decode(request, part)
+        output = await _infer(request, image[None])
     result = _result(
         state.engine, output.probabilities[0], None if output.cam is None else output.cam[0], top_k, heatmap
     )
@@ -72,6 +74,12 @@ async def predict_batch(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
+    async with state.admission.slot():
+        return await _predict_parts(request, parts, top_k, heatmap)
+
+
+async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatmap: bool) -> JSONResponse:
+    state = request.app.state
     results: list[dict[str, Any]] = []
     images, slots = [], []
     for part in parts:
@@ -188,7 +196,7 @@ async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, A
 async def _infer(request: Request, images: np.ndarray) -> Any:
     state = request.app.state
     start = time.perf_counter()
-    async with state.inference_slots:
+    async with state.admission.running:
         try:
             output = await run_in_threadpool(state.engine.run, images)
         except Exception:
@@ -274,6 +282,25 @@ async def server_error(request: Request, exc: Exception) -> Response:
     )
 
 
+class Admission:
+    """Bounded work: ``running`` batches on the model at once, ``queued`` more wait; the rest get 503."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        self.running = asyncio.Semaphore(running)
+        self.capacity = running + queued
+        self.active = 0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self.active >= self.capacity:
+            raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
 class RequestMiddleware:
     """Request id, security headers, no caching of API answers, and per-route metrics on every response."""
 
@@ -314,9 +341,13 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            elapsed = time.perf_counter() - start
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(route).observe(elapsed)
+            fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status}
+            fields["ms"] = round(elapsed * 1000, 1)
+            access_log.info("request", extra={"fields": fields})
 
 
 class OneLineStartupErrors:
@@ -336,23 +367,24 @@ class OneLineStartupErrors:
 
 
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None) -> Starlette:
-    """The ASGI app. Without ``settings`` they come from the environment when the app starts."""
+    """The ASGI app. Without ``settings`` they come from the environment (SKIN_BUNDLE, …)."""
     metrics = Metrics()
+    cfg = settings or Settings.from_env()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        cfg = settings or Settings.from_env()
+        logs.setup()
         served = engine or Engine(cfg.bundle, threads=cfg.threads, providers=cfg.providers)
         app.state.settings = cfg
         app.state.engine = served
-        app.state.inference_slots = asyncio.Semaphore(max(1, cfg.inference_concurrency))
+        app.state.admission = Admission(max(1, cfg.inference_concurrency), max(0, cfg.max_queue))
         await run_in_threadpool(served.warmup)
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
         yield
 
-    webui = Path((settings or Settings.from_env()).webui_dir)
+    webui = Path(cfg.webui_dir)
     routes = [
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/predict/batch", predict_batch, methods=["POST"]),
@@ -365,13 +397,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/api/{rest:path}", api_fallback, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
         Mount("/", StaticFiles(directory=webui, html=True, check_dir=False), name="webui"),
     ]
-    max_body = (settings or Settings.from_env()).max_body_bytes
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
         middleware=[
             Middleware(RequestMiddleware, metrics=metrics),
-            Middleware(BodyLimitMiddleware, max_body_bytes=max_body),
+            Middleware(BodyLimitMiddleware, max_body_bytes=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s),
         ],
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )

@@ -18,6 +18,8 @@ class Settings:
     bundle: str = ""
     threads: int = 0  # onnxruntime intra-op threads; 0 = the CPU quota this process really has
     inference_concurrency: int = 1  # sessions run one batch at a time; the threads already fill the cores
+    max_queue: int = 8  # requests that may wait beyond the running ones; past that, 503 at once
+    body_timeout_s: float = 30.0  # a client that trickles its upload longer than this gets 408
     max_image_bytes: int = 10 * MB
     max_body_bytes: int = 40 * MB
     max_batch_files: int = 16
@@ -32,8 +34,12 @@ class Settings:
         config = Config(env_file)
         return cls(
             bundle=config("SKIN_BUNDLE", cast=str, default=""),
-            threads=config("SKIN_THREADS", cast=int, default=0),
+            threads=_threads(
+                config("SKIN_THREADS", cast=int, default=0), config("WEB_CONCURRENCY", default="")
+            ),
             inference_concurrency=config("SKIN_INFERENCE_CONCURRENCY", cast=int, default=1),
+            max_queue=config("SKIN_MAX_QUEUE", cast=int, default=8),
+            body_timeout_s=config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0),
             max_image_bytes=int(config("SKIN_MAX_IMAGE_MB", cast=float, default=10) * MB),
             max_body_bytes=int(config("SKIN_MAX_BODY_MB", cast=float, default=40) * MB),
             max_batch_files=config("SKIN_MAX_BATCH_FILES", cast=int, default=16),
@@ -49,6 +55,21 @@ class Settings:
                 if p.strip()
             ),
         )
+
+
+def threads_per_worker(workers: int, cpus: int) -> int:
+    """onnxruntime threads per worker process, so that workers × threads stays within ``cpus``."""
+    return max(1, cpus // max(1, workers))
+
+
+def _threads(threads: int, web_concurrency: str) -> int:
+    # uvicorn --workers reads WEB_CONCURRENCY; each worker would otherwise size itself to the whole quota.
+    workers = int(web_concurrency) if web_concurrency.strip() else 1
+    if threads > 0 or workers <= 1:
+        return threads
+    from runtime.engine import available_cpus
+
+    return threads_per_worker(workers, available_cpus())
 
 
 def _formats(value: str) -> tuple[str, ...]:

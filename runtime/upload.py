@@ -6,6 +6,7 @@ here never rolls over (the body limit bounds what it can hold) and nothing reach
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
@@ -33,9 +34,10 @@ def error_body(code: str, message: str) -> bytes:
 class BodyLimitMiddleware:
     """413 from Content-Length before reading, and while streaming when there is none (chunked)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -58,10 +60,17 @@ class BodyLimitMiddleware:
                 await _send_json(send, status, error_body(code, message))
                 return
         received = 0
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline
+            # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise ApiError(408, "body_timeout", "the upload took too long; send it again") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

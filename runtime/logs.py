@@ -1,0 +1,35 @@
+"""Structured (JSON-lines) logs with the request id. Never log upload contents or client file names."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def setup(level: str = "info") -> None:
+    """JSON lines on stderr for the runtime's loggers (idempotent)."""
+    logger = logging.getLogger("runtime")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_skin_json", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        handler._skin_json = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False

@@ -1,0 +1,99 @@
+"""Overload, slow clients and logs: bounded work, clear answers, nothing sensitive written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from runtime.app import create_app
+from runtime.settings import Settings
+from tests.images import solid
+from tests.server import start_server, stop_server
+
+
+def test_overload_answers_503_with_retry_after_at_once(tiny_bundle: Path) -> None:
+    settings = Settings(bundle=str(tiny_bundle), threads=1, inference_concurrency=1, max_queue=0)
+    release = threading.Event()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        real_run = engine.run
+
+        def slow_run(images):  # type: ignore[no-untyped-def]
+            release.wait(10)
+            return real_run(images)
+
+        engine.run = slow_run
+        first: dict[str, int] = {}
+        worker = threading.Thread(
+            target=lambda: first.update(
+                status=client.post("/api/predict", files={"file": ("a.jpg", solid())}).status_code
+            )
+        )
+        worker.start()
+        admission = client.app.state.admission  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while admission.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        started = time.monotonic()
+        busy = client.post("/api/predict", files={"file": ("b.jpg", solid())})
+        assert time.monotonic() - started < 2
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "overloaded"
+        release.set()
+        worker.join(10)
+        assert first["status"] == 200
+        assert 'skin_rejected_total{reason="overloaded"} 1.0' in client.get("/metrics").text
+
+
+def test_access_log_is_json_with_request_id_and_no_file_names(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = dataclasses.replace(Settings(bundle=str(tiny_bundle), threads=1))
+    with TestClient(create_app(settings)) as client, caplog.at_level(logging.INFO, logger="runtime.access"):
+        logging.getLogger("runtime").addHandler(caplog.handler)
+        try:
+            client.post(
+                "/api/predict",
+                files={"file": ("patient-jane-doe.jpg", solid())},
+                headers={"x-request-id": "r-1"},
+            )
+        finally:
+            logging.getLogger("runtime").removeHandler(caplog.handler)
+    records = [r for r in caplog.records if r.name == "runtime.access"]
+    assert records and records[-1].fields["request_id"] == "r-1"  # type: ignore[attr-defined]
+    from runtime.logs import JsonFormatter
+
+    line = JsonFormatter().format(records[-1])
+    entry = json.loads(line)
+    assert entry["route"] == "/api/predict" and entry["status"] == 200
+    assert "jane" not in line
+
+
+@pytest.mark.slow
+def test_slow_client_gets_408_without_holding_the_server(tiny_bundle: Path) -> None:
+    url, proc = start_server(tiny_bundle, env={"SKIN_BODY_TIMEOUT_S": "1"})
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n--b\r\n"
+            )
+            started = time.monotonic()
+            # Meanwhile the server keeps answering others.
+            with socket.create_connection((host, int(port)), timeout=5) as other:
+                other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert b"200 OK" in other.recv(4096)
+            answer = sock.recv(4096)
+            assert b"408" in answer.split(b"\r\n", 1)[0] and b"body_timeout" in answer
+            assert time.monotonic() - started < 5
+    finally:
+        assert stop_server(proc) in (0, -15)
