@@ -374,7 +374,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logs.setup()
-        served = engine or Engine(cfg.bundle, threads=cfg.threads, providers=cfg.providers)
+        served = engine or Engine.from_settings(cfg)
         app.state.settings = cfg
         app.state.engine = served
         app.state.admission = Admission(max(1, cfg.inference_concurrency), max(0, cfg.max_queue))

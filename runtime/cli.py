@@ -42,7 +42,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     settings = dataclasses.replace(
         settings, bundle=bundle, threads=settings.threads if threads is None else threads
     )
-    engine = Engine(settings.bundle, threads=settings.threads, providers=settings.providers)
+    engine = Engine.from_settings(settings)
     app = OneLineStartupErrors(create_app(settings, engine=engine))
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: make that a clean exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))

@@ -27,6 +27,7 @@ class Settings:
     allowed_formats: tuple[str, ...] = ALLOWED_FORMATS
     top_k: int = 5
     webui_dir: str = str(DEFAULT_WEBUI)
+    memory_arena: bool = False
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
     @classmethod
@@ -49,6 +50,7 @@ class Settings:
             ),
             top_k=config("SKIN_TOP_K", cast=int, default=5),
             webui_dir=config("SKIN_WEBUI_DIR", cast=str, default=str(DEFAULT_WEBUI)),
+            memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=False),
             providers=tuple(
                 p.strip()
                 for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")

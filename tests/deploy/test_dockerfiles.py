@@ -1,0 +1,233 @@
+"""Dockerfile.runtime, Dockerfile.train, deploy/Dockerfile.bundle and .dockerignore, read without Docker."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from tests.deploy import dockerfile
+from tests.server import ROOT
+
+RUNTIME = ROOT / "Dockerfile.runtime"
+TRAIN = ROOT / "Dockerfile.train"
+BUNDLE = ROOT / "deploy" / "Dockerfile.bundle"
+TORCH_LIKE = ("torch", "torchvision", "timm", "onnxsim", "albumentations")
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _extra(name: str) -> list[Requirement]:
+    return [Requirement(r) for r in _pyproject()["project"]["optional-dependencies"][name]]
+
+
+def _pip_installs(stage: dockerfile.Stage) -> list[list[str]]:
+    """The words after `pip ... install` in each RUN of the stage."""
+    found = []
+    for run in stage.all("RUN"):
+        lexer = shlex.shlex(run.args, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for word in [*lexer, ";"]:
+            if word not in ("&&", ";", "||", "|"):
+                command.append(word)
+                continue
+            if "pip" in command and "install" in command:
+                found.append(command[command.index("install") + 1 :])
+            command = []
+    return found
+
+
+def _requirements(words: list[str]) -> list[str]:
+    """Positional arguments of pip install (what gets installed), skipping options and their values."""
+    takes_value = {"-c", "--constraint", "-r", "--requirement", "--python", "-i", "--index-url"}
+    out, skip = [], False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in takes_value:
+            skip = True
+        elif not word.startswith("-"):
+            out.append(word)
+    return out
+
+
+def _constraints() -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / "deploy" / "runtime-constraints.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = Version(version)
+    return pins
+
+
+# ---- the runtime image
+
+
+def test_runtime_image_is_two_stages_on_a_pinned_slim_python() -> None:
+    build, final = dockerfile.stages(RUNTIME)
+    assert final.base == build.base == "python:3.11-slim-bookworm"
+    requires = _pyproject()["project"]["requires-python"]
+    assert requires == ">=3.11"
+    # the final stage takes only the venv from the build stage: no compiler, no build context beyond webui/
+    copies = final.all("COPY")
+    assert [c.flags().get("from") for c in copies] == ["build", None]
+    assert dockerfile.copy_sources(final) == ["webui/"]
+
+
+def test_runtime_image_installs_the_runtime_extra_only_and_no_torch() -> None:
+    build, final = dockerfile.stages(RUNTIME)
+    installs = _pip_installs(build)
+    assert len(installs) == 1 and _requirements(installs[0]) == [".[runtime]"]
+    assert not _pip_installs(final)
+    names = {r.name.lower() for r in _extra("runtime")}
+    assert "onnxruntime" in names and not names & set(TORCH_LIKE) and "onnx" not in names
+    for inst in build.instructions + final.instructions:
+        assert not re.search(r"\btorch\b", inst.args), inst
+        assert not re.search(r"\b(gcc|build-essential|apt-get)\b", inst.args), inst
+
+
+def test_runtime_constraints_pin_every_runtime_requirement_within_its_range() -> None:
+    pins = _constraints()
+    for requirement in _extra("runtime"):
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in deploy/runtime-constraints.txt"
+        assert pins[name] in requirement.specifier, f"{name}=={pins[name]} is outside {requirement}"
+    assert not set(pins) & set(TORCH_LIKE)
+
+
+def test_runtime_image_runs_as_a_numeric_non_root_user() -> None:
+    final = dockerfile.stages(RUNTIME)[-1]
+    user = final.last("USER")
+    assert user is not None
+    uid, _, gid = user.args.partition(":")
+    # numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd
+    assert uid.isdigit() and int(uid) > 0 and gid.isdigit() and int(gid) > 0
+    creates = " ".join(r.args for r in final.all("RUN"))
+    assert f"--uid {uid}" in creates and f"--gid {gid}" in creates
+    # nothing runs as root after the switch
+    after = final.instructions[final.instructions.index(user) :]
+    assert [i.keyword for i in after if i.keyword == "USER"] == ["USER"]
+
+
+def test_runtime_image_serves_healthchecks_and_stops_cleanly() -> None:
+    final = dockerfile.stages(RUNTIME)[-1]
+    expose = final.last("EXPOSE")
+    assert expose is not None
+    port = expose.args.split("/")[0]
+    entry = final.last("ENTRYPOINT")
+    assert entry is not None
+    argv = entry.exec_form()
+    assert argv[0] == "skin-serve"
+    assert argv[argv.index("--port") + 1] == port and argv[argv.index("--host") + 1] == "0.0.0.0"
+    health = final.last("HEALTHCHECK")
+    assert health is not None
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(health.exec_form())
+    assert health.exec_form()[0] == "python"  # no curl in a slim image
+    timeout = int(health.flags()["timeout"].rstrip("s"))
+    assert "timeout=" in health.exec_form()[-1] and timeout >= 2
+    stop = final.last("STOPSIGNAL")
+    assert stop is not None and stop.args == "SIGTERM"
+
+
+def test_runtime_image_points_the_app_at_its_bundle_and_web_page() -> None:
+    final = dockerfile.stages(RUNTIME)[-1]
+    env = final.env()
+    assert env["SKIN_BUNDLE"] == "/models/bundle"
+    assert "SKIN_THREADS" not in env  # sized from the cgroup CPU quota at start
+    assert env["ORT_DISABLE_TELEMETRY"] == "1"  # no usage telemetry from onnxruntime's Linux wheels
+    webui_copy = [c for c in final.all("COPY") if c.args.startswith("webui/")]
+    assert webui_copy and shlex.split(webui_copy[0].args)[-1].rstrip("/") == env["SKIN_WEBUI_DIR"]
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert (ROOT / "webui" / "index.html").is_file()
+
+
+def test_bundle_image_copies_into_the_runtime_bundle_path() -> None:
+    (stage,) = dockerfile.stages(BUNDLE)
+    assert stage.base.startswith("skinlesion/runtime:")
+    (copy,) = stage.all("COPY")
+    assert shlex.split(copy.args)[-1].rstrip("/") == dockerfile.stages(RUNTIME)[-1].env()["SKIN_BUNDLE"]
+    assert copy.flags().get("chown") == "0:0"  # the server user can read the model, never change it
+
+
+# ---- the training image
+
+
+def test_train_image_is_a_pinned_cuda_pytorch_with_the_train_extra() -> None:
+    (stage,) = dockerfile.stages(TRAIN)
+    assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", stage.base)
+    (install,) = _pip_installs(stage)
+    assert _requirements(install) == [".[train,runtime]"]
+    assert "-c" in install  # the base image's torch build is kept, not replaced from PyPI
+
+
+def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> None:
+    (stage,) = dockerfile.stages(TRAIN)
+    entry = stage.last("ENTRYPOINT")
+    assert entry is not None and entry.exec_form() == ["/usr/local/bin/train-entrypoint"]
+    script = [c for c in stage.all("COPY") if "train-entrypoint" in c.args]
+    assert shlex.split(script[0].args) == [
+        "--chmod=0755",  # executable whatever the checkout did to the file mode
+        "deploy/train-entrypoint.sh",
+        "/usr/local/bin/train-entrypoint",
+    ]
+    volume = stage.last("VOLUME")
+    assert volume is not None and set(volume.exec_form()) == {"/data", "/runs", "/cache"}
+    assert stage.env()["NPROC"] == "auto"
+    assert stage.env()["ORT_DISABLE_TELEMETRY"] == "1"  # onnxruntime is there for skin-export's parity check
+    text = (ROOT / "deploy" / "train-entrypoint.sh").read_text()
+    assert 'exec torchrun --standalone --nnodes=1 --nproc_per_node="${NPROC:-auto}" -m training "$@"' in text
+
+
+# ---- the build context
+
+
+@pytest.mark.parametrize("path", [RUNTIME, TRAIN], ids=["runtime", "train"])
+def test_every_copied_path_exists_and_reaches_the_builder(path: Path) -> None:
+    rules = dockerfile.ignore_rules(ROOT / ".dockerignore")
+    for stage in dockerfile.stages(path):
+        for source in dockerfile.copy_sources(stage):
+            assert (ROOT / source).exists(), f"{path.name} copies {source}, which does not exist"
+            assert not dockerfile.ignored(rules, source), f".dockerignore hides {source} from {path.name}"
+            for file in (ROOT / source).rglob("*.py") if (ROOT / source).is_dir() else []:
+                rel = file.relative_to(ROOT).as_posix()
+                if "__pycache__" not in rel:
+                    assert not dockerfile.ignored(rules, rel), rel
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".venv",
+        ".venv-runtime/bin/python",
+        "runs/b3/checkpoint.pt",
+        "bundles/demo/model.onnx",
+        "data/SkinDisease/train/Acne/1.jpg",
+        "SkinDisease/test/Moles/2.png",
+        "export/out/model.onnx",
+        "weights/efficientnet_b3.pth",
+        "weights/efficientnet_b3.safetensors",
+        ".git/HEAD",
+        "runtime/__pycache__/app.cpython-311.pyc",
+        "mlruns/0/meta.yaml",
+    ],
+)
+def test_dockerignore_keeps_data_checkpoints_and_venvs_out(path: str) -> None:
+    assert dockerfile.ignored(dockerfile.ignore_rules(ROOT / ".dockerignore"), path)
+
+
+def test_dockerignore_matcher_follows_docker_rules() -> None:
+    rules = dockerfile.ignore_rules(ROOT / ".dockerignore")
+    assert dockerfile.ignored(rules, "docs/intro.md")  # *.md at the root, docs/ as a folder
+    assert not dockerfile.ignored(rules, "README.md")  # re-included with !README.md
+    assert not dockerfile.ignored(rules, "runtime/app.py")
+    assert not dockerfile.ignored(rules, "training/runs.py")  # `runs` is a folder at the root only

@@ -1,0 +1,152 @@
+"""deploy/nginx/skin-runtime.conf: limits that agree with the app, checked by a real nginx in front of it."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import shutil
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from runtime.settings import MB, Settings
+from tests.deploy import dockerfile
+from tests.images import solid
+from tests.server import ROOT, free_port, start_server, stop_server
+
+CONF = ROOT / "deploy" / "nginx" / "skin-runtime.conf"
+
+
+def _directives(name: str) -> list[str]:
+    text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8"))
+    return [m.strip() for m in re.findall(rf"^\s*{name}\s+([^;{{}}]*);", text, flags=re.MULTILINE)]
+
+
+def test_body_cap_matches_the_apps_limit() -> None:
+    (cap,) = _directives("client_max_body_size")
+    assert cap.endswith("m") and int(cap[:-1]) * MB == Settings().max_body_bytes
+
+
+def test_upstream_is_the_images_port_and_metrics_stay_private() -> None:
+    expose = dockerfile.stages(ROOT / "Dockerfile.runtime")[-1].last("EXPOSE")
+    assert expose is not None
+    (server,) = _directives("server")
+    assert server.split()[0] == f"127.0.0.1:{expose.args.split('/')[0]}"
+    assert re.search(r"location = /metrics \{\s*return 404;", CONF.read_text())
+    # uploads are health data: streamed, never buffered to nginx's temp files
+    assert _directives("proxy_request_buffering") == ["off"]
+    assert _directives("ssl_protocols") == ["TLSv1.2 TLSv1.3"]
+
+
+def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) -> Path:
+    """The shipped file with test ports and a throw-away certificate (IPv6 listeners dropped)."""
+    text = CONF.read_text(encoding="utf-8")
+    text = text.replace("127.0.0.1:8000", f"127.0.0.1:{app_port}")
+    text = re.sub(r"^\s*listen \[::\].*$", "", text, flags=re.MULTILINE)
+    text = re.sub(r"listen 80;", f"listen 127.0.0.1:{http_port};", text)
+    text = re.sub(r"listen 443 ", f"listen 127.0.0.1:{https_port} ", text)
+    text = text.replace("/etc/nginx/tls/", f"{tmp}/")
+    site = tmp / "site.conf"
+    site.write_text(text)
+    main = tmp / "nginx.conf"
+    temp = "\n".join(f"    {kind}_temp_path {tmp}/{kind};" for kind in ("proxy", "fastcgi", "uwsgi", "scgi"))
+    main.write_text(
+        f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
+        f"events {{}}\nhttp {{\n    access_log off;\n    client_body_temp_path {tmp}/body;\n{temp}\n"
+        f"    include {site};\n}}\n"
+    )
+    return main
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx-light)"
+)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:
+    nginx = shutil.which("nginx")
+    assert nginx is not None
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
+        + ["-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    command = [sys.executable, "-m", "uvicorn", "runtime.app:app", "--host", "127.0.0.1", "--port", "{port}"]
+    app_url, app = start_server(tiny_bundle, command=command)
+    http_port, https_port = free_port(), free_port()
+    main = _site_for_test(tmp_path, int(app_url.rsplit(":", 1)[1]), http_port, https_port)
+    check = subprocess.run([nginx, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    proxy = subprocess.Popen([nginx, "-c", str(main)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    base = f"https://127.0.0.1:{https_port}"
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", context=context, timeout=2) as response:
+                    assert response.status == 200
+                    assert response.headers["strict-transport-security"].startswith("max-age=")
+                    assert response.headers["x-request-id"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or proxy.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        # a prediction goes through
+        boundary = "nginxboundary3"
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
+        body = head.encode() + solid("red") + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(
+            base + "/api/predict",
+            data=body,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            assert b'"Acne"' in response.read()
+        # a 3 MB upload streams through: nginx never writes it to a temporary file (it warns when it does)
+        big = head.encode() + b"\0" * (3 * MB) + f"\r\n--{boundary}--\r\n".encode()
+        conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+        conn.request(
+            "POST",
+            "/api/predict",
+            body=big,
+            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert conn.getresponse().status in (400, 415, 422)
+        conn.close()
+        assert "buffered to a temporary file" not in (tmp_path / "error.log").read_text()
+        # an over-size upload is refused by nginx from its headers alone
+        conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+        conn.putrequest("POST", "/api/predict")
+        conn.putheader("content-type", f"multipart/form-data; boundary={boundary}")
+        conn.putheader("content-length", str(Settings().max_body_bytes + MB))
+        conn.endheaders()
+        assert conn.getresponse().status == 413
+        conn.close()
+        # metrics: public side 404, the app itself still serves them to Prometheus
+        conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+        conn.request("GET", "/metrics")
+        assert conn.getresponse().status == 404
+        conn.close()
+        with urllib.request.urlopen(app_url + "/metrics", timeout=5) as response:
+            assert b"skin_requests" in response.read()
+        # plain HTTP is redirected to HTTPS
+        plain = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+        plain.request("GET", "/api/info")
+        redirect = plain.getresponse()
+        assert redirect.status == 301 and redirect.headers["location"].startswith("https://")
+        plain.close()
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+        stop_server(app)
