@@ -51,7 +51,8 @@ def build_model(
         except Exception as exc:
             raise ModelError(f"could not read weights from {str(path)!r}: {type(exc).__name__}") from None
         # The classifier head has another class count: keep the backbone, leave the head fresh.
-        head = str(model.pretrained_cfg.get("classifier", "classifier")) + "."
+        pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})  # a plain dict on timm models
+        head = str(pretrained_cfg.get("classifier", "classifier")) + "."
         own = model.state_dict()
         usable = {
             k: v for k, v in state.items() if k in own and not k.startswith(head) and own[k].shape == v.shape
@@ -119,6 +120,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:
         model.load_state_dict(ckpt["model"])
     except Exception as exc:
         first = str(exc).strip().splitlines()[0][:200]
-        raise ModelError(f"checkpoint weights do not fit {ckpt['arch']} with {len(ckpt['class_names'])} classes: "
-                         f"{first}") from None
+        raise ModelError(
+            f"checkpoint weights do not fit {ckpt['arch']} with {len(ckpt['class_names'])} classes: {first}"
+        ) from None
     return model.eval()

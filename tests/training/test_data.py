@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import runtime.preprocess
+from tests.training.helpers import CLASSES, truncated_jpeg
+from training import data
+from training.config import TrainConfig
+from training.data import (
+    DataError,
+    EvalDataset,
+    TrainDataset,
+    WeightedSampler,
+    balanced_weights,
+    load_splits,
+    to_tensor,
+)
+from training.model import IMAGENET_MEAN, IMAGENET_STD
+
+
+def test_splits_are_stratified_seeded_and_disjoint(dataset: Path) -> None:
+    splits = load_splits(dataset, val_fraction=0.25, seed=7)
+    assert splits.class_names == CLASSES
+    assert splits.display_names == ["Acne", "Eczema", "Moles"]
+    assert Counter(y for _, y in splits.val) == {0: 4, 1: 4, 2: 4}
+    assert Counter(y for _, y in splits.train) == {0: 12, 1: 12, 2: 12}
+    assert Counter(y for _, y in splits.test) == {0: 6, 1: 6, 2: 6}
+    train_files = {p for p, _ in splits.train}
+    assert not train_files & {p for p, _ in splits.val}
+    assert train_files | {p for p, _ in splits.val} == set((dataset / "train").rglob("*.*"))
+    for path, label in splits.train + splits.val + splits.test:
+        assert path.parent.name == CLASSES[label]
+    assert load_splits(dataset, val_fraction=0.25, seed=7) == splits
+    assert load_splits(dataset, val_fraction=0.25, seed=8).val != splits.val
+
+
+def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Path) -> None:
+    shutil.copytree(dataset / "train", tmp_path / "Train")
+    shutil.copytree(dataset / "test", tmp_path / "Test")
+    (tmp_path / "Train" / "Acne" / "notes.txt").write_text("not an image")
+    (tmp_path / "Train" / "Acne" / ".hidden.jpg").write_bytes(b"")
+    (tmp_path / "Train" / "Acne" / "UPPER.JPG").write_bytes((dataset / "train/Acne/0001.jpg").read_bytes())
+    splits = load_splits(tmp_path, val_fraction=0.25, seed=7)
+    assert splits.class_names == CLASSES
+    names = {p.name for p, _ in splits.train + splits.val}
+    assert "UPPER.JPG" in names
+    assert not names & {"notes.txt", ".hidden.jpg"}
+
+
+def _break_empty_class(root: Path) -> None:
+    (root / "train" / "Vitiligo").mkdir()
+    (root / "test" / "Vitiligo").mkdir()
+    (root / "test" / "Vitiligo" / "x.jpg").write_bytes(b"")
+
+
+def _break_class_sets(root: Path) -> None:
+    shutil.rmtree(root / "test" / "Moles")
+
+
+def _break_missing_test(root: Path) -> None:
+    shutil.rmtree(root / "test")
+
+
+def _break_both_spellings(root: Path) -> None:
+    shutil.copytree(root / "train", root / "Train")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png images", id="empty-class-folder"),
+        pytest.param(_break_class_sets, "only in train: Moles", id="train-test-classes-differ"),
+        pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
+        pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
+    ],
+)
+def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, message: str) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    breakage(root)
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_root() -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits("/nonexistent/dataset")
+
+
+def test_evaluation_uses_the_runtime_preprocessing(dataset: Path) -> None:
+    assert data.preprocess is runtime.preprocess.preprocess  # one implementation of decode + resize
+    path = dataset / "test" / "Eczema" / "0001.jpg"
+    ds = EvalDataset([(path, 1)], 48, IMAGENET_MEAN, IMAGENET_STD)
+    x, label = ds[0]
+    expected = to_tensor(
+        runtime.preprocess.preprocess(path, (48, 48), resize_mode="stretch", resize_filter="bilinear"),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )
+    assert label == 1
+    assert torch.equal(x, expected)
+
+
+def test_to_tensor_normalizes() -> None:
+    image = np.zeros((2, 3, 3), dtype=np.uint8)
+    image[..., 0] = 255
+    image[1, 2] = (10, 20, 30)
+    x = to_tensor(image, (0.5, 0.25, 0.0), (0.5, 0.5, 2.0))
+    assert x.dtype == torch.float32 and x.shape == (3, 2, 3)
+    assert x[0, 0, 0].item() == pytest.approx((1.0 - 0.5) / 0.5)
+    assert x[1, 0, 0].item() == pytest.approx((0.0 - 0.25) / 0.5)
+    assert x[:, 1, 2].tolist() == pytest.approx(
+        [(10 / 255 - 0.5) / 0.5, (20 / 255 - 0.25) / 0.5, 30 / 255 / 2]
+    )
+
+
+@pytest.mark.parametrize(
+    "writer",
+    [
+        pytest.param(lambda src, dst: truncated_jpeg(src, dst), id="truncated-jpeg"),
+        pytest.param(lambda src, dst: dst.write_bytes(b"this is not an image"), id="not-an-image"),
+        pytest.param(lambda src, dst: dst.write_bytes(b""), id="empty-file"),
+    ],
+)
+def test_unreadable_images_are_marked_not_raised(tmp_path: Path, dataset: Path, writer) -> None:
+    bad = tmp_path / "bad.jpg"
+    writer(dataset / "train" / "Acne" / "0001.jpg", bad)
+    good = dataset / "train" / "Acne" / "0002.jpeg"
+    ev = EvalDataset([(bad, 0), (good, 0)], 32, IMAGENET_MEAN, IMAGENET_STD)
+    assert ev[0][1] == -1 and ev[1][1] == 0
+    tr = TrainDataset([(bad, 2), (good, 2)], 32, IMAGENET_MEAN, IMAGENET_STD, None)
+    assert tr[(0, 0, 0)][1:] == (-1, 0)
+    assert tr[(0, 1, 1)][1:] == (2, 1)
+
+
+def test_augmentation_keeps_size_and_is_seeded_by_key(dataset: Path) -> None:
+    from training.augment import build_transform
+
+    transform = build_transform(TrainConfig(seed=3))
+    samples = [(dataset / "train" / "Moles" / "0000.png", 2)]
+    ds = TrainDataset(samples, 40, IMAGENET_MEAN, IMAGENET_STD, transform, seed=3)
+    first = ds[(0, 5, 0)][0]
+    assert first.shape == (3, 40, 40)
+    assert torch.equal(first, ds[(0, 5, 0)][0])
+    others = [ds[(epoch, 5, 0)][0] for epoch in range(1, 6)]
+    assert any(not torch.equal(first, x) for x in others)
+    plain = TrainDataset(samples, 40, IMAGENET_MEAN, IMAGENET_STD, None)[(0, 5, 0)][0]
+    assert torch.equal(plain, EvalDataset(samples, 40, IMAGENET_MEAN, IMAGENET_STD)[0][0])
+    assert build_transform(TrainConfig(augment=False)) is None
+
+
+@pytest.mark.parametrize("world_size", [pytest.param(1, id="one-rank"), pytest.param(3, id="three-ranks")])
+def test_sampler_shards_one_global_sequence(world_size: int) -> None:
+    labels = [0] * 90 + [1] * 10
+    samplers = [
+        WeightedSampler(100, balanced_weights(labels, 2), rank=r, world_size=world_size, seed=1)
+        for r in range(world_size)
+    ]
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        parts = [list(s) for s in samplers]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(samplers[0])
+        keys = sorted(k for p in parts for k in p)
+        draws = samplers[0].draws()
+        assert [(epoch, k, draws[k]) for k in range(len(draws))] == keys
+        assert len(draws) % world_size == 0 and len(draws) >= 100
+    samplers[0].set_epoch(0)
+    again = WeightedSampler(100, balanced_weights(labels, 2), world_size=world_size, seed=1)
+    assert again.draws() == samplers[0].draws()
+    samplers[0].set_epoch(1)
+    assert again.draws() != samplers[0].draws()
+
+
+def test_weighted_sampler_balances_classes() -> None:
+    labels = [0] * 900 + [1] * 100
+    sampler = WeightedSampler(1000, balanced_weights(labels, 2), seed=0)
+    drawn = [labels[i] for i in sampler.draws()]
+    assert 0.4 < sum(drawn) / len(drawn) < 0.6
+
+
+def test_shuffle_sampler_is_a_permutation() -> None:
+    sampler = WeightedSampler(10, None, seed=0)
+    draws = sampler.draws()
+    assert sorted(draws) == list(range(10))
+    sampler.set_epoch(1)
+    assert sorted(sampler.draws()) == list(range(10)) and sampler.draws() != draws

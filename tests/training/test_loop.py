@@ -1,0 +1,183 @@
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.training.helpers import CLASSES, TINY, truncated_jpeg
+from training.config import TrainConfig
+from training.data import load_splits
+from training.loop import (
+    Cluster,
+    eval_loader,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    read_metrics,
+    train,
+    train_epoch,
+)
+from training.model import build_model, load_checkpoint, model_from_checkpoint
+from training.report import epoch_metrics
+
+
+def test_evaluate_skips_unreadable_rows(tmp_path: Path, dataset: Path) -> None:
+    bad = tmp_path / "bad.jpg"
+    truncated_jpeg(dataset / "test" / "Acne" / "0001.jpg", bad)
+    samples = [
+        (dataset / "test" / "Acne" / "0000.png", 0),
+        (bad, 0),
+        (dataset / "test" / "Moles" / "0000.png", 2),
+        (dataset / "test" / "Eczema" / "0002.jpeg", 1),
+    ]
+    torch.manual_seed(0)
+    model = build_model("test_efficientnet", 3, drop_rate=0.0)
+    model.train()
+    ev = evaluate(model, eval_loader(samples, 32, batch_size=2), "cpu")
+    assert model.training  # mode restored
+    assert ev.skipped == 1
+    assert ev.indices.tolist() == [0, 2, 3] and ev.labels.tolist() == [0, 2, 1]
+    assert ev.probs.shape == ev.logits.shape == (3, 3)
+    assert np.allclose(ev.probs, torch.softmax(torch.from_numpy(ev.logits), 1).numpy())
+    probs, labels = ev.probs, ev.labels  # also a tuple: (probs, labels, logits, skipped, indices)
+    assert probs is ev[0] and labels is ev[1]
+
+
+def test_backbone_learns_slower_than_the_head() -> None:
+    model = build_model("test_efficientnet", 3)
+    cfg = TrainConfig(lr=0.02, backbone_lr_scale=0.1)
+    groups = make_optimizer(model, cfg).param_groups
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.002, 0.02])
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.get_classifier().parameters()}
+
+
+def test_cosine_warms_up_then_decays() -> None:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    cfg = TrainConfig(scheduler="cosine", lr=1.0, epochs=4, warmup_epochs=1, min_lr=0.01)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_mixed_precision_and_channels_last_paths_run(tmp_path: Path, dataset: Path) -> None:
+    """The GPU-oriented branches (autocast, channels_last, cosine per step) on a CPU with bf16."""
+    options = {**TINY, "amp": "bf16", "channels_last": True, "scheduler": "cosine", "accum_steps": 3}
+    run = train(**options, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    row = read_metrics(run / "metrics.csv")[0]
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "training", "--data", str(dataset), "--out", str(out), "--epochs", "2", "--no-plots"]
+    for key in ("arch", "img_size", "batch_size", "workers", "lr", "backbone_lr_scale", "device"):
+        command += [f"--{key.replace('_', '-')}", str(TINY[key])]
+    command.append("--no-pretrained")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "device cpu x2" in done.stdout
+    assert done.stdout.count("test: accuracy") == 1  # only rank 0 speaks and writes
+    assert sorted(p.name for p in out.iterdir()) == [
+        "best.pt",
+        "config.yaml",
+        "last.pt",
+        "metrics.csv",
+        "report.json",
+    ]
+    assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2]
+    # Validation metrics cover both ranks' shards: one process over the whole split gives the same numbers.
+    best = load_checkpoint(out / "best.pt")
+    splits = load_splits(dataset)
+    ev = evaluate(model_from_checkpoint(best), eval_loader(splits.val, 64), "cpu")
+    again = epoch_metrics(ev.logits, ev.labels, len(CLASSES))
+    assert (again["accuracy"], again["f1"]) == (best["metrics"]["accuracy"], best["metrics"]["f1"])
+    assert again["loss"] == pytest.approx(best["metrics"]["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_efficientnet_b3_at_300px_builds_and_takes_a_step(tmp_path: Path) -> None:
+    from training.data import TrainDataset
+    from training.model import IMAGENET_MEAN, IMAGENET_STD
+    from training.synthetic import generate
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_b3", 22)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 10.7
+    root = generate(tmp_path / "data", train_per_class=1, test_per_class=1, size_range=(200, 260))
+    samples = load_splits(root).train[:2]
+    cfg = TrainConfig(data=str(root), img_size=300, batch_size=2, accum_steps=1)
+    dataset = TrainDataset(samples, 300, IMAGENET_MEAN, IMAGENET_STD, None)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, sampler=[(0, 0, 0), (0, 1, 1)])
+    optimizer = make_optimizer(model, cfg)
+    before = model.get_classifier().weight.detach().clone()
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1, reduction="none")
+
+    class Bar:
+        disable = True
+
+        def update(self, n: int) -> None:
+            pass
+
+    stats = train_epoch(
+        model,
+        loader,
+        optimizer,
+        None,
+        criterion,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        amp_dtype=None,
+        scaler=None,
+        channels_last=False,
+        cluster=Cluster(0, 1, torch.device("cpu"), False),
+        bar=Bar(),
+    )
+    assert math.isfinite(stats["loss"]) and stats["bad"] == []
+    assert not torch.equal(before, model.get_classifier().weight)
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 300, 300)).shape == (1, 22)
+
+
+def test_early_stop_and_mlflow_logging(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No better macro-F1 for ``early_stop`` epochs ends the run; MLflow (a stand-in here) sees it all."""
+    calls: list[tuple[str, object]] = []
+    fake = types.ModuleType("mlflow")
+    fake.set_experiment = lambda name: calls.append(("experiment", name))  # type: ignore[attr-defined]
+    fake.start_run = lambda run_name: calls.append(("start", run_name))  # type: ignore[attr-defined]
+    fake.log_params = lambda params: calls.append(("params", params))  # type: ignore[attr-defined]
+    fake.log_metrics = lambda metrics, step: calls.append(("metrics", step))  # type: ignore[attr-defined]
+    fake.log_artifact = lambda path: calls.append(("artifact", Path(path).name))  # type: ignore[attr-defined]
+    fake.end_run = lambda: calls.append(("end", None))  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    # An lr this small hardly moves the weights (only BatchNorm statistics): the macro-F1 soon stalls.
+    options = {**TINY, "lr": 1e-12, "early_stop": 1, "mlflow": True, "mlflow_experiment": "exp"}
+    run = train(**options, data=str(dataset), out=str(tmp_path / "run"), epochs=10)
+    f1 = [r["val_f1"] for r in read_metrics(run / "metrics.csv")]
+    assert len(f1) < 10 and f1[-1] <= max(f1[:-1])
+    assert all(a < b for a, b in zip(f1[:-2], f1[1:-1], strict=True))  # every earlier epoch improved
+    assert load_checkpoint(run / "best.pt")["epoch"] == len(f1) - 1
+    assert calls[:2] == [("experiment", "exp"), ("start", "run")]
+    assert [step for kind, step in calls if kind == "metrics"] == list(range(1, len(f1) + 1))
+    assert ("artifact", "report.json") in calls and ("artifact", "metrics.csv") in calls
+    assert calls[-1] == ("end", None)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runtime.bundle import DISPLAY_NAMES
+from training.synthetic import class_look, generate
+
+
+def test_layout_boxes_and_formats(dataset: Path) -> None:
+    boxes = json.loads((dataset / "boxes.json").read_text())
+    files = sorted(p for p in dataset.rglob("*") if p.is_file() and p.name != "boxes.json")
+    assert sorted(boxes) == sorted(p.relative_to(dataset).as_posix() for p in files)
+    assert len(files) == 3 * (16 + 6)
+    assert {p.suffix for p in files} == {".png", ".jpg", ".jpeg"}
+    sizes = set()
+    for path in files:
+        with Image.open(path) as img:
+            width, height = img.size
+            assert img.format == ("PNG" if path.suffix == ".png" else "JPEG")
+        sizes.add((width, height))
+        assert 64 <= width <= 128 and 64 <= height <= 128
+        x0, y0, x1, y1 = boxes[path.relative_to(dataset).as_posix()]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height
+        side = x1 - x0
+        assert side == y1 - y0
+        assert 0.29 * min(width, height) <= side <= 0.6 * min(width, height)
+    assert len(sizes) > 20  # sizes and aspect ratios vary
+
+
+def test_patch_is_where_the_box_says(dataset: Path) -> None:
+    """The planted colour sits inside the box and not outside it."""
+    boxes = json.loads((dataset / "boxes.json").read_text())
+    rel = "train/Moles/0000.png"  # PNG: exact pixels
+    _, colour = class_look(2, 3)
+    pixels = np.asarray(Image.open(dataset / rel).convert("RGB"), dtype=np.float32)
+    x0, y0, x1, y1 = boxes[rel]
+    close = np.linalg.norm(pixels - np.array(colour, dtype=np.float32), axis=2) < 40
+    inside = close[y0:y1, x0:x1].mean()
+    outside = close.sum() - close[y0:y1, x0:x1].sum()
+    assert inside > 0.2
+    assert outside == 0
+
+
+def test_deterministic_and_default_classes(tmp_path: Path) -> None:
+    a = generate(tmp_path / "a", train_per_class=1, test_per_class=1, size_range=(40, 60))
+    b = generate(tmp_path / "b", train_per_class=1, test_per_class=1, size_range=(40, 60))
+    assert sorted(p.name for p in (a / "train").iterdir()) == sorted(DISPLAY_NAMES)
+    assert (a / "boxes.json").read_text() == (b / "boxes.json").read_text()
+    for path in (a / "train").rglob("*.*"):
+        assert path.read_bytes() == (b / path.relative_to(a)).read_bytes()
+    c = generate(tmp_path / "c", train_per_class=1, test_per_class=1, size_range=(40, 60), seed=1)
+    assert (a / "boxes.json").read_text() != (c / "boxes.json").read_text()
+
+
+def test_every_class_looks_different() -> None:
+    looks = [class_look(i, 22) for i in range(22)]
+    assert len({colour for _, colour in looks}) == 22
+    assert len({id(pattern) for pattern, _ in looks}) >= 11
+
+
+def test_command_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "training.synthetic", str(tmp_path / "d"), "--train", "1", "--test", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "wrote a synthetic dataset" in out.stdout
+    assert len(list((tmp_path / "d" / "test").rglob("*.*"))) == 22

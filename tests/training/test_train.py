@@ -1,0 +1,275 @@
+"""End-to-end runs of train() on generated data with timm's tiny test_efficientnet (CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from runtime.bundle import fingerprint_files
+from tests.training.helpers import CLASSES, TINY, truncated_jpeg
+from training import loop
+from training.cli import main
+from training.config import ConfigError
+from training.data import load_splits
+from training.loop import (
+    METRIC_COLUMNS,
+    RUN_FILES,
+    eval_loader,
+    evaluate,
+    read_metrics,
+    resolve_options,
+    train,
+)
+from training.model import load_checkpoint, model_from_checkpoint
+from training.report import epoch_metrics
+
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module")
+def bad_data(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated dataset plus a truncated JPEG in the training split and a non-image in test/."""
+    root = tmp_path_factory.mktemp("bad") / "data"
+    shutil.copytree(dataset, root)
+    (root / "test" / "Eczema" / "broken.png").write_bytes(b"not an image at all")
+    for k in range(16):  # a file name (sorted position) whose seeded split puts it in train
+        bad = root / "train" / "Acne" / f"{k:04d}-broken.jpg"  # sorts among the others
+        truncated_jpeg(root / "train" / "Acne" / "0001.jpg", bad)
+        if any(p.name == bad.name for p, _ in load_splits(root, val_fraction=0.2, seed=42).train):
+            return root
+        bad.unlink()
+    raise AssertionError("no file name lands in the training split")
+
+
+@pytest.fixture(scope="module")
+def run(bad_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # shuffle + 40 training images in batches of 8: every training image is seen every epoch.
+    options = {**TINY, "plots": True, "sampler": "shuffle", "val_fraction": 0.2, "model_version": "test-1"}
+    return train(
+        **options, data=str(bad_data), out=str(tmp_path_factory.mktemp("run") / "run"), epochs=EPOCHS
+    )
+
+
+def test_learns_well_above_chance(run: Path) -> None:
+    best = load_checkpoint(run / "best.pt")
+    rows = read_metrics(run / "metrics.csv")
+    f1 = [r["val_f1"] for r in rows]
+    assert best["epoch"] == 1 + f1.index(max(f1))
+    assert best["metrics"]["accuracy"] >= 0.75  # chance: 1/3
+    assert json.loads((run / "report.json").read_text())["accuracy"] >= 0.7
+
+
+def test_run_directory(run: Path) -> None:
+    names = {p.name for p in run.iterdir()}
+    expected = {"best.pt", "last.pt", "config.yaml", "metrics.csv", "report.json", "curves.png"}
+    assert expected | {"confusion_matrix.png", "mistakes_confidence.png"} <= names
+    assert names <= set(RUN_FILES)
+    for png in run.glob("*.png"):
+        with Image.open(png) as img:
+            assert img.format == "PNG" and img.width > 200
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
+    assert tuple(rows[0]) == METRIC_COLUMNS
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config == load_checkpoint(run / "last.pt")["config"]
+    assert config["epochs"] == EPOCHS and config["seed"] == 42 and config["out"] == str(run)
+    # The written configuration repeats the run: fed back as --config it resolves to the same options.
+    again, _ = resolve_options({"config": str(run / "config.yaml")})
+    assert {k: v for k, v in again.as_dict().items() if k != "config"} == {
+        k: v for k, v in config.items() if k != "config"
+    }
+
+
+def test_checkpoints_describe_themselves(run: Path, bad_data: Path) -> None:
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert ckpt["format"] == "skin-checkpoint/1"
+        assert ckpt["arch"] == "test_efficientnet" and ckpt["img_size"] == 64
+        assert ckpt["class_names"] == CLASSES and ckpt["display_names"] == ["Acne", "Eczema", "Moles"]
+        assert ckpt["mean"] == [0.485, 0.456, 0.406] and ckpt["std"] == [0.229, 0.224, 0.225]
+        assert (ckpt["resize"], ckpt["resize_filter"]) == ("stretch", "bilinear")
+        config = ckpt["config"]
+        assert config["data"] == str(bad_data.resolve())
+        assert (config["seed"], config["val_fraction"]) == (42, 0.2)
+        files = [p for p in bad_data.rglob("*") if p.suffix in (".jpg", ".jpeg", ".png")]
+        assert ckpt["data_fingerprint"] == fingerprint_files(bad_data.resolve(), files)
+        assert ckpt["model_name"] == "skin-test_efficientnet" and ckpt["model_version"] == "test-1"
+        assert ckpt["trained_on"] == f"SkinDisease ImageFolder at {bad_data.resolve()}"
+        assert ckpt["demo"] is False
+        assert set(ckpt["metrics"]) == {"loss", "accuracy", "precision", "recall", "f1"}
+    last = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == EPOCHS and last["sampler"] == {"seed": 42, "epoch": EPOCHS}
+    assert {"optimizer", "scheduler", "state"} <= set(last)
+
+
+def test_checkpoint_rebuilds_its_validation_split(run: Path) -> None:
+    """What export relies on: the checkpoint config gives back the split and the metrics it was chosen by."""
+    ckpt = load_checkpoint(run / "best.pt")
+    config = ckpt["config"]
+    splits = load_splits(config["data"], val_fraction=config["val_fraction"], seed=config["seed"])
+    model = model_from_checkpoint(ckpt)
+    ev = evaluate(model, eval_loader(splits.val, ckpt["img_size"], batch_size=16), "cpu")
+    again = epoch_metrics(ev.logits, ev.labels, len(ckpt["class_names"]))
+    assert again["accuracy"] == ckpt["metrics"]["accuracy"]
+    assert again["loss"] == pytest.approx(ckpt["metrics"]["loss"], rel=1e-4)
+    assert np.allclose(ev.probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_report_and_unreadable_images(run: Path) -> None:
+    report = json.loads((run / "report.json").read_text())
+    assert report["split"] == "test" and report["class_names"] == CLASSES
+    for name in CLASSES + ["macro avg", "weighted avg"]:
+        assert set(report[name]) == {"precision", "recall", "f1-score", "support"}
+    assert 0.0 <= report["accuracy"] <= 1.0
+    matrix = np.array(report["confusion_matrix"])
+    assert matrix.shape == (3, 3) and matrix.sum() == 18  # 19 test files, one unreadable
+    assert report["Eczema"]["support"] == 6
+    assert report["top3_accuracy"] == 1.0  # three classes
+    assert report["skipped_images"] == 1
+    assert report["skipped_by_split"] == {"train": 1, "val": 0, "test": 1}
+    assert {r["train_skipped"] for r in read_metrics(run / "metrics.csv")} == {1}
+
+
+def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(**TINY, data=str(bad_data), out=str(run), epochs=1)
+
+
+def test_overwrite_replaces_only_the_run_files(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("last.pt", "best.pt", "mistakes_most_confident.png", "weights.pt", "notes.txt"):
+        (out / name).write_bytes(b"from before")
+    train(**TINY, data=str(dataset), out=str(out), epochs=1, overwrite=True)
+    assert not (out / "mistakes_most_confident.png").exists()  # plots are off: an old one would mislead
+    assert (out / "weights.pt").read_bytes() == (out / "notes.txt").read_bytes() == b"from before"
+    assert load_checkpoint(out / "best.pt")["epoch"] == 1
+
+
+def _comparable(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
+
+
+@pytest.mark.parametrize(
+    "scheduler", [pytest.param("plateau", id="plateau"), pytest.param("cosine", id="cosine")]
+)
+def test_resume_repeats_the_uninterrupted_run(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, scheduler: str
+) -> None:
+    # Weighted sampler, augmentation, dropout, accumulation and an lr that moves every epoch: all must resume.
+    options: dict[str, Any] = {
+        **TINY,
+        "data": str(dataset),
+        "epochs": 3,
+        "accum_steps": 2,
+        "drop_rate": 0.2,
+        "scheduler": scheduler,
+        "plateau_patience": 0,
+    }
+    whole = train(**options, out=str(tmp_path / "whole"))
+
+    epochs_started = 0
+    real_train_epoch = loop.train_epoch
+
+    def interrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal epochs_started
+        epochs_started += 1
+        if epochs_started == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the third epoch
+        return real_train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(**options, out=str(tmp_path / "part"))
+    monkeypatch.undo()
+    part = tmp_path / "part"
+    assert load_checkpoint(part / "last.pt")["epoch"] == 2 and len(read_metrics(part / "metrics.csv")) == 2
+
+    # The options come back from the checkpoint; other loader workers see the same augmented pixels.
+    train(resume=str(part), workers=1)
+    expected = _comparable(read_metrics(whole / "metrics.csv"))
+    got = _comparable(read_metrics(part / "metrics.csv"))
+    assert len({r["lr"] for r in expected}) > 1  # the schedule really moved
+    assert got == [pytest.approx(row, rel=1e-5) for row in expected]
+    a = load_checkpoint(whole / "last.pt")["model"]
+    b = load_checkpoint(part / "last.pt")["model"]
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+
+
+def _empty_class(root: Path) -> None:
+    (root / "train" / "Warts").mkdir()
+    (root / "test" / "Warts").mkdir()
+
+
+def _classes_differ(root: Path) -> None:
+    shutil.copytree(root / "train" / "Acne", root / "train" / "Lupus")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        pytest.param(_empty_class, "holds no .jpg/.jpeg/.png images", id="empty-class"),
+        pytest.param(_classes_differ, "only in train: Lupus", id="class-sets-differ"),
+    ],
+)
+def test_bad_dataset_stops_before_anything_is_written(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str], breakage, message: str
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    breakage(root)
+    out = tmp_path / "out"
+    assert (
+        main(["--data", str(root), "--out", str(out), "--arch", "test_efficientnet", "--device", "cpu"]) == 2
+    )
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("skin-train: error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_missing_pretrained_weights_name_both_options(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huggingface_hub.constants
+
+    # No network here; offline mode makes the hub fail at once instead of after retries.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    argv = ["--data", str(dataset), "--out", str(tmp_path / "out"), "--arch", "test_efficientnet"]
+    assert main([*argv, "--device", "cpu", "--pretrained"]) == 2
+    err = capsys.readouterr().err
+    assert "--pretrained" in err and "--init-weights" in err and err.count("\n") == 1
+    assert main([*argv, "--init-weights", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_local_init_weights_keep_backbone_and_renew_head(tmp_path: Path) -> None:
+    from training.model import build_model
+
+    donor = build_model("test_efficientnet", 5, drop_rate=0.0)
+    torch.save(donor.state_dict(), tmp_path / "donor.pt")
+    model = build_model("test_efficientnet", 3, init_weights=tmp_path / "donor.pt")
+    own, theirs = model.state_dict(), donor.state_dict()
+    assert torch.equal(own["conv_stem.weight"], theirs["conv_stem.weight"])
+    assert own["classifier.weight"].shape == (3, theirs["classifier.weight"].shape[1])
+
+
+def test_mlflow_is_optional(tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        import mlflow  # noqa: F401
+
+        pytest.skip("mlflow is installed here")
+    except ImportError:
+        pass
+    argv = ["--data", str(dataset), "--out", str(tmp_path / "o"), "--arch", "test_efficientnet", "--mlflow"]
+    assert main(argv) == 2
+    assert "needs the mlflow package" in capsys.readouterr().err

@@ -1,0 +1,162 @@
+"""Training options: one dataclass holds every option and its default; the CLI and ``train()`` share it.
+
+Precedence when options are resolved: explicit keyword arguments (CLI flags) > the configuration stored in
+the checkpoint being resumed > the YAML file given with ``config`` > the defaults below.
+This module stays light (no torch) so ``skin-train --help`` is quick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+SCHEDULERS = ("plateau", "cosine")
+SAMPLERS = ("weighted", "shuffle")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+class ConfigError(Exception):
+    """Options that cannot work together; the message is one line for people."""
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = ""
+    val_fraction: float = 0.15
+    img_size: int = 300
+    workers: int = 4
+    # model
+    arch: str = "efficientnet_b3"
+    pretrained: bool | None = None  # None: ImageNet weights from timm unless init_weights is given
+    init_weights: str | None = None
+    drop_rate: float = 0.3
+    # optimisation
+    epochs: int = 50
+    batch_size: int = 16
+    accum_steps: int = 2
+    lr: float = 1e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 0.1
+    label_smoothing: float = 0.1
+    sampler: str = "weighted"
+    scheduler: str = "plateau"
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    warmup_epochs: float = 1.0
+    min_lr: float = 1e-6
+    clip_grad: float = 1.0
+    early_stop: int = 10
+    # augmentation (training only; evaluation is the runtime's preprocessing)
+    augment: bool = True
+    hflip: float = 0.5
+    vflip: float = 0.5
+    rotate: float = 30.0
+    rotate_p: float = 0.7
+    jitter: float = 0.2
+    jitter_hue: float = 0.05
+    jitter_p: float = 0.3
+    scale: float = 0.1
+    translate: float = 0.1
+    affine_p: float = 0.5
+    # hardware
+    device: str = "auto"
+    amp: str = "auto"
+    channels_last: bool | None = None  # None: on for CUDA
+    seed: int = 42
+    # output
+    out: str = ""
+    resume: str | None = None
+    overwrite: bool = False
+    plots: bool = True
+    model_name: str = ""
+    model_version: str = ""
+    trained_on: str = ""
+    demo: bool = False
+    mlflow: bool = False
+    mlflow_experiment: str = "skin-lesion"
+    config: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+DEFAULTS = TrainConfig()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML mapping (keys with dashes or underscores); unknown keys are an error."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(exc).__name__})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
+    return check_keys({str(k).replace("-", "_"): v for k, v in raw.items()}, str(path))
+
+
+def check_keys(options: dict[str, Any], where: str) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r} in {where}")
+    return options
+
+
+def resolve(*layers: dict[str, Any]) -> TrainConfig:
+    """Merge option layers (later wins), fill derived defaults and check values."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged.update(layer)
+    check_keys(merged, "the options")
+    cfg = TrainConfig(**merged)
+    if not cfg.data:
+        raise ConfigError("no dataset given: pass --data ROOT (a folder with train/ and test/)")
+    cfg.data = str(Path(cfg.data).expanduser().resolve())
+    if cfg.pretrained is None:
+        cfg.pretrained = not cfg.init_weights
+    if cfg.pretrained and cfg.init_weights:
+        raise ConfigError("use either --pretrained or --init-weights, not both")
+    if not cfg.out:
+        cfg.out = str(Path("runs") / f"{cfg.arch}-{datetime.now():%Y%m%d-%H%M%S}")
+    cfg.out = str(Path(cfg.out).expanduser().resolve())
+    cfg.model_name = cfg.model_name or f"skin-{cfg.arch}"
+    cfg.model_version = cfg.model_version or f"{datetime.now():%Y.%m.%d-%H%M}"
+    cfg.trained_on = cfg.trained_on or f"SkinDisease ImageFolder at {cfg.data}"
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: TrainConfig) -> None:
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    need(0.0 < cfg.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
+    need(16 <= cfg.img_size <= 4096, f"--img-size must be 16..4096, got {cfg.img_size}")
+    need(cfg.workers >= 0, "--workers must be 0 or more")
+    need(cfg.epochs >= 1, "--epochs must be at least 1")
+    need(cfg.batch_size >= 1, "--batch-size must be at least 1")
+    need(cfg.accum_steps >= 1, "--accum-steps must be at least 1")
+    need(
+        cfg.lr > 0 and cfg.backbone_lr_scale >= 0,
+        "--lr must be positive and --backbone-lr-scale not negative",
+    )
+    need(0.0 <= cfg.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)")
+    need(cfg.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}")
+    need(cfg.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}")
+    need(cfg.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
+    need(cfg.early_stop >= 0, "--early-stop must be 0 (off) or a number of epochs")
+    for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p"):
+        value = getattr(cfg, name)
+        need(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} is a probability, got {value}")

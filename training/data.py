@@ -1,0 +1,254 @@
+"""Dataset folders, the validation split, datasets and the (distributed-aware) weighted sampler.
+
+Every image goes through ``runtime.preprocess.preprocess`` (decode, EXIF, RGB, resize) exactly as the server
+does it; training adds augmentations that keep the size, then both convert to a normalized float tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.bundle import display_name
+from runtime.preprocess import ImageError, preprocess
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+RESIZE_MODE = "stretch"
+RESIZE_FILTER = "bilinear"
+
+Sample = tuple[Path, int]
+log = logging.getLogger(__name__)
+
+
+class DataError(Exception):
+    """A dataset layout the run cannot use; the message is one line for people."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    root: Path
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+
+    @property
+    def display_names(self) -> list[str]:
+        return [display_name(n) for n in self.class_names]
+
+    def files(self) -> list[Path]:
+        """Every image file of the dataset (train folder and test folder)."""
+        return [p for p, _ in self.train + self.val + self.test]
+
+
+def find_split_dir(root: Path, name: str) -> Path:
+    """``root/name`` or ``root/Name`` (both spellings occur in copies of the dataset)."""
+    found = [root / n for n in (name, name.capitalize()) if (root / n).is_dir()]
+    if not found:
+        raise DataError(f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder")
+    if len(found) > 1:
+        raise DataError(f"{str(root)!r} has both {name}/ and {name.capitalize()}/; keep one")
+    return found[0]
+
+
+def scan_split(folder: Path) -> dict[str, list[Path]]:
+    """Class folder name → sorted image files (hidden files and other extensions are ignored)."""
+    classes: dict[str, list[Path]] = {}
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            p
+            for p in class_dir.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        classes[class_dir.name] = files
+    if not classes:
+        raise DataError(f"{str(folder)!r} has no class folders")
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise DataError(
+            f"class folder {str(folder / empty[0])!r} holds no .jpg/.jpeg/.png images"
+            + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
+        )
+    return classes
+
+
+def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42) -> Splits:
+    """Read ``ROOT/train`` and ``ROOT/test``; carve a stratified, seeded validation split from train.
+
+    Deterministic given (root contents, val_fraction, seed), so export can rebuild the same split.
+    """
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise DataError(f"dataset folder {str(root)!r} does not exist")
+    base = base.resolve()
+    train_classes = scan_split(find_split_dir(base, "train"))
+    test_classes = scan_split(find_split_dir(base, "test"))
+    if set(train_classes) != set(test_classes):
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        parts = [
+            f"only in train: {', '.join(only_train)}" if only_train else "",
+            f"only in test: {', '.join(only_test)}" if only_test else "",
+        ]
+        raise DataError("train and test have different classes (" + "; ".join(p for p in parts if p) + ")")
+    class_names = sorted(train_classes)
+    train: list[Sample] = []
+    val: list[Sample] = []
+    for index, name in enumerate(class_names):
+        kept, held = split_class(train_classes[name], val_fraction, seed, index)
+        train += [(p, index) for p in kept]
+        val += [(p, index) for p in held]
+    test = [(p, index) for index, name in enumerate(class_names) for p in test_classes[name]]
+    return Splits(root=base, class_names=class_names, train=train, val=val, test=test)
+
+
+def split_class(files: list[Path], fraction: float, seed: int, index: int) -> tuple[list[Path], list[Path]]:
+    """Hold out ``fraction`` of one class, at least one image when it has two or more.
+
+    Per class by hand (rather than sklearn's stratified split) so every class appears in validation and the
+    split does not depend on a library version: export rebuilds it from the checkpoint's config.
+    """
+    n = len(files)
+    n_val = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
+    order = np.random.default_rng([seed, index]).permutation(n)
+    held = set(order[:n_val].tolist())
+    return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
+
+
+def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 HWC RGB → float32 CHW in [0, 1], normalized with mean/std (as the ONNX graph does)."""
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((x - m) / s).contiguous()
+
+
+_reported: set[str] = set()
+
+
+def load_image(path: Path, img_size: int) -> np.ndarray | None:
+    """The runtime's preprocessing; None (logged once per process) when the file is not a usable image."""
+    try:
+        return preprocess(path, (img_size, img_size), resize_mode=RESIZE_MODE, resize_filter=RESIZE_FILTER)
+    except ImageError as exc:
+        if str(path) not in _reported:
+            _reported.add(str(path))
+            log.warning("skipping unreadable image %s (%s)", path, exc.code)
+        return None
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """(tensor, label) per sample; an unreadable file yields a zero tensor and label -1 (skipped, counted)."""
+
+    def __init__(
+        self, samples: Sequence[Sample], img_size: int, mean: Sequence[float], std: Sequence[float]
+    ) -> None:
+        self.samples = list(samples)
+        self.img_size = img_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        image = load_image(path, self.img_size)
+        if image is None:
+            return torch.zeros(3, self.img_size, self.img_size), -1
+        return to_tensor(image, self.mean, self.std), label
+
+
+class TrainDataset(torch.utils.data.Dataset):
+    """Keys come from WeightedSampler as (epoch, draw, index); the augmentation is seeded from them, so a
+    resumed run and any number of loader workers see the same pixels. Yields (tensor, label, index)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        img_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        transform: Callable[..., dict] | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.samples = list(samples)
+        self.img_size = img_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, int, int]:
+        epoch, draw, index = key
+        path, label = self.samples[index]
+        image = load_image(path, self.img_size)
+        if image is None:
+            return torch.zeros(3, self.img_size, self.img_size), -1, index
+        if self.transform is not None:
+            state = np.random.SeedSequence([self.seed, epoch, draw]).generate_state(1)[0]
+            self.transform.set_random_seed(int(state))  # type: ignore[attr-defined]
+            image = self.transform(image=image)["image"]
+        return to_tensor(image, self.mean, self.std), label, index
+
+
+def balanced_weights(labels: Sequence[int], num_classes: int) -> list[float]:
+    """Per-sample weight 1/count(class): every class is drawn equally often on average."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return [1.0 / counts[y] for y in labels]
+
+
+class WeightedSampler(torch.utils.data.Sampler):
+    """Distributed-aware sampler: every epoch draws one global sequence from a generator seeded with
+    (seed, epoch) — weighted with replacement, or a plain permutation when ``weights`` is None — and each rank
+    takes every world-th draw. Its whole state is (seed, epoch), so resuming needs nothing else.
+    Yields (epoch, draw, index) keys for TrainDataset."""
+
+    def __init__(
+        self,
+        num_items: int,
+        weights: Sequence[float] | None = None,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        if num_items < 1:
+            raise ValueError("nothing to sample")
+        self.num_items = num_items
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.rank = rank
+        self.world_size = world_size
+        self.seed = seed
+        self.epoch = 0
+        self.per_rank = math.ceil(num_items / world_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def draws(self) -> list[int]:
+        """The global sequence of this epoch (all ranks), padded to a multiple of the world size."""
+        total = self.per_rank * self.world_size
+        state = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        g = torch.Generator().manual_seed(state)
+        if self.weights is not None:
+            return torch.multinomial(self.weights, total, replacement=True, generator=g).tolist()
+        order = torch.randperm(self.num_items, generator=g).tolist()
+        return (order * math.ceil(total / self.num_items))[:total]
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        draws = self.draws()
+        for k in range(self.rank, len(draws), self.world_size):
+            yield (self.epoch, k, draws[k])
+
+    def __len__(self) -> int:
+        return self.per_rank

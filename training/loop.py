@@ -1,0 +1,774 @@
+"""Training and evaluation. One code path for a CPU, one GPU, or many GPUs/nodes under torchrun (DDP).
+
+Reproducibility: the sampler's draws are a function of (seed, epoch), each image's augmentation of
+(seed, epoch, draw), and the global RNG (dropout) is reseeded from (seed, epoch, rank) at every epoch. So the
+whole random state of a run is its epoch counter, and a resumed run repeats the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Subset
+
+from runtime.bundle import fingerprint_files
+from training import plots
+from training.augment import build_transform
+from training.config import ConfigError, TrainConfig, check_keys, load_yaml, resolve
+from training.data import (
+    RESIZE_FILTER,
+    RESIZE_MODE,
+    EvalDataset,
+    Splits,
+    TrainDataset,
+    WeightedSampler,
+    balanced_weights,
+    load_image,
+    load_splits,
+)
+from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
+from training.report import classification_summary, epoch_metrics, plain
+
+METRIC_COLUMNS = (
+    "epoch",
+    "lr",
+    "lr_backbone",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "train_skipped",
+    "val_skipped",
+    "time_s",
+)
+
+
+# What a run writes (and --overwrite removes first; nothing else in the directory is touched).
+RUN_FILES = (
+    "best.pt",
+    "last.pt",
+    "config.yaml",
+    "metrics.csv",
+    "report.json",
+    "curves.png",
+    "confusion_matrix.png",
+    "mistakes_confidence.png",
+    "mistakes_most_confident.png",
+    "mistakes_least_confident.png",
+)
+
+
+class Evaluation(NamedTuple):
+    probs: np.ndarray  # float32 [N, C], softmax of logits
+    labels: np.ndarray  # int64 [N]
+    logits: np.ndarray  # float32 [N, C] (for temperature scaling)
+    skipped: int  # unreadable images left out
+    indices: np.ndarray  # int64 [N]: position of each row in the loader's order
+
+
+@dataclass
+class Cluster:
+    rank: int
+    world_size: int
+    device: torch.device
+    owned: bool  # this call initialised the process group (and so tears it down)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+@dataclass
+class State:
+    """Progress that resume restores (besides model, optimizer, scheduler and scaler)."""
+
+    epoch: int = 0  # epochs completed
+    best_f1: float = -1.0
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best macro-F1
+    history: list[dict[str, float]] = field(default_factory=list)
+    bad_train: list[int] = field(default_factory=list)  # unreadable training images (indices) seen so far
+
+
+def train(**kwargs: Any) -> Path:
+    """Fine-tune a timm model on an ImageFolder dataset; returns the run directory.
+
+    Keyword names are the CLI's option names with underscores (see ``training.config.TrainConfig``).
+    """
+    cfg, resumed = resolve_options(kwargs)
+    cluster = setup_cluster(cfg.device)
+    try:
+        return _run(cfg, resumed, cluster)
+    finally:
+        if cluster.owned and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """Explicit options > the resumed checkpoint's config > the YAML file > defaults."""
+    explicit = check_keys({k.replace("-", "_"): v for k, v in kwargs.items()}, "the arguments")
+    from_yaml = load_yaml(explicit["config"]) if explicit.get("config") else {}
+    resume = explicit.get("resume", from_yaml.get("resume"))
+    ckpt = None
+    saved: dict[str, Any] = {}
+    if resume:
+        path = Path(resume)
+        path = path / "last.pt" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"nothing to resume: {str(path)!r} does not exist")
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt or "state" not in ckpt:
+            raise ConfigError(f"{str(path)!r} holds no training state; resume from a run's last.pt")
+        saved = {k: v for k, v in ckpt.get("config", {}).items() if k not in ("resume", "overwrite")}
+        explicit = {**explicit, "resume": str(path)}
+    return resolve(from_yaml, saved, explicit), ckpt
+
+
+def setup_cluster(device_option: str) -> Cluster:
+    """Join the torchrun process group when there is one (nccl on GPUs, gloo on CPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_option, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    owned = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        owned = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return Cluster(rank=rank, world_size=world, device=device, owned=owned)
+
+
+def pick_device(option: str, local_rank: int = 0) -> torch.device:
+    if option == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(option)
+    except RuntimeError:
+        raise ConfigError(f"--device {option!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device asks for CUDA but no CUDA device is visible")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
+    """(autocast dtype or None, GradScaler or None): bf16 where supported, else fp16 with a scaler."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return None, None
+    if mode == "auto":
+        mode = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if mode == "bf16":
+        return torch.bfloat16, None
+    if device.type != "cuda":
+        raise ConfigError("--amp fp16 needs a CUDA device (use --amp bf16 on a CPU)")
+    return torch.float16, torch.amp.GradScaler("cuda")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with two groups: the classifier head at ``lr``, the backbone at ``lr * backbone_lr_scale``."""
+    head_ids = {id(p) for p in model.get_classifier().parameters()}  # type: ignore[operator]
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    groups = [
+        {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_scale, "name": "backbone"},
+        {"params": head, "lr": cfg.lr, "name": "head"},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> Any:
+    """ReduceLROnPlateau on validation loss (stepped per epoch), or linear warm-up + cosine (per step)."""
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
+        )
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    floor = min(1.0, cfg.min_lr / cfg.lr)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def epoch_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> Path:
+    device = cluster.device
+    amp_dtype, scaler = amp_setup(cfg.amp, device)
+    if cfg.mlflow:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise ConfigError("--mlflow needs the mlflow package (pip install mlflow)") from None
+    splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    names = splits.class_names
+    if resumed is not None:
+        for key, now in (("arch", cfg.arch), ("img_size", cfg.img_size), ("class_names", names)):
+            if resumed.get(key) != now:
+                raise ConfigError(f"cannot resume: the checkpoint's {key} differs from this run's ({now!r})")
+    run_dir = Path(cfg.out)
+    if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
+        raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
+    channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
+
+    torch.manual_seed(cfg.seed)  # the same initial head on every rank (DDP broadcasts rank 0's anyway)
+    model = build_model(
+        cfg.arch,
+        len(names),
+        pretrained=bool(cfg.pretrained) and resumed is None,
+        init_weights=cfg.init_weights if resumed is None else None,
+        drop_rate=cfg.drop_rate,
+    )
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+    model.to(device, memory_format=memory_format)
+
+    train_loader, sampler, val_loader = make_loaders(cfg, splits, cluster)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accum_steps))
+    state = State()
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        if scaler is not None and resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        state = State(**resumed["state"])
+    net: torch.nn.Module = model
+    if cluster.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
+    meta = checkpoint_meta(cfg, splits)
+
+    if cluster.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resumed is None:  # --overwrite: no output of the earlier run may pass for this one's
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        write_yaml(run_dir / "config.yaml", cfg.as_dict())
+    cluster.barrier()
+    tracker = MlflowTracker(cfg, run_dir) if cfg.mlflow and cluster.main else None
+    say = _printer(cluster.main)
+    say(
+        f"{cfg.arch} @ {cfg.img_size}px, {len(names)} classes: {len(splits.train)} train / "
+        f"{len(splits.val)} val / {len(splits.test)} test images; device {device}"
+        f"{f' x{cluster.world_size}' if cluster.distributed else ''}, amp {amp_dtype or 'off'}"
+        + (f"; resuming after epoch {state.epoch}" if resumed is not None else "")
+    )
+
+    from tqdm.auto import tqdm
+
+    quiet = None if cluster.main else True  # tqdm: None = quiet when not a TTY
+    epochs = tqdm(
+        range(state.epoch, cfg.epochs),
+        desc="epochs",
+        initial=state.epoch,
+        total=cfg.epochs,
+        disable=quiet,
+        dynamic_ncols=True,
+    )
+    try:
+        for epoch in epochs:
+            if cfg.early_stop and state.stale >= cfg.early_stop:
+                say(f"early stop: no better validation macro-F1 for {state.stale} epochs")
+                break
+            started = time.monotonic()
+            sampler.set_epoch(epoch)
+            torch.manual_seed(epoch_seed(cfg.seed, epoch, cluster.rank))
+            bar = tqdm(
+                total=len(train_loader),
+                desc=f"epoch {epoch + 1}",
+                leave=False,
+                disable=quiet,
+                dynamic_ncols=True,
+            )
+            with bar:
+                stats = train_epoch(
+                    net,
+                    train_loader,
+                    optimizer,
+                    scheduler if cfg.scheduler == "cosine" else None,
+                    criterion,
+                    cfg=cfg,
+                    device=device,
+                    amp_dtype=amp_dtype,
+                    scaler=scaler,
+                    channels_last=channels_last,
+                    cluster=cluster,
+                    bar=bar,
+                )
+            ev = evaluate_sharded(
+                model, val_loader, cluster, amp_dtype=amp_dtype, channels_last=channels_last
+            )
+            val = epoch_metrics(ev.logits, ev.labels, len(names))
+            if cfg.scheduler == "plateau":
+                scheduler.step(val["loss"])
+            state.bad_train = sorted(set(state.bad_train) | set(stats["bad"]))
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[1]["lr"],
+                "lr_backbone": optimizer.param_groups[0]["lr"],
+                "train_loss": stats["loss"],
+                "train_acc": stats["acc"],
+                "val_loss": val["loss"],
+                "val_acc": val["accuracy"],
+                "val_precision": val["precision"],
+                "val_recall": val["recall"],
+                "val_f1": val["f1"],
+                "train_skipped": len(state.bad_train),
+                "val_skipped": ev.skipped,
+                "time_s": round(time.monotonic() - started, 2),
+            }
+            state.history.append(row)
+            state.epoch = epoch + 1
+            improved = val["f1"] > state.best_f1
+            if improved:
+                state.best_f1, state.best_epoch, state.stale = val["f1"], epoch + 1, 0
+            else:
+                state.stale += 1
+            if cluster.main:
+                epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
+                if improved:
+                    save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
+                save_checkpoint(
+                    run_dir / "last.pt",
+                    model=model,
+                    meta=epoch_meta,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else None,
+                    sampler={"seed": cfg.seed, "epoch": epoch + 1},
+                    state=plain(asdict(state)),
+                )
+                write_metrics(run_dir / "metrics.csv", state.history)
+                if tracker is not None:
+                    tracker.log_epoch(row)
+            say(
+                f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats['loss']:.4f} acc {stats['acc']:.3f} | "
+                f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 {val['f1']:.3f}"
+                f"{' (best)' if improved else ''} | lr {row['lr']:.2e}"
+            )
+        epochs.close()
+        cluster.barrier()
+        if cluster.main:
+            finish(
+                cfg,
+                splits,
+                model,
+                state,
+                run_dir,
+                amp_dtype=amp_dtype,
+                channels_last=channels_last,
+                val_skipped=int(state.history[-1]["val_skipped"]) if state.history else 0,
+                say=say,
+            )
+            if tracker is not None:
+                tracker.finish(run_dir)
+        cluster.barrier()
+    finally:
+        if tracker is not None:
+            tracker.close()
+    return run_dir
+
+
+def make_loaders(
+    cfg: TrainConfig, splits: Splits, cluster: Cluster
+) -> tuple[DataLoader, WeightedSampler, DataLoader]:
+    """Training loader (augmented, class-balanced, sharded by rank) and this rank's validation shard."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    train_set = TrainDataset(splits.train, cfg.img_size, mean, std, build_transform(cfg), seed=cfg.seed)
+    labels = [y for _, y in splits.train]
+    weights = balanced_weights(labels, len(splits.class_names)) if cfg.sampler == "weighted" else None
+    sampler = WeightedSampler(
+        len(train_set), weights, rank=cluster.rank, world_size=cluster.world_size, seed=cfg.seed
+    )
+    common: dict[str, Any] = {
+        "num_workers": cfg.workers,
+        "pin_memory": cluster.device.type == "cuda",
+        "persistent_workers": cfg.workers > 0,
+    }
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        drop_last=len(sampler) >= cfg.batch_size,  # no ragged last batch (BatchNorm dislikes tiny ones)
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **common,
+    )
+    val_set = EvalDataset(splits.val, cfg.img_size, mean, std)
+    val_shard = Subset(val_set, range(cluster.rank, len(val_set), cluster.world_size))
+    return train_loader, sampler, DataLoader(val_shard, batch_size=cfg.batch_size * 2, **common)
+
+
+def train_epoch(
+    net: torch.nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    criterion: torch.nn.Module,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    scaler: Any,
+    channels_last: bool,
+    cluster: Cluster,
+    bar: Any,
+) -> dict[str, Any]:
+    """One pass over the sampler with gradient accumulation and clipping; ``scheduler`` steps per update."""
+    net.train()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, samples (no sync)
+    bad: list[int] = []
+    steps = len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (x, y, index) in enumerate(loader):
+        keep = y >= 0
+        if not keep.all():
+            bad += index[~keep].tolist()
+            if keep.sum() >= 2:  # drop unreadable images, unless that leaves BatchNorm a single one
+                x, y, keep = x[keep], y[keep], keep[keep]
+        weight = keep.to(device=device, dtype=torch.float32)
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.clamp(min=0).to(device, non_blocking=True)
+        update = (i + 1) % cfg.accum_steps == 0 or i + 1 == steps
+        sync = contextlib.nullcontext()
+        if isinstance(net, DistributedDataParallel) and not update:
+            sync = net.no_sync()  # type: ignore[assignment]  # all-reduce gradients once per update only
+        with sync:
+            with autocast(device, amp_dtype):
+                logits = net(x)
+            per_sample = criterion(logits.float(), y)
+            loss = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
+            scaled = loss / cfg.accum_steps
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if update:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            if cfg.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+        with torch.no_grad():
+            right = ((logits.argmax(dim=1) == y).float() * weight).sum()
+            totals += torch.stack([(per_sample.detach() * weight).sum(), right, weight.sum()]).double()
+        bar.update(1)
+        if i % 20 == 0 and not bar.disable:  # .item() waits for the GPU: only now and then
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    if cluster.distributed:
+        # Each rank updated its own BatchNorm statistics after DDP's last broadcast: evaluate (and save)
+        # rank 0's, so every shard of the validation set sees the model that best.pt holds.
+        for buffer in net.buffers():
+            dist.broadcast(buffer, src=0)
+        dist.all_reduce(totals)
+        gathered: list[Any] = [None] * cluster.world_size
+        dist.all_gather_object(gathered, bad)
+        bad = [i for part in gathered for i in part]
+    loss_sum, right_sum, seen = totals.tolist()
+    nan = float("nan")
+    return {"loss": loss_sum / seen if seen else nan, "acc": right_sum / seen if seen else nan, "bad": bad}
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device | str,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> Evaluation:
+    """Run ``model`` (eval mode) over a loader of (image, label); label -1 rows (unreadable) are skipped."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    logits: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    indices: list[torch.Tensor] = []
+    skipped = 0
+    position = 0
+    try:
+        for batch in loader:
+            x, y = batch[0], batch[1]
+            keep = y >= 0
+            skipped += int((~keep).sum())
+            indices.append(torch.arange(position, position + len(y))[keep])
+            position += len(y)
+            if not keep.any():
+                continue
+            x = x[keep].to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                out = model(x)
+            logits.append(out.float().cpu())
+            labels.append(y[keep].long())
+    finally:
+        model.train(was_training)
+    num_classes = int(getattr(model, "num_classes", 0))
+    z = torch.cat(logits) if logits else torch.zeros(0, num_classes)
+    return Evaluation(
+        probs=torch.softmax(z, dim=1).numpy(),
+        labels=torch.cat(labels).numpy() if labels else np.zeros(0, dtype=np.int64),
+        logits=z.numpy(),
+        skipped=skipped,
+        indices=torch.cat(indices).numpy() if indices else np.zeros(0, dtype=np.int64),
+    )
+
+
+def evaluate_sharded(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    cluster: Cluster,
+    *,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+) -> Evaluation:
+    """Each rank evaluates its shard; the shards are gathered so every rank computes the same metrics."""
+    ev = evaluate(model, loader, cluster.device, amp_dtype=amp_dtype, channels_last=channels_last)
+    if not cluster.distributed:
+        return ev
+    parts: list[Any] = [None] * cluster.world_size
+    dist.all_gather_object(parts, (ev.logits, ev.labels, ev.skipped))
+    logits = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    z = torch.from_numpy(logits)
+    return Evaluation(
+        probs=torch.softmax(z, dim=1).numpy(),
+        labels=labels,
+        logits=logits,
+        skipped=sum(int(p[2]) for p in parts),
+        indices=np.arange(len(labels)),
+    )
+
+
+def eval_loader(
+    samples: list[tuple[Path, int]],
+    img_size: int,
+    *,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    batch_size: int = 32,
+    workers: int = 0,
+) -> DataLoader:
+    """A loader of (tensor, label) through the runtime's preprocessing, in ``samples`` order."""
+    dataset = EvalDataset(samples, img_size, mean, std)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+
+
+def finish(
+    cfg: TrainConfig,
+    splits: Splits,
+    model: torch.nn.Module,
+    state: State,
+    run_dir: Path,
+    *,
+    amp_dtype: torch.dtype | None,
+    channels_last: bool,
+    val_skipped: int,
+    say: Any,
+) -> None:
+    """The test split, once, with the best checkpoint: report.json and plots."""
+    best_path = run_dir / "best.pt"
+    if best_path.is_file():
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    else:
+        say("no epoch produced a validation macro-F1; reporting the last weights")
+    device = next(model.parameters()).device
+    loader = eval_loader(splits.test, cfg.img_size, batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    ev = evaluate(model, loader, device, amp_dtype=amp_dtype, channels_last=channels_last)
+    if len(ev.labels) == 0:
+        raise ConfigError("no test image could be read; nothing to report")
+    report = classification_summary(
+        ev.probs, ev.labels, splits.class_names, display_names=splits.display_names, skipped=ev.skipped
+    )
+    skipped = {"train": len(state.bad_train), "val": val_skipped, "test": ev.skipped}
+    report.update(
+        {
+            "skipped_by_split": skipped,
+            "model_name": cfg.model_name,
+            "model_version": cfg.model_version,
+            "architecture": cfg.arch,
+            "best_epoch": state.best_epoch,
+            "val_macro_f1": state.best_f1,
+        }
+    )
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if cfg.plots:
+        write_plots(run_dir, state.history, report, splits, ev, cfg.img_size)
+    macro = report["macro avg"]
+    say(
+        f"test: accuracy {report['accuracy']:.3f}, macro P/R/F1 {macro['precision']:.3f}/"
+        f"{macro['recall']:.3f}/{macro['f1-score']:.3f}, top-3 {report['top3_accuracy']:.3f} "
+        f"(best epoch {state.best_epoch}); outputs in {run_dir}"
+    )
+    if any(skipped.values()):
+        say(
+            f"skipped {sum(skipped.values())} unreadable images (train {skipped['train']}, "
+            f"val {skipped['val']}, test {skipped['test']}); their paths are in the warnings above"
+        )
+
+
+def write_plots(
+    run_dir: Path,
+    history: list[dict[str, float]],
+    report: dict[str, Any],
+    splits: Splits,
+    ev: Evaluation,
+    img_size: int,
+) -> None:
+    if history:
+        plots.training_curves(history, run_dir / "curves.png")
+    plots.confusion_matrix(report["confusion_matrix"], splits.display_names, run_dir / "confusion_matrix.png")
+    plots.mistake_confidence(ev.probs, ev.labels, run_dir / "mistakes_confidence.png")
+    preds = ev.probs.argmax(axis=1)
+    wrong = np.flatnonzero(preds != ev.labels)
+    if len(wrong) == 0:
+        return
+    confidence = ev.probs[wrong, preds[wrong]]
+    order = wrong[np.argsort(-confidence, kind="stable")]
+    names = splits.display_names
+    for label, rows in (("most", order[:12]), ("least", order[::-1][:12])):
+        images, captions = [], []
+        for row in rows:
+            image = load_image(splits.test[int(ev.indices[row])][0], img_size)
+            if image is None:
+                continue
+            images.append(image)
+            captions.append(
+                f"true {names[ev.labels[row]]}\npred {names[preds[row]]} ({ev.probs[row, preds[row]]:.2f})"
+            )
+        if images:
+            plots.mistake_grid(
+                images,
+                captions,
+                f"{label} confident mistakes (test split)",
+                run_dir / f"mistakes_{label}_confident.png",
+            )
+
+
+def checkpoint_meta(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
+    """What makes a checkpoint describe itself (see training.model.save_checkpoint)."""
+    import timm
+
+    return {
+        "arch": cfg.arch,
+        "img_size": cfg.img_size,
+        "class_names": list(splits.class_names),
+        "display_names": splits.display_names,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+        "resize": RESIZE_MODE,
+        "resize_filter": RESIZE_FILTER,
+        "config": cfg.as_dict(),
+        "data_fingerprint": fingerprint_files(splits.root, splits.files()),
+        "model_name": cfg.model_name,
+        "model_version": cfg.model_version,
+        "trained_on": cfg.trained_on,
+        "demo": cfg.demo,
+        "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
+    }
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> None:
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(history)
+    tmp.replace(path)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _printer(enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    def say(line: str) -> None:
+        if enabled:
+            tqdm.write(line, file=sys.stdout)
+
+    return say
+
+
+class MlflowTracker:
+    """Optional MLflow logging (rank 0 only): parameters, per-epoch metrics, the run's files at the end."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+        import mlflow
+
+        self.mlflow = mlflow
+        mlflow.set_experiment(cfg.mlflow_experiment)
+        self.run = mlflow.start_run(run_name=run_dir.name)
+        mlflow.log_params({k: str(v)[:500] for k, v in cfg.as_dict().items()})
+
+    def log_epoch(self, row: dict[str, float]) -> None:
+        step = int(row["epoch"])
+        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
+
+    def finish(self, run_dir: Path) -> None:
+        for path in sorted(run_dir.iterdir()):
+            if path.suffix in (".json", ".csv", ".yaml", ".png"):
+                self.mlflow.log_artifact(str(path))
+
+    def close(self) -> None:
+        self.mlflow.end_run()

@@ -1,0 +1,79 @@
+"""PNG plots of a run (matplotlib's object API with the Agg canvas: no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def training_curves(history: Sequence[dict[str, float]], path: Path) -> None:
+    """Loss, accuracy / macro-F1 and learning rate per epoch."""
+    epochs = [row["epoch"] for row in history]
+    fig = _figure(13, 4)
+    ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_loss.legend()
+    ax_score.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train accuracy")
+    ax_score.plot(epochs, [r["val_acc"] for r in history], marker="o", label="val accuracy")
+    ax_score.plot(epochs, [r["val_f1"] for r in history], marker="o", label="val macro-F1")
+    ax_score.set(title="accuracy / macro-F1", xlabel="epoch", ylim=(0, 1))
+    ax_score.legend()
+    ax_lr.plot(epochs, [r["lr"] for r in history], marker="o", label="head")
+    ax_lr.plot(epochs, [r["lr_backbone"] for r in history], marker="o", label="backbone")
+    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    ax_lr.legend()
+    fig.savefig(path, dpi=100)
+
+
+def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> None:
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    side = max(5.0, 0.45 * len(names) + 2.5)
+    fig = _figure(side, side)
+    ax = fig.subplots()
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(names)).plot(
+        ax=ax, xticks_rotation="vertical", colorbar=False, cmap="Blues"
+    )
+    ax.set_title("confusion matrix (test split)")
+    fig.savefig(path, dpi=100)
+
+
+def mistake_confidence(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
+    """Histogram of the top probability of wrong predictions (against right ones)."""
+    top = probs.max(axis=1) if len(labels) else np.zeros(0)
+    wrong = probs.argmax(axis=1) != labels if len(labels) else np.zeros(0, dtype=bool)
+    fig = _figure(7, 4)
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 21)
+    ax.hist(top[~wrong], bins=bins, alpha=0.5, label=f"right ({int((~wrong).sum())})")
+    ax.hist(top[wrong], bins=bins, alpha=0.8, label=f"wrong ({int(wrong.sum())})")
+    ax.set(title="confidence of predictions (test split)", xlabel="top probability", ylabel="images")
+    ax.legend()
+    fig.savefig(path, dpi=100)
+
+
+def mistake_grid(
+    images: Sequence[np.ndarray], captions: Sequence[str], title: str, path: Path, columns: int = 4
+) -> None:
+    """A grid of images (uint8 HWC) with captions, e.g. the most confident mistakes."""
+    rows = max(1, -(-len(images) // columns))
+    fig = _figure(3 * columns, 3.3 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, caption in zip(axes, images, captions, strict=False):
+        ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    fig.suptitle(title)
+    fig.savefig(path, dpi=90)

@@ -1,0 +1,168 @@
+"""A deterministic generated ImageFolder dataset for tests and the demo (numpy + Pillow only).
+
+Every class gets its own pattern (stripes at an angle, checkerboard, dots, rings, crosses, …) and its own
+colour, drawn as a square patch (30–60 % of the short side) at a random place on a noisy skin-toned
+background. Image sizes, aspect and file formats vary. ``ROOT/boxes.json`` maps each image's relative path
+to the patch box [x0, y0, x1, y1] (pixels, x1/y1 exclusive) so CAM tests can check where the model looks.
+
+    python -m training.synthetic OUT_DIR [--train N] [--test N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from runtime.bundle import DISPLAY_NAMES
+
+SKIN_TONES = ((224, 172, 140), (198, 134, 96), (241, 194, 167), (160, 110, 80), (232, 185, 150))
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+# A pattern maps patch coordinates u, v in [0, 1) to a boolean mask; k is the number of periods.
+Pattern = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _stripes(angle_deg: float, k: float = 5.0) -> Pattern:
+    c, s = np.cos(np.radians(angle_deg)), np.sin(np.radians(angle_deg))
+    return lambda u, v: ((u * c + v * s) * k % 1.0) < 0.5
+
+
+def _checker(u: np.ndarray, v: np.ndarray, k: float = 4.0) -> np.ndarray:
+    return ((np.floor(u * k) + np.floor(v * k)) % 2) == 0
+
+
+def _diamonds(u: np.ndarray, v: np.ndarray, k: float = 3.0) -> np.ndarray:
+    return ((np.floor((u + v) * k) + np.floor((u - v) * k)) % 2) == 0
+
+
+def _dots(u: np.ndarray, v: np.ndarray, k: float = 4.0) -> np.ndarray:
+    return ((u * k % 1.0 - 0.5) ** 2 + (v * k % 1.0 - 0.5) ** 2) < 0.09
+
+
+def _rings(u: np.ndarray, v: np.ndarray, k: float = 4.0) -> np.ndarray:
+    return (np.hypot(u - 0.5, v - 0.5) * 2 * k % 1.0) < 0.5
+
+
+def _crosses(u: np.ndarray, v: np.ndarray, k: float = 3.0) -> np.ndarray:
+    a, b = np.abs(u * k % 1.0 - 0.5), np.abs(v * k % 1.0 - 0.5)
+    return ((a < 0.1) & (b < 0.35)) | ((b < 0.1) & (a < 0.35))
+
+
+def _grid(u: np.ndarray, v: np.ndarray, k: float = 4.0) -> np.ndarray:
+    return ((u * k % 1.0) < 0.2) | ((v * k % 1.0) < 0.2)
+
+
+def _disc(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return np.hypot(u - 0.5, v - 0.5) < 0.38
+
+
+def _zigzag(u: np.ndarray, v: np.ndarray, k: float = 4.0) -> np.ndarray:
+    return ((v + 0.25 * np.abs((u * k % 1.0) - 0.5)) * k % 1.0) < 0.5
+
+
+def _triangles(u: np.ndarray, v: np.ndarray, k: float = 3.0) -> np.ndarray:
+    return (u * k % 1.0) > (v * k % 1.0)
+
+
+PATTERNS: tuple[Pattern, ...] = (
+    _stripes(0),
+    _stripes(45),
+    _stripes(90),
+    _stripes(135),
+    _checker,
+    _dots,
+    _rings,
+    _crosses,
+    _grid,
+    _disc,
+    _zigzag,
+    _diamonds,
+    _triangles,
+)
+
+
+def class_look(index: int, num_classes: int) -> tuple[Pattern, tuple[int, int, int]]:
+    """The (pattern, colour) of class ``index``: hues spread over the wheel, patterns cycled."""
+    hue = (index / num_classes + 0.55) % 1.0  # start in blue-green, away from skin tones
+    value = 0.95 if index % 2 == 0 else 0.7
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, value)
+    return PATTERNS[index % len(PATTERNS)], (round(r * 255), round(g * 255), round(b * 255))
+
+
+def draw(
+    rng: np.random.Generator, pattern: Pattern, colour: tuple[int, int, int], size_range: tuple[int, int]
+) -> tuple[np.ndarray, list[int]]:
+    """One image (uint8 HWC) and its patch box [x0, y0, x1, y1]."""
+    lo, hi = size_range
+    width, height = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    tone = np.array(SKIN_TONES[int(rng.integers(len(SKIN_TONES)))], dtype=np.float32)
+    image = tone + rng.standard_normal((height, width, 3), dtype=np.float32) * 10.0
+    side = int(min(width, height) * rng.uniform(0.3, 0.6))
+    x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+    v, u = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    mask = pattern(u, v)[..., None]
+    fg = np.array(colour, dtype=np.float32)
+    patch = np.where(mask, fg, fg * 0.3 + tone * 0.2)
+    patch += rng.standard_normal(patch.shape, dtype=np.float32) * 6.0
+    image[y0 : y0 + side, x0 : x0 + side] = patch
+    return np.clip(image, 0, 255).astype(np.uint8), [x0, y0, x0 + side, y0 + side]
+
+
+def generate(
+    root: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    train_per_class: int = 8,
+    test_per_class: int = 4,
+    seed: int = 0,
+    size_range: tuple[int, int] = (160, 320),
+) -> Path:
+    """Write ``ROOT/train/<Class>/…``, ``ROOT/test/<Class>/…`` and ``ROOT/boxes.json``; returns ROOT."""
+    names = sorted(class_names if class_names is not None else DISPLAY_NAMES)
+    if not names:
+        raise ValueError("class_names is empty")
+    root = Path(root)
+    boxes: dict[str, list[int]] = {}
+    for split_index, (split, count) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        for class_index, name in enumerate(names):
+            pattern, colour = class_look(class_index, len(names))
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for j in range(count):
+                # One stream per image: changing one count does not reshuffle the other images.
+                rng = np.random.default_rng([seed, split_index, class_index, j])
+                pixels, box = draw(rng, pattern, colour, size_range)
+                ext = EXTENSIONS[j % len(EXTENSIONS)]
+                path = folder / f"{j:04d}{ext}"
+                img = Image.fromarray(pixels)
+                if ext == ".png":
+                    img.save(
+                        path, format="PNG", compress_level=0
+                    )  # noisy pixels hardly compress; speed matters
+                else:
+                    img.save(path, format="JPEG", quality=92)
+                boxes[path.relative_to(root).as_posix()] = box
+    (root / "boxes.json").write_text(json.dumps(boxes, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="dataset root to write")
+    parser.add_argument("--train", type=int, default=8, help="training images per class (default: 8)")
+    parser.add_argument("--test", type=int, default=4, help="test images per class (default: 4)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    args = parser.parse_args(argv)
+    root = generate(args.out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
+    print(f"wrote a synthetic dataset to {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
