@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 CONTRACT_VERSION = 1
-MODEL_FILE = "model.onnx"
+MODEL_FILE = "model.onnx"  # fp32, the graph that passed the parity check
+INT8_MODEL_FILE = "model.int8.onnx"  # optional: written only when it agrees with fp32 and is faster
+MODEL_VARIANTS = ("auto", "fp32", "int8")
 REPORT_FILE = "report.json"
 
 # Graph interface.
@@ -245,14 +247,19 @@ def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:
     return report
 
 
-def model_path(bundle_dir: str | Path) -> Path:
+def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
+    """The graph to serve: ``auto`` takes the int8 graph when export shipped one, else fp32."""
     directory = Path(bundle_dir)
     if not directory.is_dir():
         raise BundleError(f"bundle directory {str(directory)!r} does not exist")
-    path = directory / MODEL_FILE
-    if not path.is_file():
+    if variant not in MODEL_VARIANTS:
+        raise BundleError(f"model variant {variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
+    if not (directory / MODEL_FILE).is_file():
         raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
-    return path
+    int8 = directory / INT8_MODEL_FILE
+    if variant == "int8" and not int8.is_file():
+        raise BundleError(f"bundle {str(directory)!r} has no {INT8_MODEL_FILE} (export did not ship int8)")
+    return int8 if variant != "fp32" and int8.is_file() else directory / MODEL_FILE
 
 
 def sha256_file(path: str | Path) -> str:

@@ -61,11 +61,13 @@ class Engine:
         threads: int = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         memory_arena: bool = False,
+        variant: str = "auto",
     ) -> None:
         if not str(bundle_dir):
             raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
-        path = bundle.model_path(bundle_dir)
+        path = bundle.model_path(bundle_dir, variant)
         self.bundle_dir = Path(bundle_dir)
+        self.model_file = path.name
         self.threads = threads if threads > 0 else available_cpus()
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -108,6 +110,7 @@ class Engine:
             threads=settings.threads,
             providers=settings.providers,
             memory_arena=settings.memory_arena,
+            variant=settings.model_variant,
         )
 
     def run(self, images: np.ndarray) -> Output:
@@ -145,5 +148,6 @@ class Engine:
             "has_heatmap": self.has_cam,
             "has_report": self.report is not None,
             "onnxruntime": {"version": ort.__version__, "providers": self.providers, "threads": self.threads},
+            "model_file": self.model_file,
             "model_sha256": self.sha256,
         }

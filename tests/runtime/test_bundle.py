@@ -168,3 +168,26 @@ def test_fingerprint_depends_on_names_and_sizes(tmp_path: Path) -> None:
     first = bundle.fingerprint_files(tmp_path, [a])
     a.write_bytes(b"1234")
     assert bundle.fingerprint_files(tmp_path, [a]) != first
+
+
+@pytest.mark.parametrize(
+    ("variant", "with_int8", "expected"),
+    [
+        pytest.param("auto", False, "model.onnx", id="auto-fp32-only"),
+        pytest.param("auto", True, "model.int8.onnx", id="auto-prefers-int8"),
+        pytest.param("fp32", True, "model.onnx", id="fp32-forced"),
+        pytest.param("int8", True, "model.int8.onnx", id="int8"),
+    ],
+)
+def test_model_variant(tmp_path: Path, variant: str, with_int8: bool, expected: str) -> None:
+    make_bundle(tmp_path)
+    if with_int8:
+        (tmp_path / bundle.INT8_MODEL_FILE).write_bytes((tmp_path / bundle.MODEL_FILE).read_bytes())
+    engine = Engine(tmp_path, threads=1, variant=variant)
+    assert engine.model_file == expected and engine.info()["model_file"] == expected
+
+
+def test_int8_variant_missing_is_one_line(tmp_path: Path) -> None:
+    make_bundle(tmp_path)
+    with pytest.raises(bundle.BundleError, match="did not ship int8"):
+        Engine(tmp_path, threads=1, variant="int8")

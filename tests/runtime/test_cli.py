@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import solid
-from tests.server import ROOT, start_server, stop_server
+from tests.server import ROOT, post_file, start_server, stop_server
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,12 +38,6 @@ def test_bad_bundle_is_one_line_and_exit_2(args: list[str], message: str) -> Non
     assert "Traceback" not in out.stderr
 
 
-def _multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = "testboundary42"
-    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n\r\n'
-    return head.encode() + data + f"\r\n--{boundary}--\r\n".encode(), boundary
-
-
 @pytest.mark.slow
 def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> None:
     command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
@@ -51,14 +45,8 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
     try:
         with urllib.request.urlopen(url + "/api/info") as response:
             assert json.load(response)["model_name"] == "tiny-test-model"
-        body, boundary = _multipart("file", "x.jpg", solid("green"))
-        request = urllib.request.Request(
-            url + "/api/predict",
-            data=body,
-            headers={"content-type": f"multipart/form-data; boundary={boundary}"},
-        )
-        with urllib.request.urlopen(request) as response:
-            assert json.load(response)["primary"]["label"] == "Eczema"
+        answer = post_file(url + "/api/predict", solid("green"))
+        assert answer["primary"]["label"] == "Eczema"  # type: ignore[index]
     finally:
         assert stop_server(proc) == 0
 

@@ -1,0 +1,443 @@
+"""Checkpoint → bundle: export, calibrate, verify parity, try int8, write metadata and report, rename.
+
+The bundle is built in a hidden temporary folder next to ``out`` and renamed into place only after it has
+been opened and checked the way the runtime opens it, so a failed export never leaves half a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError
+from runtime import bundle as contract
+
+INT8_MODES = ("auto", "off")
+NO_DATA_NOTE = "no dataset (--no-data): temperature not fitted (T = 1), parity on generated images, no int8"
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    no_data: bool = False,
+    report: str | Path | None = None,
+    parity_images: int = 16,
+    int8: str = "auto",
+    opset: int = 18,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the bundle directory ``out`` from a training checkpoint and return its path.
+
+    ``data``: the dataset root (default: the one in the checkpoint's config); the validation split is rebuilt
+    from the checkpoint's val_fraction and seed. Without a reachable dataset the export stops, unless
+    ``no_data`` says to go on with T = 1, parity on generated images and no int8.
+    """
+    say = log or (lambda _: None)
+    out = Path(out)
+    if int8 not in INT8_MODES:
+        raise ExportError(f"int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
+    if parity_images < 1:
+        raise ExportError("parity needs at least one image (parity_images >= 1)")
+    if out.exists() and not overwrite:
+        raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{str(out)!r} exists and is not a directory")
+    if no_data and data is not None:
+        raise ExportError("pass either a dataset or --no-data, not both")
+
+    ckpt, net, info = _load(Path(checkpoint))
+    base_report = _base_report(Path(checkpoint), report)
+    notes: list[str] = []
+    splits = None if no_data else _splits(ckpt, data, info["class_names"], notes)
+    for note in notes:
+        say(f"note: {note}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        _build(
+            staging,
+            net,
+            info,
+            splits,
+            base_report,
+            notes=notes,
+            parity_images=parity_images,
+            int8=int8,
+            opset=opset,
+            say=say,
+        )
+        verify(staging)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    say(f"wrote bundle {out}")
+    return out
+
+
+def _build(
+    staging: Path,
+    net: Any,
+    info: dict[str, Any],
+    splits: Any,
+    report: dict[str, Any],
+    *,
+    notes: list[str],
+    parity_images: int,
+    int8: str,
+    opset: int,
+    say: Callable[[str], None],
+) -> None:
+    import torch
+
+    from export import calibrate, infer, onnx, parity, quantize
+
+    img_size = info["img_size"]
+    size = (img_size, img_size)
+    view = {"size": size, "resize": info["resize"], "resize_filter": info["resize_filter"]}
+
+    say(f"exporting {info['arch']} at {img_size} px (opset {opset})")
+    core = onnx.export_core(net, size=size, mean=info["mean"], std=info["std"], opset=opset)
+    has_cam = any(o.name == contract.CAM_OUTPUT for o in core.graph.output)
+    if not has_cam:
+        notes.append("no CAM output: the head is not global-average-pool + linear")
+
+    if splits is not None:
+        val_files = [p for p, _ in splits.val]
+        say(f"fitting the temperature on {len(val_files)} validation images")
+        # The core graph's logits (onnxruntime is ~3x faster than torch eager here; parity below shows
+        # they are the same numbers).
+        logits, kept = infer.run(
+            infer.session(onnx.to_bytes(core)), val_files, contract.LOGITS_OUTPUT, **view
+        )
+        if not kept:
+            raise ExportError("no validation image could be read; cannot fit the temperature")
+        try:
+            calibration = calibrate.calibrate(logits, np.array([splits.val[i][1] for i in kept]))
+        except ValueError as exc:
+            raise ExportError(f"temperature scaling: {exc}") from None
+        say(
+            f"temperature {calibration['temperature']:.3f}: "
+            f"ECE {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, "
+            f"NLL {calibration['nll_before']:.4f} → {calibration['nll_after']:.4f}"
+        )
+    else:
+        say(f"note: {NO_DATA_NOTE}")
+        notes.append(NO_DATA_NOTE)
+        calibration = {"temperature": 1.0, "skipped": NO_DATA_NOTE}
+    temperature = float(calibration["temperature"])
+
+    created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    meta = _meta(info, temperature=temperature, created=created)
+    final = onnx.add_temperature(core, temperature)
+    onnx.set_metadata(final, meta)
+    fp32 = onnx.to_bytes(final)
+
+    with tempfile.TemporaryDirectory(prefix="skin-export-") as scratch:
+        if splits is not None:
+            parity_files, parity_source = [p for p, _ in splits.val], "validation split"
+        else:
+            from training.synthetic import generate
+
+            root = generate(
+                Path(scratch) / "generated",
+                class_names=info["class_names"],
+                train_per_class=0,
+                test_per_class=max(1, -(-parity_images // len(info["class_names"]))),
+            )
+            parity_files, parity_source = sorted((root / "test").glob("*/*")), "generated images"
+        say(f"checking parity with torch on {min(parity_images, len(parity_files))} images ({parity_source})")
+        parity_result = parity.check_parity(
+            net,
+            fp32,
+            parity_files,
+            n=parity_images,
+            img_size=img_size,
+            mean=info["mean"],
+            std=info["std"],
+            resize=info["resize"],
+            resize_filter=info["resize_filter"],
+            temperature=temperature,
+        )
+        parity_result["images"] = parity_source
+        diff, agree = parity_result["max_abs_diff"], parity_result["top1_agree"]
+        say(f"parity: max |Δp| {diff:.2e}, top-1 agreement {agree:.0%}")
+
+        int8_bytes = None
+        if int8 == "off":
+            int8_entry: dict[str, Any] = {"decision": "skipped", "reason": "int8 off"}
+        elif splits is None:
+            int8_entry = {"decision": "skipped", "reason": "no dataset to calibrate on and to compare with"}
+        else:
+            work = Path(scratch) / "int8"
+            work.mkdir()
+            int8_entry, int8_bytes = quantize.try_int8(
+                fp32,
+                calibration=[p for p, _ in splits.val],
+                test=[p for p, _ in splits.test],
+                workdir=work,
+                log=say,
+                **view,
+            )
+            say(f"int8: {int8_entry['decision']} ({int8_entry['reason']})")
+
+    # No onnxruntime-optimized copy: the simplified graph is already folded (BN in Conv, constants), and
+    # loading a saved basic-level copy of B3 measured no faster than this file (both ~150-300 ms here).
+    (staging / contract.MODEL_FILE).write_bytes(fp32)
+    files = [contract.MODEL_FILE]
+    if int8_bytes is not None:
+        (staging / quantize.INT8_FILE).write_bytes(int8_bytes)
+        int8_entry["sha256"] = contract.sha256_file(staging / quantize.INT8_FILE)
+        files.append(quantize.INT8_FILE)
+    cam_shape = next(
+        (
+            [d.dim_value for d in o.type.tensor_type.shape.dim[2:]]
+            for o in final.graph.output
+            if o.name == contract.CAM_OUTPUT
+        ),
+        None,
+    )
+    report.update(
+        {
+            "calibration": calibration,
+            "parity": parity_result,
+            "int8": int8_entry,
+            "export": {
+                "opset": opset,
+                "exporter": onnx.EXPORTER,
+                "torch": str(torch.__version__),
+                "simplified": "onnxsim",
+                "onnx_sha256": contract.sha256_file(staging / contract.MODEL_FILE),
+                "created": created,
+                "checkpoint_epoch": info["epoch"],
+                "cam": cam_shape,
+                "files": files,
+                "notes": notes,
+            },
+        }
+    )
+    (staging / contract.REPORT_FILE).write_text(
+        json.dumps(report, indent=2, default=_jsonable) + "\n", encoding="utf-8"
+    )
+
+
+def verify(directory: Path) -> contract.BundleMeta:
+    """Open every graph of the bundle as the runtime does and check it against the contract."""
+    from export.infer import session
+    from export.quantize import INT8_FILE
+
+    meta = None
+    for name in (contract.MODEL_FILE, INT8_FILE):
+        path = directory / name
+        if name != contract.MODEL_FILE and not path.is_file():
+            continue
+        try:
+            sess = session(path)
+            meta = contract.BundleMeta.from_metadata(sess.get_modelmeta().custom_metadata_map)
+            first = sess.get_inputs()[0]
+            contract.check_graph(
+                meta,
+                input_name=first.name,
+                input_type=first.type,
+                input_shape=first.shape,
+                outputs={o.name: o.shape for o in sess.get_outputs()},
+            )
+            h, w = meta.input_size
+            probs = sess.run(
+                [contract.PROBS_OUTPUT], {contract.INPUT_NAME: np.zeros((2, h, w, 3), np.uint8)}
+            )[0]
+        except contract.BundleError as exc:
+            raise ExportError(f"the written {name} breaks the bundle contract: {exc}") from None
+        if probs.shape != (2, meta.num_classes) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):
+            raise ExportError(f"the written {name} does not return probabilities for a batch of 2")
+    contract.load_report(directory)
+    assert meta is not None
+    return meta
+
+
+def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """The checkpoint, its network and its description with defaults for optional keys."""
+    from training.model import IMAGENET_MEAN, IMAGENET_STD, ModelError, load_checkpoint, model_from_checkpoint
+
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of a file it is about to refuse; the error says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            ckpt = load_checkpoint(path)
+    except ModelError as exc:
+        raise ExportError(str(exc)) from None
+    names = ckpt["class_names"]
+    img_size = ckpt.get("img_size")
+    if isinstance(img_size, list | tuple) and len(img_size) == 2 and img_size[0] == img_size[1]:
+        img_size = img_size[0]
+    if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 16:
+        raise ExportError(f"checkpoint {str(path)!r} has no usable img_size ({img_size!r})")
+    if not isinstance(ckpt.get("arch"), str) or not isinstance(ckpt.get("model"), dict):
+        raise ExportError(f"checkpoint {str(path)!r} lacks its architecture or weights")
+    display = ckpt.get("display_names") or [contract.display_name(str(n)) for n in names]
+    if not isinstance(display, list) or len(display) != len(names):
+        raise ExportError(
+            f"checkpoint {str(path)!r} has {len(names)} class names but {len(display)} display names"
+        )
+    config: dict[str, Any] = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    info = {
+        "arch": ckpt["arch"],
+        "img_size": img_size,
+        "class_names": [str(n) for n in names],
+        "display_names": [str(d) for d in display],
+        "mean": tuple(float(v) for v in ckpt.get("mean", IMAGENET_MEAN)),
+        "std": tuple(float(v) for v in ckpt.get("std", IMAGENET_STD)),
+        "resize": str(ckpt.get("resize", "stretch")),
+        "resize_filter": str(ckpt.get("resize_filter", "bilinear")),
+        "model_name": str(ckpt.get("model_name") or f"skin-{ckpt['arch']}"),
+        "model_version": str(ckpt.get("model_version") or f"epoch-{ckpt.get('epoch', 0)}"),
+        "trained_on": str(ckpt.get("trained_on", "")),
+        "demo": bool(ckpt.get("demo", False)),
+        "data_fingerprint": str(ckpt.get("data_fingerprint", "")),
+        "epoch": ckpt.get("epoch"),
+        "config": config,
+    }
+    try:
+        _meta(info, temperature=1.0, created="")  # the contract's checks, before any slow work
+    except contract.BundleError as exc:
+        raise ExportError(f"checkpoint {str(path)!r}: {exc}") from None
+    try:
+        net = model_from_checkpoint(ckpt)
+    except ModelError as exc:
+        raise ExportError(_mismatch(ckpt, path) or str(exc)) from None
+    except Exception as exc:  # a timm constructor refusing odd values
+        raise ExportError(
+            f"cannot rebuild {ckpt['arch']!r} from {str(path)!r} ({type(exc).__name__})"
+        ) from None
+    return ckpt, net, info
+
+
+def _mismatch(ckpt: dict[str, Any], path: Path) -> str | None:
+    """Say why the weights do not fit: a head for another class count, or another network."""
+    from training.model import build_model
+
+    names, arch = ckpt["class_names"], ckpt["arch"]
+    try:
+        fresh = build_model(arch, len(names), drop_rate=0.0)
+    except Exception:
+        return None
+    own, theirs = fresh.state_dict(), ckpt["model"]
+    if set(own) != set(theirs):
+        return (
+            f"checkpoint {str(path)!r} holds weights of another network than {arch} "
+            f"({len(set(own) - set(theirs))} tensors missing, {len(set(theirs) - set(own))} unexpected)"
+        )
+    head = f"{getattr(fresh, 'pretrained_cfg', {}).get('classifier', 'classifier')}.weight"
+    bad = [k for k, v in own.items() if getattr(theirs[k], "shape", None) != v.shape]
+    if bad == [head, head.replace(".weight", ".bias")] or bad == [head]:
+        return (
+            f"checkpoint {str(path)!r} has a head for {theirs[head].shape[0]} classes "
+            f"but lists {len(names)} class names"
+        )
+    if bad:
+        return (
+            f"checkpoint {str(path)!r}: {len(bad)} tensors have other shapes than {arch} expects ({bad[0]})"
+        )
+    return None
+
+
+def _meta(info: dict[str, Any], *, temperature: float, created: str) -> contract.BundleMeta:
+    meta = contract.BundleMeta(
+        class_names=info["class_names"],
+        display_names=info["display_names"],
+        input_size=(info["img_size"], info["img_size"]),
+        model_name=info["model_name"],
+        model_version=info["model_version"],
+        architecture=info["arch"],
+        resize=info["resize"],
+        resize_filter=info["resize_filter"],
+        temperature=temperature,
+        created=created,
+        data_fingerprint=info["data_fingerprint"],
+        trained_on=info["trained_on"],
+        demo=info["demo"],
+        mean=info["mean"],
+        std=info["std"],
+    )
+    contract.validate(meta)
+    return meta
+
+
+def _splits(ckpt: dict[str, Any], data: str | Path | None, class_names: list[str], notes: list[str]) -> Any:
+    from training.data import DataError, load_splits
+
+    config: dict[str, Any] = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    root = data if data is not None else config.get("data")
+    hint = "pass --data ROOT, or --no-data to export without it (T = 1, parity on generated images, no int8)"
+    if not root:
+        raise ExportError(f"the checkpoint names no dataset; {hint}")
+    try:
+        splits = load_splits(
+            root, val_fraction=float(config.get("val_fraction", 0.15)), seed=int(config.get("seed", 42))
+        )
+    except DataError as exc:
+        raise ExportError(f"{exc}; {hint}") from None
+    if splits.class_names != class_names:
+        raise ExportError(
+            f"the dataset at {str(root)!r} has classes {_short(splits.class_names)}, "
+            f"the checkpoint {_short(class_names)}; {hint}"
+        )
+    if not splits.val or not splits.test:
+        raise ExportError(f"the dataset at {str(root)!r} yields an empty validation or test split")
+    fingerprint = ckpt.get("data_fingerprint")
+    if fingerprint and fingerprint != contract.fingerprint_files(splits.root, splits.files()):
+        notes.append("the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)")
+    return splits
+
+
+def _short(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" … ({len(names)} in all)" if len(names) > 5 else "")
+
+
+def _base_report(checkpoint: Path, report: str | Path | None) -> dict[str, Any]:
+    """The training run's report.json (explicit path, or next to the checkpoint), else an empty one."""
+    if report is not None and not Path(report).is_file():
+        raise ExportError(f"report {str(report)!r} does not exist")
+    path = Path(report) if report is not None else checkpoint.parent / contract.REPORT_FILE
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportError(f"report {str(path)!r} is not readable JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ExportError(f"report {str(path)!r} must hold a JSON object")
+    return loaded
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    old = staging.with_name(staging.name.replace(".partial-", ".old-"))
+    out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        old.rename(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

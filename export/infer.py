@@ -1,0 +1,85 @@
+"""Run an exported graph on image files exactly as the runtime does: runtime preprocessing → onnxruntime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.preprocess import ImageError, preprocess
+
+BATCH = 16
+
+
+def session(model: bytes | str | Path, *, threads: int = 0) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default
+    options.log_severity_level = 3  # errors only: its warnings are about graph fusions, not our data
+    # As the runtime's engine does: no busy-waiting threads, so timings match what serving sees.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def pixels(files: Sequence[Path], size: tuple[int, int], resize: str, resize_filter: str) -> np.ndarray:
+    """uint8 [n, H, W, 3], the graph's input, made by the runtime's own preprocessing."""
+    return np.stack([preprocess(f, size, resize_mode=resize, resize_filter=resize_filter) for f in files])
+
+
+def readable(
+    files: Sequence[Path], size: tuple[int, int], resize: str, resize_filter: str
+) -> tuple[np.ndarray, list[int]]:
+    """Like ``pixels``, skipping files the runtime would refuse; also returns the indices kept."""
+    kept, images = [], []
+    for i, f in enumerate(files):
+        try:
+            images.append(preprocess(f, size, resize_mode=resize, resize_filter=resize_filter))
+        except ImageError:
+            continue
+        kept.append(i)
+    empty = np.zeros((0, *size, 3), dtype=np.uint8)
+    return (np.stack(images) if images else empty), kept
+
+
+def batches(
+    files: Sequence[Path], size: tuple[int, int], resize: str, resize_filter: str, batch: int = BATCH
+) -> Iterator[np.ndarray]:
+    """Readable images in batches (the last may be short); unreadable files are left out."""
+    for start in range(0, len(files), batch):
+        x, _ = readable(files[start : start + batch], size, resize, resize_filter)
+        if len(x):
+            yield x
+
+
+def run(
+    sess: Any, files: Sequence[Path], output: str, *, size: tuple[int, int], resize: str, resize_filter: str
+) -> tuple[np.ndarray, list[int]]:
+    """One output of the graph for every readable file, and the indices of those files."""
+    input_name = sess.get_inputs()[0].name
+    parts, kept = [], []
+    for start in range(0, len(files), BATCH):
+        x, idx = readable(files[start : start + BATCH], size, resize, resize_filter)
+        if len(x):
+            parts.append(sess.run([output], {input_name: x})[0])
+            kept += [start + i for i in idx]
+    if not parts:
+        return np.zeros((0,)), []
+    return np.concatenate(parts), kept
+
+
+def latency_ms(sess: Any, x: np.ndarray, *, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of one run on ``x``, in milliseconds."""
+    input_name = sess.get_inputs()[0].name
+    for _ in range(warmup):
+        sess.run(None, {input_name: x})
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, {input_name: x})
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

@@ -1,0 +1,231 @@
+"""export_bundle and skin-export end to end on a tiny timm model and generated images."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from export import cli, quantize
+from export.bundle import export_bundle
+from export.errors import ExportError
+from runtime import bundle
+from runtime.preprocess import preprocess
+from tests.export.conftest import CLASSES, TINY_SIZE, write_checkpoint
+
+TRAINING_REPORT = {"accuracy": 0.5, "macro avg": {"f1-score": 0.4}, "best_epoch": 3}
+
+
+@pytest.fixture(scope="module")
+def exported(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One tiny bundle, int8 tried, with the training run's report.json beside the checkpoint."""
+    work = tmp_path_factory.mktemp("export")
+    checkpoint = write_checkpoint(work / "run" / "best.pt", data=dataset)
+    (work / "run" / "report.json").write_text(json.dumps(TRAINING_REPORT))
+    messages: list[str] = []
+    out = export_bundle(checkpoint, work / "bundle", log=messages.append, parity_images=8)
+    report = json.loads((out / bundle.REPORT_FILE).read_text())
+    return {"work": work, "checkpoint": checkpoint, "out": out, "report": report, "messages": messages}
+
+
+def test_bundle_loads_in_the_runtime_and_describes_itself(exported: dict[str, Any], dataset: Path) -> None:
+    from runtime.engine import Engine
+
+    engine = Engine(exported["out"])
+    meta = engine.meta
+    assert meta.class_names == CLASSES
+    assert meta.display_names == [bundle.display_name(c) for c in CLASSES]
+    assert meta.input_size == (TINY_SIZE, TINY_SIZE)
+    assert (meta.model_name, meta.model_version, meta.architecture) == (
+        "skin-test",
+        "0.1",
+        "test_efficientnet",
+    )
+    assert meta.demo is True and meta.trained_on == "generated images"
+    assert meta.temperature == pytest.approx(exported["report"]["calibration"]["temperature"])
+    assert meta.created == exported["report"]["export"]["created"] and meta.created.endswith("Z")
+    assert engine.has_cam
+    image = preprocess(sorted(dataset.glob("test/*/*"))[0], (TINY_SIZE, TINY_SIZE))
+    out = engine.run(image[None])
+    assert out.probabilities.shape == (1, 3) and out.cam is not None and out.cam.shape[:2] == (1, 3)
+    assert out.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_probabilities_are_the_logits_scaled_by_the_fitted_temperature(
+    exported: dict[str, Any], dataset: Path
+) -> None:
+    from export.infer import session
+
+    sess = session(exported["out"] / bundle.MODEL_FILE)
+    images = np.stack([preprocess(p, (TINY_SIZE, TINY_SIZE)) for p in sorted(dataset.glob("test/*/*"))[:5]])
+    probs, _, logits = sess.run(None, {bundle.INPUT_NAME: images})
+    t = exported["report"]["calibration"]["temperature"]
+    expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_report_extends_the_training_report(exported: dict[str, Any]) -> None:
+    report = exported["report"]
+    assert any(m.startswith("parity: max") for m in exported["messages"])
+    assert report["export"]["notes"] == []
+    for key, value in TRAINING_REPORT.items():
+        assert report[key] == value
+    cal = report["calibration"]
+    assert set(cal) >= {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "n"}
+    assert cal["nll_after"] <= cal["nll_before"] and cal["n"] == 6  # 2 of 6 train images per class held out
+    parity = report["parity"]
+    assert parity["n"] == 6 and parity["max_abs_diff"] <= 1e-4 and parity["top1_agree"] == 1.0
+    assert report["export"]["opset"] >= 17 and report["export"]["exporter"]
+    assert report["export"]["onnx_sha256"] == bundle.sha256_file(exported["out"] / bundle.MODEL_FILE)
+    assert report["export"]["cam"] == [2, 2]
+
+
+def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> None:
+    entry = exported["report"]["int8"]
+    assert entry["n_test"] == 12
+    assert set(entry["latency"]) == {"fp32", "int8"} and entry["latency"]["int8"]["batch1_ms"] > 0
+    ship, reason = quantize.decide(entry["agreement"], entry["speedup_batch1"])
+    assert entry["decision"] == ("shipped" if ship else "not shipped") and entry["reason"] == reason
+    assert (exported["out"] / quantize.INT8_FILE).is_file() == ship
+
+
+@pytest.mark.parametrize(
+    ("agreement", "speedup", "ship"),
+    [(1.0, 1.5, True), (0.985, 1.5, False), (1.0, 1.05, False), (0.99, 1.10, True)],
+)
+def test_int8_ships_only_when_it_agrees_and_is_faster(agreement: float, speedup: float, ship: bool) -> None:
+    assert quantize.decide(agreement, speedup)[0] is ship
+
+
+def test_existing_bundle_is_kept_unless_overwrite(exported: dict[str, Any]) -> None:
+    with pytest.raises(ExportError, match="--overwrite"):
+        export_bundle(exported["checkpoint"], exported["out"])
+
+
+def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: Path, tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(
+        tmp_path / "run" / "best.pt", data=dataset, model_version="2.0", data_fingerprint="0123456789abcdef"
+    )
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    export_bundle(checkpoint, out, overwrite=True, int8="off", parity_images=2)
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == [bundle.MODEL_FILE, bundle.REPORT_FILE]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    report = json.loads((out / bundle.REPORT_FILE).read_text())
+    assert report["int8"]["decision"] == "skipped"
+    assert any("fingerprint mismatch" in note for note in report["export"]["notes"])
+
+
+def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    with pytest.raises(ExportError, match="--no-data"):
+        export_bundle(checkpoint, tmp_path / "bundle")
+    with pytest.raises(ExportError, match="does not exist.*--no-data"):
+        export_bundle(checkpoint, tmp_path / "bundle", data=tmp_path / "missing")
+    assert not (tmp_path / "bundle").exists()
+
+    out = export_bundle(checkpoint, tmp_path / "bundle", no_data=True, parity_images=3)
+    report = json.loads((out / bundle.REPORT_FILE).read_text())
+    assert report["calibration"]["temperature"] == 1.0 and "no dataset" in report["calibration"]["skipped"]
+    assert report["parity"]["images"] == "generated images" and report["parity"]["n"] == 3
+    assert report["int8"]["decision"] == "skipped"
+    assert any("no dataset" in note for note in report["export"]["notes"])
+
+
+def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
+    # The checkpoint claims centre-cropping while training evaluated stretched images: the paths disagree.
+    checkpoint = write_checkpoint(tmp_path / "best.pt", data=dataset, resize="center_crop")
+    with pytest.raises(ExportError, match="parity failed"):
+        export_bundle(checkpoint, tmp_path / "bundle", int8="off")
+    assert list(tmp_path.iterdir()) == [checkpoint]
+
+
+class Payload:
+    """Unpickling this would create a file: a weights_only load must refuse it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (self.marker,))
+
+
+def bad_checkpoints(tmp_path: Path, dataset: Path) -> dict[str, tuple[Path, str]]:
+    import timm
+    import torch
+
+    from training.model import save_checkpoint
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x04not really a checkpoint" * 10)
+    truncated = tmp_path / "truncated.pt"
+    whole = write_checkpoint(tmp_path / "whole.pt", data=dataset, net=_tiny(3)).read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    pickled = tmp_path / "pickled.pt"
+    torch.save(
+        {"format": "skin-checkpoint/1", "class_names": CLASSES, "x": Payload(tmp_path / "pwned")}, pickled
+    )
+    other = tmp_path / "other.pt"
+    resnet = timm.create_model("test_resnet", num_classes=3)
+    save_checkpoint(
+        other, model=resnet, meta={"arch": "test_efficientnet", "img_size": 64, "class_names": CLASSES}
+    )
+    unknown = write_checkpoint(tmp_path / "unknown.pt", data=dataset, arch="resnet", net=resnet)
+    count = write_checkpoint(
+        tmp_path / "count.pt", data=dataset, class_names=[*CLASSES, "Warts"], net=_tiny(3)
+    )
+    display = write_checkpoint(
+        tmp_path / "display.pt", data=dataset, display_names=["only one"], net=_tiny(3)
+    )
+    return {
+        "missing": (tmp_path / "nope.pt", "does not exist"),
+        "corrupt": (corrupt, "not readable"),
+        "truncated": (truncated, "not readable"),
+        "pickled-code": (pickled, "not readable"),
+        "other-architecture": (other, "weights of another network than test_efficientnet"),
+        "unknown-architecture": (unknown, "unknown architecture"),
+        "class-count": (count, "has a head for 3 classes but lists 4 class names"),
+        "display-names": (display, "display names"),
+    }
+
+
+def _tiny(num_classes: int) -> Any:
+    from training.model import build_model
+
+    return build_model("test_efficientnet", num_classes, drop_rate=0.0)
+
+
+def test_bad_checkpoints_give_one_line_and_no_bundle(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = bad_checkpoints(tmp_path, dataset)
+    out = tmp_path / "bundles" / "b"
+    for name, (path, expected) in cases.items():
+        code = cli.main([str(path), "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2, name
+        assert err.count("\n") == 1 and err.startswith("skin-export: error:") and expected in err, (name, err)
+        assert not out.exists(), name
+    assert not (tmp_path / "pwned").exists()  # the pickled payload never ran
+    assert not (tmp_path / "bundles").exists() or list((tmp_path / "bundles").iterdir()) == []
+
+
+def test_pickle_payload_really_would_run(tmp_path: Path) -> None:
+    """Guards the test above: plain unpickling of the payload does create the file."""
+    pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))
+    assert (tmp_path / "ran").exists()
+
+
+def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0 and "--no-data" in capsys.readouterr().out
+    checkpoint = tmp_path / "x.pt"
+    assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "0"]) == 2
+    assert "parity needs at least one image" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from export import onnx as export_onnx
+from export.errors import ExportError
+from runtime import bundle
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    """A tiny timm CNN and its exported core graph (logits + cam)."""
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_efficientnet", num_classes=3).eval()
+    return net, export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD)
+
+
+def torch_logits(net: Any, images: np.ndarray) -> np.ndarray:
+    import torch
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return net(x).numpy()
+
+
+def test_graph_takes_uint8_nhwc_with_a_dynamic_batch_in_one_file(tiny: tuple[Any, Any]) -> None:
+    import onnx
+
+    _, core = tiny
+    model = export_onnx.add_temperature(core, 1.0)
+    (image,) = model.graph.input
+    assert image.name == bundle.INPUT_NAME
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = image.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [64, 64, 3]
+    assert [o.name for o in model.graph.output] == [
+        bundle.PROBS_OUTPUT,
+        bundle.CAM_OUTPUT,
+        bundle.LOGITS_OUTPUT,
+    ]
+    assert all(t.data_location != onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    onnx.checker.check_model(model, full_check=True)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_graph_matches_torch_and_bakes_in_normalization_and_temperature(
+    tiny: tuple[Any, Any], batch: int
+) -> None:
+    from export.infer import session
+
+    net, core = tiny
+    sess = session(export_onnx.to_bytes(export_onnx.add_temperature(core, 2.5)))
+    images = np.random.default_rng(batch).integers(0, 256, (batch, 64, 64, 3), dtype=np.uint8)
+    probs, cam, logits = sess.run(None, {bundle.INPUT_NAME: images})
+    expected = torch_logits(net, images)
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+    scaled = np.exp(expected / 2.5) / np.exp(expected / 2.5).sum(1, keepdims=True)
+    np.testing.assert_allclose(probs, scaled, atol=1e-5)
+    assert cam.shape == (batch, 3, 2, 2)
+
+
+def test_cam_is_the_head_applied_at_every_place(tiny: tuple[Any, Any]) -> None:
+    """CAM_c = sum_k w_ck A_k: its spatial mean plus the bias is the logit; each cell is w·A at that place."""
+    import torch
+
+    from export.infer import session
+
+    net, core = tiny
+    images = np.random.default_rng(5).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    _, cam, logits = session(export_onnx.to_bytes(export_onnx.add_temperature(core, 1.0))).run(
+        None, {bundle.INPUT_NAME: images}
+    )
+    bias = net.classifier.bias.detach().numpy()
+    np.testing.assert_allclose(cam.mean(axis=(2, 3)) + bias, logits, atol=1e-4)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        features = net.forward_features(x).numpy()
+    weight = net.classifier.weight.detach().numpy()
+    np.testing.assert_allclose(cam, np.einsum("ck,nkhw->nchw", weight, features), atol=1e-4)
+
+
+def test_heads_that_are_not_pool_plus_linear_get_no_cam() -> None:
+    import timm
+
+    assert (
+        export_onnx.linear_head_weight(timm.create_model("test_resnet", num_classes=3).eval(), (64, 64))
+        is not None
+    )
+    # ConvNeXt normalizes after pooling: a CAM would not add up to the logits, so none is exported.
+    assert (
+        export_onnx.linear_head_weight(timm.create_model("test_convnext", num_classes=3).eval(), (64, 64))
+        is None
+    )
+    assert (
+        export_onnx.linear_head_weight(timm.create_model("test_vit", num_classes=3).eval(), (160, 160))
+        is None
+    )
+
+
+def test_old_opsets_are_refused(tiny: tuple[Any, Any]) -> None:
+    net, _ = tiny
+    with pytest.raises(ExportError, match="opset 16"):
+        export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD, opset=16)
+
+
+def test_metadata_round_trips_through_the_contract(tiny: tuple[Any, Any]) -> None:
+    import onnx
+
+    _, core = tiny
+    meta = bundle.BundleMeta(
+        class_names=["Acne", "Eczema", "Moles"],
+        display_names=["Acne", "Eczema", "Moles"],
+        input_size=(64, 64),
+        model_name="m",
+        model_version="1",
+        architecture="test_efficientnet",
+        temperature=1.75,
+        created="2026-01-01T00:00:00Z",
+        demo=True,
+    )
+    model = export_onnx.add_temperature(core, 1.75)
+    export_onnx.set_metadata(model, meta)
+    loaded = onnx.load_from_string(export_onnx.to_bytes(model))
+    assert bundle.BundleMeta.from_metadata({p.key: p.value for p in loaded.metadata_props}) == meta
