@@ -102,6 +102,7 @@ def build(
             workers=0,
             lr=3e-3,
             backbone_lr_scale=1.0,  # from scratch: the backbone has nothing to preserve
+            drop_rate=0.0,  # a few hundred steps: dropout only slows learning
             early_stop=0,
             scheduler="cosine",
             warmup_epochs=0.5,

@@ -89,4 +89,4 @@ def post_file(
         url, data=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)  # type: ignore[no-any-return]
+        return json.load(response)

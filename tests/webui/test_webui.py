@@ -1,0 +1,467 @@
+"""The web page in a real Chromium against the real service (uvicorn + the 22-class demo bundle)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import urllib.request
+from datetime import datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.images import encode, solid
+from tests.webui.conftest import Console
+from tests.webui.screenshots import take_screenshots
+
+pytestmark = pytest.mark.browser
+
+WEBUI = Path(__file__).resolve().parents[2] / "webui"
+PREDICT = re.compile(r"/api/predict\?")
+
+
+def expect(locator: Any) -> Any:
+    from playwright.sync_api import expect as playwright_expect
+
+    return playwright_expect(locator)
+
+
+def png(colour: str, name: str | None = None) -> dict[str, Any]:
+    return {"name": name or f"{colour}.png", "mimeType": "image/png", "buffer": solid(colour, fmt="PNG")}
+
+
+def pct(p: float) -> str:
+    return f"{p * 100:.1f}\u00a0%"
+
+
+def sentence(text: str) -> str:
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def open_page(page: Any) -> None:
+    page.goto("/")
+    expect(page.locator("#model-line .model-name")).to_have_text("skin-demo-b3 0.3.0")
+
+
+def analyse(page: Any, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Choose files, press Analyse, wait for the result; returns the API's JSON answer."""
+    page.set_input_files("#file-input", files=files)
+    with page.expect_response(re.compile(r"/api/predict")) as answer:
+        page.click("#analyse")
+    expect(page.locator("#busy")).to_be_hidden()
+    body: dict[str, Any] = answer.value.json()
+    return body
+
+
+def test_upload_shows_busy_state_result_bars_and_all_classes(page: Any) -> None:
+    open_page(page)
+    expect(page.locator("#analyse")).to_be_disabled()
+    page.set_input_files("#file-input", files=[png("red")])
+    expect(page.locator("#preview")).to_be_visible()
+    expect(page.locator("#preview-caption")).to_contain_text("red.png")
+
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))  # hold the request to see the busy state
+    page.click("#analyse")
+    expect(page.locator("#busy")).to_be_visible()
+    expect(page.locator("#analyse")).to_be_disabled()
+    expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
+    while not held:
+        page.wait_for_timeout(20)
+    with page.expect_response(PREDICT) as answer:
+        held[0].continue_()
+    result = answer.value.json()
+
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    expect(page.locator("#primary-prob")).to_have_text(pct(result["primary"]["probability"]))
+    expect(page.locator("#prob-kind")).to_have_text("calibrated probability")
+    expect(page.locator("#warnings .alert")).to_have_count(0)
+    rows = page.locator("#top-list li")
+    expect(rows).to_have_count(5)
+    for i, top in enumerate(result["top"]):
+        row = rows.nth(i)
+        expect(row.locator(".bar-name")).to_have_text(top["display_name"])
+        expect(row.locator(".bar-value")).to_have_text(pct(top["probability"]))
+        width = row.locator(".bar-fill").evaluate("e => parseFloat(e.style.width)")
+        assert width == pytest.approx(top["probability"] * 100, abs=0.01)
+
+    toggle = page.locator("#toggle-all")
+    expect(toggle).to_have_text("Show all 22 classes")
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    all_rows = page.locator("#all-list li")
+    expect(all_rows).to_have_count(22)
+    text = page.locator("#all-list").inner_text()
+    assert "Infestations & Bites" in text and "Sun/Sunlight Damage" in text
+    assert "Infestations_Bites" not in text and "Sun_Sunlight_Damage" not in text
+    shown = [
+        float(v.replace("\u00a0%", "").replace("< ", ""))
+        for v in all_rows.locator(".bar-value").all_inner_texts()
+    ]
+    assert shown == sorted(shown, reverse=True)
+
+
+def corner_image() -> dict[str, Any]:
+    """Red all over, brightest red in the top-right quadrant: Acne's activation peaks there."""
+    img = Image.new("RGB", (128, 96), (200, 40, 40))
+    img.paste((255, 0, 0), (64, 0, 128, 48))
+    return {"name": "corner.png", "mimeType": "image/png", "buffer": encode(img, "PNG")}
+
+
+def test_heatmap_overlays_the_image_and_toggles(page: Any) -> None:
+    open_page(page)
+    result = analyse(page, [corner_image()])
+    assert result["heatmap"]["label"] == "Acne"
+    canvas = page.locator("#heatmap")
+    expect(canvas).to_be_visible()
+    expect(canvas).to_have_attribute("data-label", "Acne")
+    expect(page.locator("#heatmap-caption")).to_contain_text("Acne")
+    image_box, canvas_box = page.locator("#preview").bounding_box(), canvas.bounding_box()
+    for key in ("x", "y", "width", "height"):
+        assert canvas_box[key] == pytest.approx(image_box[key], abs=1)
+    # Alpha follows the activation: high in the top-right quadrant, low elsewhere (rows top to bottom).
+    alpha = canvas.evaluate(
+        "c => [[0.1, 0.1], [0.9, 0.1], [0.1, 0.9], [0.9, 0.9]].map(([x, y]) =>"
+        " c.getContext('2d').getImageData(Math.floor(x * c.width), Math.floor(y * c.height), 1, 1).data[3])"
+    )
+    top_left, top_right, bottom_left, bottom_right = alpha
+    assert top_right > 200 and max(top_left, bottom_left, bottom_right) < 100
+
+    page.locator("label.switch").click()
+    expect(page.locator("#heatmap-toggle")).not_to_be_checked()
+    expect(canvas).to_be_hidden()
+    expect(page.locator("#heatmap-opacity")).to_be_disabled()
+    page.locator("#heatmap-toggle").focus()
+    page.keyboard.press("Space")
+    expect(canvas).to_be_visible()
+
+    page.get_by_label("Opacity").fill("20")
+    expect(page.locator("#opacity-value")).to_have_text("20\u00a0%")
+    assert canvas.evaluate("c => c.style.opacity") == "0.2"
+
+
+def test_wrong_type_and_oversized_file_are_refused_in_words(page: Any) -> None:
+    open_page(page)
+    page.set_input_files(
+        "#file-input", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hi"}]
+    )
+    error = page.locator("#input-error")
+    expect(error).to_have_text("notes.txt is not a JPEG, PNG or WebP image (it is text/plain).")
+    expect(page.locator("#viewer")).to_be_hidden()
+    expect(page.locator("#analyse")).to_be_disabled()
+
+    expect(page.locator("#limits-hint")).to_have_text(
+        "JPEG, PNG or WebP, up to 1\u00a0MB each; up to 16 images at once."
+    )
+    big = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024)  # the test server's limit is 1 MB
+    page.set_input_files("#file-input", files=[{"name": "big.png", "mimeType": "image/png", "buffer": big}])
+    expect(error).to_have_text("big.png is 1.0\u00a0MB; the limit is 1\u00a0MB per image.")
+    expect(page.locator("#analyse")).to_be_disabled()
+
+    page.set_input_files("#file-input", files=[png("red")])
+    expect(error).to_be_hidden()
+    expect(page.locator("#analyse")).to_be_enabled()
+
+
+def test_server_error_is_shown_in_words(page: Any, console: Console) -> None:
+    console.allow(r"status of 4\d\d")  # Chromium logs every 4xx answer; this one is the point of the test
+    open_page(page)
+    page.set_input_files(
+        "#file-input", files=[{"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}]
+    )
+    with page.expect_response(PREDICT) as answer:
+        page.click("#analyse")
+    response = answer.value
+    assert 400 <= response.status < 500
+    message = response.json()["error"]["message"]
+    expect(page.locator("#result-error")).to_have_text("The analysis failed: " + sentence(message))
+    expect(page.locator("#result")).to_be_hidden()
+
+
+def test_batch_lists_results_in_order(page: Any) -> None:
+    open_page(page)
+    broken = {"name": "broken.webp", "mimeType": "image/webp", "buffer": b"RIFF0000WEBPjunk"}
+    page.set_input_files("#file-input", files=[png("red"), png("green"), broken])
+    expect(page.locator("#batch-list li")).to_have_count(3)
+    expect(page.locator("#analyse-label")).to_have_text("Analyse 3 images")
+    with page.expect_response(re.compile(r"/api/predict/batch")) as answer:
+        page.click("#analyse")
+    body = answer.value.json()
+    assert [r["filename"] for r in body["results"]] == ["red.png", "green.png", "broken.webp"]
+
+    items = page.locator(".batch-item")
+    expect(items.nth(0)).to_contain_text("Acne")
+    expect(items.nth(1)).to_contain_text("Actinic Keratosis")
+    expect(items.nth(2).locator(".batch-error")).to_have_text(
+        sentence(body["results"][2]["error"]["message"])
+    )
+    expect(page.locator("#batch-summary")).to_have_text("3 images · 2 analysed · 1 refused")
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+
+    items.nth(1).click()
+    expect(items.nth(1)).to_have_attribute("aria-pressed", "true")
+    expect(page.locator("#primary-name")).to_have_text("Actinic Keratosis")
+    expect(page.locator("#heatmap")).to_have_attribute("data-label", "Actinic_Keratosis")
+    items.nth(2).click()
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#result-error")).to_contain_text("broken.webp")
+
+
+def test_drop_and_paste_choose_an_image(page: Any) -> None:
+    open_page(page)
+    data = base64.b64encode(solid("blue", fmt="PNG")).decode()
+    send = """([kind, name, data]) => {
+        const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: "image/png"}));
+        const event = kind === "drop"
+            ? new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true})
+            : new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true});
+        (kind === "drop" ? document.getElementById("dropzone") : document).dispatchEvent(event);
+    }"""
+    page.evaluate(send, ["drop", "dropped.png", data])
+    expect(page.locator("#preview-caption")).to_contain_text("dropped.png")
+    page.evaluate(send, ["paste", "pasted.png", data])
+    expect(page.locator("#preview-caption")).to_contain_text("pasted.png")
+    with page.expect_response(PREDICT):
+        page.click("#analyse")
+    expect(page.locator("#primary-name")).to_have_text("Benign Tumors")
+
+
+def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
+    report = json.loads((ui_bundle / "report.json").read_text())
+    names = report["class_names"]
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#panel-model")).to_be_visible()
+    expect(page.locator("#panel-analyse")).to_be_hidden()
+    assert page.url.endswith("#model")
+
+    expect(page.locator("#model-facts")).to_contain_text("skin-demo-b3")
+    expect(page.locator("#model-facts")).to_contain_text("no clinical data: a hand-built demo graph")
+    expect(page.locator("#demo-badge")).to_be_visible()
+    expect(page.locator("#demo-note")).to_contain_text("demo model")
+    expect(page.locator("#report-note")).to_have_text(report["demo_note"])
+
+    stats = page.locator("#report-stats")
+    expect(stats).to_contain_text("Accuracy" + pct(report["accuracy"]), use_inner_text=False)
+    expect(stats).to_contain_text("Macro F1" + pct(report["macro avg"]["f1-score"]), use_inner_text=False)
+    expect(stats).to_contain_text("Top-3 accuracy" + pct(report["top3_accuracy"]), use_inner_text=False)
+    cal = report["calibration"]
+    expect(page.locator("#calibration-stats")).to_contain_text(pct(cal["ece_after"]))
+    expect(page.locator("#calibration-stats")).to_contain_text(pct(cal["ece_before"]) + " before")
+
+    rows = page.locator("#metrics-table tbody tr")
+    expect(rows).to_have_count(22)
+    for i in (0, 7):
+        label = names[i]
+        cells = rows.nth(i).locator("td")
+        expect(rows.nth(i).locator("th")).to_have_text(_display(label))
+        expect(cells.nth(0)).to_have_text(f"{report[label]['precision']:.3f}")
+        expect(cells.nth(2)).to_have_text(f"{report[label]['f1-score']:.3f}")
+        expect(cells.nth(3)).to_have_text(str(int(report[label]["support"])))
+        assert cells.nth(0).evaluate("e => e.style.getPropertyValue('--t')") != ""
+    expect(page.locator("#metrics-table tfoot")).to_contain_text("Macro average")
+
+    page.get_by_role("button", name="Sort by f1", exact=True).click()
+    expect(page.locator('#metrics-table th[data-key="f1-score"]')).to_have_attribute(
+        "aria-sort", "descending"
+    )
+    best = max(names, key=lambda n: report[n]["f1-score"])
+    expect(rows.first.locator("th")).to_have_text(_display(best))
+
+    matrix = report["confusion_matrix"]
+    cells = page.locator("#confusion-table td.cm")
+    expect(cells).to_have_count(22 * 22)
+    expect(cells.nth(0)).to_have_text(str(matrix[0][0]))
+    expect(cells.nth(22 + 3)).to_have_text(str(matrix[1][3]))
+
+    page.locator("#tab-model").focus()
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#tab-analyse")).to_be_focused()
+    expect(page.locator("#tab-analyse")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#panel-analyse")).to_be_visible()
+
+
+def _display(label: str) -> str:
+    from runtime.bundle import display_name
+
+    return display_name(label)
+
+
+def test_model_tab_without_a_report(page: Any, console: Console) -> None:
+    console.allow(r"status of 404")
+    page.route(
+        "**/api/report",
+        lambda route: route.fulfill(
+            status=404,
+            content_type="application/json",
+            body=json.dumps({"error": {"code": "no_report", "message": "this model bundle has no report"}}),
+        ),
+    )
+    page.goto("/#model")
+    expect(page.locator("#panel-model")).to_be_visible()
+    expect(page.locator("#report-missing")).to_have_text("This model bundle has no evaluation report.")
+    expect(page.locator("#per-class")).to_be_hidden()
+    expect(page.locator("#confusion")).to_be_hidden()
+    expect(page.locator("#model-facts")).to_contain_text("skin-demo-b3")
+
+
+def test_export_downloads_the_analysis_as_json(page: Any) -> None:
+    open_page(page)
+    result = analyse(page, [png("red")])
+    with page.expect_download() as download:
+        page.click("#export")
+    assert re.fullmatch(
+        r"analysis-red-\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ\.json", download.value.suggested_filename
+    )
+    data = json.loads(Path(download.value.path()).read_text())
+    assert data["file_name"] == "red.png"
+    assert datetime.fromisoformat(data["timestamp"].replace("Z", "+00:00")).year >= 2024
+    assert data["primary_prediction"] == result["primary"]
+    assert [p["label"] for p in data["predictions"]] == sorted(
+        result["predictions"], key=lambda k: -result["predictions"][k]
+    )
+    assert {p["label"]: p["probability"] for p in data["predictions"]} == result["predictions"]
+    assert data["predictions"][1]["display_name"] == _display(data["predictions"][1]["label"])
+    info = json.loads(urllib.request.urlopen(page.url.split("#")[0] + "api/info").read())
+    assert data["model"] == {"name": info["model_name"], "version": info["model_version"], "demo": True}
+    assert "not a medical device" in data["disclaimer"] and "not a diagnosis" in data["disclaimer"]
+    assert "confidence" not in data
+
+
+def test_confidence_warnings_are_shown_above_the_classes(page: Any) -> None:
+    def flag(route: Any) -> None:
+        response = route.fetch()
+        body = {**response.json(), "confidence": "low", "in_distribution": False}
+        route.fulfill(response=response, json=body)
+
+    page.route(PREDICT, flag)
+    open_page(page)
+    analyse(page, [png("red")])
+    warnings = page.locator("#warnings .alert")
+    expect(warnings).to_have_count(2)
+    expect(warnings.nth(0)).to_contain_text("This does not look like a skin photo.")
+    expect(warnings.nth(1)).to_contain_text("The model is not confident about this image.")
+    before = page.evaluate(
+        "() => Boolean(document.getElementById('warnings').compareDocumentPosition("
+        "document.getElementById('top-list')) & Node.DOCUMENT_POSITION_FOLLOWING)"
+    )
+    assert before
+    with page.expect_download() as download:
+        page.click("#export")
+    data = json.loads(Path(download.value.path()).read_text())
+    assert data["confidence"] == "low" and data["in_distribution"] is False
+
+
+def test_theme_follows_the_system_and_the_toggle_is_remembered(new_page: Any) -> None:
+    page = new_page(color_scheme="light")
+    open_page(page)
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    toggle = page.locator("#theme-toggle")
+    expect(toggle).to_have_attribute("aria-label", "Switch to dark theme")
+    toggle.click()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    dark = page.evaluate(background)
+    assert dark != light
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    expect(toggle).to_have_attribute("aria-label", "Switch to light theme")
+    assert page.evaluate(background) == dark
+
+    fresh = new_page(color_scheme="dark")  # a new profile: no stored choice, the system says dark
+    open_page(fresh)
+    assert fresh.evaluate("() => document.documentElement.dataset.theme") is None
+    assert fresh.evaluate(background) == dark
+    expect(fresh.locator("#theme-toggle")).to_have_attribute("aria-label", "Switch to light theme")
+
+
+def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
+    page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    open_page(page)
+    expect(page.locator("#camera")).to_be_visible()
+    assert page.locator("#camera-input").get_attribute("capture") == "environment"
+    analyse(page, [png("red")])
+    expect(page.locator("#disclaimer")).to_be_visible()
+    width = "() => document.scrollingElement.scrollWidth"
+    assert page.evaluate(width) <= 390
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#confusion-table td.cm").first).to_be_attached()
+    assert page.evaluate(width) <= 390
+
+
+def test_the_keyboard_reaches_every_control_and_each_has_a_label(page: Any) -> None:
+    open_page(page)
+    reached = []
+
+    def tab_to(target: str) -> None:
+        for _ in range(20):
+            page.keyboard.press("Tab")
+            reached.append(
+                page.evaluate("() => document.activeElement.id || document.activeElement.className")
+            )
+            if reached[-1] == target:
+                return
+        raise AssertionError(f"Tab never reached #{target}: {reached}")
+
+    tab_to("skip-link")
+    assert reached == ["skip-link"]
+    tab_to("choose")
+    assert reached[1:3] == ["theme-toggle", "tab-analyse"]
+    page.set_input_files("#file-input", files=[png("red")])  # what the file dialog would do
+    tab_to("analyse")
+    page.keyboard.press("Enter")
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    tab_to("export")
+
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll('button, input, select, textarea')]
+            .filter(e => !(e.getAttribute('aria-label') || (e.labels && e.labels.length)
+                           || e.textContent.trim()))
+            .map(e => e.outerHTML.slice(0, 80))"""
+    )
+    assert unlabelled == []
+
+
+def test_page_has_no_inline_script_or_style(ui_server: str) -> None:
+    class Inline(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.problems: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            names = {name for name, _ in attrs}
+            if tag == "style" or (tag == "script" and "src" not in names):
+                self.problems.append(f"inline <{tag}>")
+            self.problems += [
+                f"{name}= on <{tag}>" for name in names if name == "style" or name.startswith("on")
+            ]
+
+    parser = Inline()
+    parser.feed((WEBUI / "index.html").read_text())
+    assert parser.problems == []
+    assert "innerHTML" not in (WEBUI / "app.js").read_text()  # page text is built with textContent only
+    with urllib.request.urlopen(ui_server + "/") as response:
+        assert "default-src 'self'" in response.headers["content-security-policy"]
+        assert b'src="app.js"' in response.read()
+
+
+@pytest.mark.slow
+def test_screenshot_script_writes_all_views(browser: Any, ui_server: str, tmp_path: Path) -> None:
+    paths = take_screenshots(browser, ui_server, tmp_path)
+    names = {p.name for p in paths}
+    for view in ("analyse", "model"):
+        for device in ("desktop", "phone"):
+            for theme in ("light", "dark"):
+                assert f"{view}-{device}-{theme}.png" in names
+    with Image.open(tmp_path / "analyse-desktop-light.png") as shot:
+        assert shot.width == 1280 and shot.height >= 900
+    with Image.open(tmp_path / "analyse-phone-dark.png") as shot:
+        assert shot.width == 390 * 2

@@ -1,0 +1,1108 @@
+/* Skin-lesion classifier page. Plain JavaScript, no build step, no third-party code; it talks only to this
+ * server's API. No inline script or style anywhere: styles are set through classes or the CSSOM, which a
+ * strict Content-Security-Policy (default-src 'self') allows. */
+"use strict";
+
+(function () {
+  const THEME_KEY = "skin-ui-theme";
+  const DISCLAIMER = "Research tool — not a medical device; not a diagnosis. See a dermatologist.";
+  const TOP_K = 5;
+  const MB = 1024 * 1024;
+  // Used until /api/info answers; the server enforces its own limits either way.
+  const DEFAULT_LIMITS = {
+    max_image_bytes: 10 * MB,
+    max_body_bytes: 40 * MB,
+    max_batch_files: 16,
+    allowed_formats: ["JPEG", "PNG", "WEBP"],
+    allowed_types: ["image/jpeg", "image/png", "image/webp"],
+  };
+  const EXTENSION_TYPES = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp" };
+  const FORMAT_NAMES = { JPEG: "JPEG", PNG: "PNG", WEBP: "WebP" };
+
+  // ---- theme, applied before the first paint (this script is not deferred) ----
+
+  const root = document.documentElement;
+  const darkQuery = window.matchMedia("(prefers-color-scheme: dark)");
+
+  function storedTheme() {
+    try {
+      const value = window.localStorage.getItem(THEME_KEY);
+      return value === "dark" || value === "light" ? value : null;
+    } catch (err) {
+      return null; // storage disabled: follow the system
+    }
+  }
+
+  function currentTheme() {
+    return root.dataset.theme || (darkQuery.matches ? "dark" : "light");
+  }
+
+  const remembered = storedTheme();
+  if (remembered) root.dataset.theme = remembered;
+
+  // ---- state ----
+
+  const state = {
+    info: null,
+    infoReady: null, // promise of /api/info
+    names: new Map(), // class label -> display name
+    items: [], // {file, url, result, error, analysedAt}
+    selected: 0,
+    busy: false,
+    showAll: false,
+    reportRequested: false,
+    sort: { key: null, descending: false },
+    reportRows: [],
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  document.addEventListener("DOMContentLoaded", init);
+
+  function init() {
+    setupTheme();
+    setupTabs();
+    setupInput();
+    setupHeatmapControls();
+    setupResults();
+    drawLegend();
+    state.infoReady = loadInfo();
+    renderAll();
+    if (window.location.hash === "#model") selectTab($("tab-model"));
+  }
+
+  // ---- formatting ----
+
+  function pct(p, digits) {
+    if (typeof p !== "number" || !isFinite(p)) return "–";
+    const d = digits === undefined ? 1 : digits;
+    const floor = Math.pow(10, -d) / 100;
+    if (p > 0 && p < floor) return "< " + (floor * 100).toFixed(d) + "\u00a0%";
+    return (p * 100).toFixed(d) + "\u00a0%";
+  }
+
+  function fixed(value, digits) {
+    return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : "–";
+  }
+
+  function formatBytes(n) {
+    if (n >= MB) return (n / MB).toFixed(n % MB === 0 ? 0 : 1) + "\u00a0MB";
+    if (n >= 1024) return Math.round(n / 1024) + "\u00a0KB";
+    return n + "\u00a0bytes";
+  }
+
+  function formatList(words) {
+    if (words.length <= 1) return words.join("");
+    return words.slice(0, -1).join(", ") + " or " + words[words.length - 1];
+  }
+
+  function sentence(text) {
+    const s = String(text || "").trim();
+    if (!s) return "";
+    const first = s.charAt(0).toUpperCase() + s.slice(1);
+    return /[.!?]$/.test(first) ? first : first + ".";
+  }
+
+  function formatDate(value) {
+    const date = new Date(value);
+    if (!value || isNaN(date.getTime())) return value || "–";
+    return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+  }
+
+  function displayName(label) {
+    return state.names.get(label) || String(label).replace(/_/g, " ");
+  }
+
+  // ---- API ----
+
+  class ApiError extends Error {
+    constructor(message, code, status) {
+      super(message);
+      this.code = code;
+      this.status = status;
+    }
+  }
+
+  async function request(path, options) {
+    let response;
+    try {
+      response = await fetch(path, Object.assign({ headers: { Accept: "application/json" } }, options));
+    } catch (err) {
+      throw new ApiError("The server could not be reached; check the connection.", "network", 0);
+    }
+    let body = null;
+    if ((response.headers.get("content-type") || "").includes("application/json")) {
+      try {
+        body = await response.json();
+      } catch (err) {
+        body = null;
+      }
+    }
+    if (!response.ok) {
+      const error = body && body.error;
+      if (error && error.message) throw new ApiError(sentence(error.message), error.code, response.status);
+      const words = ("The server answered " + response.status + " " + response.statusText).trim();
+      throw new ApiError(sentence(words), "http_" + response.status, response.status);
+    }
+    if (body === null) throw new ApiError("The server's answer is not JSON.", "bad_response", response.status);
+    return body;
+  }
+
+  async function loadInfo() {
+    try {
+      const info = await request("/api/info");
+      state.info = info;
+      state.names = new Map((info.classes || []).map((c) => [c.label, c.display_name]));
+      $("service-error").hidden = true;
+    } catch (err) {
+      showServiceError("The model service is not available: " + err.message);
+    }
+    renderModelLine();
+    renderLimits();
+    renderAll();
+    return state.info;
+  }
+
+  function showServiceError(message) {
+    const box = $("service-error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function limits() {
+    return (state.info && state.info.limits) || DEFAULT_LIMITS;
+  }
+
+  function formatsInWords() {
+    return formatList(limits().allowed_formats.map((f) => FORMAT_NAMES[f] || f));
+  }
+
+  // ---- theme toggle ----
+
+  function setupTheme() {
+    $("theme-toggle").addEventListener("click", () => {
+      const next = currentTheme() === "dark" ? "light" : "dark";
+      root.dataset.theme = next;
+      try {
+        window.localStorage.setItem(THEME_KEY, next);
+      } catch (err) {
+        // storage disabled: the choice lasts for this page only
+      }
+      renderThemeButton();
+    });
+    darkQuery.addEventListener("change", renderThemeButton);
+    renderThemeButton();
+  }
+
+  function renderThemeButton() {
+    const next = currentTheme() === "dark" ? "light" : "dark";
+    $("theme-toggle").setAttribute("aria-label", "Switch to " + next + " theme");
+    $("theme-toggle").title = "Switch to " + next + " theme";
+    $("theme-label").textContent = next === "dark" ? "Dark" : "Light";
+  }
+
+  // ---- tabs (WAI-ARIA tabs pattern: arrow keys move between tabs) ----
+
+  function tabs() {
+    return [$("tab-analyse"), $("tab-model")];
+  }
+
+  function setupTabs() {
+    const all = tabs();
+    all.forEach((tab, i) => {
+      tab.addEventListener("click", () => selectTab(tab));
+      tab.addEventListener("keydown", (event) => {
+        const moves = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: all.length - 1 };
+        if (!(event.key in moves)) return;
+        event.preventDefault();
+        const next = all[(moves[event.key] + all.length) % all.length];
+        selectTab(next);
+        next.focus();
+      });
+    });
+  }
+
+  function selectTab(tab) {
+    for (const t of tabs()) {
+      const selected = t === tab;
+      t.setAttribute("aria-selected", String(selected));
+      t.tabIndex = selected ? 0 : -1;
+      $(t.getAttribute("aria-controls")).hidden = !selected;
+    }
+    const hash = tab.id === "tab-model" ? "#model" : "#analyse";
+    if (window.location.hash !== hash) window.history.replaceState(null, "", hash);
+    if (tab.id === "tab-model") showModelTab();
+  }
+
+  // ---- choosing images: click, camera, drag-and-drop, paste ----
+
+  function setupInput() {
+    const input = $("file-input");
+    const camera = $("camera-input");
+    $("choose").addEventListener("click", () => input.click());
+    $("camera").addEventListener("click", () => camera.click());
+    for (const field of [input, camera]) {
+      field.addEventListener("change", () => {
+        setFiles(field.files);
+        field.value = ""; // choosing the same file again still fires "change"
+      });
+    }
+    $("clear").addEventListener("click", clearAll);
+
+    const zone = $("dropzone");
+    let depth = 0;
+    const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+    // The whole page accepts a drop, so a near miss never opens the image in place of the app.
+    window.addEventListener("dragenter", (event) => {
+      if (!hasFiles(event)) return;
+      depth += 1;
+      zone.classList.add("dragging");
+    });
+    window.addEventListener("dragleave", () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) zone.classList.remove("dragging");
+    });
+    window.addEventListener("dragover", (event) => {
+      if (!hasFiles(event)) return;
+      event.preventDefault();
+      event.dataTransfer.dropEffect = state.busy ? "none" : "copy";
+    });
+    window.addEventListener("drop", (event) => {
+      if (!hasFiles(event)) return;
+      event.preventDefault();
+      depth = 0;
+      zone.classList.remove("dragging");
+      if (!state.busy) setFiles(event.dataTransfer.files);
+    });
+
+    document.addEventListener("paste", (event) => {
+      const data = event.clipboardData;
+      if (!data || state.busy) return;
+      let files = Array.from(data.files || []);
+      if (!files.length) {
+        files = Array.from(data.items || [])
+          .filter((item) => item.kind === "file")
+          .map((item) => item.getAsFile())
+          .filter(Boolean);
+      }
+      if (!files.length) return;
+      event.preventDefault();
+      selectTab($("tab-analyse"));
+      setFiles(files);
+    });
+  }
+
+  function fileType(file) {
+    const match = /\.([a-z0-9]+)$/i.exec(file.name || "");
+    return file.type || (match && EXTENSION_TYPES[match[1].toLowerCase()]) || "";
+  }
+
+  /** Why the server would refuse this file, in words, or null. Same limits as the server's. */
+  function checkFile(file) {
+    const lim = limits();
+    const name = file.name || "The pasted image";
+    const type = fileType(file);
+    if (!lim.allowed_types.includes(type)) {
+      const what = type ? " (it is " + type + ")" : "";
+      return name + " is not a " + formatsInWords() + " image" + what + ".";
+    }
+    if (file.size === 0) return name + " is empty.";
+    if (file.size > lim.max_image_bytes) {
+      return name + " is " + formatBytes(file.size) + "; the limit is " + formatBytes(lim.max_image_bytes) + " per image.";
+    }
+    return null;
+  }
+
+  function setFiles(fileList) {
+    const files = Array.from(fileList || []);
+    if (!files.length || state.busy) return;
+    const lim = limits();
+    const problems = [];
+    let accepted = [];
+    for (const file of files) {
+      const problem = checkFile(file);
+      if (problem) problems.push(problem);
+      else accepted.push(file);
+    }
+    if (accepted.length > lim.max_batch_files) {
+      problems.push("At most " + lim.max_batch_files + " images can be analysed at once; the first " +
+        lim.max_batch_files + " were kept.");
+      accepted = accepted.slice(0, lim.max_batch_files);
+    }
+    // A few KB per file for the multipart headers, so the request stays under the server's body limit.
+    let total = 0;
+    for (let i = 0; i < accepted.length; i += 1) {
+      total += accepted[i].size + 4096;
+      if (total > lim.max_body_bytes) {
+        problems.push("Together the images exceed " + formatBytes(lim.max_body_bytes) + "; " +
+          (accepted.length - i) + " of them were left out.");
+        accepted = accepted.slice(0, i);
+        break;
+      }
+    }
+    showInputError(problems);
+    if (!accepted.length) return; // keep what was there before
+    releaseItems();
+    state.items = accepted.map((file) => ({
+      file: file,
+      url: URL.createObjectURL(file),
+      result: null,
+      error: null,
+      analysedAt: null,
+    }));
+    state.selected = 0;
+    state.showAll = false;
+    $("result-error").hidden = true;
+    renderAll();
+  }
+
+  function showInputError(problems) {
+    const box = $("input-error");
+    box.replaceChildren();
+    if (!problems.length) {
+      box.hidden = true;
+      return;
+    }
+    if (problems.length === 1) {
+      box.textContent = problems[0];
+    } else {
+      const list = el("ul");
+      for (const p of problems) list.append(el("li", null, p));
+      box.append(list);
+    }
+    box.hidden = false;
+  }
+
+  function releaseItems() {
+    for (const item of state.items) URL.revokeObjectURL(item.url);
+    state.items = [];
+  }
+
+  function clearAll() {
+    if (state.busy) return;
+    releaseItems();
+    state.selected = 0;
+    showInputError([]);
+    $("result-error").hidden = true;
+    renderAll();
+    $("choose").focus();
+  }
+
+  function current() {
+    return state.items[state.selected] || null;
+  }
+
+  // ---- analysis ----
+
+  function setupResults() {
+    $("analyse").addEventListener("click", analyse);
+    $("toggle-all").addEventListener("click", () => {
+      state.showAll = !state.showAll;
+      renderResult();
+    });
+    $("export").addEventListener("click", () => {
+      const item = current();
+      if (item && item.result) exportOne(item);
+    });
+    $("export-all").addEventListener("click", exportAll);
+  }
+
+  async function analyse() {
+    const items = state.items;
+    if (state.busy || !items.length || !state.info) return;
+    setBusy(true);
+    $("result-error").hidden = true;
+    const query = "?top_k=" + TOP_K + "&heatmap=true";
+    try {
+      if (items.length === 1) {
+        const form = new FormData();
+        form.append("file", items[0].file, items[0].file.name || "image");
+        const result = await request("/api/predict" + query, { method: "POST", body: form });
+        Object.assign(items[0], { result: result, error: null, analysedAt: new Date() });
+      } else {
+        const form = new FormData();
+        for (const item of items) form.append("files", item.file, item.file.name || "image");
+        const body = await request("/api/predict/batch" + query, { method: "POST", body: form });
+        const now = new Date();
+        body.results.forEach((entry, i) => {
+          const item = items[i];
+          if (!item) return;
+          if (entry.error) Object.assign(item, { result: null, error: sentence(entry.error.message), analysedAt: now });
+          else Object.assign(item, { result: Object.assign({ model: body.model }, entry), error: null, analysedAt: now });
+        });
+      }
+    } catch (err) {
+      const box = $("result-error");
+      box.textContent = "The analysis failed: " + err.message;
+      box.hidden = false;
+    } finally {
+      setBusy(false);
+      renderAll();
+    }
+    // On a phone the result sits below the image: bring it into view.
+    if (state.items === items && window.matchMedia("(max-width: 900px)").matches) {
+      $("results").scrollIntoView({ block: "start", behavior: "smooth" });
+    }
+  }
+
+  function setBusy(busy) {
+    state.busy = busy;
+    $("results").setAttribute("aria-busy", String(busy));
+    $("analyse").classList.toggle("is-busy", busy);
+    $("busy").hidden = !busy;
+    const n = state.items.length;
+    $("busy-text").textContent = n > 1 ? "Analysing " + n + " images…" : "Analysing…";
+    renderButtons();
+  }
+
+  // ---- rendering the analyse tab ----
+
+  function renderAll() {
+    renderViewer();
+    renderResult();
+    renderBatch();
+    renderButtons();
+  }
+
+  function renderButtons() {
+    const n = state.items.length;
+    const item = current();
+    $("analyse").disabled = state.busy || !n || !state.info;
+    $("analyse-label").textContent = state.busy ? "Analysing…" : n > 1 ? "Analyse " + n + " images" : "Analyse";
+    $("clear").disabled = state.busy || !n;
+    $("choose").disabled = state.busy;
+    $("camera").disabled = state.busy;
+    $("export").disabled = state.busy || !(item && item.result);
+    const analysed = state.items.filter((i) => i.result).length;
+    $("export-all").hidden = n < 2;
+    $("export-all").disabled = state.busy || analysed === 0;
+  }
+
+  function renderViewer() {
+    const item = current();
+    const viewer = $("viewer");
+    const preview = $("preview");
+    const canvas = $("heatmap");
+    viewer.hidden = !item;
+    $("dropzone").classList.toggle("compact", Boolean(item));
+    if (!item) {
+      preview.removeAttribute("src");
+      canvas.hidden = true;
+      $("heatmap-controls").hidden = true;
+      return;
+    }
+    if (preview.getAttribute("src") !== item.url) {
+      $("viewer").classList.remove("unreadable");
+      preview.src = item.url;
+    }
+    preview.alt = "Selected image " + (item.file.name || "");
+    $("preview-caption").textContent = (item.file.name || "Pasted image") + " · " + formatBytes(item.file.size);
+    const heatmap = item.result && item.result.heatmap;
+    $("heatmap-controls").hidden = !heatmap;
+    if (heatmap) {
+      drawHeatmap(heatmap);
+      canvas.dataset.label = heatmap.label;
+      canvas.hidden = !$("heatmap-toggle").checked;
+      $("heatmap-caption").textContent = "Class activation map for " + displayName(heatmap.label) +
+        ": the regions that raised this class's score. It is not an outline of a lesion.";
+    } else {
+      canvas.hidden = true;
+      delete canvas.dataset.label;
+    }
+  }
+
+  function renderResult() {
+    const item = current();
+    const result = item && item.result;
+    $("results-empty").hidden = state.busy || Boolean(item && (item.result || item.error));
+    $("result").hidden = state.busy || !result;
+    if (!state.busy && item && item.error && state.items.length > 1) {
+      $("result-error").textContent = (item.file.name || "This image") + ": " + item.error;
+      $("result-error").hidden = false;
+    } else if (state.items.length > 1) {
+      $("result-error").hidden = true;
+    }
+    if (!result) return;
+
+    renderWarnings($("warnings"), result);
+
+    const primary = result.primary;
+    $("primary-name").textContent = primary.display_name || displayName(primary.label);
+    $("primary-prob").textContent = pct(primary.probability);
+    $("primary-bar").style.width = (primary.probability * 100).toFixed(2) + "%";
+    const temperature = state.info && state.info.temperature;
+    const calibrated = typeof temperature === "number" && Math.abs(temperature - 1) > 1e-6;
+    $("prob-kind").textContent = calibrated ? "calibrated probability" : "model probability (not calibrated)";
+    $("prob-kind").title = calibrated ? "Temperature scaling, T = " + fixed(temperature, 3) : "";
+
+    $("top-heading").textContent = "Top " + result.top.length;
+    const top = $("top-list");
+    top.replaceChildren(...result.top.map((t, i) => barRow(t.label, t.display_name, t.probability, i === 0)));
+
+    const all = Object.entries(result.predictions).sort((a, b) => b[1] - a[1]);
+    const toggle = $("toggle-all");
+    toggle.hidden = all.length <= result.top.length;
+    toggle.setAttribute("aria-expanded", String(state.showAll));
+    toggle.textContent = state.showAll ? "Hide the full list" : "Show all " + all.length + " classes";
+    const list = $("all-list");
+    list.hidden = !state.showAll;
+    if (state.showAll) {
+      list.replaceChildren(...all.map(([label, p], i) => barRow(label, displayName(label), p, i === 0)));
+    }
+
+    const model = result.model || {};
+    const when = item.analysedAt ? item.analysedAt.toLocaleString() : "";
+    $("result-note").textContent = "Model " + (model.name || "?") + " " + (model.version || "") +
+      (model.demo ? " (demo)" : "") + (when ? " · analysed " + when : "") + ". " + DISCLAIMER;
+  }
+
+  function warningsOf(result) {
+    const out = [];
+    if (result.in_distribution === false) {
+      out.push({
+        title: "This does not look like a skin photo.",
+        text: "The image is unlike the photos the model learned from, so the classes below say little.",
+        short: "not a skin photo?",
+      });
+    }
+    if (result.confidence === "low") {
+      out.push({
+        title: "The model is not confident about this image.",
+        text: "No class stands out clearly; read the list below as uncertain.",
+        short: "low confidence",
+      });
+    }
+    return out;
+  }
+
+  function renderWarnings(box, result) {
+    box.replaceChildren(
+      ...warningsOf(result).map((w) => {
+        const div = el("div", "alert alert-warn");
+        div.setAttribute("role", "status");
+        div.append(el("strong", null, w.title), " ", el("span", null, w.text));
+        return div;
+      })
+    );
+  }
+
+  function barRow(label, name, probability, highlight) {
+    const li = el("li", "bar-row" + (highlight ? " is-top" : ""));
+    const title = el("span", "bar-name", name || displayName(label));
+    if (name && name !== label) title.title = label;
+    const track = el("span", "bar-track");
+    track.setAttribute("aria-hidden", "true");
+    const fill = el("span", "bar-fill");
+    fill.style.width = Math.max(0, Math.min(100, probability * 100)).toFixed(2) + "%";
+    track.append(fill);
+    li.dataset.label = label;
+    li.append(title, el("span", "bar-value", pct(probability)), track);
+    return li;
+  }
+
+  function renderBatch() {
+    const items = state.items;
+    $("batch").hidden = items.length < 2;
+    if (items.length < 2) return;
+    const analysed = items.filter((i) => i.result).length;
+    const failed = items.filter((i) => i.error).length;
+    let summary = items.length + " images";
+    if (analysed) summary += " · " + analysed + " analysed";
+    if (failed) summary += " · " + failed + " refused";
+    $("batch-summary").textContent = summary;
+    $("batch-list").replaceChildren(
+      ...items.map((item, i) => {
+        const li = el("li");
+        const button = el("button", "batch-item" + (item.error ? " has-error" : ""));
+        button.type = "button";
+        button.setAttribute("aria-pressed", String(i === state.selected));
+        const thumb = el("img", "thumb");
+        thumb.alt = "";
+        // A file the browser cannot decode gets a plain tile, not a broken-image icon.
+        thumb.addEventListener("error", () => thumb.replaceWith(el("span", "thumb thumb-missing", "?")));
+        thumb.src = item.url;
+        const text = el("span", "batch-text");
+        text.append(el("span", "batch-name", item.file.name || "Image " + (i + 1)));
+        if (item.result) {
+          const p = item.result.primary;
+          const line = el("span", "batch-primary");
+          line.append(el("strong", null, p.display_name || displayName(p.label)), " · " + pct(p.probability));
+          text.append(line);
+          const flags = warningsOf(item.result);
+          if (flags.length) {
+            const chips = el("span", "chips");
+            for (const f of flags) chips.append(el("span", "chip chip-warn", f.short));
+            text.append(chips);
+          }
+        } else if (item.error) {
+          text.append(el("span", "batch-error", item.error));
+        } else {
+          text.append(el("span", "hint", state.busy ? "Analysing…" : "Not analysed yet"));
+        }
+        button.append(thumb, text);
+        button.addEventListener("click", () => {
+          state.selected = i;
+          renderAll();
+        });
+        li.append(button);
+        return li;
+      })
+    );
+  }
+
+  // ---- heatmap ----
+
+  // Turbo colour map (Google, Apache-2.0), polynomial approximation: t in 0..1 -> [r, g, b] in 0..255.
+  function turbo(t) {
+    const x = Math.max(0, Math.min(1, t));
+    const poly = (c) => c[0] + x * (c[1] + x * (c[2] + x * (c[3] + x * (c[4] + x * c[5]))));
+    const clamp = (v) => Math.max(0, Math.min(255, Math.round(v)));
+    return [
+      clamp(poly([34.61, 1172.33, -10793.56, 33300.12, -38394.49, 14825.05])),
+      clamp(poly([23.31, 557.33, 1225.33, -3574.96, 1073.77, 707.56])),
+      clamp(poly([27.2, 3211.1, -15327.97, 27814.0, -22569.18, 6838.66])),
+    ];
+  }
+
+  function drawHeatmap(heatmap) {
+    const w = heatmap.width;
+    const h = heatmap.height;
+    const small = document.createElement("canvas");
+    small.width = w;
+    small.height = h;
+    const smallCtx = small.getContext("2d");
+    const pixels = smallCtx.createImageData(w, h);
+    for (let r = 0; r < h; r += 1) {
+      for (let c = 0; c < w; c += 1) {
+        const v = Math.max(0, Math.min(1, Number(heatmap.values[r][c]) || 0));
+        const [red, green, blue] = turbo(v);
+        const at = (r * w + c) * 4;
+        pixels.data[at] = red;
+        pixels.data[at + 1] = green;
+        pixels.data[at + 2] = blue;
+        // Weak regions stay mostly see-through, so the skin under them remains readable.
+        pixels.data[at + 3] = Math.round(255 * (0.15 + 0.85 * v));
+      }
+    }
+    smallCtx.putImageData(pixels, 0, 0);
+    // The grid covers the whole (stretched) image; smooth upsampling, and CSS stretches it over the photo.
+    const scale = Math.max(1, Math.ceil(480 / Math.max(w, h)));
+    const canvas = $("heatmap");
+    canvas.width = w * scale;
+    canvas.height = h * scale;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, canvas.width, canvas.height);
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = "high";
+    ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
+    applyOpacity();
+  }
+
+  function drawLegend() {
+    const canvas = $("legend");
+    const ctx = canvas.getContext("2d");
+    for (let x = 0; x < canvas.width; x += 1) {
+      const [r, g, b] = turbo(x / (canvas.width - 1));
+      ctx.fillStyle = "rgb(" + r + "," + g + "," + b + ")";
+      ctx.fillRect(x, 0, 1, canvas.height);
+    }
+  }
+
+  function applyOpacity() {
+    const value = Number($("heatmap-opacity").value);
+    $("heatmap").style.opacity = String(value / 100);
+    $("opacity-value").textContent = value + "\u00a0%";
+  }
+
+  function setupHeatmapControls() {
+    $("preview").addEventListener("error", () => {
+      if ($("preview").getAttribute("src")) $("viewer").classList.add("unreadable");
+    });
+    $("heatmap-toggle").addEventListener("change", () => {
+      const item = current();
+      $("heatmap").hidden = !($("heatmap-toggle").checked && item && item.result && item.result.heatmap);
+      $("heatmap-opacity").disabled = !$("heatmap-toggle").checked;
+    });
+    $("heatmap-opacity").addEventListener("input", applyOpacity);
+    applyOpacity();
+  }
+
+  // ---- export ----
+
+  function record(item) {
+    const result = item.result;
+    const predictions = Object.entries(result.predictions)
+      .sort((a, b) => b[1] - a[1])
+      .map(([label, probability]) => ({ label: label, display_name: displayName(label), probability: probability }));
+    const model = result.model || {};
+    const out = {
+      timestamp: (item.analysedAt || new Date()).toISOString(),
+      file_name: item.file.name || "",
+      primary_prediction: result.primary,
+      predictions: predictions,
+      model: { name: model.name, version: model.version, demo: Boolean(model.demo) },
+      disclaimer: DISCLAIMER,
+    };
+    if ("confidence" in result) out.confidence = result.confidence;
+    if ("in_distribution" in result) out.in_distribution = result.in_distribution;
+    return out;
+  }
+
+  function stamp(date) {
+    return date.toISOString().replace(/\.\d+Z$/, "Z").replace(/:/g, "-");
+  }
+
+  function stem(name) {
+    const base = String(name || "image").replace(/\.[^.]+$/, "");
+    return base.replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 60) || "image";
+  }
+
+  function download(fileName, data) {
+    const blob = new Blob([JSON.stringify(data, null, 2) + "\n"], { type: "application/json" });
+    const url = URL.createObjectURL(blob);
+    const link = el("a");
+    link.href = url;
+    link.download = fileName;
+    link.hidden = true;
+    document.body.append(link);
+    link.click();
+    link.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  function exportOne(item) {
+    const data = record(item);
+    download("analysis-" + stem(item.file.name) + "-" + stamp(item.analysedAt || new Date()) + ".json", data);
+  }
+
+  function exportAll() {
+    const done = state.items.filter((i) => i.result);
+    if (!done.length) return;
+    const model = done[0].result.model || {};
+    const now = new Date();
+    download("analyses-" + stamp(now) + ".json", {
+      timestamp: now.toISOString(),
+      model: { name: model.name, version: model.version, demo: Boolean(model.demo) },
+      analyses: done.map(record),
+      refused: state.items.filter((i) => i.error).map((i) => ({ file_name: i.file.name, error: i.error })),
+      disclaimer: DISCLAIMER,
+    });
+  }
+
+  // ---- header and limits ----
+
+  function renderModelLine() {
+    const line = $("model-line");
+    line.replaceChildren();
+    const info = state.info;
+    if (!info) {
+      line.textContent = "Model service unavailable";
+      return;
+    }
+    line.append(el("span", "model-name", info.model_name + " " + info.model_version));
+    if (info.demo) line.append(" ", el("span", "badge badge-warn", "Demo model"));
+  }
+
+  function renderLimits() {
+    const lim = limits();
+    $("limits-hint").textContent = formatsInWords() + ", up to " + formatBytes(lim.max_image_bytes) +
+      " each; up to " + lim.max_batch_files + " images at once.";
+    $("file-input").accept = lim.allowed_types.join(",") + ",.jpg,.jpeg,.png,.webp";
+  }
+
+  // ---- model tab ----
+
+  async function showModelTab() {
+    const info = state.info || (await state.infoReady);
+    if (!info) {
+      $("model-facts").replaceChildren(el("dd", null, "The model service is not available."));
+      return;
+    }
+    renderModelFacts(info);
+    if (state.reportRequested) return;
+    state.reportRequested = true;
+    if (!info.has_report) {
+      showReportMissing("This model bundle has no evaluation report.");
+      return;
+    }
+    try {
+      renderReport(await request("/api/report"));
+    } catch (err) {
+      state.reportRequested = false; // try again next time the tab opens
+      showReportMissing(
+        err.status === 404 ? "This model bundle has no evaluation report." : "The report could not be loaded: " + err.message
+      );
+    }
+  }
+
+  function facts(list, rows) {
+    list.replaceChildren();
+    for (const [term, value] of rows) {
+      if (value === undefined || value === null || value === "") continue;
+      const wrap = el("div", "fact");
+      const dd = el("dd");
+      if (value instanceof Node) dd.append(value);
+      else dd.textContent = String(value);
+      wrap.append(el("dt", null, term), dd);
+      list.append(wrap);
+    }
+  }
+
+  function code(text, title) {
+    const node = el("code", null, text);
+    if (title) node.title = title;
+    return node;
+  }
+
+  function renderModelFacts(info) {
+    $("demo-badge").hidden = !info.demo;
+    const classes = el("details", "class-list");
+    classes.append(el("summary", null, info.num_classes + " classes"));
+    const names = el("ul");
+    for (const c of info.classes) names.append(el("li", null, c.display_name));
+    classes.append(names);
+    const size = info.input_size || [];
+    const resize = info.resize || {};
+    const ort = info.onnxruntime || {};
+    const sha = info.model_sha256 || "";
+    const thresholds = info.thresholds && Object.keys(info.thresholds).length ? JSON.stringify(info.thresholds) : "";
+    facts($("model-facts"), [
+      ["Name", info.model_name],
+      ["Version", info.model_version],
+      ["Architecture", info.architecture],
+      ["Trained on", info.trained_on],
+      ["Created", info.created ? formatDate(info.created) : ""],
+      ["Classes", classes],
+      ["Input", size.length === 2 ? size[1] + " × " + size[0] + " px, " + (resize.mode || "stretch") + " resize (" + (resize.filter || "bilinear") + ")" : ""],
+      ["Temperature", typeof info.temperature === "number" ? fixed(info.temperature, 3) + (Math.abs(info.temperature - 1) > 1e-6 ? " (calibrated)" : " (no calibration)") : ""],
+      ["Heatmap", info.has_heatmap ? "Class activation map" : "Not available for this model"],
+      ["Decision thresholds", thresholds],
+      ["Runtime", "onnxruntime " + (ort.version || "?") + " · " + (ort.providers || []).join(", ") + " · " + ort.threads + " threads"],
+      ["Model SHA-256", sha ? code(sha.slice(0, 16) + "…", sha) : ""],
+      ["Data fingerprint", info.data_fingerprint ? code(info.data_fingerprint) : ""],
+    ]);
+    const note = $("demo-note");
+    note.hidden = !info.demo;
+    if (info.demo) {
+      note.textContent = "This is a demo model: it was not trained on the clinical data set, so its predictions " +
+        "and the numbers below do not describe a real classifier.";
+    }
+  }
+
+  function showReportMissing(message) {
+    const box = $("report-missing");
+    box.textContent = message;
+    box.hidden = false;
+    $("report-stats").replaceChildren();
+    $("calibration").hidden = true;
+    $("per-class").hidden = true;
+    $("confusion").hidden = true;
+    $("extra-report").hidden = true;
+  }
+
+  function isMetricRow(value) {
+    return value && typeof value === "object" && !Array.isArray(value) && "precision" in value && "recall" in value;
+  }
+
+  function stat(label, value, sub) {
+    const div = el("div", "stat");
+    div.append(el("span", "stat-label", label), el("span", "stat-value", value));
+    if (sub) div.append(el("span", "stat-sub", sub));
+    return div;
+  }
+
+  function renderReport(report) {
+    $("report-missing").hidden = true;
+    const macro = report["macro avg"] || {};
+    const weighted = report["weighted avg"] || {};
+    const labels = Array.isArray(report.class_names)
+      ? report.class_names.filter((k) => isMetricRow(report[k]))
+      : (state.info.classes || []).map((c) => c.label).filter((k) => isMetricRow(report[k]));
+    for (const key of Object.keys(report)) {
+      if (isMetricRow(report[key]) && !/ avg$/.test(key) && !labels.includes(key)) labels.push(key);
+    }
+    const support = typeof macro.support === "number" ? macro.support : null;
+    $("eval-source").textContent = support ? "Held-out test set, " + support.toLocaleString() + " images" : "";
+
+    const stats = [stat("Accuracy", pct(report.accuracy))];
+    stats.push(stat("Macro F1", pct(macro["f1-score"]), "P " + pct(macro.precision) + " · R " + pct(macro.recall)));
+    stats.push(stat("Weighted F1", pct(weighted["f1-score"]), "P " + pct(weighted.precision) + " · R " + pct(weighted.recall)));
+    if (typeof report.top3_accuracy === "number") stats.push(stat("Top-3 accuracy", pct(report.top3_accuracy)));
+    $("report-stats").replaceChildren(...stats);
+
+    const cal = report.calibration;
+    $("calibration").hidden = !cal;
+    if (cal) {
+      const tiles = [];
+      if (typeof cal.ece_after === "number") {
+        tiles.push(stat("ECE", pct(cal.ece_after), "expected calibration error; " + pct(cal.ece_before) + " before"));
+      }
+      if (typeof cal.nll_after === "number") {
+        tiles.push(stat("NLL", fixed(cal.nll_after, 3), "negative log-likelihood; " + fixed(cal.nll_before, 3) + " before"));
+      }
+      if (typeof cal.temperature === "number") tiles.push(stat("Temperature", fixed(cal.temperature, 3), "fitted on the validation split"));
+      $("calibration-stats").replaceChildren(...tiles);
+      $("calibration-note").textContent =
+        "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking.";
+    }
+
+    state.reportRows = labels.map((label, index) => Object.assign({ label: label, name: displayName(label), index: index }, report[label]));
+    $("per-class").hidden = !labels.length;
+    if (labels.length) renderMetricsTable(report);
+
+    const matrix = report.confusion_matrix;
+    const okMatrix = Array.isArray(matrix) && matrix.length && matrix.every((row) => Array.isArray(row) && row.length === matrix.length);
+    $("confusion").hidden = !okMatrix;
+    if (okMatrix) {
+      const names = Array.isArray(report.class_names) && report.class_names.length === matrix.length
+        ? report.class_names
+        : state.info.classes.map((c) => c.label);
+      renderConfusion(matrix, names.length === matrix.length ? names : matrix.map((_, i) => "class " + i));
+    }
+
+    const extra = [];
+    const flatten = (prefix, value) => {
+      if (value && typeof value === "object" && !Array.isArray(value)) {
+        for (const [k, v] of Object.entries(value)) flatten(prefix ? prefix + " · " + k : k, v);
+      } else if (value !== null && value !== undefined) {
+        extra.push([prefix, typeof value === "number" && !Number.isInteger(value) ? value.toPrecision(4) : Array.isArray(value) ? JSON.stringify(value) : String(value)]);
+      }
+    };
+    for (const key of ["parity", "int8"]) if (key in report) flatten(key, report[key]);
+    $("report-note").hidden = !report.demo_note;
+    $("report-note").textContent = report.demo_note ? String(report.demo_note) : "";
+    $("extra-report").hidden = !extra.length;
+    facts($("extra-facts"), extra);
+  }
+
+  const METRIC_COLUMNS = [
+    { key: "name", title: "Class", short: "Class", numeric: false },
+    { key: "precision", title: "Precision", short: "Prec.", numeric: true },
+    { key: "recall", title: "Recall", short: "Recall", numeric: true },
+    { key: "f1-score", title: "F1", short: "F1", numeric: true },
+    { key: "support", title: "Support", short: "n", numeric: true },
+  ];
+
+  function heatCell(value, isScore) {
+    const text = isScore ? fixed(value, 3) : typeof value === "number" ? value.toLocaleString() : value;
+    const td = el("td", isScore ? "num heat" : "num", text);
+    if (isScore && typeof value === "number") {
+      // 0.5 or less is the red end, 0.75 neutral, 1.0 the green end; the CSS turns --t into a colour.
+      td.style.setProperty("--t", String(Math.max(0, Math.min(1, (value - 0.5) / 0.5))));
+    }
+    return td;
+  }
+
+  function renderMetricsTable(report) {
+    const table = $("metrics-table");
+    const head = el("tr");
+    for (const col of METRIC_COLUMNS) {
+      const th = el("th", col.numeric ? "num" : "");
+      th.scope = "col";
+      // Phones show the short title; the accessible name is always the full one.
+      const button = el("button", "sort");
+      button.append(el("span", "long", col.title), el("span", "short", col.short));
+      button.setAttribute("aria-label", "Sort by " + col.title.toLowerCase());
+      button.type = "button";
+      button.addEventListener("click", () => {
+        const same = state.sort.key === col.key;
+        state.sort = { key: col.key, descending: same ? !state.sort.descending : col.numeric };
+        renderMetricsTable(report);
+        table.querySelector('th[data-key="' + col.key + '"] button').focus();
+      });
+      th.dataset.key = col.key;
+      if (state.sort.key === col.key) th.setAttribute("aria-sort", state.sort.descending ? "descending" : "ascending");
+      th.append(button);
+      head.append(th);
+    }
+    table.tHead.replaceChildren(head);
+
+    const rows = state.reportRows.slice();
+    const { key, descending } = state.sort;
+    if (key) {
+      rows.sort((a, b) => {
+        const x = a[key];
+        const y = b[key];
+        const order = typeof x === "string" ? x.localeCompare(y) : x - y;
+        return descending ? -order : order;
+      });
+    }
+    table.tBodies[0].replaceChildren(
+      ...rows.map((row) => {
+        const tr = el("tr");
+        const th = el("th", null, row.name);
+        th.scope = "row";
+        if (row.name !== row.label) th.title = row.label;
+        tr.append(th, heatCell(row.precision, true), heatCell(row.recall, true), heatCell(row["f1-score"], true), heatCell(row.support, false));
+        return tr;
+      })
+    );
+
+    const foot = [];
+    for (const name of ["macro avg", "weighted avg"]) {
+      const avg = report[name];
+      if (!isMetricRow(avg)) continue;
+      const tr = el("tr");
+      const th = el("th", null, name === "macro avg" ? "Macro average" : "Weighted average");
+      th.scope = "row";
+      tr.append(th, heatCell(avg.precision, true), heatCell(avg.recall, true), heatCell(avg["f1-score"], true), heatCell(avg.support, false));
+      foot.push(tr);
+    }
+    if (typeof report.accuracy === "number") {
+      const tr = el("tr");
+      const th = el("th", null, "Accuracy");
+      th.scope = "row";
+      const td = heatCell(report.accuracy, true);
+      td.colSpan = 3;
+      const macro = report["macro avg"] || {};
+      tr.append(th, td, heatCell(macro.support, false));
+      foot.push(tr);
+    }
+    table.tFoot.replaceChildren(...foot);
+  }
+
+  function renderConfusion(matrix, labels) {
+    const table = $("confusion-table");
+    const caption = table.caption;
+    table.replaceChildren(caption);
+    const head = el("thead");
+    const tr = el("tr");
+    const corner = el("th", "corner");
+    corner.append(el("span", null, "True ↓ / Predicted →"));
+    tr.append(corner);
+    labels.forEach((label) => {
+      const th = el("th", "col-head");
+      th.scope = "col";
+      th.title = displayName(label);
+      th.append(el("span", null, displayName(label)));
+      tr.append(th);
+    });
+    tr.append(el("th", "col-head total", "n"));
+    head.append(tr);
+    const body = el("tbody");
+    matrix.forEach((row, i) => {
+      const total = row.reduce((a, b) => a + b, 0);
+      const r = el("tr");
+      const th = el("th", "row-head", displayName(labels[i]));
+      th.scope = "row";
+      r.append(th);
+      row.forEach((count, j) => {
+        const share = total ? count / total : 0;
+        const td = el("td", "cm" + (i === j ? " diag" : "") + (count === 0 ? " zero" : "") + (share > 0.5 ? " strong" : ""), count);
+        td.style.setProperty("--a", share.toFixed(3));
+        td.title = "True " + displayName(labels[i]) + ", predicted " + displayName(labels[j]) + ": " + count + " (" + pct(share) + " of the row)";
+        r.append(td);
+      });
+      r.append(el("td", "num total", total));
+      body.append(r);
+    });
+    table.append(head, body);
+  }
+})();
