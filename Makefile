@@ -29,11 +29,13 @@ $(RUNTIME_VENV)/.installed: pyproject.toml
 
 runtime-venv: $(RUNTIME_VENV)/.installed
 
-# Chromium for the browser tests (Debian package; Playwright cannot download its own here).
+# Chromium for the browser tests (Debian package; Playwright cannot download its own here), nginx and
+# openssl for the reverse-proxy test.
+SYSTEM_PACKAGES := chromium nginx-light openssl
 system-deps:
-	@if [ ! -x /usr/bin/chromium ]; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-		else echo "Chromium is missing: run 'sudo apt-get install chromium' for the browser tests"; fi; \
+	@if [ ! -x /usr/bin/chromium ] || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+		else echo "missing system packages: run 'sudo apt-get install $(SYSTEM_PACKAGES)' for the browser and proxy tests"; fi; \
 	fi
 
 lint: venv

@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -397,13 +398,18 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/api/{rest:path}", api_fallback, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
         Mount("/", StaticFiles(directory=webui, html=True, check_dir=False), name="webui"),
     ]
+    middleware = [
+        Middleware(RequestMiddleware, metrics=metrics),
+        Middleware(BodyLimitMiddleware, max_body_bytes=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s),
+    ]
+    if cfg.cors_origins:  # no CORS unless configured: the page comes from the same origin
+        middleware.insert(
+            1, Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"])
+        )
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[
-            Middleware(RequestMiddleware, metrics=metrics),
-            Middleware(BodyLimitMiddleware, max_body_bytes=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s),
-        ],
+        middleware=middleware,
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.metrics = metrics

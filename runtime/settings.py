@@ -28,6 +28,7 @@ class Settings:
     top_k: int = 5
     webui_dir: str = str(DEFAULT_WEBUI)
     memory_arena: bool = False
+    cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
@@ -51,6 +52,9 @@ class Settings:
             ),
             top_k=config("SKIN_TOP_K", cast=int, default=5),
             webui_dir=config("SKIN_WEBUI_DIR", cast=str, default=str(DEFAULT_WEBUI)),
+            cors_origins=tuple(
+                o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
+            ),
             model_variant=config("SKIN_MODEL_VARIANT", cast=str, default="auto"),
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=False),
             providers=tuple(

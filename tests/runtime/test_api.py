@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -298,17 +299,28 @@ def test_page_is_served(client: TestClient) -> None:
     assert response.status_code == 200 and "<html" in response.text.lower()
 
 
-def test_inference_failure_is_a_generic_500(tiny_bundle: Path) -> None:
+def test_inference_failure_is_a_generic_500_logged_with_the_request_id(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with _client(tiny_bundle) as c:
 
         def broken(images):  # type: ignore[no-untyped-def]
             raise RuntimeError("onnxruntime exploded in /secret/path")
 
         c.app.state.engine.run = broken  # type: ignore[attr-defined]
-        response = c.post("/api/predict", files={"file": ("x.jpg", solid())})
+        logging.getLogger("runtime").addHandler(caplog.handler)
+        try:
+            response = c.post(
+                "/api/predict", files={"file": ("x.jpg", solid())}, headers={"x-request-id": "req-77"}
+            )
+        finally:
+            logging.getLogger("runtime").removeHandler(caplog.handler)
         _error(response, 500, "inference_failed")
-        assert "secret" not in response.text
+        assert "secret" not in response.text and response.headers["x-request-id"] == "req-77"
+        failures = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert failures and "req-77" in failures[0].getMessage() and failures[0].exc_info
         assert c.get("/healthz").status_code == 200
+        assert c.post("/api/predict", files={"file": ("x.jpg", solid())}).status_code == 500  # still serving
 
 
 def test_wrong_method_names_the_allowed_ones(client: TestClient) -> None:

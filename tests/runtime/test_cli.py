@@ -64,3 +64,36 @@ def test_uvicorn_app_from_environment_refuses_a_bad_bundle_in_one_line(tmp_path:
     assert out.returncode != 0
     assert "cannot start: bundle" in out.stderr and "has no model.onnx" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(tiny_bundle: Path) -> None:
+    import socket
+    import time
+
+    command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
+    url, proc = start_server(tiny_bundle, command=command)
+    host, port = url.removeprefix("http://").split(":")
+    image = solid("blue")
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+    body = head + image + b"\r\n--b--\r\n"
+    try:
+        with socket.create_connection((host, int(port)), timeout=20) as sock:
+            sock.sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[:50]
+            )
+            time.sleep(0.3)
+            proc.terminate()  # SIGTERM while the upload is still arriving
+            time.sleep(0.5)
+            assert proc.poll() is None  # still draining
+            sock.sendall(body[50:])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b'"label":"Moles"' in answer
+        assert proc.wait(timeout=20) == 0
+    finally:
+        stop_server(proc)
