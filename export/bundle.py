@@ -22,6 +22,13 @@ from runtime import bundle as contract
 
 INT8_MODES = ("auto", "off")
 NO_DATA_NOTE = "no dataset (--no-data): temperature not fitted (T = 1), parity on generated images, no int8"
+NO_THRESHOLDS_NOTE = "no dataset (--no-data): no confidence or out-of-distribution thresholds"
+# Generated foreign images (text, solid colours, …): one set picks the out-of-distribution score, another one,
+# never used for a choice, measures how many of them get flagged.
+FOREIGN_PER_SET = 120
+FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
+OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
+MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
 
 
 def export_bundle(
@@ -34,6 +41,8 @@ def export_bundle(
     parity_images: int = 16,
     int8: str = "auto",
     opset: int = 18,
+    target_precision: float = 0.9,
+    ood_acceptance: float = 0.95,
     overwrite: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Path:
@@ -41,7 +50,10 @@ def export_bundle(
 
     ``data``: the dataset root (default: the one in the checkpoint's config); the validation split is rebuilt
     from the checkpoint's val_fraction and seed. Without a reachable dataset the export stops, unless
-    ``no_data`` says to go on with T = 1, parity on generated images and no int8.
+    ``no_data`` says to go on with T = 1, parity on generated images, no int8 and no decision thresholds.
+
+    On the validation split: the confidence threshold whose accepted predictions reach ``target_precision``,
+    and the out-of-distribution threshold that accepts ``ood_acceptance`` of them (export/uncertainty.py).
     """
     say = log or (lambda _: None)
     out = Path(out)
@@ -49,6 +61,9 @@ def export_bundle(
         raise ExportError(f"int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
     if parity_images < 1:
         raise ExportError("parity needs at least one image (parity_images >= 1)")
+    for label, value in (("target precision", target_precision), ("ood acceptance", ood_acceptance)):
+        if not 0.0 < value <= 1.0:
+            raise ExportError(f"{label} must be above 0 and at most 1, not {value}")
     if out.exists() and not overwrite:
         raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
@@ -75,6 +90,8 @@ def export_bundle(
             parity_images=parity_images,
             int8=int8,
             opset=opset,
+            target_precision=target_precision,
+            ood_acceptance=ood_acceptance,
             say=say,
         )
         verify(staging)
@@ -97,34 +114,42 @@ def _build(
     parity_images: int,
     int8: str,
     opset: int,
+    target_precision: float,
+    ood_acceptance: float,
     say: Callable[[str], None],
 ) -> None:
     import torch
 
-    from export import calibrate, infer, onnx, parity, quantize
+    from export import calibrate, infer, onnx, parity, quantize, uncertainty
 
     img_size = info["img_size"]
     size = (img_size, img_size)
     view = {"size": size, "resize": info["resize"], "resize_filter": info["resize_filter"]}
 
     say(f"exporting {info['arch']} at {img_size} px (opset {opset})")
-    core = onnx.export_core(net, size=size, mean=info["mean"], std=info["std"], opset=opset)
+    # With data, the core graph also returns pooled features of every stage to choose an OOD score from.
+    core = onnx.export_core(
+        net, size=size, mean=info["mean"], std=info["std"], opset=opset, pooled=splits is not None
+    )
     has_cam = any(o.name == contract.CAM_OUTPUT for o in core.graph.output)
     if not has_cam:
         notes.append("no CAM output: the head is not global-average-pool + linear")
+    pools = {o.name: o.doc_string for o in core.graph.output if o.name.startswith(onnx.POOL_PREFIX)}
 
+    analysis = None
     if splits is not None:
         val_files = [p for p, _ in splits.val]
         say(f"fitting the temperature on {len(val_files)} validation images")
         # The core graph's logits (onnxruntime is ~3x faster than torch eager here; parity below shows
         # they are the same numbers).
-        logits, kept = infer.run(
-            infer.session(onnx.to_bytes(core)), val_files, contract.LOGITS_OUTPUT, **view
-        )
+        core_session = infer.session(onnx.to_bytes(core))
+        fetch = [contract.LOGITS_OUTPUT, *pools]
+        val_out, kept = infer.run_many(core_session, val_files, fetch, **view)
         if not kept:
             raise ExportError("no validation image could be read; cannot fit the temperature")
+        val_labels = np.array([splits.val[i][1] for i in kept])
         try:
-            calibration = calibrate.calibrate(logits, np.array([splits.val[i][1] for i in kept]))
+            calibration = calibrate.calibrate(val_out[contract.LOGITS_OUTPUT], val_labels)
         except ValueError as exc:
             raise ExportError(f"temperature scaling: {exc}") from None
         say(
@@ -132,17 +157,47 @@ def _build(
             f"ECE {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, "
             f"NLL {calibration['nll_before']:.4f} → {calibration['nll_after']:.4f}"
         )
+        val_images = uncertainty.Images(
+            val_out[contract.LOGITS_OUTPUT], {k: val_out[k] for k in pools}, val_labels
+        )
+        analysis = _uncertainty(
+            core_session,
+            splits,
+            val_images,
+            pools,
+            view,
+            temperature=float(calibration["temperature"]),
+            target_precision=target_precision,
+            acceptance=ood_acceptance,
+            say=say,
+        )
+        thresholds, uncertainty_report = analysis.thresholds, analysis.report
+        if not uncertainty_report["ood"]["guarantee_holds"]:
+            note = (
+                f"only {len(val_labels)} validation images: too few for the out-of-distribution threshold to "
+                f"keep {ood_acceptance:.0%} of new in-distribution images (expect fewer)"
+            )
+            say(f"note: {note}")
+            notes.append(note)
     else:
         say(f"note: {NO_DATA_NOTE}")
         notes.append(NO_DATA_NOTE)
         calibration = {"temperature": 1.0, "skipped": NO_DATA_NOTE}
+        thresholds, uncertainty_report = {}, {"skipped": NO_THRESHOLDS_NOTE}
     temperature = float(calibration["temperature"])
 
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    meta = _meta(info, temperature=temperature, created=created)
-    final = onnx.add_temperature(core, temperature)
+    meta = _meta(info, temperature=temperature, created=created, thresholds=thresholds)
+    scored = core
+    if analysis is not None and analysis.graph_score is not None:
+        scored = onnx.add_mahalanobis(core, *analysis.graph_score)
+    final = onnx.add_temperature(scored, temperature)
     onnx.set_metadata(final, meta)
     fp32 = onnx.to_bytes(final)
+    if analysis is not None and analysis.graph_score is not None:
+        uncertainty_report["ood"]["graph_check"] = _check_graph_score(
+            fp32, [val_files[i] for i in kept], val_images, analysis.graph_score, view
+        )
 
     with tempfile.TemporaryDirectory(prefix="skin-export-") as scratch:
         if splits is not None:
@@ -190,12 +245,32 @@ def _build(
                 log=say,
                 **view,
             )
+            if int8_bytes is not None and thresholds:
+                # The runtime serves int8 when it ships: its flags must match the ones measured on fp32.
+                flags = _flag_agreement(fp32, int8_bytes, [p for p, _ in splits.test], thresholds, view)
+                int8_entry["flag_agreement"] = flags
+                worst = min(flags.values())
+                if worst < quantize.MIN_AGREEMENT:
+                    int8_bytes = None
+                    int8_entry["decision"], int8_entry["file"] = "not shipped", None
+                    int8_entry["reason"] = (
+                        f"its confidence / in-distribution flags agree with fp32 on only {worst:.4f} of the "
+                        f"test and foreign images (needs {quantize.MIN_AGREEMENT})"
+                    )
             say(f"int8: {int8_entry['decision']} ({int8_entry['reason']})")
 
     # No onnxruntime-optimized copy: the simplified graph is already folded (BN in Conv, constants), and
     # loading a saved basic-level copy of B3 measured no faster than this file (both ~150-300 ms here).
     (staging / contract.MODEL_FILE).write_bytes(fp32)
     files = [contract.MODEL_FILE]
+    if analysis is not None:
+        conf = thresholds["confidence"]
+        uncertainty.plot_risk_coverage(
+            analysis.curves,
+            min_probability=conf["min_probability"],
+            target_precision=conf["target_precision"],
+            path=staging / uncertainty.PLOT_FILE,
+        )
     if int8_bytes is not None:
         (staging / quantize.INT8_FILE).write_bytes(int8_bytes)
         int8_entry["sha256"] = contract.sha256_file(staging / quantize.INT8_FILE)
@@ -213,6 +288,7 @@ def _build(
             "calibration": calibration,
             "parity": parity_result,
             "int8": int8_entry,
+            "uncertainty": uncertainty_report,
             "export": {
                 "opset": opset,
                 "exporter": onnx.EXPORTER,
@@ -352,7 +428,148 @@ def _mismatch(ckpt: dict[str, Any], path: Path) -> str | None:
     return None
 
 
-def _meta(info: dict[str, Any], *, temperature: float, created: str) -> contract.BundleMeta:
+def _uncertainty(
+    sess: Any,
+    splits: Any,
+    val: Any,
+    pools: dict[str, str],
+    view: dict[str, Any],
+    *,
+    temperature: float,
+    target_precision: float,
+    acceptance: float,
+    say: Callable[[str], None],
+) -> Any:
+    """Thresholds from the validation split, measured on the test split and on generated foreign images."""
+    from export import infer, uncertainty
+
+    fetch = [contract.LOGITS_OUTPUT, *pools]
+    order = sorted(np.random.default_rng(0).permutation(len(splits.train))[:MAX_FIT_IMAGES])
+    train_items = [splits.train[i] for i in order]
+    say(
+        f"setting thresholds (target precision {target_precision:.0%}, in-distribution acceptance "
+        f"{acceptance:.0%}) on the validation split: {len(pools)} feature scores fitted on "
+        f"{len(train_items)} training images, checked on the test split and {FOREIGN_PER_SET} generated "
+        "foreign images"
+    )
+
+    def images(items: list[tuple[Path, int]]) -> Any:
+        out, kept = infer.run_many(sess, [p for p, _ in items], fetch, **view)
+        labels = np.array([items[i][1] for i in kept], dtype=np.int64)
+        return uncertainty.Images(out[contract.LOGITS_OUTPUT], {k: out[k] for k in pools}, labels)
+
+    train, test = images(train_items), images(splits.test)
+    if len(test.logits) == 0 or len(train.logits) < 2:
+        raise ExportError("too few readable training or test images to set and check the thresholds")
+    foreign = [_foreign(sess, fetch, view, seed) for seed in (FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED)]
+    try:
+        analysis = uncertainty.analyse(
+            temperature=temperature,
+            train=train,
+            val=val,
+            test=test,
+            foreign_pick=foreign[0],
+            foreign_check=foreign[1],
+            pool_descriptions=pools,
+            target_precision=target_precision,
+            acceptance=acceptance,
+        )
+    except ValueError as exc:
+        raise ExportError(f"thresholds: {exc}") from None
+    say(_threshold_line(analysis.thresholds))
+    return analysis
+
+
+def _foreign_pixels(view: dict[str, Any], seed: int) -> tuple[np.ndarray, list[str]]:
+    """Generated foreign images as the graph sees them: PNG files through the runtime's decode and resize."""
+    import io
+
+    from PIL import Image
+
+    from runtime.preprocess import preprocess
+    from training.synthetic import foreign_images
+
+    h, w = view["size"]
+    # Not at the input size, so that resizing happens as it does for uploads.
+    images = foreign_images(FOREIGN_PER_SET, seed=seed, size=(h * 5 // 4, w * 3 // 2))
+    resize = {"resize_mode": view["resize"], "resize_filter": view["resize_filter"]}
+    pixels = []
+    for _, array in images:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG")
+        pixels.append(preprocess(buffer.getvalue(), view["size"], **resize))
+    return np.stack(pixels), [kind for kind, _ in images]
+
+
+def _foreign(sess: Any, fetch: list[str], view: dict[str, Any], seed: int) -> Any:
+    from export import infer, uncertainty
+
+    pixels, kinds = _foreign_pixels(view, seed)
+    out = infer.run_pixels(sess, pixels, fetch)
+    pools = {k: v for k, v in out.items() if k != contract.LOGITS_OUTPUT}
+    return uncertainty.Images(out[contract.LOGITS_OUTPUT], pools, kinds=kinds)
+
+
+def _flag_agreement(
+    fp32: bytes, int8: bytes, test: list[Path], thresholds: dict[str, Any], view: dict[str, Any]
+) -> dict[str, float]:
+    """Share of test and foreign images on which both graphs give the same confidence / OOD flag."""
+    from export import infer
+    from runtime.uncertainty import CONFIDENCE, IN_DISTRIBUTION, Policy
+
+    outputs = {contract.PROBS_OUTPUT, contract.LOGITS_OUTPUT, contract.OOD_OUTPUT}
+    policy = Policy.from_thresholds(thresholds, outputs=outputs)
+    fetch = [contract.PROBS_OUTPUT, *policy.needs]
+    foreign, _ = _foreign_pixels(view, FOREIGN_CHECK_SEED)
+    judged = []
+    for graph in (fp32, int8):
+        sess = infer.session(graph)
+        out, _ = infer.run_many(sess, test, fetch, **view)
+        more = infer.run_pixels(sess, foreign, fetch)
+        judged.append(policy.judge({k: np.concatenate([out[k], more[k]]) for k in fetch}))
+    return {
+        field: float(np.mean([a.get(field) == b.get(field) for a, b in zip(*judged, strict=True)]))
+        for field in (CONFIDENCE, IN_DISTRIBUTION)
+    }
+
+
+def _check_graph_score(
+    fp32: bytes, files: list[Path], val: Any, graph_score: tuple[str, Any, Any], view: dict[str, Any]
+) -> dict[str, Any]:
+    """The finished graph's ood_score against the float64 distances the threshold was set on."""
+    from export import infer, uncertainty
+
+    source, means, whitening = graph_score
+    chosen = files[: infer.BATCH]
+    got, kept = infer.run_many(infer.session(fp32), chosen, [contract.OOD_OUTPUT], **view)
+    expected = uncertainty.mahalanobis(val.pools[source][kept], means, whitening)
+    diff = np.abs(got[contract.OOD_OUTPUT] - expected) / np.maximum(np.abs(expected), 1.0)
+    worst = float(diff.max()) if len(diff) else 0.0
+    if worst > OOD_GRAPH_TOLERANCE:
+        raise ExportError(
+            f"the graph's ood_score is off the distances its threshold was set on ({worst:.2e} relative)"
+        )
+    return {"n": len(kept), "max_rel_diff": worst}
+
+
+def _threshold_line(thresholds: dict[str, Any]) -> str:
+    conf, ood = thresholds["confidence"], thresholds["ood"]
+    reached = "" if conf["reached_on_validation"] else " (target not reached on validation: all low)"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    return (
+        f"confidence: top-1 probability ≥ {conf['min_probability']:.3f}{reached} keeps "
+        f"{pct(conf['test_coverage'])} of the test split at precision {pct(conf['test_precision'])}; "
+        f"out of distribution: {ood['score']} accepts {pct(ood['test_acceptance'])} of the test split "
+        f"and flags {pct(ood['foreign_flagged'])} of generated foreign images"
+    )
+
+
+def _meta(
+    info: dict[str, Any], *, temperature: float, created: str, thresholds: dict[str, Any] | None = None
+) -> contract.BundleMeta:
     meta = contract.BundleMeta(
         class_names=info["class_names"],
         display_names=info["display_names"],
@@ -369,6 +586,7 @@ def _meta(info: dict[str, Any], *, temperature: float, created: str) -> contract
         demo=info["demo"],
         mean=info["mean"],
         std=info["std"],
+        thresholds=thresholds or {},
     )
     contract.validate(meta)
     return meta

@@ -38,6 +38,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="auto: try static int8 and ship it only if it agrees and is faster (default); off: skip",
     )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset, 18 or newer (default: 18)")
+    parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=0.9,
+        help="predictions below the confidence threshold are marked low; the threshold is set on the "
+        "validation split so that the rest reach this precision (default: 0.9)",
+    )
+    parser.add_argument(
+        "--ood-acceptance",
+        type=float,
+        default=0.95,
+        help="share of in-distribution images the out-of-distribution threshold lets through, set on the "
+        "validation split (default: 0.95)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
     parser.add_argument("--quiet", action="store_true", help="print only errors")
     return parser.parse_args(argv)
@@ -62,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             parity_images=args.parity_images,
             int8=args.int8,
             opset=args.opset,
+            target_precision=args.target_precision,
+            ood_acceptance=args.ood_acceptance,
             overwrite=args.overwrite,
             log=say,
         )

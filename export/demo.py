@@ -133,6 +133,13 @@ def build(
         f"{report['accuracy']:.1%}, macro F1 {report['macro avg']['f1-score']:.1%} "
         f"on {report['macro avg']['support']:.0f} generated test images ({DEMO_LABEL})"
     )
+    flags = report.get("uncertainty", {}).get("summary")
+    if flags:
+        log(
+            f"uncertainty: {flags['test_in_distribution_accepted']:.0%} of generated test images accepted "
+            f"as in distribution, {flags['foreign_flagged']:.0%} of generated foreign images (text, solid "
+            "colours, gradients, grey textures, clip art) flagged as unlike the training images"
+        )
     return bundle_dir
 
 

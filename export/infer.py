@@ -56,20 +56,33 @@ def batches(
             yield x
 
 
-def run(
-    sess: Any, files: Sequence[Path], output: str, *, size: tuple[int, int], resize: str, resize_filter: str
-) -> tuple[np.ndarray, list[int]]:
-    """One output of the graph for every readable file, and the indices of those files."""
+def run_many(
+    sess: Any,
+    files: Sequence[Path],
+    outputs: list[str],
+    *,
+    size: tuple[int, int],
+    resize: str,
+    resize_filter: str,
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Several outputs of the graph for every readable file, and the indices of those files."""
     input_name = sess.get_inputs()[0].name
-    parts, kept = [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
+    kept: list[int] = []
     for start in range(0, len(files), BATCH):
         x, idx = readable(files[start : start + BATCH], size, resize, resize_filter)
         if len(x):
-            parts.append(sess.run([output], {input_name: x})[0])
+            for name, value in zip(outputs, sess.run(outputs, {input_name: x}), strict=True):
+                parts[name].append(value)
             kept += [start + i for i in idx]
-    if not parts:
-        return np.zeros((0,)), []
-    return np.concatenate(parts), kept
+    return {name: np.concatenate(v) if v else np.zeros((0,)) for name, v in parts.items()}, kept
+
+
+def run_pixels(sess: Any, x: np.ndarray, outputs: list[str], batch: int = BATCH) -> dict[str, np.ndarray]:
+    """Several outputs of the graph for images already preprocessed (uint8 [n, H, W, 3])."""
+    input_name = sess.get_inputs()[0].name
+    parts = [sess.run(outputs, {input_name: x[i : i + batch]}) for i in range(0, len(x), batch)]
+    return {name: np.concatenate([p[j] for p in parts]) for j, name in enumerate(outputs)}
 
 
 def latency_ms(sess: Any, x: np.ndarray, *, repeats: int = 20, warmup: int = 3) -> float:

@@ -1,7 +1,10 @@
 """Wrap the trained network for serving, export it to ONNX, simplify it, append temperature + softmax.
 
 The graph takes what the runtime's preprocessing yields (uint8 RGB NHWC) and returns
-``probabilities`` (softmax of logits / T), ``cam`` (class activation maps) and ``logits`` (before T).
+``probabilities`` (softmax of logits / T), ``cam`` (class activation maps), ``logits`` (before T) and, when
+export chose a feature-based out-of-distribution score, ``ood_score`` (Mahalanobis distance, see
+export/uncertainty.py). While exporting, the core graph also returns pooled features of every stage
+(``skin_pool_*``) to choose that score from; the finished graph drops them.
 """
 
 from __future__ import annotations
@@ -21,16 +24,28 @@ from runtime import bundle
 EXPORTER = "torch.onnx dynamo"
 MIN_OPSET = 18
 TEMPERATURE_INIT = "skin_temperature"
+POOL_PREFIX = "skin_pool_"  # core-graph outputs: [batch, channels] feature means of one stage
+OOD_PREFIX = "skin_ood_"  # names of the nodes and initializers of the Mahalanobis score (kept float by int8)
 
 
 class ServingModel(torch.nn.Module):
-    """uint8 NHWC → (logits, cam). Normalization lives here, so the runtime sends raw pixels."""
+    """uint8 NHWC → (logits, cam, pooled stage features when asked). Normalization lives here, so the runtime
+    sends raw pixels."""
 
     scale: torch.Tensor
     shift: torch.Tensor
     cam_weight: torch.Tensor
 
-    def __init__(self, net: Any, mean: tuple[float, ...], std: tuple[float, ...], cam_weight: Any) -> None:
+    def __init__(
+        self,
+        net: Any,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        cam_weight: Any,
+        *,
+        stages: bool = False,
+        pooled: bool = False,
+    ) -> None:
         super().__init__()
         self.net = net
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -41,16 +56,51 @@ class ServingModel(torch.nn.Module):
         self.has_cam = cam_weight is not None
         if cam_weight is not None:
             self.register_buffer("cam_weight", cam_weight.detach().clone()[:, :, None, None])
+        self.stages = stages  # forward_intermediates gives the same features plus every stage's map
+        self.pooled = pooled
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = image.permute(0, 3, 1, 2).float() * self.scale - self.shift
-        features = self.net.forward_features(x)
+        if self.stages:
+            features, maps = self.net.forward_intermediates(x)
+        else:
+            features, maps = self.net.forward_features(x), []
         logits = self.net.forward_head(features)
-        if not self.has_cam:
-            return (logits,)
-        # CAM_c(x, y) = sum_k w_ck A_k(x, y): a 1x1 convolution of the last feature map with the head weights.
-        cam = torch.nn.functional.conv2d(features, self.cam_weight)
-        return logits, cam
+        outputs = [logits]
+        if self.has_cam:
+            # CAM_c(x, y) = sum_k w_ck A_k(x, y): a 1x1 convolution of the last feature map with the head.
+            outputs.append(torch.nn.functional.conv2d(features, self.cam_weight))
+        if self.pooled:
+            outputs += [m.mean(dim=(2, 3)) for m in maps]
+            outputs.append(self.net.forward_head(features, pre_logits=True))
+        return tuple(outputs)
+
+
+def pooled_features(net: Any, size: tuple[int, int]) -> tuple[bool, list[tuple[str, str]]]:
+    """Whether the net's stages can be exported, and the (output name, description) of each pooled feature.
+
+    Stages come from timm's ``forward_intermediates`` when it gives the same final features as
+    ``forward_features`` (checked numerically); the head's pre-logits features are always there.
+    """
+    names: list[tuple[str, str]] = []
+    stages = False
+    try:
+        with torch.no_grad():
+            x = torch.rand(1, 3, *size) * 2 - 1
+            reference = net.forward_features(x)
+            final, maps = net.forward_intermediates(x)
+        info = getattr(net, "feature_info", [])
+        if torch.allclose(final, reference, rtol=1e-4, atol=1e-5) and all(m.ndim == 4 for m in maps):
+            stages = True
+            for i, m in enumerate(maps):
+                module = info[i].get("module", f"stage {i}") if i < len(info) else f"stage {i}"
+                names.append((f"{POOL_PREFIX}{i}", f"{module} ({m.shape[1]} channels, image mean)"))
+    except Exception:  # no forward_intermediates for this architecture: the head's features only
+        stages, names = False, []
+    with torch.no_grad():
+        head = net.forward_head(net.forward_features(torch.rand(1, 3, *size) * 2 - 1), pre_logits=True)
+    names.append((f"{POOL_PREFIX}head", f"pre-logits ({head.shape[-1]} features)"))
+    return stages, names
 
 
 def linear_head_weight(net: Any, size: tuple[int, int]) -> torch.Tensor | None:
@@ -81,8 +131,10 @@ def export_core(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     opset: int = MIN_OPSET,
+    pooled: bool = False,
 ) -> Any:
-    """Export the wrapped network (outputs logits [+ cam]) into one simplified, checked ModelProto."""
+    """Export the wrapped network (outputs logits [+ cam] [+ pooled features]) into one simplified, checked
+    ModelProto."""
     import onnx
     import onnxsim
 
@@ -91,8 +143,10 @@ def export_core(
             f"opset {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer"
         )
     net = net.eval()
-    wrapped = ServingModel(net, mean, std, linear_head_weight(net, size)).eval()
+    stages, pools = pooled_features(net, size) if pooled else (False, [])
+    wrapped = ServingModel(net, mean, std, linear_head_weight(net, size), stages=stages, pooled=pooled).eval()
     outputs = [bundle.LOGITS_OUTPUT] + ([bundle.CAM_OUTPUT] if wrapped.has_cam else [])
+    outputs += [name for name, _ in pools]
     # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
     try:
@@ -123,6 +177,8 @@ def export_core(
     if not ok:
         raise ExportError("onnxsim could not validate the simplified graph")
     onnx.checker.check_model(simplified, full_check=True)
+    for output in simplified.graph.output:  # say what each pooled feature is, for the report
+        output.doc_string = dict(pools).get(output.name, output.doc_string)
     return simplified
 
 
@@ -159,14 +215,88 @@ def add_temperature(core: Any, temperature: float) -> Any:
     probs = onnx.ValueInfoProto()
     probs.CopyFrom(logits)
     probs.name = bundle.PROBS_OUTPUT
-    kept = [o for o in graph.output]
+    kept = {o.name: o for o in graph.output}
     del graph.output[:]
-    graph.output.extend([probs] + [o for o in kept if o.name == bundle.CAM_OUTPUT] + [logits])
+    # The served interface, in this order; the pooled features the core graph had for export go.
+    order = [bundle.CAM_OUTPUT, bundle.LOGITS_OUTPUT, bundle.OOD_OUTPUT]
+    graph.output.extend([probs] + [kept[name] for name in order if name in kept])
+    _prune(graph)
     graph.doc_string = (
         "uint8 RGB NHWC image -> probabilities = softmax(logits / T), cam = class activation maps, logits"
+        + (", ood_score = Mahalanobis distance of pooled features" if bundle.OOD_OUTPUT in kept else "")
     )
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def add_mahalanobis(core: Any, source: str, means: np.ndarray, whitening: np.ndarray) -> Any:
+    """A copy of ``core`` with ``ood_score`` = min over classes of the Mahalanobis distance of ``source``.
+
+    ``source`` is a pooled-feature output [batch, K]; d_c(f) = ||(f - mu_c) W||^2 with W the Cholesky factor
+    of the shared precision matrix (W W^T = inverse covariance), so means are stored already whitened.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(core)
+    graph = model.graph
+    feature = next((o for o in graph.output if o.name == source), None)
+    if feature is None:
+        raise ExportError(f"the exported graph has no {source!r} output")
+    k = whitening.shape[0]
+    if whitening.shape != (k, k) or means.ndim != 2 or means.shape[1] != k:
+        raise ExportError(
+            f"Mahalanobis parameters do not fit: means {means.shape}, whitening {whitening.shape}"
+        )
+    p = OOD_PREFIX
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(whitening.astype(np.float32), p + "whitening"),
+            numpy_helper.from_array((means @ whitening).astype(np.float32), p + "means"),
+            numpy_helper.from_array(np.array([1], np.int64), p + "axis1"),
+            numpy_helper.from_array(np.array([2], np.int64), p + "axis2"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("MatMul", [source, p + "whitening"], [p + "z"], name=p + "whiten"),
+            helper.make_node("Unsqueeze", [p + "z", p + "axis1"], [p + "z3"], name=p + "unsqueeze"),
+            helper.make_node("Sub", [p + "z3", p + "means"], [p + "diff"], name=p + "sub"),  # [N, C, K]
+            helper.make_node("Mul", [p + "diff", p + "diff"], [p + "sq"], name=p + "square"),
+            helper.make_node("ReduceSum", [p + "sq", p + "axis2"], [p + "dist"], keepdims=0, name=p + "sum"),
+            helper.make_node(
+                "ReduceMin", [p + "dist", p + "axis1"], [bundle.OOD_OUTPUT], keepdims=0, name=p + "min"
+            ),
+        ]
+    )
+    # The pooling that feeds the score stays float under int8 as well (the name marks it).
+    producer = next(n for n in graph.node if source in n.output)
+    producer.name = p + "pool"
+    batch = feature.type.tensor_type.shape.dim[0]
+    out = helper.make_tensor_value_info(bundle.OOD_OUTPUT, TensorProto.FLOAT, [batch.dim_param or None])
+    graph.output.append(out)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _prune(graph: Any) -> None:
+    """Drop nodes, initializers and value infos no graph output depends on."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    kept.reverse()
+    del graph.node[:]
+    graph.node.extend(kept)
+    initializers = [i for i in graph.initializer if i.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(initializers)
+    infos = [v for v in graph.value_info if v.name in needed]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def set_metadata(model: Any, meta: bundle.BundleMeta) -> None:

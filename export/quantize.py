@@ -20,7 +20,9 @@ MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
 MIN_SPEEDUP = 1.10  # fp32 / int8 median latency at batch 1: "measurably faster"
 CALIBRATION_IMAGES = 128
 # The temperature step and softmax stay float: they are cheap, and quantizing them only costs precision.
+# So does the out-of-distribution score (nodes named skin_ood_*): its thresholds were set on float distances.
 KEEP_FLOAT = ["skin_temperature_div", "skin_softmax"]
+KEEP_FLOAT_PREFIX = "skin_ood_"
 
 
 def decide(agreement: float, speedup: float) -> tuple[bool, str]:
@@ -65,6 +67,9 @@ def quantize(
     source.write_bytes(fp32)
     # Shape inference + graph cleanup first, as onnxruntime recommends before static quantization.
     quant_pre_process(source, prepared)
+    keep = KEEP_FLOAT + [
+        n.name for n in onnx.load(prepared).graph.node if n.name.startswith(KEEP_FLOAT_PREFIX)
+    ]
     quantize_static(
         prepared,
         output,
@@ -73,7 +78,7 @@ def quantize(
         per_channel=True,
         activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI/AMX fast path on x86
         weight_type=QuantType.QInt8,
-        nodes_to_exclude=KEEP_FLOAT,
+        nodes_to_exclude=keep,
     )
     model = onnx.load(output)
     original = onnx.load_from_string(fp32)

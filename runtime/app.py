@@ -64,7 +64,12 @@ async def predict(request: Request) -> JSONResponse:
         image, size = await _decode(request, part)
         output = await _infer(request, image[None])
     result = _result(
-        state.engine, output.probabilities[0], None if output.cam is None else output.cam[0], top_k, heatmap
+        state.engine,
+        output.probabilities[0],
+        None if output.cam is None else output.cam[0],
+        top_k,
+        heatmap,
+        output.uncertainty[0],
     )
     result["image"] = size
     result["model"] = _model_summary(state.engine)
@@ -98,7 +103,8 @@ async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatma
         output = await _infer(request, np.stack(images))
         for row, slot in enumerate(slots):
             cam = None if output.cam is None else output.cam[row]
-            results[slot].update(_result(state.engine, output.probabilities[row], cam, top_k, heatmap))
+            probs, judged = output.probabilities[row], output.uncertainty[row]
+            results[slot].update(_result(state.engine, probs, cam, top_k, heatmap, judged))
     return JSONResponse({"results": results, "model": _model_summary(state.engine)})
 
 
@@ -212,7 +218,12 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
 
 
 def _result(
-    engine: Engine, probs: np.ndarray, cam: np.ndarray | None, top_k: int, heatmap: bool
+    engine: Engine,
+    probs: np.ndarray,
+    cam: np.ndarray | None,
+    top_k: int,
+    heatmap: bool,
+    uncertainty: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     meta = engine.meta
     order = np.argsort(-probs, kind="stable")
@@ -232,6 +243,8 @@ def _result(
     }
     if heatmap and cam is not None:
         result["heatmap"] = _heatmap(cam[order[0]], meta.class_names[order[0]])
+    # "confidence" / "in_distribution" / "ood_score", only when the bundle has those thresholds.
+    result.update(uncertainty or {})
     return result
 
 

@@ -25,6 +25,7 @@ INPUT_NAME = "image"  # uint8 RGB, NHWC [batch, H, W, 3]
 PROBS_OUTPUT = "probabilities"  # float32 [batch, num_classes], softmax with temperature applied
 CAM_OUTPUT = "cam"  # optional, float32 [batch, num_classes, h, w]
 LOGITS_OUTPUT = "logits"  # optional, float32 [batch, num_classes], before temperature
+OOD_OUTPUT = "ood_score"  # optional, float32 [batch]: out-of-distribution score (runtime/uncertainty.py)
 
 RESIZE_MODES = ("stretch", "center_crop")
 RESIZE_FILTERS = ("bilinear", "bicubic")
@@ -231,6 +232,14 @@ def check_graph(
         raise BundleError(
             f"model output {CAM_OUTPUT} has shape {cam}, expected [batch, {meta.num_classes}, h, w]"
         )
+    logits = outputs.get(LOGITS_OUTPUT)
+    if logits is not None and (len(logits) != 2 or logits[1] != meta.num_classes):
+        raise BundleError(
+            f"model output {LOGITS_OUTPUT} has shape {logits}, expected [batch, {meta.num_classes}]"
+        )
+    ood = outputs.get(OOD_OUTPUT)
+    if ood is not None and len(ood) != 1:
+        raise BundleError(f"model output {OOD_OUTPUT} has shape {ood}, expected [batch]")
 
 
 def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
-from runtime import bundle
+from runtime import bundle, uncertainty
 from runtime.settings import Settings
 
 
@@ -49,6 +49,8 @@ def _cgroup_quota() -> float | None:
 class Output:
     probabilities: np.ndarray  # [batch, classes]
     cam: np.ndarray | None  # [batch, classes, h, w]
+    # Per image: "confidence" / "in_distribution" / "ood_score" where the bundle has thresholds, else {}.
+    uncertainty: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Engine:
@@ -97,7 +99,10 @@ class Engine:
             self.meta, input_name=inp.name, input_type=inp.type, input_shape=list(inp.shape), outputs=outputs
         )
         self.has_cam = bundle.CAM_OUTPUT in outputs
+        # The decision thresholds come from the bundle; the policy says which extra output they need.
+        self.policy = uncertainty.Policy.from_thresholds(self.meta.thresholds, outputs=set(outputs))
         self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
+        self._fetch += self.policy.needs
         self.report = bundle.load_report(bundle_dir)
         self.sha256 = bundle.sha256_file(path)
         self.providers = self.session.get_providers()
@@ -114,13 +119,15 @@ class Engine:
         )
 
     def run(self, images: np.ndarray) -> Output:
-        """images: uint8 [batch, H, W, 3] → probabilities (and CAM when the graph has it)."""
-        results = self.session.run(self._fetch, {bundle.INPUT_NAME: images})
-        probs = np.asarray(results[0], dtype=np.float32)
+        """images: uint8 [batch, H, W, 3] → probabilities, CAM when the graph has it, and the uncertainty
+        fields the bundle's thresholds allow."""
+        fetched = self.session.run(self._fetch, {bundle.INPUT_NAME: images})
+        results = dict(zip(self._fetch, fetched, strict=True))
+        probs = np.asarray(results[bundle.PROBS_OUTPUT], dtype=np.float32)
         if probs.shape != (images.shape[0], self.meta.num_classes) or not np.all(np.isfinite(probs)):
             raise RuntimeError("the model returned malformed probabilities")
-        cam = np.asarray(results[1], dtype=np.float32) if self.has_cam else None
-        return Output(probabilities=probs, cam=cam)
+        cam = np.asarray(results[bundle.CAM_OUTPUT], dtype=np.float32) if self.has_cam else None
+        return Output(probabilities=probs, cam=cam, uncertainty=self.policy.judge(results))
 
     def warmup(self) -> None:
         h, w = self.meta.input_size
@@ -145,6 +152,7 @@ class Engine:
             "resize": {"mode": m.resize, "filter": m.resize_filter},
             "temperature": m.temperature,
             "thresholds": m.thresholds,
+            "uncertainty": self.policy.describe(),
             "has_heatmap": self.has_cam,
             "has_report": self.report is not None,
             "onnxruntime": {"version": ort.__version__, "providers": self.providers, "threads": self.threads},

@@ -141,6 +141,24 @@ def spec(version: str) -> dict[str, Any]:
                                 },
                             },
                         },
+                        "confidence": {
+                            "type": "string",
+                            "enum": ["ok", "low"],
+                            "description": "low: the top-1 calibrated probability is under the bundle's "
+                            "min_probability, set at export for a target precision. Absent when the bundle "
+                            "has no confidence threshold (see /api/info uncertainty)",
+                        },
+                        "in_distribution": {
+                            "type": "boolean",
+                            "description": "false: the image does not look like the training images (its "
+                            "ood_score is past the bundle's threshold). Absent when the bundle has no "
+                            "out-of-distribution threshold",
+                        },
+                        "ood_score": {
+                            "type": ["number", "null"],
+                            "description": "the out-of-distribution score in_distribution was decided on; "
+                            "which score and which side is familiar: /api/info uncertainty.ood_score",
+                        },
                         "image": {"type": "object"},
                         "model": {"type": "object"},
                         "timing_ms": {"type": "object"},

@@ -29,6 +29,8 @@ def make_model(
     pool: int = 8,
     temperature: float = 1.0,
     with_cam: bool = True,
+    with_logits: bool = False,
+    thresholds: dict[str, object] | None = None,
     metadata: dict[str, str] | None = None,
     meta_overrides: dict[str, object] | None = None,
 ) -> bytes:
@@ -68,6 +70,8 @@ def make_model(
     outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", c])]
     if with_cam:
         outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["batch", c, h, h]))
+    if with_logits:  # as export writes it: the logits before temperature, for the out-of-distribution score
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c]))
     graph = helper.make_graph(
         nodes,
         "tiny_cam",
@@ -90,6 +94,7 @@ def make_model(
         trained_on="nothing: a hand-built test graph",
         mean=MEAN,
         std=STD,
+        thresholds=thresholds or {},
     )
     props = meta.to_metadata()
     for key, value in (meta_overrides or {}).items():

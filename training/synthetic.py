@@ -152,6 +152,95 @@ def generate(
     return root
 
 
+# Kinds of images a skin classifier never saw in training, for measuring its out-of-distribution flag.
+FOREIGN_KINDS = ("text", "solid", "gradient", "noise", "stripes", "shapes")
+_WORDS = (
+    "the",
+    "of",
+    "model",
+    "skin",
+    "photo",
+    "invoice",
+    "total",
+    "page",
+    "chapter",
+    "keyboard",
+    "lorem",
+    "data",
+)
+
+
+def _foreign(kind: str, rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """One uint8 HxWx3 image of ``kind``."""
+    from PIL import ImageDraw, ImageFont
+
+    def colour() -> tuple[int, int, int]:
+        r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
+        return r, g, b
+
+    if kind == "text":  # a scanned page or a screenshot: dark words on a light background
+        paper = int(rng.integers(215, 256))
+        img = Image.new("RGB", (width, height), (paper, paper, int(rng.integers(paper - 20, paper + 1))))
+        draw = ImageDraw.Draw(img)
+        size = int(rng.integers(max(8, height // 16), max(9, height // 7)))
+        font = ImageFont.load_default(size=size)
+        ink = tuple(int(v) for v in rng.integers(0, 90, size=3))
+        y = int(rng.integers(2, size))
+        while y < height - size // 2:
+            words = [_WORDS[int(i)] for i in rng.integers(0, len(_WORDS), size=8)]
+            draw.text((int(rng.integers(2, size)), y), " ".join(words), fill=ink, font=font)
+            y += int(size * rng.uniform(1.3, 1.8))
+        return np.asarray(img)
+    if kind == "solid":
+        return np.broadcast_to(np.array(colour(), np.uint8), (height, width, 3)).copy()
+    v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+    if kind == "gradient":
+        angle = rng.uniform(0, np.pi)
+        t = u * np.cos(angle) + v * np.sin(angle)
+        t = (t - t.min()) / max(float(np.ptp(t)), 1.0)
+        a, b = np.array(colour(), np.float32), np.array(colour(), np.float32)
+        return (a + (b - a) * t[..., None]).astype(np.uint8)
+    if kind == "noise":  # grey noise, sometimes coarse-grained
+        cell = int(rng.choice([1, 2, 4, 8]))
+        small = rng.uniform(0, 255, size=(-(-height // cell), -(-width // cell))).astype(np.uint8)
+        grey = np.repeat(np.repeat(small, cell, axis=0), cell, axis=1)[:height, :width]
+        return np.repeat(grey[..., None], 3, axis=2)
+    if kind == "stripes":  # grey stripes over the whole frame at a random angle and period
+        angle = rng.uniform(0, np.pi)
+        period = rng.uniform(6, max(7.0, min(height, width) / 4))
+        t = (u * np.cos(angle) + v * np.sin(angle)) / period % 1.0 < 0.5
+        lo, hi = sorted(int(x) for x in rng.integers(0, 256, size=2))
+        grey = np.where(t, hi, lo).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if kind == "shapes":  # clip art: coloured rectangles and ellipses on white
+        img = Image.new("RGB", (width, height), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(3, 9))):
+            x0, x1 = sorted(int(x) for x in rng.integers(0, width, size=2))
+            y0, y1 = sorted(int(y) for y in rng.integers(0, height, size=2))
+            shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
+            shape((x0, y0, x1 + 1, y1 + 1), fill=colour())
+        return np.asarray(img)
+    raise ValueError(f"unknown kind of foreign image {kind!r} (known: {', '.join(FOREIGN_KINDS)})")
+
+
+def foreign_images(
+    n: int, *, seed: int = 0, size: tuple[int, int] = (224, 224), kinds: Sequence[str] = FOREIGN_KINDS
+) -> list[tuple[str, np.ndarray]]:
+    """``n`` (kind, uint8 HxWx3 image of ``size`` = (height, width)) pairs, the kinds taken in turn.
+
+    Images that look nothing like the generated (or real) skin photos: text, solid colours, colour gradients,
+    grey noise, grey stripes and clip-art shapes. Deterministic for a given seed.
+    """
+    height, width = size
+    out = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        rng = np.random.default_rng([seed, 1_000_003, i])
+        out.append((kind, _foreign(kind, rng, height, width)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.splitlines()[0])
     parser.add_argument("out", help="dataset root to write")

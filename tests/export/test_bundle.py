@@ -62,7 +62,7 @@ def test_probabilities_are_the_logits_scaled_by_the_fitted_temperature(
 
     sess = session(exported["out"] / bundle.MODEL_FILE)
     images = np.stack([preprocess(p, (TINY_SIZE, TINY_SIZE)) for p in sorted(dataset.glob("test/*/*"))[:5]])
-    probs, _, logits = sess.run(None, {bundle.INPUT_NAME: images})
+    probs, logits = sess.run([bundle.PROBS_OUTPUT, bundle.LOGITS_OUTPUT], {bundle.INPUT_NAME: images})
     t = exported["report"]["calibration"]["temperature"]
     expected = np.exp(logits / t) / np.exp(logits / t).sum(1, keepdims=True)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
@@ -71,7 +71,8 @@ def test_probabilities_are_the_logits_scaled_by_the_fitted_temperature(
 def test_report_extends_the_training_report(exported: dict[str, Any]) -> None:
     report = exported["report"]
     assert any(m.startswith("parity: max") for m in exported["messages"])
-    assert report["export"]["notes"] == []
+    # 6 validation images are too few for the out-of-distribution threshold's guarantee; nothing else to say.
+    assert [note.split(":")[0] for note in report["export"]["notes"]] == ["only 6 validation images"]
     for key, value in TRAINING_REPORT.items():
         assert report[key] == value
     cal = report["calibration"]
@@ -89,6 +90,14 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
     assert entry["n_test"] == 12
     assert set(entry["latency"]) == {"fp32", "int8"} and entry["latency"]["int8"]["batch1_ms"] > 0
     ship, reason = quantize.decide(entry["agreement"], entry["speedup_batch1"])
+    flags = entry.get("flag_agreement")
+    if ship:  # then the uncertainty flags of both graphs were compared too, and they must agree as well
+        assert set(flags) == {"confidence", "in_distribution"}
+        if min(flags.values()) < quantize.MIN_AGREEMENT:
+            ship, reason = False, entry["reason"]
+            assert "flags agree with fp32 on only" in reason
+    else:
+        assert flags is None
     assert entry["decision"] == ("shipped" if ship else "not shipped") and entry["reason"] == reason
     assert (exported["out"] / quantize.INT8_FILE).is_file() == ship
 
@@ -115,7 +124,11 @@ def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: 
     (out / "stale.txt").write_text("old")
     export_bundle(checkpoint, out, overwrite=True, int8="off", parity_images=2)
     assert not (out / "stale.txt").exists()
-    assert sorted(p.name for p in out.iterdir()) == [bundle.MODEL_FILE, bundle.REPORT_FILE]
+    assert sorted(p.name for p in out.iterdir()) == [
+        bundle.MODEL_FILE,
+        bundle.REPORT_FILE,
+        "risk_coverage.png",
+    ]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     report = json.loads((out / bundle.REPORT_FILE).read_text())
     assert report["int8"]["decision"] == "skipped"
@@ -136,6 +149,14 @@ def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_pat
     assert report["parity"]["images"] == "generated images" and report["parity"]["n"] == 3
     assert report["int8"]["decision"] == "skipped"
     assert any("no dataset" in note for note in report["export"]["notes"])
+    # No data, no thresholds: predictions carry no confidence fields, and the report says why.
+    assert "no dataset" in report["uncertainty"]["skipped"]
+    assert sorted(p.name for p in out.iterdir()) == [bundle.MODEL_FILE, bundle.REPORT_FILE]
+    from runtime.engine import Engine
+
+    engine = Engine(out, threads=1)
+    assert engine.meta.thresholds == {} and engine.info()["uncertainty"]["fields"] == []
+    assert engine.run(np.zeros((1, TINY_SIZE, TINY_SIZE, 3), np.uint8)).uncertainty == [{}]
 
 
 def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:

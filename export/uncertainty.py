@@ -1,0 +1,365 @@
+"""Decision thresholds set on the validation split: abstain when unsure, flag inputs unlike the training data.
+
+Confidence: keep a prediction when its top-1 calibrated probability is at least ``min_probability``, the
+lowest value at which the kept validation predictions still reach the target precision (the largest coverage
+that does). Out of distribution: every score of ``runtime.uncertainty.SCORES`` is measured by AUROC,
+validation images against generated foreign images; the best is kept, its threshold set at a fixed
+validation acceptance rate.
+The test split and a second, independent set of foreign images then say how both hold up.
+
+numpy only (scikit-learn for AUROC, matplotlib for the plot, both imported where used); the score functions
+are the runtime's own, so export measures exactly what serving computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime import bundle
+from runtime import uncertainty as rt
+
+PLOT_FILE = "risk_coverage.png"
+CURVE_POINTS = 100  # risk–coverage points kept in report.json per split
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Risk–coverage curve: for each distinct confidence t (descending), accepting confidence >= t."""
+
+    thresholds: np.ndarray
+    coverage: np.ndarray  # fraction of all predictions accepted
+    precision: np.ndarray  # fraction of the accepted ones that are right (1 - risk)
+
+
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> Curve:
+    conf = np.asarray(confidence, dtype=np.float64)
+    right = np.asarray(correct, dtype=bool)
+    if conf.shape != right.shape or conf.ndim != 1:
+        raise ValueError("confidence and correct must be 1-D arrays of the same length")
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf = conf[order]
+    hits = np.cumsum(right[order])
+    # The last index of every run of equal confidences: a threshold accepts all of a tie or none of it.
+    last = np.flatnonzero(np.append(sorted_conf[1:] != sorted_conf[:-1], True))
+    accepted = last + 1
+    return Curve(sorted_conf[last], accepted / len(conf), hits[last] / accepted)
+
+
+def at_threshold(confidence: np.ndarray, correct: np.ndarray, min_probability: float) -> dict[str, Any]:
+    """Coverage and precision of accepting confidence >= ``min_probability``."""
+    keep = np.asarray(confidence, dtype=np.float64) >= min_probability
+    right = np.asarray(correct, dtype=bool)
+    n = len(keep)
+    return {
+        "n": n,
+        "coverage": float(keep.mean()) if n else None,
+        "precision": float(right[keep].mean()) if keep.any() else None,
+        "accuracy_all": float(right.mean()) if n else None,
+    }
+
+
+def confidence_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_precision: float
+) -> dict[str, Any]:
+    """The lowest ``min_probability`` whose accepted predictions reach ``target_precision``.
+
+    When no threshold reaches it (the most confident predictions are already too often wrong), the threshold
+    sits just above the highest confidence seen, so every prediction is reported as low confidence.
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target precision must be in (0, 1], not {target_precision}")
+    curve = risk_coverage(confidence, correct)
+    if len(curve.thresholds) == 0:
+        raise ValueError("no predictions to choose a confidence threshold from")
+    good = np.flatnonzero(curve.precision >= target_precision)
+    if len(good) == 0:
+        return {"min_probability": float(np.nextafter(curve.thresholds[0], np.inf)), "reached": False}
+    best = good[-1]  # the lowest threshold, i.e. the largest coverage, that still meets the target
+    return {"min_probability": float(curve.thresholds[best]), "reached": True}
+
+
+def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_familiar: bool) -> float:
+    """The threshold that accepts ``acceptance`` of new images like ``values`` (split-conformal rank).
+
+    Of the n values ordered from most to least familiar, the threshold is the ceil((n + 1) * acceptance)-th:
+    then a new image from the same distribution is accepted with probability at least ``acceptance`` (for
+    exchangeable images). With fewer than acceptance / (1 - acceptance) values (19 for 95 %) that rank is past
+    the end and the least familiar value is used: the guarantee no longer holds, the report says so.
+    """
+    if not 0.0 < acceptance <= 1.0:
+        raise ValueError(f"acceptance must be in (0, 1], not {acceptance}")
+    ranked = np.sort(np.asarray(values, dtype=np.float64))
+    if len(ranked) == 0:
+        raise ValueError("no values to set an acceptance threshold on")
+    if higher_is_familiar:
+        ranked = ranked[::-1]
+    rank = min(len(ranked), math.ceil((len(ranked) + 1) * acceptance - 1e-9))  # 1e-9: float error
+    return float(ranked[rank - 1])
+
+
+def conformal_enough(n: int, acceptance: float) -> bool:
+    """Whether n validation values are enough for the acceptance guarantee of ``acceptance_threshold``."""
+    return math.ceil((n + 1) * acceptance - 1e-9) <= n
+
+
+def auroc(inside: np.ndarray, outside: np.ndarray, *, higher_is_familiar: bool) -> float:
+    """Probability that an in-distribution image looks more familiar than a foreign one (1 = perfect)."""
+    from sklearn.metrics import roc_auc_score
+
+    values = np.concatenate([np.asarray(inside, np.float64), np.asarray(outside, np.float64)])
+    labels = np.concatenate([np.ones(len(inside)), np.zeros(len(outside))])
+    return float(roc_auc_score(labels, values if higher_is_familiar else -values))
+
+
+def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+def curve_points(curve: Curve, max_points: int = CURVE_POINTS) -> list[dict[str, float]]:
+    """At most ``max_points`` points of the curve, evenly spread over its thresholds, both ends kept."""
+    n = len(curve.thresholds)
+    idx = np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+    return [
+        {
+            "threshold": round(float(curve.thresholds[i]), 6),
+            "coverage": round(float(curve.coverage[i]), 6),
+            "precision": round(float(curve.precision[i]), 6),
+        }
+        for i in idx
+    ]
+
+
+def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class means [C, K] and W [K, K] with W W^T the inverse of the shared, Ledoit-Wolf shrunk covariance.
+
+    Shrinkage keeps the covariance invertible when there are fewer images than features (and for dead
+    channels); W is the Cholesky factor of the precision, so d_c(f) = ||(f - mu_c) W||^2.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    classes = np.unique(y)
+    if len(x) < 2:
+        raise ValueError("need at least two training images to fit class means and a covariance")
+    means = np.stack([x[y == c].mean(axis=0) for c in classes])
+    centred = x - means[np.searchsorted(classes, y)]
+    precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+    return means, np.linalg.cholesky((precision + precision.T) / 2)
+
+
+def mahalanobis(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """Squared distance to the nearest class mean, as ``export.onnx.add_mahalanobis`` computes it."""
+    z = np.asarray(features, dtype=np.float64) @ whitening
+    m = means @ whitening
+    return np.asarray(((z[:, None, :] - m[None, :, :]) ** 2).sum(axis=2).min(axis=1))
+
+
+@dataclass
+class Images:
+    """What the core graph gave for one set of images: logits and pooled features by output name."""
+
+    logits: np.ndarray
+    pools: dict[str, np.ndarray]
+    labels: np.ndarray | None = None  # class indices (dataset splits)
+    kinds: list[str] | None = None  # kind of each generated foreign image
+
+
+@dataclass
+class Analysis:
+    thresholds: dict[str, Any]  # for the bundle's metadata
+    report: dict[str, Any]  # report.json's "uncertainty"
+    curves: dict[str, Curve]
+    graph_score: (
+        tuple[str, np.ndarray, np.ndarray] | None
+    )  # (pooled output, means, W) to build into the graph
+
+
+def analyse(
+    *,
+    temperature: float,
+    train: Images,
+    val: Images,
+    test: Images,
+    foreign_pick: Images,
+    foreign_check: Images,
+    pool_descriptions: dict[str, str],
+    target_precision: float = 0.9,
+    acceptance: float = 0.95,
+) -> Analysis:
+    """Choose the thresholds on ``val`` and measure them on ``test`` and ``foreign_check``.
+
+    The out-of-distribution score is the candidate with the highest AUROC of ``val`` against ``foreign_pick``
+    (ties, at two decimals: the one flagging more of ``foreign_pick`` at the threshold, then the later one in
+    the list: deeper features, then the logit scores, which need nothing added to the graph). Mahalanobis
+    candidates are fitted on ``train``, never on the images they are measured on.
+    """
+    if val.labels is None or test.labels is None or train.labels is None:
+        raise ValueError("the dataset splits need their labels")
+
+    def outputs(images: Images) -> rt.Outputs:
+        return {
+            bundle.PROBS_OUTPUT: softmax(images.logits, temperature),
+            bundle.LOGITS_OUTPUT: np.asarray(images.logits, dtype=np.float64),
+        }
+
+    sets = {"val": val, "test": test, "pick": foreign_pick, "check": foreign_check}
+    outs = {name: outputs(images) for name, images in sets.items()}
+
+    # Confidence: the calibrated top-1 probability.
+    val_probs, test_probs = outs["val"][bundle.PROBS_OUTPUT], outs["test"][bundle.PROBS_OUTPUT]
+    val_conf, val_right = val_probs.max(axis=1), val_probs.argmax(axis=1) == val.labels
+    test_conf, test_right = test_probs.max(axis=1), test_probs.argmax(axis=1) == test.labels
+    chosen = confidence_threshold(val_conf, val_right, target_precision)
+    t_conf = chosen["min_probability"]
+    val_at, test_at = at_threshold(val_conf, val_right, t_conf), at_threshold(test_conf, test_right, t_conf)
+    curves = {"validation": risk_coverage(val_conf, val_right), "test": risk_coverage(test_conf, test_right)}
+
+    # Out of distribution: every candidate's values on every set.
+    candidates: list[dict[str, Any]] = []
+    for source, description in pool_descriptions.items():
+        means, whitening = fit_mahalanobis(train.pools[source], train.labels)
+        candidates.append(
+            {
+                "name": f"mahalanobis:{source}",
+                "score": rt.SCORES["mahalanobis"],
+                "features": description,
+                "values": {k: mahalanobis(v.pools[source], means, whitening) for k, v in sets.items()},
+                "graph": (source, means, whitening),
+            }
+        )
+    for name in ("max_prob", "max_logit", "energy"):
+        score = rt.SCORES[name]
+        values = {k: score.compute(out) for k, out in outs.items()}
+        candidates.append({"name": name, "score": score, "values": values, "graph": None})
+    for rank, c in enumerate(candidates):
+        score, values = c["score"], c["values"]
+        c["auroc"] = auroc(values["val"], values["pick"], higher_is_familiar=score.higher_is_familiar)
+        c["threshold"] = acceptance_threshold(
+            values["val"], acceptance, higher_is_familiar=score.higher_is_familiar
+        )
+        c["pick_flagged"] = float((~rt.familiar(score, values["pick"], c["threshold"])).mean())
+        c["key"] = (round(c["auroc"], 2), round(c["pick_flagged"], 2), rank)
+    best = max(candidates, key=lambda c: c["key"])
+    score, t_ood, values = best["score"], best["threshold"], best["values"]
+    inside = {k: rt.familiar(score, v, t_ood) for k, v in values.items()}
+    check_low = outs["check"][bundle.PROBS_OUTPUT].max(axis=1) < t_conf
+    kinds = foreign_check.kinds or ["generated"] * len(inside["check"])
+    by_kind = {
+        kind: round(float((~inside["check"])[[k == kind for k in kinds]].mean()), 6)
+        for kind in dict.fromkeys(kinds)
+    }
+    test_acceptance = float(inside["test"].mean()) if len(inside["test"]) else None
+    flagged = float((~inside["check"]).mean()) if len(inside["check"]) else None
+    ood_meta = {
+        "score": score.name,
+        score.threshold_key: t_ood,
+        "acceptance": acceptance,
+        "val_acceptance": float(inside["val"].mean()),
+        "test_acceptance": test_acceptance,
+        "foreign_flagged": flagged,
+    }
+    if "features" in best:
+        ood_meta["features"] = best["features"]
+
+    thresholds = {
+        rt.CONFIDENCE: {
+            "min_probability": t_conf,
+            "target_precision": target_precision,
+            "reached_on_validation": chosen["reached"],
+            "val_coverage": val_at["coverage"],
+            "val_precision": val_at["precision"],
+            "test_coverage": test_at["coverage"],
+            "test_precision": test_at["precision"],
+        },
+        rt.OOD: ood_meta,
+    }
+    report = {
+        "summary": {
+            "test_in_distribution_accepted": test_acceptance,
+            "foreign_flagged": flagged,
+            "test_confident_coverage": test_at["coverage"],
+            "test_confident_precision": test_at["precision"],
+        },
+        "confidence": {
+            "score": "top-1 calibrated probability",
+            "min_probability": t_conf,
+            "target_precision": target_precision,
+            "reached_on_validation": chosen["reached"],
+            "rule": "largest validation coverage whose accepted predictions reach the target precision",
+            "validation": val_at,
+            "test": test_at,
+            "risk_coverage": {split: curve_points(curve) for split, curve in curves.items()},
+            "plot": PLOT_FILE,
+        },
+        "ood": {
+            **ood_meta,
+            "description": score.description,
+            "chosen_by": (
+                f"highest AUROC of {len(val.logits)} validation images against {len(foreign_pick.logits)} "
+                f"generated foreign images; Mahalanobis fitted on {len(train.logits)} training images"
+            ),
+            "candidates": [
+                {
+                    "name": c["name"],
+                    **({"features": c["features"]} if "features" in c else {}),
+                    "auroc": round(c["auroc"], 6),
+                    "foreign_flagged_at_threshold": round(c["pick_flagged"], 6),
+                }
+                for c in candidates
+            ],
+            "rule": "split-conformal rank on the validation split: a new in-distribution image is accepted "
+            "with probability >= acceptance, if guarantee_holds (enough validation images)",
+            "guarantee_holds": conformal_enough(len(inside["val"]), acceptance),
+            "validation": {"n": len(inside["val"]), "accepted": float(inside["val"].mean())},
+            "test": {"n": len(inside["test"]), "accepted": test_acceptance},
+            "foreign": {
+                "n": len(inside["check"]),
+                "note": "a second generated set, not the one the score was chosen on",
+                "flagged": flagged,
+                "flagged_or_low_confidence": float((~inside["check"] | check_low).mean())
+                if len(check_low)
+                else None,
+                "flagged_by_kind": by_kind,
+            },
+        },
+    }
+    return Analysis(thresholds, report, curves, best["graph"])
+
+
+def plot_risk_coverage(
+    curves: dict[str, Curve], *, min_probability: float, target_precision: float, path: Path
+) -> None:
+    """Risk (1 - precision) against coverage per split, with the chosen operating point marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for split, curve in curves.items():
+        (line,) = ax.step(curve.coverage, 1 - curve.precision, where="post", label=split)
+        keep = curve.thresholds >= min_probability
+        if keep.any():
+            i = int(np.flatnonzero(keep)[-1])
+            ax.plot(curve.coverage[i], 1 - curve.precision[i], "o", color=line.get_color())
+    target_risk = 1 - target_precision
+    ax.axhline(target_risk, color="grey", linestyle="--", label=f"target risk {target_risk:.0%}")
+    highest = max(
+        [target_risk] + [float((1 - c.precision).max()) for c in curves.values() if len(c.precision)]
+    )
+    ax.set(
+        title=f"risk–coverage (accept top-1 probability ≥ {min_probability:.3f}: dots)",
+        xlabel="coverage (share of predictions kept)",
+        ylabel="risk (share of kept predictions that are wrong)",
+        xlim=(0, 1.02),
+        ylim=(0, highest + 0.05),
+    )
+    ax.legend()
+    fig.savefig(path, dpi=100)

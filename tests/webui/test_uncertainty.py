@@ -1,0 +1,68 @@
+"""The page against a real bundle that carries thresholds: the warnings come from the server's answers."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.bundle_factory import make_bundle
+from tests.images import COLOURS, encode
+from tests.server import start_server, stop_server
+from tests.webui.conftest import DESKTOP, Console
+
+pytestmark = pytest.mark.browser
+
+# The tiny graph: red is confident and familiar (energy -6.6); flat grey is neither (energy -2.4).
+THRESHOLDS = {
+    "confidence": {"min_probability": 0.9, "target_precision": 0.9},
+    "ood": {"score": "energy", "max_score": -5.0, "acceptance": 0.95},
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    directory = make_bundle(tmp_path_factory.mktemp("ui-thresholds"), with_logits=True, thresholds=THRESHOLDS)
+    url, process = start_server(directory)
+    yield url
+    stop_server(process)
+
+
+def _png(name: str, rgb: tuple[int, int, int]) -> dict[str, Any]:
+    from PIL import Image
+
+    return {"name": name, "mimeType": "image/png", "buffer": encode(Image.new("RGB", (96, 80), rgb), "PNG")}
+
+
+def test_foreign_looking_upload_is_named_as_such_before_the_classes(
+    browser: Any, server: str, console: Console
+) -> None:
+    from playwright.sync_api import expect
+
+    context = browser.new_context(base_url=server, viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        console.watch(page)
+        page.goto("/")
+        expect(page.locator("#model-line .model-name")).to_have_text("tiny-test-model 0.0.1")
+        warnings = page.locator("#warnings .alert")
+        for name, rgb, expected in (
+            ("grey.png", (128, 128, 128), ["This does not look like a skin photo.", "not confident"]),
+            ("red.png", COLOURS["red"], []),
+        ):
+            page.set_input_files("#file-input", files=[_png(name, rgb)])
+            with page.expect_response(re.compile(r"/api/predict")) as answer:
+                page.click("#analyse")
+            expect(page.locator("#busy")).to_be_hidden()
+            body = answer.value.json()
+            assert body["in_distribution"] is (not expected)
+            assert body["confidence"] == ("low" if expected else "ok")
+            expect(warnings).to_have_count(len(expected))
+            for i, words in enumerate(expected):
+                expect(warnings.nth(i)).to_contain_text(words)
+            expect(page.locator("#top-list li").first).to_be_visible()
+    finally:
+        context.close()
+    assert console.unexpected() == []
