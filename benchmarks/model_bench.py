@@ -1,0 +1,593 @@
+"""Model-level benchmark, in one process: every way this machine can run the exported model, side by side.
+
+Paths: torch eager fp32 (what the reference serves), onnxruntime fp32 as the runtime configures it (and with
+other thread settings), static int8 (the exporter's recipe and a Conv-only variant), and OpenVINO (its own
+runtime and its onnxruntime execution provider) when installed. For each: median latency at batch 1 and 8,
+load time, and top-1 agreement with onnxruntime fp32 on generated test images. Also answers whether batching
+concurrent requests would raise throughput on this machine.
+
+    python -m benchmarks.model_bench                 # writes benchmarks/results/model.json and model.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.run import BenchError, OtherCpu, load1, machine, row, wait_for_cpu, wait_until_quiet
+from runtime import bundle as contract
+
+Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
+BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
+GOALS = {"batch1_ms": 20.0, "agreement": 0.99}
+
+
+@dataclass
+class Candidate:
+    name: str
+    note: str
+    make: Callable[[], Runner]  # builds the session (timed as load time)
+
+
+# ---- paths
+
+
+def ort_runner(
+    model: Path,
+    *,
+    threads: int,
+    spinning: bool = False,
+    arena: bool = False,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> Runner:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.enable_cpu_mem_arena = arena  # the runtime turns it off (RSS)
+    session = ort.InferenceSession(str(model), sess_options=options, providers=list(providers))
+    return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
+
+
+def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
+    """The reference's way: eager fp32, normalization in torch, softmax of the logits (T = 1)."""
+    import torch
+
+    from training.model import load_checkpoint, model_from_checkpoint
+
+    torch.set_num_threads(threads)
+    ckpt = load_checkpoint(checkpoint)
+    net = model_from_checkpoint(ckpt)
+    mean = torch.tensor(ckpt["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(ckpt["std"]).view(1, 3, 1, 1)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std
+            return torch.softmax(net(t), dim=1).numpy()
+
+    return run
+
+
+def openvino_runner(model: Path, *, threads: int, precision: str) -> Runner:
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(
+        str(model),
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": threads,
+        },
+    )
+    request = compiled.create_infer_request()
+    output = compiled.output(contract.PROBS_OUTPUT)
+    return lambda x: np.asarray(request.infer({contract.INPUT_NAME: x})[output])
+
+
+def openvino_ep_runner(model: Path, *, threads: int, precision: str) -> Runner:
+    """onnxruntime with the OpenVINO execution provider plugin (pip install onnxruntime-ep-openvino)."""
+    import onnxruntime as ort
+    import onnxruntime_ep_openvino as plugin
+
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(name, plugin.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == name and "CPU" in str(d.device.type)]
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    config = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": precision}})
+    options.add_provider_for_devices(devices, {"num_of_threads": str(threads), "load_config": config})
+    session = ort.InferenceSession(str(model), sess_options=options)
+    if not session.get_providers() or session.get_providers()[0] != name:
+        raise BenchError(f"the OpenVINO provider did not take the graph ({session.get_providers()})")
+    return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
+
+
+def quantized(
+    fp32: Path, out: Path, calibration: Sequence[Path], *, conv_only: bool, meta: contract.BundleMeta
+) -> Path:
+    """Static int8: the exporter's recipe (all ops), or Conv weights and inputs only (cached in ``out``)."""
+    if out.is_file():
+        return out
+    from export.onnx import to_bytes
+    from export.quantize import quantize
+
+    with tempfile.TemporaryDirectory(prefix="skin-bench-int8-") as scratch:
+        size, resize, resize_filter = meta.input_size, meta.resize, meta.resize_filter
+        if not conv_only:
+            model = quantize(
+                fp32.read_bytes(),
+                calibration=calibration,
+                workdir=Path(scratch),
+                size=size,
+                resize=resize,
+                resize_filter=resize_filter,
+            )
+        else:
+            model = _quantize_conv_only(
+                fp32, calibration, Path(scratch), size=size, resize=resize, resize_filter=resize_filter
+            )
+        out.write_bytes(to_bytes(model))
+    return out
+
+
+def _quantize_conv_only(
+    fp32: Path,
+    calibration: Sequence[Path],
+    workdir: Path,
+    *,
+    size: tuple[int, int],
+    resize: str,
+    resize_filter: str,
+) -> Any:
+    """QDQ on Conv only: Sigmoid, Mul (SiLU, squeeze-excite) and Add stay float, with no Q/DQ around them."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    from export import infer
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = infer.batches(calibration, size, resize, resize_filter)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {contract.INPUT_NAME: x}
+
+    prepared, output = workdir / "prep.onnx", workdir / "int8.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(output),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return onnx.load(str(output))
+
+
+def candidates(
+    checkpoint: Path,
+    fp32: Path,
+    work: Path,
+    calibration: Sequence[Path],
+    meta: contract.BundleMeta,
+    threads: int,
+) -> list[Candidate]:
+    found = [
+        Candidate(
+            "torch eager fp32", "what the reference serves", lambda: torch_runner(checkpoint, threads=threads)
+        ),
+        Candidate(
+            "onnxruntime fp32",
+            f"as the runtime runs it: {threads} threads, no spinning",
+            lambda: ort_runner(fp32, threads=threads),
+        ),
+        Candidate(
+            "onnxruntime fp32, spinning",
+            "threads busy-wait between ops (onnxruntime's default)",
+            lambda: ort_runner(fp32, threads=threads, spinning=True),
+        ),
+        Candidate(
+            "onnxruntime fp32, memory arena",
+            "onnxruntime's CPU memory arena on (the runtime turns it off to bound RSS)",
+            lambda: ort_runner(fp32, threads=threads, arena=True),
+        ),
+        Candidate("onnxruntime fp32, 1 thread", "one core", lambda: ort_runner(fp32, threads=1)),
+        Candidate(
+            "onnxruntime int8 QDQ (exporter)",
+            "export.quantize: static, per-channel, u8/s8, all ops",
+            lambda: ort_runner(
+                quantized(fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta),
+                threads=threads,
+            ),
+        ),
+        Candidate(
+            "onnxruntime int8 QDQ, Conv only",
+            "static, per-channel, u8/s8; SiLU, squeeze-excite and adds stay float",
+            lambda: ort_runner(
+                quantized(fp32, work / "int8-conv.onnx", calibration, conv_only=True, meta=meta),
+                threads=threads,
+            ),
+        ),
+    ]
+    if _importable("openvino"):
+        for precision in ("f32", "bf16"):
+            found.append(
+                Candidate(
+                    f"OpenVINO {precision}",
+                    "OpenVINO's own runtime on the same ONNX file",
+                    lambda p=precision: openvino_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
+                )
+            )
+    if _importable("onnxruntime_ep_openvino"):
+        for precision in ("f32", "bf16"):
+            found.append(
+                Candidate(
+                    f"onnxruntime + OpenVINO EP {precision}",
+                    "onnxruntime with the pip-installable OpenVINO execution provider plugin",
+                    lambda p=precision: openvino_ep_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
+                )
+            )
+    return found
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# ---- measurements
+
+
+def latency_ms(run: Runner, x: np.ndarray, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
+
+
+def predict_all(run: Runner, x: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([run(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+
+def parallel_img_s(make: Callable[[], Runner], x: np.ndarray, workers: int, seconds: float) -> float:
+    """Images per second with ``workers`` threads, each with its own session, each at batch 1."""
+    runners = [make() for _ in range(workers)]
+    for run in runners:
+        run(x)
+    counts = [0] * workers
+    stop = time.perf_counter() + seconds
+
+    def loop(i: int) -> None:
+        while time.perf_counter() < stop:
+            runners[i](x)
+            counts[i] += 1
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(workers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def generated_images(root: Path, *, per_class: int, seed: int, class_names: list[str]) -> list[Path]:
+    import shutil
+
+    from training.synthetic import generate
+
+    shutil.rmtree(root, ignore_errors=True)  # a smaller run after a larger one must not keep the extra files
+    generate(root, class_names=class_names, train_per_class=0, test_per_class=per_class, seed=seed)
+    return sorted((root / "test").glob("*/*"))
+
+
+def model_benchmark(
+    *,
+    work: str | Path = "runs/bench",
+    out: str | Path = "benchmarks/results",
+    only: Sequence[str] = (),
+    repeats: int = 30,
+    test_per_class: int = 10,
+    calibration_per_class: int = 6,
+    threads: int = 0,
+    max_load: float = 0.6,
+    max_other: float = 0.25,
+    max_wait_s: float = 1200.0,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure every available path; write OUT/model.json and OUT/model.md."""
+    from benchmarks.weights import prepare
+    from runtime.engine import available_cpus
+    from runtime.preprocess import preprocess
+
+    work = Path(work)
+    checkpoint, bundle_dir = prepare(work, log=log)
+    fp32 = bundle_dir / contract.MODEL_FILE
+    meta = _meta(fp32)
+    threads = threads or available_cpus()
+    scratch = work / "model_bench"
+    scratch.mkdir(parents=True, exist_ok=True)
+    names = list(meta.class_names)
+    # Seeds unlike the ones weights.py fitted BatchNorm and the head on: these images are new to the model.
+    test_files = generated_images(scratch / "test", per_class=test_per_class, seed=101, class_names=names)
+    calibration = generated_images(
+        scratch / "calib", per_class=calibration_per_class, seed=202, class_names=names
+    )
+    view = {"resize_mode": meta.resize, "resize_filter": meta.resize_filter}
+    test = np.stack([preprocess(f, meta.input_size, **view) for f in test_files])  # type: ignore[arg-type]
+    one, eight = test[:1], test[:8]
+
+    found = candidates(checkpoint, fp32, scratch, calibration, meta, threads)
+    if only:
+        found = [c for c in found if any(o.lower() in c.name.lower() for o in only)]
+        if not found:
+            raise BenchError(f"no path matches {', '.join(only)}")
+    quiet = wait_until_quiet(max_load, max_wait_s, log)
+    log(f"load average {quiet['load1']:.2f} at the start; {len(test)} test images, {threads} threads")
+    reference = predict_all(ort_runner(fp32, threads=threads), test)
+    results: dict[str, Any] = {}
+    for cand in found:
+        wait_for_cpu(max_other, max_wait_s, log)
+        load_before = load1()
+        try:
+            start = time.perf_counter()
+            run = cand.make()
+            load_s = time.perf_counter() - start
+        except Exception as exc:  # a path this machine cannot take is reported, not fatal
+            results[cand.name] = {"note": cand.note, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            log(f"{cand.name}: not available ({results[cand.name]['error']})")
+            continue
+        probs = predict_all(run, test)
+        other = OtherCpu()
+        b1 = latency_ms(run, one, repeats)
+        b8 = latency_ms(run, eight, max(5, repeats // 4))
+        results[cand.name] = {
+            "note": cand.note,
+            "load_s": round(load_s, 3),
+            "batch1_ms": round(b1, 2),
+            "batch8_ms": round(b8, 2),
+            "batch1_img_s": round(1000 / b1, 1),
+            "batch8_img_s": round(8000 / b8, 1),
+            "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4),
+            "max_abs_diff": float(np.abs(probs - reference).max()),
+            "load1_before": load_before,
+            "other_cpu_cores": other.cores(),
+        }
+        r = results[cand.name]
+        log(
+            f"{cand.name}: batch 1 {r['batch1_ms']} ms, batch 8 {r['batch8_ms']} ms "
+            f"({r['batch8_img_s']} img/s), agreement {r['top1_agreement']:.2%}, load {r['load_s']} s, "
+            f"others {r['other_cpu_cores']} cores"
+        )
+        del run
+
+    wait_for_cpu(max_other, max_wait_s, log)
+    batching = batching_check(lambda: ort_runner(fp32, threads=threads), fp32, test, repeats, log)
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "load_at_start": quiet,
+        "load_at_end": load1(),
+        "settings": {
+            "threads": threads,
+            "repeats_batch1": repeats,
+            "max_other_cpu_cores": max_other,
+            "test_images": len(test),
+            "calibration_images": len(calibration),
+            "reference": "onnxruntime fp32 (the runtime's graph) on the same images",
+            "model": f"{meta.architecture} at {meta.input_size[0]} px, {meta.num_classes} classes "
+            "(benchmark weights: see benchmarks/weights.py)",
+        },
+        "paths": results,
+        "batching": batching,
+        "best": best_path(results),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "model.md").write_text(markdown(summary))
+    log(f"wrote {out / 'model.json'} and {out / 'model.md'}")
+    return summary
+
+
+def _meta(model: Path) -> contract.BundleMeta:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+
+
+def batching_check(
+    make: Callable[[], Runner], fp32: Path, test: np.ndarray, repeats: int, log: Callable[[str], None]
+) -> dict[str, Any]:
+    """Would the runtime gain from gathering concurrent requests into one batch? Throughput by batch size,
+    and two sessions of one thread each running side by side (the other way to use two cores)."""
+    run = make()
+    img_s = {}
+    other = OtherCpu()
+    for n in (1, 2, 4, 8):
+        ms = latency_ms(run, test[:n], max(5, repeats // n))
+        img_s[str(n)] = round(n * 1000 / ms, 1)
+    parallel = parallel_img_s(lambda: ort_runner(fp32, threads=1), test[:1], workers=2, seconds=5.0)
+    best_batch = max(img_s.values())
+    gain = best_batch / img_s["1"]
+    build = gain >= BATCHING_GAIN
+    result = {
+        "img_s_by_batch": img_s,
+        "two_sessions_one_thread_img_s": round(parallel, 1),
+        "best_batch_gain": round(gain, 3),
+        "threshold": BATCHING_GAIN,
+        "other_cpu_cores": other.cores(),
+        "build_batching": build,
+        "verdict": (
+            f"batching raises throughput {gain:.2f}x (threshold {BATCHING_GAIN}x): "
+            + ("worth building" if build else "not worth building on this machine")
+        ),
+    }
+    log(f"batching: {img_s} img/s by batch; two 1-thread sessions {parallel:.1f} img/s; {result['verdict']}")
+    return result
+
+
+def best_path(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The fastest path at batch 1 that keeps top-1 agreement at the goal."""
+    ok = {k: v for k, v in results.items() if "batch1_ms" in v and v["top1_agreement"] >= GOALS["agreement"]}
+    if not ok:
+        return None
+    name = min(ok, key=lambda k: ok[k]["batch1_ms"])
+    return {
+        "path": name,
+        "batch1_ms": ok[name]["batch1_ms"],
+        "meets_20ms": ok[name]["batch1_ms"] <= GOALS["batch1_ms"],
+    }
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    m, s = summary["machine"], summary["settings"]
+    lines = [
+        f"# Model benchmark ({summary['date']})",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({', '.join(m.get('isa', []))}); "
+        f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; {s['threads']} threads.",
+        f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
+        f"{summary['load_at_end']:.2f} at the end. Each path is timed once other processes use "
+        f"< {s['max_other_cpu_cores']} cores; what they used while it was timed is shown.",
+        f"Agreement: top-1 against {s['reference']}, {s['test_images']} generated images; int8 calibrated on "
+        f"{s['calibration_images']} other generated images.",
+        "",
+        row(
+            "path",
+            "batch 1 ms",
+            "batch 8 ms",
+            "batch 8 img/s",
+            "top-1 agreement",
+            "max |Δp|",
+            "load s",
+            "others' CPU cores",
+            "note",
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, r in summary["paths"].items():
+        if "error" in r:
+            lines.append(row(name, *[None] * 8, f"not available: {r['error']}"))
+            continue
+        lines.append(
+            row(
+                name,
+                r["batch1_ms"],
+                r["batch8_ms"],
+                r["batch8_img_s"],
+                f"{r['top1_agreement']:.2%}",
+                f"{r['max_abs_diff']:.1e}",
+                r["load_s"],
+                r["other_cpu_cores"],
+                r["note"],
+            )
+        )
+    b = summary["batching"]
+    by_batch = ", ".join(f"batch {k}: {v}" for k, v in b["img_s_by_batch"].items())
+    lines += [
+        "",
+        f"Batching (onnxruntime fp32, img/s): {by_batch}; two 1-thread sessions side by side: "
+        f"{b['two_sessions_one_thread_img_s']}. Verdict: {b['verdict']}.",
+    ]
+    best = summary["best"]
+    if best:
+        met = "met" if best["meets_20ms"] else "not met"
+        lines += [
+            "",
+            f"Fastest path with ≥ {GOALS['agreement']:.0%} top-1 agreement: {best['path']}, "
+            f"{best['batch1_ms']} ms at batch 1 (goal ≤ {GOALS['batch1_ms']:.0f} ms: {met}).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.model_bench",
+        description="Latency and agreement of every way to run the model here (torch, onnxruntime, int8, "
+        "OpenVINO), and whether batching would pay.",
+    )
+    parser.add_argument("--work", default="runs/bench", help="model, bundle and int8 graphs (runs/bench)")
+    parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
+    parser.add_argument("--only", nargs="*", default=[], help="measure only paths whose name contains these")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1 (30)")
+    parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")
+    parser.add_argument(
+        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help="before each path, wait until other processes use fewer cores than this (0.25)",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.test_per_class < 1:
+        print("benchmarks.model_bench: --repeats and --test-per-class must be at least 1", file=sys.stderr)
+        return 2
+    from export.errors import ExportError
+    from training.model import ModelError
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    try:
+        model_benchmark(
+            work=args.work,
+            out=args.out,
+            only=args.only,
+            repeats=args.repeats,
+            test_per_class=args.test_per_class,
+            threads=args.threads,
+            max_load=args.max_load,
+            max_other=args.max_other,
+            max_wait_s=args.max_wait,
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+    except (BenchError, ExportError, ModelError, OSError) as exc:
+        print(f"benchmarks.model_bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

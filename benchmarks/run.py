@@ -1,0 +1,674 @@
+"""Serving benchmark: the runtime and the reference-style baseline, one after the other, same Locust settings.
+
+For each server: cold start (process start → ready answer, several times), resident memory at idle, then one
+Locust run per concurrency (closed loop, no think time, the image mix of benchmarks/images.py) while the
+server's RSS and CPU are sampled. Writes Locust's CSV and HTML under WORK/locust/ and a summary with the
+ratios (JSON + markdown) under OUT. Measures only when the machine is quiet (1-minute load average), and
+records the load it saw.
+
+    python -m benchmarks.run --concurrency 1 4 8 --run-time 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import images
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+SERVERS = ("runtime", "baseline", "runtime-arena", "runtime-parallel")
+GOALS = {
+    "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
+    "p50_1024_ms": 40.0,  # single client, end to end
+    "p50_12mp_ms": 80.0,
+    "cold_start_s": 1.5,
+    "rss_under_load_mb": 350.0,
+}
+MB = 1024 * 1024
+
+
+class BenchError(Exception):
+    """A benchmark that cannot run; one line for people."""
+
+
+@dataclass
+class Server:
+    name: str
+    command: list[str]
+    ready_path: str
+    env: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
+    py = sys.executable
+    runtime = [py, "-m", "runtime", "--bundle", str(bundle_dir), "--port", str(port)]
+    return {
+        "runtime": Server(
+            "runtime",
+            runtime,
+            "/readyz",
+            note="skin-serve defaults: onnxruntime fp32, threads = CPU quota, one inference at a time",
+        ),
+        "runtime-arena": Server(
+            "runtime-arena",
+            runtime,
+            "/readyz",
+            env={"SKIN_ORT_MEMORY_ARENA": "1"},
+            note="skin-serve with onnxruntime's CPU memory arena on",
+        ),
+        "runtime-parallel": Server(
+            "runtime-parallel",
+            runtime,
+            "/readyz",
+            env={"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
+            note="two inferences at once with one onnxruntime thread each",
+        ),
+        "baseline": Server(
+            "baseline",
+            [
+                py,
+                "-m",
+                "benchmarks.baseline_server",
+                "--checkpoint",
+                str(checkpoint),
+                "--report",
+                str(bundle_dir / "report.json"),
+                "--port",
+                str(port),
+            ],  # fmt: skip
+            # The reference has no readiness endpoint; uvicorn answers only once the model is loaded.
+            "/api/info",
+            note="FastAPI + torch eager fp32, cv2 + albumentations, inference inline in the handler",
+        ),
+    }
+
+
+# ---- machine and load
+
+
+def load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def wait_until_quiet(max_load: float, max_wait_s: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Wait (up to max_wait_s) for the 1-minute load average to drop below max_load; say what was seen."""
+    start = time.monotonic()
+    load = load1()
+    while load >= max_load and time.monotonic() - start < max_wait_s:
+        log(f"load average {load:.2f} >= {max_load}: waiting for a quiet machine")
+        time.sleep(min(60.0, max(1.0, max_wait_s - (time.monotonic() - start))))
+        load = load1()
+    return {"load1": load, "quiet": load < max_load, "waited_s": round(time.monotonic() - start, 1)}
+
+
+class OtherCpu:
+    """CPU time used by processes outside this benchmark (other users of a shared machine), in cores, from
+    /proc/stat's busy time less this process tree's own. The load average cannot tell the two apart."""
+
+    def __init__(self) -> None:
+        self.start = self._snapshot()
+
+    @staticmethod
+    def _snapshot() -> tuple[float, float, float]:
+        import psutil
+
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+        me = psutil.Process()
+        t = me.cpu_times()
+        own = t.user + t.system + t.children_user + t.children_system
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                c = child.cpu_times()
+                own += c.user + c.system
+        return time.monotonic(), busy, own
+
+    def cores(self) -> float:
+        wall, busy, own = self._snapshot()
+        wall0, busy0, own0 = self.start
+        return round(max(0.0, (busy - busy0 - (own - own0)) / max(wall - wall0, 1e-6)), 2)
+
+
+def wait_for_cpu(
+    max_other: float, max_wait_s: float, log: Callable[[str], None], window: float = 3.0
+) -> float:
+    """Wait until other processes use less than ``max_other`` cores over a few seconds; return their use."""
+    start = time.monotonic()
+    while True:
+        meter = OtherCpu()
+        time.sleep(window)
+        other = meter.cores()
+        if other < max_other or time.monotonic() - start > max_wait_s:
+            return other
+        log(f"other processes use {other:.2f} cores: waiting")
+        time.sleep(10.0)
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    info: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if "model name" in line)
+        flags = next(
+            line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")
+        )
+        info["cpu"] = model
+        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    except (OSError, StopIteration):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    for package in ("onnxruntime", "torch", "timm", "uvicorn", "starlette", "fastapi", "locust"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[package] = version(package)
+    return info
+
+
+# ---- processes
+
+
+class Sampler:
+    """Samples a process's (and its children's) RSS and CPU time in a background thread. A process that ends
+    meanwhile keeps the CPU time of its last sample."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        import psutil
+
+        self.proc = psutil.Process(pid)
+        self.interval = interval
+        self.rss: list[int] = []
+        self.cpu_seen = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        rss, cpu = 0, 0.0
+        try:
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):  # a child that just ended
+                    rss += p.memory_info().rss
+                    t = p.cpu_times()
+                    cpu += t.user + t.system
+        except psutil.Error:  # the process itself has ended
+            return
+        self.rss.append(rss)
+        self.cpu_seen = max(self.cpu_seen, cpu)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Sampler:
+        self._sample()
+        self.rss.clear()
+        self.wall0, self.cpu0 = time.monotonic(), self.cpu_seen
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.wall = time.monotonic() - self.wall0
+        self.cpu = self.cpu_seen - self.cpu0
+
+    def summary(self) -> dict[str, float]:
+        rss = self.rss or [0]
+        return {
+            "rss_peak_mb": round(max(rss) / MB, 1),
+            "rss_mean_mb": round(sum(rss) / len(rss) / MB, 1),
+            "cpu_cores": round(self.cpu / self.wall, 2),
+        }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(
+    server: Server, port: int, log_path: Path, timeout: float = 180.0
+) -> tuple[subprocess.Popen[bytes], float]:
+    """Start the server; return it and the seconds from process start to its first ready answer."""
+    url = f"http://127.0.0.1:{port}{server.ready_path}"
+    env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", **server.env}
+    with open(log_path, "ab") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(server.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    while time.perf_counter() - t0 < timeout:
+        if proc.poll() is not None:
+            raise BenchError(f"{server.name} exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return proc, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.01)
+    stop(proc)
+    raise BenchError(f"{server.name} was not ready within {timeout:.0f} s; see {log_path}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def warm(base: str, rounds: int = 2) -> None:
+    """A few requests of every kind first: the baseline's first torch call is slow, and lazy imports."""
+    for _ in range(rounds):
+        for kind, data in zip(images.KINDS, images.mix().values(), strict=True):
+            body, content_type = images.multipart(
+                data, "warm." + images.EXTENSION[kind.fmt], images.MIME[kind.fmt]
+            )
+            request = urllib.request.Request(
+                base + "/api/predict", data=body, headers={"content-type": content_type}
+            )
+            with urllib.request.urlopen(request, timeout=120) as response:
+                response.read()
+
+
+# ---- Locust
+
+
+def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str, Any], dict[str, float]]:
+    """One headless Locust run; returns its statistics and the load generator's own CPU use."""
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", base,
+        "-u", str(users), "-r", str(users), "--run-time", f"{run_time}s", "--stop-timeout", "30",
+        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    with open(f"{prefix}.log", "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        with Sampler(proc.pid) as sampler:
+            proc.wait(timeout=run_time + 120)
+    stats = read_stats(Path(f"{prefix}_stats.csv"))
+    return stats, {"cpu_cores": sampler.summary()["cpu_cores"], "exit_code": proc.returncode}
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """Locust's _stats.csv → per request name: count, failures, rps, p50/p95/p99 (ms)."""
+    if not path.is_file():
+        raise BenchError(f"Locust wrote no statistics ({path})")
+    rows: dict[str, Any] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[row["Name"]] = {
+                "requests": int(row["Request Count"]),
+                "failures": int(row["Failure Count"]),
+                "rps": round(float(row["Requests/s"]), 2),
+                "p50_ms": _number(row["50%"]),
+                "p95_ms": _number(row["95%"]),
+                "p99_ms": _number(row["99%"]),
+                "mean_ms": round(float(row["Average Response Time"]), 1),
+            }
+    return rows
+
+
+def _number(value: str) -> float | None:
+    return None if value in ("", "N/A") else float(value)
+
+
+# ---- the benchmark
+
+
+def bench_server(
+    name: str,
+    *,
+    checkpoint: Path,
+    bundle: Path,
+    concurrency: Sequence[int],
+    run_time: int,
+    cold_starts: int,
+    work: Path,
+    max_other: float,
+    max_wait_s: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    port = free_port()
+    server = servers(checkpoint, bundle, port)[name]
+    log_path = work / f"{server.name}.log"
+    log_path.unlink(missing_ok=True)
+    times = []
+    wait_for_cpu(max_other, max_wait_s, log)
+    for i in range(cold_starts):
+        proc, seconds = start(server, port, log_path)
+        times.append(round(seconds, 3))
+        log(f"{server.name}: ready in {seconds:.2f} s (start {i + 1}/{cold_starts})")
+        if i < cold_starts - 1:
+            stop(proc)
+    result: dict[str, Any] = {"note": server.note, "env": server.env, "cold_start_s": times}
+    try:
+        base = f"http://127.0.0.1:{port}"
+        warm(base)
+        time.sleep(1.0)
+        with Sampler(proc.pid) as idle:
+            time.sleep(2.0)
+        result["idle"] = idle.summary()
+        result["runs"] = {}
+        for users in concurrency:
+            wait_for_cpu(max_other, max_wait_s, log)
+            load_before = load1()
+            prefix = work / "locust" / f"{server.name}-c{users}"
+            other = OtherCpu()
+            with Sampler(proc.pid) as sampler:
+                stats, generator = locust(base, users, run_time, prefix)
+            used = sampler.summary()
+            result["runs"][str(users)] = {
+                "load1_before": load_before,
+                "other_cpu_cores": other.cores(),
+                "server": used,
+                "load_generator": generator,
+                "stats": stats,
+            }
+            agg = stats.get("Aggregated", {})
+            log(
+                f"{server.name} c={users}: {agg.get('rps')} req/s, p50 {agg.get('p50_ms')} ms, "
+                f"p95 {agg.get('p95_ms')} ms, failures {agg.get('failures')}, "
+                f"RSS peak {used['rss_peak_mb']} MB, CPU {used['cpu_cores']} cores, "
+                f"others {result['runs'][str(users)]['other_cpu_cores']} cores"
+            )
+    finally:
+        stop(proc)
+    return result
+
+
+def run_benchmark(
+    *,
+    work: str | Path = "runs/bench",
+    out: str | Path = "benchmarks/results",
+    servers_to_run: Sequence[str] = ("runtime", "baseline"),
+    concurrency: Sequence[int] = (1, 4, 8),
+    run_time: int = 30,
+    cold_starts: int = 3,
+    max_load: float = 0.6,
+    max_other: float = 0.25,
+    max_wait_s: float = 1200.0,
+    bundle: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Benchmark the servers one after the other; write OUT/serving.json and OUT/serving.md."""
+    from benchmarks.weights import prepare
+
+    work, out = Path(work), Path(out)
+    unknown = [s for s in servers_to_run if s not in SERVERS]
+    if unknown:
+        raise BenchError(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
+    if not concurrency or min(concurrency) < 1 or run_time < 1:
+        raise BenchError("concurrency and run time must be at least 1")
+    if (bundle is None) != (checkpoint is None):
+        raise BenchError("pass both --bundle and --checkpoint, or neither")
+    if bundle is None or checkpoint is None:
+        checkpoint, bundle = prepare(work, log=log)
+    checkpoint, bundle = Path(checkpoint), Path(bundle)
+    (work / "locust").mkdir(parents=True, exist_ok=True)
+
+    quiet = wait_until_quiet(max_load, max_wait_s, log)
+    log(f"load average {quiet['load1']:.2f} at the start")
+    summary: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "load_at_start": quiet,
+        "settings": {
+            "concurrency": list(concurrency),
+            "run_time_s": run_time,
+            "cold_starts": cold_starts,
+            "max_other_cpu_cores": max_other,
+            "mix": {
+                k.name: {"weight": k.weight, "size": list(k.size), "format": k.fmt} for k in images.KINDS
+            },
+            "other_requests": {"info": 1, "report": 1},
+            "bundle": str(bundle),
+            "checkpoint": str(checkpoint),
+        },
+        "servers": {},
+    }
+    for name in servers_to_run:
+        summary["servers"][name] = bench_server(
+            name,
+            checkpoint=checkpoint,
+            bundle=bundle,
+            concurrency=concurrency,
+            run_time=run_time,
+            cold_starts=cold_starts,
+            work=work,
+            max_other=max_other,
+            max_wait_s=max_wait_s,
+            log=log,
+        )
+    summary["load_at_end"] = load1()
+    summary["comparison"] = compare(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serving.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "serving.md").write_text(markdown(summary))
+    log(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
+    return summary
+
+
+def compare(summary: dict[str, Any]) -> dict[str, Any]:
+    """Ratios against the baseline, and the issue's goals next to what was measured."""
+    found = summary["servers"]
+    result: dict[str, Any] = {}
+    base = found.get("baseline")
+    for name, server in found.items():
+        if name == "baseline" or base is None:
+            continue
+        ratios = {}
+        for users, run in server["runs"].items():
+            other = base["runs"].get(users)
+            if other is None:
+                continue
+            ours, theirs = run["stats"]["Aggregated"], other["stats"]["Aggregated"]
+            ratios[users] = {
+                "throughput": _ratio(_ok_rps(ours), _ok_rps(theirs)),
+                "p50_speedup": _ratio(theirs["p50_ms"], ours["p50_ms"]),
+                "p95_speedup": _ratio(theirs["p95_ms"], ours["p95_ms"]),
+            }
+        result[name] = {"vs_baseline": ratios, "goals": goals(server, ratios)}
+    return result
+
+
+def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
+    single = server["runs"].get("1", {}).get("stats", {})
+    p50_1024 = single.get("predict photo 1024x768 jpeg", {}).get("p50_ms")
+    p50_12mp = single.get("predict phone 12MP jpeg", {}).get("p50_ms")
+    rss = max((r["server"]["rss_peak_mb"] for r in server["runs"].values()), default=None)
+    cold = sorted(server["cold_start_s"])[len(server["cold_start_s"]) // 2]
+    worst_ratio = min((r["throughput"] for r in ratios.values() if r["throughput"]), default=None)
+    rows = {
+        "throughput_ratio": (worst_ratio, GOALS["throughput_ratio"], ">="),
+        "p50_1024_ms": (p50_1024, GOALS["p50_1024_ms"], "<="),
+        "p50_12mp_ms": (p50_12mp, GOALS["p50_12mp_ms"], "<="),
+        "cold_start_s": (cold, GOALS["cold_start_s"], "<="),
+        "rss_under_load_mb": (rss, GOALS["rss_under_load_mb"], "<="),
+    }
+    return {
+        k: {"measured": v, "goal": g, "met": None if v is None else (v >= g if op == ">=" else v <= g)}
+        for k, (v, g, op) in rows.items()
+    }
+
+
+def _ok_rps(stats: dict[str, Any]) -> float:
+    """Successful requests per second (a fast error must not count as throughput)."""
+    if not stats["requests"]:
+        return 0.0
+    return stats["rps"] * (stats["requests"] - stats["failures"]) / stats["requests"]
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else round(a / b, 2)
+
+
+def row(*cells: object) -> str:
+    return "| " + " | ".join("–" if c is None else str(c) for c in cells) + " |"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    m, s = summary["machine"], summary["settings"]
+    isa = ", ".join(m.get("isa", []))
+    versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
+    mix = ", ".join(f"{name} ×{v['weight']}" for name, v in s["mix"].items())
+    lines = [
+        f"# Serving benchmark ({summary['date']})",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({isa}), {m['memory_gb']} GB; "
+        f"Python {m['python']}, {versions}.",
+        f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
+        f"{summary['load_at_end']:.2f} at the end. Server and Locust share the same CPUs; each run starts "
+        f"once other processes use < {s['max_other_cpu_cores']} cores; what they used during it is shown.",
+        f"Each run: {s['run_time_s']} s, closed loop (no think time), users = concurrency. "
+        f"Mix: {mix}, /api/info ×1, /api/report ×1.",
+        "",
+        row(
+            "server",
+            "concurrency",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "failures",
+            "server RSS peak MB",
+            "server CPU cores",
+            "Locust CPU cores",
+            "others' CPU cores",
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, server in summary["servers"].items():
+        for users, run in server["runs"].items():
+            a, srv = run["stats"]["Aggregated"], run["server"]
+            lines.append(
+                row(
+                    name,
+                    users,
+                    a["rps"],
+                    a["p50_ms"],
+                    a["p95_ms"],
+                    a["p99_ms"],
+                    f"{a['failures']}/{a['requests']}",
+                    srv["rss_peak_mb"],
+                    srv["cpu_cores"],
+                    run["load_generator"]["cpu_cores"],
+                    run["other_cpu_cores"],
+                )  # fmt: skip
+            )
+    kinds = list(s["mix"])
+    lines += ["", "Per image kind, p50 / p95 ms:", "", row("server", "concurrency", *kinds)]
+    lines += ["|---|---:|" + "---:|" * len(kinds)]
+    for name, server in summary["servers"].items():
+        for users, run in server["runs"].items():
+            stats = [run["stats"].get(f"predict {k}", {}) for k in kinds]
+            cells = [f"{k['p50_ms']} / {k['p95_ms']}" if k.get("requests") else None for k in stats]
+            lines.append(row(name, users, *cells))
+    lines += ["", row("server", "cold start s (each start)", "idle RSS MB"), "|---|---|---:|"]
+    for name, server in summary["servers"].items():
+        starts = ", ".join(f"{t:.2f}" for t in server["cold_start_s"])
+        lines.append(row(name, starts, server["idle"]["rss_peak_mb"]))
+    for name, result in summary["comparison"].items():
+        lines += ["", f"## {name} against the baseline", ""]
+        lines += [
+            row("concurrency", "throughput ratio", "p50 speed-up", "p95 speed-up"),
+            "|---:|---:|---:|---:|",
+        ]
+        for users, r in result["vs_baseline"].items():
+            lines.append(row(users, f"{r['throughput']}×", f"{r['p50_speedup']}×", f"{r['p95_speedup']}×"))
+        lines += ["", row("goal", "measured", "target", "met"), "|---|---:|---:|---|"]
+        for key, g in result["goals"].items():
+            met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
+            lines.append(row(key, g["measured"], g["goal"], met))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Load-test the runtime and the reference-style baseline with the same Locust settings "
+        "and write a summary with ratios.",
+    )
+    parser.add_argument(
+        "--work", default="runs/bench", help="model, bundle, logs and Locust reports (runs/bench)"
+    )
+    parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
+    parser.add_argument("--servers", nargs="+", default=["runtime", "baseline"], choices=SERVERS)
+    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8], help="users per run (1 4 8)")
+    parser.add_argument("--run-time", type=int, default=30, help="seconds per run (30)")
+    parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per server (3)")
+    parser.add_argument(
+        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help="before each run, wait until other processes use fewer cores than this (0.25)",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
+    )
+    parser.add_argument(
+        "--bundle", help="serve this bundle instead of the benchmark's own (with --checkpoint)"
+    )
+    parser.add_argument("--checkpoint", help="the checkpoint the baseline serves (with --bundle)")
+    args = parser.parse_args(argv)
+    from export.errors import ExportError
+    from training.model import ModelError
+
+    try:
+        run_benchmark(
+            work=args.work,
+            out=args.out,
+            servers_to_run=args.servers,
+            concurrency=args.concurrency,
+            run_time=args.run_time,
+            cold_starts=args.cold_starts,
+            max_load=args.max_load,
+            max_other=args.max_other,
+            max_wait_s=args.max_wait,
+            bundle=args.bundle,
+            checkpoint=args.checkpoint,
+            log=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+    except (BenchError, ExportError, ModelError, OSError) as exc:
+        print(f"benchmarks.run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The Locust file against a real runtime process: a few seconds, 127.0.0.1, the tiny test bundle.
+
+Proves the benchmark still runs; numbers are never asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+from tests.server import start_server, stop_server
+
+
+@pytest.mark.slow
+def test_locust_smoke_run_succeeds_and_writes_reports(tiny_bundle: Path, tmp_path: Path) -> None:
+    url, proc = start_server(tiny_bundle)
+    try:
+        stats, generator = run.locust(url, users=2, run_time=3, prefix=tmp_path / "smoke")
+    finally:
+        stop_server(proc)
+    assert (tmp_path / "smoke_stats.csv").is_file()
+    assert (tmp_path / "smoke.html").is_file()
+    assert generator["exit_code"] == 0, (tmp_path / "smoke.log").read_text()
+    total = stats["Aggregated"]
+    assert total["requests"] > 0
+    assert total["failures"] == 0, (tmp_path / "smoke_failures.csv").read_text()
+    uploads = [name for name, s in stats.items() if name.startswith("predict ") and s["requests"]]
+    assert uploads, stats
+
+
+def test_stats_reader_turns_locust_csv_into_numbers(tmp_path: Path) -> None:
+    header = (
+        "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,"
+        "Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,"
+        "99.99%,100%"
+    )
+    rows = [
+        "POST,predict thumb 300x220 jpeg,10,1,20,21.5,10,40,1800,5.0,0.5,20,22,24,25,30,35,38,40,40,40,40",
+        ",Aggregated,10,1,20,21.5,10,40,1800,5.0,0.5,20,22,24,25,30,35,38,40,40,40,40",
+    ]
+    path = tmp_path / "x_stats.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    stats = run.read_stats(path)
+    assert stats["Aggregated"] == {
+        "requests": 10,
+        "failures": 1,
+        "rps": 5.0,
+        "p50_ms": 20.0,
+        "p95_ms": 35.0,
+        "p99_ms": 40.0,
+        "mean_ms": 21.5,
+    }
+    with pytest.raises(run.BenchError):
+        run.read_stats(tmp_path / "missing_stats.csv")
