@@ -18,6 +18,11 @@ from typing import Any
 DEMO_LABEL = "a demo trained on generated images, not on clinical data"
 DEFAULT_BUNDLE_DIR = Path("bundles") / "demo"
 DEFAULT_WORK_DIR = Path("runs") / "demo"
+# Sized for about 10 minutes on 2 cores: B3 at 300 px trains at ~0.4 s per image on such a CPU (fp32 or bf16
+# alike), so ~900 image-steps. Small batches give more optimizer steps for the same time, which is what a
+# from-scratch network needs most.
+TRAIN_PER_CLASS, TEST_PER_CLASS, EPOCHS, BATCH_SIZE = 12, 6, 4, 8
+PATCH_RANGE = (0.45, 0.8)  # bigger class patches than the tests' default: more signal per image
 
 
 class StepError(Exception):
@@ -40,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     size = parser.add_argument_group("size of the demo (defaults finish in about 10 minutes on 2 cores)")
     size.add_argument("--arch", default="efficientnet_b3", help="timm architecture (default efficientnet_b3)")
     size.add_argument("--img-size", type=int, default=300)
-    size.add_argument("--train-per-class", type=int, default=16)
-    size.add_argument("--test-per-class", type=int, default=6)
-    size.add_argument("--epochs", type=int, default=6)
-    size.add_argument("--batch-size", type=int, default=16)
+    size.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
+    size.add_argument("--test-per-class", type=int, default=TEST_PER_CLASS)
+    size.add_argument("--epochs", type=int, default=EPOCHS)
+    size.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     size.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -55,10 +60,10 @@ def build(
     rebuild: bool = False,
     arch: str = "efficientnet_b3",
     img_size: int = 300,
-    train_per_class: int = 16,
-    test_per_class: int = 6,
-    epochs: int = 6,
-    batch_size: int = 16,
+    train_per_class: int = TRAIN_PER_CLASS,
+    test_per_class: int = TEST_PER_CLASS,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
     seed: int = 0,
     class_names: list[str] | None = None,
     log: Any = print,
@@ -84,17 +89,15 @@ def build(
             train_per_class=train_per_class,
             test_per_class=test_per_class,
             seed=seed,
+            patch_range=PATCH_RANGE,
         )
 
     with _step(f"train {arch} at {img_size} px on generated images", log):
-        import torch
-
         from training.loop import train
 
-        # bf16 autocast halves CPU training time where the CPU does bf16 natively (AVX-512 BF16 / AMX).
-        bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        # fp32: bf16 autocast measured no faster for B3 training on this kind of CPU (AMX, 2 cores).
         train(
-            amp="bf16" if bf16 else "off",
+            amp="off",
             data=str(data),
             out=str(run),
             overwrite=True,

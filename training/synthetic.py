@@ -1,7 +1,7 @@
 """A deterministic generated ImageFolder dataset for tests and the demo (numpy + Pillow only).
 
 Every class gets its own pattern (stripes at an angle, checkerboard, dots, rings, crosses, …) and its own
-colour, drawn as a square patch (30–60 % of the short side) at a random place on a noisy skin-toned
+colour, drawn as a square patch (by default 30–60 % of the short side) at a random place on a noisy skin-toned
 background. Image sizes, aspect and file formats vary. ``ROOT/boxes.json`` maps each image's relative path
 to the patch box [x0, y0, x1, y1] (pixels, x1/y1 exclusive) so CAM tests can check where the model looks.
 
@@ -96,14 +96,19 @@ def class_look(index: int, num_classes: int) -> tuple[Pattern, tuple[int, int, i
 
 
 def draw(
-    rng: np.random.Generator, pattern: Pattern, colour: tuple[int, int, int], size_range: tuple[int, int]
+    rng: np.random.Generator,
+    pattern: Pattern,
+    colour: tuple[int, int, int],
+    size_range: tuple[int, int],
+    patch_range: tuple[float, float] = (0.3, 0.6),
 ) -> tuple[np.ndarray, list[int]]:
-    """One image (uint8 HWC) and its patch box [x0, y0, x1, y1]."""
+    """One image (uint8 HWC) and its patch box [x0, y0, x1, y1]; the patch side is ``patch_range`` of the
+    image's short side."""
     lo, hi = size_range
     width, height = (int(v) for v in rng.integers(lo, hi + 1, size=2))
     tone = np.array(SKIN_TONES[int(rng.integers(len(SKIN_TONES)))], dtype=np.float32)
     image = tone + rng.standard_normal((height, width, 3), dtype=np.float32) * 10.0
-    side = int(min(width, height) * rng.uniform(0.3, 0.6))
+    side = int(min(width, height) * rng.uniform(*patch_range))
     x0, y0 = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
     v, u = np.mgrid[0:side, 0:side].astype(np.float32) / side
     mask = pattern(u, v)[..., None]
@@ -122,8 +127,13 @@ def generate(
     test_per_class: int = 4,
     seed: int = 0,
     size_range: tuple[int, int] = (160, 320),
+    patch_range: tuple[float, float] = (0.3, 0.6),
 ) -> Path:
-    """Write ``ROOT/train/<Class>/…``, ``ROOT/test/<Class>/…`` and ``ROOT/boxes.json``; returns ROOT."""
+    """Write ``ROOT/train/<Class>/…``, ``ROOT/test/<Class>/…`` and ``ROOT/boxes.json``; returns ROOT.
+
+    ``patch_range``: the class patch's side as a fraction of the image's short side (larger: easier)."""
+    if not 0.0 < patch_range[0] <= patch_range[1] <= 1.0:
+        raise ValueError(f"patch_range must be within (0, 1] and ordered, got {patch_range}")
     names = sorted(class_names if class_names is not None else DISPLAY_NAMES)
     if not names:
         raise ValueError("class_names is empty")
@@ -137,7 +147,7 @@ def generate(
             for j in range(count):
                 # One stream per image: changing one count does not reshuffle the other images.
                 rng = np.random.default_rng([seed, split_index, class_index, j])
-                pixels, box = draw(rng, pattern, colour, size_range)
+                pixels, box = draw(rng, pattern, colour, size_range, patch_range)
                 ext = EXTENSIONS[j % len(EXTENSIONS)]
                 path = folder / f"{j:04d}{ext}"
                 img = Image.fromarray(pixels)
