@@ -12,11 +12,15 @@ probabilities sum to 1; anything else counts as a failure.
 
 from __future__ import annotations
 
+import json
+import os
+import random
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import gevent
-from locust import FastHttpUser, constant
+from locust import FastHttpUser, constant, constant_throughput, events
 
 from benchmarks import images
 
@@ -84,8 +88,38 @@ def report(user: FastHttpUser) -> None:
         check_json(response)
 
 
+# Open-ish load for the overload run (benchmarks/overload.py): each user paces itself to this many tasks per
+# second, so refused requests (fast 503s) do not turn into a flood, nor slow answers into less load.
+RATE = float(os.environ.get("SKIN_LOCUST_RATE", "0"))
+# Where to write every prediction's latency by HTTP status (Locust's own statistics mix 200s with 503s).
+BY_STATUS_OUT = os.environ.get("SKIN_LOCUST_BY_STATUS")
+by_status: dict[str, list[float]] = defaultdict(list)
+
+
+@events.request.add_listener
+def record_status(name: str, response_time: float, response: Any = None, **_: Any) -> None:
+    if BY_STATUS_OUT and name.startswith("predict"):
+        status = str(getattr(response, "status_code", None) or 0)  # 0: no answer (connection error)
+        if status == "503" and not response.headers.get("retry-after"):
+            status = "503 without Retry-After"
+        by_status[status].append(response_time)
+
+
+@events.quitting.add_listener
+def write_by_status(**_: Any) -> None:
+    if BY_STATUS_OUT:
+        with open(BY_STATUS_OUT, "w") as f:
+            json.dump(by_status, f)
+
+
 class ImageMixUser(FastHttpUser):
-    wait_time = constant(0)
+    wait_time = constant_throughput(RATE) if RATE > 0 else constant(0)
     network_timeout = 120.0  # the baseline can queue a 12 MP photo behind many others
     connection_timeout = 10.0
     tasks = {**{upload(kind): kind.weight for kind in images.KINDS}, info: 1, report: 1}  # type: ignore[assignment]
+
+    def on_start(self) -> None:
+        # Paced users started together stay in lockstep: bursts of N requests, then silence (measured: a
+        # 9-slot server then serves 9 requests a second, whatever its speed). A random phase spreads them.
+        if RATE > 0:
+            gevent.sleep(random.uniform(0, 1 / RATE))

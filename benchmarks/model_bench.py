@@ -49,7 +49,7 @@ def ort_runner(
     *,
     threads: int,
     spinning: bool = False,
-    arena: bool = False,
+    arena: bool = True,
     providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> Runner:
     import onnxruntime as ort
@@ -59,7 +59,7 @@ def ort_runner(
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.enable_cpu_mem_arena = arena  # the runtime turns it off (RSS)
+    options.enable_cpu_mem_arena = arena  # on, as in the runtime (which shrinks it after batches)
     session = ort.InferenceSession(str(model), sess_options=options, providers=list(providers))
     return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
 
@@ -216,9 +216,9 @@ def candidates(
             lambda: ort_runner(fp32, threads=threads, spinning=True),
         ),
         Candidate(
-            "onnxruntime fp32, memory arena",
-            "onnxruntime's CPU memory arena on (the runtime turns it off to bound RSS)",
-            lambda: ort_runner(fp32, threads=threads, arena=True),
+            "onnxruntime fp32, no memory arena",
+            "onnxruntime's CPU memory arena off (SKIN_ORT_MEMORY_ARENA=false)",
+            lambda: ort_runner(fp32, threads=threads, arena=False),
         ),
         Candidate("onnxruntime fp32, 1 thread", "one core", lambda: ort_runner(fp32, threads=1)),
         Candidate(

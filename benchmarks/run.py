@@ -32,7 +32,7 @@ from benchmarks import images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SERVERS = ("runtime", "baseline", "runtime-arena", "runtime-parallel")
+SERVERS = ("runtime", "baseline", "runtime-no-arena", "runtime-parallel")
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
     "p50_1024_ms": 40.0,  # single client, end to end
@@ -66,12 +66,12 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "/readyz",
             note="skin-serve defaults: onnxruntime fp32, threads = CPU quota, one inference at a time",
         ),
-        "runtime-arena": Server(
-            "runtime-arena",
+        "runtime-no-arena": Server(
+            "runtime-no-arena",
             runtime,
             "/readyz",
-            env={"SKIN_ORT_MEMORY_ARENA": "1"},
-            note="skin-serve with onnxruntime's CPU memory arena on",
+            env={"SKIN_ORT_MEMORY_ARENA": "0"},
+            note="skin-serve with onnxruntime's CPU memory arena off",
         ),
         "runtime-parallel": Server(
             "runtime-parallel",

@@ -58,6 +58,7 @@ API_ROUTES = ("/api/predict/batch", "/api/predict", "/api/info", "/api/report", 
 async def predict(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
+    state.admission.check()  # shed load before parsing an upload we would refuse anyway
     part = (await read_files(request, "file", max_files=1))[0]
     _check_size(part, state.settings)
     async with state.admission.slot():
@@ -79,6 +80,7 @@ async def predict(request: Request) -> JSONResponse:
 async def predict_batch(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
+    state.admission.check()
     parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
     async with state.admission.slot():
         return await _predict_parts(request, parts, top_k, heatmap)
@@ -304,10 +306,15 @@ class Admission:
         self.capacity = running + queued
         self.active = 0
 
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    def check(self) -> None:
+        """503 now if no slot is free. The slot is taken only after the upload is read (``slot``), so a slow
+        client never holds one while it trickles its body."""
         if self.active >= self.capacity:
             raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        self.check()
         self.active += 1
         try:
             yield

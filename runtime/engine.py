@@ -62,7 +62,7 @@ class Engine:
         *,
         threads: int = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
-        memory_arena: bool = False,
+        memory_arena: bool = True,
         variant: str = "auto",
     ) -> None:
         if not str(bundle_dir):
@@ -80,9 +80,12 @@ class Engine:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         options.log_severity_level = 3
-        # The arena keeps the peak of every batch size ever seen; without it RSS follows the load (measured
-        # on B3: 1.8 GB → 1.0 GB peak under mixed batches).
+        # The arena reuses buffers between runs (~30 % faster single-image serving on B3) but keeps the peak
+        # of every batch size it has seen (1.8 GB under mixed batches); so multi-image runs shrink it after.
         options.enable_cpu_mem_arena = memory_arena
+        self.memory_arena = memory_arena
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             have = ", ".join(ort.get_available_providers())
@@ -121,7 +124,8 @@ class Engine:
     def run(self, images: np.ndarray) -> Output:
         """images: uint8 [batch, H, W, 3] → probabilities, CAM when the graph has it, and the uncertainty
         fields the bundle's thresholds allow."""
-        fetched = self.session.run(self._fetch, {bundle.INPUT_NAME: images})
+        shrink = self._shrink if self.memory_arena and images.shape[0] > 1 else None
+        fetched = self.session.run(self._fetch, {bundle.INPUT_NAME: images}, shrink)
         results = dict(zip(self._fetch, fetched, strict=True))
         probs = np.asarray(results[bundle.PROBS_OUTPUT], dtype=np.float32)
         if probs.shape != (images.shape[0], self.meta.num_classes) or not np.all(np.isfinite(probs)):

@@ -27,7 +27,7 @@ class Settings:
     allowed_formats: tuple[str, ...] = ALLOWED_FORMATS
     top_k: int = 5
     webui_dir: str = str(DEFAULT_WEBUI)
-    memory_arena: bool = False
+    memory_arena: bool = True
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
@@ -56,7 +56,7 @@ class Settings:
                 o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
             ),
             model_variant=config("SKIN_MODEL_VARIANT", cast=str, default="auto"),
-            memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=False),
+            memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
             providers=tuple(
                 p.strip()
                 for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")

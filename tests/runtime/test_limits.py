@@ -53,6 +53,24 @@ def test_overload_answers_503_with_retry_after_at_once(tiny_bundle: Path) -> Non
         assert 'skin_rejected_total{reason="overloaded"} 1.0' in client.get("/metrics").text
 
 
+@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
+def test_full_server_refuses_before_parsing_the_upload(tiny_bundle: Path, path: str) -> None:
+    # Under overload the 503 must cost nothing: a body that is not even valid multipart is never looked at.
+    settings = Settings(bundle=str(tiny_bundle), threads=1, inference_concurrency=1, max_queue=0)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        admission = client.app.state.admission  # type: ignore[attr-defined]
+        admission.active = admission.capacity
+        busy = client.post(
+            path, content=b"not multipart at all", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        admission.active = 0
+        bad = client.post(
+            path, content=b"not multipart at all", headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert bad.status_code == 400
+
+
 def test_access_log_is_json_with_request_id_and_no_file_names(
     tiny_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,248 @@
+"""Overload run: the runtime driven past saturation. Only 200 and 503 (with Retry-After) should come back,
+accepted requests should keep a bounded p99, and the server's memory should stop growing.
+
+1. A closed-loop Locust run (no think time) measures the saturation throughput S (requests per second).
+2. A paced run offers FACTOR × S for DURATION seconds: many users, each held to a fixed rate by Locust's
+   ``constant_throughput``, so fast 503s do not turn into a flood and slow answers do not lower the load.
+   Latencies are recorded per HTTP status; the server's RSS is sampled throughout.
+
+Writes OUT/overload.json and OUT/overload.md.
+
+    python -m benchmarks.overload --factor 2 --duration 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.run import (
+    LOCUSTFILE,
+    MB,
+    ROOT,
+    BenchError,
+    OtherCpu,
+    Sampler,
+    free_port,
+    load1,
+    locust,
+    machine,
+    servers,
+    start,
+    stop,
+    wait_until_quiet,
+    warm,
+)
+
+# Per user at most one request a second: an accepted answer can take ~(running + queued) / S seconds, and a
+# user waiting on it cannot keep its pace.
+USER_RATE = 1.0
+
+
+def paced_locust(
+    base: str, rate: float, users: int, run_time: int, prefix: Path
+) -> tuple[dict[str, list[float]], float]:
+    """Locust with each of ``users`` paced to ``rate`` tasks/s; returns prediction latencies (ms) by
+    HTTP status, and the load generator's CPU use in cores."""
+    by_status = Path(f"{prefix}_by_status.json")
+    by_status.unlink(missing_ok=True)
+    env = {**os.environ, "SKIN_LOCUST_RATE": str(rate), "SKIN_LOCUST_BY_STATUS": str(by_status)}
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", base,
+        "-u", str(users), "-r", str(users), "--run-time", f"{run_time}s", "--stop-timeout", "30",
+        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
+    ]  # fmt: skip
+    with open(f"{prefix}.log", "wb") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with Sampler(proc.pid) as sampler:
+            proc.wait(timeout=run_time + 120)
+    cpu = sampler.summary()["cpu_cores"]
+    if not by_status.is_file():
+        raise BenchError(f"Locust wrote no per-status latencies (exit {proc.returncode}; see {prefix}.log)")
+    return {k: [float(v) for v in vs] for k, vs in json.loads(by_status.read_text()).items()}, cpu
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    a = np.asarray(values)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "count": len(values),
+        "p50_ms": round(float(p50), 1),
+        "p95_ms": round(float(p95), 1),
+        "p99_ms": round(float(p99), 1),
+        "max_ms": round(float(a.max()), 1),
+    }
+
+
+def rss_profile(samples: list[int], interval: float, step_s: float = 10.0) -> dict[str, Any]:
+    """RSS every ``step_s`` seconds, the peak, and the growth over the second half of the run."""
+    if not samples:
+        return {}
+    per_step = max(1, round(step_s / interval))
+    half = len(samples) // 2
+    return {
+        "every_10s_mb": [round(s / MB, 1) for s in samples[::per_step]],
+        "peak_mb": round(max(samples) / MB, 1),
+        "second_half_growth_mb": round((max(samples[half:]) - max(samples[: half + 1])) / MB, 1),
+    }
+
+
+def run_overload(
+    *,
+    work: str | Path = "runs/bench",
+    out: str | Path = "benchmarks/results",
+    factor: float = 2.0,
+    duration: int = 60,
+    saturation_users: int = 4,
+    saturation_time: int = 20,
+    max_load: float = 0.6,
+    max_wait_s: float = 600.0,
+    log: Any = print,
+) -> dict[str, Any]:
+    from benchmarks.weights import prepare
+
+    if factor <= 0 or duration < 1 or saturation_users < 1 or saturation_time < 1:
+        raise BenchError("factor, duration, saturation users and time must be positive")
+    work, out = Path(work), Path(out)
+    checkpoint, bundle = prepare(work, log=log)
+    (work / "locust").mkdir(parents=True, exist_ok=True)
+    quiet = wait_until_quiet(max_load, max_wait_s, log)
+    port = free_port()
+    server = servers(checkpoint, bundle, port)["runtime"]
+    log_path = work / "overload-runtime.log"
+    log_path.unlink(missing_ok=True)
+    proc, ready_s = start(server, port, log_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        warm(base)
+        stats, _ = locust(base, saturation_users, saturation_time, work / "locust" / "overload-saturation")
+        saturation = float(stats.get("Aggregated", {}).get("rps") or 0.0)
+        if saturation <= 0:
+            raise BenchError("the saturation run served nothing; see the Locust log under WORK/locust/")
+        offered = factor * saturation
+        users = max(2, round(offered / USER_RATE))
+        rate = offered / users
+        log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({users} users × {rate:.2f}/s)")
+        other = OtherCpu()
+        interval = 0.5
+        with Sampler(proc.pid, interval=interval) as sampler:
+            latencies, locust_cpu = paced_locust(base, rate, users, duration, work / "locust" / "overload")
+        rss = rss_profile(sampler.rss, interval)
+        used = sampler.summary()
+        others = other.cores()
+    finally:
+        stop(proc)
+    total = sum(len(v) for v in latencies.values())
+    statuses = {status: percentiles(values) for status, values in sorted(latencies.items())}
+    unexpected = {s: v["count"] for s, v in statuses.items() if s not in ("200", "503")}
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "load_at_start": quiet,
+        "server": {"note": server.note, "ready_s": round(ready_s, 2), **used, "rss": rss},
+        "settings": {
+            "factor": factor,
+            "duration_s": duration,
+            "saturation_users": saturation_users,
+            "users": users,
+            "rate_per_user": round(rate, 3),
+        },
+        "saturation_rps": saturation,
+        "offered_rps": round(offered, 2),
+        "predictions": total,
+        "served_rps": round(len(latencies.get("200", [])) / duration, 2),
+        "by_status": statuses,
+        "unexpected_statuses": unexpected,
+        "load_generator_cpu_cores": locust_cpu,
+        "other_cpu_cores": others,
+        "load_at_end": load1(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "overload.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "overload.md").write_text(markdown(summary))
+    log(f"wrote {out / 'overload.json'} and {out / 'overload.md'}")
+    return summary
+
+
+def markdown(s: dict[str, Any]) -> str:
+    m, srv, rss = s["machine"], s["server"], s["server"]["rss"]
+    lines = [
+        f"# Overload run ({s['date']})",
+        "",
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs; load average "
+        f"{s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
+        f"Server: {srv['note']}.",
+        "",
+        f"Saturation (closed loop, {s['settings']['saturation_users']} users): "
+        f"**{s['saturation_rps']:.1f} req/s**. "
+        f"Offered for {s['settings']['duration_s']} s: **{s['offered_rps']:.1f} req/s** "
+        f"({s['settings']['factor']:g}× saturation; {s['settings']['users']} users paced at "
+        f"{s['settings']['rate_per_user']}/s). Served: {s['served_rps']:.1f} req/s.",
+        "",
+        "| status | predictions | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for status, v in s["by_status"].items():
+        lines.append(
+            f"| {status} | {v['count']} | {v['p50_ms']} | {v['p95_ms']} | {v['p99_ms']} | {v['max_ms']} |"
+        )
+    lines += [
+        "",
+        f"Other statuses: {s['unexpected_statuses'] or 'none'}.",
+        "",
+        f"Server RSS every 10 s (MB): {', '.join(str(x) for x in rss.get('every_10s_mb', []))}; peak "
+        f"{rss.get('peak_mb')} MB; growth over the second half {rss.get('second_half_growth_mb')} MB. "
+        f"CPU in cores: server {srv['cpu_cores']}, Locust {s['load_generator_cpu_cores']} (it shares the "
+        f"machine), other processes {s['other_cpu_cores']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.overload",
+        description="Drive the runtime at a multiple of its saturation throughput; report statuses, latency "
+        "of accepted requests and memory.",
+    )
+    parser.add_argument("--work", default="runs/bench", help="benchmark model, logs and Locust output")
+    parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
+    parser.add_argument("--factor", type=float, default=2.0, help="offered load / saturation (2)")
+    parser.add_argument("--duration", type=int, default=60, help="seconds of overload (60)")
+    parser.add_argument(
+        "--saturation-users", type=int, default=4, help="closed-loop users to find saturation"
+    )
+    parser.add_argument("--saturation-time", type=int, default=20, help="seconds of the saturation run (20)")
+    parser.add_argument(
+        "--max-load", type=float, default=0.6, help="wait for a 1-min load average below this"
+    )
+    args = parser.parse_args(argv)
+    try:
+        run_overload(
+            work=args.work,
+            out=args.out,
+            factor=args.factor,
+            duration=args.duration,
+            saturation_users=args.saturation_users,
+            saturation_time=args.saturation_time,
+            max_load=args.max_load,
+            log=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
+    except BenchError as exc:
+        print(f"overload: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""The overload run's parts: paced Locust with latencies by status against a real runtime, and the summaries.
+
+Numbers are never asserted, only that the run works and what it records is sound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import overload
+from tests.server import start_server, stop_server
+
+
+@pytest.mark.slow
+def test_paced_locust_records_prediction_latencies_by_status(tiny_bundle: Path, tmp_path: Path) -> None:
+    # No queue: anything beyond the one running inference is refused, so 503s may appear; nothing else may.
+    url, proc = start_server(tiny_bundle, env={"SKIN_MAX_QUEUE": "0", "SKIN_THREADS": "1"})
+    try:
+        latencies, cpu = overload.paced_locust(url, rate=4.0, users=6, run_time=3, prefix=tmp_path / "o")
+    finally:
+        stop_server(proc)
+    assert latencies.get("200"), (tmp_path / "o.log").read_text()
+    assert set(latencies) <= {"200", "503"}, {k: len(v) for k, v in latencies.items()}
+    assert all(v > 0 for values in latencies.values() for v in values)
+    assert cpu >= 0
+    # Paced: 6 users at 4/s for 3 s cannot send much more than 72 tasks (a few are info/report).
+    assert sum(len(v) for v in latencies.values()) <= 6 * 4 * 3 + 6
+
+
+def test_percentiles_and_rss_profile() -> None:
+    stats = overload.percentiles([float(v) for v in range(1, 101)])
+    assert stats["count"] == 100 and stats["max_ms"] == 100.0
+    assert stats["p50_ms"] == pytest.approx(50.5) and stats["p99_ms"] == 99.0  # 99.01, to 0.1 ms
+    assert overload.percentiles([])["p99_ms"] is None
+    mb = overload.MB
+    flat = overload.rss_profile([200 * mb] * 40, interval=0.5)
+    assert flat["peak_mb"] == 200.0 and flat["second_half_growth_mb"] == 0.0
+    assert flat["every_10s_mb"] == [200.0, 200.0]
+    growing = overload.rss_profile([(200 + i) * mb for i in range(40)], interval=0.5)
+    assert growing["second_half_growth_mb"] == 19.0  # 239 MB at the end against 220 MB at half time
