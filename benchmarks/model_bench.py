@@ -26,7 +26,17 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.run import BenchError, OtherCpu, load1, machine, row, wait_for_cpu, wait_until_quiet
+from benchmarks.run import (
+    BenchError,
+    OtherCpu,
+    load1,
+    machine,
+    quiet_machine_options,
+    row,
+    run_cli,
+    wait_for_cpu,
+    wait_until_quiet,
+)
 from runtime import bundle as contract
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
@@ -132,65 +142,18 @@ def quantized(
 
     with tempfile.TemporaryDirectory(prefix="skin-bench-int8-") as scratch:
         size, resize, resize_filter = meta.input_size, meta.resize, meta.resize_filter
-        if not conv_only:
-            model = quantize(
-                fp32.read_bytes(),
-                calibration=calibration,
-                workdir=Path(scratch),
-                size=size,
-                resize=resize,
-                resize_filter=resize_filter,
-            )
-        else:
-            model = _quantize_conv_only(
-                fp32, calibration, Path(scratch), size=size, resize=resize, resize_filter=resize_filter
-            )
+        model = quantize(
+            fp32.read_bytes(),
+            calibration=calibration,
+            workdir=Path(scratch),
+            size=size,
+            resize=resize,
+            resize_filter=resize_filter,
+            # Conv only: Sigmoid, Mul (SiLU, squeeze-excite) and Add stay float, with no Q/DQ around them.
+            op_types=["Conv"] if conv_only else None,
+        )
         out.write_bytes(to_bytes(model))
     return out
-
-
-def _quantize_conv_only(
-    fp32: Path,
-    calibration: Sequence[Path],
-    workdir: Path,
-    *,
-    size: tuple[int, int],
-    resize: str,
-    resize_filter: str,
-) -> Any:
-    """QDQ on Conv only: Sigmoid, Mul (SiLU, squeeze-excite) and Add stay float, with no Q/DQ around them."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    from export import infer
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = infer.batches(calibration, size, resize, resize_filter)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {contract.INPUT_NAME: x}
-
-    prepared, output = workdir / "prep.onnx", workdir / "int8.onnx"
-    quant_pre_process(str(fp32), str(prepared))
-    quantize_static(
-        str(prepared),
-        str(output),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=["Conv"],
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return onnx.load(str(output))
 
 
 def candidates(
@@ -548,28 +511,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1 (30)")
     parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
     parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")
-    parser.add_argument(
-        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
-    )
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=0.25,
-        help="before each path, wait until other processes use fewer cores than this (0.25)",
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
-    )
+    quiet_machine_options(parser, "path")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.test_per_class < 1:
         print("benchmarks.model_bench: --repeats and --test-per-class must be at least 1", file=sys.stderr)
         return 2
-    from export.errors import ExportError
-    from training.model import ModelError
-
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-    try:
-        model_benchmark(
+    return run_cli(
+        "benchmarks.model_bench",
+        lambda log: model_benchmark(
             work=args.work,
             out=args.out,
             only=args.only,
@@ -579,14 +529,9 @@ def main(argv: list[str] | None = None) -> int:
             max_load=args.max_load,
             max_other=args.max_other,
             max_wait_s=args.max_wait,
-            log=lambda message: print(message, file=sys.stderr, flush=True),
-        )
-    except (BenchError, ExportError, ModelError, OSError) as exc:
-        print(f"benchmarks.model_bench: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+            log=log,
+        ),
+    )
 
 
 if __name__ == "__main__":

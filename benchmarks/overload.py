@@ -35,6 +35,7 @@ from benchmarks.run import (
     load1,
     locust,
     machine,
+    run_cli,
     servers,
     start,
     stop,
@@ -227,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-load", type=float, default=0.6, help="wait for a 1-min load average below this"
     )
     args = parser.parse_args(argv)
-    try:
-        run_overload(
+    return run_cli(
+        "benchmarks.overload",
+        lambda log: run_overload(
             work=args.work,
             out=args.out,
             factor=args.factor,
@@ -236,12 +238,9 @@ def main(argv: list[str] | None = None) -> int:
             saturation_users=args.saturation_users,
             saturation_time=args.saturation_time,
             max_load=args.max_load,
-            log=lambda msg: print(msg, file=sys.stderr, flush=True),
-        )
-    except BenchError as exc:
-        print(f"overload: {exc}", file=sys.stderr)
-        return 2
-    return 0
+            log=log,
+        ),
+    )
 
 
 if __name__ == "__main__":

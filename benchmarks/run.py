@@ -613,6 +613,37 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quiet_machine_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--max-load, --max-other and --max-wait: how quiet the machine must be before measuring."""
+    parser.add_argument(
+        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
+    )
+    parser.add_argument(
+        "--max-other",
+        type=float,
+        default=0.25,
+        help=f"before each {what}, wait until other processes use fewer cores than this (0.25)",
+    )
+    parser.add_argument(
+        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
+    )
+
+
+def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
+    """Run ``call(log)`` for a command line: a failure is one line on stderr and exit 2, Ctrl-C exit 130."""
+    from export.errors import ExportError
+    from training.model import ModelError
+
+    try:
+        call(lambda message: print(message, file=sys.stderr, flush=True))
+    except (BenchError, ExportError, ModelError, OSError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run",
@@ -627,28 +658,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8], help="users per run (1 4 8)")
     parser.add_argument("--run-time", type=int, default=30, help="seconds per run (30)")
     parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per server (3)")
-    parser.add_argument(
-        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
-    )
-    parser.add_argument(
-        "--max-other",
-        type=float,
-        default=0.25,
-        help="before each run, wait until other processes use fewer cores than this (0.25)",
-    )
-    parser.add_argument(
-        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
-    )
+    quiet_machine_options(parser, "run")
     parser.add_argument(
         "--bundle", help="serve this bundle instead of the benchmark's own (with --checkpoint)"
     )
     parser.add_argument("--checkpoint", help="the checkpoint the baseline serves (with --bundle)")
     args = parser.parse_args(argv)
-    from export.errors import ExportError
-    from training.model import ModelError
-
-    try:
-        run_benchmark(
+    return run_cli(
+        "benchmarks.run",
+        lambda log: run_benchmark(
             work=args.work,
             out=args.out,
             servers_to_run=args.servers,
@@ -660,14 +678,9 @@ def main(argv: list[str] | None = None) -> int:
             max_wait_s=args.max_wait,
             bundle=args.bundle,
             checkpoint=args.checkpoint,
-            log=lambda message: print(message, file=sys.stderr, flush=True),
-        )
-    except (BenchError, ExportError, ModelError, OSError) as exc:
-        print(f"benchmarks.run: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+            log=log,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,11 @@ def quantize(
     resize: str,
     resize_filter: str,
     workdir: Path,
+    op_types: Sequence[str] | None = None,
 ) -> Any:
-    """fp32 graph → static int8 QDQ ModelProto, calibrated (min/max) on real images; metadata kept."""
+    """fp32 graph → static int8 QDQ ModelProto, calibrated (min/max) on real images; metadata kept.
+
+    ``op_types``: quantize only these operator types (e.g. ``["Conv"]``); default: all it can."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -79,6 +82,7 @@ def quantize(
         activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI/AMX fast path on x86
         weight_type=QuantType.QInt8,
         nodes_to_exclude=keep,
+        op_types_to_quantize=list(op_types) if op_types else None,
     )
     model = onnx.load(output)
     original = onnx.load_from_string(fp32)

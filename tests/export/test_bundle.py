@@ -250,3 +250,35 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     checkpoint = tmp_path / "x.pt"
     assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "0"]) == 2
     assert "parity needs at least one image" in capsys.readouterr().err
+
+
+def test_quantize_can_be_limited_to_some_operator_types(tmp_path: Path) -> None:
+    import onnx
+    from PIL import Image
+
+    from tests.bundle_factory import make_bundle
+    from tests.images import COLOURS, encode
+
+    directory = make_bundle(tmp_path / "tiny")
+    images = []
+    for i, rgb in enumerate(COLOURS.values()):
+        path = tmp_path / f"c{i}.png"
+        path.write_bytes(encode(Image.new("RGB", (40, 30), rgb), "PNG"))
+        images.append(path)
+    fp32 = (directory / "model.onnx").read_bytes()
+    meta = onnx.load_from_string(fp32).metadata_props
+    size = next(tuple(json.loads(m.value)) for m in meta if m.key == "skin.input_size")
+
+    def quantized_ops(op_types: list[str] | None, name: str) -> set[str]:
+        work = tmp_path / name
+        work.mkdir()
+        model = quantize.quantize(
+            fp32, calibration=images, size=size, resize="stretch", resize_filter="bilinear",
+            workdir=work, op_types=op_types,
+        )  # fmt: skip
+        # Ops with a DequantizeLinear output among their inputs run on quantized data.
+        dq = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.op_type for n in model.graph.node if n.op_type != "QuantizeLinear" and set(n.input) & dq}
+
+    conv_only, every = quantized_ops(["Conv"], "conv"), quantized_ops(None, "all")
+    assert "Conv" in conv_only and conv_only < every  # the others stay float
