@@ -32,7 +32,7 @@ from benchmarks import images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SERVERS = ("runtime", "baseline", "runtime-no-arena", "runtime-parallel")
+SERVERS = ("runtime", "baseline", "runtime-no-arena", "runtime-parallel", "runtime-2workers")
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
     "p50_1024_ms": 40.0,  # single client, end to end
@@ -79,6 +79,23 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "/readyz",
             env={"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
             note="two inferences at once with one onnxruntime thread each",
+        ),
+        "runtime-2workers": Server(
+            "runtime-2workers",
+            [
+                py,
+                "-m",
+                "uvicorn",
+                "runtime.app:app",
+                "--workers",
+                "2",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            "/readyz",
+            env={"SKIN_BUNDLE": str(bundle_dir), "WEB_CONCURRENCY": "2"},
+            note="two uvicorn worker processes, one onnxruntime thread each (quota // workers)",
         ),
         "baseline": Server(
             "baseline",
