@@ -12,20 +12,28 @@ help:
 	@echo "make demo   - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
 	@echo "make test   - install everything, then lint, type-check and run the whole test suite"
 
+# Each step says what it does; a failure ends with one line naming the step (pip's own reason is above it).
+STEP_FAILED = { echo "make: step 'environment' failed: $(1)" >&2; exit 1; }
+ALL_EXTRAS := runtime,train,bench,dev
+RUNTIME_EXTRAS := runtime,dev
+
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[runtime,train,bench,dev]"
-	touch $@
+	@echo "==> environment: $(VENV) with all extras (torch is large: a few minutes on a fresh machine) …"
+	@$(PYTHON) -m venv $(VENV) || $(call STEP_FAILED,$(PYTHON) -m venv $(VENV) (Debian: apt-get install python3-venv))
+	@$(PY) -m pip install $(PIP_FLAGS) --upgrade pip || $(call STEP_FAILED,upgrading pip)
+	@$(PY) -m pip install $(PIP_FLAGS) -e ".[$(ALL_EXTRAS)]" || $(call STEP_FAILED,pip install -e .[$(ALL_EXTRAS)])
+	@touch $@
+	@echo "    environment ready"
 
 venv: $(VENV)/.installed
 
 # The serving image's dependency set alone (no torch): proves the runtime and its tests need nothing more.
 $(RUNTIME_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip
-	$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[runtime,dev]"
-	touch $@
+	@echo "==> environment: $(RUNTIME_VENV) with the runtime extra only (no torch) …"
+	@$(PYTHON) -m venv $(RUNTIME_VENV) || $(call STEP_FAILED,$(PYTHON) -m venv $(RUNTIME_VENV))
+	@$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip || $(call STEP_FAILED,upgrading pip)
+	@$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[$(RUNTIME_EXTRAS)]" || $(call STEP_FAILED,pip install -e .[$(RUNTIME_EXTRAS)])
+	@touch $@
 
 runtime-venv: $(RUNTIME_VENV)/.installed
 

@@ -32,7 +32,14 @@ from benchmarks import images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SERVERS = ("runtime", "baseline", "runtime-no-arena", "runtime-parallel", "runtime-2workers")
+SERVERS = (
+    "runtime",
+    "baseline",
+    "runtime-no-arena",
+    "runtime-parallel",
+    "runtime-overlap",
+    "runtime-2workers",
+)
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
     "p50_1024_ms": 40.0,  # single client, end to end
@@ -79,6 +86,13 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "/readyz",
             env={"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
             note="two inferences at once with one onnxruntime thread each",
+        ),
+        "runtime-overlap": Server(
+            "runtime-overlap",
+            runtime,
+            "/readyz",
+            env={"SKIN_INFERENCE_CONCURRENCY": "2"},
+            note="two inferences at once sharing the session's two onnxruntime threads",
         ),
         "runtime-2workers": Server(
             "runtime-2workers",

@@ -138,6 +138,12 @@ def build(
         f"{report['accuracy']:.1%}, macro F1 {report['macro avg']['f1-score']:.1%} "
         f"on {report['macro avg']['support']:.0f} generated test images ({DEMO_LABEL})"
     )
+    chance = 1 / max(1, len(report.get("class_names") or []))
+    if report["accuracy"] < 2 * chance:  # "clearly above chance" is the demo's promise: say when it is not
+        log(
+            f"warning: the demo model reached only {report['accuracy']:.1%} (chance {chance:.1%}); "
+            "rebuild with more epochs (--epochs) or images (--train-per-class)"
+        )
     flags = report.get("uncertainty", {}).get("summary")
     if flags:
         log(
@@ -187,6 +193,8 @@ def _step(name: str, log: Any) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.no_serve and not _can_serve(args.host, args.port):  # say so now, not after training
+        return 2
     try:
         bundle_dir = build(
             bundle_dir=args.bundle_dir,
@@ -211,8 +219,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from runtime.cli import main as serve_main
 
+    if not _can_serve(args.host, args.port):
+        return 2
     print(f"skin-demo: open http://{args.host}:{args.port}/ — the model is {DEMO_LABEL}.", flush=True)
-    return serve_main(["--bundle", str(bundle_dir), "--host", args.host, "--port", str(args.port)])
+    code = serve_main(["--bundle", str(bundle_dir), "--host", args.host, "--port", str(args.port)])
+    if code != 0:
+        print(
+            f"skin-demo: step 'serve' failed (skin-serve exited with {code}; its reason is above)",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _can_serve(host: str, port: int) -> bool:
+    from runtime.cli import check_port
+
+    try:
+        check_port(host, port)
+    except ValueError as exc:
+        print(f"skin-demo: step 'serve' failed: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 if __name__ == "__main__":

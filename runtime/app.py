@@ -59,11 +59,12 @@ async def predict(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     state.admission.check()  # shed load before parsing an upload we would refuse anyway
-    part = (await read_files(request, "file", max_files=1))[0]
-    _check_size(part, state.settings)
-    async with state.admission.slot():
-        image, size = await _decode(request, part)
-        output = await _infer(request, image[None])
+    async with state.admission.upload():
+        part = (await read_files(request, "file", max_files=1))[0]
+        _check_size(part, state.settings)
+        async with state.admission.slot():
+            image, size = await _decode(request, part)
+            output = await _infer(request, image[None])
     result = _result(
         state.engine,
         output.probabilities[0],
@@ -81,9 +82,10 @@ async def predict_batch(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     state.admission.check()
-    parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
-    async with state.admission.slot():
-        return await _predict_parts(request, parts, top_k, heatmap)
+    async with state.admission.upload():
+        parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
+        async with state.admission.slot():
+            return await _predict_parts(request, parts, top_k, heatmap)
 
 
 async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatmap: bool) -> JSONResponse:
@@ -167,9 +169,10 @@ def _query_options(request: Request, num_classes: int, default_top_k: int) -> tu
     raw = request.query_params.get("top_k")
     top_k = default_top_k
     if raw is not None:
-        if not raw.isdigit() or int(raw) < 1:
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (raw.isascii() and raw.isdigit()) or not raw.strip("0"):
             raise ApiError(422, "bad_top_k", "top_k must be a whole number of at least 1")
-        top_k = int(raw)
+        top_k = int(raw) if len(raw) <= 18 else num_classes  # int() refuses 4300+ digit strings
     flag = request.query_params.get("heatmap", "true").lower()
     if flag not in ("true", "false", "1", "0"):
         raise ApiError(422, "bad_heatmap", "heatmap must be true or false")
@@ -210,7 +213,10 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
             output = await run_in_threadpool(state.engine.run, images)
         except Exception:
             # Never echo onnxruntime's message (it can name files); the log has it with the request id.
-            log.exception("inference failed (request %s)", request.scope.get("request_id", "-"))
+            request_id = request.scope.get("request_id", "-")
+            log.exception(
+                "inference failed (request %s)", request_id, extra={"fields": {"request_id": request_id}}
+            )
             raise ApiError(
                 500, "inference_failed", "the model failed on this request; it has been logged"
             ) from None
@@ -301,16 +307,30 @@ async def server_error(request: Request, exc: Exception) -> Response:
 class Admission:
     """Bounded work: ``running`` batches on the model at once, ``queued`` more wait; the rest get 503."""
 
-    def __init__(self, running: int, queued: int) -> None:
+    def __init__(self, running: int, queued: int, uploads: int = 16) -> None:
         self.running = asyncio.Semaphore(running)
         self.capacity = running + queued
         self.active = 0
+        self.max_uploads = uploads
+        self.uploads = 0
 
     def check(self) -> None:
         """503 now if no slot is free. The slot is taken only after the upload is read (``slot``), so a slow
         client never holds one while it trickles its body."""
         if self.active >= self.capacity:
             raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+
+    @contextlib.asynccontextmanager
+    async def upload(self) -> AsyncIterator[None]:
+        """A request's upload held in memory, from its first byte to its answer. Past ``max_uploads`` of them,
+        503 before reading: upload memory stays under max_uploads x the body limit, however many connect."""
+        if self.uploads >= self.max_uploads:
+            raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+        self.uploads += 1
+        try:
+            yield
+        finally:
+            self.uploads -= 1
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -344,12 +364,13 @@ class RequestMiddleware:
         request_id = request_id or uuid.uuid4().hex
         scope["request_id"] = request_id
         status = 500
+        started = False
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 headers = list(message.get("headers", []))
                 headers += SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
@@ -361,6 +382,21 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
+        except Exception:
+            # A bug, not a client error: logged here with the request id (as a JSON line), answered as generic
+            # JSON with the same headers as every other answer. Never the exception text: it may hold data.
+            log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            if started:
+                raise  # too late for a clean answer; uvicorn closes the connection
+            await send_wrapper(
+                {
+                    "type": "http.response.start",
+                    "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            body = error_body("internal_error", "internal error; it has been logged")
+            await send_wrapper({"type": "http.response.body", "body": body})
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.in_flight.dec()
@@ -398,7 +434,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         served = engine or Engine.from_settings(cfg)
         app.state.settings = cfg
         app.state.engine = served
-        app.state.admission = Admission(max(1, cfg.inference_concurrency), max(0, cfg.max_queue))
+        app.state.admission = Admission(
+            max(1, cfg.inference_concurrency), max(0, cfg.max_queue), max(1, cfg.max_uploads)
+        )
         await run_in_threadpool(served.warmup)
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})

@@ -168,8 +168,8 @@ class BundleMeta:
             data_fingerprint=props.get(K_FINGERPRINT, ""),
             trained_on=props.get(K_TRAINED_ON, ""),
             demo=props.get(K_DEMO, "false").lower() == "true",
-            mean=tuple(_json(props, K_MEAN, [0.485, 0.456, 0.406])),
-            std=tuple(_json(props, K_STD, [0.229, 0.224, 0.225])),
+            mean=_triple(props, K_MEAN, (0.485, 0.456, 0.406)),
+            std=_triple(props, K_STD, (0.229, 0.224, 0.225)),
             thresholds=thresholds if isinstance(thresholds, dict) else {},
             contract_version=int(version),
         )
@@ -220,9 +220,16 @@ def check_graph(
     h, w = meta.input_size
     if len(input_shape) != 4 or list(input_shape[1:]) != [h, w, 3]:
         raise BundleError(f"model input shape is {input_shape}, metadata says [batch, {h}, {w}, 3]")
+    # onnxruntime reports a dynamic axis as its name (or None); a fixed one as an int.
+    if isinstance(input_shape[0], int):
+        raise BundleError(
+            f"model input has a fixed batch of {input_shape[0]}; the contract needs a dynamic batch axis"
+        )
     if PROBS_OUTPUT not in outputs:
         raise BundleError(f"model has no {PROBS_OUTPUT!r} output (outputs: {', '.join(outputs)})")
     probs = outputs[PROBS_OUTPUT]
+    if len(probs) == 2 and isinstance(probs[0], int):
+        raise BundleError(f"model output {PROBS_OUTPUT} has a fixed batch of {probs[0]}; it must be dynamic")
     if len(probs) != 2 or probs[1] != meta.num_classes:
         raise BundleError(
             f"model output {PROBS_OUTPUT} has shape {probs}, but metadata lists {meta.num_classes} classes"
@@ -294,6 +301,19 @@ def _get(props: dict[str, str], key: str) -> str:
             f"model metadata has no {key!r}: not a skin-lesion bundle (or made by another tool)"
         )
     return props[key]
+
+
+def _triple(
+    props: dict[str, str], key: str, default: tuple[float, float, float]
+) -> tuple[float, float, float]:
+    value = _json(props, key, list(default))
+    if not (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    ):
+        raise BundleError(f"metadata {key} must be a list of three numbers, got {str(value)[:60]}")
+    return (float(value[0]), float(value[1]), float(value[2]))
 
 
 def _json(props: dict[str, str], key: str, default: Any = ...) -> Any:

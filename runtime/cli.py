@@ -30,15 +30,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_port(host: str, port: int) -> None:
+    """ValueError in one line when a server could not listen on host:port (in use, unknown address)."""
+    import errno
+    import socket
+
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    with socket.socket(family, kind) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            hint = (
+                " (is another server running there? pass --port N)" if exc.errno == errno.EADDRINUSE else ""
+            )
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
+
+
 def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_level: str = "info") -> None:
     """Check the bundle first (one clear line if it is bad), then run uvicorn until Ctrl-C or SIGTERM."""
     import uvicorn
 
+    from runtime import logs
     from runtime.app import OneLineStartupErrors, create_app
     from runtime.engine import Engine
     from runtime.settings import Settings
 
-    settings = Settings.from_env()
+    check_port(host, port)  # before loading anything: a busy port is the commonest start-up failure
+    settings = Settings.from_env(single_process=True)
+    workers = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if workers not in ("", "1"):
+        print(
+            f"skin-serve: runs one process; WEB_CONCURRENCY={workers[:8]} applies to "
+            "`uvicorn runtime.app:app --workers N`, not here",
+            file=sys.stderr,
+            flush=True,
+        )
     settings = dataclasses.replace(
         settings, bundle=bundle, threads=settings.threads if threads is None else threads
     )
@@ -50,7 +80,15 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         f"skin-serve: {engine.meta.model_name} {engine.meta.model_version} on http://{host}:{port}/",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        log_config=logs.uvicorn_config(log_level),
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

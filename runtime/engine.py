@@ -26,8 +26,8 @@ def available_cpus() -> int:
     except AttributeError:  # not on Linux
         count = os.cpu_count() or 1
     quota = _cgroup_quota()
-    if quota is not None:
-        count = min(count, max(1, math.ceil(quota)))
+    if quota is not None:  # rounded down: 1.5 CPUs get 1 thread, so threads never outnumber the quota
+        count = min(count, max(1, math.floor(quota)))
     return max(1, count)
 
 

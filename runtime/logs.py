@@ -33,3 +33,21 @@ def setup(level: str = "info") -> None:
         handler._skin_json = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def uvicorn_config(level: str = "info") -> dict[str, Any]:
+    """uvicorn's own messages as JSON lines too (logging.config.dictConfig form). Its access log stays off:
+    the runtime writes one line per request itself, with the request id."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }

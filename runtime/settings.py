@@ -19,6 +19,7 @@ class Settings:
     threads: int = 0  # onnxruntime intra-op threads; 0 = the CPU quota this process really has
     inference_concurrency: int = 1  # sessions run one batch at a time; the threads already fill the cores
     max_queue: int = 8  # requests that may wait beyond the running ones; past that, 503 at once
+    max_uploads: int = 16  # uploads held in memory at once (arriving, queued, running); past that, 503
     body_timeout_s: float = 30.0  # a client that trickles its upload longer than this gets 408
     max_image_bytes: int = 10 * MB
     max_body_bytes: int = 40 * MB
@@ -33,15 +34,17 @@ class Settings:
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
     @classmethod
-    def from_env(cls, env_file: str | None = None) -> Settings:
+    def from_env(cls, env_file: str | None = None, *, single_process: bool = False) -> Settings:
+        """``single_process``: the caller runs one server process (skin-serve), so WEB_CONCURRENCY does not
+        divide the CPUs."""
         config = Config(env_file)
+        workers = "" if single_process else config("WEB_CONCURRENCY", default="")
         return cls(
             bundle=config("SKIN_BUNDLE", cast=str, default=""),
-            threads=_threads(
-                config("SKIN_THREADS", cast=int, default=0), config("WEB_CONCURRENCY", default="")
-            ),
+            threads=_threads(config("SKIN_THREADS", cast=int, default=0), workers),
             inference_concurrency=config("SKIN_INFERENCE_CONCURRENCY", cast=int, default=1),
             max_queue=config("SKIN_MAX_QUEUE", cast=int, default=8),
+            max_uploads=config("SKIN_MAX_UPLOADS", cast=int, default=16),
             body_timeout_s=config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0),
             max_image_bytes=int(config("SKIN_MAX_IMAGE_MB", cast=float, default=10) * MB),
             max_body_bytes=int(config("SKIN_MAX_BODY_MB", cast=float, default=40) * MB),

@@ -33,6 +33,7 @@ def make_model(
     thresholds: dict[str, object] | None = None,
     metadata: dict[str, str] | None = None,
     meta_overrides: dict[str, object] | None = None,
+    batch: int | str = "batch",
 ) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -67,15 +68,15 @@ def make_model(
         helper.make_node("Softmax", ["scaled"], ["probabilities"], axis=1),
     ]
     h = size // pool
-    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", c])]
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, c])]
     if with_cam:
-        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["batch", c, h, h]))
+        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, [batch, c, h, h]))
     if with_logits:  # as export writes it: the logits before temperature, for the out-of-distribution score
-        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c]))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, c]))
     graph = helper.make_graph(
         nodes,
         "tiny_cam",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", size, size, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, size, size, 3])],
         outputs,
         initializer=inits,
     )

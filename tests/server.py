@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_LOGS: dict[int, Path] = {}  # server pid → the file its stdout and stderr go to
 
 
 def free_port() -> int:
@@ -50,6 +51,7 @@ def start_server(
     log_path = Path(tempfile.mkdtemp(prefix="skin-server-")) / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    _LOGS[proc.pid] = log_path
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -76,6 +78,11 @@ def stop_server(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def server_output(proc: subprocess.Popen[bytes]) -> str:
+    """What the server has printed so far (stdout and stderr together)."""
+    return _LOGS[proc.pid].read_text(errors="replace")
 
 
 def post_file(

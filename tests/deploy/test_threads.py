@@ -30,6 +30,27 @@ def test_threads_per_worker(workers: int, cpus: int, threads: int) -> None:
 
 
 @pytest.mark.parametrize(
+    ("quota", "affinity", "cpus"),
+    [
+        pytest.param(None, 8, 8, id="no-quota"),
+        pytest.param(2.0, 64, 2, id="whole-quota"),
+        pytest.param(1.5, 64, 1, id="fraction-rounds-down"),
+        pytest.param(2.5, 64, 2, id="two-and-a-half"),
+        pytest.param(0.5, 64, 1, id="below-one-is-one"),
+        pytest.param(4.0, 2, 2, id="affinity-smaller"),
+    ],
+)
+def test_available_cpus_never_exceeds_the_quota(
+    monkeypatch: pytest.MonkeyPatch, quota: float | None, affinity: int, cpus: int
+) -> None:
+    monkeypatch.setattr(engine, "_cgroup_quota", lambda: quota)
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: set(range(affinity)))
+    assert engine.available_cpus() == cpus
+    if quota is not None and quota >= 1:
+        assert engine.available_cpus() <= quota
+
+
+@pytest.mark.parametrize(
     ("env", "threads"),
     [
         pytest.param({}, 0, id="auto-left-to-the-engine"),
@@ -48,6 +69,8 @@ def test_settings_divide_the_quota_among_uvicorn_workers(
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(engine, "available_cpus", lambda: 6)
     assert Settings.from_env().threads == threads
+    # skin-serve is one process: the whole quota, whatever WEB_CONCURRENCY says.
+    assert Settings.from_env(single_process=True).threads == int(env.get("SKIN_THREADS", 0))
 
 
 def test_uvicorn_workers_each_get_their_share(tiny_bundle: Path) -> None:

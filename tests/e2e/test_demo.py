@@ -24,8 +24,9 @@ def demo_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         work_dir=work / "work",
         arch="test_efficientnet",
         img_size=64,
-        train_per_class=16,
-        test_per_class=5,
+        # Enough images that the validation split (~7 per class) can set the out-of-distribution threshold.
+        train_per_class=48,
+        test_per_class=10,
         epochs=8,
         batch_size=8,
         class_names=CLASSES,
@@ -58,6 +59,39 @@ def test_demo_model_classifies_a_generated_image_over_http(demo_bundle: Path) ->
         # The first image of a class the model gets right comes back with that class and a heatmap.
         truth, body = next((t, b) for t, b in answers if b["primary"]["label"] == t)  # type: ignore[index]
         assert body["heatmap"] is not None and set(body["predictions"]) == set(CLASSES)  # type: ignore[arg-type]
+    finally:
+        stop_server(proc)
+
+
+@pytest.mark.slow
+def test_demo_model_flags_foreign_images_and_its_report_says_how_often(demo_bundle: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    from training.synthetic import foreign_images
+
+    report = json.loads((demo_bundle / "report.json").read_text())
+    summary = report["uncertainty"]["summary"]
+    assert summary["test_in_distribution_accepted"] >= 0.9 and summary["foreign_flagged"] >= 0.8
+    # Over HTTP, from the bundle's thresholds: foreign kinds (a seed export never saw) are mostly flagged...
+    url, proc = start_server(demo_bundle)
+    try:
+        flagged = []
+        for kind, pixels in foreign_images(12, seed=11, size=(90, 120)):
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            body = post_file(url + "/api/predict", buffer.getvalue(), filename=f"{kind}.png")
+            assert body["confidence"] in ("ok", "low")
+            flagged.append(body["in_distribution"] is False)
+        assert sum(flagged) / len(flagged) >= 0.8, flagged
+        # ...and held-out images of the trained classes mostly are not.
+        test_images = sorted((demo_bundle.parent / "work" / "data" / "test").glob("*/*"))
+        accepted = [
+            post_file(url + "/api/predict", p.read_bytes(), filename=p.name)["in_distribution"] is True
+            for p in test_images
+        ]
+        assert sum(accepted) / len(accepted) >= 0.8, accepted
     finally:
         stop_server(proc)
 
@@ -101,3 +135,53 @@ def test_demo_failure_names_the_step(tmp_path: Path) -> None:
     last = out.stderr.strip().splitlines()[-1]
     assert "step 'train" in last and "no_such_architecture" in last
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_skin_demo_serves_the_page_and_stops_on_ctrl_c(demo_bundle: Path) -> None:
+    import signal
+    import time
+
+    from tests.server import free_port
+
+    port = free_port()
+    command = [sys.executable, "-m", "export.demo", "--bundle-dir", str(demo_bundle), "--port", str(port)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "skin-demo did not start serving"
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            assert b"<html" in response.read().lower()
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert f"open http://127.0.0.1:{port}/" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_skin_demo_on_a_busy_port_names_the_step_before_building(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "export.demo", "--bundle-dir", str(tmp_path / "b"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "step 'serve' failed: cannot listen on 127.0.0.1" in out.stderr
+    assert "another server" in out.stderr and not (tmp_path / "b").exists()  # nothing built for nothing

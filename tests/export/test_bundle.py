@@ -252,6 +252,46 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     assert "parity needs at least one image" in capsys.readouterr().err
 
 
+def test_cli_exports_a_bundle_the_runtime_serves(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """skin-export CHECKPOINT --out DIR --data ROOT: exit 0, and the bundle loads and predicts."""
+    from runtime.engine import Engine
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    out = tmp_path / "bundle"
+    args = [
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--data",
+        str(dataset),
+        "--int8",
+        "off",
+        "--parity-images",
+        "4",
+    ]
+    assert cli.main(args) == 0
+    assert "wrote" in capsys.readouterr().err.lower()
+    report = json.loads((out / bundle.REPORT_FILE).read_text())
+    assert report["parity"]["n"] == 4 and report["parity"]["top1_agree"] == 1.0
+    engine = Engine(out)
+    image = preprocess(sorted(dataset.glob("test/*/*"))[0], (TINY_SIZE, TINY_SIZE))
+    assert engine.run(image[None]).probabilities.shape == (1, len(CLASSES))
+    # Run again without --overwrite: refused in one line, and the bundle that is there stays intact.
+    assert cli.main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skin-export: error:") and err.count("\n") == 1
+    assert Engine(out).sha256 == engine.sha256
+
+
+def test_console_script_is_installed() -> None:
+    from importlib.metadata import entry_points
+
+    scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
+    assert scripts.get("skin-export") == "export.cli:main"
+
+
 def test_quantize_can_be_limited_to_some_operator_types(tmp_path: Path) -> None:
     import onnx
     from PIL import Image

@@ -77,9 +77,13 @@ def test_top_k_and_heatmap_off(client: TestClient) -> None:
     ).json()
     assert len(body["top"]) == 2 and body["heatmap"] is None
     assert len(client.post("/api/predict?top_k=99", files={"file": ("x", solid())}).json()["top"]) == 5
+    huge = "9" * 5000  # more digits than int() takes: still means "all of them", not a 500
+    assert len(client.post(f"/api/predict?top_k={huge}", files={"file": ("x", solid())}).json()["top"]) == 5
 
 
-@pytest.mark.parametrize("query", ["top_k=0", "top_k=abc", "top_k=-1", "heatmap=maybe"])
+@pytest.mark.parametrize(
+    "query", ["top_k=0", "top_k=abc", "top_k=-1", "top_k=%C2%B2", "top_k=", "top_k=1.5", "heatmap=maybe"]
+)
 def test_bad_query_is_422(client: TestClient, query: str) -> None:
     _error(
         client.post(f"/api/predict?{query}", files={"file": ("x", solid())}),
@@ -194,6 +198,12 @@ def test_body_over_limit_refused_while_streaming(client: TestClient) -> None:
 def test_many_multipart_fields_are_refused(client: TestClient) -> None:
     data = {f"f{i}": "x" for i in range(2000)}
     _error(client.post("/api/predict", data=data, files={"file": ("x.jpg", solid())}), 400, "bad_multipart")
+
+
+@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
+def test_thousands_of_file_parts_are_refused(client: TestClient, path: str) -> None:
+    files = [("files" if "batch" in path else "file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(3000)]
+    _error(client.post(path, files=files), 400, "bad_multipart")
 
 
 def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:

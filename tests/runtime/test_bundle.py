@@ -54,6 +54,10 @@ def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str)
         pytest.param({bundle.K_CLASSES: "not json"}, "not valid JSON", id="bad-json"),
         pytest.param({bundle.K_INPUT_SIZE: "[300]"}, "height, width", id="bad-size"),
         pytest.param({bundle.K_TEMPERATURE: "hot"}, "not a number", id="bad-temperature"),
+        pytest.param({bundle.K_MEAN: "5"}, "three numbers", id="mean-not-a-list"),
+        pytest.param({bundle.K_STD: '["a", "b", "c"]'}, "three numbers", id="std-strings"),
+        pytest.param({bundle.K_STD: "[0.2, 0.2]"}, "three numbers", id="std-too-short"),
+        pytest.param({bundle.K_RESIZE: "[1]"}, "JSON object", id="resize-not-an-object"),
     ],
 )
 def test_bad_metadata_strings(change: dict[str, str], message: str) -> None:
@@ -113,6 +117,11 @@ def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:
             ),
             "input shape",
             id="input-size-mismatch",
+        ),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(make_model(batch=1)),
+            "fixed batch of 1",
+            id="fixed-batch",
         ),
         pytest.param(
             lambda d: ((d / "model.onnx").write_bytes(make_model()), (d / "report.json").write_text("{oops")),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.images import solid
-from tests.server import ROOT, post_file, start_server, stop_server
+from tests.server import ROOT, post_file, server_output, start_server, stop_server
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,6 +38,17 @@ def test_bad_bundle_is_one_line_and_exit_2(args: list[str], message: str) -> Non
     assert "Traceback" not in out.stderr
 
 
+def test_busy_port_is_one_line_and_exit_2(tiny_bundle: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        out = _run("--bundle", str(tiny_bundle), "--port", str(busy.getsockname()[1]))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "cannot listen on 127.0.0.1:" in out.stderr
+
+
 @pytest.mark.slow
 def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> None:
     command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
@@ -49,6 +60,15 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
         assert answer["primary"]["label"] == "Eczema"  # type: ignore[index]
     finally:
         assert stop_server(proc) == 0
+    # Every log line is JSON (uvicorn's own ones too); the one line per request carries the request id.
+    lines = [line for line in server_output(proc).splitlines() if line.strip()]
+    banner = [line for line in lines if line.startswith("skin-serve: ")]
+    entries = [json.loads(line) for line in lines if line not in banner]
+    assert len(banner) == 1 and entries
+    requests = [e for e in entries if e.get("message") == "request"]
+    assert {e["route"] for e in requests} >= {"/api/info", "/api/predict"}
+    assert all(len(e["request_id"]) == 32 for e in requests)
+    assert any(e["logger"].startswith("uvicorn") for e in entries)
 
 
 @pytest.mark.slow
@@ -89,6 +109,8 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(tiny_bundle: Path) 
             proc.terminate()  # SIGTERM while the upload is still arriving
             time.sleep(0.5)
             assert proc.poll() is None  # still draining
+            with pytest.raises(OSError):  # and no longer accepting
+                socket.create_connection((host, int(port)), timeout=2).close()
             sock.sendall(body[50:])
             answer = b""
             while chunk := sock.recv(65536):

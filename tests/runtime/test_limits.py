@@ -117,3 +117,83 @@ def test_slow_client_gets_408_without_holding_the_server(tiny_bundle: Path) -> N
             assert time.monotonic() - started < 5
     finally:
         assert stop_server(proc) in (0, -15)
+
+
+def test_uploads_held_at_once_are_bounded(tiny_bundle: Path) -> None:
+    # Memory for uploads is bounded by max_uploads x the body limit: past it, 503 before a byte is read.
+    settings = Settings(bundle=str(tiny_bundle), threads=1, max_uploads=2)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        admission = client.app.state.admission  # type: ignore[attr-defined]
+        assert admission.max_uploads == 2
+        admission.uploads = 2
+        busy = client.post("/api/predict", files={"file": ("a.jpg", solid())})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert busy.json()["error"]["code"] == "overloaded"
+        admission.uploads = 0
+        assert client.post("/api/predict", files={"file": ("a.jpg", solid())}).status_code == 200
+        assert (
+            client.post("/api/predict", content=b"x", headers={"content-type": "image/jpeg"}).status_code
+            == 400
+        )
+        files = [("files", ("a.jpg", solid(), "image/jpeg"))]
+        assert client.post("/api/predict/batch", files=files).status_code == 200
+        assert admission.uploads == 0 and admission.active == 0  # released after answers and errors alike
+
+
+def test_body_over_the_limit_is_not_read_further() -> None:
+    # Chunked upload with no Content-Length: reading stops at the limit, so memory stays at the limit.
+    import asyncio
+
+    from runtime.upload import ApiError, BodyLimitMiddleware
+
+    chunk = b"0" * 65536
+    calls = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}  # an endless body
+
+    async def app(scope: object, receive, send) -> None:  # type: ignore[no-untyped-def]
+        while True:
+            await receive()
+
+    limited = BodyLimitMiddleware(app, max_body_bytes=1024 * 1024)
+    scope = {"type": "http", "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
+    with pytest.raises(ApiError) as info:
+        asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
+    assert info.value.status == 413
+    assert calls == 1024 * 1024 // len(chunk) + 1
+
+
+def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id(
+    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(bundle=str(tiny_bundle), threads=1)
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+
+        def broken() -> dict[str, object]:
+            raise RuntimeError("secret detail /data/patient-jane.jpg")
+
+        engine.info = broken
+        logging.getLogger("runtime").addHandler(caplog.handler)
+        try:
+            with caplog.at_level(logging.INFO, logger="runtime"):
+                response = client.get("/api/info", headers={"x-request-id": "req-500"})
+        finally:
+            logging.getLogger("runtime").removeHandler(caplog.handler)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {"code": "internal_error", "message": "internal error; it has been logged"}
+    }
+    assert response.headers["x-request-id"] == "req-500"
+    assert (
+        response.headers["x-frame-options"] == "DENY"
+        and "default-src 'self'" in response.headers["content-security-policy"]
+    )
+    assert "jane" not in response.text
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and errors[0].fields["request_id"] == "req-500"  # type: ignore[attr-defined]
+    access = [r for r in caplog.records if r.name == "runtime.access"]
+    assert access and access[-1].fields["status"] == 500  # type: ignore[attr-defined]

@@ -62,6 +62,13 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
             expect(warnings).to_have_count(len(expected))
             for i, words in enumerate(expected):
                 expect(warnings.nth(i)).to_contain_text(words)
+                expect(warnings.nth(i)).to_be_visible()
+            # The words come before the classes in the page's order (as a screen reader reads it).
+            assert page.evaluate(
+                """() => ['#primary-name', '#top-list'].every(sel =>
+                    document.querySelector('#warnings').compareDocumentPosition(document.querySelector(sel))
+                    & Node.DOCUMENT_POSITION_FOLLOWING)"""
+            )
             expect(page.locator("#top-list li").first).to_be_visible()
     finally:
         context.close()
