@@ -27,6 +27,8 @@ NO_THRESHOLDS_NOTE = "no dataset (--no-data): no confidence or out-of-distributi
 # never used for a choice, measures how many of them get flagged.
 FOREIGN_PER_SET = 120
 FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
+# The score is chosen on four kinds; the check set adds two it never saw (grey stripes, clip-art shapes).
+FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
 
@@ -461,7 +463,10 @@ def _uncertainty(
     train, test = images(train_items), images(splits.test)
     if len(test.logits) == 0 or len(train.logits) < 2:
         raise ExportError("too few readable training or test images to set and check the thresholds")
-    foreign = [_foreign(sess, fetch, view, seed) for seed in (FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED)]
+    foreign = [
+        _foreign(sess, fetch, view, FOREIGN_PICK_SEED, kinds=FOREIGN_PICK_KINDS),
+        _foreign(sess, fetch, view, FOREIGN_CHECK_SEED),
+    ]
     try:
         analysis = uncertainty.analyse(
             temperature=temperature,
@@ -480,18 +485,22 @@ def _uncertainty(
     return analysis
 
 
-def _foreign_pixels(view: dict[str, Any], seed: int) -> tuple[np.ndarray, list[str]]:
+def _foreign_pixels(
+    view: dict[str, Any], seed: int, kinds: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Generated foreign images as the graph sees them: PNG files through the runtime's decode and resize."""
     import io
 
     from PIL import Image
 
     from runtime.preprocess import preprocess
-    from training.synthetic import foreign_images
+    from training.synthetic import FOREIGN_KINDS, foreign_images
 
     h, w = view["size"]
     # Not at the input size, so that resizing happens as it does for uploads.
-    images = foreign_images(FOREIGN_PER_SET, seed=seed, size=(h * 5 // 4, w * 3 // 2))
+    images = foreign_images(
+        FOREIGN_PER_SET, seed=seed, size=(h * 5 // 4, w * 3 // 2), kinds=kinds or FOREIGN_KINDS
+    )
     resize = {"resize_mode": view["resize"], "resize_filter": view["resize_filter"]}
     pixels = []
     for _, array in images:
@@ -501,13 +510,15 @@ def _foreign_pixels(view: dict[str, Any], seed: int) -> tuple[np.ndarray, list[s
     return np.stack(pixels), [kind for kind, _ in images]
 
 
-def _foreign(sess: Any, fetch: list[str], view: dict[str, Any], seed: int) -> Any:
+def _foreign(
+    sess: Any, fetch: list[str], view: dict[str, Any], seed: int, kinds: tuple[str, ...] | None = None
+) -> Any:
     from export import infer, uncertainty
 
-    pixels, kinds = _foreign_pixels(view, seed)
+    pixels, kinds_seen = _foreign_pixels(view, seed, kinds)
     out = infer.run_pixels(sess, pixels, fetch)
     pools = {k: v for k, v in out.items() if k != contract.LOGITS_OUTPUT}
-    return uncertainty.Images(out[contract.LOGITS_OUTPUT], pools, kinds=kinds)
+    return uncertainty.Images(out[contract.LOGITS_OUTPUT], pools, kinds=kinds_seen)
 
 
 def _flag_agreement(

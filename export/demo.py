@@ -150,6 +150,11 @@ def build(
             f"uncertainty: {flags['test_in_distribution_accepted']:.0%} of generated test images accepted "
             f"as in distribution, {flags['foreign_flagged']:.0%} of generated foreign images (text, solid "
             "colours, gradients, grey textures, clip art) flagged as unlike the training images"
+            + (
+                f" ({flags['foreign_held_out_flagged']:.0%} of the kinds the score was not chosen on)"
+                if flags.get("foreign_held_out_flagged") is not None
+                else ""
+            )
         )
     return bundle_dir
 

@@ -257,6 +257,10 @@ def analyse(
         kind: round(float((~inside["check"])[[k == kind for k in kinds]].mean()), 6)
         for kind in dict.fromkeys(kinds)
     }
+    # Kinds in the check set that the choice of score never saw: the fairest stand-in for "anything else".
+    held_out = [k for k in dict.fromkeys(kinds) if k not in set(foreign_pick.kinds or [])]
+    held_mask = np.array([k in held_out for k in kinds], dtype=bool)
+    held_flagged = float((~inside["check"])[held_mask].mean()) if held_mask.any() else None
     test_acceptance = float(inside["test"].mean()) if len(inside["test"]) else None
     flagged = float((~inside["check"]).mean()) if len(inside["check"]) else None
     ood_meta = {
@@ -286,6 +290,7 @@ def analyse(
         "summary": {
             "test_in_distribution_accepted": test_acceptance,
             "foreign_flagged": flagged,
+            "foreign_held_out_flagged": held_flagged,
             "test_confident_coverage": test_at["coverage"],
             "test_confident_precision": test_at["precision"],
         },
@@ -323,8 +328,11 @@ def analyse(
             "test": {"n": len(inside["test"]), "accepted": test_acceptance},
             "foreign": {
                 "n": len(inside["check"]),
-                "note": "a second generated set, not the one the score was chosen on",
+                "note": "a second generated set, not the one the score was chosen on; held_out_kinds were in "
+                "neither the choice of score nor training",
                 "flagged": flagged,
+                "held_out_kinds": held_out,
+                "held_out_flagged": held_flagged,
                 "flagged_or_low_confidence": float((~inside["check"] | check_low).mean())
                 if len(check_low)
                 else None,

@@ -277,6 +277,10 @@ def test_exported_thresholds_accept_held_out_images_and_flag_foreign_ones(traine
     # The two figures, on the test split and on a generated foreign set the score was not chosen on.
     assert summary["test_in_distribution_accepted"] >= ACCEPTED_AT_LEAST
     assert summary["foreign_flagged"] >= FLAGGED_AT_LEAST
+    # Two kinds were kept out of the choice of score as well: the flag must carry over to them.
+    foreign = report["uncertainty"]["ood"]["foreign"]
+    assert foreign["held_out_kinds"] == ["stripes", "shapes"]
+    assert summary["foreign_held_out_flagged"] == foreign["held_out_flagged"] >= FLAGGED_AT_LEAST
     assert summary["test_confident_coverage"] > 0 and summary["test_confident_precision"] is not None
     ood = report["uncertainty"]["ood"]
     assert ood["guarantee_holds"] and ood["graph_check"]["max_rel_diff"] < 1e-3

@@ -150,12 +150,22 @@ def test_decompression_bomb_png_refused_before_decoding() -> None:
     assert info.value.status == 413
 
 
-def test_large_jpeg_uses_draft_and_matches_full_decode_closely() -> None:
+def test_large_jpeg_uses_draft_and_matches_full_decode_closely(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
     big = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR)
     data = encode(big, "JPEG", quality=90)
+    decoded: list[tuple[int, int]] = []
+    real_resize = Image.Image.resize
+
+    def spy(self: Image.Image, *args: object, **kwargs: object) -> Image.Image:
+        decoded.append(self.size)
+        return real_resize(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
     fast = preprocess(data, (300, 300)).astype(np.int16)
+    assert decoded == [(500, 375)]  # DCT scaling decoded at 1/8, still at least 300x300
+    monkeypatch.undo()
     full = np.asarray(
         Image.open(io.BytesIO(data)).convert("RGB").resize((300, 300), Image.Resampling.BILINEAR)
     )
