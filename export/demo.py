@@ -138,7 +138,7 @@ def build(
         f"{report['accuracy']:.1%}, macro F1 {report['macro avg']['f1-score']:.1%} "
         f"on {report['macro avg']['support']:.0f} generated test images ({DEMO_LABEL})"
     )
-    chance = 1 / max(1, len(report.get("class_names") or []))
+    chance = _chance(report)
     if report["accuracy"] < 2 * chance:  # "clearly above chance" is the demo's promise: say when it is not
         log(
             f"warning: the demo model reached only {report['accuracy']:.1%} (chance {chance:.1%}); "
@@ -175,12 +175,16 @@ def _usable(bundle_dir: Path) -> bool:
 def _label_report(bundle_dir: Path) -> None:
     path = bundle_dir / "report.json"
     report = json.loads(path.read_text())
-    chance = 1 / max(1, len(report.get("class_names") or []))
+    chance = _chance(report)
     report["demo_note"] = (
         f"This is {DEMO_LABEL}. Test accuracy {report['accuracy']:.1%} on generated images "
         f"(chance is {chance:.1%}); it says nothing about skin disease."
     )
     path.write_text(json.dumps(report, indent=2))
+
+
+def _chance(report: dict[str, Any]) -> float:
+    return 1 / max(1, len(report.get("class_names") or []))
 
 
 @contextlib.contextmanager
@@ -224,8 +228,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from runtime.cli import main as serve_main
 
-    if not _can_serve(args.host, args.port):
-        return 2
     print(f"skin-demo: open http://{args.host}:{args.port}/ — the model is {DEMO_LABEL}.", flush=True)
     code = serve_main(["--bundle", str(bundle_dir), "--host", args.host, "--port", str(args.port)])
     if code != 0:

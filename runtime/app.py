@@ -298,10 +298,15 @@ async def http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+INTERNAL_ERROR = error_body("internal_error", "internal error; it has been logged")
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
-    return Response(
-        error_body("internal_error", "internal error; it has been logged"), 500, media_type="application/json"
-    )
+    return Response(INTERNAL_ERROR, 500, media_type="application/json")
+
+
+def _busy() -> ApiError:
+    return ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
 
 
 class Admission:
@@ -318,14 +323,14 @@ class Admission:
         """503 now if no slot is free. The slot is taken only after the upload is read (``slot``), so a slow
         client never holds one while it trickles its body."""
         if self.active >= self.capacity:
-            raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+            raise _busy()
 
     @contextlib.asynccontextmanager
     async def upload(self) -> AsyncIterator[None]:
         """A request's upload held in memory, from its first byte to its answer. Past ``max_uploads`` of them,
         503 before reading: upload memory stays under max_uploads x the body limit, however many connect."""
         if self.uploads >= self.max_uploads:
-            raise ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+            raise _busy()
         self.uploads += 1
         try:
             yield
@@ -395,8 +400,7 @@ class RequestMiddleware:
                     "headers": [(b"content-type", b"application/json")],
                 }
             )
-            body = error_body("internal_error", "internal error; it has been logged")
-            await send_wrapper({"type": "http.response.body", "body": body})
+            await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.in_flight.dec()

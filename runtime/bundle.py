@@ -168,8 +168,8 @@ class BundleMeta:
             data_fingerprint=props.get(K_FINGERPRINT, ""),
             trained_on=props.get(K_TRAINED_ON, ""),
             demo=props.get(K_DEMO, "false").lower() == "true",
-            mean=_triple(props, K_MEAN, (0.485, 0.456, 0.406)),
-            std=_triple(props, K_STD, (0.229, 0.224, 0.225)),
+            mean=_vector(props, K_MEAN, (0.485, 0.456, 0.406)),
+            std=_vector(props, K_STD, (0.229, 0.224, 0.225)),
             thresholds=thresholds if isinstance(thresholds, dict) else {},
             contract_version=int(version),
         )
@@ -200,8 +200,11 @@ def validate(meta: BundleMeta) -> None:
     if not meta.model_name:
         raise BundleError("model name is missing")
     for label, vec in (("mean", meta.mean), ("std", meta.std)):
-        if len(vec) != 3 or not all(isinstance(v, int | float) for v in vec):
-            raise BundleError(f"{label} must be three numbers")
+        numbers = isinstance(vec, tuple | list) and len(vec) == 3
+        if not numbers or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vec
+        ):
+            raise BundleError(f"{label} must be three numbers, got {str(vec)[:60]}")
 
 
 def check_graph(
@@ -303,17 +306,10 @@ def _get(props: dict[str, str], key: str) -> str:
     return props[key]
 
 
-def _triple(
-    props: dict[str, str], key: str, default: tuple[float, float, float]
-) -> tuple[float, float, float]:
+def _vector(props: dict[str, str], key: str, default: tuple[float, ...]) -> Any:
+    """A JSON list as a tuple; anything else is passed on as it is, for validate() to name."""
     value = _json(props, key, list(default))
-    if not (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
-    ):
-        raise BundleError(f"metadata {key} must be a list of three numbers, got {str(value)[:60]}")
-    return (float(value[0]), float(value[1]), float(value[2]))
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _json(props: dict[str, str], key: str, default: Any = ...) -> Any:
