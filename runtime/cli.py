@@ -35,6 +35,8 @@ def check_port(host: str, port: int) -> None:
     import errno
     import socket
 
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range (1-65535)")
     try:
         family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as exc:
@@ -95,9 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.bundle:
         print("skin-serve: no bundle given: pass --bundle DIR or set SKIN_BUNDLE", file=sys.stderr)
-        return 2
-    if not 0 < args.port < 65536:
-        print(f"skin-serve: port {args.port} is out of range", file=sys.stderr)
         return 2
     try:
         serve(

@@ -29,6 +29,7 @@ def test_help() -> None:
         pytest.param([], "no bundle given", id="no-bundle"),
         pytest.param(["--bundle", "/nonexistent/bundle"], "does not exist", id="missing-dir"),
         pytest.param(["--bundle", str(ROOT / "runtime")], "has no model.onnx", id="not-a-bundle"),
+        pytest.param(["--bundle", str(ROOT / "runtime"), "--port", "70000"], "out of range", id="bad-port"),
     ],
 )
 def test_bad_bundle_is_one_line_and_exit_2(args: list[str], message: str) -> None:
