@@ -14,8 +14,8 @@ help:
 
 # Each step says what it does; a failure ends with one line naming the step (pip's own reason is above it).
 STEP_FAILED = { echo "make: step 'environment' failed: $(1)" >&2; exit 1; }
-ALL_EXTRAS := runtime,train,bench,dev
-RUNTIME_EXTRAS := runtime,dev
+ALL_EXTRAS := runtime,openvino,train,bench,dev
+RUNTIME_EXTRAS := runtime,openvino,dev
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> environment: $(VENV) with all extras (torch is large: a few minutes on a fresh machine) …"

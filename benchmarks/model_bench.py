@@ -113,21 +113,10 @@ def openvino_runner(model: Path, *, threads: int, precision: str) -> Runner:
 
 
 def openvino_ep_runner(model: Path, *, threads: int, precision: str) -> Runner:
-    """onnxruntime with the OpenVINO execution provider plugin (pip install onnxruntime-ep-openvino)."""
-    import onnxruntime as ort
-    import onnxruntime_ep_openvino as plugin
+    """onnxruntime with the OpenVINO execution provider plugin, set up as the runtime does (SKIN_OPENVINO)."""
+    from runtime.engine import openvino_session
 
-    name = plugin.get_ep_name()
-    if not any(d.ep_name == name for d in ort.get_ep_devices()):
-        ort.register_execution_provider_library(name, plugin.get_library_path())
-    devices = [d for d in ort.get_ep_devices() if d.ep_name == name and "CPU" in str(d.device.type)]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    config = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": precision}})
-    options.add_provider_for_devices(devices, {"num_of_threads": str(threads), "load_config": config})
-    session = ort.InferenceSession(str(model), sess_options=options)
-    if not session.get_providers() or session.get_providers()[0] != name:
-        raise BenchError(f"the OpenVINO provider did not take the graph ({session.get_providers()})")
+    session = openvino_session(str(model), threads=threads, precision=precision)
     return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
 
 
@@ -215,7 +204,7 @@ def candidates(
             found.append(
                 Candidate(
                     f"onnxruntime + OpenVINO EP {precision}",
-                    "onnxruntime with the pip-installable OpenVINO execution provider plugin",
+                    "the runtime with SKIN_OPENVINO (onnxruntime + the OpenVINO plugin EP)",
                     lambda p=precision: openvino_ep_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
                 )
             )

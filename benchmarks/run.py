@@ -39,6 +39,8 @@ SERVERS = (
     "runtime-parallel",
     "runtime-overlap",
     "runtime-2workers",
+    "runtime-openvino-f32",
+    "runtime-openvino-bf16",
 )
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
@@ -93,6 +95,20 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "/readyz",
             env={"SKIN_INFERENCE_CONCURRENCY": "2"},
             note="two inferences at once sharing the session's two onnxruntime threads",
+        ),
+        "runtime-openvino-f32": Server(
+            "runtime-openvino-f32",
+            runtime,
+            "/readyz",
+            env={"SKIN_OPENVINO": "f32"},
+            note="SKIN_OPENVINO=f32: the graph on OpenVINO through onnxruntime's plugin EP",
+        ),
+        "runtime-openvino-bf16": Server(
+            "runtime-openvino-bf16",
+            runtime,
+            "/readyz",
+            env={"SKIN_OPENVINO": "bf16"},
+            note="SKIN_OPENVINO=bf16: OpenVINO in bf16 (AMX / AVX-512 BF16) through onnxruntime's plugin EP",
         ),
         "runtime-2workers": Server(
             "runtime-2workers",

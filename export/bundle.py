@@ -122,7 +122,7 @@ def _build(
 ) -> None:
     import torch
 
-    from export import calibrate, infer, onnx, parity, quantize, uncertainty
+    from export import bf16, calibrate, infer, onnx, parity, quantize, uncertainty
 
     img_size = info["img_size"]
     size = (img_size, img_size)
@@ -249,7 +249,8 @@ def _build(
             )
             if int8_bytes is not None and thresholds:
                 # The runtime serves int8 when it ships: its flags must match the ones measured on fp32.
-                flags = _flag_agreement(fp32, int8_bytes, [p for p, _ in splits.test], thresholds, view)
+                pair = (infer.session(fp32), infer.session(int8_bytes))
+                flags = _flag_agreement(pair, [p for p, _ in splits.test], thresholds, view)
                 int8_entry["flag_agreement"] = flags
                 worst = min(flags.values())
                 if worst < quantize.MIN_AGREEMENT:
@@ -260,6 +261,20 @@ def _build(
                         f"test and foreign images (needs {quantize.MIN_AGREEMENT})"
                     )
             say(f"int8: {int8_entry['decision']} ({int8_entry['reason']})")
+
+        if splits is None:
+            bf16_entry: dict[str, Any] = {"measured": False, "reason": "no dataset to compare on"}
+        else:
+            test_files = [p for p, _ in splits.test]
+            bf16_entry = bf16.measure(
+                fp32,
+                test=test_files,
+                flags=(lambda a, b: _flag_agreement((a, b), test_files, thresholds, view))
+                if thresholds
+                else None,
+                log=say,
+                **view,
+            )
 
     # No onnxruntime-optimized copy: the simplified graph is already folded (BN in Conv, constants), and
     # loading a saved basic-level copy of B3 measured no faster than this file (both ~150-300 ms here).
@@ -290,6 +305,7 @@ def _build(
             "calibration": calibration,
             "parity": parity_result,
             "int8": int8_entry,
+            "openvino_bf16": bf16_entry,
             "uncertainty": uncertainty_report,
             "export": {
                 "opset": opset,
@@ -522,9 +538,9 @@ def _foreign(
 
 
 def _flag_agreement(
-    fp32: bytes, int8: bytes, test: list[Path], thresholds: dict[str, Any], view: dict[str, Any]
+    sessions: tuple[Any, Any], test: list[Path], thresholds: dict[str, Any], view: dict[str, Any]
 ) -> dict[str, float]:
-    """Share of test and foreign images on which both graphs give the same confidence / OOD flag."""
+    """Share of test and foreign images on which both sessions give the same confidence / OOD flag."""
     from export import infer
     from runtime.uncertainty import CONFIDENCE, IN_DISTRIBUTION, Policy
 
@@ -533,8 +549,7 @@ def _flag_agreement(
     fetch = [contract.PROBS_OUTPUT, *policy.needs]
     foreign, _ = _foreign_pixels(view, FOREIGN_CHECK_SEED)
     judged = []
-    for graph in (fp32, int8):
-        sess = infer.session(graph)
+    for sess in sessions:
         out, _ = infer.run_many(sess, test, fetch, **view)
         more = infer.run_pixels(sess, foreign, fetch)
         judged.append(policy.judge({k: np.concatenate([out[k], more[k]]) for k in fetch}))

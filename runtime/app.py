@@ -445,6 +445,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
+        if (warning := served.bf16_warning()) is not None:
+            log.warning("%s", warning)
         yield
 
     webui = Path(cfg.webui_dir)

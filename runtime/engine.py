@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
 from runtime import bundle, uncertainty
-from runtime.settings import Settings
+from runtime.settings import OPENVINO_MODES, Settings
 
 
 def available_cpus() -> int:
@@ -45,6 +46,39 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+def openvino_session(model: str | bytes, *, threads: int, precision: str, options: Any = None) -> Any:
+    """The graph on OpenVINO's CPU plugin through onnxruntime's plugin EP (package onnxruntime-ep-openvino):
+    bf16 runs on AMX / AVX-512 BF16 units; whatever OpenVINO does not take stays on onnxruntime's CPU EP."""
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise bundle.BundleError(
+            f"OpenVINO {precision} needs its execution provider: pip install 'skinlesion[openvino]'"
+        ) from None
+    name = plugin.get_ep_name()
+    if not any(d.ep_name == name for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library(name, plugin.get_library_path())
+    devices = [
+        d
+        for d in ort.get_ep_devices()
+        if d.ep_name == name and d.device.type == ort.OrtHardwareDeviceType.CPU
+    ]
+    if not devices:
+        raise bundle.BundleError("the OpenVINO execution provider found no CPU device")
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+    # LATENCY: one request uses every thread (the runtime runs one batch at a time, like its CPU EP session).
+    config = {"CPU": {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}}
+    options.add_provider_for_devices(
+        devices, {"num_of_threads": str(threads), "load_config": json.dumps(config)}
+    )
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options)
+    if session.get_providers()[0] != name:
+        raise bundle.BundleError("the OpenVINO execution provider did not take the model")
+    return session
+
+
 @dataclass
 class Output:
     probabilities: np.ndarray  # [batch, classes]
@@ -64,6 +98,7 @@ class Engine:
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         memory_arena: bool = True,
         variant: str = "auto",
+        openvino: str = "off",
     ) -> None:
         if not str(bundle_dir):
             raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
@@ -86,12 +121,28 @@ class Engine:
         self.memory_arena = memory_arena
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        if openvino not in OPENVINO_MODES:
+            raise bundle.BundleError(
+                f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {openvino!r}"
+            )
+        if openvino != "off" and tuple(providers) != ("CPUExecutionProvider",):
+            raise bundle.BundleError("set SKIN_OPENVINO or SKIN_PROVIDERS, not both")
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             have = ", ".join(ort.get_available_providers())
             raise bundle.BundleError(f"execution provider {unknown[0]} is not available (have: {have})")
+        self.openvino = openvino
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=list(providers))
+            if openvino == "off":
+                self.session = ort.InferenceSession(
+                    str(path), sess_options=options, providers=list(providers)
+                )
+            else:
+                self.session = openvino_session(
+                    str(path), threads=self.threads, precision=openvino, options=options
+                )
+        except bundle.BundleError:
+            raise
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise bundle.BundleError(f"{path} is not a loadable ONNX model: {first}") from None
@@ -107,6 +158,8 @@ class Engine:
         self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
         self._fetch += self.policy.needs
         self.report = bundle.load_report(bundle_dir)
+        # When bf16 is served: what export measured it to change on this model (report.json "openvino_bf16").
+        self.bf16_check = (self.report or {}).get("openvino_bf16") if openvino == "bf16" else None
         self.sha256 = bundle.sha256_file(path)
         self.providers = self.session.get_providers()
         self.ready = False
@@ -119,6 +172,7 @@ class Engine:
             providers=settings.providers,
             memory_arena=settings.memory_arena,
             variant=settings.model_variant,
+            openvino=settings.openvino,
         )
 
     def run(self, images: np.ndarray) -> Output:
@@ -132,6 +186,21 @@ class Engine:
             raise RuntimeError("the model returned malformed probabilities")
         cam = np.asarray(results[bundle.CAM_OUTPUT], dtype=np.float32) if self.has_cam else None
         return Output(probabilities=probs, cam=cam, uncertainty=self.policy.judge(results))
+
+    def bf16_warning(self) -> str | None:
+        """Why serving bf16 may change answers on this model, or None when export measured it to be safe."""
+        if self.openvino != "bf16":
+            return None
+        check = self.bf16_check
+        if not isinstance(check, dict) or not check.get("measured"):
+            return "bf16 served, but export did not measure its agreement with fp32 on this model"
+        if not check.get("safe"):
+            bound, top1 = check.get("min_agreement"), check.get("agreement")
+            return (
+                f"bf16 served, but export measured it to agree with fp32 on under {bound} of this model's "
+                f"test images (top-1 {top1}; report.json openvino_bf16)"
+            )
+        return None
 
     def warmup(self) -> None:
         h, w = self.meta.input_size
@@ -159,7 +228,13 @@ class Engine:
             "uncertainty": self.policy.describe(),
             "has_heatmap": self.has_cam,
             "has_report": self.report is not None,
-            "onnxruntime": {"version": ort.__version__, "providers": self.providers, "threads": self.threads},
+            "onnxruntime": {
+                "version": ort.__version__,
+                "providers": self.providers,
+                "threads": self.threads,
+                "openvino": self.openvino,
+                "bf16_check": self.bf16_check,
+            },
             "model_file": self.model_file,
             "model_sha256": self.sha256,
         }

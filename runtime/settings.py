@@ -11,6 +11,7 @@ from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 
 DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
 MB = 1024 * 1024
+OPENVINO_MODES = ("off", "f32", "bf16")  # off: onnxruntime's own CPU kernels (fp32)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class Settings:
     memory_arena: bool = True
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
+    openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO through onnxruntime's plugin EP
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
     @classmethod
@@ -60,6 +62,7 @@ class Settings:
             ),
             model_variant=config("SKIN_MODEL_VARIANT", cast=str, default="auto"),
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
+            openvino=_openvino(config("SKIN_OPENVINO", cast=str, default="off")),
             providers=tuple(
                 p.strip()
                 for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
@@ -89,3 +92,10 @@ def _formats(value: str) -> tuple[str, ...]:
     if unknown or not formats:
         raise ValueError(f"SKIN_ALLOWED_FORMATS may list only {', '.join(ALLOWED_FORMATS)}")
     return formats
+
+
+def _openvino(value: str) -> str:
+    mode = value.strip().lower()
+    if mode not in OPENVINO_MODES:
+        raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {value!r}")
+    return mode

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export import cli, quantize
+from export import bf16, cli, quantize
 from export.bundle import export_bundle
 from export.errors import ExportError
 from runtime import bundle
@@ -102,6 +102,42 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
     assert (exported["out"] / quantize.INT8_FILE).is_file() == ship
 
 
+def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, Any]) -> None:
+    from runtime.engine import Engine
+
+    entry = exported["report"]["openvino_bf16"]
+    assert entry["measured"] is True and entry["n_test"] == 12
+    assert 0.0 <= entry["agreement"] <= 1.0 and 0.0 <= entry["max_abs_diff"] <= 1.0
+    assert set(entry["latency_batch1_ms"]) == {"fp32", "bf16"} and entry["speedup_batch1"] > 0
+    assert set(entry["flag_agreement"]) == {"confidence", "in_distribution"}
+    worst = min([entry["agreement"], *entry["flag_agreement"].values()])
+    assert entry["safe"] is (worst >= bf16.MIN_AGREEMENT) and entry["min_agreement"] == bf16.MIN_AGREEMENT
+    assert any(m.startswith("bf16: top-1 agreement") for m in exported["messages"])
+    engine = Engine(exported["out"], threads=1, openvino="bf16")
+    assert engine.info()["onnxruntime"]["bf16_check"] == entry
+    assert (engine.bf16_warning() is None) is entry["safe"]
+
+
+def test_bf16_without_the_plugin_says_so(
+    exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == bf16.PLUGIN else real(name, *a)
+    )
+    fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
+    test = sorted(dataset.glob("test/*/*"))
+    entry = bf16.measure(
+        fp32, test=test, flags=None, size=(TINY_SIZE, TINY_SIZE), resize="stretch", resize_filter="bilinear"
+    )
+    assert entry == {
+        "measured": False,
+        "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)",
+    }
+
+
 @pytest.mark.parametrize(
     ("agreement", "speedup", "ship"),
     [(1.0, 1.5, True), (0.985, 1.5, False), (1.0, 1.05, False), (0.99, 1.10, True)],
@@ -148,6 +184,7 @@ def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_pat
     assert report["calibration"]["temperature"] == 1.0 and "no dataset" in report["calibration"]["skipped"]
     assert report["parity"]["images"] == "generated images" and report["parity"]["n"] == 3
     assert report["int8"]["decision"] == "skipped"
+    assert report["openvino_bf16"] == {"measured": False, "reason": "no dataset to compare on"}
     assert any("no dataset" in note for note in report["export"]["notes"])
     # No data, no thresholds: predictions carry no confidence fields, and the report says why.
     assert "no dataset" in report["uncertainty"]["skipped"]

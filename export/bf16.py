@@ -1,0 +1,72 @@
+"""What serving with SKIN_OPENVINO=bf16 would change, measured at export on the test split.
+
+bf16 keeps 8 bits of mantissa: fast on AMX / AVX-512 BF16 CPUs, but near-ties between classes can flip. The
+runtime never switches to it by itself; this entry in report.json tells the operator whether it is safe for
+this model (and /api/info shows it to clients when bf16 is served).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import infer
+from runtime import bundle
+
+MIN_AGREEMENT = 0.99  # top-1 and flags, as for int8
+PLUGIN = "onnxruntime_ep_openvino"
+
+
+def measure(
+    fp32: bytes,
+    *,
+    test: Sequence[Path],
+    flags: Callable[[Any, Any], dict[str, float]] | None,
+    size: tuple[int, int],
+    resize: str,
+    resize_filter: str,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Top-1 agreement, largest probability difference, flag agreement (``flags(fp32_session, bf16_session)``
+    when the bundle has thresholds) and batch-1 latency of bf16 against fp32."""
+    if importlib.util.find_spec(PLUGIN) is None:
+        return {"measured": False, "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)"}
+    from runtime.engine import available_cpus, openvino_session
+
+    threads = available_cpus()
+    s32 = infer.session(fp32, threads=threads)
+    try:
+        s16 = openvino_session(fp32, threads=threads, precision="bf16")
+    except bundle.BundleError as exc:
+        return {"measured": False, "reason": str(exc)}
+    log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
+    fetch = [bundle.PROBS_OUTPUT]
+    a, kept = infer.run_many(s32, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
+    b, _ = infer.run_many(s16, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
+    if not kept:
+        return {"measured": False, "reason": "no test image could be read"}
+    p32, p16 = a[bundle.PROBS_OUTPUT], b[bundle.PROBS_OUTPUT]
+    one = infer.pixels([test[kept[0]]], size, resize, resize_filter)
+    latency = {"fp32": infer.latency_ms(s32, one), "bf16": infer.latency_ms(s16, one)}
+    entry: dict[str, Any] = {
+        "measured": True,
+        "n_test": len(kept),
+        "agreement": float(np.mean(p32.argmax(1) == p16.argmax(1))),
+        "max_abs_diff": float(np.abs(p32 - p16).max()),
+        "latency_batch1_ms": {k: round(v, 3) for k, v in latency.items()},
+        "speedup_batch1": round(latency["fp32"] / latency["bf16"], 3),
+        "min_agreement": MIN_AGREEMENT,
+    }
+    if flags is not None:
+        entry["flag_agreement"] = flags(s32, s16)
+    worst = min([entry["agreement"], *entry.get("flag_agreement", {}).values()])
+    entry["safe"] = worst >= MIN_AGREEMENT
+    log(
+        f"bf16: top-1 agreement {entry['agreement']:.4f}, {entry['speedup_batch1']:.2f}x fp32's speed at "
+        f"batch 1 ({'within' if entry['safe'] else 'outside'} the {MIN_AGREEMENT} agreement bound)"
+    )
+    return entry

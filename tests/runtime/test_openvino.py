@@ -1,0 +1,115 @@
+"""SKIN_OPENVINO: the same graph on OpenVINO's CPU plugin through onnxruntime's plugin EP.
+
+The `openvino` extra is installed by `make test` in both venvs, so these tests always run there."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from runtime import bundle
+from runtime.app import create_app
+from runtime.engine import Engine
+from runtime.settings import Settings
+from tests.bundle_factory import CLASS_NAMES, make_bundle
+from tests.images import solid
+
+
+def _images() -> np.ndarray:
+    """Red, green, blue and a noise image: the tiny bundle answers Acne, Eczema, Moles to the first three."""
+    x = np.zeros((4, 64, 64, 3), dtype=np.uint8)
+    for i in range(3):
+        x[i, ..., i] = 230
+    x[3] = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    return x
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("f32", 1e-5), ("bf16", 3e-2)])
+def test_openvino_serves_the_same_answers(tiny_bundle: Path, precision: str, tolerance: float) -> None:
+    cpu = Engine(tiny_bundle, threads=1)
+    engine = Engine(tiny_bundle, threads=1, openvino=precision)
+    assert engine.providers[0] == "OpenVINOExecutionProvider"
+    assert engine.info()["onnxruntime"]["openvino"] == precision
+    x = _images()
+    got, want = engine.run(x), cpu.run(x)
+    assert got.probabilities.shape == want.probabilities.shape == (4, len(CLASS_NAMES))
+    np.testing.assert_allclose(got.probabilities.sum(axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(got.probabilities, want.probabilities, atol=tolerance)
+    assert [CLASS_NAMES[i] for i in got.probabilities[:3].argmax(axis=1)] == ["Acne", "Eczema", "Moles"]
+    assert got.cam is not None and want.cam is not None and got.cam.shape == want.cam.shape
+    # one image, then a batch of another size: the plugin takes the dynamic batch dimension
+    assert engine.run(x[:1]).probabilities.shape == (1, len(CLASS_NAMES))
+    assert engine.run(x[:3]).probabilities.shape == (3, len(CLASS_NAMES))
+
+
+def test_openvino_over_http(tiny_bundle: Path) -> None:
+    settings = Settings(bundle=str(tiny_bundle), threads=1, openvino="bf16")
+    with TestClient(create_app(settings)) as client:
+        info = client.get("/api/info").json()
+        assert info["onnxruntime"]["openvino"] == "bf16"
+        assert info["onnxruntime"]["providers"][0] == "OpenVINOExecutionProvider"
+        answer = client.post(
+            "/api/predict", files={"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
+        )
+        assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
+
+
+def test_missing_plugin_is_one_line(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime_ep_openvino", None)  # import fails as if not installed
+    with pytest.raises(bundle.BundleError, match=r"pip install 'skinlesion\[openvino\]'"):
+        Engine(tiny_bundle, threads=1, openvino="bf16")
+
+
+def test_openvino_and_providers_together_are_refused(tiny_bundle: Path) -> None:
+    with pytest.raises(bundle.BundleError, match="not both"):
+        Engine(tiny_bundle, threads=1, openvino="bf16", providers=("CPUExecutionProvider", "XnnpackProvider"))
+
+
+@pytest.mark.parametrize(("value", "mode"), [("off", "off"), ("BF16", "bf16"), (" f32 ", "f32")])
+def test_setting_parsed(monkeypatch: pytest.MonkeyPatch, value: str, mode: str) -> None:
+    monkeypatch.setenv("SKIN_OPENVINO", value)
+    assert Settings.from_env().openvino == mode
+
+
+def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_OPENVINO", "fp16")
+    with pytest.raises(ValueError, match="SKIN_OPENVINO must be one of off, f32, bf16"):
+        Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    ("entry", "warning"),
+    [
+        pytest.param(None, "did not measure", id="old-bundle"),
+        pytest.param({"measured": False, "reason": "no plugin"}, "did not measure", id="not-measured"),
+        pytest.param(
+            {"measured": True, "safe": False, "agreement": 0.9727, "min_agreement": 0.99},
+            "under 0.99 .*top-1 0.9727",
+            id="unsafe",
+        ),
+        pytest.param(
+            {"measured": True, "safe": True, "agreement": 0.998, "min_agreement": 0.99}, None, id="safe"
+        ),
+    ],
+)
+def test_bf16_served_with_what_export_measured(
+    tmp_path: Path, entry: dict[str, object] | None, warning: str | None
+) -> None:
+    make_bundle(tmp_path)
+    report = json.loads((tmp_path / bundle.REPORT_FILE).read_text())
+    if entry is not None:
+        report["openvino_bf16"] = entry
+    (tmp_path / bundle.REPORT_FILE).write_text(json.dumps(report))
+    engine = Engine(tmp_path, threads=1, openvino="bf16")
+    assert engine.info()["onnxruntime"]["bf16_check"] == entry
+    got = engine.bf16_warning()
+    assert (got is None) if warning is None else (got is not None and re.search(warning, got)), got
+    # fp32 and OpenVINO f32 serve the graph's own precision: nothing to warn about
+    assert Engine(tmp_path, threads=1, openvino="f32").bf16_warning() is None
+    assert Engine(tmp_path, threads=1).info()["onnxruntime"]["bf16_check"] is None
