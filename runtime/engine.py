@@ -102,6 +102,13 @@ class Engine:
     ) -> None:
         if not str(bundle_dir):
             raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
+        if openvino != "off":
+            # OpenVINO runs the fp32 graph in the precision asked for; the int8 graph is onnxruntime's.
+            if variant == "int8":
+                raise bundle.BundleError(
+                    "SKIN_OPENVINO serves the fp32 graph: not with SKIN_MODEL_VARIANT=int8"
+                )
+            variant = "fp32"
         path = bundle.model_path(bundle_dir, variant)
         self.bundle_dir = Path(bundle_dir)
         self.model_file = path.name

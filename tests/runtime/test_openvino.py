@@ -113,3 +113,14 @@ def test_bf16_served_with_what_export_measured(
     # fp32 and OpenVINO f32 serve the graph's own precision: nothing to warn about
     assert Engine(tmp_path, threads=1, openvino="f32").bf16_warning() is None
     assert Engine(tmp_path, threads=1).info()["onnxruntime"]["bf16_check"] is None
+
+
+def test_openvino_serves_the_fp32_graph_even_when_int8_shipped(tmp_path: Path) -> None:
+    make_bundle(tmp_path)
+    (tmp_path / bundle.INT8_MODEL_FILE).write_bytes((tmp_path / bundle.MODEL_FILE).read_bytes())
+    assert (
+        Engine(tmp_path, threads=1).model_file == bundle.INT8_MODEL_FILE
+    )  # auto prefers int8 on onnxruntime
+    assert Engine(tmp_path, threads=1, openvino="bf16").model_file == bundle.MODEL_FILE
+    with pytest.raises(bundle.BundleError, match="not with SKIN_MODEL_VARIANT=int8"):
+        Engine(tmp_path, threads=1, openvino="bf16", variant="int8")
