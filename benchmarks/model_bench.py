@@ -348,7 +348,19 @@ def model_benchmark(
         del run
 
     wait_for_cpu(max_other, max_wait_s, log)
-    batching = batching_check(lambda: ort_runner(fp32, threads=threads), fp32, test, repeats, log)
+    batching = batching_check(
+        lambda: ort_runner(fp32, threads=threads), lambda: ort_runner(fp32, threads=1), test, repeats, log
+    )
+    batching_bf16 = None
+    if _importable("onnxruntime_ep_openvino") and (not only or any("bf16" in o for o in only)):
+        wait_for_cpu(max_other, max_wait_s, log)
+        batching_bf16 = batching_check(
+            lambda: openvino_ep_runner(fp32, threads=threads, precision="bf16"),
+            lambda: openvino_ep_runner(fp32, threads=1, precision="bf16"),
+            test,
+            repeats,
+            log,
+        )
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -366,6 +378,7 @@ def model_benchmark(
         },
         "paths": results,
         "batching": batching,
+        "batching_bf16": batching_bf16,  # the same question for SKIN_OPENVINO=bf16, when its plugin is here
         "best": best_path(results),
     }
     out = Path(out)
@@ -384,7 +397,11 @@ def _meta(model: Path) -> contract.BundleMeta:
 
 
 def batching_check(
-    make: Callable[[], Runner], fp32: Path, test: np.ndarray, repeats: int, log: Callable[[str], None]
+    make: Callable[[], Runner],
+    make_one_thread: Callable[[], Runner],
+    test: np.ndarray,
+    repeats: int,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """Would the runtime gain from gathering concurrent requests into one batch? Throughput by batch size,
     and two sessions of one thread each running side by side (the other way to use two cores)."""
@@ -394,7 +411,7 @@ def batching_check(
     for n in (1, 2, 4, 8):
         ms = latency_ms(run, test[:n], max(5, repeats // n))
         img_s[str(n)] = round(n * 1000 / ms, 1)
-    parallel = parallel_img_s(lambda: ort_runner(fp32, threads=1), test[:1], workers=2, seconds=5.0)
+    parallel = parallel_img_s(make_one_thread, test[:1], workers=2, seconds=5.0)
     best_batch = max(img_s.values())
     gain = best_batch / img_s["1"]
     build = gain >= BATCHING_GAIN
@@ -470,13 +487,15 @@ def markdown(summary: dict[str, Any]) -> str:
                 r["note"],
             )
         )
-    b = summary["batching"]
-    by_batch = ", ".join(f"batch {k}: {v}" for k, v in b["img_s_by_batch"].items())
-    lines += [
-        "",
-        f"Batching (onnxruntime fp32, img/s): {by_batch}; two 1-thread sessions side by side: "
-        f"{b['two_sessions_one_thread_img_s']}. Verdict: {b['verdict']}.",
-    ]
+    for key, label in (("batching", "onnxruntime fp32"), ("batching_bf16", "SKIN_OPENVINO=bf16")):
+        b = summary.get(key)
+        if b:
+            by_batch = ", ".join(f"batch {k}: {v}" for k, v in b["img_s_by_batch"].items())
+            lines += [
+                "",
+                f"Batching ({label}, img/s): {by_batch}; two 1-thread sessions side by side: "
+                f"{b['two_sessions_one_thread_img_s']}. Verdict: {b['verdict']}.",
+            ]
     best = summary["best"]
     if best:
         met = "met" if best["meets_20ms"] else "not met"

@@ -41,6 +41,8 @@ SERVERS = (
     "runtime-2workers",
     "runtime-openvino-f32",
     "runtime-openvino-bf16",
+    "runtime-gather",
+    "runtime-openvino-bf16-gather",
 )
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
@@ -109,6 +111,20 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "/readyz",
             env={"SKIN_OPENVINO": "bf16"},
             note="SKIN_OPENVINO=bf16: OpenVINO in bf16 (AMX / AVX-512 BF16) through onnxruntime's plugin EP",
+        ),
+        "runtime-gather": Server(
+            "runtime-gather",
+            runtime,
+            "/readyz",
+            env={"SKIN_GATHER": "4"},
+            note="SKIN_GATHER=4: single-image requests waiting for the model run together, up to 4",
+        ),
+        "runtime-openvino-bf16-gather": Server(
+            "runtime-openvino-bf16-gather",
+            runtime,
+            "/readyz",
+            env={"SKIN_OPENVINO": "bf16", "SKIN_GATHER": "4"},
+            note="SKIN_OPENVINO=bf16 with SKIN_GATHER=4",
         ),
         "runtime-2workers": Server(
             "runtime-2workers",

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import logs, openapi
 from runtime.engine import Engine
+from runtime.gather import Gatherer
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import Settings
@@ -208,18 +209,21 @@ async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, A
 async def _infer(request: Request, images: np.ndarray) -> Any:
     state = request.app.state
     start = time.perf_counter()
-    async with state.admission.running:
-        try:
-            output = await run_in_threadpool(state.engine.run, images)
-        except Exception:
-            # Never echo onnxruntime's message (it can name files); the log has it with the request id.
-            request_id = request.scope.get("request_id", "-")
-            log.exception(
-                "inference failed (request %s)", request_id, extra={"fields": {"request_id": request_id}}
-            )
-            raise ApiError(
-                500, "inference_failed", "the model failed on this request; it has been logged"
-            ) from None
+    try:
+        if state.gather is not None and len(images) == 1:
+            output = await state.gather.infer(images[0])  # may run together with other waiting images
+        else:
+            async with state.admission.running:
+                output = await run_in_threadpool(state.engine.run, images)
+    except Exception:
+        # Never echo onnxruntime's message (it can name files); the log has it with the request id.
+        request_id = request.scope.get("request_id", "-")
+        log.exception(
+            "inference failed (request %s)", request_id, extra={"fields": {"request_id": request_id}}
+        )
+        raise ApiError(
+            500, "inference_failed", "the model failed on this request; it has been logged"
+        ) from None
     state.metrics.inference.observe(time.perf_counter() - start)
     state.metrics.images.inc(len(images))
     return output
@@ -441,6 +445,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         app.state.admission = Admission(
             max(1, cfg.inference_concurrency), max(0, cfg.max_queue), max(1, cfg.max_uploads)
         )
+        app.state.gather = None
+        if cfg.gather > 1:
+
+            async def run_gathered(images: np.ndarray) -> Any:
+                metrics.gathered.observe(len(images))
+                return await run_in_threadpool(served.run, images)
+
+            app.state.gather = Gatherer(run_gathered, app.state.admission.running, cfg.gather)
         await run_in_threadpool(served.warmup)
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})

@@ -31,4 +31,10 @@ class Metrics:
             "skin_rejected", "Requests refused, by reason (error code)", ["reason"], registry=r
         )
         self.images = Counter("skin_images", "Images classified", registry=r)
+        self.gathered = Histogram(
+            "skin_gathered_images",
+            "Single-image requests run together per model run (SKIN_GATHER)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
+            registry=r,
+        )
         self.model = Info("skin_model", "The served model", registry=r)

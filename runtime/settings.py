@@ -19,6 +19,7 @@ class Settings:
     bundle: str = ""
     threads: int = 0  # onnxruntime intra-op threads; 0 = the CPU quota this process really has
     inference_concurrency: int = 1  # sessions run one batch at a time; the threads already fill the cores
+    gather: int = 1  # single-image requests that wait for the model run together, up to this many (1: off)
     max_queue: int = 8  # requests that may wait beyond the running ones; past that, 503 at once
     max_uploads: int = 16  # uploads held in memory at once (arriving, queued, running); past that, 503
     body_timeout_s: float = 30.0  # a client that trickles its upload longer than this gets 408
@@ -45,6 +46,7 @@ class Settings:
             bundle=config("SKIN_BUNDLE", cast=str, default=""),
             threads=_threads(config("SKIN_THREADS", cast=int, default=0), workers),
             inference_concurrency=config("SKIN_INFERENCE_CONCURRENCY", cast=int, default=1),
+            gather=_at_least_one("SKIN_GATHER", config("SKIN_GATHER", cast=int, default=1)),
             max_queue=config("SKIN_MAX_QUEUE", cast=int, default=8),
             max_uploads=config("SKIN_MAX_UPLOADS", cast=int, default=16),
             body_timeout_s=config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0),
@@ -99,3 +101,9 @@ def _openvino(value: str) -> str:
     if mode not in OPENVINO_MODES:
         raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {value!r}")
     return mode
+
+
+def _at_least_one(name: str, value: int) -> int:
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value

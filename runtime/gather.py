@@ -1,0 +1,61 @@
+"""Single-image requests that wait for the model run together (SKIN_GATHER).
+
+Nobody waits for others to arrive: when the model frees up, the images queued by then (up to ``max_images``)
+go in as one batch, so a lone client sees no added latency. It pays only where a batch costs less per image
+than single runs: benchmarks/model_bench.py measured no gain for onnxruntime fp32 on two cores, and 1.1-1.4x
+for OpenVINO bf16 (SKIN_OPENVINO=bf16), so it is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from runtime.engine import Output
+
+RunBatch = Callable[[np.ndarray], Awaitable[Output]]
+
+
+class Gatherer:
+    """``await infer(image)`` → that image's Output; ``run`` is called with the model's slot held by the
+    caller's ``slot`` semaphore, shared with multi-image requests, so the model never runs twice at once."""
+
+    def __init__(self, run: RunBatch, slot: asyncio.Semaphore, max_images: int) -> None:
+        self.run = run
+        self.slot = slot
+        self.max_images = max(1, max_images)
+        self.pending: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
+        self.worker: asyncio.Task[None] | None = None
+        self.batch_sizes: list[int] = []  # the last runs' sizes, for tests and metrics
+
+    async def infer(self, image: np.ndarray) -> Output:
+        future: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
+        self.pending.append((image, future))
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self.pending:
+            async with self.slot:
+                # Taken once the model is free: everything that queued meanwhile, in arrival order.
+                taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
+                taken = [(image, future) for image, future in taken if not future.done()]  # gone clients
+                if not taken:
+                    continue
+                self.batch_sizes = [*self.batch_sizes[-99:], len(taken)]
+                try:
+                    output = await self.run(np.stack([image for image, _ in taken]))
+                except Exception as exc:  # every request in the batch answers the failure itself
+                    for _, future in taken:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+            for row, (_, future) in enumerate(taken):
+                if not future.done():
+                    cam = None if output.cam is None else output.cam[row : row + 1]
+                    future.set_result(
+                        Output(output.probabilities[row : row + 1], cam, output.uncertainty[row : row + 1])
+                    )
