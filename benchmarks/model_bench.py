@@ -4,7 +4,8 @@ Paths: torch eager fp32 (what the reference serves), onnxruntime fp32 as the run
 other thread settings), static int8 (the exporter's recipe and a Conv-only variant), and OpenVINO (its own
 runtime and its onnxruntime execution provider) when installed. For each: median latency at batch 1 and 8,
 load time, and top-1 agreement with onnxruntime fp32 on generated test images. Also answers whether batching
-concurrent requests would raise throughput on this machine.
+concurrent requests would raise throughput on this machine, for onnxruntime fp32 and (plugin installed) for
+SKIN_OPENVINO=bf16: the measurement behind SKIN_GATHER.
 
     python -m benchmarks.model_bench                 # writes benchmarks/results/model.json and model.md
 """

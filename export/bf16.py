@@ -35,6 +35,34 @@ def measure(
     when the bundle has thresholds) and batch-1 latency of bf16 against fp32."""
     if importlib.util.find_spec(PLUGIN) is None:
         return {"measured": False, "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)"}
+    from runtime.engine import cpu_has_bf16
+
+    if cpu_has_bf16() is False:
+        return {
+            "measured": False,
+            "reason": "this CPU lacks AVX-512 BF16 and AMX: OpenVINO would not run bf16",
+        }
+    try:
+        return _measure(
+            fp32, test=test, flags=flags, size=size, resize=resize, resize_filter=resize_filter, log=log
+        )
+    except Exception as exc:  # an optional check: it never costs the export
+        return {
+            "measured": False,
+            "reason": f"the bf16 check failed: {str(exc).strip()[:200] or type(exc).__name__}",
+        }
+
+
+def _measure(
+    fp32: bytes,
+    *,
+    test: Sequence[Path],
+    flags: Callable[[Any, Any], dict[str, float]] | None,
+    size: tuple[int, int],
+    resize: str,
+    resize_filter: str,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     from runtime.engine import available_cpus, openvino_session
 
     threads = available_cpus()
@@ -61,7 +89,7 @@ def measure(
         "speedup_batch1": round(latency["fp32"] / latency["bf16"], 3),
         "min_agreement": MIN_AGREEMENT,
     }
-    if flags is not None:
+    if flags is not None:  # on the test images and generated foreign ones
         entry["flag_agreement"] = flags(s32, s16)
     worst = min([entry["agreement"], *entry.get("flag_agreement", {}).values()])
     entry["safe"] = worst >= MIN_AGREEMENT

@@ -460,6 +460,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         if (warning := served.bf16_warning()) is not None:
             log.warning("%s", warning)
         yield
+        if app.state.gather is not None:
+            await app.state.gather.close()
 
     webui = Path(cfg.webui_dir)
     routes = [

@@ -46,6 +46,16 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes in bf16 (AVX-512 BF16 or AMX); None where /proc/cpuinfo cannot tell.
+    Without them OpenVINO quietly runs f32 (or emulates bf16), so a bf16 measurement there says little."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def openvino_session(model: str | bytes, *, threads: int, precision: str, options: Any = None) -> Any:
     """The graph on OpenVINO's CPU plugin through onnxruntime's plugin EP (package onnxruntime-ep-openvino):
     bf16 runs on AMX / AVX-512 BF16 units; whatever OpenVINO does not take stays on onnxruntime's CPU EP."""
@@ -55,14 +65,19 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str, option
         raise bundle.BundleError(
             f"OpenVINO {precision} needs its execution provider: pip install 'skinlesion[openvino]'"
         ) from None
-    name = plugin.get_ep_name()
-    if not any(d.ep_name == name for d in ort.get_ep_devices()):
-        ort.register_execution_provider_library(name, plugin.get_library_path())
-    devices = [
-        d
-        for d in ort.get_ep_devices()
-        if d.ep_name == name and d.device.type == ort.OrtHardwareDeviceType.CPU
-    ]
+    try:
+        name = plugin.get_ep_name()
+        if not any(d.ep_name == name for d in ort.get_ep_devices()):
+            ort.register_execution_provider_library(name, plugin.get_library_path())
+        devices = [
+            d
+            for d in ort.get_ep_devices()
+            if d.ep_name == name and d.device.type == ort.OrtHardwareDeviceType.CPU
+        ]
+    except Exception as exc:  # an onnxruntime older than the plugin, or a broken install
+        raise bundle.BundleError(
+            f"the OpenVINO execution provider could not be loaded: {_first_line(exc)}"
+        ) from None
     if not devices:
         raise bundle.BundleError("the OpenVINO execution provider found no CPU device")
     if options is None:
@@ -73,10 +88,19 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str, option
     options.add_provider_for_devices(
         devices, {"num_of_threads": str(threads), "load_config": json.dumps(config)}
     )
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options)
+    try:
+        session = ort.InferenceSession(
+            model if isinstance(model, bytes) else str(model), sess_options=options
+        )
+    except Exception as exc:
+        raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
     if session.get_providers()[0] != name:
         raise bundle.BundleError("the OpenVINO execution provider did not take the model")
     return session
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 @dataclass
@@ -102,7 +126,7 @@ class Engine:
     ) -> None:
         if not str(bundle_dir):
             raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
-        if openvino != "off":
+        if openvino != "off" and variant in bundle.MODEL_VARIANTS:
             # OpenVINO runs the fp32 graph in the precision asked for; the int8 graph is onnxruntime's.
             if variant == "int8":
                 raise bundle.BundleError(
@@ -151,8 +175,7 @@ class Engine:
         except bundle.BundleError:
             raise
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise bundle.BundleError(f"{path} is not a loadable ONNX model: {first}") from None
+            raise bundle.BundleError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from None
         self.meta = bundle.BundleMeta.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         inp = self.session.get_inputs()[0]
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
@@ -198,14 +221,24 @@ class Engine:
         """Why serving bf16 may change answers on this model, or None when export measured it to be safe."""
         if self.openvino != "bf16":
             return None
+        if cpu_has_bf16() is False:
+            return (
+                "bf16 asked for, but this CPU lacks AVX-512 BF16 and AMX: OpenVINO runs f32 or emulates bf16"
+            )
         check = self.bf16_check
         if not isinstance(check, dict) or not check.get("measured"):
             return "bf16 served, but export did not measure its agreement with fp32 on this model"
         if not check.get("safe"):
-            bound, top1 = check.get("min_agreement"), check.get("agreement")
+            scores = {"top-1": check.get("agreement"), **(check.get("flag_agreement") or {})}
+            name, worst = min(
+                ((k, v) for k, v in scores.items() if isinstance(v, int | float)),
+                key=lambda kv: kv[1],
+                default=("top-1", None),
+            )
+            bound = check.get("min_agreement")
             return (
                 f"bf16 served, but export measured it to agree with fp32 on under {bound} of this model's "
-                f"test images (top-1 {top1}; report.json openvino_bf16)"
+                f"images ({name} {worst}; report.json openvino_bf16)"
             )
         return None
 

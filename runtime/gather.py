@@ -9,6 +9,7 @@ for OpenVINO bf16 (SKIN_OPENVINO=bf16), so it is off unless asked for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -35,27 +36,52 @@ class Gatherer:
         self.pending.append((image, future))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.exception()  # answered just as the request was cancelled: nothing left unretrieved
+            raise
+
+    async def close(self) -> None:
+        """At shutdown: stop the worker; whoever still waits gets an error instead of waiting forever."""
+        if self.worker is not None and not self.worker.done():
+            self.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.worker
 
     async def _drain(self) -> None:
-        while self.pending:
-            async with self.slot:
-                # Taken once the model is free: everything that queued meanwhile, in arrival order.
-                taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
-                taken = [(image, future) for image, future in taken if not future.done()]  # gone clients
-                if not taken:
-                    continue
-                self.batch_sizes = [*self.batch_sizes[-99:], len(taken)]
-                try:
-                    output = await self.run(np.stack([image for image, _ in taken]))
-                except Exception as exc:  # every request in the batch answers the failure itself
-                    for _, future in taken:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-            for row, (_, future) in enumerate(taken):
+        taken: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
+        try:
+            while self.pending:
+                async with self.slot:
+                    # Taken once the model is free: everything that queued meanwhile, in arrival order.
+                    taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
+                    taken = [(image, future) for image, future in taken if not future.done()]  # gone
+                    if taken:
+                        self.batch_sizes = [*self.batch_sizes[-99:], len(taken)]
+                        await self._run(taken)
+                taken = []
+        finally:  # cancelled (shutdown) or a bug: never leave a request without an answer
+            for _, future in [*taken, *self.pending]:
                 if not future.done():
-                    cam = None if output.cam is None else output.cam[row : row + 1]
-                    future.set_result(
-                        Output(output.probabilities[row : row + 1], cam, output.uncertainty[row : row + 1])
-                    )
+                    future.set_exception(RuntimeError("the server stopped before this image was classified"))
+            self.pending = []
+
+    async def _run(self, taken: list[tuple[np.ndarray, asyncio.Future[Output]]]) -> None:
+        try:
+            output = await self.run(np.stack([image for image, _ in taken]))
+        except Exception as exc:
+            if len(taken) == 1:
+                if not taken[0][1].done():
+                    taken[0][1].set_exception(exc)
+                return
+            # One image can fail a batch (or make it non-finite): each runs alone, so only its request fails.
+            for one in taken:
+                await self._run([one])
+            return
+        for row, (_, future) in enumerate(taken):
+            if not future.done():
+                cam = None if output.cam is None else output.cam[row : row + 1]
+                rows = output.uncertainty[row : row + 1]
+                future.set_result(Output(output.probabilities[row : row + 1], cam, rows))

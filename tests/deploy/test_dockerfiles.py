@@ -166,7 +166,7 @@ def test_train_image_is_a_pinned_cuda_pytorch_with_the_train_extra() -> None:
     (stage,) = dockerfile.stages(TRAIN)
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", stage.base)
     (install,) = _pip_installs(stage)
-    assert _requirements(install) == [".[train,runtime]"]
+    assert _requirements(install) == [".[train,runtime,openvino]"]
     assert "-c" in install  # the base image's torch build is kept, not replaced from PyPI
 
 

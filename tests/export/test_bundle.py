@@ -16,6 +16,7 @@ from export.errors import ExportError
 from runtime import bundle
 from runtime.preprocess import preprocess
 from tests.export.conftest import CLASSES, TINY_SIZE, write_checkpoint
+from tests.openvino import needs_openvino
 
 TRAINING_REPORT = {"accuracy": 0.5, "macro avg": {"f1-score": 0.4}, "best_epoch": 3}
 
@@ -102,10 +103,17 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
     assert (exported["out"] / quantize.INT8_FILE).is_file() == ship
 
 
+@needs_openvino
 def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, Any]) -> None:
-    from runtime.engine import Engine
+    from runtime.engine import Engine, cpu_has_bf16
 
     entry = exported["report"]["openvino_bf16"]
+    if cpu_has_bf16() is False:  # OpenVINO would not really run bf16: nothing to measure
+        assert (
+            entry == {"measured": False, "reason": entry["reason"]}
+            and "lacks AVX-512 BF16" in entry["reason"]
+        )
+        return
     assert entry["measured"] is True and entry["n_test"] == 12
     assert 0.0 <= entry["agreement"] <= 1.0 and 0.0 <= entry["max_abs_diff"] <= 1.0
     assert set(entry["latency_batch1_ms"]) == {"fp32", "bf16"} and entry["speedup_batch1"] > 0
@@ -136,6 +144,23 @@ def test_bf16_without_the_plugin_says_so(
         "measured": False,
         "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)",
     }
+
+
+@needs_openvino
+def test_a_failing_bf16_check_never_costs_the_export(
+    exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.engine
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("plugin exploded")
+
+    monkeypatch.setattr(runtime.engine, "openvino_session", broken)
+    monkeypatch.setattr(runtime.engine, "cpu_has_bf16", lambda: True)
+    fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
+    view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
+    entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]
+    assert entry == {"measured": False, "reason": "the bf16 check failed: plugin exploded"}
 
 
 @pytest.mark.parametrize(

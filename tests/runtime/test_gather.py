@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from runtime.app import create_app
-from runtime.engine import Output
+from runtime.engine import Engine, Output
 from runtime.gather import Gatherer
 from runtime.settings import Settings
 from tests.images import solid
@@ -31,14 +35,17 @@ def _images(n: int) -> list[np.ndarray]:
 
 
 class Recorder:
-    def __init__(self, fail: bool = False) -> None:
+    """The model: records each run's images; fails runs that hold any image in ``bad``."""
+
+    def __init__(self, bad: frozenset[int] = frozenset()) -> None:
         self.calls: list[list[int]] = []
-        self.fail = fail
+        self.bad = bad
 
     async def __call__(self, images: np.ndarray) -> Output:
-        self.calls.append(images[:, 0, 0, 0].tolist())
+        values = images[:, 0, 0, 0].tolist()
+        self.calls.append(values)
         await asyncio.sleep(0.01)
-        if self.fail:
+        if self.bad & set(values):
             raise RuntimeError("model failed")
         return _output(images)
 
@@ -75,13 +82,45 @@ def test_requests_queued_while_the_model_is_busy_run_together_up_to_the_limit() 
     _check(outputs)
 
 
-def test_a_failed_run_fails_every_request_in_it() -> None:
+def test_a_failed_batch_is_rerun_one_by_one_so_only_the_bad_image_fails() -> None:
+    async def main() -> tuple[Recorder, list[object]]:
+        run = Recorder(bad=frozenset({1}))
+        gatherer = Gatherer(run, asyncio.Semaphore(1), 4)
+        results = await asyncio.gather(*(gatherer.infer(i) for i in _images(3)), return_exceptions=True)
+        return run, list(results)
+
+    run, results = asyncio.run(main())
+    assert run.calls == [[0, 1, 2], [0], [1], [2]]
+    assert isinstance(results[1], RuntimeError)
+    ok = [r for i, r in enumerate(results) if i != 1]
+    assert all(isinstance(r, Output) for r in ok)
+    assert [int(r.probabilities[0].argmax()) for r in ok] == [0, 2]  # type: ignore[union-attr]
+
+
+def test_a_lone_failure_fails_its_request_only_once() -> None:
+    async def main() -> tuple[Recorder, object]:
+        run = Recorder(bad=frozenset({0}))
+        result = await asyncio.gather(
+            Gatherer(run, asyncio.Semaphore(1), 4).infer(_images(1)[0]), return_exceptions=True
+        )
+        return run, result[0]
+
+    run, result = asyncio.run(main())
+    assert run.calls == [[0]] and isinstance(result, RuntimeError)
+
+
+def test_shutdown_answers_whoever_still_waits() -> None:
     async def main() -> list[object]:
-        gatherer = Gatherer(Recorder(fail=True), asyncio.Semaphore(1), 4)
-        return await asyncio.gather(*(gatherer.infer(image) for image in _images(3)), return_exceptions=True)
+        run, slot = Recorder(), asyncio.Semaphore(1)
+        gatherer = Gatherer(run, slot, 4)
+        await slot.acquire()  # the model stays busy until shutdown
+        tasks = [asyncio.create_task(gatherer.infer(image)) for image in _images(2)]
+        await asyncio.sleep(0.01)
+        await gatherer.close()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
 
     results = asyncio.run(main())
-    assert all(isinstance(r, RuntimeError) for r in results)
+    assert all(isinstance(r, RuntimeError) and "server stopped" in str(r) for r in results)
 
 
 def test_a_client_that_left_is_not_run() -> None:
@@ -101,20 +140,40 @@ def test_a_client_that_left_is_not_run() -> None:
     assert int(first.probabilities[0].argmax()) == 0 and int(third.probabilities[0].argmax()) == 2
 
 
+class SlowEngine(Engine):
+    """The tiny bundle's engine, slow enough that requests queue behind each run."""
+
+    def run(self, images: np.ndarray) -> Output:
+        time.sleep(0.4)
+        return super().run(images)
+
+
 def test_gather_over_http(tiny_bundle: Path) -> None:
-    with TestClient(create_app(Settings(bundle=str(tiny_bundle), threads=1, gather=4))) as client:
-        for colour, label in (("red", "Acne"), ("green", "Eczema"), ("blue", "Moles")):
+    engine = SlowEngine(tiny_bundle, threads=1)
+    settings = Settings(bundle=str(tiny_bundle), threads=1, gather=4)
+    colours = [("red", "Acne"), ("green", "Eczema"), ("blue", "Moles"), ("red", "Acne"), ("blue", "Moles")]
+    with TestClient(create_app(settings, engine=engine)) as client:
+        start = threading.Barrier(len(colours))
+
+        def ask(colour: str) -> str:
+            start.wait()
             files = {"file": ("x.png", solid(colour, fmt="PNG"), "image/png")}
             answer = client.post("/api/predict", files=files)
-            assert answer.status_code == 200 and answer.json()["primary"]["label"] == label
-            assert answer.json()["heatmap"]["width"] > 0
+            assert answer.status_code == 200 and answer.json()["heatmap"]["width"] > 0
+            return str(answer.json()["primary"]["label"])
+
+        with ThreadPoolExecutor(len(colours)) as pool:
+            labels = list(pool.map(ask, [c for c, _ in colours]))
+        assert labels == [label for _, label in colours]  # every request got its own image's answer
         batch = client.post(
             "/api/predict/batch", files=[("files", ("a.png", solid("blue", fmt="PNG"), "image/png"))] * 2
         )
         assert [r["primary"]["label"] for r in batch.json()["results"]] == ["Moles", "Moles"]
         metrics = client.get("/metrics").text
-        # the three single-image requests went through the gatherer; the batch request did not
-        assert "skin_gathered_images_count 3.0" in metrics
+    runs = float(re.search(r"^skin_gathered_images_count (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    images = float(re.search(r"^skin_gathered_images_sum (\S+)", metrics, re.M).group(1))  # type: ignore[union-attr]
+    # five single-image requests went through the gatherer (the batch request did not), in fewer runs
+    assert images == 5 and runs < 5
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", 1), ("4", 4)])

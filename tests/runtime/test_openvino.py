@@ -1,6 +1,6 @@
 """SKIN_OPENVINO: the same graph on OpenVINO's CPU plugin through onnxruntime's plugin EP.
 
-The `openvino` extra is installed by `make test` in both venvs, so these tests always run there."""
+Tests that need the plugin run where `make test` installs the `openvino` extra (x86-64): tests/openvino.py."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from runtime import bundle
+from runtime import engine as engine_module
 from runtime.app import create_app
-from runtime.engine import Engine
+from runtime.engine import Engine, cpu_has_bf16
 from runtime.settings import Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
 from tests.images import solid
+from tests.openvino import needs_openvino
 
 
 def _images() -> np.ndarray:
@@ -30,6 +32,7 @@ def _images() -> np.ndarray:
     return x
 
 
+@needs_openvino
 @pytest.mark.parametrize(("precision", "tolerance"), [("f32", 1e-5), ("bf16", 3e-2)])
 def test_openvino_serves_the_same_answers(tiny_bundle: Path, precision: str, tolerance: float) -> None:
     cpu = Engine(tiny_bundle, threads=1)
@@ -41,6 +44,8 @@ def test_openvino_serves_the_same_answers(tiny_bundle: Path, precision: str, tol
     assert got.probabilities.shape == want.probabilities.shape == (4, len(CLASS_NAMES))
     np.testing.assert_allclose(got.probabilities.sum(axis=1), 1.0, atol=1e-3)
     np.testing.assert_allclose(got.probabilities, want.probabilities, atol=tolerance)
+    if precision == "bf16" and cpu_has_bf16():  # bf16 really ran: not the f32 numbers
+        assert not np.array_equal(got.probabilities, want.probabilities)
     assert [CLASS_NAMES[i] for i in got.probabilities[:3].argmax(axis=1)] == ["Acne", "Eczema", "Moles"]
     assert got.cam is not None and want.cam is not None and got.cam.shape == want.cam.shape
     # one image, then a batch of another size: the plugin takes the dynamic batch dimension
@@ -48,6 +53,7 @@ def test_openvino_serves_the_same_answers(tiny_bundle: Path, precision: str, tol
     assert engine.run(x[:3]).probabilities.shape == (3, len(CLASS_NAMES))
 
 
+@needs_openvino
 def test_openvino_over_http(tiny_bundle: Path) -> None:
     settings = Settings(bundle=str(tiny_bundle), threads=1, openvino="bf16")
     with TestClient(create_app(settings)) as client:
@@ -83,6 +89,7 @@ def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         Settings.from_env()
 
 
+@needs_openvino
 @pytest.mark.parametrize(
     ("entry", "warning"),
     [
@@ -94,13 +101,25 @@ def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
             id="unsafe",
         ),
         pytest.param(
+            {
+                "measured": True,
+                "safe": False,
+                "agreement": 0.995,
+                "flag_agreement": {"confidence": 0.98, "in_distribution": 1.0},
+                "min_agreement": 0.99,
+            },
+            r"under 0.99 .*\(confidence 0.98;",
+            id="unsafe-flags",
+        ),
+        pytest.param(
             {"measured": True, "safe": True, "agreement": 0.998, "min_agreement": 0.99}, None, id="safe"
         ),
     ],
 )
 def test_bf16_served_with_what_export_measured(
-    tmp_path: Path, entry: dict[str, object] | None, warning: str | None
+    tmp_path: Path, entry: dict[str, object] | None, warning: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(engine_module, "cpu_has_bf16", lambda: True)
     make_bundle(tmp_path)
     report = json.loads((tmp_path / bundle.REPORT_FILE).read_text())
     if entry is not None:
@@ -115,6 +134,7 @@ def test_bf16_served_with_what_export_measured(
     assert Engine(tmp_path, threads=1).info()["onnxruntime"]["bf16_check"] is None
 
 
+@needs_openvino
 def test_openvino_serves_the_fp32_graph_even_when_int8_shipped(tmp_path: Path) -> None:
     make_bundle(tmp_path)
     (tmp_path / bundle.INT8_MODEL_FILE).write_bytes((tmp_path / bundle.MODEL_FILE).read_bytes())
@@ -124,3 +144,12 @@ def test_openvino_serves_the_fp32_graph_even_when_int8_shipped(tmp_path: Path) -
     assert Engine(tmp_path, threads=1, openvino="bf16").model_file == bundle.MODEL_FILE
     with pytest.raises(bundle.BundleError, match="not with SKIN_MODEL_VARIANT=int8"):
         Engine(tmp_path, threads=1, openvino="bf16", variant="int8")
+
+
+@needs_openvino
+def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine_module, "cpu_has_bf16", lambda: False)
+    warning = Engine(tiny_bundle, threads=1, openvino="bf16").bf16_warning()
+    assert warning is not None and "lacks AVX-512 BF16 and AMX" in warning
