@@ -130,7 +130,7 @@ def test_a_client_that_left_is_not_run() -> None:
         async with slot:
             tasks = [asyncio.create_task(gatherer.infer(image)) for image in _images(3)]
             await asyncio.sleep(0.01)
-            tasks[1].cancel()  # a disconnect cancels the request's task
+            tasks[1].cancel()  # its request was cancelled (at shutdown, say)
             await asyncio.sleep(0.01)
         kept = [await tasks[0], await tasks[2]]
         return run, kept
