@@ -43,9 +43,7 @@ def measure(
             "reason": "this CPU lacks AVX-512 BF16 and AMX: OpenVINO would not run bf16",
         }
     try:
-        return _measure(
-            fp32, test=test, flags=flags, size=size, resize=resize, resize_filter=resize_filter, log=log
-        )
+        return _measure(fp32, test, flags, (size, resize, resize_filter), log)
     except Exception as exc:  # an optional check: it never costs the export
         return {
             "measured": False,
@@ -55,12 +53,9 @@ def measure(
 
 def _measure(
     fp32: bytes,
-    *,
     test: Sequence[Path],
     flags: Callable[[Any, Any], dict[str, float]] | None,
-    size: tuple[int, int],
-    resize: str,
-    resize_filter: str,
+    view: tuple[tuple[int, int], str, str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     from runtime.engine import available_cpus, openvino_session
@@ -72,6 +67,7 @@ def _measure(
     except bundle.BundleError as exc:
         return {"measured": False, "reason": str(exc)}
     log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
+    size, resize, resize_filter = view
     fetch = [bundle.PROBS_OUTPUT]
     a, kept = infer.run_many(s32, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
     b, _ = infer.run_many(s16, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
