@@ -229,16 +229,13 @@ class Engine:
         if not isinstance(check, dict) or not check.get("measured"):
             return "bf16 served, but export did not measure its agreement with fp32 on this model"
         if not check.get("safe"):
-            scores = {"top-1": check.get("agreement"), **(check.get("flag_agreement") or {})}
-            name, worst = min(
-                ((k, v) for k, v in scores.items() if isinstance(v, int | float)),
-                key=lambda kv: kv[1],
-                default=("top-1", None),
-            )
-            bound = check.get("min_agreement")
+            flags = check.get("flag_agreement")
+            scores = {"top-1": check.get("agreement"), **(flags if isinstance(flags, dict) else {})}
+            numbers = [(v, k) for k, v in scores.items() if isinstance(v, int | float)]
+            worst = f"{min(numbers)[1]} {min(numbers)[0]:.4f}; " if numbers else ""
             return (
-                f"bf16 served, but export measured it to agree with fp32 on under {bound} of this model's "
-                f"images ({name} {worst}; report.json openvino_bf16)"
+                "bf16 served, but export measured it below the agreement bound with fp32 on this model "
+                f"({worst}see report.json openvino_bf16)"
             )
         return None
 

@@ -97,8 +97,13 @@ def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param({"measured": False, "reason": "no plugin"}, "did not measure", id="not-measured"),
         pytest.param(
             {"measured": True, "safe": False, "agreement": 0.9727, "min_agreement": 0.99},
-            "under 0.99 .*top-1 0.9727",
+            r"\(top-1 0.9727; see report",
             id="unsafe",
+        ),
+        pytest.param(
+            {"measured": True, "safe": False, "flag_agreement": ["not", "a dict"]},
+            r"on this model \(see report",
+            id="hand-edited",
         ),
         pytest.param(
             {
@@ -108,7 +113,7 @@ def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
                 "flag_agreement": {"confidence": 0.98, "in_distribution": 1.0},
                 "min_agreement": 0.99,
             },
-            r"under 0.99 .*\(confidence 0.98;",
+            r"\(confidence 0.9800; see report",
             id="unsafe-flags",
         ),
         pytest.param(
