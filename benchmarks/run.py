@@ -70,62 +70,46 @@ class Server:
 def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
     py = sys.executable
     runtime = [py, "-m", "runtime", "--bundle", str(bundle_dir), "--port", str(port)]
+    # skin-serve as shipped, then the same server under other settings: name → (environment, note).
+    variants = {
+        "runtime": (
+            {},
+            "skin-serve defaults: onnxruntime fp32, threads = CPU quota, one inference at a time",
+        ),
+        "runtime-no-arena": (
+            {"SKIN_ORT_MEMORY_ARENA": "0"},
+            "skin-serve with onnxruntime's CPU memory arena off",
+        ),
+        "runtime-parallel": (
+            {"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
+            "two inferences at once with one onnxruntime thread each",
+        ),
+        "runtime-overlap": (
+            {"SKIN_INFERENCE_CONCURRENCY": "2"},
+            "two inferences at once sharing the session's two onnxruntime threads",
+        ),
+        "runtime-openvino-f32": (
+            {"SKIN_OPENVINO": "f32"},
+            "SKIN_OPENVINO=f32: the graph on OpenVINO through onnxruntime's plugin EP",
+        ),
+        "runtime-openvino-bf16": (
+            {"SKIN_OPENVINO": "bf16"},
+            "SKIN_OPENVINO=bf16: OpenVINO in bf16 (AMX / AVX-512 BF16) through onnxruntime's plugin EP",
+        ),
+        "runtime-gather": (
+            {"SKIN_GATHER": "4"},
+            "SKIN_GATHER=4: single-image requests waiting for the model run together, up to 4",
+        ),
+        "runtime-openvino-bf16-gather": (
+            {"SKIN_OPENVINO": "bf16", "SKIN_GATHER": "4"},
+            "SKIN_OPENVINO=bf16 with SKIN_GATHER=4",
+        ),
+    }
+    found = {
+        name: Server(name, runtime, "/readyz", env=env, note=note) for name, (env, note) in variants.items()
+    }
     return {
-        "runtime": Server(
-            "runtime",
-            runtime,
-            "/readyz",
-            note="skin-serve defaults: onnxruntime fp32, threads = CPU quota, one inference at a time",
-        ),
-        "runtime-no-arena": Server(
-            "runtime-no-arena",
-            runtime,
-            "/readyz",
-            env={"SKIN_ORT_MEMORY_ARENA": "0"},
-            note="skin-serve with onnxruntime's CPU memory arena off",
-        ),
-        "runtime-parallel": Server(
-            "runtime-parallel",
-            runtime,
-            "/readyz",
-            env={"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
-            note="two inferences at once with one onnxruntime thread each",
-        ),
-        "runtime-overlap": Server(
-            "runtime-overlap",
-            runtime,
-            "/readyz",
-            env={"SKIN_INFERENCE_CONCURRENCY": "2"},
-            note="two inferences at once sharing the session's two onnxruntime threads",
-        ),
-        "runtime-openvino-f32": Server(
-            "runtime-openvino-f32",
-            runtime,
-            "/readyz",
-            env={"SKIN_OPENVINO": "f32"},
-            note="SKIN_OPENVINO=f32: the graph on OpenVINO through onnxruntime's plugin EP",
-        ),
-        "runtime-openvino-bf16": Server(
-            "runtime-openvino-bf16",
-            runtime,
-            "/readyz",
-            env={"SKIN_OPENVINO": "bf16"},
-            note="SKIN_OPENVINO=bf16: OpenVINO in bf16 (AMX / AVX-512 BF16) through onnxruntime's plugin EP",
-        ),
-        "runtime-gather": Server(
-            "runtime-gather",
-            runtime,
-            "/readyz",
-            env={"SKIN_GATHER": "4"},
-            note="SKIN_GATHER=4: single-image requests waiting for the model run together, up to 4",
-        ),
-        "runtime-openvino-bf16-gather": Server(
-            "runtime-openvino-bf16-gather",
-            runtime,
-            "/readyz",
-            env={"SKIN_OPENVINO": "bf16", "SKIN_GATHER": "4"},
-            note="SKIN_OPENVINO=bf16 with SKIN_GATHER=4",
-        ),
+        **found,
         "runtime-2workers": Server(
             "runtime-2workers",
             [

@@ -126,6 +126,12 @@ class Engine:
     ) -> None:
         if not str(bundle_dir):
             raise bundle.BundleError("no bundle given: pass --bundle DIR or set SKIN_BUNDLE")
+        if openvino not in OPENVINO_MODES:
+            raise bundle.BundleError(
+                f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {openvino!r}"
+            )
+        if openvino != "off" and tuple(providers) != ("CPUExecutionProvider",):
+            raise bundle.BundleError("set SKIN_OPENVINO or SKIN_PROVIDERS, not both")
         if openvino != "off" and variant in bundle.MODEL_VARIANTS:
             # OpenVINO runs the fp32 graph in the precision asked for; the int8 graph is onnxruntime's.
             if variant == "int8":
@@ -152,12 +158,6 @@ class Engine:
         self.memory_arena = memory_arena
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        if openvino not in OPENVINO_MODES:
-            raise bundle.BundleError(
-                f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {openvino!r}"
-            )
-        if openvino != "off" and tuple(providers) != ("CPUExecutionProvider",):
-            raise bundle.BundleError("set SKIN_OPENVINO or SKIN_PROVIDERS, not both")
         unknown = [p for p in providers if p not in ort.get_available_providers()]
         if unknown:
             have = ", ".join(ort.get_available_providers())
@@ -188,8 +188,6 @@ class Engine:
         self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
         self._fetch += self.policy.needs
         self.report = bundle.load_report(bundle_dir)
-        # When bf16 is served: what export measured it to change on this model (report.json "openvino_bf16").
-        self.bf16_check = (self.report or {}).get("openvino_bf16") if openvino == "bf16" else None
         self.sha256 = bundle.sha256_file(path)
         self.providers = self.session.get_providers()
         self.ready = False
@@ -216,6 +214,11 @@ class Engine:
             raise RuntimeError("the model returned malformed probabilities")
         cam = np.asarray(results[bundle.CAM_OUTPUT], dtype=np.float32) if self.has_cam else None
         return Output(probabilities=probs, cam=cam, uncertainty=self.policy.judge(results))
+
+    @property
+    def bf16_check(self) -> Any:
+        """When bf16 is served: what export measured it to change here (report.json openvino_bf16)."""
+        return (self.report or {}).get("openvino_bf16") if self.openvino == "bf16" else None
 
     def bf16_warning(self) -> str | None:
         """Why serving bf16 may change answers on this model, or None when export measured it to be safe."""

@@ -29,7 +29,6 @@ class Gatherer:
         self.max_images = max(1, max_images)
         self.pending: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
         self.worker: asyncio.Task[None] | None = None
-        self.batch_sizes: list[int] = []  # the last runs' sizes, for tests and metrics
 
     async def infer(self, image: np.ndarray) -> Output:
         future: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
@@ -59,7 +58,6 @@ class Gatherer:
                     taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
                     taken = [(image, future) for image, future in taken if not future.done()]  # gone
                     if taken:
-                        self.batch_sizes = [*self.batch_sizes[-99:], len(taken)]
                         await self._run(taken)
                 taken = []
         finally:  # cancelled (shutdown) or a bug: never leave a request without an answer
