@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,21 +20,22 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import logs, openapi
-from runtime.engine import Engine
+from runtime.engine import Engine, available_cpus
 from runtime.gather import Gatherer
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageError, preprocess
-from runtime.settings import Settings
+from runtime.settings import DEFAULT_WEBUI, Settings
 from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, read_files
 
 log = logging.getLogger("runtime")
@@ -134,12 +136,15 @@ async def report(request: Request) -> JSONResponse:
     return JSONResponse(stored)
 
 
-async def api_fallback(request: Request) -> Response:
-    """Unknown /api paths get JSON, and known ones a 405, instead of the static mount's 404."""
-    for route in request.app.routes:
-        if isinstance(route, Route) and route.path == request.url.path and route.methods:
-            raise HTTPException(405, headers={"allow": ", ".join(sorted(route.methods))})
-    raise HTTPException(404)
+class ApiFallback:
+    """Unknown /api paths get JSON, and known ones a 405 naming their methods, instead of the static mount's
+    answers. An ASGI endpoint rather than a function, so that the route matches every method (OPTIONS, …)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        for route in scope["app"].routes:
+            if isinstance(route, Route) and route.path == scope["path"] and route.methods:
+                raise HTTPException(405, headers={"allow": ", ".join(sorted(route.methods))})
+        raise HTTPException(404)
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -191,15 +196,16 @@ async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, A
     meta, settings = state.engine.meta, state.settings
     start = time.perf_counter()
     try:
-        array = await run_in_threadpool(
-            preprocess,
-            part.data,
-            meta.input_size,
-            resize_mode=meta.resize,
-            resize_filter=meta.resize_filter,
-            max_pixels=settings.max_pixels,
-            allowed_formats=settings.allowed_formats,
-        )
+        async with state.decoding:
+            array = await run_in_threadpool(
+                preprocess,
+                part.data,
+                meta.input_size,
+                resize_mode=meta.resize,
+                resize_filter=meta.resize_filter,
+                max_pixels=settings.max_pixels,
+                allowed_formats=settings.allowed_formats,
+            )
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     state.metrics.decode.observe(time.perf_counter() - start)
@@ -415,6 +421,19 @@ class RequestMiddleware:
             access_log.info("request", extra={"fields": fields})
 
 
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered in the API's JSON error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")  # "origin, headers"
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        body = error_body("cors_refused", f"cross-origin request refused (not allowed: {refused})")
+        return Response(body, 400, headers, media_type="application/json")
+
+
 class OneLineStartupErrors:
     """uvicorn prints a start-up failure's whole traceback; people need its last line (what is wrong)."""
 
@@ -445,6 +464,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         app.state.admission = Admission(
             max(1, cfg.inference_concurrency), max(0, cfg.max_queue), max(1, cfg.max_uploads)
         )
+        # Decoding is CPU-bound and briefly holds a full-size image (~160 MB at the pixel cap): no more
+        # decodes at once than there are CPUs, however many requests are admitted.
+        app.state.decoding = asyncio.Semaphore(available_cpus())
         app.state.gather = None
         if cfg.gather > 1:
 
@@ -457,6 +479,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
+        if not webui.is_dir():
+            log.warning("no web page at %s: serving the API only (set SKIN_WEBUI_DIR)", webui)
         if (warning := served.bf16_warning()) is not None:
             log.warning("%s", warning)
         yield
@@ -464,7 +488,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             await app.state.gather.close()
 
     webui = Path(cfg.webui_dir)
-    routes = [
+    if not webui.is_dir() and webui != DEFAULT_WEBUI:
+        raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} is not a folder")
+    routes: list[BaseRoute] = [
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/predict/batch", predict_batch, methods=["POST"]),
         Route("/api/info", info),
@@ -473,16 +499,29 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", prometheus),
-        Route("/api/{rest:path}", api_fallback, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
-        Mount("/", StaticFiles(directory=webui, html=True, check_dir=False), name="webui"),
+        Route("/api/{rest:path}", ApiFallback()),
     ]
+    if webui.is_dir():
+        routes.append(Mount("/", StaticFiles(directory=webui, html=True), name="webui"))
     middleware = [
         Middleware(RequestMiddleware, metrics=metrics),
-        Middleware(BodyLimitMiddleware, max_body_bytes=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s),
+        Middleware(
+            BodyLimitMiddleware,
+            max_body_bytes=cfg.max_body_bytes,
+            timeout_s=cfg.body_timeout_s,
+            on_reject=lambda code: metrics.rejected.labels(code).inc(),
+        ),
     ]
     if cfg.cors_origins:  # no CORS unless configured: the page comes from the same origin
         middleware.insert(
-            1, Middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST"])
+            1,
+            Middleware(
+                JsonCORSMiddleware,
+                allow_origins=list(cfg.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["x-request-id"],  # clients may send their own id (README: HTTP API)
+                expose_headers=["x-request-id", "retry-after"],  # and read ours back
+            ),
         )
     app = Starlette(
         routes=routes,
@@ -494,4 +533,19 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     return app
 
 
-app = OneLineStartupErrors(create_app())
+_from_env: ASGIApp | None = None
+
+
+def __getattr__(name: str) -> ASGIApp:
+    """``runtime.app:app`` for uvicorn and gunicorn, built from the environment on first use (not on import:
+    skin-serve imports this module with its own settings). A bad setting is one line and exit 2."""
+    global _from_env
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _from_env is None:
+        try:
+            _from_env = OneLineStartupErrors(create_app())
+        except ValueError as exc:
+            print(f"runtime.app: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+    return _from_env

@@ -7,12 +7,20 @@ import dataclasses
 import os
 import signal
 import sys
+from typing import NoReturn
 
 from runtime.bundle import BundleError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag or value is one line (``prog: error: …``) and exit 2, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="skin-serve",
         description="Serve a skin-lesion model bundle: the web page at / and the JSON API under /api.",
     )
@@ -90,6 +98,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         log_config=logs.uvicorn_config(log_level),
         access_log=False,
         timeout_graceful_shutdown=30,
+        workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
     )
 
 

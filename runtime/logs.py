@@ -24,15 +24,22 @@ class JsonFormatter(logging.Formatter):
 
 
 def setup(level: str = "info") -> None:
-    """JSON lines on stderr for the runtime's loggers (idempotent)."""
+    """JSON lines on stderr for the runtime's loggers and for Python warnings (idempotent)."""
     logger = logging.getLogger("runtime")
     logger.setLevel(level.upper())
-    if not any(getattr(h, "_skin_json", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        handler._skin_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
-        logger.propagate = False
+    # Library warnings (Pillow's "Corrupt EXIF data", …) as JSON lines too, not bare text on stderr.
+    logging.captureWarnings(True)
+    for name in ("runtime", "py.warnings"):
+        target = logging.getLogger(name)
+        if not any(getattr(h, "_skin_json", False) for h in target.handlers):
+            handler = logging.StreamHandler()
+            handler.setFormatter(JsonFormatter())
+            handler._skin_json = True  # type: ignore[attr-defined]
+            target.addHandler(handler)
+            target.propagate = False
+    # python-multipart warns about malformed bodies with bytes of the body in the message: uploads are health
+    # data, and the client already gets a 400 for it.
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 def uvicorn_config(level: str = "info") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,22 +43,33 @@ class Settings:
         divide the CPUs."""
         config = Config(env_file)
         workers = "" if single_process else config("WEB_CONCURRENCY", default="")
+        if workers.strip():
+            _at_least("WEB_CONCURRENCY", config("WEB_CONCURRENCY", cast=int), 1)
+
+        def whole(name: str, default: int, low: int) -> int:
+            return _at_least(name, config(name, cast=int, default=default), low)
+
+        def megabytes(name: str, default: float) -> int:
+            return int(_positive(name, config(name, cast=float, default=default)) * MB)
+
         return cls(
             bundle=config("SKIN_BUNDLE", cast=str, default=""),
-            threads=_threads(config("SKIN_THREADS", cast=int, default=0), workers),
-            inference_concurrency=config("SKIN_INFERENCE_CONCURRENCY", cast=int, default=1),
-            gather=_at_least_one("SKIN_GATHER", config("SKIN_GATHER", cast=int, default=1)),
-            max_queue=config("SKIN_MAX_QUEUE", cast=int, default=8),
-            max_uploads=config("SKIN_MAX_UPLOADS", cast=int, default=16),
-            body_timeout_s=config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0),
-            max_image_bytes=int(config("SKIN_MAX_IMAGE_MB", cast=float, default=10) * MB),
-            max_body_bytes=int(config("SKIN_MAX_BODY_MB", cast=float, default=40) * MB),
-            max_batch_files=config("SKIN_MAX_BATCH_FILES", cast=int, default=16),
-            max_pixels=config("SKIN_MAX_PIXELS", cast=int, default=DEFAULT_MAX_PIXELS),
+            threads=_threads(whole("SKIN_THREADS", 0, 0), workers),
+            inference_concurrency=whole("SKIN_INFERENCE_CONCURRENCY", 1, 1),
+            gather=whole("SKIN_GATHER", 1, 1),
+            max_queue=whole("SKIN_MAX_QUEUE", 8, 0),
+            max_uploads=whole("SKIN_MAX_UPLOADS", 16, 1),
+            body_timeout_s=_positive(
+                "SKIN_BODY_TIMEOUT_S", config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0)
+            ),
+            max_image_bytes=megabytes("SKIN_MAX_IMAGE_MB", 10),
+            max_body_bytes=megabytes("SKIN_MAX_BODY_MB", 40),
+            max_batch_files=whole("SKIN_MAX_BATCH_FILES", 16, 1),
+            max_pixels=whole("SKIN_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1),
             allowed_formats=_formats(
                 config("SKIN_ALLOWED_FORMATS", cast=str, default=",".join(ALLOWED_FORMATS))
             ),
-            top_k=config("SKIN_TOP_K", cast=int, default=5),
+            top_k=whole("SKIN_TOP_K", 5, 1),
             webui_dir=config("SKIN_WEBUI_DIR", cast=str, default=str(DEFAULT_WEBUI)),
             cors_origins=tuple(
                 o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
@@ -103,7 +115,14 @@ def _openvino(value: str) -> str:
     return mode
 
 
-def _at_least_one(name: str, value: int) -> int:
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value}")
+def _at_least(name: str, value: int, low: int) -> int:
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+def _positive(name: str, value: float) -> float:
+    """A finite number above zero (sizes in MB, seconds): 0, -1, nan and inf would refuse or never end."""
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a number above 0, not {value}")
     return value

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -34,10 +35,17 @@ def error_body(code: str, message: str) -> bytes:
 class BodyLimitMiddleware:
     """413 from Content-Length before reading, and while streaming when there is none (chunked)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        timeout_s: float = 30.0,
+        on_reject: Callable[[str], None] | None = None,
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
+        self.on_reject = on_reject  # told the error code of a request refused here, before the app sees it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -53,10 +61,12 @@ class BodyLimitMiddleware:
             if declared < 0 or declared > limit:
                 status, code = (413, "body_too_large") if declared > limit else (400, "bad_content_length")
                 message = (
-                    f"the request body is larger than {limit // (1024 * 1024)} MB"
+                    f"the request body is larger than {_mb(limit)} MB"
                     if status == 413
                     else ("the Content-Length header is not a number")
                 )
+                if self.on_reject is not None:
+                    self.on_reject(code)
                 await _send_json(send, status, error_body(code, message))
                 return
         received = 0
@@ -74,12 +84,14 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise ApiError(
-                        413, "body_too_large", f"the request body is larger than {limit // (1024 * 1024)} MB"
-                    )
+                    raise ApiError(413, "body_too_large", f"the request body is larger than {_mb(limit)} MB")
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):g}"
 
 
 async def _send_json(send: Send, status: int, body: bytes) -> None:
@@ -98,7 +110,7 @@ class Part:
 
 async def read_files(request: Request, field: str, *, max_files: int) -> list[Part]:
     """The files sent under ``field`` in a multipart body, read into memory; ApiError for anything else."""
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()  # media types are case-insensitive
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(400, "not_multipart", f"send the image as multipart/form-data in the field '{field}'")
     parser = MultiPartParser(
@@ -109,22 +121,22 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
     try:
         form = await parser.parse()
     except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):  # the parser's own bound (max_files + 4) came first
+            raise _too_many(field, max_files) from None
         raise ApiError(
             400, "bad_multipart", f"the multipart body could not be parsed: {exc.message}"
         ) from None
+    except ClientDisconnect:
+        # The client gave up mid-upload (a dropped phone connection): nobody to answer, and not a server
+        # error. 499 (nginx's "client closed request") is what the access log and the metrics record.
+        raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
     try:
         values = form.getlist(field)
         if not values:
             sent = ", ".join(sorted({str(k)[:40] for k in form})) or "none"
             raise ApiError(400, "missing_file", f"no file in the field '{field}' (fields sent: {sent})")
         if len(values) > max_files:
-            raise ApiError(
-                400 if max_files == 1 else 413,
-                "too_many_files",
-                f"send one file in '{field}'"
-                if max_files == 1
-                else f"send at most {max_files} files at once",
-            )
+            raise _too_many(field, max_files)
         parts = []
         for value in values:
             if not isinstance(value, UploadFile):
@@ -136,6 +148,12 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         return parts
     finally:
         await form.close()
+
+
+def _too_many(field: str, max_files: int) -> ApiError:
+    if max_files == 1:
+        return ApiError(400, "too_many_files", f"send one file in '{field}'")
+    return ApiError(413, "too_many_files", f"send at most {max_files} files at once")
 
 
 def _safe_name(name: str | None) -> str:

@@ -155,14 +155,22 @@
     return body;
   }
 
-  async function loadInfo() {
+  // Until /api/info answers, nothing can be analysed: ask again with a growing pause (a server restarting
+  // answers within seconds), so the page recovers without a reload.
+  const INFO_RETRY_MS = [2000, 4000, 8000, 15000, 30000];
+
+  async function loadInfo(attempt) {
+    const tries = attempt || 0;
     try {
       const info = await request("/api/info");
       state.info = info;
       state.names = new Map((info.classes || []).map((c) => [c.label, c.display_name]));
       $("service-error").hidden = true;
+      if (tries > 0 && $("tab-model").getAttribute("aria-selected") === "true") showModelTab();
     } catch (err) {
-      showServiceError("The model service is not available: " + err.message);
+      showServiceError("The model service is not available: " + err.message + " Trying again…");
+      const pause = INFO_RETRY_MS[Math.min(tries, INFO_RETRY_MS.length - 1)];
+      window.setTimeout(() => loadInfo(tries + 1), pause);
     }
     renderModelLine();
     renderLimits();
@@ -692,7 +700,8 @@
       }
     }
     smallCtx.putImageData(pixels, 0, 0);
-    // The grid covers the whole (stretched) image; smooth upsampling, and CSS stretches it over the photo.
+    placeHeatmap();
+    // Smooth upsampling here; CSS stretches the canvas over the part of the photo the model saw.
     const scale = Math.max(1, Math.ceil(480 / Math.max(w, h)));
     const canvas = $("heatmap");
     canvas.width = w * scale;
@@ -703,6 +712,33 @@
     ctx.imageSmoothingQuality = "high";
     ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
     applyOpacity();
+  }
+
+  // With "stretch" the model saw the whole photo, so the grid covers all of it; with "center_crop" it saw
+  // the central part with the input's aspect ratio, so the grid covers only that part.
+  function placeHeatmap() {
+    const canvas = $("heatmap");
+    const preview = $("preview");
+    const info = state.info || {};
+    const mode = info.resize && info.resize.mode;
+    const size = info.input_size || [1, 1]; // [height, width]
+    const box = { left: 0, top: 0, width: 100, height: 100 };
+    if (mode === "center_crop") {
+      if (!preview.naturalWidth) {
+        preview.addEventListener("load", placeHeatmap, { once: true });
+      } else {
+        const photo = preview.naturalWidth / preview.naturalHeight;
+        const input = size[1] / size[0];
+        if (photo > input) box.width = (100 * input) / photo;
+        else box.height = (100 * photo) / input;
+        box.left = (100 - box.width) / 2;
+        box.top = (100 - box.height) / 2;
+      }
+    }
+    canvas.style.left = box.left + "%";
+    canvas.style.top = box.top + "%";
+    canvas.style.width = box.width + "%";
+    canvas.style.height = box.height + "%";
   }
 
   function drawLegend() {

@@ -192,6 +192,15 @@ def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> N
 
 
 @pytest.mark.parametrize("path", [RUNTIME, TRAIN], ids=["runtime", "train"])
+def test_the_build_stage_copies_every_package_pyproject_lists(path: Path) -> None:
+    # `pip install .` builds the wheel from what the stage copied: a package left out fails the build.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    build = dockerfile.stages(path)[0]
+    copied = {source.rstrip("/") for source in dockerfile.copy_sources(build)}
+    assert set(packages) <= copied, sorted(set(packages) - copied)
+
+
+@pytest.mark.parametrize("path", [RUNTIME, TRAIN], ids=["runtime", "train"])
 def test_every_copied_path_exists_and_reaches_the_builder(path: Path) -> None:
     rules = dockerfile.ignore_rules(ROOT / ".dockerignore")
     for stage in dockerfile.stages(path):

@@ -200,10 +200,96 @@ def test_many_multipart_fields_are_refused(client: TestClient) -> None:
     _error(client.post("/api/predict", data=data, files={"file": ("x.jpg", solid())}), 400, "bad_multipart")
 
 
-@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
-def test_thousands_of_file_parts_are_refused(client: TestClient, path: str) -> None:
-    files = [("files" if "batch" in path else "file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(3000)]
-    _error(client.post(path, files=files), 400, "bad_multipart")
+@pytest.mark.parametrize(("path", "status"), [("/api/predict", 400), ("/api/predict/batch", 413)])
+@pytest.mark.parametrize("count", [5, 8, 3000])
+def test_too_many_files_is_one_answer_whatever_the_count(
+    client: TestClient, path: str, status: int, count: int
+) -> None:
+    # Past the limit by one or by thousands (where the multipart parser's own bound stops first): the same.
+    files = [("files" if "batch" in path else "file", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(count)]
+    _error(client.post(path, files=files), status, "too_many_files")
+
+
+def test_multipart_media_type_is_case_insensitive(client: TestClient) -> None:
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+        + solid()
+        + b"\r\n--B--\r\n"
+    )
+    headers = {"content-type": "Multipart/Form-Data; boundary=B"}
+    response = client.post("/api/predict?heatmap=false", content=body, headers=headers)
+    assert response.status_code == 200 and response.json()["primary"]["label"] == "Acne"
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "PUT", "PROPFIND"])
+def test_other_methods_on_an_api_route_name_the_allowed_one(client: TestClient, method: str) -> None:
+    response = client.request(method, "/api/predict")
+    _error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    _error(client.request(method, "/api/nothing-here"), 404, "not_found")
+
+
+def test_body_refused_early_is_counted_and_names_fractional_limits(tiny_bundle: Path) -> None:
+    with _client(tiny_bundle, max_body_bytes=MB // 2) as small:
+        response = small.post("/api/predict", content=b"0" * 10, headers={"content-length": str(MB)})
+        _error(response, 413, "body_too_large")
+        assert "larger than 0.5 MB" in response.json()["error"]["message"]
+        assert 'skin_rejected_total{reason="body_too_large"} 1.0' in small.get("/metrics").text
+
+
+def test_client_leaving_mid_upload_is_499_not_a_server_error() -> None:
+    import asyncio
+
+    from starlette.requests import Request
+
+    from runtime.upload import ApiError, read_files
+
+    messages = [
+        {
+            "type": "http.request",
+            "body": b'--B\r\nContent-Disposition: form-data; name="file"',
+            "more_body": True,
+        },
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    headers = [(b"content-type", b"multipart/form-data; boundary=B")]
+    request = Request({"type": "http", "method": "POST", "headers": headers}, receive)  # type: ignore[arg-type]
+    with pytest.raises(ApiError) as info:
+        asyncio.run(read_files(request, "file", max_files=1))
+    assert (info.value.status, info.value.code) == (499, "client_closed")
+
+
+def test_cors_lets_clients_send_and_read_the_request_id(tiny_bundle: Path) -> None:
+    origin = "https://app.example"
+    with _client(tiny_bundle, cors_origins=(origin,)) as cors:
+        preflight = {"origin": origin, "access-control-request-method": "POST"}
+        ok = cors.options(
+            "/api/predict", headers={**preflight, "access-control-request-headers": "x-request-id"}
+        )
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
+        refused = cors.options("/api/predict", headers={**preflight, "origin": "https://elsewhere.example"})
+        _error(refused, 400, "cors_refused")
+        assert "origin" in refused.json()["error"]["message"]
+        answer = cors.get("/api/info", headers={"origin": origin, "x-request-id": "abc"})
+        assert "x-request-id" in answer.headers["access-control-expose-headers"]
+        assert answer.headers["x-request-id"] == "abc"
+
+
+def test_without_the_web_page_the_api_still_serves(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import runtime.app
+
+    # A wheel installed without webui/ (the default folder is missing): JSON 404s for pages, API as usual.
+    monkeypatch.setattr(runtime.app, "DEFAULT_WEBUI", tmp_path / "webui")
+    with _client(tiny_bundle, webui_dir=str(tmp_path / "webui")) as bare:
+        _error(bare.get("/"), 404, "not_found")
+        assert bare.get("/api/info").status_code == 200
+    # Set explicitly to a folder that is not there: a start-up error naming the setting.
+    with pytest.raises(ValueError, match="SKIN_WEBUI_DIR"):
+        create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / "typo")))
 
 
 def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:

@@ -191,3 +191,54 @@ def test_same_result_from_path_and_bytes(tmp_path) -> None:  # type: ignore[no-u
 def test_extreme_shapes(size: tuple[int, int]) -> None:
     out = preprocess(encode(Image.new("RGB", size, (9, 9, 9)), "PNG"), (16, 16))
     assert out.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize(("mode", "key"), [("RGB", (0, 0, 255)), ("L", 0)])
+def test_colour_key_transparency_is_flattened_onto_white(mode: str, key: object) -> None:
+    # A PNG tRNS chunk marks one colour transparent; it must look like the RGBA / palette cases.
+    img = Image.new(mode, (40, 40), key)  # type: ignore[arg-type]
+    img.paste(60 if mode == "L" else (10, 200, 10), (0, 0, 20, 40))
+    out = preprocess(encode(img, "PNG", transparency=key), (8, 8))
+    assert (out[:, -2:] == 255).all() and out[:, :2].max() < 255
+
+
+def _stripes(size: tuple[int, int]) -> Image.Image:
+    rng = np.random.default_rng(0)
+    low = Image.fromarray((rng.random((size[1] // 40, size[0] // 40, 3)) * 255).astype(np.uint8))
+    return low.resize(size, Image.Resampling.BICUBIC)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "L", "P", "1", "I;16"])
+def test_large_images_are_shrunk_first_and_barely_change(mode: str) -> None:
+    from runtime.preprocess import resize, shrink, to_rgb
+
+    big = _stripes((1840, 1400))
+    if mode == "I;16":
+        big = Image.fromarray(np.asarray(big.convert("L"), dtype=np.uint16) * 257)
+    elif mode != "RGB":
+        big = big.convert(mode)
+    data = encode(big, "PNG")
+    shrunk = shrink(Image.open(io.BytesIO(data)), (300, 300))
+    assert min(shrunk.size) >= 600 and shrunk.size[0] < 1840  # whole factor, at least twice the input
+    direct = np.asarray(resize(to_rgb(Image.open(io.BytesIO(data))), (300, 300)), dtype=int)
+    diff = np.abs(preprocess(data, (300, 300)).astype(int) - direct)
+    # bilevel images are dithered noise at pixel level: averaging them first differs more, still slightly
+    assert diff.mean() < (3 if mode == "1" else 0.6) and diff.max() <= (24 if mode == "1" else 4)
+
+
+def test_shrinking_in_strips_equals_one_reduce() -> None:
+    from runtime.preprocess import shrink
+
+    rng = np.random.default_rng(1)
+    rgba = Image.fromarray((rng.random((1999, 1333, 4)) * 255).astype(np.uint8), "RGBA")
+    assert np.array_equal(np.asarray(shrink(rgba, (300, 300))), np.asarray(rgba.reduce(2)))
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_shrunk_images_keep_their_exif_orientation(fmt: str) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: the upright image is the stored one turned 90° clockwise
+    data = encode(_arrow((1800, 1300)), fmt, exif=exif.tobytes())
+    out = preprocess(data, (300, 300))
+    top, bottom = out[:20].reshape(-1, 3).mean(axis=0), out[-20:].reshape(-1, 3).mean(axis=0)
+    assert top[0] > top[2] and bottom[2] > bottom[0]  # red (the stored left) is now on top

@@ -146,6 +146,49 @@ def test_heatmap_overlays_the_image_and_toggles(page: Any) -> None:
     assert canvas.evaluate("c => c.style.opacity") == "0.2"
 
 
+def test_heatmap_covers_only_the_centre_crop_when_the_bundle_crops(page: Any) -> None:
+    # A bundle whose preprocessing center-crops: the model saw the middle square of a 2:1 photo.
+    def cropping_info(route: Any) -> None:
+        info = route.fetch().json()
+        info["resize"]["mode"] = "center_crop"
+        route.fulfill(json=info)
+
+    page.route("**/api/info", cropping_info)
+    open_page(page)
+    wide = Image.new("RGB", (240, 120), (200, 40, 40))
+    analyse(page, [{"name": "wide.png", "mimeType": "image/png", "buffer": encode(wide, "PNG")}])
+    canvas = page.locator("#heatmap")
+    expect(canvas).to_be_visible()
+    image, overlay = page.locator("#preview").bounding_box(), canvas.bounding_box()
+    assert overlay["height"] == pytest.approx(image["height"], abs=1)
+    assert overlay["width"] == pytest.approx(image["width"] / 2, abs=1)
+    assert overlay["x"] == pytest.approx(image["x"] + image["width"] / 4, abs=1)
+
+
+def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) -> None:
+    console.allow(r"status of 503")
+    calls: list[int] = []
+
+    def first_unavailable(route: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            body = {"error": {"code": "starting", "message": "the model is loading"}}
+            route.fulfill(status=503, json=body)
+        else:
+            route.continue_()
+
+    page.route("**/api/info", first_unavailable)
+    page.goto("/")
+    expect(page.locator("#service-error")).to_contain_text("The model is loading")
+    page.set_input_files("#file-input", files=[png("red")])
+    expect(page.locator("#analyse")).to_be_disabled()
+    # Asked again a few seconds later, without a reload: the error goes and Analyse works.
+    expect(page.locator("#service-error")).to_be_hidden()
+    expect(page.locator("#model-line .model-name")).to_have_text("skin-demo-b3 0.3.0")
+    expect(page.locator("#analyse")).to_be_enabled()
+    assert len(calls) == 2
+
+
 def test_wrong_type_and_oversized_file_are_refused_in_words(page: Any) -> None:
     open_page(page)
     page.set_input_files(

@@ -1,0 +1,87 @@
+"""Settings from the environment: every value is checked at start-up, with one line naming the variable."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import logs
+from runtime.settings import MB, Settings
+from tests.server import ROOT, start_server, stop_server
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SKIN_TOP_K", "0"),
+        ("SKIN_TOP_K", "-1"),
+        ("SKIN_THREADS", "-2"),
+        ("SKIN_INFERENCE_CONCURRENCY", "0"),
+        ("SKIN_MAX_QUEUE", "-1"),
+        ("SKIN_MAX_UPLOADS", "0"),
+        ("SKIN_MAX_BATCH_FILES", "0"),
+        ("SKIN_MAX_PIXELS", "0"),
+        ("SKIN_MAX_IMAGE_MB", "0"),
+        ("SKIN_MAX_IMAGE_MB", "-1"),
+        ("SKIN_MAX_IMAGE_MB", "inf"),
+        ("SKIN_MAX_BODY_MB", "nan"),
+        ("SKIN_BODY_TIMEOUT_S", "0"),
+        ("SKIN_TOP_K", "abc"),
+        ("WEB_CONCURRENCY", "abc"),
+        ("WEB_CONCURRENCY", "0"),
+    ],
+)
+def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=name):
+        Settings.from_env()
+
+
+def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"SKIN_TOP_K": "3", "SKIN_MAX_IMAGE_MB": "0.5", "SKIN_MAX_QUEUE": "0"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert (settings.top_k, settings.max_image_bytes, settings.max_queue) == (3, MB // 2, 0)
+
+
+def test_uvicorn_app_reads_the_environment_only_when_served() -> None:
+    env = {"SKIN_TOP_K": "0", "PATH": "/usr/bin:/bin"}
+    imported = subprocess.run(
+        [sys.executable, "-c", "import runtime.app"], cwd=ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert imported.returncode == 0  # skin-serve and the tests import the module with their own settings
+    served = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "runtime.app:app", "--port", "0"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert served.stderr.strip().splitlines() == ["runtime.app: SKIN_TOP_K must be at least 1, not 0"]
+
+
+@pytest.mark.slow
+def test_skin_serve_runs_one_process_whatever_web_concurrency_says(tiny_bundle: Path) -> None:
+    # Platforms set WEB_CONCURRENCY; uvicorn would take it and refuse an app object (exit 3).
+    command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
+    url, proc = start_server(tiny_bundle, command=command, env={"WEB_CONCURRENCY": "4"})
+    assert stop_server(proc) == 0
+
+
+def test_library_warnings_are_json_and_multipart_parser_chatter_is_off() -> None:
+    logs.setup()
+    handlers = logging.getLogger("py.warnings").handlers
+    assert any(isinstance(h.formatter, logs.JsonFormatter) for h in handlers)
+    record = logging.LogRecord(
+        "py.warnings", logging.WARNING, "x.py", 1, "UserWarning: Corrupt EXIF", None, None
+    )
+    assert json.loads(handlers[0].format(record))["logger"] == "py.warnings"
+    # python-multipart puts bytes of the (health-data) body into its warnings; the client gets a 400 anyway.
+    assert logging.getLogger("python_multipart").getEffectiveLevel() >= logging.ERROR
