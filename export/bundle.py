@@ -7,6 +7,7 @@ been opened and checked the way the runtime opens it, so a failed export never l
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -70,8 +71,13 @@ def export_bundle(
         raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{str(out)!r} exists and is not a directory")
+    if out.exists():
+        _check_replaceable(out, Path(checkpoint))
     if no_data and data is not None:
         raise ExportError("pass either a dataset or --no-data, not both")
+    from export.onnx import check_opset
+
+    check_opset(opset)
 
     ckpt, net, info = _load(Path(checkpoint))
     base_report = _base_report(Path(checkpoint), report)
@@ -81,6 +87,11 @@ def export_bundle(
         say(f"note: {note}")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    # mkdtemp makes 0700 folders: a bundle must be readable like any folder this user creates (the serving
+    # image runs as another user and mounts it read-only).
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         _build(
             staging,
@@ -663,6 +674,21 @@ def _base_report(checkpoint: Path, report: str | Path | None) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ExportError(f"report {str(path)!r} must hold a JSON object")
     return loaded
+
+
+def _check_replaceable(out: Path, checkpoint: Path) -> None:
+    """What --overwrite may replace: a folder holding a bundle and nothing else (never a run, never other
+    files)."""
+    from export.uncertainty import PLOT_FILE
+
+    bundle_files = {contract.MODEL_FILE, contract.INT8_MODEL_FILE, contract.REPORT_FILE, PLOT_FILE}
+    if checkpoint.resolve().is_relative_to(out.resolve()):
+        raise ExportError(f"{str(out)!r} holds the checkpoint being exported; write the bundle elsewhere")
+    others = sorted(p.name for p in out.iterdir() if p.name not in bundle_files or not p.is_file())
+    if others:
+        raise ExportError(
+            f"{str(out)!r} is not a bundle folder (it holds {others[0]!r}); --overwrite replaces only bundles"
+        )
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime.cli import OneLineParser
+
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="skin-export",
         description="Export a training checkpoint to a served bundle: one simplified ONNX graph "
         "(uint8 image in; probabilities, CAM and logits out) with calibration, verified parity and a report.",

@@ -28,6 +28,18 @@ POOL_PREFIX = "skin_pool_"  # core-graph outputs: [batch, channels] feature mean
 OOD_PREFIX = "skin_ood_"  # names of the nodes and initializers of the Mahalanobis score (kept float by int8)
 
 
+def check_opset(opset: int) -> None:
+    """Before any work: the dynamo exporter's oldest opset up to the newest this onnx package knows."""
+    import onnx
+
+    if opset < MIN_OPSET:
+        raise ExportError(
+            f"opset {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer"
+        )
+    if opset > onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is newer than this onnx knows ({onnx.defs.onnx_opset_version()})")
+
+
 class ServingModel(torch.nn.Module):
     """uint8 NHWC → (logits, cam, pooled stage features when asked). Normalization lives here, so the runtime
     sends raw pixels."""
@@ -138,10 +150,7 @@ def export_core(
     import onnx
     import onnxsim
 
-    if opset < MIN_OPSET:
-        raise ExportError(
-            f"opset {opset} is not supported: the dynamo exporter writes opset {MIN_OPSET} or newer"
-        )
+    check_opset(opset)
     net = net.eval()
     stages, pools = pooled_features(net, size) if pooled else (False, [])
     wrapped = ServingModel(net, mean, std, linear_head_weight(net, size), stages=stages, pooled=pooled).eval()

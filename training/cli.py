@@ -10,6 +10,7 @@ import argparse
 import sys
 from typing import Any
 
+from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
 
 PROG = "skin-train"
@@ -17,7 +18,7 @@ PROG = "skin-train"
 
 def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: only options given on the command line reach train(), so YAML and resume can fill the rest.
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description=__doc__,
         argument_default=argparse.SUPPRESS,
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only now, so --help stays quick.
     from training.config import ConfigError
     from training.data import DataError
-    from training.loop import train
+    from training.loop import Interrupted, train
     from training.model import ModelError
 
     try:
@@ -134,8 +135,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # an --out that cannot be written (read-only, no space)
+        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+    except Interrupted as stop:
+        hint = f"; continue with --resume {stop.run_dir}" if stop.run_dir else " before the first epoch ended"
+        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; continue with --resume and the run directory", file=sys.stderr)
+        print(f"{PROG}: interrupted before training started", file=sys.stderr)
         return 130
     return 0
 

@@ -8,6 +8,7 @@ This module stays light (no torch) so ``skin-train --help`` is quick.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
-    return check_keys({str(k).replace("-", "_"): v for k, v in raw.items()}, str(path))
+    options = check_keys({str(k).replace("-", "_"): v for k, v in raw.items()}, str(path))
+    return {name: _typed(name, value, str(path)) for name, value in options.items()}
+
+
+def _typed(name: str, value: Any, where: str) -> Any:
+    """A YAML value as its option's type. YAML 1.1 reads ``1e-3`` as text, so numbers may come as text."""
+    kind = str(FIELDS[name].type)
+    if value is None and "None" in kind:
+        return None
+    wrong = ConfigError(f"{name} in {where} must be {kind.replace(' | None', '')}, not {value!r}")
+    if kind.startswith("bool"):
+        if isinstance(value, bool):
+            return value
+        raise wrong
+    if isinstance(value, bool):  # a bool is an int to Python; never a number option here
+        raise wrong
+    if kind == "int":
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+        raise wrong
+    if kind == "float" and isinstance(value, int | float):
+        return float(value)
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise wrong from None
+    if kind.startswith("str") and isinstance(value, str):
+        return value
+    raise wrong
 
 
 def check_keys(options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -152,7 +184,29 @@ def _check(cfg: TrainConfig) -> None:
         cfg.lr > 0 and cfg.backbone_lr_scale >= 0,
         "--lr must be positive and --backbone-lr-scale not negative",
     )
+    for f in dataclasses.fields(cfg):  # nan or inf would train to NaN, or hang the augmentation
+        value = getattr(cfg, f.name)
+        if isinstance(value, float):
+            need(math.isfinite(value), f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
     need(0.0 <= cfg.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)")
+    need(0.0 <= cfg.drop_rate < 1.0, f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
+    need(cfg.weight_decay >= 0, f"--weight-decay must not be negative, got {cfg.weight_decay}")
+    need(
+        0.0 < cfg.plateau_factor < 1.0, f"--plateau-factor must be between 0 and 1, got {cfg.plateau_factor}"
+    )
+    need(cfg.plateau_patience >= 0, "--plateau-patience must be 0 or more")
+    need(cfg.warmup_epochs >= 0 and cfg.min_lr >= 0, "--warmup-epochs and --min-lr must not be negative")
+    need(cfg.clip_grad >= 0, "--clip-grad must be 0 (off) or a positive norm")
+    need(0.0 <= cfg.rotate <= 180.0, f"--rotate is a limit in degrees (0..180), got {cfg.rotate}")
+    need(0.0 <= cfg.scale < 1.0, f"--scale must be in [0, 1), got {cfg.scale}")
+    need(0.0 <= cfg.translate <= 1.0, f"--translate must be in [0, 1], got {cfg.translate}")
+    need(0.0 <= cfg.jitter <= 1.0, f"--jitter must be in [0, 1], got {cfg.jitter}")
+    need(0.0 <= cfg.jitter_hue <= 0.5, f"--jitter-hue must be in [0, 0.5], got {cfg.jitter_hue}")
+    # A stride-32 network leaves 1x1 features below 64 px: BatchNorm needs more than one value per channel.
+    need(
+        cfg.batch_size >= 2 or cfg.img_size > 32,
+        "--batch-size 1 needs --img-size above 32 (BatchNorm needs more than one value per channel)",
+    )
     need(cfg.sampler in SAMPLERS, f"--sampler must be one of {', '.join(SAMPLERS)}")
     need(cfg.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}")
     need(cfg.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")

@@ -114,6 +114,14 @@ class State:
     bad_train: list[int] = field(default_factory=list)  # unreadable training images (indices) seen so far
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``run_dir`` is where it can be resumed from, None before a last.pt exists."""
+
+    def __init__(self, run_dir: Path | None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+
 def train(**kwargs: Any) -> Path:
     """Fine-tune a timm model on an ImageFolder dataset; returns the run directory.
 
@@ -123,6 +131,9 @@ def train(**kwargs: Any) -> Path:
     cluster = setup_cluster(cfg.device)
     try:
         return _run(cfg, resumed, cluster)
+    except KeyboardInterrupt:
+        last = Path(cfg.out) / "last.pt"
+        raise Interrupted(last.parent if last.is_file() else None) from None
     finally:
         if cluster.owned and dist.is_initialized():
             dist.destroy_process_group()
@@ -143,8 +154,16 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
         ckpt = load_checkpoint(path)
         if "optimizer" not in ckpt or "state" not in ckpt:
             raise ConfigError(f"{str(path)!r} holds no training state; resume from a run's last.pt")
-        saved = {k: v for k, v in ckpt.get("config", {}).items() if k not in ("resume", "overwrite")}
-        explicit = {**explicit, "resume": str(path)}
+        saved = {k: v for k, v in ckpt.get("config", {}).items() if k not in ("resume", "overwrite", "out")}
+        # A resumed run continues in the folder its last.pt is in (wherever the run was first written), so
+        # that its best.pt, metrics and report stay together; another run's folder is never written into.
+        run_dir = path.resolve().parent
+        asked = explicit.get("out")
+        if asked and Path(asked).expanduser().resolve() != run_dir:
+            raise ConfigError(
+                f"a resumed run continues in its own folder ({run_dir}); drop --out or copy that folder"
+            )
+        explicit = {**explicit, "resume": str(path), "out": str(run_dir)}
     return resolve(from_yaml, saved, explicit), ckpt
 
 
@@ -249,7 +268,12 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         for key, now in (("arch", cfg.arch), ("img_size", cfg.img_size), ("class_names", names)):
             if resumed.get(key) != now:
                 raise ConfigError(f"cannot resume: the checkpoint's {key} differs from this run's ({now!r})")
+        before = resumed.get("config", {}).get("scheduler", cfg.scheduler)
+        if before != cfg.scheduler:  # its saved state belongs to the other kind of scheduler
+            raise ConfigError(f"cannot resume: the run used --scheduler {before}, not {cfg.scheduler}")
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
     if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
@@ -283,12 +307,13 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="none")
     meta = checkpoint_meta(cfg, splits)
 
+    # --overwrite: the earlier run's files go only once this run has finished its first epoch (a run that
+    # fails or is stopped before that loses nothing); then none of them may pass for this run's.
+    replacing = resumed is None and any((run_dir / name).exists() for name in RUN_FILES)
     if cluster.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resumed is None:  # --overwrite: no output of the earlier run may pass for this one's
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-        write_yaml(run_dir / "config.yaml", cfg.as_dict())
+        if not replacing:
+            write_yaml(run_dir / "config.yaml", cfg.as_dict())
     cluster.barrier()
     tracker = MlflowTracker(cfg, run_dir) if cfg.mlflow and cluster.main else None
     say = _printer(cluster.main)
@@ -370,6 +395,11 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             else:
                 state.stale += 1
             if cluster.main:
+                if replacing:
+                    for name in RUN_FILES:
+                        (run_dir / name).unlink(missing_ok=True)
+                    write_yaml(run_dir / "config.yaml", cfg.as_dict())
+                    replacing = False
                 epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
                 if improved:
                     save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 from typing import Any
@@ -182,9 +183,12 @@ def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: 
     )
     out = tmp_path / "bundle"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / bundle.MODEL_FILE).write_text("old")
+    (out / bundle.INT8_MODEL_FILE).write_text("old")  # an int8 graph the new export does not ship
     export_bundle(checkpoint, out, overwrite=True, int8="off", parity_images=2)
-    assert not (out / "stale.txt").exists()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # readable by the serving image's own user
     assert sorted(p.name for p in out.iterdir()) == [
         bundle.MODEL_FILE,
         bundle.REPORT_FILE,
@@ -194,6 +198,26 @@ def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: 
     report = json.loads((out / bundle.REPORT_FILE).read_text())
     assert report["int8"]["decision"] == "skipped"
     assert any("fingerprint mismatch" in note for note in report["export"]["notes"])
+
+
+def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    (tmp_path / "run" / "last.pt").write_bytes(b"the run's other checkpoint")
+    with pytest.raises(ExportError, match="holds the checkpoint being exported"):
+        export_bundle(checkpoint, tmp_path / "run", overwrite=True, int8="off", parity_images=2)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / bundle.MODEL_FILE).write_text("old")
+    (notes / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="is not a bundle folder"):
+        export_bundle(checkpoint, notes, overwrite=True, int8="off", parity_images=2)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt"]
+    assert (notes / "notes.txt").read_text() == "mine"
+
+
+def test_an_opset_onnx_does_not_know_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="opset 99 is newer than this onnx knows"):
+        export_bundle(tmp_path / "missing.pt", tmp_path / "b", opset=99)  # before the checkpoint is read
 
 
 def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_path: Path) -> None:

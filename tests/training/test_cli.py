@@ -82,6 +82,15 @@ def test_bad_yaml_is_one_line(
             ["--data", "x", "--amp", "fp16", "--device", "cpu"], "needs a CUDA device", id="fp16-cpu"
         ),
         pytest.param(["--resume", "/nonexistent/run"], "nothing to resume", id="resume-missing"),
+        pytest.param(["--data", "x", "--weight-decay", "-1"], "--weight-decay must not be", id="decay"),
+        pytest.param(["--data", "x", "--plateau-factor", "2"], "--plateau-factor must be", id="factor"),
+        pytest.param(["--data", "x", "--drop-rate", "2"], "--drop-rate must be in", id="drop"),
+        pytest.param(["--data", "x", "--jitter", "-1"], "--jitter must be in", id="jitter"),
+        pytest.param(["--data", "x", "--rotate", "nan"], "--rotate must be a finite", id="nan-hangs"),
+        pytest.param(["--data", "x", "--lr", "inf"], "--lr must be a finite", id="inf-lr"),
+        pytest.param(
+            ["--data", "x", "--img-size", "16", "--batch-size", "1"], "--batch-size 1 needs", id="bn-1x1"
+        ),
     ],
 )
 def test_bad_options_are_one_line(
@@ -95,6 +104,44 @@ def test_bad_options_are_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("skin-train: error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("lr: 1e-3\n", {"lr": 0.001}, id="yaml-1.1-float-as-text"),
+        pytest.param('epochs: "2"\nmin_lr: 1e-6\n', {"epochs": 2, "min_lr": 1e-6}, id="numbers-as-text"),
+        pytest.param(
+            "augment: false\ninit_weights: null\n", {"augment": False, "init_weights": None}, id="bool"
+        ),
+    ],
+)
+def test_yaml_values_take_their_option_types(tmp_path: Path, text: str, expected: dict[str, object]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text + "data: d\n")
+    cfg, _ = resolve_options({"config": str(config)})
+    assert {k: getattr(cfg, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["epochs: abc\n", "epochs: 2.5\n", "seed: abc\n", "img_size: [64, 64]\n", 'augment: "no"\n']
+)
+def test_yaml_values_of_the_wrong_type_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert main(["--config", str(config), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skin-train: error: ") and " must be " in err and err.count("\n") == 1
+
+
+def test_bad_flag_value_is_one_line_not_the_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "abc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("skin-train: error: argument --epochs: invalid int value: 'abc'")
 
 
 def test_pretrained_follows_init_weights() -> None:

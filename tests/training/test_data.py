@@ -74,7 +74,7 @@ def _break_both_spellings(root: Path) -> None:
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
-        pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png images", id="empty-class-folder"),
+        pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class-folder"),
         pytest.param(_break_class_sets, "only in train: Moles", id="train-test-classes-differ"),
         pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),

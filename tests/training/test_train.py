@@ -154,6 +154,64 @@ def test_overwrite_replaces_only_the_run_files(tmp_path: Path, dataset: Path) ->
     assert load_checkpoint(out / "best.pt")["epoch"] == 1
 
 
+def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    before = {name: (old / name).read_bytes() for name in ("best.pt", "last.pt", "config.yaml")}
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt  # stopped (or crashed) before the first epoch of the new run ended
+
+    monkeypatch.setattr(loop, "train_epoch", broken)
+    with pytest.raises(KeyboardInterrupt):
+        train(**TINY, data=str(dataset), out=str(old), epochs=1, overwrite=True, seed=7)
+    assert {name: (old / name).read_bytes() for name in before} == before
+
+
+def test_resume_continues_in_the_run_folder_wherever_it_moved(tmp_path: Path, dataset: Path) -> None:
+    first = train(**TINY, data=str(dataset), out=str(tmp_path / "first"), epochs=1)
+    moved = tmp_path / "moved"
+    first.rename(moved)
+    assert train(resume=str(moved), epochs=2) == moved
+    assert not first.exists() and load_checkpoint(moved / "last.pt")["epoch"] == 2
+    assert yaml.safe_load((moved / "config.yaml").read_text())["out"] == str(moved)
+    # Into another run's folder: refused, that run untouched.
+    other = train(**TINY, data=str(dataset), out=str(tmp_path / "other"), epochs=1, seed=7)
+    kept = (other / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="continues in its own folder"):
+        train(resume=str(moved), out=str(other), epochs=3)
+    with pytest.raises(ConfigError, match="used --scheduler plateau, not cosine"):
+        train(resume=str(moved), epochs=3, scheduler="cosine")
+    assert (other / "last.pt").read_bytes() == kept
+
+
+def test_interrupt_says_whether_there_is_anything_to_resume(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def stop(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train_epoch", stop)
+    argv = ["--data", str(dataset), "--out", str(tmp_path / "run"), "--arch", "test_efficientnet"]
+    argv += ["--img-size", "64", "--workers", "0", "--no-pretrained", "--device", "cpu", "--no-plots"]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "skin-train: interrupted before the first epoch ended\n"
+
+
+def test_unwritable_out_is_one_line(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["--data", str(dataset), "--arch", "test_efficientnet", "--img-size", "64", "--device", "cpu"]
+    argv += ["--no-pretrained", "--workers", "0"]
+    assert main([*argv, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "file" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skin-train: error: ") and err.count("\n") == 1
+
+
 def _comparable(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
 
@@ -216,7 +274,7 @@ def _classes_differ(root: Path) -> None:
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
-        pytest.param(_empty_class, "holds no .jpg/.jpeg/.png images", id="empty-class"),
+        pytest.param(_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class"),
         pytest.param(_classes_differ, "only in train: Lupus", id="class-sets-differ"),
     ],
 )
