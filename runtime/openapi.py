@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 _ERROR = {
-    "description": "Client error",
+    "description": 'Error (JSON: {"error": {"code", "message"}})',
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 _LABEL = {
@@ -22,7 +22,7 @@ _TOP_K = {
     "in": "query",
     "required": False,
     "schema": {"type": "integer", "minimum": 1},
-    "description": "how many classes to list in `top` (default 5)",
+    "description": "how many classes to list in `top` (default: the server's SKIN_TOP_K, 5 unless set)",
 }
 _HEATMAP = {
     "name": "heatmap",
@@ -47,7 +47,9 @@ def _upload(field: str, many: bool) -> dict[str, Any]:
 
 
 def spec(version: str) -> dict[str, Any]:
-    errors = {str(code): _ERROR for code in (400, 413, 415, 422)}
+    # What either upload route can answer besides 200; a batch reports a bad file's format in its own entry.
+    common = {str(code): _ERROR for code in (400, 408, 413, 422, 500)}
+    common["503"] = {**_ERROR, "description": "Not ready, or busy (Retry-After: 1)"}
     return {
         "openapi": "3.1.0",
         "info": {
@@ -68,8 +70,8 @@ def spec(version: str) -> dict[str, Any]:
                                 "application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}
                             },
                         },
-                        **errors,
-                        "503": {"description": "Not ready or overloaded"},
+                        **common,
+                        "415": _ERROR,
                     },
                 }
             },
@@ -85,7 +87,7 @@ def spec(version: str) -> dict[str, Any]:
                                 "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
                             },
                         },
-                        **errors,
+                        **common,
                     },
                 }
             },
@@ -161,7 +163,6 @@ def spec(version: str) -> dict[str, Any]:
                         },
                         "image": {"type": "object"},
                         "model": {"type": "object"},
-                        "timing_ms": {"type": "object"},
                     },
                     "required": ["predictions", "top", "primary", "model"],
                 },

@@ -49,6 +49,7 @@
     items: [], // {file, url, result, error, analysedAt}
     selected: 0,
     busy: false,
+    requestError: null, // why the last Analyse failed as a whole, until the next one or new images
     showAll: false,
     reportRequested: false,
     sort: { key: null, descending: false },
@@ -130,11 +131,18 @@
     }
   }
 
+  // A request the server never answers must not leave the page busy for ever.
+  const REQUEST_TIMEOUT_MS = 120000;
+
   async function request(path, options) {
     let response;
     try {
-      response = await fetch(path, Object.assign({ headers: { Accept: "application/json" } }, options));
+      const base = { headers: { Accept: "application/json" }, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) };
+      response = await fetch(path, Object.assign(base, options));
     } catch (err) {
+      if (err && err.name === "TimeoutError") {
+        throw new ApiError("The server did not answer within " + REQUEST_TIMEOUT_MS / 60000 + " minutes; try again.", "timeout", 0);
+      }
       throw new ApiError("The server could not be reached; check the connection.", "network", 0);
     }
     let body = null;
@@ -287,7 +295,9 @@
       event.preventDefault();
       depth = 0;
       zone.classList.remove("dragging");
-      if (!state.busy) setFiles(event.dataTransfer.files);
+      if (state.busy) return;
+      selectTab($("tab-analyse")); // a drop on the model tab must not change images out of sight
+      setFiles(event.dataTransfer.files);
     });
 
     document.addEventListener("paste", (event) => {
@@ -367,7 +377,7 @@
     }));
     state.selected = 0;
     state.showAll = false;
-    $("result-error").hidden = true;
+    state.requestError = null;
     renderAll();
   }
 
@@ -398,7 +408,7 @@
     releaseItems();
     state.selected = 0;
     showInputError([]);
-    $("result-error").hidden = true;
+    state.requestError = null;
     renderAll();
     $("choose").focus();
   }
@@ -426,7 +436,7 @@
     const items = state.items;
     if (state.busy || !items.length || !state.info) return;
     setBusy(true);
-    $("result-error").hidden = true;
+    state.requestError = null;
     const query = "?top_k=" + TOP_K + "&heatmap=true";
     try {
       if (items.length === 1) {
@@ -447,12 +457,11 @@
         });
       }
     } catch (err) {
-      const box = $("result-error");
-      box.textContent = "The analysis failed: " + err.message;
-      box.hidden = false;
+      state.requestError = "The analysis failed: " + err.message;
     } finally {
       setBusy(false);
       renderAll();
+      announce();
     }
     // On a phone the result sits below the image: bring it into view.
     if (state.items === items && window.matchMedia("(max-width: 900px)").matches) {
@@ -482,7 +491,9 @@
   function renderButtons() {
     const n = state.items.length;
     const item = current();
-    $("analyse").disabled = state.busy || !n || !state.info;
+    // While busy the button stays focusable (aria-disabled), so keyboard focus is not thrown to the page.
+    $("analyse").disabled = !state.busy && (!n || !state.info);
+    $("analyse").setAttribute("aria-disabled", String(state.busy || !n || !state.info));
     $("analyse-label").textContent = state.busy ? "Analysing…" : n > 1 ? "Analyse " + n + " images" : "Analyse";
     $("clear").disabled = state.busy || !n;
     $("choose").disabled = state.busy;
@@ -529,14 +540,11 @@
   function renderResult() {
     const item = current();
     const result = item && item.result;
-    $("results-empty").hidden = state.busy || Boolean(item && (item.result || item.error));
+    const failure = state.busy ? null : errorText(item);
+    $("results-empty").hidden = state.busy || Boolean(failure) || Boolean(result);
     $("result").hidden = state.busy || !result;
-    if (!state.busy && item && item.error && state.items.length > 1) {
-      $("result-error").textContent = (item.file.name || "This image") + ": " + item.error;
-      $("result-error").hidden = false;
-    } else if (state.items.length > 1) {
-      $("result-error").hidden = true;
-    }
+    $("result-error").textContent = failure || "";
+    $("result-error").hidden = !failure;
     if (!result) return;
 
     renderWarnings($("warnings"), result);
@@ -569,6 +577,27 @@
     const when = item.analysedAt ? item.analysedAt.toLocaleString() : "";
     $("result-note").textContent = "Model " + (model.name || "?") + " " + (model.version || "") +
       (model.demo ? " (demo)" : "") + (when ? " · analysed " + when : "") + ". " + DISCLAIMER;
+  }
+
+  // The request that failed as a whole (server down, 4xx for the one image), else this image's own refusal.
+  function errorText(item) {
+    if (state.requestError) return state.requestError;
+    if (item && item.error) return state.items.length > 1 ? (item.file.name || "This image") + ": " + item.error : item.error;
+    return null;
+  }
+
+  // Screen readers hear the outcome of Analyse (the result panel itself is not a live region).
+  function announce() {
+    const item = current();
+    let text = "";
+    if (state.requestError) text = state.requestError;
+    else if (state.items.length > 1) text = "Analysis done: " + $("batch-summary").textContent + ".";
+    else if (item && item.result) {
+      const p = item.result.primary;
+      const flags = warningsOf(item.result).map((w) => w.title).join(" ");
+      text = "Most likely: " + (p.display_name || displayName(p.label)) + ", " + pct(p.probability) + ". " + flags;
+    }
+    $("announce").textContent = text.trim();
   }
 
   function warningsOf(result) {
@@ -658,6 +687,7 @@
         button.addEventListener("click", () => {
           state.selected = i;
           renderAll();
+          $("batch-list").querySelectorAll(".batch-item")[i].focus(); // the tiles were rebuilt
         });
         li.append(button);
         return li;
@@ -858,7 +888,7 @@
   async function showModelTab() {
     const info = state.info || (await state.infoReady);
     if (!info) {
-      $("model-facts").replaceChildren(el("dd", null, "The model service is not available."));
+      $("model-facts").replaceChildren(el("dt", null, "Model"), el("dd", null, "The model service is not available."));
       return;
     }
     renderModelFacts(info);
@@ -1131,7 +1161,7 @@
       r.append(th);
       row.forEach((count, j) => {
         const share = total ? count / total : 0;
-        const td = el("td", "cm" + (i === j ? " diag" : "") + (count === 0 ? " zero" : "") + (share > 0.5 ? " strong" : ""), count);
+        const td = el("td", "cm" + (i === j ? " diag" : "") + (count === 0 ? " zero" : ""), count);
         td.style.setProperty("--a", share.toFixed(3));
         td.title = "True " + displayName(labels[i]) + ", predicted " + displayName(labels[j]) + ": " + count + " (" + pct(share) + " of the row)";
         r.append(td);

@@ -102,6 +102,10 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
                 if time.monotonic() > deadline or proxy.poll() is not None:
                     raise
                 time.sleep(0.1)
+        # the client's own request id reaches the app and comes back (to find the request in the logs)
+        mine = urllib.request.Request(base + "/healthz", headers={"X-Request-ID": "client-id-42"})
+        with urllib.request.urlopen(mine, context=context, timeout=5) as response:
+            assert response.headers["x-request-id"] == "client-id-42"
         # a prediction goes through
         boundary = "nginxboundary3"
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'

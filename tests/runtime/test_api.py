@@ -360,6 +360,19 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
     )
 
 
+def test_openapi_matches_what_the_routes_answer(client: TestClient) -> None:
+    spec = client.get("/api/openapi.json").json()
+    single = spec["paths"]["/api/predict"]["post"]["responses"]
+    batch = spec["paths"]["/api/predict/batch"]["post"]["responses"]
+    # body timeout, server error and busy can end either route; a bad format is a 415 only for one file
+    assert {"200", "400", "408", "413", "415", "422", "500", "503"} == set(single)
+    assert set(batch) == set(single) - {"415"}
+    answer = client.post("/api/predict", files={"file": ("x.jpg", solid())}).json()
+    schema = spec["components"]["schemas"]["Prediction"]
+    assert set(answer) <= set(schema["properties"]) and set(schema["required"]) <= set(answer)
+    assert "timing_ms" not in schema["properties"]  # listed once, never sent
+
+
 def test_metrics(client: TestClient) -> None:
     client.post("/api/predict", files={"file": ("x.jpg", solid())})
     text = client.get("/metrics").text

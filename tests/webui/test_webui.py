@@ -67,9 +67,12 @@ def test_upload_shows_busy_state_result_bars_and_all_classes(page: Any) -> None:
 
     held: list[Any] = []
     page.route(PREDICT, lambda route: held.append(route))  # hold the request to see the busy state
-    page.click("#analyse")
+    page.focus("#analyse")
+    page.keyboard.press("Enter")
     expect(page.locator("#busy")).to_be_visible()
-    expect(page.locator("#analyse")).to_be_disabled()
+    # Busy, the button refuses (aria-disabled) but keeps keyboard focus.
+    expect(page.locator("#analyse")).to_have_attribute("aria-disabled", "true")
+    assert page.evaluate("document.activeElement.id") == "analyse"
     expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
     while not held:
         page.wait_for_timeout(20)
@@ -80,6 +83,10 @@ def test_upload_shows_busy_state_result_bars_and_all_classes(page: Any) -> None:
     expect(page.locator("#busy")).to_be_hidden()
     expect(page.locator("#primary-name")).to_have_text("Acne")
     expect(page.locator("#primary-prob")).to_have_text(pct(result["primary"]["probability"]))
+    # The outcome is read out (a polite live region), not only drawn.
+    expect(page.locator("#announce")).to_have_text(
+        "Most likely: Acne, " + pct(result["primary"]["probability"]) + "."
+    )
     expect(page.locator("#prob-kind")).to_have_text("calibrated probability")
     expect(page.locator("#warnings .alert")).to_have_count(0)
     rows = page.locator("#top-list li")
@@ -225,6 +232,21 @@ def test_server_error_is_shown_in_words(page: Any, console: Console) -> None:
     message = response.json()["error"]["message"]
     expect(page.locator("#result-error")).to_have_text("The analysis failed: " + sentence(message))
     expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#results-empty")).to_be_hidden()  # not "choose an image": one was, and it failed
+
+
+def test_a_failed_batch_request_stays_on_screen(page: Any, console: Console) -> None:
+    console.allow(r"net::ERR_FAILED|Failed to load resource")
+    open_page(page)
+    page.route(re.compile(r"/api/predict/batch"), lambda route: route.abort())
+    page.set_input_files("#file-input", files=[png("red"), png("green")])
+    page.click("#analyse")
+    error = page.locator("#result-error")
+    expect(error).to_have_text("The analysis failed: The server could not be reached; check the connection.")
+    expect(page.locator("#results-empty")).to_be_hidden()
+    expect(page.locator("#announce")).to_have_text(error.inner_text())
+    page.locator(".batch-item").nth(1).click()  # still there while looking through the images
+    expect(error).to_be_visible()
 
 
 def test_batch_lists_results_in_order(page: Any) -> None:
@@ -247,8 +269,11 @@ def test_batch_lists_results_in_order(page: Any) -> None:
     expect(page.locator("#batch-summary")).to_have_text("3 images · 2 analysed · 1 refused")
     expect(page.locator("#primary-name")).to_have_text("Acne")
 
-    items.nth(1).click()
+    expect(page.locator("#announce")).to_have_text("Analysis done: 3 images · 2 analysed · 1 refused.")
+    items.nth(1).focus()
+    page.keyboard.press("Enter")
     expect(items.nth(1)).to_have_attribute("aria-pressed", "true")
+    assert items.nth(1).evaluate("e => e === document.activeElement")  # focus survives the re-render
     expect(page.locator("#primary-name")).to_have_text("Actinic Keratosis")
     expect(page.locator("#heatmap")).to_have_attribute("data-label", "Actinic_Keratosis")
     items.nth(2).click()
@@ -268,7 +293,9 @@ def test_drop_and_paste_choose_an_image(page: Any) -> None:
             : new ClipboardEvent("paste", {clipboardData: transfer, bubbles: true, cancelable: true});
         (kind === "drop" ? document.getElementById("dropzone") : document).dispatchEvent(event);
     }"""
-    page.evaluate(send, ["drop", "dropped.png", data])
+    page.get_by_role("tab", name="Model").click()
+    page.evaluate(send, ["drop", "dropped.png", data])  # dropped while the model tab is open
+    expect(page.locator("#panel-analyse")).to_be_visible()
     expect(page.locator("#preview-caption")).to_contain_text("dropped.png")
     page.evaluate(send, ["paste", "pasted.png", data])
     expect(page.locator("#preview-caption")).to_contain_text("pasted.png")
@@ -312,10 +339,16 @@ def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
         assert cells.nth(0).evaluate("e => e.style.getPropertyValue('--t')") != ""
     expect(page.locator("#metrics-table tfoot")).to_contain_text("Macro average")
 
+    def arrow(key: str) -> str:
+        button = page.locator(f'#metrics-table th[data-key="{key}"] .sort')
+        return str(button.evaluate("e => getComputedStyle(e, '::after').content"))
+
+    assert arrow("f1-score") == arrow("precision") == '" ↕"'  # nothing sorted yet
     page.get_by_role("button", name="Sort by f1", exact=True).click()
     expect(page.locator('#metrics-table th[data-key="f1-score"]')).to_have_attribute(
         "aria-sort", "descending"
     )
+    assert (arrow("f1-score"), arrow("precision")) == ('" ↓"', '" ↕"')
     best = max(names, key=lambda n: report[n]["f1-score"])
     expect(rows.first.locator("th")).to_have_text(_display(best))
 
