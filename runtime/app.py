@@ -36,7 +36,7 @@ from runtime.gather import Gatherer
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
-from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, read_files
+from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, megabytes, read_files
 
 log = logging.getLogger("runtime")
 access_log = logging.getLogger("runtime.access")
@@ -187,8 +187,9 @@ def _query_options(request: Request, num_classes: int, default_top_k: int) -> tu
 
 def _check_size(part: Part, settings: Settings) -> None:
     if len(part.data) > settings.max_image_bytes:
-        limit = settings.max_image_bytes / (1024 * 1024)
-        raise ApiError(413, "file_too_large", f"the image is larger than {limit:g} MB")
+        raise ApiError(
+            413, "file_too_large", f"the image is larger than {megabytes(settings.max_image_bytes)} MB"
+        )
 
 
 async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, Any]]:

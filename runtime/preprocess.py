@@ -99,7 +99,7 @@ def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     if img.mode in ("P", "PA") or ("transparency" in img.info and img.mode in ("RGB", "L")):
         mode = "RGBA"  # palette indices and a transparent colour key cannot be averaged
     else:
-        mode = {"1": "L", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I"}.get(img.mode, img.mode)
+        mode = "L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else img.mode
     width, height = img.size
     out = Image.new(mode, (-(-width // factor), -(-height // factor)))
     out.info = {k: v for k, v in img.info.items() if k != "transparency"}  # EXIF orientation is applied later

@@ -42,12 +42,12 @@ class Settings:
         """``single_process``: the caller runs one server process (skin-serve), so WEB_CONCURRENCY does not
         divide the CPUs."""
         config = Config(env_file)
-        workers = "" if single_process else config("WEB_CONCURRENCY", default="")
-        if workers.strip():
-            _at_least("WEB_CONCURRENCY", config("WEB_CONCURRENCY", cast=int), 1)
 
         def whole(name: str, default: int, low: int) -> int:
             return _at_least(name, config(name, cast=int, default=default), low)
+
+        unset = single_process or not config("WEB_CONCURRENCY", default="").strip()
+        workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
 
         def megabytes(name: str, default: float) -> int:
             return int(_positive(name, config(name, cast=float, default=default)) * MB)
@@ -90,9 +90,8 @@ def threads_per_worker(workers: int, cpus: int) -> int:
     return max(1, cpus // max(1, workers))
 
 
-def _threads(threads: int, web_concurrency: str) -> int:
+def _threads(threads: int, workers: int) -> int:
     # uvicorn --workers reads WEB_CONCURRENCY; each worker would otherwise size itself to the whole quota.
-    workers = int(web_concurrency) if web_concurrency.strip() else 1
     if threads > 0 or workers <= 1:
         return threads
     from runtime.engine import available_cpus

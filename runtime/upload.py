@@ -61,7 +61,7 @@ class BodyLimitMiddleware:
             if declared < 0 or declared > limit:
                 status, code = (413, "body_too_large") if declared > limit else (400, "bad_content_length")
                 message = (
-                    f"the request body is larger than {_mb(limit)} MB"
+                    f"the request body is larger than {megabytes(limit)} MB"
                     if status == 413
                     else ("the Content-Length header is not a number")
                 )
@@ -84,13 +84,16 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise ApiError(413, "body_too_large", f"the request body is larger than {_mb(limit)} MB")
+                    raise ApiError(
+                        413, "body_too_large", f"the request body is larger than {megabytes(limit)} MB"
+                    )
             return message
 
         await self.app(scope, limited_receive, send)
 
 
-def _mb(size: int) -> str:
+def megabytes(size: int) -> str:
+    """A byte limit as people read it in messages: 10, 0.5 (MB)."""
     return f"{size / (1024 * 1024):g}"
 
 

@@ -126,9 +126,7 @@ def _typed(name: str, value: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
             return int(value)
         raise wrong
-    if kind == "float" and isinstance(value, int | float):
-        return float(value)
-    if kind == "float" and isinstance(value, str):
+    if kind == "float" and isinstance(value, int | float | str):
         try:
             return float(value)
         except ValueError:

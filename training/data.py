@@ -72,7 +72,7 @@ def scan_split(folder: Path) -> dict[str, list[Path]]:
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DataError(
-            f"class folder {str(folder / empty[0])!r} holds no .jpg/.jpeg/.png/.webp images"
+            f"class folder {str(folder / empty[0])!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images"
             + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
         )
     return classes
