@@ -59,27 +59,13 @@ def cpu_has_bf16() -> bool | None:
 def openvino_session(model: str | bytes, *, threads: int, precision: str, options: Any = None) -> Any:
     """The graph on OpenVINO's CPU plugin through onnxruntime's plugin EP (package onnxruntime-ep-openvino):
     bf16 runs on AMX / AVX-512 BF16 units; whatever OpenVINO does not take stays on onnxruntime's CPU EP."""
-    try:
-        import onnxruntime_ep_openvino as plugin
-    except ImportError:
-        raise bundle.BundleError(
-            f"OpenVINO {precision} needs its execution provider: pip install 'skinlesion[openvino]'"
-        ) from None
-    try:
-        name = plugin.get_ep_name()
-        if not any(d.ep_name == name for d in ort.get_ep_devices()):
-            ort.register_execution_provider_library(name, plugin.get_library_path())
-        devices = [
-            d
-            for d in ort.get_ep_devices()
-            if d.ep_name == name and d.device.type == ort.OrtHardwareDeviceType.CPU
-        ]
-    except Exception as exc:  # an onnxruntime older than the plugin, or a broken install
-        raise bundle.BundleError(
-            f"the OpenVINO execution provider could not be loaded: {_first_line(exc)}"
-        ) from None
+    devices = openvino_devices(precision)
     if not devices:
-        raise bundle.BundleError("the OpenVINO execution provider found no CPU device")
+        vendor = next((d.device.vendor for d in ort.get_ep_devices() if _is_cpu(d)), "") or "unknown"
+        raise bundle.BundleError(
+            f"the OpenVINO execution provider offers no device on this CPU (vendor: {vendor}); it takes "
+            "Intel CPUs only: serve without SKIN_OPENVINO"
+        )
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -94,9 +80,39 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str, option
         )
     except Exception as exc:
         raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
-    if session.get_providers()[0] != name:
+    if session.get_providers()[0] != devices[0].ep_name:
         raise bundle.BundleError("the OpenVINO execution provider did not take the model")
     return session
+
+
+def openvino_devices(precision: str = "bf16") -> list[Any]:
+    """The CPU devices onnxruntime's OpenVINO plugin EP offers here, loading the plugin once per process.
+    Empty where the plugin takes no CPU of this machine (it claims Intel CPUs only; an AMD EPYC gets none)."""
+    try:
+        import onnxruntime_ep_openvino as plugin
+    except ImportError:
+        raise bundle.BundleError(
+            f"OpenVINO {precision} needs its execution provider: pip install 'skinlesion[openvino]'"
+        ) from None
+    try:
+        name = plugin.get_ep_name()
+        if name not in _registered:
+            # Once only: registering again fails, and whether it was loaded cannot be read from the device
+            # list (a plugin that takes no CPU here lists none).
+            ort.register_execution_provider_library(name, plugin.get_library_path())
+            _registered.add(name)
+        return [d for d in ort.get_ep_devices() if d.ep_name == name and _is_cpu(d)]
+    except Exception as exc:  # an onnxruntime older than the plugin, or a broken install
+        raise bundle.BundleError(
+            f"the OpenVINO execution provider could not be loaded: {_first_line(exc)}"
+        ) from None
+
+
+_registered: set[str] = set()
+
+
+def _is_cpu(device: Any) -> bool:
+    return bool(device.device.type == ort.OrtHardwareDeviceType.CPU)
 
 
 def _first_line(exc: BaseException) -> str:

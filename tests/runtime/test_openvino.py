@@ -20,7 +20,7 @@ from runtime.engine import Engine, cpu_has_bf16
 from runtime.settings import Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
 from tests.images import solid
-from tests.openvino import needs_openvino
+from tests.openvino import HAVE_PLUGIN, needs_openvino
 
 
 def _images() -> np.ndarray:
@@ -158,3 +158,18 @@ def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(
     monkeypatch.setattr(engine_module, "cpu_has_bf16", lambda: False)
     warning = Engine(tiny_bundle, threads=1, openvino="bf16").bf16_warning()
     assert warning is not None and "lacks AVX-512 BF16 and AMX" in warning
+
+
+@pytest.mark.skipif(not HAVE_PLUGIN, reason="the openvino extra is not installed")
+def test_a_cpu_the_plugin_does_not_take_is_one_clear_error(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An AMD EPYC: the plugin loads but offers no device. Twice, as a server that retries would: the plugin
+    # is registered once, so the second attempt gives the same answer, not "already registered".
+    engine_module.openvino_devices()
+    monkeypatch.setattr(engine_module, "openvino_devices", lambda precision="bf16": [])
+    for _ in range(2):
+        with pytest.raises(bundle.BundleError, match="offers no device on this CPU .*Intel CPUs only"):
+            Engine(tiny_bundle, threads=1, openvino="bf16")
+    monkeypatch.undo()
+    assert engine_module.openvino_devices() == engine_module.openvino_devices()  # loading twice is harmless

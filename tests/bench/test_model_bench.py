@@ -1,0 +1,40 @@
+"""The model benchmark's bf16-with-fp32-re-check path, on stand-in models (numpy only: no OpenVINO needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.model_bench import Recheck, gap_error
+
+
+def test_gap_error_is_the_error_in_the_fast_top_two_gap() -> None:
+    fast = np.array([[3.0, 1.0, 0.0], [0.0, 2.0, 2.5]])
+    exact = np.array([[2.5, 1.5, 9.0], [0.0, 2.2, 2.0]])
+    # image 0: fast's top two are classes 0, 1 (gap 2.0); exact's gap between them 1.0 (class 2 is ignored)
+    # image 1: fast's top two are classes 2, 1 (gap 0.5); exact's gap between them -0.2: the order flips
+    np.testing.assert_allclose(gap_error(fast, exact), [1.0, 0.7])
+
+
+def _model(shift: float) -> object:
+    """Logits from the first pixel: class 0 leads by the image's value, plus ``shift`` (a stand-in error)."""
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lead = x[:, 0, 0, 0].astype(np.float64) / 100 + shift
+        logits = np.stack([lead, np.zeros_like(lead)], axis=1)
+        probs = np.full_like(logits, shift)  # marks which model answered
+        return probs, logits
+
+    return run
+
+
+def test_recheck_reruns_exactly_the_images_bf16_could_have_got_wrong() -> None:
+    calibration = np.zeros((5, 2, 2, 3), dtype=np.uint8)
+    recheck = Recheck(_model(-0.3), _model(0.0), calibration=calibration)  # type: ignore[arg-type]
+    assert recheck.margin == 0.3
+    x = np.zeros((4, 2, 2, 3), dtype=np.uint8)
+    x[:, 0, 0, 0] = [10, 59, 61, 200]  # fast gaps: 0.2 (class 1 ahead), 0.29, 0.31, 1.7
+    probs = recheck(x)
+    np.testing.assert_allclose(probs[:, 0], [0.0, 0.0, -0.3, -0.3])  # the first two came from fp32
+    assert (recheck.images, recheck.rechecked) == (4, 2)
+    recheck(x[3:])  # clear: nothing re-run
+    assert (recheck.images, recheck.rechecked) == (5, 2)
