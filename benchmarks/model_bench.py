@@ -467,7 +467,7 @@ def model_benchmark(
             "load_s": round(load_s, 3),
             "batch1_ms": round(b1, 2),
             "batch8_ms": round(b8, 2),
-            "batch1_img_s": round(1000 / b1, 1),
+            "batch1_img_s": round(1000 / extra.get("batch1_mean_ms", b1), 1),
             "batch8_img_s": round(8000 / b8, 1),
             "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4),
             "max_abs_diff": float(np.abs(probs - reference).max()),
@@ -479,7 +479,7 @@ def model_benchmark(
         log(
             f"{cand.name}: batch 1 {r['batch1_ms']} ms, batch 8 {r['batch8_ms']} ms "
             f"({r['batch8_img_s']} img/s), agreement {r['top1_agreement']:.2%}, load {r['load_s']} s, "
-            f"others {r['other_cpu_cores']} cores"
+            f"others {r['other_cpu_cores']} cores; {note}"
         )
         del run
 
@@ -490,13 +490,16 @@ def model_benchmark(
     batching_bf16 = None
     if _importable("onnxruntime_ep_openvino") and (not only or any("bf16" in o for o in only)):
         wait_for_cpu(max_other, max_wait_s, log)
-        batching_bf16 = batching_check(
-            lambda: openvino_ep_runner(fp32, threads=threads, precision="bf16"),
-            lambda: openvino_ep_runner(fp32, threads=1, precision="bf16"),
-            test,
-            repeats,
-            log,
-        )
+        try:
+            batching_bf16 = batching_check(
+                lambda: openvino_ep_runner(fp32, threads=threads, precision="bf16"),
+                lambda: openvino_ep_runner(fp32, threads=1, precision="bf16"),
+                test,
+                repeats,
+                log,
+            )
+        except contract.BundleError as exc:  # the plugin takes no CPU here (an AMD one): nothing to measure
+            log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -568,16 +571,21 @@ def batching_check(
 
 
 def best_path(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The fastest path at batch 1 that keeps top-1 agreement at the goal."""
+    """The fastest path at batch 1 that keeps top-1 agreement at the goal. Paths timed per image are ranked by
+    their mean: a median would hide the images they run twice."""
     ok = {k: v for k, v in results.items() if "batch1_ms" in v and v["top1_agreement"] >= GOALS["agreement"]}
     if not ok:
         return None
-    name = min(ok, key=lambda k: ok[k]["batch1_ms"])
+
+    def ms(name: str) -> float:
+        return float(ok[name].get("batch1_mean_ms", ok[name]["batch1_ms"]))
+
+    name = min(ok, key=ms)
     return {
         "path": name,
         "batch1_ms": ok[name]["batch1_ms"],
         "batch1_mean_ms": ok[name].get("batch1_mean_ms"),  # paths timed per image: the median is batch1_ms
-        "meets_20ms": ok[name]["batch1_ms"] <= GOALS["batch1_ms"],
+        "meets_20ms": ms(name) <= GOALS["batch1_ms"],
     }
 
 

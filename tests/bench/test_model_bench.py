@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.model_bench import Recheck, gap_error
+from benchmarks.model_bench import Recheck, best_path, gap_error
 
 
 def test_gap_error_is_the_error_in_the_fast_top_two_gap() -> None:
@@ -38,3 +38,24 @@ def test_recheck_reruns_exactly_the_images_bf16_could_have_got_wrong() -> None:
     assert (recheck.images, recheck.rechecked) == (4, 2)
     recheck(x[3:])  # clear: nothing re-run
     assert (recheck.images, recheck.rechecked) == (5, 2)
+
+
+def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
+    paths = {
+        "fp32": {"batch1_ms": 30.0, "top1_agreement": 1.0},
+        "bf16": {"batch1_ms": 19.0, "top1_agreement": 0.97},  # fast, but changes answers
+        "re-check": {"batch1_ms": 21.0, "batch1_mean_ms": 32.0, "top1_agreement": 1.0},
+    }
+    assert best_path(paths) == {
+        "path": "fp32",
+        "batch1_ms": 30.0,
+        "batch1_mean_ms": None,
+        "meets_20ms": False,
+    }
+    paths["re-check"]["batch1_mean_ms"] = 19.5
+    assert best_path(paths) == {
+        "path": "re-check",
+        "batch1_ms": 21.0,
+        "batch1_mean_ms": 19.5,
+        "meets_20ms": True,
+    }
