@@ -14,7 +14,7 @@ help:
 
 # Each step says what it does; a failure ends with one line naming the step (pip's own reason is above it).
 STEP_FAILED = { echo "make: step 'environment' failed: $(1)" >&2; exit 1; }
-# OpenVINO's plugin EP (SKIN_OPENVINO) has wheels for x86-64 only: there its tests must run, elsewhere they skip.
+# The openvino extra (SKIN_OPENVINO) is offered on x86-64 only: there its tests must run, elsewhere they skip.
 ifeq ($(shell uname -m),x86_64)
 OPENVINO_EXTRA := ,openvino
 REQUIRE_OPENVINO := SKIN_REQUIRE_OPENVINO=1

@@ -1,12 +1,11 @@
 """Model-level benchmark, in one process: every way this machine can run the exported model, side by side.
 
 Paths: torch eager fp32 (what the reference serves), onnxruntime fp32 as the runtime configures it (and with
-other thread settings), static int8 (the exporter's recipe and a Conv-only variant), and OpenVINO (its own
-runtime and its onnxruntime execution provider) when installed, and bf16 with a fp32 re-check of the images
-whose answer bf16 could have changed (measured here before any runtime carries it). For each: median latency
-at batch 1 and 8,
+other thread settings), static int8 (the exporter's recipe and a Conv-only variant), and OpenVINO f32 and
+bf16 as SKIN_OPENVINO runs them when installed, plus bf16 with a fp32 re-check of the images whose answer bf16
+could have changed (measured here before any runtime carries it). For each: median latency at batch 1 and 8,
 load time, and top-1 agreement with onnxruntime fp32 on generated test images. Also answers whether batching
-concurrent requests would raise throughput on this machine, for onnxruntime fp32 and (plugin installed) for
+concurrent requests would raise throughput on this machine, for onnxruntime fp32 and (openvino installed) for
 SKIN_OPENVINO=bf16: the measurement behind SKIN_GATHER.
 
     python -m benchmarks.model_bench                 # writes benchmarks/results/model.json and model.md
@@ -108,25 +107,7 @@ def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
 
 
 def openvino_runner(model: Path, *, threads: int, precision: str) -> Runner:
-    import openvino as ov
-
-    core = ov.Core()
-    compiled = core.compile_model(
-        str(model),
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": precision,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": threads,
-        },
-    )
-    request = compiled.create_infer_request()
-    output = compiled.output(contract.PROBS_OUTPUT)
-    return lambda x: np.asarray(request.infer({contract.INPUT_NAME: x})[output])
-
-
-def openvino_ep_runner(model: Path, *, threads: int, precision: str) -> Runner:
-    """onnxruntime with the OpenVINO execution provider plugin, set up as the runtime does (SKIN_OPENVINO)."""
+    """OpenVINO's CPU plugin, set up as the runtime does (SKIN_OPENVINO)."""
     from runtime.engine import openvino_session
 
     session = openvino_session(str(model), threads=threads, precision=precision)
@@ -142,30 +123,13 @@ def ort_outputs(model: Path, *, threads: int) -> Outputs:
     return lambda x: tuple(session.run(names, {contract.INPUT_NAME: x}))
 
 
-def openvino_outputs(model: Path, *, threads: int, precision: str, plugin_ep: bool) -> Outputs:
-    """OpenVINO's CPU plugin, through its own runtime or through onnxruntime's plugin EP (SKIN_OPENVINO)."""
-    if plugin_ep:
-        from runtime.engine import openvino_session
+def openvino_outputs(model: Path, *, threads: int, precision: str) -> Outputs:
+    """OpenVINO's CPU plugin as the runtime sets it up (SKIN_OPENVINO)."""
+    from runtime.engine import openvino_session
 
-        session = openvino_session(str(model), threads=threads, precision=precision)
-        names = [contract.PROBS_OUTPUT, contract.LOGITS_OUTPUT]
-        return lambda x: tuple(session.run(names, {contract.INPUT_NAME: x}))
-    import openvino as ov
-
-    config = {
-        "INFERENCE_PRECISION_HINT": precision,
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": threads,
-    }
-    compiled = ov.Core().compile_model(str(model), "CPU", config)
-    request = compiled.create_infer_request()
-    probs, logits = compiled.output(contract.PROBS_OUTPUT), compiled.output(contract.LOGITS_OUTPUT)
-
-    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        result = request.infer({contract.INPUT_NAME: x})
-        return np.array(result[probs]), np.array(result[logits])  # copies: the request reuses its buffers
-
-    return run
+    session = openvino_session(str(model), threads=threads, precision=precision)
+    names = [contract.PROBS_OUTPUT, contract.LOGITS_OUTPUT]
+    return lambda x: tuple(session.run(names, {contract.INPUT_NAME: x}))
 
 
 class Recheck:
@@ -280,37 +244,23 @@ def candidates(
             found.append(
                 Candidate(
                     f"OpenVINO {precision}",
-                    "OpenVINO's own runtime on the same ONNX file",
+                    f"the runtime with SKIN_OPENVINO={precision}: OpenVINO's CPU plugin, the same ONNX file",
                     lambda p=precision: openvino_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
                 )
             )
-    if _importable("onnxruntime_ep_openvino"):
-        for precision in ("f32", "bf16"):
+        if calibration_pixels is not None and contract.LOGITS_OUTPUT in _outputs(fp32):
             found.append(
                 Candidate(
-                    f"onnxruntime + OpenVINO EP {precision}",
-                    "the runtime with SKIN_OPENVINO (onnxruntime + the OpenVINO plugin EP)",
-                    lambda p=precision: openvino_ep_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
+                    "OpenVINO bf16, fp32 re-check",
+                    RECHECK_NOTE,
+                    lambda: Recheck(
+                        openvino_outputs(fp32, threads=threads, precision="bf16"),
+                        ort_outputs(fp32, threads=threads),
+                        calibration=calibration_pixels,
+                    ),
+                    per_image=True,
                 )
             )
-    if calibration_pixels is not None and contract.LOGITS_OUTPUT in _outputs(fp32):
-        for plugin_ep, module, label in (
-            (False, "openvino", "OpenVINO bf16"),
-            (True, "onnxruntime_ep_openvino", "onnxruntime + OpenVINO EP bf16"),
-        ):
-            if _importable(module):
-                found.append(
-                    Candidate(
-                        f"{label}, fp32 re-check",
-                        RECHECK_NOTE,
-                        lambda ep=plugin_ep: Recheck(  # type: ignore[misc]
-                            openvino_outputs(fp32, threads=threads, precision="bf16", plugin_ep=ep),
-                            ort_outputs(fp32, threads=threads),
-                            calibration=calibration_pixels,
-                        ),
-                        per_image=True,
-                    )
-                )
     return found
 
 
@@ -488,17 +438,17 @@ def model_benchmark(
         lambda: ort_runner(fp32, threads=threads), lambda: ort_runner(fp32, threads=1), test, repeats, log
     )
     batching_bf16 = None
-    if _importable("onnxruntime_ep_openvino") and (not only or any("bf16" in o for o in only)):
+    if _importable("openvino") and (not only or any("bf16" in o for o in only)):
         wait_for_cpu(max_other, max_wait_s, log)
         try:
             batching_bf16 = batching_check(
-                lambda: openvino_ep_runner(fp32, threads=threads, precision="bf16"),
-                lambda: openvino_ep_runner(fp32, threads=1, precision="bf16"),
+                lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
+                lambda: openvino_runner(fp32, threads=1, precision="bf16"),
                 test,
                 repeats,
                 log,
             )
-        except contract.BundleError as exc:  # the plugin takes no CPU here (an AMD one): nothing to measure
+        except contract.BundleError as exc:  # OpenVINO could not compile the model here: nothing to measure
             log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
     summary = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -517,7 +467,7 @@ def model_benchmark(
         },
         "paths": results,
         "batching": batching,
-        "batching_bf16": batching_bf16,  # the same question for SKIN_OPENVINO=bf16, when its plugin is here
+        "batching_bf16": batching_bf16,  # the same question for SKIN_OPENVINO=bf16, when openvino is here
         "best": best_path(results),
     }
     out = Path(out)

@@ -90,11 +90,11 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
         ),
         "runtime-openvino-f32": (
             {"SKIN_OPENVINO": "f32"},
-            "SKIN_OPENVINO=f32: the graph on OpenVINO through onnxruntime's plugin EP",
+            "SKIN_OPENVINO=f32: the graph on OpenVINO's CPU plugin",
         ),
         "runtime-openvino-bf16": (
             {"SKIN_OPENVINO": "bf16"},
-            "SKIN_OPENVINO=bf16: OpenVINO in bf16 (AMX / AVX-512 BF16) through onnxruntime's plugin EP",
+            "SKIN_OPENVINO=bf16: OpenVINO's CPU plugin in bf16 (AMX / AVX-512 BF16)",
         ),
         "runtime-gather": (
             {"SKIN_GATHER": "4"},

@@ -18,7 +18,7 @@ from export import infer
 from runtime import bundle
 
 MIN_AGREEMENT = 0.99  # top-1 and flags, as for int8
-PLUGIN = "onnxruntime_ep_openvino"
+PACKAGE = "openvino"
 
 
 def measure(
@@ -33,8 +33,8 @@ def measure(
 ) -> dict[str, Any]:
     """Top-1 agreement, largest probability difference, flag agreement (``flags(fp32_session, bf16_session)``
     when the bundle has thresholds) and batch-1 latency of bf16 against fp32."""
-    if importlib.util.find_spec(PLUGIN) is None:
-        return {"measured": False, "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)"}
+    if importlib.util.find_spec(PACKAGE) is None:
+        return {"measured": False, "reason": "openvino is not installed (the openvino extra)"}
     from runtime.engine import cpu_has_bf16
 
     if cpu_has_bf16() is False:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -56,63 +55,21 @@ def cpu_has_bf16() -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def openvino_session(model: str | bytes, *, threads: int, precision: str, options: Any = None) -> Any:
-    """The graph on OpenVINO's CPU plugin through onnxruntime's plugin EP (package onnxruntime-ep-openvino):
-    bf16 runs on AMX / AVX-512 BF16 units; whatever OpenVINO does not take stays on onnxruntime's CPU EP."""
-    devices = openvino_devices(precision)
-    if not devices:
-        vendor = next((d.device.vendor for d in ort.get_ep_devices() if _is_cpu(d)), "") or "unknown"
-        raise bundle.BundleError(
-            f"the OpenVINO execution provider offers no device on this CPU (vendor: {vendor}); it takes "
-            "Intel CPUs only: serve without SKIN_OPENVINO"
-        )
-    if options is None:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-    # LATENCY: one request uses every thread (the runtime runs one batch at a time, like its CPU EP session).
-    config = {"CPU": {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}}
-    options.add_provider_for_devices(
-        devices, {"num_of_threads": str(threads), "load_config": json.dumps(config)}
-    )
+def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any:
+    """The graph on OpenVINO's CPU plugin (package openvino; runtime/openvino_session.py): bf16 runs on AMX or
+    AVX-512 BF16 units, Intel's or AMD's."""
     try:
-        session = ort.InferenceSession(
-            model if isinstance(model, bytes) else str(model), sess_options=options
-        )
-    except Exception as exc:
-        raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
-    if session.get_providers()[0] != devices[0].ep_name:
-        raise bundle.BundleError("the OpenVINO execution provider did not take the model")
-    return session
-
-
-def openvino_devices(precision: str = "bf16") -> list[Any]:
-    """The CPU devices onnxruntime's OpenVINO plugin EP offers here, loading the plugin once per process.
-    Empty where the plugin takes no CPU of this machine (it claims Intel CPUs only; an AMD EPYC gets none)."""
-    try:
-        import onnxruntime_ep_openvino as plugin
+        import openvino  # noqa: F401  (the extra; only its presence is checked here)
     except ImportError:
         raise bundle.BundleError(
-            f"OpenVINO {precision} needs its execution provider: pip install 'skinlesion[openvino]'"
+            f"OpenVINO {precision} needs the openvino package: pip install 'skinlesion[openvino]'"
         ) from None
+    from runtime.openvino_session import OpenVINOSession
+
     try:
-        name = plugin.get_ep_name()
-        if name not in _registered:
-            # Once only: registering again fails, and whether it was loaded cannot be read from the device
-            # list (a plugin that takes no CPU here lists none).
-            ort.register_execution_provider_library(name, plugin.get_library_path())
-            _registered.add(name)
-        return [d for d in ort.get_ep_devices() if d.ep_name == name and _is_cpu(d)]
-    except Exception as exc:  # an onnxruntime older than the plugin, or a broken install
-        raise bundle.BundleError(
-            f"the OpenVINO execution provider could not be loaded: {_first_line(exc)}"
-        ) from None
-
-
-_registered: set[str] = set()
-
-
-def _is_cpu(device: Any) -> bool:
-    return bool(device.device.type == ort.OrtHardwareDeviceType.CPU)
+        return OpenVINOSession(model, threads=threads, precision=precision)
+    except Exception as exc:
+        raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -185,9 +142,7 @@ class Engine:
                     str(path), sess_options=options, providers=list(providers)
                 )
             else:
-                self.session = openvino_session(
-                    str(path), threads=self.threads, precision=openvino, options=options
-                )
+                self.session = openvino_session(str(path), threads=self.threads, precision=openvino)
         except bundle.BundleError:
             raise
         except Exception as exc:

@@ -34,7 +34,7 @@ class Settings:
     memory_arena: bool = True
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
-    openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO through onnxruntime's plugin EP
+    openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO's CPU plugin
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
     @classmethod

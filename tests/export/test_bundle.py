@@ -115,7 +115,7 @@ def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, 
             and "lacks AVX-512 BF16" in entry["reason"]
         )
         return
-    assert entry["measured"] is True and entry["n_test"] == 12
+    assert entry["measured"] is True and entry["n_test"] == 12, entry
     assert 0.0 <= entry["agreement"] <= 1.0 and 0.0 <= entry["max_abs_diff"] <= 1.0
     assert set(entry["latency_batch1_ms"]) == {"fp32", "bf16"} and entry["speedup_batch1"] > 0
     assert set(entry["flag_agreement"]) == {"confidence", "in_distribution"}
@@ -127,24 +127,21 @@ def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, 
     assert (engine.bf16_warning() is None) is entry["safe"]
 
 
-def test_bf16_without_the_plugin_says_so(
+def test_bf16_without_openvino_says_so(
     exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == bf16.PLUGIN else real(name, *a)
+        importlib.util, "find_spec", lambda name, *a: None if name == bf16.PACKAGE else real(name, *a)
     )
     fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
     test = sorted(dataset.glob("test/*/*"))
     entry = bf16.measure(
         fp32, test=test, flags=None, size=(TINY_SIZE, TINY_SIZE), resize="stretch", resize_filter="bilinear"
     )
-    assert entry == {
-        "measured": False,
-        "reason": "onnxruntime-ep-openvino is not installed (the openvino extra)",
-    }
+    assert entry == {"measured": False, "reason": "openvino is not installed (the openvino extra)"}
 
 
 @needs_openvino
@@ -154,14 +151,14 @@ def test_a_failing_bf16_check_never_costs_the_export(
     import runtime.engine
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("plugin exploded")
+        raise RuntimeError("openvino exploded")
 
     monkeypatch.setattr(runtime.engine, "openvino_session", broken)
     monkeypatch.setattr(runtime.engine, "cpu_has_bf16", lambda: True)
     fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
     view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
     entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]
-    assert entry == {"measured": False, "reason": "the bf16 check failed: plugin exploded"}
+    assert entry == {"measured": False, "reason": "the bf16 check failed: openvino exploded"}
 
 
 @pytest.mark.parametrize(
