@@ -40,6 +40,7 @@ from benchmarks.run import (
     wait_until_quiet,
 )
 from runtime import bundle as contract
+from runtime.engine import openvino_session
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
@@ -55,20 +56,18 @@ class Candidate:
     name: str
     note: str
     make: Callable[[], Runner]  # builds the session (timed as load time)
-    per_image: bool = False  # latency depends on the image: batch 1 timed over every test image, once each
 
 
 # ---- paths
 
 
-def ort_runner(
+def ort_session(
     model: Path,
     *,
     threads: int,
     spinning: bool = False,
     arena: bool = True,
-    providers: Sequence[str] = ("CPUExecutionProvider",),
-) -> Runner:
+) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -77,13 +76,15 @@ def ort_runner(
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.enable_cpu_mem_arena = arena  # on, as in the runtime (which shrinks it after batches)
-    session = ort.InferenceSession(str(model), sess_options=options, providers=list(providers))
+    return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
 
-    run.session = session  # type: ignore[attr-defined]
-    return run
+def ort_runner(model: Path, *, threads: int, spinning: bool = False, arena: bool = True) -> Runner:
+    return probabilities(ort_session(model, threads=threads, spinning=spinning, arena=arena))
+
+
+def probabilities(session: Any) -> Runner:
+    return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
 
 
 def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
@@ -108,26 +109,13 @@ def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
 
 def openvino_runner(model: Path, *, threads: int, precision: str) -> Runner:
     """OpenVINO's CPU plugin, set up as the runtime does (SKIN_OPENVINO)."""
-    from runtime.engine import openvino_session
-
-    session = openvino_session(str(model), threads=threads, precision=precision)
-    return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
+    return probabilities(openvino_session(str(model), threads=threads, precision=precision))
 
 
 Outputs = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # uint8 images → (probabilities, logits)
 
 
-def ort_outputs(model: Path, *, threads: int) -> Outputs:
-    session = ort_runner(model, threads=threads).session  # type: ignore[attr-defined]
-    names = [contract.PROBS_OUTPUT, contract.LOGITS_OUTPUT]
-    return lambda x: tuple(session.run(names, {contract.INPUT_NAME: x}))
-
-
-def openvino_outputs(model: Path, *, threads: int, precision: str) -> Outputs:
-    """OpenVINO's CPU plugin as the runtime sets it up (SKIN_OPENVINO)."""
-    from runtime.engine import openvino_session
-
-    session = openvino_session(str(model), threads=threads, precision=precision)
+def probabilities_and_logits(session: Any) -> Outputs:
     names = [contract.PROBS_OUTPUT, contract.LOGITS_OUTPUT]
     return lambda x: tuple(session.run(names, {contract.INPUT_NAME: x}))
 
@@ -154,7 +142,7 @@ class Recheck:
         top2 = np.sort(logits, axis=1)[:, -2:]
         close = top2[:, 1] - top2[:, 0] <= self.margin
         if close.any():
-            probs[close] = self.exact(np.ascontiguousarray(x[close]))[0]
+            probs[close] = self.exact(x[close])[0]
         self.images += len(x)
         self.rechecked += int(close.sum())
         return probs
@@ -254,11 +242,12 @@ def candidates(
                     "OpenVINO bf16, fp32 re-check",
                     RECHECK_NOTE,
                     lambda: Recheck(
-                        openvino_outputs(fp32, threads=threads, precision="bf16"),
-                        ort_outputs(fp32, threads=threads),
+                        probabilities_and_logits(
+                            openvino_session(str(fp32), threads=threads, precision="bf16")
+                        ),
+                        probabilities_and_logits(ort_session(fp32, threads=threads)),
                         calibration=calibration_pixels,
                     ),
-                    per_image=True,
                 )
             )
     return found
@@ -400,12 +389,11 @@ def model_benchmark(
         probs = predict_all(run, test)
         extra: dict[str, Any] = {}
         note = cand.note
-        if isinstance(run, Recheck):
+        other = OtherCpu()
+        if isinstance(run, Recheck):  # its cost depends on the image: batch 1 timed over every test image
             share = run.rechecked / run.images
             extra = {"recheck_margin": round(run.margin, 4), "rechecked_share": round(share, 4)}
             note += f"; gap ≤ {run.margin:.3f} re-run: {share:.0%} of the test images"
-        other = OtherCpu()
-        if cand.per_image:
             b1, mean = per_image_ms(run, test)
             extra["batch1_mean_ms"] = round(mean, 2)
             note += f"; batch 1 is the median over the test images, mean {mean:.1f} ms"

@@ -8,6 +8,7 @@ reads the ONNX file itself and keeps its metadata (rt_info "framework"), so the 
 
 from __future__ import annotations
 
+import functools
 import queue
 from dataclasses import dataclass
 from typing import Any
@@ -80,9 +81,7 @@ class OpenVINOSession:
             self._requests.put(request)
 
 
-_CORE: list[Any] = []
-
-
+@functools.cache
 def _core() -> Any:
     """One OpenVINO Core for the process, never released. Each Core's CPU plugin sets its own alternate signal
     stack on the thread that compiles and, with several Cores alive, can leave another one's installed; once
@@ -90,9 +89,7 @@ def _core() -> Any:
     SIGTERM) lands on unmapped memory and the process dies with SIGSEGV. One Core keeps that stack mapped."""
     import openvino as ov
 
-    if not _CORE:
-        _CORE.append(ov.Core())
-    return _CORE[0]
+    return ov.Core()
 
 
 def _arg(port: Any) -> NodeArg:

@@ -234,7 +234,7 @@ print("handled", len(got))
 def test_signals_still_arrive_after_openvino_sessions_are_gone(tiny_bundle: Path) -> None:
     import subprocess
 
-    size = bundle.BundleMeta.from_metadata(_metadata(tiny_bundle)).input_size[0]
+    size = Engine(tiny_bundle, threads=1).meta.input_size[0]
     code = SIGNAL_AFTER_SESSIONS.replace("SIZE", str(size))
     done = subprocess.run(
         [sys.executable, "-c", code, str(tiny_bundle / bundle.MODEL_FILE)],
@@ -244,10 +244,3 @@ def test_signals_still_arrive_after_openvino_sessions_are_gone(tiny_bundle: Path
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0 and "handled 1" in done.stdout, (done.returncode, done.stderr[-2000:])
-
-
-def _metadata(bundle_dir: Path) -> dict[str, str]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(bundle_dir / bundle.MODEL_FILE), providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)
