@@ -61,25 +61,17 @@ class Candidate:
 # ---- paths
 
 
-def ort_session(
-    model: Path,
-    *,
-    threads: int,
-    spinning: bool = False,
-    arena: bool = True,
-) -> Any:
+def ort_session(model: Path, *, threads: int, spinning: bool = True, arena: bool = True) -> Any:
+    """onnxruntime set up as the runtime sets it up, but for the settings given."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.enable_cpu_mem_arena = arena  # on, as in the runtime (which shrinks it after batches)
+    from runtime.engine import session_options
+
+    options = session_options(threads=threads, memory_arena=arena, spinning=spinning)
     return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def ort_runner(model: Path, *, threads: int, spinning: bool = False, arena: bool = True) -> Runner:
+def ort_runner(model: Path, *, threads: int, spinning: bool = True, arena: bool = True) -> Runner:
     return probabilities(ort_session(model, threads=threads, spinning=spinning, arena=arena))
 
 
@@ -196,13 +188,13 @@ def candidates(
         ),
         Candidate(
             "onnxruntime fp32",
-            f"as the runtime runs it: {threads} threads, no spinning",
+            f"as the runtime runs it: {threads} threads, busy-waiting between ops, not between runs",
             lambda: ort_runner(fp32, threads=threads),
         ),
         Candidate(
-            "onnxruntime fp32, spinning",
-            "threads busy-wait between ops (onnxruntime's default)",
-            lambda: ort_runner(fp32, threads=threads, spinning=True),
+            "onnxruntime fp32, no spinning",
+            "threads sleep between ops (SKIN_ORT_SPINNING=false; the runtime's setting until 2026-11-29)",
+            lambda: ort_runner(fp32, threads=threads, spinning=False),
         ),
         Candidate(
             "onnxruntime fp32, no memory arena",

@@ -36,6 +36,7 @@ SERVERS = (
     "runtime",
     "baseline",
     "runtime-no-arena",
+    "runtime-no-spin",
     "runtime-parallel",
     "runtime-overlap",
     "runtime-2workers",
@@ -79,6 +80,10 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
         "runtime-no-arena": (
             {"SKIN_ORT_MEMORY_ARENA": "0"},
             "skin-serve with onnxruntime's CPU memory arena off",
+        ),
+        "runtime-no-spin": (
+            {"SKIN_ORT_SPINNING": "0"},
+            "skin-serve with onnxruntime's threads sleeping between ops (the default until 2026-11-29)",
         ),
         "runtime-parallel": (
             {"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},

@@ -17,11 +17,10 @@ BATCH = 16
 def session(model: bytes | str | Path, *, threads: int = 0) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # 0: onnxruntime's default
-    options.log_severity_level = 3  # errors only: its warnings are about graph fusions, not our data
-    # As the runtime's engine does: no busy-waiting threads, so timings match what serving sees.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    from runtime.engine import session_options
+
+    # As the runtime's engine sets it up, so timings match serving (threads 0: onnxruntime's default).
+    options = session_options(threads=threads)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
 

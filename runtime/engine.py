@@ -72,6 +72,27 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any
         raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
 
 
+def session_options(*, threads: int, memory_arena: bool = True, spinning: bool = True) -> ort.SessionOptions:
+    """How the runtime (and the model benchmark, to measure the same thing) sets up onnxruntime on the CPU."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    # Threads busy-wait between the ops of a run rather than sleep and wake for each of B3's ~400 ops (one
+    # client got ~7 % more answers on 2 cores), and stop as soon as the run returns: an idle server burns no
+    # CPU, and decoding the next upload gets the cores (spinning between runs served fewer requests).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # The arena reuses buffers between runs (~30 % faster single-image serving on B3) but keeps the peak
+    # of every batch size it has seen (1.8 GB under mixed batches); so the engine shrinks it after multi-image
+    # runs.
+    options.enable_cpu_mem_arena = memory_arena
+    return options
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
@@ -94,6 +115,7 @@ class Engine:
         threads: int = 0,
         providers: tuple[str, ...] = ("CPUExecutionProvider",),
         memory_arena: bool = True,
+        spinning: bool = True,
         variant: str = "auto",
         openvino: str = "off",
     ) -> None:
@@ -116,19 +138,9 @@ class Engine:
         self.bundle_dir = Path(bundle_dir)
         self.model_file = path.name
         self.threads = threads if threads > 0 else available_cpus()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle spinning burns a core per thread between requests; a server is idle most of the time.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        # The arena reuses buffers between runs (~30 % faster single-image serving on B3) but keeps the peak
-        # of every batch size it has seen (1.8 GB under mixed batches); so multi-image runs shrink it after.
-        options.enable_cpu_mem_arena = memory_arena
+        options = session_options(threads=self.threads, memory_arena=memory_arena, spinning=spinning)
         self.memory_arena = memory_arena
+        self.spinning = spinning
         self._shrink = ort.RunOptions()
         self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         unknown = [p for p in providers if p not in ort.get_available_providers()]
@@ -170,6 +182,7 @@ class Engine:
             threads=settings.threads,
             providers=settings.providers,
             memory_arena=settings.memory_arena,
+            spinning=settings.spinning,
             variant=settings.model_variant,
             openvino=settings.openvino,
         )

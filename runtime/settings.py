@@ -32,6 +32,7 @@ class Settings:
     top_k: int = 5
     webui_dir: str = str(DEFAULT_WEBUI)
     memory_arena: bool = True
+    spinning: bool = True  # onnxruntime's threads busy-wait between the ops of a run (never between runs)
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
     openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO's CPU plugin
@@ -76,6 +77,7 @@ class Settings:
             ),
             model_variant=config("SKIN_MODEL_VARIANT", cast=str, default="auto"),
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
+            spinning=config("SKIN_ORT_SPINNING", cast=bool, default=True),
             openvino=_openvino(config("SKIN_OPENVINO", cast=str, default="off")),
             providers=tuple(
                 p.strip()

@@ -34,6 +34,7 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_TOP_K", "abc"),
         ("WEB_CONCURRENCY", "abc"),
         ("WEB_CONCURRENCY", "0"),
+        ("SKIN_ORT_SPINNING", "maybe"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -43,10 +44,17 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
 
 
 def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"SKIN_TOP_K": "3", "SKIN_MAX_IMAGE_MB": "0.5", "SKIN_MAX_QUEUE": "0"}.items():
+    given = {
+        "SKIN_TOP_K": "3",
+        "SKIN_MAX_IMAGE_MB": "0.5",
+        "SKIN_MAX_QUEUE": "0",
+        "SKIN_ORT_SPINNING": "false",
+    }
+    for name, value in given.items():
         monkeypatch.setenv(name, value)
     settings = Settings.from_env()
     assert (settings.top_k, settings.max_image_bytes, settings.max_queue) == (3, MB // 2, 0)
+    assert not settings.spinning and Settings().spinning
 
 
 def test_uvicorn_app_reads_the_environment_only_when_served() -> None:
