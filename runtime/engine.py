@@ -81,7 +81,7 @@ def session_options(*, threads: int, memory_arena: bool = True, spinning: bool =
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     # Threads busy-wait between the ops of a run rather than sleep and wake for each of B3's ~400 ops (one
-    # client got ~7 % more answers on 2 cores), and stop as soon as the run returns: an idle server burns no
+    # client got 6-7 % more answers on 2 cores), and stop as soon as the run returns: an idle server burns no
     # CPU, and decoding the next upload gets the cores (spinning between runs served fewer requests).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
