@@ -40,7 +40,7 @@ from benchmarks.run import (
     wait_until_quiet,
 )
 from runtime import bundle as contract
-from runtime.engine import openvino_session
+from runtime.engine import openvino_session, session_options
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
@@ -64,8 +64,6 @@ class Candidate:
 def ort_session(model: Path, *, threads: int, spinning: bool = True, arena: bool = True) -> Any:
     """onnxruntime set up as the runtime sets it up, but for the settings given."""
     import onnxruntime as ort
-
-    from runtime.engine import session_options
 
     options = session_options(threads=threads, memory_arena=arena, spinning=spinning)
     return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
@@ -228,7 +226,7 @@ def candidates(
                     lambda p=precision: openvino_runner(fp32, threads=threads, precision=p),  # type: ignore[misc]
                 )
             )
-        if calibration_pixels is not None and contract.LOGITS_OUTPUT in _outputs(fp32):
+        if calibration_pixels is not None:  # given when the graph has logits
             found.append(
                 Candidate(
                     "OpenVINO bf16, fp32 re-check",
@@ -243,14 +241,6 @@ def candidates(
                 )
             )
     return found
-
-
-def _outputs(model: Path) -> set[str]:
-    import onnxruntime as ort
-
-    return {
-        o.name for o in ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).get_outputs()
-    }
 
 
 def _importable(module: str) -> bool:
@@ -343,7 +333,7 @@ def model_benchmark(
     work = Path(work)
     checkpoint, bundle_dir = prepare(work, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
-    meta = _meta(fp32)
+    meta, outputs = _graph(fp32)
     threads = threads or available_cpus()
     scratch = work / "model_bench"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -358,7 +348,10 @@ def model_benchmark(
     one, eight = test[:1], test[:8]
 
     calibration_pixels = np.stack([preprocess(f, meta.input_size, **view) for f in calibration])  # type: ignore[arg-type]
-    found = candidates(checkpoint, fp32, scratch, calibration, meta, threads, calibration_pixels)
+    recheck_pixels = (
+        calibration_pixels if contract.LOGITS_OUTPUT in outputs else None
+    )  # the re-check needs them
+    found = candidates(checkpoint, fp32, scratch, calibration, meta, threads, recheck_pixels)
     if only:
         found = [c for c in found if any(o.lower() in c.name.lower() for o in only)]
         if not found:
@@ -458,11 +451,12 @@ def model_benchmark(
     return summary
 
 
-def _meta(model: Path) -> contract.BundleMeta:
+def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    return contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    meta = contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    return meta, {o.name for o in session.get_outputs()}
 
 
 def batching_check(

@@ -138,7 +138,6 @@ class Engine:
         self.bundle_dir = Path(bundle_dir)
         self.model_file = path.name
         self.threads = threads if threads > 0 else available_cpus()
-        options = session_options(threads=self.threads, memory_arena=memory_arena, spinning=spinning)
         self.memory_arena = memory_arena
         self.spinning = spinning
         self._shrink = ort.RunOptions()
@@ -150,6 +149,7 @@ class Engine:
         self.openvino = openvino
         try:
             if openvino == "off":
+                options = session_options(threads=self.threads, memory_arena=memory_arena, spinning=spinning)
                 self.session = ort.InferenceSession(
                     str(path), sess_options=options, providers=list(providers)
                 )

@@ -18,7 +18,6 @@ IDLE_CPU = """
 import sys, time
 import numpy as np
 from runtime.engine import Engine
-from tests.server import ROOT
 
 engine = Engine(sys.argv[1], threads=2, spinning=sys.argv[2] == "1")
 images = np.zeros((1, *engine.meta.input_size, 3), dtype=np.uint8)

@@ -21,6 +21,7 @@ from runtime.settings import Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
 from tests.images import solid
 from tests.openvino import needs_openvino
+from tests.server import ROOT
 
 
 def _images() -> np.ndarray:
@@ -241,6 +242,6 @@ def test_signals_still_arrive_after_openvino_sessions_are_gone(tiny_bundle: Path
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
     )
     assert done.returncode == 0 and "handled 1" in done.stdout, (done.returncode, done.stderr[-2000:])
