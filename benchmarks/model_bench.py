@@ -186,12 +186,13 @@ def candidates(
         ),
         Candidate(
             "onnxruntime fp32",
-            f"as the runtime runs it: {threads} threads, busy-waiting between ops, not between runs",
+            f"{threads} threads busy-waiting between ops, not between runs: the runtime with "
+            "SKIN_INFERENCE_CONCURRENCY=1",
             lambda: ort_runner(fp32, threads=threads),
         ),
         Candidate(
             "onnxruntime fp32, no spinning",
-            "threads sleep between ops (SKIN_ORT_SPINNING=false; the runtime's setting until 2026-11-29)",
+            "threads sleep between ops: the runtime's default, which runs two images at once",
             lambda: ort_runner(fp32, threads=threads, spinning=False),
         ),
         Candidate(
@@ -280,7 +281,7 @@ def predict_all(run: Runner, x: np.ndarray, batch: int = 8) -> np.ndarray:
 
 
 def parallel_img_s(make: Callable[[], Runner], x: np.ndarray, workers: int, seconds: float) -> float:
-    """Images per second with ``workers`` threads, each with its own session, each at batch 1."""
+    """Images per second with ``workers`` threads, each running what ``make`` gives it, at batch 1."""
     runners = [make() for _ in range(workers)]
     for run in runners:
         run(x)
@@ -408,7 +409,12 @@ def model_benchmark(
 
     wait_for_cpu(max_other, max_wait_s, log)
     batching = batching_check(
-        lambda: ort_runner(fp32, threads=threads), lambda: ort_runner(fp32, threads=1), test, repeats, log
+        lambda: ort_runner(fp32, threads=threads),
+        lambda: ort_runner(fp32, threads=1),
+        test,
+        repeats,
+        log,
+        make_shared=lambda: ort_runner(fp32, threads=threads, spinning=False),  # as the runtime serves
     )
     batching_bf16 = None
     if _importable("openvino") and (not only or any("bf16" in o for o in only)):
@@ -420,6 +426,7 @@ def model_benchmark(
                 test,
                 repeats,
                 log,
+                make_shared=lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
             )
         except contract.BundleError as exc:  # OpenVINO could not compile the model here: nothing to measure
             log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
@@ -465,9 +472,12 @@ def batching_check(
     test: np.ndarray,
     repeats: int,
     log: Callable[[str], None],
+    *,
+    make_shared: Callable[[], Runner] | None = None,
 ) -> dict[str, Any]:
     """Would the runtime gain from gathering concurrent requests into one batch? Throughput by batch size,
-    and two sessions of one thread each running side by side (the other way to use two cores)."""
+    two sessions of one thread each running side by side (the other way to use two cores), and
+    ``make_shared``'s one session running two images at once (the runtime's SKIN_INFERENCE_CONCURRENCY=2)."""
     run = make()
     img_s = {}
     other = OtherCpu()
@@ -475,12 +485,17 @@ def batching_check(
         ms = latency_ms(run, test[:n], max(5, repeats // n))
         img_s[str(n)] = round(n * 1000 / ms, 1)
     parallel = parallel_img_s(make_one_thread, test[:1], workers=2, seconds=5.0)
+    shared = None
+    if make_shared is not None:
+        session = make_shared()
+        shared = round(parallel_img_s(lambda: session, test[:1], workers=2, seconds=5.0), 1)
     best_batch = max(img_s.values())
     gain = best_batch / img_s["1"]
     build = gain >= BATCHING_GAIN
     result = {
         "img_s_by_batch": img_s,
         "two_sessions_one_thread_img_s": round(parallel, 1),
+        "one_session_two_runs_img_s": shared,
         "best_batch_gain": round(gain, 3),
         "threshold": BATCHING_GAIN,
         "other_cpu_cores": other.cores(),
@@ -490,7 +505,10 @@ def batching_check(
             + ("worth building" if build else "not worth building on this machine")
         ),
     }
-    log(f"batching: {img_s} img/s by batch; two 1-thread sessions {parallel:.1f} img/s; {result['verdict']}")
+    log(
+        f"batching: {img_s} img/s by batch; two 1-thread sessions {parallel:.1f} img/s; one session, two "
+        f"runs at once {shared} img/s; {result['verdict']}"
+    )
     return result
 
 
@@ -563,7 +581,8 @@ def markdown(summary: dict[str, Any]) -> str:
             lines += [
                 "",
                 f"Batching ({label}, img/s): {by_batch}; two 1-thread sessions side by side: "
-                f"{b['two_sessions_one_thread_img_s']}. Verdict: {b['verdict']}.",
+                f"{b['two_sessions_one_thread_img_s']}; one session, two runs at once: "
+                f"{b.get('one_session_two_runs_img_s')}. Verdict: {b['verdict']}.",
             ]
     best = summary["best"]
     if best:

@@ -36,12 +36,14 @@ SERVERS = (
     "runtime",
     "baseline",
     "runtime-no-arena",
-    "runtime-no-spin",
+    "runtime-one",
+    "runtime-one-no-spin",
     "runtime-parallel",
-    "runtime-overlap",
+    "runtime-overlap-spin",
     "runtime-2workers",
     "runtime-openvino-f32",
     "runtime-openvino-bf16",
+    "runtime-openvino-bf16-two",
     "runtime-gather",
     "runtime-openvino-bf16-gather",
 )
@@ -75,23 +77,27 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
     variants = {
         "runtime": (
             {},
-            "skin-serve defaults: onnxruntime fp32, threads = CPU quota, one inference at a time",
+            "skin-serve defaults: onnxruntime fp32, threads = CPU quota, two single images at once",
         ),
         "runtime-no-arena": (
             {"SKIN_ORT_MEMORY_ARENA": "0"},
             "skin-serve with onnxruntime's CPU memory arena off",
         ),
-        "runtime-no-spin": (
-            {"SKIN_ORT_SPINNING": "0"},
-            "skin-serve with onnxruntime's threads sleeping between ops (the default until 2026-11-29)",
+        "runtime-one": (
+            {"SKIN_INFERENCE_CONCURRENCY": "1"},
+            "one inference at a time, threads spinning within a run (the default until 2026-11-29 evening)",
+        ),
+        "runtime-one-no-spin": (
+            {"SKIN_INFERENCE_CONCURRENCY": "1", "SKIN_ORT_SPINNING": "0"},
+            "one inference at a time, threads sleeping between ops (the default until 2026-11-29)",
         ),
         "runtime-parallel": (
-            {"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
+            {"SKIN_THREADS": "1"},
             "two inferences at once with one onnxruntime thread each",
         ),
-        "runtime-overlap": (
-            {"SKIN_INFERENCE_CONCURRENCY": "2"},
-            "two inferences at once sharing the session's two onnxruntime threads",
+        "runtime-overlap-spin": (
+            {"SKIN_ORT_SPINNING": "1"},
+            "two inferences at once with the threads spinning within each run",
         ),
         "runtime-openvino-f32": (
             {"SKIN_OPENVINO": "f32"},
@@ -104,6 +110,10 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
         "runtime-gather": (
             {"SKIN_GATHER": "4"},
             "SKIN_GATHER=4: single-image requests waiting for the model run together, up to 4",
+        ),
+        "runtime-openvino-bf16-two": (
+            {"SKIN_OPENVINO": "bf16", "SKIN_INFERENCE_CONCURRENCY": "2"},
+            "SKIN_OPENVINO=bf16 with two inferences at once (it runs one at a time by default)",
         ),
         "runtime-openvino-bf16-gather": (
             {"SKIN_OPENVINO": "bf16", "SKIN_GATHER": "4"},

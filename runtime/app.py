@@ -36,6 +36,7 @@ from runtime.gather import Gatherer
 from runtime.metrics import Metrics
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
+from runtime.slots import Slots
 from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, megabytes, read_files
 
 log = logging.getLogger("runtime")
@@ -220,7 +221,7 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
         if state.gather is not None and len(images) == 1:
             output = await state.gather.infer(images[0])  # may run together with other waiting images
         else:
-            async with state.admission.running:
+            async with state.admission.running.take(len(images)):
                 output = await run_in_threadpool(state.engine.run, images)
     except Exception:
         # Never echo onnxruntime's message (it can name files); the log has it with the request id.
@@ -321,10 +322,11 @@ def _busy() -> ApiError:
 
 
 class Admission:
-    """Bounded work: ``running`` batches on the model at once, ``queued`` more wait; the rest get 503."""
+    """Bounded work: ``running`` runs on the model at once (a multi-image run counts one per image, see
+    runtime/slots.py), ``queued`` more requests wait; the rest get 503."""
 
     def __init__(self, running: int, queued: int, uploads: int = 16) -> None:
-        self.running = asyncio.Semaphore(running)
+        self.running = Slots(running)
         self.capacity = running + queued
         self.active = 0
         self.max_uploads = uploads

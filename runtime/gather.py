@@ -15,17 +15,18 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from runtime.engine import Output
+from runtime.slots import Slots
 
 RunBatch = Callable[[np.ndarray], Awaitable[Output]]
 
 
 class Gatherer:
-    """``await infer(image)`` → that image's Output; ``run`` is called with the model's slot held by the
-    caller's ``slot`` semaphore, shared with multi-image requests, so the model never runs twice at once."""
+    """``await infer(image)`` → that image's Output; ``run`` is called holding every one of the model's
+    ``slots``, shared with multi-image requests, so one gathered run goes at a time, alone on the model."""
 
-    def __init__(self, run: RunBatch, slot: asyncio.Semaphore, max_images: int) -> None:
+    def __init__(self, run: RunBatch, slots: Slots, max_images: int) -> None:
         self.run = run
-        self.slot = slot
+        self.slots = slots
         self.max_images = max(1, max_images)
         self.pending: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
         self.worker: asyncio.Task[None] | None = None
@@ -53,7 +54,7 @@ class Gatherer:
         taken: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
         try:
             while self.pending:
-                async with self.slot:
+                async with self.slots.take(self.slots.total):
                     # Taken once the model is free: everything that queued meanwhile, in arrival order.
                     taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
                     taken = [(image, future) for image, future in taken if not future.done()]  # gone

@@ -39,7 +39,7 @@ class OpenVINOSession:
         graph = core.read_model(model)
         framework = graph.get_rt_info()["framework"] if graph.has_rt_info("framework") else {}
         self._meta = {key: value.astype(str) for key, value in framework.items()}
-        # LATENCY: one request uses every thread (the engine runs one batch at a time, as on onnxruntime).
+        # LATENCY: one request uses every thread (the runtime runs one inference at a time on OpenVINO).
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": precision,
             "PERFORMANCE_HINT": "LATENCY",

@@ -17,6 +17,7 @@ from runtime.app import create_app
 from runtime.engine import Engine, Output
 from runtime.gather import Gatherer
 from runtime.settings import Settings
+from runtime.slots import Slots
 from tests.images import solid
 
 CLASSES = 8
@@ -60,7 +61,7 @@ def _check(outputs: list[Output]) -> None:
 def test_a_lone_request_runs_at_once_alone() -> None:
     async def main() -> tuple[Recorder, Output]:
         run = Recorder()
-        return run, await Gatherer(run, asyncio.Semaphore(1), 4).infer(_images(1)[0])
+        return run, await Gatherer(run, Slots(1), 4).infer(_images(1)[0])
 
     run, out = asyncio.run(main())
     assert run.calls == [[0]]
@@ -69,9 +70,9 @@ def test_a_lone_request_runs_at_once_alone() -> None:
 
 def test_requests_queued_while_the_model_is_busy_run_together_up_to_the_limit() -> None:
     async def main() -> tuple[Recorder, list[Output]]:
-        run, slot = Recorder(), asyncio.Semaphore(1)
+        run, slot = Recorder(), Slots(1)
         gatherer = Gatherer(run, slot, 3)
-        async with slot:  # the model is busy (say, with a multi-image request) while six requests arrive
+        async with slot.take():  # the model is busy (say, with a batch request) while six requests arrive
             tasks = [asyncio.create_task(gatherer.infer(image)) for image in _images(6)]
             await asyncio.sleep(0.01)
             assert run.calls == []
@@ -85,7 +86,7 @@ def test_requests_queued_while_the_model_is_busy_run_together_up_to_the_limit() 
 def test_a_failed_batch_is_rerun_one_by_one_so_only_the_bad_image_fails() -> None:
     async def main() -> tuple[Recorder, list[object]]:
         run = Recorder(bad=frozenset({1}))
-        gatherer = Gatherer(run, asyncio.Semaphore(1), 4)
+        gatherer = Gatherer(run, Slots(1), 4)
         results = await asyncio.gather(*(gatherer.infer(i) for i in _images(3)), return_exceptions=True)
         return run, list(results)
 
@@ -100,9 +101,7 @@ def test_a_failed_batch_is_rerun_one_by_one_so_only_the_bad_image_fails() -> Non
 def test_a_lone_failure_fails_its_request_only_once() -> None:
     async def main() -> tuple[Recorder, object]:
         run = Recorder(bad=frozenset({0}))
-        result = await asyncio.gather(
-            Gatherer(run, asyncio.Semaphore(1), 4).infer(_images(1)[0]), return_exceptions=True
-        )
+        result = await asyncio.gather(Gatherer(run, Slots(1), 4).infer(_images(1)[0]), return_exceptions=True)
         return run, result[0]
 
     run, result = asyncio.run(main())
@@ -111,9 +110,9 @@ def test_a_lone_failure_fails_its_request_only_once() -> None:
 
 def test_shutdown_answers_whoever_still_waits() -> None:
     async def main() -> list[object]:
-        run, slot = Recorder(), asyncio.Semaphore(1)
+        run, slot = Recorder(), Slots(1)
         gatherer = Gatherer(run, slot, 4)
-        await slot.acquire()  # the model stays busy until shutdown
+        await slot.take().__aenter__()  # the model stays busy until shutdown
         tasks = [asyncio.create_task(gatherer.infer(image)) for image in _images(2)]
         await asyncio.sleep(0.01)
         await gatherer.close()
@@ -125,9 +124,9 @@ def test_shutdown_answers_whoever_still_waits() -> None:
 
 def test_a_client_that_left_is_not_run() -> None:
     async def main() -> tuple[Recorder, list[Output]]:
-        run, slot = Recorder(), asyncio.Semaphore(1)
+        run, slot = Recorder(), Slots(1)
         gatherer = Gatherer(run, slot, 4)
-        async with slot:
+        async with slot.take():
             tasks = [asyncio.create_task(gatherer.infer(image)) for image in _images(3)]
             await asyncio.sleep(0.01)
             tasks[1].cancel()  # its request was cancelled (at shutdown, say)
