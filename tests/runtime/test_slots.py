@@ -27,6 +27,15 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _start(
+    slots: Slots, count: int, name: str, log: list[str], release: asyncio.Event
+) -> asyncio.Task[None]:
+    """A request that takes ``count`` slots (or waits for them), then holds them until ``release``."""
+    task = asyncio.create_task(_hold(slots, count, name, log, release))
+    await _settle()
+    return task
+
+
 def test_single_images_run_side_by_side_and_a_batch_runs_alone() -> None:
     async def main() -> list[str]:
         slots, log = Slots(2), []
@@ -58,15 +67,12 @@ def test_single_images_run_side_by_side_and_a_batch_runs_alone() -> None:
 
 def test_a_waiting_batch_is_not_overtaken_by_later_single_images() -> None:
     # Without arrival order, steady single images would each take the slot freed before them, forever.
-    async def main() -> list[str]:
+    async def main() -> None:
         slots, log = Slots(2), []
         running, batch = asyncio.Event(), asyncio.Event()
-        first = asyncio.create_task(_hold(slots, 1, "a", log, running))
-        await _settle()
-        waiting = asyncio.create_task(_hold(slots, 2, "batch", log, batch))
-        await _settle()
-        later = asyncio.create_task(_hold(slots, 1, "b", log, asyncio.Event()))
-        await _settle()
+        first = await _start(slots, 1, "a", log, running)
+        waiting = await _start(slots, 2, "batch", log, batch)
+        later = await _start(slots, 1, "b", log, asyncio.Event())
         assert log == ["a"] and slots.free == 1  # the free slot is kept for the batch
         running.set()
         await _settle()
@@ -77,7 +83,6 @@ def test_a_waiting_batch_is_not_overtaken_by_later_single_images() -> None:
         later.cancel()
         await asyncio.gather(first, waiting, later, return_exceptions=True)
         assert slots.free == 2
-        return log
 
     asyncio.run(main())
 
@@ -86,12 +91,9 @@ def test_a_request_cancelled_while_waiting_lets_the_next_one_in() -> None:
     async def main() -> None:
         slots, log = Slots(2), []
         running = asyncio.Event()
-        first = asyncio.create_task(_hold(slots, 1, "a", log, running))
-        await _settle()
-        batch = asyncio.create_task(_hold(slots, 2, "batch", log, asyncio.Event()))
-        await _settle()
-        single = asyncio.create_task(_hold(slots, 1, "b", log, asyncio.Event()))
-        await _settle()
+        first = await _start(slots, 1, "a", log, running)
+        batch = await _start(slots, 2, "batch", log, asyncio.Event())
+        single = await _start(slots, 1, "b", log, asyncio.Event())
         assert log == ["a"]
         batch.cancel()  # the client left while its batch waited
         await _settle()
@@ -108,10 +110,8 @@ def test_slots_granted_as_the_request_is_cancelled_are_given_back() -> None:
     async def main() -> None:
         slots, log = Slots(1), []
         running = asyncio.Event()
-        first = asyncio.create_task(_hold(slots, 1, "a", log, running))
-        await _settle()
-        waiting = asyncio.create_task(_hold(slots, 1, "b", log, asyncio.Event()))
-        await _settle()
+        first = await _start(slots, 1, "a", log, running)
+        waiting = await _start(slots, 1, "b", log, asyncio.Event())
         running.set()  # frees the slot and grants it to "b" ...
         await asyncio.sleep(0)
         waiting.cancel()  # ... which is cancelled before it runs
