@@ -92,11 +92,11 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             "one inference at a time, threads sleeping between ops (the default until 2026-11-29)",
         ),
         "runtime-parallel": (
-            {"SKIN_THREADS": "1"},
+            {"SKIN_THREADS": "1", "SKIN_INFERENCE_CONCURRENCY": "2"},
             "two inferences at once with one onnxruntime thread each",
         ),
         "runtime-overlap-spin": (
-            {"SKIN_ORT_SPINNING": "1"},
+            {"SKIN_INFERENCE_CONCURRENCY": "2", "SKIN_ORT_SPINNING": "1"},
             "two inferences at once with the threads spinning within each run",
         ),
         "runtime-openvino-f32": (
