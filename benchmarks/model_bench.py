@@ -349,9 +349,8 @@ def model_benchmark(
     one, eight = test[:1], test[:8]
 
     calibration_pixels = np.stack([preprocess(f, meta.input_size, **view) for f in calibration])  # type: ignore[arg-type]
-    recheck_pixels = (
-        calibration_pixels if contract.LOGITS_OUTPUT in outputs else None
-    )  # the re-check needs them
+    # The bf16 re-check compares logits, so it is offered only when the graph has them.
+    recheck_pixels = calibration_pixels if contract.LOGITS_OUTPUT in outputs else None
     found = candidates(checkpoint, fp32, scratch, calibration, meta, threads, recheck_pixels)
     if only:
         found = [c for c in found if any(o.lower() in c.name.lower() for o in only)]
