@@ -1,8 +1,9 @@
 """What serving with SKIN_OPENVINO=bf16 would change, measured at export on the test split.
 
 bf16 keeps 8 bits of mantissa: fast on AMX / AVX-512 BF16 CPUs, but near-ties between classes can flip. The
-runtime never switches to it by itself; this entry in report.json tells the operator whether it is safe for
-this model (and /api/info shows it to clients when bf16 is served).
+runtime serves it only when told to: SKIN_OPENVINO=bf16 always (with a warning where this entry in report.json
+says it is not safe for this model), SKIN_OPENVINO=auto only where it says safe (runtime/bf16.py). /api/info
+shows the entry to clients when bf16 is served.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def measure(
     when the bundle has thresholds) and batch-1 latency of bf16 against fp32."""
     if importlib.util.find_spec(PACKAGE) is None:
         return {"measured": False, "reason": "openvino is not installed (the openvino extra)"}
-    from runtime.engine import cpu_has_bf16
+    from runtime.bf16 import cpu_has_bf16
 
     if cpu_has_bf16() is False:
         return {

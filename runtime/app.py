@@ -484,6 +484,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
         if not webui.is_dir():
             log.warning("no web page at %s: serving the API only (set SKIN_WEBUI_DIR)", webui)
+        if cfg.openvino_auto:
+            log.info("SKIN_OPENVINO=auto: serving %s", cfg.openvino_auto)
         if (warning := served.bf16_warning()) is not None:
             log.warning("%s", warning)
         yield

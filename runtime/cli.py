@@ -70,7 +70,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     from runtime.settings import Settings
 
     check_port(host, port)  # before loading anything: a busy port is the commonest start-up failure
-    settings = Settings.from_env(single_process=True)
+    settings = Settings.from_env(single_process=True, bundle=bundle)
     workers = os.environ.get("WEB_CONCURRENCY", "").strip()
     if workers not in ("", "1"):
         print(
@@ -79,9 +79,8 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
             file=sys.stderr,
             flush=True,
         )
-    settings = dataclasses.replace(
-        settings, bundle=bundle, threads=settings.threads if threads is None else threads
-    )
+    if threads is not None:
+        settings = dataclasses.replace(settings, threads=threads)
     engine = Engine.from_settings(settings)
     app = OneLineStartupErrors(create_app(settings, engine=engine))
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: make that a clean exit 0.

@@ -15,7 +15,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
-from runtime import bundle, uncertainty
+from runtime import bf16, bundle, uncertainty
 from runtime.settings import OPENVINO_MODES, Settings
 
 
@@ -43,16 +43,6 @@ def _cgroup_quota() -> float | None:
         return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
-
-
-def cpu_has_bf16() -> bool | None:
-    """Whether this CPU computes in bf16 (AVX-512 BF16 or AMX); None where /proc/cpuinfo cannot tell.
-    Without them OpenVINO quietly runs f32 (or emulates bf16), so a bf16 measurement there says little."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any:
@@ -177,6 +167,8 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
+        """SKIN_OPENVINO=auto is settled in Settings.from_env; settings built in code may still carry it."""
+        openvino = bf16.choose(settings.bundle)[0] if settings.openvino == "auto" else settings.openvino
         return cls(
             settings.bundle,
             threads=settings.threads,
@@ -184,7 +176,7 @@ class Engine:
             memory_arena=settings.memory_arena,
             spinning=settings.spinning,
             variant=settings.model_variant,
-            openvino=settings.openvino,
+            openvino=openvino,
         )
 
     def run(self, images: np.ndarray) -> Output:
@@ -202,29 +194,14 @@ class Engine:
     @property
     def bf16_check(self) -> Any:
         """When bf16 is served: what export measured it to change here (report.json openvino_bf16)."""
-        return (self.report or {}).get("openvino_bf16") if self.openvino == "bf16" else None
+        return (self.report or {}).get(bf16.REPORT_KEY) if self.openvino == "bf16" else None
 
     def bf16_warning(self) -> str | None:
         """Why serving bf16 may change answers on this model, or None when export measured it to be safe."""
         if self.openvino != "bf16":
             return None
-        if cpu_has_bf16() is False:
-            return (
-                "bf16 asked for, but this CPU lacks AVX-512 BF16 and AMX: OpenVINO runs f32 or emulates bf16"
-            )
-        check = self.bf16_check
-        if not isinstance(check, dict) or not check.get("measured"):
-            return "bf16 served, but export did not measure its agreement with fp32 on this model"
-        if not check.get("safe"):
-            flags = check.get("flag_agreement")
-            scores = {"top-1": check.get("agreement"), **(flags if isinstance(flags, dict) else {})}
-            numbers = [(v, k) for k, v in scores.items() if isinstance(v, int | float)]
-            worst = f"{min(numbers)[1]} {min(numbers)[0]:.4f}; " if numbers else ""
-            return (
-                "bf16 served, but export measured it below the agreement bound with fp32 on this model "
-                f"({worst}see report.json openvino_bf16)"
-            )
-        return None
+        why = bf16.concern(self.bf16_check)
+        return None if why is None else f"bf16 served, but {why}"
 
     def warmup(self) -> None:
         h, w = self.meta.input_size

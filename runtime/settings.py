@@ -13,6 +13,7 @@ from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
 MB = 1024 * 1024
 OPENVINO_MODES = ("off", "f32", "bf16")  # off: onnxruntime's own CPU kernels (fp32)
+OPENVINO_SETTINGS = (*OPENVINO_MODES, "auto")  # auto: bf16 where export measured it safe (runtime/bf16.py)
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,15 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
     model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
     openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO's CPU plugin
+    openvino_auto: str = ""  # with SKIN_OPENVINO=auto: what it chose and why (logged at start-up)
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
 
     @classmethod
-    def from_env(cls, env_file: str | None = None, *, single_process: bool = False) -> Settings:
+    def from_env(
+        cls, env_file: str | None = None, *, single_process: bool = False, bundle: str | None = None
+    ) -> Settings:
         """``single_process``: the caller runs one server process (skin-serve), so WEB_CONCURRENCY does not
-        divide the CPUs."""
+        divide the CPUs. ``bundle``: the caller's bundle directory, instead of SKIN_BUNDLE."""
         config = Config(env_file)
 
         def whole(name: str, default: int, low: int) -> int:
@@ -58,10 +62,23 @@ class Settings:
         def megabytes(name: str, default: float) -> int:
             return int(_positive(name, config(name, cast=float, default=default)) * MB)
 
-        openvino = _openvino(config("SKIN_OPENVINO", cast=str, default="off"))
+        if bundle is None:
+            bundle = config("SKIN_BUNDLE", cast=str, default="")
+        openvino, chosen = _openvino(config("SKIN_OPENVINO", cast=str, default="off")), ""
+        providers = tuple(
+            p.strip()
+            for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
+            if p.strip()
+        )
+        if openvino == "auto":  # settled here, before the defaults that follow the backend
+            if providers != ("CPUExecutionProvider",):  # refused whatever auto would choose on this machine
+                raise ValueError("set SKIN_OPENVINO or SKIN_PROVIDERS, not both")
+            from runtime.bf16 import choose
+
+            openvino, chosen = choose(bundle)
         concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
         return cls(
-            bundle=config("SKIN_BUNDLE", cast=str, default=""),
+            bundle=bundle,
             threads=_threads(whole("SKIN_THREADS", 0, 0), workers),
             inference_concurrency=concurrency,
             gather=whole("SKIN_GATHER", 1, 1),
@@ -86,11 +103,8 @@ class Settings:
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
             spinning=config("SKIN_ORT_SPINNING", cast=bool, default=concurrency == 1),
             openvino=openvino,
-            providers=tuple(
-                p.strip()
-                for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
-                if p.strip()
-            ),
+            openvino_auto=chosen,
+            providers=providers,
         )
 
 
@@ -118,8 +132,8 @@ def _formats(value: str) -> tuple[str, ...]:
 
 def _openvino(value: str) -> str:
     mode = value.strip().lower()
-    if mode not in OPENVINO_MODES:
-        raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_MODES)}, not {value!r}")
+    if mode not in OPENVINO_SETTINGS:
+        raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_SETTINGS)}, not {value!r}")
     return mode
 
 

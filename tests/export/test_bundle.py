@@ -105,8 +105,12 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
 
 
 @needs_openvino
-def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, Any]) -> None:
-    from runtime.engine import Engine, cpu_has_bf16
+def test_bf16_is_measured_recorded_and_shown_by_the_runtime(
+    exported: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.bf16 import cpu_has_bf16
+    from runtime.engine import Engine
+    from runtime.settings import Settings
 
     entry = exported["report"]["openvino_bf16"]
     if cpu_has_bf16() is False:  # OpenVINO would not really run bf16: nothing to measure
@@ -125,6 +129,10 @@ def test_bf16_is_measured_recorded_and_shown_by_the_runtime(exported: dict[str, 
     engine = Engine(exported["out"], threads=1, openvino="bf16")
     assert engine.info()["onnxruntime"]["bf16_check"] == entry
     assert (engine.bf16_warning() is None) is entry["safe"]
+    # SKIN_OPENVINO=auto reads the same entry: bf16 exactly where export measured it safe
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    chosen = Settings.from_env(bundle=str(exported["out"]))
+    assert chosen.openvino == ("bf16" if entry["safe"] else "off"), chosen.openvino_auto
 
 
 def test_bf16_without_openvino_says_so(
@@ -148,13 +156,14 @@ def test_bf16_without_openvino_says_so(
 def test_a_failing_bf16_check_never_costs_the_export(
     exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import runtime.bf16
     import runtime.engine
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("openvino exploded")
 
     monkeypatch.setattr(runtime.engine, "openvino_session", broken)
-    monkeypatch.setattr(runtime.engine, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime.bf16, "cpu_has_bf16", lambda: True)
     fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
     view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
     entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]

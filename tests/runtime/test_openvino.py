@@ -7,21 +7,21 @@ from __future__ import annotations
 import json
 import re
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from runtime import bundle
-from runtime import engine as engine_module
+from runtime import bf16, bundle
 from runtime.app import create_app
-from runtime.engine import Engine, cpu_has_bf16
+from runtime.engine import Engine
 from runtime.settings import Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
 from tests.images import solid
 from tests.openvino import needs_openvino
-from tests.server import ROOT
+from tests.server import ROOT, server_output, start_server, stop_server
 
 
 def _images() -> np.ndarray:
@@ -45,7 +45,7 @@ def test_openvino_serves_the_same_answers(tiny_bundle: Path, precision: str, tol
     assert got.probabilities.shape == want.probabilities.shape == (4, len(CLASS_NAMES))
     np.testing.assert_allclose(got.probabilities.sum(axis=1), 1.0, atol=1e-3)
     np.testing.assert_allclose(got.probabilities, want.probabilities, atol=tolerance)
-    if precision == "bf16" and cpu_has_bf16():  # bf16 really ran: not the f32 numbers
+    if precision == "bf16" and bf16.cpu_has_bf16():  # bf16 really ran: not the f32 numbers
         assert not np.array_equal(got.probabilities, want.probabilities)
     assert [CLASS_NAMES[i] for i in got.probabilities[:3].argmax(axis=1)] == ["Acne", "Eczema", "Moles"]
     assert got.cam is not None and want.cam is not None and got.cam.shape == want.cam.shape
@@ -86,7 +86,7 @@ def test_setting_parsed(monkeypatch: pytest.MonkeyPatch, value: str, mode: str) 
 
 def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKIN_OPENVINO", "fp16")
-    with pytest.raises(ValueError, match="SKIN_OPENVINO must be one of off, f32, bf16"):
+    with pytest.raises(ValueError, match="SKIN_OPENVINO must be one of off, f32, bf16, auto"):
         Settings.from_env()
 
 
@@ -125,7 +125,7 @@ def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bf16_served_with_what_export_measured(
     tmp_path: Path, entry: dict[str, object] | None, warning: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
     make_bundle(tmp_path)
     report = json.loads((tmp_path / bundle.REPORT_FILE).read_text())
     if entry is not None:
@@ -138,6 +138,123 @@ def test_bf16_served_with_what_export_measured(
     # fp32 and OpenVINO f32 serve the graph's own precision: nothing to warn about
     assert Engine(tmp_path, threads=1, openvino="f32").bf16_warning() is None
     assert Engine(tmp_path, threads=1).info()["onnxruntime"]["bf16_check"] is None
+
+
+SAFE = {"measured": True, "safe": True, "agreement": 0.998, "speedup_batch1": 1.54, "min_agreement": 0.99}
+
+
+def _bundle_with_bf16_check(directory: Path, entry: dict[str, object] | None) -> Path:
+    make_bundle(directory)
+    report = json.loads((directory / bundle.REPORT_FILE).read_text())
+    report.pop(bf16.REPORT_KEY, None)
+    if entry is not None:
+        report[bf16.REPORT_KEY] = entry
+    (directory / bundle.REPORT_FILE).write_text(json.dumps(report))
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("entry", "cpu", "installed", "mode", "why"),
+    [
+        pytest.param(SAFE, True, True, "bf16", r"agreement 0.9980 .*1.54x fp32's speed", id="safe"),
+        pytest.param(SAFE, False, True, "off", "no AVX-512 BF16 or AMX", id="no-bf16-units"),
+        pytest.param(SAFE, None, True, "off", "no AVX-512 BF16 or AMX", id="cpu-unknown"),
+        pytest.param(SAFE, True, False, "off", "openvino extra is not installed", id="not-installed"),
+        pytest.param(None, True, True, "off", "did not measure", id="not-measured"),
+        pytest.param(
+            {"measured": True, "safe": False, "agreement": 0.9727},
+            True,
+            True,
+            "off",
+            "top-1 0.9727",
+            id="unsafe",
+        ),
+    ],
+)
+def test_auto_serves_bf16_only_where_export_measured_it_safe(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    entry: dict[str, object] | None,
+    cpu: bool | None,
+    installed: bool,
+    mode: str,
+    why: str,
+) -> None:
+    import importlib.util
+
+    real, found = importlib.util.find_spec, object() if installed else None
+    monkeypatch.setattr(  # as if installed or not, whatever this machine has
+        importlib.util, "find_spec", lambda name, *a: found if name == "openvino" else real(name, *a)
+    )
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: cpu)
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    monkeypatch.setenv("SKIN_BUNDLE", str(tmp_path / "elsewhere"))
+    chosen = Settings.from_env(bundle=str(_bundle_with_bf16_check(tmp_path / "model", entry)))
+    assert chosen.openvino == mode and re.search(why, chosen.openvino_auto), chosen.openvino_auto
+    # the defaults follow what was chosen, as if it had been asked for by name
+    assert (chosen.inference_concurrency, chosen.spinning) == ((1, True) if mode == "bf16" else (2, False))
+    monkeypatch.setenv("SKIN_INFERENCE_CONCURRENCY", "3")
+    assert Settings.from_env(bundle=str(tmp_path / "model")).inference_concurrency == 3
+
+
+def test_auto_and_providers_together_are_refused_on_any_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    monkeypatch.setenv("SKIN_PROVIDERS", "CPUExecutionProvider,XnnpackProvider")
+    with pytest.raises(ValueError, match="not both"):
+        Settings.from_env()
+
+
+def test_auto_with_an_unreadable_report_leaves_the_error_to_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_bundle(tmp_path)
+    (tmp_path / bundle.REPORT_FILE).write_text("{not json")
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    assert Settings.from_env(bundle=str(tmp_path)).openvino == "off"
+    with pytest.raises(bundle.BundleError, match="not readable JSON"):
+        Engine.from_settings(Settings.from_env(bundle=str(tmp_path)))
+
+
+@needs_openvino
+def test_auto_over_http_says_what_it_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    settings = Settings.from_env(bundle=str(_bundle_with_bf16_check(tmp_path, SAFE)))
+    with caplog.at_level("INFO", logger="runtime"), TestClient(create_app(settings)) as client:
+        served = client.get("/api/info").json()["onnxruntime"]
+        answer = client.post(
+            "/api/predict", files={"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
+        )
+    assert served["openvino"] == "bf16" and served["bf16_check"] == SAFE
+    assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SKIN_OPENVINO=auto")]
+    assert said == ["SKIN_OPENVINO=auto: serving " + settings.openvino_auto], said
+    assert not [r for r in caplog.records if r.levelname == "WARNING" and "bf16" in r.getMessage()]
+    # settings built in code may carry auto too: the engine settles it the same way
+    assert Engine.from_settings(Settings(bundle=str(tmp_path), threads=1, openvino="auto")).openvino == "bf16"
+
+
+@pytest.mark.slow
+@needs_openvino
+def test_skin_serve_settles_auto_with_the_bundle_it_was_given(tmp_path: Path) -> None:
+    given = _bundle_with_bf16_check(tmp_path / "given", SAFE)
+    unmeasured = _bundle_with_bf16_check(tmp_path / "environment", None)
+    command = [sys.executable, "-m", "runtime", "--bundle", str(given), "--port", "{port}"]
+    env = {"SKIN_OPENVINO": "auto", "SKIN_BUNDLE": str(unmeasured)}
+    url, proc = start_server(given, command=command, env=env)
+    try:
+        with urllib.request.urlopen(url + "/api/info") as response:
+            served = json.load(response)["onnxruntime"]["openvino"]
+    finally:
+        assert stop_server(proc) == 0
+    assert served == ("bf16" if bf16.cpu_has_bf16() else "off")  # --bundle's report, not SKIN_BUNDLE's
+    lines = [line for line in server_output(proc).splitlines() if line.strip()]
+    logged = [json.loads(line) for line in lines if not line.startswith("skin-serve: ")]
+    said = [e for e in logged if "SKIN_OPENVINO" in e["message"]]
+    assert len(said) == 1 and said[0]["message"].startswith("SKIN_OPENVINO=auto: serving"), said
 
 
 @needs_openvino
@@ -156,7 +273,7 @@ def test_openvino_serves_the_fp32_graph_even_when_int8_shipped(tmp_path: Path) -
 def test_bf16_on_a_cpu_without_bf16_units_is_warned_about(
     tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: False)
     warning = Engine(tiny_bundle, threads=1, openvino="bf16").bf16_warning()
     assert warning is not None and "lacks AVX-512 BF16 and AMX" in warning
 

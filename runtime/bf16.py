@@ -1,0 +1,65 @@
+"""Whether bf16 may serve this model here: the CPU's bf16 units and what export measured (report.json).
+
+``SKIN_OPENVINO=bf16`` serves bf16 whatever this says and logs the concern at start-up; ``SKIN_OPENVINO=auto``
+serves it only where there is none, and onnxruntime fp32 everywhere else. Stdlib only: settings use it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from runtime import bundle
+
+REPORT_KEY = "openvino_bf16"  # written by export/bf16.py
+
+
+def cpu_has_bf16() -> bool | None:
+    """Whether this CPU computes in bf16 (AVX-512 BF16 or AMX); None where /proc/cpuinfo cannot tell.
+    Without them OpenVINO quietly runs f32 (or emulates bf16), so a bf16 measurement there says little."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def concern(check: Any) -> str | None:
+    """Why bf16 may change this model's answers (``check``: report.json's openvino_bf16 entry), or None when
+    export measured it within the agreement bound and this CPU has bf16 units."""
+    if cpu_has_bf16() is False:
+        return "this CPU lacks AVX-512 BF16 and AMX: OpenVINO runs f32 or emulates bf16"
+    if not isinstance(check, dict) or not check.get("measured"):
+        return "export did not measure its agreement with fp32 on this model"
+    if check.get("safe") is not True:
+        flags = check.get("flag_agreement")
+        scores = {"top-1": check.get("agreement"), **(flags if isinstance(flags, dict) else {})}
+        numbers = [(v, k) for k, v in scores.items() if isinstance(v, int | float)]
+        worst = f"{min(numbers)[1]} {min(numbers)[0]:.4f}; " if numbers else ""
+        return (
+            "export measured it below the agreement bound with fp32 on this model "
+            f"({worst}see report.json {REPORT_KEY})"
+        )
+    return None
+
+
+def choose(bundle_dir: str | Path) -> tuple[str, str]:
+    """SKIN_OPENVINO=auto: ("bf16", why) where OpenVINO is installed, this CPU has bf16 units and export
+    measured bf16 safe for this bundle's model; else ("off", why not): onnxruntime fp32."""
+    if importlib.util.find_spec("openvino") is None:
+        return "off", "onnxruntime fp32, not bf16: the openvino extra is not installed"
+    if cpu_has_bf16() is not True:
+        return "off", "onnxruntime fp32, not bf16: this CPU has no AVX-512 BF16 or AMX units"
+    try:
+        report = bundle.load_report(bundle_dir) if str(bundle_dir) else None
+    except bundle.BundleError:
+        report = None  # the engine reports the unreadable file itself, in one line
+    found = (report or {}).get(REPORT_KEY)
+    check: dict[str, Any] = found if isinstance(found, dict) else {}
+    if (why := concern(check)) is not None:
+        return "off", f"onnxruntime fp32, not bf16: {why}"
+    agreement, speed = check.get("agreement"), check.get("speedup_batch1")
+    measured = f" {agreement:.4f}" if isinstance(agreement, int | float) else ""
+    faster = f", {speed:.2f}x fp32's speed on the export machine" if isinstance(speed, int | float) else ""
+    return "bf16", f"OpenVINO bf16: export measured top-1 agreement{measured} with fp32 on this model{faster}"
