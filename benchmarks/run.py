@@ -44,6 +44,7 @@ SERVERS = (
     "runtime-openvino-f32",
     "runtime-openvino-bf16",
     "runtime-openvino-bf16-two",
+    "runtime-auto",
     "runtime-gather",
     "runtime-openvino-bf16-gather",
 )
@@ -106,6 +107,10 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
         "runtime-openvino-bf16": (
             {"SKIN_OPENVINO": "bf16"},
             "SKIN_OPENVINO=bf16: OpenVINO's CPU plugin in bf16 (AMX / AVX-512 BF16)",
+        ),
+        "runtime-auto": (
+            {"SKIN_OPENVINO": "auto"},
+            "SKIN_OPENVINO=auto: bf16 where export measured it safe on this model, else onnxruntime fp32",
         ),
         "runtime-gather": (
             {"SKIN_GATHER": "4"},
@@ -349,6 +354,31 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+def served_by(base: str) -> dict[str, Any] | None:
+    """What a runtime server says it runs (GET /api/info → onnxruntime): with SKIN_OPENVINO=auto it decides at
+    start-up, so the result records what it chose. None for servers that do not say (the baseline)."""
+    try:
+        with urllib.request.urlopen(base + "/api/info", timeout=30) as response:
+            info = json.load(response)
+    except (OSError, ValueError):
+        return None
+    backend = info.get("onnxruntime") if isinstance(info, dict) else None
+    if not isinstance(backend, dict):
+        return None
+    return {key: backend.get(key) for key in ("openvino", "providers", "threads")}
+
+
+def describe_served(served: dict[str, Any] | None) -> str:
+    if not served:
+        return ""
+    if served.get("openvino") not in (None, "off"):
+        engine = f"OpenVINO {served['openvino']}"
+    else:
+        engine = "onnxruntime fp32 (" + ", ".join(map(str, served.get("providers") or [])) + ")"
+    threads = served.get("threads")
+    return f"; served by {engine}, {threads} thread{'' if threads == 1 else 's'}"
+
+
 def warm(base: str, rounds: int = 2) -> None:
     """A few requests of every kind first: the baseline's first torch call is slow, and lazy imports."""
     for _ in range(rounds):
@@ -436,6 +466,7 @@ def bench_server(
     try:
         base = f"http://127.0.0.1:{port}"
         warm(base)
+        result["served"] = served_by(base)
         time.sleep(1.0)
         with Sampler(proc.pid) as idle:
             time.sleep(2.0)
@@ -614,6 +645,11 @@ def markdown(summary: dict[str, Any]) -> str:
         f"once other processes use < {s['max_other_cpu_cores']} cores; what they used during it is shown.",
         f"Each run: {s['run_time_s']} s, closed loop (no think time), users = concurrency. "
         f"Mix: {mix}, /api/info ×1, /api/report ×1.",
+        "",
+        *[
+            f"- {name}: {server.get('note', '')}{describe_served(server.get('served'))}"
+            for name, server in summary["servers"].items()
+        ],
         "",
         row(
             "server",

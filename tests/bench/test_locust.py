@@ -17,8 +17,14 @@ def test_locust_smoke_run_succeeds_and_writes_reports(tiny_bundle: Path, tmp_pat
     url, proc = start_server(tiny_bundle)
     try:
         stats, generator = run.locust(url, users=2, run_time=3, prefix=tmp_path / "smoke")
+        served = run.served_by(url)  # what the summary records next to each runtime server
     finally:
         stop_server(proc)
+    assert served == {"openvino": "off", "providers": ["CPUExecutionProvider"], "threads": 1}
+    assert run.describe_served(served) == "; served by onnxruntime fp32 (CPUExecutionProvider), 1 thread"
+    assert run.served_by(url) is None  # gone: nothing to say, and no traceback
+    bf16 = {"openvino": "bf16", "providers": ["OpenVINO CPU"], "threads": 2}
+    assert run.describe_served(bf16) == "; served by OpenVINO bf16, 2 threads"
     assert (tmp_path / "smoke_stats.csv").is_file()
     assert (tmp_path / "smoke.html").is_file()
     assert generator["exit_code"] == 0, (tmp_path / "smoke.log").read_text()
