@@ -119,6 +119,7 @@ async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatma
 async def info(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     body = request.app.state.engine.info()
+    body["onnxruntime"]["auto"] = settings.openvino_auto or None  # SKIN_OPENVINO=auto: what it chose and why
     body["limits"] = {
         "max_image_bytes": settings.max_image_bytes,
         "max_body_bytes": settings.max_body_bytes,

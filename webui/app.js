@@ -950,7 +950,7 @@
       ["Temperature", typeof info.temperature === "number" ? fixed(info.temperature, 3) + (Math.abs(info.temperature - 1) > 1e-6 ? " (calibrated)" : " (no calibration)") : ""],
       ["Heatmap", info.has_heatmap ? "Class activation map" : "Not available for this model"],
       ["Decision thresholds", thresholds],
-      ["Runtime", "onnxruntime " + (ort.version || "?") + " · " + (ort.providers || []).join(", ") + " · " + ort.threads + " threads"],
+      ["Runtime", runtimeLine(ort)],
       ["Model SHA-256", sha ? code(sha.slice(0, 16) + "…", sha) : ""],
       ["Data fingerprint", info.data_fingerprint ? code(info.data_fingerprint) : ""],
     ]);
@@ -960,6 +960,22 @@
       note.textContent = "This is a demo model: it was not trained on the clinical data set, so its predictions " +
         "and the numbers below do not describe a real classifier.";
     }
+  }
+
+  // bf16 can change a near-tie's answer, so the page says when it serves and what export measured it to change.
+  function runtimeLine(ort) {
+    const threads = ort.threads + (ort.threads === 1 ? " thread" : " threads");
+    if (!ort.openvino || ort.openvino === "off") {
+      return "onnxruntime " + (ort.version || "?") + " · " + (ort.providers || []).join(", ") + " · " + threads;
+    }
+    let line = "OpenVINO " + ort.openvino + " · " + threads;
+    if (ort.openvino === "bf16") {
+      const check = ort.bf16_check || {};
+      line += check.measured && typeof check.agreement === "number"
+        ? " · same top class as fp32 on " + pct(check.agreement) + " of the test images"
+        : " · its agreement with fp32 was not measured";
+    }
+    return line;
   }
 
   function showReportMissing(message) {

@@ -60,6 +60,7 @@ def test_openvino_over_http(tiny_bundle: Path) -> None:
     with TestClient(create_app(settings)) as client:
         info = client.get("/api/info").json()
         assert info["onnxruntime"]["openvino"] == "bf16"
+        assert info["onnxruntime"]["auto"] is None  # named, not chosen
         assert info["onnxruntime"]["providers"] == ["OpenVINO CPU"]
         answer = client.post(
             "/api/predict", files={"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
@@ -229,6 +230,7 @@ def test_auto_over_http_says_what_it_chose(
             "/api/predict", files={"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
         )
     assert served["openvino"] == "bf16" and served["bf16_check"] == SAFE
+    assert served["auto"] == settings.openvino_auto  # what auto chose, for clients as well as the log
     assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SKIN_OPENVINO=auto")]
     assert said == ["SKIN_OPENVINO=auto: serving " + settings.openvino_auto], said

@@ -389,6 +389,29 @@ def test_model_tab_without_a_report(page: Any, console: Console) -> None:
     expect(page.locator("#model-facts")).to_contain_text("skin-demo-b3")
 
 
+def test_model_tab_says_which_runtime_serves_and_what_bf16_changes(page: Any, ui_server: str) -> None:
+    with urllib.request.urlopen(ui_server + "/api/info") as response:
+        info = json.load(response)
+    page.goto("/#model")
+    facts = page.locator("#model-facts")
+    expect(facts).to_contain_text("onnxruntime " + info["onnxruntime"]["version"] + " · CPUExecutionProvider")
+
+    def serve(**fields: Any) -> None:
+        body = {**info, "onnxruntime": {**info["onnxruntime"], **fields}}
+        page.unroute("**/api/info")
+        page.route("**/api/info", lambda route: route.fulfill(content_type="application/json", json=body))
+        page.reload()
+
+    measured = {"measured": True, "safe": True, "agreement": 0.998}
+    serve(openvino="bf16", providers=["OpenVINO CPU"], threads=2, bf16_check=measured)
+    expect(facts).to_contain_text("OpenVINO bf16 · 2 threads · same top class as fp32 on " + pct(0.998))
+    serve(openvino="bf16", providers=["OpenVINO CPU"], threads=1, bf16_check=None)
+    expect(facts).to_contain_text("OpenVINO bf16 · 1 thread · its agreement with fp32 was not measured")
+    serve(openvino="f32", providers=["OpenVINO CPU"], threads=2, bf16_check=None)
+    expect(facts).to_contain_text("OpenVINO f32 · 2 threads")
+    expect(facts).not_to_contain_text("agreement")
+
+
 def test_export_downloads_the_analysis_as_json(page: Any) -> None:
     open_page(page)
     result = analyse(page, [png("red")])
