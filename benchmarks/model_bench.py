@@ -33,6 +33,7 @@ from benchmarks.run import (
     OtherCpu,
     load1,
     machine,
+    model_files,
     quiet_machine_options,
     row,
     run_cli,
@@ -321,18 +322,20 @@ def model_benchmark(
     test_per_class: int = 10,
     calibration_per_class: int = 6,
     threads: int = 0,
+    bundle: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     max_load: float = 0.6,
     max_other: float = 0.25,
     max_wait_s: float = 1200.0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure every available path; write OUT/model.json and OUT/model.md."""
-    from benchmarks.weights import prepare
+    """Measure every available path; write OUT/model.json and OUT/model.md. ``bundle`` and ``checkpoint``: a
+    model of your own (the same weights twice) instead of the benchmark's."""
     from runtime.engine import available_cpus
     from runtime.preprocess import preprocess
 
     work = Path(work)
-    checkpoint, bundle_dir = prepare(work, log=log)
+    checkpoint, bundle_dir = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
     meta, outputs = _graph(fp32)
     threads = threads or available_cpus()
@@ -442,7 +445,11 @@ def model_benchmark(
             "calibration_images": len(calibration),
             "reference": "onnxruntime fp32 (the runtime's graph) on the same images",
             "model": f"{meta.architecture} at {meta.input_size[0]} px, {meta.num_classes} classes "
-            "(benchmark weights: see benchmarks/weights.py)",
+            + (
+                "(benchmark weights: see benchmarks/weights.py)"
+                if bundle is None
+                else f"({meta.model_name} {meta.model_version}, the bundle at {bundle_dir})"
+            ),
         },
         "paths": results,
         "batching": batching,
@@ -610,6 +617,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1 (30)")
     parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
     parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")
+    parser.add_argument(
+        "--bundle", help="measure this bundle instead of the benchmark's own (with --checkpoint)"
+    )
+    parser.add_argument("--checkpoint", help="the same model's checkpoint, for torch eager (with --bundle)")
     quiet_machine_options(parser, "path")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.test_per_class < 1:
@@ -625,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             test_per_class=args.test_per_class,
             threads=args.threads,
+            bundle=args.bundle,
+            checkpoint=args.checkpoint,
             max_load=args.max_load,
             max_other=args.max_other,
             max_wait_s=args.max_wait,

@@ -515,19 +515,13 @@ def run_benchmark(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Benchmark the servers one after the other; write OUT/serving.json and OUT/serving.md."""
-    from benchmarks.weights import prepare
-
     work, out = Path(work), Path(out)
     unknown = [s for s in servers_to_run if s not in SERVERS]
     if unknown:
         raise BenchError(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
     if not concurrency or min(concurrency) < 1 or run_time < 1:
         raise BenchError("concurrency and run time must be at least 1")
-    if (bundle is None) != (checkpoint is None):
-        raise BenchError("pass both --bundle and --checkpoint, or neither")
-    if bundle is None or checkpoint is None:
-        checkpoint, bundle = prepare(work, log=log)
-    checkpoint, bundle = Path(checkpoint), Path(bundle)
+    checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     (work / "locust").mkdir(parents=True, exist_ok=True)
 
     quiet = wait_until_quiet(max_load, max_wait_s, log)
@@ -570,6 +564,28 @@ def run_benchmark(
     (out / "serving.md").write_text(markdown(summary))
     log(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
     return summary
+
+
+def model_files(
+    work: Path,
+    *,
+    bundle: str | Path | None,
+    checkpoint: str | Path | None,
+    log: Callable[[str], None],
+) -> tuple[Path, Path]:
+    """(checkpoint, bundle): the ones given (a trained model, say), or the benchmark's own, built in work."""
+    from benchmarks.weights import prepare
+    from runtime.bundle import MODEL_FILE
+
+    if (bundle is None) != (checkpoint is None):
+        raise BenchError("pass both --bundle and --checkpoint, or neither")
+    if bundle is None or checkpoint is None:
+        return prepare(work, log=log)
+    if not (Path(bundle) / MODEL_FILE).is_file():
+        raise BenchError(f"--bundle {bundle}: no {MODEL_FILE} there")
+    if not Path(checkpoint).is_file():
+        raise BenchError(f"--checkpoint {checkpoint}: no such file")
+    return Path(checkpoint), Path(bundle)
 
 
 def compare(summary: dict[str, Any]) -> dict[str, Any]:

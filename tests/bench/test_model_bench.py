@@ -1,9 +1,14 @@
-"""The model benchmark's bf16-with-fp32-re-check path, on stand-in models (numpy only: no OpenVINO needed)."""
+"""The model benchmark's bf16-with-fp32-re-check path, on stand-in models (numpy only: no OpenVINO
+needed), and how both benchmarks take a model of your own."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from benchmarks import run
 from benchmarks.model_bench import Recheck, best_path, gap_error
 
 
@@ -59,3 +64,42 @@ def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
         "batch1_mean_ms": 19.5,
         "meets_20ms": True,
     }
+
+
+@pytest.mark.parametrize("bench", ["model_bench", "run"])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bundle", "BUNDLE"], "pass both --bundle and --checkpoint, or neither"),
+        (["--bundle", "EMPTY", "--checkpoint", "CKPT"], "no model.onnx there"),
+        (["--bundle", "BUNDLE", "--checkpoint", "MISSING"], "no such file"),
+    ],
+)
+def test_a_model_of_your_own_is_checked_in_one_line(
+    tiny_bundle: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bench: str,
+    args: list[str],
+    message: str,
+) -> None:
+    import importlib
+
+    (tmp_path / "model.pt").write_bytes(b"not read before the checks")
+    where = {
+        "BUNDLE": tiny_bundle,
+        "EMPTY": tmp_path,
+        "CKPT": tmp_path / "model.pt",
+        "MISSING": tmp_path / "missing.pt",
+    }
+    argv = [str(where.get(a, a)) for a in args] + ["--work", str(tmp_path / "work")]
+    assert importlib.import_module(f"benchmarks.{bench}").main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "work").exists()  # nothing built: the benchmark's own model is not made instead
+
+
+def test_a_model_of_your_own_is_used_as_given(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.pt").write_bytes(b"x")
+    got = run.model_files(tmp_path / "work", bundle=tiny_bundle, checkpoint=tmp_path / "model.pt", log=print)
+    assert got == (tmp_path / "model.pt", tiny_bundle)
