@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from export.demo import DEMO_LABEL, build
+from export.demo import DEMO_LABEL, bf16_hint, build
 from tests.server import ROOT, post_file, start_server, stop_server
 
 CLASSES = ["Acne", "Moles", "Psoriasis", "Vitiligo"]
@@ -185,3 +185,32 @@ def test_skin_demo_on_a_busy_port_names_the_step_before_building(tmp_path: Path)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "step 'serve' failed: cannot listen on 127.0.0.1" in out.stderr
     assert "another server" in out.stderr and not (tmp_path / "b").exists()  # nothing built for nothing
+
+
+def test_demo_names_the_faster_setting_only_where_it_applies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from runtime import bf16
+    from tests.bundle_factory import make_bundle
+
+    make_bundle(tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    report[bf16.REPORT_KEY] = {"measured": True, "safe": True, "agreement": 1.0, "speedup_batch1": 1.6}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: object() if n == "openvino" else real(n, *a)
+    )
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
+    monkeypatch.delenv("SKIN_OPENVINO", raising=False)
+    hint = bf16_hint(tmp_path)
+    assert hint is not None and hint.startswith(
+        "skin-demo: SKIN_OPENVINO=auto make demo would serve OpenVINO bf16"
+    ), hint
+    monkeypatch.setenv("SKIN_OPENVINO", "off")  # the user chose: nothing to suggest
+    assert bf16_hint(tmp_path) is None
+    monkeypatch.delenv("SKIN_OPENVINO")
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: False)
+    assert bf16_hint(tmp_path) is None
