@@ -32,22 +32,6 @@ from benchmarks import images
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
-SERVERS = (
-    "runtime",
-    "baseline",
-    "runtime-no-arena",
-    "runtime-one",
-    "runtime-one-no-spin",
-    "runtime-parallel",
-    "runtime-overlap-spin",
-    "runtime-2workers",
-    "runtime-openvino-f32",
-    "runtime-openvino-bf16",
-    "runtime-openvino-bf16-two",
-    "runtime-auto",
-    "runtime-gather",
-    "runtime-openvino-bf16-gather",
-)
 GOALS = {
     "throughput_ratio": 3.0,  # runtime / baseline requests per second, same concurrency
     "p50_1024_ms": 40.0,  # single client, end to end
@@ -165,6 +149,9 @@ def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
             note="FastAPI + torch eager fp32, cv2 + albumentations, inference inline in the handler",
         ),
     }
+
+
+SERVERS = tuple(servers(Path(), Path(), 0))  # the names --servers accepts, from the one table above
 
 
 # ---- machine and load
