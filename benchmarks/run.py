@@ -562,7 +562,8 @@ def model_files(
 ) -> tuple[Path, Path]:
     """(checkpoint, bundle): the ones given (a trained model, say), or the benchmark's own, built in work."""
     from benchmarks.weights import prepare
-    from runtime.bundle import MODEL_FILE
+    from runtime.bundle import MODEL_FILE, BundleError
+    from runtime.engine import Engine
 
     if (bundle is None) != (checkpoint is None):
         raise BenchError("pass both --bundle and --checkpoint, or neither")
@@ -572,6 +573,10 @@ def model_files(
         raise BenchError(f"--bundle {bundle}: no {MODEL_FILE} there")
     if not Path(checkpoint).is_file():
         raise BenchError(f"--checkpoint {checkpoint}: no such file")
+    try:  # opened as the runtime opens it, so a broken bundle is one line now, not a traceback later
+        Engine(bundle, threads=1)
+    except BundleError as exc:
+        raise BenchError(f"--bundle {bundle}: {exc}") from None
     return Path(checkpoint), Path(bundle)
 
 

@@ -73,6 +73,7 @@ def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
         (["--bundle", "BUNDLE"], "pass both --bundle and --checkpoint, or neither"),
         (["--bundle", "EMPTY", "--checkpoint", "CKPT"], "no model.onnx there"),
         (["--bundle", "BUNDLE", "--checkpoint", "MISSING"], "no such file"),
+        (["--bundle", "CORRUPT", "--checkpoint", "CKPT"], "not a loadable ONNX model"),
     ],
 )
 def test_a_model_of_your_own_is_checked_in_one_line(
@@ -86,7 +87,10 @@ def test_a_model_of_your_own_is_checked_in_one_line(
     import importlib
 
     (tmp_path / "model.pt").write_bytes(b"not read before the checks")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "model.onnx").write_bytes(b"junk")
     where = {
+        "CORRUPT": tmp_path / "corrupt",
         "BUNDLE": tiny_bundle,
         "EMPTY": tmp_path,
         "CKPT": tmp_path / "model.pt",
