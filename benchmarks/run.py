@@ -17,12 +17,13 @@ import csv
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,6 +246,33 @@ def machine() -> dict[str, Any]:
 # ---- processes
 
 
+def usage(proc: Any) -> tuple[int, float] | None:
+    """(RSS bytes, CPU seconds) of a psutil process and its children; None once it has ended."""
+    import psutil
+
+    rss, cpu = 0, 0.0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a child that just ended
+                rss += p.memory_info().rss
+                t = p.cpu_times()
+                cpu += t.user + t.system
+    except psutil.Error:
+        return None
+    return rss, cpu
+
+
+def cpu_seconds(procs: Sequence[subprocess.Popen[bytes]]) -> float:
+    """CPU seconds used so far by these processes and their children."""
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += (usage(psutil.Process(p.pid)) or (0, 0.0))[1]
+    return total
+
+
 class Sampler:
     """Samples a process's (and its children's) RSS and CPU time in a background thread. A process that ends
     meanwhile keeps the CPU time of its last sample."""
@@ -260,17 +288,10 @@ class Sampler:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _sample(self) -> None:
-        import psutil
-
-        rss, cpu = 0, 0.0
-        try:
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):  # a child that just ended
-                    rss += p.memory_info().rss
-                    t = p.cpu_times()
-                    cpu += t.user + t.system
-        except psutil.Error:  # the process itself has ended
+        found = usage(self.proc)
+        if found is None:  # the process itself has ended
             return
+        rss, cpu = found
         self.rss.append(rss)
         self.cpu_seen = max(self.cpu_seen, cpu)
 
@@ -424,19 +445,19 @@ def _number(value: str) -> float | None:
 # ---- the benchmark
 
 
-def bench_server(
+def start_measured(
     name: str,
     *,
     checkpoint: Path,
     bundle: Path,
-    concurrency: Sequence[int],
-    run_time: int,
     cold_starts: int,
     work: Path,
     max_other: float,
     max_wait_s: float,
     log: Callable[[str], None],
-) -> dict[str, Any]:
+) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
+    """Start a server ``cold_starts`` times, timing each; leave the last one running, warmed up, with its idle
+    RSS measured. Returns the process, its base URL and its result so far."""
     port = free_port()
     server = servers(checkpoint, bundle, port)[name]
     log_path = work / f"{server.name}.log"
@@ -449,41 +470,116 @@ def bench_server(
         log(f"{server.name}: ready in {seconds:.2f} s (start {i + 1}/{cold_starts})")
         if i < cold_starts - 1:
             stop(proc)
-    result: dict[str, Any] = {"note": server.note, "env": server.env, "cold_start_s": times}
+    result: dict[str, Any] = {"note": server.note, "env": server.env, "cold_start_s": times, "runs": {}}
+    base = f"http://127.0.0.1:{port}"
     try:
-        base = f"http://127.0.0.1:{port}"
         warm(base)
         result["served"] = served_by(base)
         time.sleep(1.0)
         with Sampler(proc.pid) as idle:
             time.sleep(2.0)
-        result["idle"] = idle.summary()
-        result["runs"] = {}
-        for users in concurrency:
-            wait_for_cpu(max_other, max_wait_s, log)
-            load_before = load1()
-            prefix = work / "locust" / f"{server.name}-c{users}"
-            other = OtherCpu()
-            with Sampler(proc.pid) as sampler:
-                stats, generator = locust(base, users, run_time, prefix)
-            used = sampler.summary()
-            result["runs"][str(users)] = {
-                "load1_before": load_before,
-                "other_cpu_cores": other.cores(),
-                "server": used,
-                "load_generator": generator,
-                "stats": stats,
-            }
-            agg = stats.get("Aggregated", {})
-            log(
-                f"{server.name} c={users}: {agg.get('rps')} req/s, p50 {agg.get('p50_ms')} ms, "
-                f"p95 {agg.get('p95_ms')} ms, failures {agg.get('failures')}, "
-                f"RSS peak {used['rss_peak_mb']} MB, CPU {used['cpu_cores']} cores, "
-                f"others {result['runs'][str(users)]['other_cpu_cores']} cores"
-            )
-    finally:
+    except BaseException:
         stop(proc)
-    return result
+        raise
+    result["idle"] = idle.summary()
+    return proc, base, result
+
+
+def load_run(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    base: str,
+    *,
+    users: int,
+    run_time: int,
+    prefix: Path,
+    idle: Sequence[subprocess.Popen[bytes]],
+    max_other: float,
+    max_wait_s: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One Locust run against one server, its RSS and CPU sampled; ``idle`` are the other servers, up and
+    waiting, whose CPU use during the run is recorded to show they kept out of the way."""
+    wait_for_cpu(max_other, max_wait_s, log)
+    load_before = load1()
+    other = OtherCpu()
+    idle_before = cpu_seconds(idle)
+    with Sampler(proc.pid) as sampler:
+        stats, generator = locust(base, users, run_time, prefix)
+    used = sampler.summary()
+    run = {
+        "load1_before": load_before,
+        "other_cpu_cores": other.cores(),
+        "idle_servers_cpu_cores": round((cpu_seconds(idle) - idle_before) / sampler.wall, 2),
+        "server": used,
+        "load_generator": generator,
+        "stats": stats,
+    }
+    agg = stats.get("Aggregated", {})
+    log(
+        f"{name} c={users}: {agg.get('rps')} req/s, p50 {agg.get('p50_ms')} ms, "
+        f"p95 {agg.get('p95_ms')} ms, failures {agg.get('failures')}, "
+        f"RSS peak {used['rss_peak_mb']} MB, CPU {used['cpu_cores']} cores, "
+        f"others {run['other_cpu_cores']} cores"
+    )
+    return run
+
+
+def bench_servers(
+    names: Sequence[str],
+    *,
+    checkpoint: Path,
+    bundle: Path,
+    concurrency: Sequence[int],
+    rounds: int,
+    run_time: int,
+    cold_starts: int,
+    work: Path,
+    max_other: float,
+    max_wait_s: float,
+    log: Callable[[str], None],
+) -> dict[str, dict[str, Any]]:
+    """Every server started (cold starts timed) and left up; then, at each concurrency, ``rounds`` rounds of
+    one Locust run per server, the order reversed every other round (A B, B A, A B, ...). A run's neighbours
+    in time are the other servers' runs at the same concurrency, so a slow or fast spell of the machine
+    falls on both sides of a ratio rather than on one server."""
+    running: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for name in names:
+            proc, base, results[name] = start_measured(
+                name,
+                checkpoint=checkpoint,
+                bundle=bundle,
+                cold_starts=cold_starts,
+                work=work,
+                max_other=max_other,
+                max_wait_s=max_wait_s,
+                log=log,
+            )
+            running[name] = proc, base
+        for users in concurrency:
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else list(reversed(names)):
+                    proc, base = running[name]
+                    suffix = f"-r{r + 1}" if rounds > 1 else ""
+                    run = load_run(
+                        name,
+                        proc,
+                        base,
+                        users=users,
+                        run_time=run_time,
+                        prefix=work / "locust" / f"{name}-c{users}{suffix}",
+                        idle=[p for other, (p, _) in running.items() if other != name],
+                        max_other=max_other,
+                        max_wait_s=max_wait_s,
+                        log=log,
+                    )
+                    results[name]["runs"].setdefault(str(users), []).append(run)
+    finally:
+        for proc, _ in running.values():
+            stop(proc)
+    return results
 
 
 def run_benchmark(
@@ -492,6 +588,7 @@ def run_benchmark(
     out: str | Path = "benchmarks/results",
     servers_to_run: Sequence[str] = ("runtime", "baseline"),
     concurrency: Sequence[int] = (1, 4, 8),
+    rounds: int = 1,
     run_time: int = 30,
     cold_starts: int = 3,
     max_load: float = 0.6,
@@ -501,13 +598,16 @@ def run_benchmark(
     checkpoint: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Benchmark the servers one after the other; write OUT/serving.json and OUT/serving.md."""
+    """Benchmark the servers one after the other (see bench_servers); write OUT/serving.json and
+    OUT/serving.md."""
     work, out = Path(work), Path(out)
     unknown = [s for s in servers_to_run if s not in SERVERS]
     if unknown:
         raise BenchError(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
-    if not concurrency or min(concurrency) < 1 or run_time < 1:
-        raise BenchError("concurrency and run time must be at least 1")
+    if not concurrency or min(concurrency) < 1 or run_time < 1 or rounds < 1 or cold_starts < 1:
+        raise BenchError("concurrency, rounds, run time and cold starts must be at least 1")
+    if len(set(servers_to_run)) != len(servers_to_run):
+        raise BenchError("name each server once (--rounds repeats the runs)")
     checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     (work / "locust").mkdir(parents=True, exist_ok=True)
 
@@ -519,6 +619,7 @@ def run_benchmark(
         "load_at_start": quiet,
         "settings": {
             "concurrency": list(concurrency),
+            "rounds": rounds,
             "run_time_s": run_time,
             "cold_starts": cold_starts,
             "max_other_cpu_cores": max_other,
@@ -529,21 +630,20 @@ def run_benchmark(
             "bundle": str(bundle),
             "checkpoint": str(checkpoint),
         },
-        "servers": {},
     }
-    for name in servers_to_run:
-        summary["servers"][name] = bench_server(
-            name,
-            checkpoint=checkpoint,
-            bundle=bundle,
-            concurrency=concurrency,
-            run_time=run_time,
-            cold_starts=cold_starts,
-            work=work,
-            max_other=max_other,
-            max_wait_s=max_wait_s,
-            log=log,
-        )
+    summary["servers"] = bench_servers(
+        list(servers_to_run),
+        checkpoint=checkpoint,
+        bundle=bundle,
+        concurrency=concurrency,
+        rounds=rounds,
+        run_time=run_time,
+        cold_starts=cold_starts,
+        work=work,
+        max_other=max_other,
+        max_wait_s=max_wait_s,
+        log=log,
+    )
     summary["load_at_end"] = load1()
     summary["comparison"] = compare(summary)
     out.mkdir(parents=True, exist_ok=True)
@@ -581,7 +681,9 @@ def model_files(
 
 
 def compare(summary: dict[str, Any]) -> dict[str, Any]:
-    """Ratios against the baseline, and the issue's goals next to what was measured."""
+    """Ratios against the baseline, and the issue's goals next to what was measured. A round's throughput
+    ratio is taken between the two servers' runs of that round, next to each other in time; the median of
+    the rounds' ratios stands for the concurrency (with one round, it is that round's)."""
     found = summary["servers"]
     result: dict[str, Any] = {}
     base = found.get("baseline")
@@ -589,25 +691,34 @@ def compare(summary: dict[str, Any]) -> dict[str, Any]:
         if name == "baseline" or base is None:
             continue
         ratios = {}
-        for users, run in server["runs"].items():
-            other = base["runs"].get(users)
-            if other is None:
+        for users, runs in server["runs"].items():
+            others = base["runs"].get(users)
+            if not others:
                 continue
-            ours, theirs = run["stats"]["Aggregated"], other["stats"]["Aggregated"]
+            ours = [run["stats"]["Aggregated"] for run in runs]
+            theirs = [run["stats"]["Aggregated"] for run in others]
+            rounds = [_ratio(_ok_rps(a), _ok_rps(b)) for a, b in zip(ours, theirs, strict=True)]
             ratios[users] = {
-                "throughput": _ratio(_ok_rps(ours), _ok_rps(theirs)),
-                "p50_speedup": _ratio(theirs["p50_ms"], ours["p50_ms"]),
-                "p95_speedup": _ratio(theirs["p95_ms"], ours["p95_ms"]),
+                "throughput": _median(rounds, digits=2),
+                "throughput_rounds": rounds,
+                "p50_speedup": _ratio(
+                    _median(t["p50_ms"] for t in theirs), _median(o["p50_ms"] for o in ours)
+                ),
+                "p95_speedup": _ratio(
+                    _median(t["p95_ms"] for t in theirs), _median(o["p95_ms"] for o in ours)
+                ),
             }
         result[name] = {"vs_baseline": ratios, "goals": goals(server, ratios)}
     return result
 
 
 def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
-    single = server["runs"].get("1", {}).get("stats", {})
-    p50_1024 = single.get("predict photo 1024x768 jpeg", {}).get("p50_ms")
-    p50_12mp = single.get("predict phone 12MP jpeg", {}).get("p50_ms")
-    rss = max((r["server"]["rss_peak_mb"] for r in server["runs"].values()), default=None)
+    """The goals against the medians over rounds (latency, cold start, ratios) and the peak (memory)."""
+    single = [run["stats"] for run in server["runs"].get("1", [])]
+    p50_1024 = _median(s.get("predict photo 1024x768 jpeg", {}).get("p50_ms") for s in single)
+    p50_12mp = _median(s.get("predict phone 12MP jpeg", {}).get("p50_ms") for s in single)
+    peaks = [run["server"]["rss_peak_mb"] for runs in server["runs"].values() for run in runs]
+    rss = max(peaks, default=None)
     cold = sorted(server["cold_start_s"])[len(server["cold_start_s"]) // 2]
     worst_ratio = min((r["throughput"] for r in ratios.values() if r["throughput"]), default=None)
     rows = {
@@ -621,6 +732,11 @@ def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
         k: {"measured": v, "goal": g, "met": None if v is None else (v >= g if op == ">=" else v <= g)}
         for k, (v, g, op) in rows.items()
     }
+
+
+def _median(values: Iterable[float | None], digits: int = 1) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), digits) if known else None
 
 
 def _ok_rps(stats: dict[str, Any]) -> float:
@@ -643,6 +759,14 @@ def markdown(summary: dict[str, Any]) -> str:
     isa = ", ".join(m.get("isa", []))
     versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
     mix = ", ".join(f"{name} ×{v['weight']}" for name, v in s["mix"].items())
+    rounds = s.get("rounds", 1)
+    order = (
+        f" At each concurrency, {rounds} rounds of one run per server, all servers up, the order reversed "
+        "every other round; a round's ratio compares that round's runs, and the goals take the median of "
+        "the rounds."
+        if rounds > 1
+        else ""
+    )
     lines = [
         f"# Serving benchmark ({summary['date']})",
         "",
@@ -652,71 +776,73 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{summary['load_at_end']:.2f} at the end. Server and Locust share the same CPUs; each run starts "
         f"once other processes use < {s['max_other_cpu_cores']} cores; what they used during it is shown.",
         f"Each run: {s['run_time_s']} s, closed loop (no think time), users = concurrency. "
-        f"Mix: {mix}, /api/info ×1, /api/report ×1.",
+        f"Mix: {mix}, /api/info ×1, /api/report ×1.{order}",
         "",
         *[
             f"- {name}: {server.get('note', '')}{describe_served(server.get('served'))}"
             for name, server in summary["servers"].items()
         ],
         "",
-        row(
-            "server",
-            "concurrency",
-            "req/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "failures",
-            "server RSS peak MB",
-            "server CPU cores",
-            "Locust CPU cores",
-            "others' CPU cores",
-        ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, server in summary["servers"].items():
-        for users, run in server["runs"].items():
-            a, srv = run["stats"]["Aggregated"], run["server"]
-            lines.append(
-                row(
-                    name,
-                    users,
-                    a["rps"],
-                    a["p50_ms"],
-                    a["p95_ms"],
-                    a["p99_ms"],
-                    f"{a['failures']}/{a['requests']}",
-                    srv["rss_peak_mb"],
-                    srv["cpu_cores"],
-                    run["load_generator"]["cpu_cores"],
-                    run["other_cpu_cores"],
-                )  # fmt: skip
-            )
+    heads = ["req/s", "p50 ms", "p95 ms", "p99 ms", "failures", "server RSS peak MB", "server CPU cores"]
+    heads += ["Locust CPU cores", "others' CPU cores", "idle servers' CPU cores"]
+    first = ["server", "concurrency", *(["round"] if rounds > 1 else [])]
+    lines += [row(*first, *heads), "|---|" + "---:|" * (len(first) - 1 + len(heads))]
+    for name, users, i, run in _runs(summary):
+        a, srv = run["stats"]["Aggregated"], run["server"]
+        lines.append(
+            row(
+                name,
+                users,
+                *([i] if rounds > 1 else []),
+                a["rps"],
+                a["p50_ms"],
+                a["p95_ms"],
+                a["p99_ms"],
+                f"{a['failures']}/{a['requests']}",
+                srv["rss_peak_mb"],
+                srv["cpu_cores"],
+                run["load_generator"]["cpu_cores"],
+                run["other_cpu_cores"],
+                run.get("idle_servers_cpu_cores"),
+            )  # fmt: skip
+        )
     kinds = list(s["mix"])
-    lines += ["", "Per image kind, p50 / p95 ms:", "", row("server", "concurrency", *kinds)]
-    lines += ["|---|---:|" + "---:|" * len(kinds)]
-    for name, server in summary["servers"].items():
-        for users, run in server["runs"].items():
-            stats = [run["stats"].get(f"predict {k}", {}) for k in kinds]
-            cells = [f"{k['p50_ms']} / {k['p95_ms']}" if k.get("requests") else None for k in stats]
-            lines.append(row(name, users, *cells))
+    lines += ["", "Per image kind, p50 / p95 ms:", "", row(*first, *kinds)]
+    lines += ["|---|" + "---:|" * (len(first) - 1 + len(kinds))]
+    for name, users, i, run in _runs(summary):
+        stats = [run["stats"].get(f"predict {k}", {}) for k in kinds]
+        cells = [f"{k['p50_ms']} / {k['p95_ms']}" if k.get("requests") else None for k in stats]
+        lines.append(row(name, users, *([i] if rounds > 1 else []), *cells))
     lines += ["", row("server", "cold start s (each start)", "idle RSS MB"), "|---|---|---:|"]
     for name, server in summary["servers"].items():
         starts = ", ".join(f"{t:.2f}" for t in server["cold_start_s"])
         lines.append(row(name, starts, server["idle"]["rss_peak_mb"]))
     for name, result in summary["comparison"].items():
         lines += ["", f"## {name} against the baseline", ""]
+        each = ["each round"] if rounds > 1 else []
         lines += [
-            row("concurrency", "throughput ratio", "p50 speed-up", "p95 speed-up"),
-            "|---:|---:|---:|---:|",
+            row("concurrency", "throughput ratio", *each, "p50 speed-up", "p95 speed-up"),
+            "|---:|---:|" + "---:|" * len(each) + "---:|---:|",
         ]
         for users, r in result["vs_baseline"].items():
-            lines.append(row(users, f"{r['throughput']}×", f"{r['p50_speedup']}×", f"{r['p95_speedup']}×"))
+            per_round = [" / ".join(f"{x}×" for x in r["throughput_rounds"])] if rounds > 1 else []
+            lines.append(
+                row(users, f"{r['throughput']}×", *per_round, f"{r['p50_speedup']}×", f"{r['p95_speedup']}×")
+            )
         lines += ["", row("goal", "measured", "target", "met"), "|---|---:|---:|---|"]
         for key, g in result["goals"].items():
             met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
             lines.append(row(key, g["measured"], g["goal"], met))
     return "\n".join(lines) + "\n"
+
+
+def _runs(summary: dict[str, Any]) -> Iterable[tuple[str, str, int, dict[str, Any]]]:
+    """(server name, concurrency, round from 1, run) in table order."""
+    for name, server in summary["servers"].items():
+        for users, runs in server["runs"].items():
+            for i, run in enumerate(runs, 1):
+                yield name, users, i, run
 
 
 def quiet_machine_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -762,6 +888,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
     parser.add_argument("--servers", nargs="+", default=["runtime", "baseline"], choices=SERVERS)
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8], help="users per run (1 4 8)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="runs per server at each concurrency, interleaved with the other servers' (1)",
+    )
     parser.add_argument("--run-time", type=int, default=30, help="seconds per run (30)")
     parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per server (3)")
     quiet_machine_options(parser, "run")
@@ -777,6 +909,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             servers_to_run=args.servers,
             concurrency=args.concurrency,
+            rounds=args.rounds,
             run_time=args.run_time,
             cold_starts=args.cold_starts,
             max_load=args.max_load,

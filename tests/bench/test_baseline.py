@@ -10,25 +10,6 @@ import pytest
 from benchmarks import images
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
-
-    path = tmp_path_factory.mktemp("baseline") / "model.pt"
-    names = ["Acne", "Eczema", "Moles"]
-    meta = {
-        "arch": "test_efficientnet",
-        "img_size": 64,
-        "class_names": names,
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
-        "model_name": "tiny",
-        "model_version": "1",
-    }
-    save_checkpoint(path, model=build_model("test_efficientnet", len(names), drop_rate=0.0), meta=meta)
-    return path
-
-
 @pytest.mark.slow
 def test_baseline_serves_the_reference_api(checkpoint: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient

@@ -1,0 +1,67 @@
+"""The serving benchmark end to end on tiny models: both servers up, runs interleaved round by round.
+
+Numbers are never asserted; the order of the runs and the shape of the summary are."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks import run
+
+
+@pytest.mark.slow
+def test_rounds_interleave_the_servers_and_ratios_pair_neighbouring_runs(
+    tiny_bundle: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "wait_for_cpu", lambda *args, **kwargs: 0.0)  # no 3 s quiet check per run
+    said: list[str] = []
+    summary = run.run_benchmark(
+        work=tmp_path / "work",
+        out=tmp_path / "out",
+        servers_to_run=("runtime", "baseline"),
+        concurrency=(1,),
+        rounds=3,
+        run_time=2,
+        cold_starts=1,
+        max_load=100.0,
+        bundle=tiny_bundle,
+        checkpoint=checkpoint,
+        log=said.append,
+    )
+    runs = [line.split(" c=")[0] for line in said if " c=1:" in line]
+    assert runs == ["runtime", "baseline", "baseline", "runtime", "runtime", "baseline"]
+    for name in ("runtime", "baseline"):
+        assert len(summary["servers"][name]["runs"]["1"]) == 3
+        for one in summary["servers"][name]["runs"]["1"]:
+            assert one["stats"]["Aggregated"]["failures"] == 0
+            assert one["idle_servers_cpu_cores"] >= 0.0  # the other server, measured while it waited
+    ratio = summary["comparison"]["runtime"]["vs_baseline"]["1"]
+    each = ratio["throughput_rounds"]
+    assert len(each) == 3 and ratio["throughput"] == sorted(each)[1]
+    assert summary["comparison"]["runtime"]["goals"]["throughput_ratio"]["measured"] == ratio["throughput"]
+    assert json.loads((tmp_path / "out" / "serving.json").read_text())["settings"]["rounds"] == 3
+    md = (tmp_path / "out" / "serving.md").read_text()
+    assert "3 rounds of one run per server" in md
+    assert " / ".join(f"{x}×" for x in each) in md
+    assert sorted(p.name for p in (tmp_path / "work" / "locust").glob("*_stats.csv")) == [
+        f"{name}-c1-r{i}_stats.csv" for name in ("baseline", "runtime") for i in (1, 2, 3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rounds": 0}, "must be at least 1"),
+        ({"cold_starts": 0}, "must be at least 1"),
+        ({"servers_to_run": ("runtime", "runtime")}, "name each server once"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_is_built(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(run.BenchError, match=message):
+        run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "work").exists()
