@@ -265,6 +265,26 @@ def latency_ms(run: Runner, x: np.ndarray, repeats: int, warmup: int = 3) -> flo
     return float(np.median(times) * 1000)
 
 
+def batch1_rounds(
+    runners: dict[str, Runner],
+    x: np.ndarray,
+    *,
+    repeats: int,
+    rounds: int,
+    before_round: Callable[[], object] = lambda: None,
+) -> dict[str, list[float]]:
+    """Batch-1 latency of every path, timed in rounds: each round times every path once (``repeats`` runs
+    after a short warm-up), the order reversed every other round. A slow or fast spell of the machine then
+    falls on every path instead of on the one timed during it. Per path, the median of each round (ms)."""
+    names = list(runners)
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        before_round()
+        for name in names if r % 2 == 0 else reversed(names):
+            found[name].append(latency_ms(runners[name], x, repeats, warmup=2))
+    return found
+
+
 def per_image_ms(run: Runner, x: np.ndarray, warmup: int = 3) -> tuple[float, float]:
     """Median and mean latency at batch 1 over the images, each once (for paths whose cost depends on it)."""
     for i in range(warmup):
@@ -319,6 +339,7 @@ def model_benchmark(
     out: str | Path = "benchmarks/results",
     only: Sequence[str] = (),
     repeats: int = 30,
+    rounds: int = 5,
     test_per_class: int = 10,
     calibration_per_class: int = 6,
     threads: int = 0,
@@ -363,6 +384,7 @@ def model_benchmark(
     log(f"load average {quiet['load1']:.2f} at the start; {len(test)} test images, {threads} threads")
     reference = predict_all(ort_runner(fp32, threads=threads), test)
     results: dict[str, Any] = {}
+    timed: dict[str, Runner] = {}  # the paths timed at batch 1 in rounds, once all are loaded
     for cand in found:
         wait_for_cpu(max_other, max_wait_s, log)
         load_before = load1()
@@ -383,17 +405,17 @@ def model_benchmark(
             extra = {"recheck_margin": round(run.margin, 4), "rechecked_share": round(share, 4)}
             note += f"; gap ≤ {run.margin:.3f} re-run: {share:.0%} of the test images"
             b1, mean = per_image_ms(run, test)
+            extra["batch1_ms"] = round(b1, 2)
             extra["batch1_mean_ms"] = round(mean, 2)
+            extra["batch1_img_s"] = round(1000 / mean, 1)
             note += f"; batch 1 is the median over the test images, mean {mean:.1f} ms"
         else:
-            b1 = latency_ms(run, one, repeats)
+            timed[cand.name] = run
         b8 = latency_ms(run, eight, max(5, repeats // 4))
         results[cand.name] = {
             "note": note,
             "load_s": round(load_s, 3),
-            "batch1_ms": round(b1, 2),
             "batch8_ms": round(b8, 2),
-            "batch1_img_s": round(1000 / extra.get("batch1_mean_ms", b1), 1),
             "batch8_img_s": round(8000 / b8, 1),
             "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4),
             "max_abs_diff": float(np.abs(probs - reference).max()),
@@ -403,11 +425,29 @@ def model_benchmark(
         }
         r = results[cand.name]
         log(
-            f"{cand.name}: batch 1 {r['batch1_ms']} ms, batch 8 {r['batch8_ms']} ms "
-            f"({r['batch8_img_s']} img/s), agreement {r['top1_agreement']:.2%}, load {r['load_s']} s, "
-            f"others {r['other_cpu_cores']} cores; {note}"
+            f"{cand.name}: batch 8 {r['batch8_ms']} ms ({r['batch8_img_s']} img/s), agreement "
+            f"{r['top1_agreement']:.2%}, load {r['load_s']} s, others {r['other_cpu_cores']} cores; {note}"
         )
         del run
+
+    if timed:
+        log(f"batch 1: {rounds} rounds over {len(timed)} paths")
+        per_round = batch1_rounds(
+            timed,
+            one,
+            repeats=max(3, repeats // rounds),
+            rounds=rounds,
+            before_round=lambda: wait_for_cpu(max_other, max_wait_s, log),
+        )
+        for name, each in per_round.items():
+            b1 = float(np.median(each))
+            results[name].update(
+                batch1_ms=round(b1, 2),
+                batch1_ms_rounds=[round(v, 2) for v in each],
+                batch1_img_s=round(1000 / b1, 1),
+            )
+            log(f"{name}: batch 1 {b1:.2f} ms (rounds: {', '.join(f'{v:.1f}' for v in each)})")
+        timed.clear()
 
     wait_for_cpu(max_other, max_wait_s, log)
     batching = batching_check(
@@ -440,6 +480,7 @@ def model_benchmark(
         "settings": {
             "threads": threads,
             "repeats_batch1": repeats,
+            "rounds_batch1": rounds,
             "max_other_cpu_cores": max_other,
             "test_images": len(test),
             "calibration_images": len(calibration),
@@ -549,10 +590,14 @@ def markdown(summary: dict[str, Any]) -> str:
         f"< {s['max_other_cpu_cores']} cores; what they used while it was timed is shown.",
         f"Agreement: top-1 against {s['reference']}, {s['test_images']} generated images; int8 calibrated on "
         f"{s['calibration_images']} other generated images.",
+        f"Batch 1: the median of {s.get('rounds_batch1', 1)} rounds, each timing every path in turn (the "
+        "order reversed every other round), so the machine's slow and fast spells fall on every path; the "
+        "rounds are listed.",
         "",
         row(
             "path",
             "batch 1 ms",
+            "batch 1 ms, each round",
             "batch 8 ms",
             "batch 8 img/s",
             "top-1 agreement",
@@ -561,16 +606,17 @@ def markdown(summary: dict[str, Any]) -> str:
             "others' CPU cores",
             "note",
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, r in summary["paths"].items():
         if "error" in r:
-            lines.append(row(name, *[None] * 8, f"not available: {r['error']}"))
+            lines.append(row(name, *[None] * 9, f"not available: {r['error']}"))
             continue
         lines.append(
             row(
                 name,
                 r["batch1_ms"],
+                " · ".join(f"{v}" for v in r.get("batch1_ms_rounds", [])) or None,
                 r["batch8_ms"],
                 r["batch8_img_s"],
                 f"{r['top1_agreement']:.2%}",
@@ -614,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="runs/bench", help="model, bundle and int8 graphs (runs/bench)")
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
     parser.add_argument("--only", nargs="*", default=[], help="measure only paths whose name contains these")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1 (30)")
+    parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1, over all rounds (30)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds of batch-1 timing, every path in each (5)"
+    )
     parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
     parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")
     parser.add_argument(
@@ -623,8 +672,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="the same model's checkpoint, for torch eager (with --bundle)")
     quiet_machine_options(parser, "path")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.test_per_class < 1:
-        print("benchmarks.model_bench: --repeats and --test-per-class must be at least 1", file=sys.stderr)
+    if args.repeats < 1 or args.test_per_class < 1 or args.rounds < 1:
+        print(
+            "benchmarks.model_bench: --repeats, --rounds and --test-per-class must be at least 1",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return run_cli(
@@ -634,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             out=args.out,
             only=args.only,
             repeats=args.repeats,
+            rounds=args.rounds,
             test_per_class=args.test_per_class,
             threads=args.threads,
             bundle=args.bundle,

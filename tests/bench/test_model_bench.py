@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import run
-from benchmarks.model_bench import Recheck, best_path, gap_error
+from benchmarks.model_bench import Recheck, batch1_rounds, best_path, gap_error
 
 
 def test_gap_error_is_the_error_in_the_fast_top_two_gap() -> None:
@@ -43,6 +43,28 @@ def test_recheck_reruns_exactly_the_images_bf16_could_have_got_wrong() -> None:
     assert (recheck.images, recheck.rechecked) == (4, 2)
     recheck(x[3:])  # clear: nothing re-run
     assert (recheck.images, recheck.rechecked) == (5, 2)
+
+
+def test_batch1_is_timed_in_rounds_across_the_paths_in_alternating_order() -> None:
+    calls: list[str] = []
+
+    def path(name: str) -> object:
+        return lambda x: calls.append(name) or x
+
+    rounds_begun: list[int] = []
+    found = batch1_rounds(
+        {"a": path("a"), "b": path("b"), "c": path("c")},  # type: ignore[dict-item]
+        np.zeros((1, 2, 2, 3), dtype=np.uint8),
+        repeats=3,
+        rounds=3,
+        before_round=lambda: rounds_begun.append(len(calls)),
+    )
+    each = 2 + 3  # warm-up, then the timed runs
+    order = [calls[i] for i in range(0, len(calls), each)]
+    assert order == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+    assert all(calls[i : i + each] == [calls[i]] * each for i in range(0, len(calls), each))
+    assert rounds_begun == [0, 3 * each, 6 * each]  # the quiet-machine check before each round
+    assert {name: len(ms) for name, ms in found.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
