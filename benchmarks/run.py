@@ -1,12 +1,13 @@
 """Serving benchmark: the runtime and the reference-style baseline, one after the other, same Locust settings.
 
-For each server: cold start (process start → ready answer, several times), resident memory at idle, then one
-Locust run per concurrency (closed loop, no think time, the image mix of benchmarks/images.py) while the
-server's RSS and CPU are sampled. Writes Locust's CSV and HTML under WORK/locust/ and a summary with the
-ratios (JSON + markdown) under OUT. Measures only when the machine is quiet (1-minute load average), and
-records the load it saw.
+For each server: cold start (process start → ready answer, several times) and resident memory at idle; the
+servers then stay up, and at each concurrency each one gets a Locust run in turn (closed loop, no think time,
+the image mix of benchmarks/images.py) while its RSS and CPU are sampled, ``--rounds`` times, the order
+reversed every other round. Writes Locust's CSV and HTML under WORK/locust/ and a summary with the ratios
+(JSON + markdown) under OUT. Measures only when the machine is quiet (1-minute load average), and records the
+load it saw.
 
-    python -m benchmarks.run --concurrency 1 4 8 --run-time 30
+    python -m benchmarks.run --concurrency 1 4 8 --run-time 30 --rounds 3
 """
 
 from __future__ import annotations
