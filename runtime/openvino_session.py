@@ -32,23 +32,13 @@ class ModelMeta:
 
 
 class OpenVINOSession:
-    """One compiled model for one image at a time; each run borrows an infer request, so concurrent runs are
-    safe. A batch runs image by image.
-
-    The batch axis is fixed to 1 before compiling: a fixed shape compiles to faster kernels (bf16 B3 at one
-    image 11-12 % faster than on the dynamic batch axis, f32 7-8 %, in interleaved runs on an AMD EPYC) and
-    smaller buffers (210 against 303 MB after batches of 8). Eight such runs took as long as one batch of 8 on
-    the dynamic graph, so batches lose nothing worth a second compiled model (both together: 401 MB)."""
+    """One compiled model; each run borrows an infer request, so concurrent runs are safe."""
 
     def __init__(self, model: str | bytes, *, threads: int, precision: str) -> None:
         core = _core()
         graph = core.read_model(model)
         framework = graph.get_rt_info()["framework"] if graph.has_rt_info("framework") else {}
         self._meta = {key: value.astype(str) for key, value in framework.items()}
-        # The contract's view (a dynamic batch axis), which is what run() accepts.
-        self._inputs = [_arg(port) for port in graph.inputs]
-        self._outputs = [_arg(port) for port in graph.outputs]
-        graph.reshape({port.get_any_name(): _one_image(port) for port in graph.inputs})
         # LATENCY: one request uses every thread (the runtime runs one inference at a time on OpenVINO).
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": precision,
@@ -56,6 +46,8 @@ class OpenVINOSession:
             "INFERENCE_NUM_THREADS": threads,
         }
         self._compiled = core.compile_model(graph, "CPU", config)
+        self._inputs = [_arg(port) for port in graph.inputs]
+        self._outputs = [_arg(port) for port in graph.outputs]
         self._ports = {arg.name: self._compiled.output(arg.name) for arg in self._outputs}
         self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -77,25 +69,16 @@ class OpenVINOSession:
         """As onnxruntime's: ``names`` None means every output. ``run_options`` (onnxruntime's arena
         shrinkage) has no meaning here and is ignored."""
         names = [arg.name for arg in self._outputs] if names is None else names
-        batch = len(next(iter(feed.values())))
         try:
             request = self._requests.get_nowait()
         except queue.Empty:
             request = self._compiled.create_infer_request()
         try:
-            if batch == 1:
-                return self._infer(request, feed, names)
-            each = [
-                self._infer(request, {k: v[i : i + 1] for k, v in feed.items()}, names) for i in range(batch)
-            ]
-            return [np.concatenate(outputs) for outputs in zip(*each, strict=True)]
+            result = request.infer(feed)
+            # Copies: the request reuses its output buffers on the next run.
+            return [np.array(result[self._ports[name]]) for name in names]
         finally:
             self._requests.put(request)
-
-    def _infer(self, request: Any, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        result = request.infer(feed)
-        # Copies: the request reuses its output buffers on the next run.
-        return [np.array(result[self._ports[name]]) for name in names]
 
 
 @functools.cache
@@ -107,12 +90,6 @@ def _core() -> Any:
     import openvino as ov
 
     return ov.Core()
-
-
-def _one_image(port: Any) -> Any:
-    shape = port.get_partial_shape()
-    shape[0] = 1
-    return shape
 
 
 def _arg(port: Any) -> NodeArg:
