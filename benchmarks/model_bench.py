@@ -447,7 +447,7 @@ def model_benchmark(
                 batch1_img_s=round(1000 / b1, 1),
             )
             log(f"{name}: batch 1 {b1:.2f} ms (rounds: {', '.join(f'{v:.1f}' for v in each)})")
-        timed.clear()
+        timed.clear()  # the sessions go before the batching checks load their own
 
     wait_for_cpu(max_other, max_wait_s, log)
     batching = batching_check(

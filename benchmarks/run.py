@@ -789,13 +789,11 @@ def markdown(summary: dict[str, Any]) -> str:
     heads += ["Locust CPU cores", "others' CPU cores", "idle servers' CPU cores"]
     first = ["server", "concurrency", *(["round"] if rounds > 1 else [])]
     lines += [row(*first, *heads), "|---|" + "---:|" * (len(first) - 1 + len(heads))]
-    for name, users, i, run in _runs(summary):
+    for lead, run in _runs(summary, by_round=rounds > 1):
         a, srv = run["stats"]["Aggregated"], run["server"]
         lines.append(
             row(
-                name,
-                users,
-                *([i] if rounds > 1 else []),
+                *lead,
                 a["rps"],
                 a["p50_ms"],
                 a["p95_ms"],
@@ -811,10 +809,10 @@ def markdown(summary: dict[str, Any]) -> str:
     kinds = list(s["mix"])
     lines += ["", "Per image kind, p50 / p95 ms:", "", row(*first, *kinds)]
     lines += ["|---|" + "---:|" * (len(first) - 1 + len(kinds))]
-    for name, users, i, run in _runs(summary):
+    for lead, run in _runs(summary, by_round=rounds > 1):
         stats = [run["stats"].get(f"predict {k}", {}) for k in kinds]
         cells = [f"{k['p50_ms']} / {k['p95_ms']}" if k.get("requests") else None for k in stats]
-        lines.append(row(name, users, *([i] if rounds > 1 else []), *cells))
+        lines.append(row(*lead, *cells))
     lines += ["", row("server", "cold start s (each start)", "idle RSS MB"), "|---|---|---:|"]
     for name, server in summary["servers"].items():
         starts = ", ".join(f"{t:.2f}" for t in server["cold_start_s"])
@@ -838,12 +836,12 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _runs(summary: dict[str, Any]) -> Iterable[tuple[str, str, int, dict[str, Any]]]:
-    """(server name, concurrency, round from 1, run) in table order."""
+def _runs(summary: dict[str, Any], *, by_round: bool) -> Iterable[tuple[list[Any], dict[str, Any]]]:
+    """(a row's first cells: server, concurrency and, by_round, the round from 1; the run) in table order."""
     for name, server in summary["servers"].items():
         for users, runs in server["runs"].items():
             for i, run in enumerate(runs, 1):
-                yield name, users, i, run
+                yield [name, users, *([i] if by_round else [])], run
 
 
 def quiet_machine_options(parser: argparse.ArgumentParser, what: str) -> None:
