@@ -21,11 +21,14 @@ from runtime.engine import Engine
 
 engine = Engine(sys.argv[1], threads=2, spinning=sys.argv[2] == "1")
 images = np.zeros((1, *engine.meta.input_size, 3), dtype=np.uint8)
-for _ in range(20):
-    engine.run(images)
-before = time.process_time() - time.thread_time()  # onnxruntime's worker threads, not this one
-time.sleep(0.5)
-print(time.process_time() - time.thread_time() - before)
+idle = []
+for _ in range(3):
+    for _ in range(20):
+        engine.run(images)
+    before = time.process_time() - time.thread_time()  # onnxruntime's worker threads, not this one
+    time.sleep(0.5)
+    idle.append(time.process_time() - time.thread_time() - before)
+print(min(idle))
 """
 
 
@@ -41,7 +44,9 @@ def test_an_idle_engine_burns_no_cpu(tiny_bundle: Path, spinning: bool) -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout) < 0.015  # spinning on after the last run: 0.04-0.06 s here
+    # Spinning on after the last run costs 0.04-0.05 s in every window here, not spinning 0.000 s. The least
+    # of three windows, because a busy machine once put 0.015 s into one window of an engine that never spins.
+    assert float(done.stdout) < 0.02
 
 
 def test_spinning_is_a_setting(tiny_bundle: Path) -> None:
