@@ -457,6 +457,7 @@ def model_benchmark(
         repeats,
         log,
         make_shared=lambda: ort_runner(fp32, threads=threads, spinning=False),  # as the runtime serves
+        rounds=rounds,
     )
     batching_bf16 = None
     if _importable("openvino") and (not only or any("bf16" in o for o in only)):
@@ -469,6 +470,7 @@ def model_benchmark(
                 repeats,
                 log,
                 make_shared=lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
+                rounds=rounds,
             )
         except contract.BundleError as exc:  # OpenVINO could not compile the model here: nothing to measure
             log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
@@ -521,16 +523,22 @@ def batching_check(
     log: Callable[[str], None],
     *,
     make_shared: Callable[[], Runner] | None = None,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     """Would the runtime gain from gathering concurrent requests into one batch? Throughput by batch size,
     two sessions of one thread each running side by side (the other way to use two cores), and
-    ``make_shared``'s one session running two images at once (the runtime's SKIN_INFERENCE_CONCURRENCY=2)."""
+    ``make_shared``'s one session running two images at once (the runtime's SKIN_INFERENCE_CONCURRENCY=2).
+    The batch sizes are timed in ``rounds``, the order reversed every other round, and compared by their
+    medians: timed once each, one slow spell on batch 1 read as a gain from batching."""
     run = make()
-    img_s = {}
+    sizes = (1, 2, 4, 8)
+    each: dict[int, list[float]] = {n: [] for n in sizes}
     other = OtherCpu()
-    for n in (1, 2, 4, 8):
-        ms = latency_ms(run, test[:n], max(5, repeats // n))
-        img_s[str(n)] = round(n * 1000 / ms, 1)
+    for r in range(rounds):
+        for n in sizes if r % 2 == 0 else reversed(sizes):
+            ms = latency_ms(run, test[:n], max(5, repeats // (n * rounds)))
+            each[n].append(round(n * 1000 / ms, 1))
+    img_s = {str(n): round(float(np.median(v)), 1) for n, v in each.items()}
     parallel = parallel_img_s(make_one_thread, test[:1], workers=2, seconds=5.0)
     shared = None
     if make_shared is not None:
@@ -540,7 +548,8 @@ def batching_check(
     gain = best_batch / img_s["1"]
     build = gain >= BATCHING_GAIN
     result = {
-        "img_s_by_batch": img_s,
+        "img_s_by_batch": img_s,  # the median of the rounds
+        "img_s_by_batch_rounds": {str(n): v for n, v in each.items()},
         "two_sessions_one_thread_img_s": round(parallel, 1),
         "one_session_two_runs_img_s": shared,
         "best_batch_gain": round(gain, 3),
@@ -629,10 +638,16 @@ def markdown(summary: dict[str, Any]) -> str:
     for key, label in (("batching", "onnxruntime fp32"), ("batching_bf16", "SKIN_OPENVINO=bf16")):
         b = summary.get(key)
         if b:
-            by_batch = ", ".join(f"batch {k}: {v}" for k, v in b["img_s_by_batch"].items())
+            each = b.get("img_s_by_batch_rounds", {})
+            rounds = any(len(v) > 1 for v in each.values())
+            by_batch = ", ".join(
+                f"batch {k}: {v}" + (f" ({' · '.join(map(str, each[k]))})" if rounds else "")
+                for k, v in b["img_s_by_batch"].items()
+            )
             lines += [
                 "",
-                f"Batching ({label}, img/s): {by_batch}; two 1-thread sessions side by side: "
+                f"Batching ({label}, img/s{', the median of the rounds' if rounds else ''}): {by_batch}; "
+                "two 1-thread sessions side by side: "
                 f"{b['two_sessions_one_thread_img_s']}; one session, two runs at once: "
                 f"{b.get('one_session_two_runs_img_s')}. Verdict: {b['verdict']}.",
             ]
@@ -662,7 +677,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=[], help="measure only paths whose name contains these")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs at batch 1, over all rounds (30)")
     parser.add_argument(
-        "--rounds", type=int, default=5, help="rounds of batch-1 timing, every path in each (5)"
+        "--rounds",
+        type=int,
+        default=5,
+        help="rounds of batch-1 timing, every path in each, and of the batching check (5)",
     )
     parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
     parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")

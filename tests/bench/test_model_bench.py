@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import run
-from benchmarks.model_bench import Recheck, batch1_rounds, best_path, gap_error
+from benchmarks import model_bench, run
+from benchmarks.model_bench import Recheck, batch1_rounds, batching_check, best_path, gap_error
 
 
 def test_gap_error_is_the_error_in_the_fast_top_two_gap() -> None:
@@ -65,6 +65,32 @@ def test_batch1_is_timed_in_rounds_across_the_paths_in_alternating_order() -> No
     assert all(calls[i : i + each] == [calls[i]] * each for i in range(0, len(calls), each))
     assert rounds_begun == [0, 3 * each, 6 * each]  # the quiet-machine check before each round
     assert {name: len(ms) for name, ms in found.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+@pytest.mark.parametrize(("rounds", "verdict"), [(1, True), (3, False)])
+def test_one_slow_spell_on_batch_1_is_not_read_as_a_gain_from_batching(
+    monkeypatch: pytest.MonkeyPatch, rounds: int, verdict: bool
+) -> None:
+    # Every batch size runs at 100 img/s, except the first time batch 1 is timed: a slow spell, at 50.
+    timed: list[int] = []
+
+    def latency_ms(run: object, x: np.ndarray, repeats: int, warmup: int = 3) -> float:
+        timed.append(len(x))
+        slow = 2.0 if timed.count(1) == 1 and len(x) == 1 else 1.0
+        return 10.0 * len(x) * slow
+
+    monkeypatch.setattr(model_bench, "latency_ms", latency_ms)
+    monkeypatch.setattr(model_bench, "parallel_img_s", lambda *a, **k: 100.0)
+    x = np.zeros((8, 2, 2, 3), dtype=np.uint8)
+    found = batching_check(lambda: print, lambda: print, x, 30, print, rounds=rounds)
+    assert timed == [1, 2, 4, 8, 8, 4, 2, 1, 1, 2, 4, 8][: 4 * rounds]  # the order reversed every other round
+    assert found["img_s_by_batch_rounds"]["1"] == [50.0, 100.0, 100.0][:rounds]
+    assert found["build_batching"] is verdict
+    assert found["img_s_by_batch"] == ({"1": 50.0} if rounds == 1 else {"1": 100.0}) | {
+        "2": 100.0,
+        "4": 100.0,
+        "8": 100.0,
+    }
 
 
 def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
