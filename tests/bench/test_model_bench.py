@@ -1,15 +1,18 @@
-"""The model benchmark's bf16-with-fp32-re-check path, on stand-in models (numpy only: no OpenVINO
-needed), and how both benchmarks take a model of your own."""
+"""The model benchmark's pieces on stand-in models (numpy only: no OpenVINO needed): the bf16 path with its
+fp32 re-check, timing in rounds, the batching check and its line in model.md; and how both benchmarks take a
+model of your own."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import model_bench, run
-from benchmarks.model_bench import Recheck, batch1_rounds, batching_check, best_path, gap_error
+from benchmarks.model_bench import Recheck, batch1_rounds, batching_check, best_path, gap_error, markdown
+from tests.server import ROOT
 
 
 def test_gap_error_is_the_error_in_the_fast_top_two_gap() -> None:
@@ -155,3 +158,23 @@ def test_a_model_of_your_own_is_used_as_given(tiny_bundle: Path, tmp_path: Path)
     (tmp_path / "model.pt").write_bytes(b"x")
     got = run.model_files(tmp_path / "work", bundle=tiny_bundle, checkpoint=tmp_path / "model.pt", log=print)
     assert got == (tmp_path / "model.pt", tiny_bundle)
+
+
+def test_the_batching_line_lists_the_rounds_only_when_there_were_several() -> None:
+    summary = json.loads((ROOT / "benchmarks/results/amd-avx2/model.json").read_text())
+    summary["batching_bf16"] = None
+    summary["batching"]["img_s_by_batch"] = {"1": 20.0, "2": 22.0}
+    summary["batching"]["img_s_by_batch_rounds"] = {"1": [20.0, 14.5, 21.0], "2": [22.0, 22.5, 21.5]}
+    lines = [line for line in markdown(summary).splitlines() if line.startswith("Batching")]
+    assert lines[0].startswith(
+        "Batching (onnxruntime fp32, img/s, the median of the rounds): batch 1: 20.0 (20.0 · 14.5 · 21.0), "
+        "batch 2: 22.0 (22.0 · 22.5 · 21.5); two 1-thread sessions"
+    )
+    # One round: nothing to list; a summary written before the rounds: no such key.
+    for batching in ({"img_s_by_batch_rounds": {"1": [20.0], "2": [22.0]}}, {}):
+        summary["batching"].pop("img_s_by_batch_rounds", None)
+        summary["batching"].update(batching)
+        lines = [line for line in markdown(summary).splitlines() if line.startswith("Batching")]
+        assert lines == [lines[0]] and lines[0].startswith(
+            "Batching (onnxruntime fp32, img/s): batch 1: 20.0, batch 2: 22.0; two 1-thread sessions"
+        )
