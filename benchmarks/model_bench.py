@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,22 @@ def latency_ms(run: Runner, x: np.ndarray, repeats: int, warmup: int = 3) -> flo
     return float(np.median(times) * 1000)
 
 
+def in_rounds(
+    measures: dict[str, Callable[[], float]],
+    rounds: int,
+    before_round: Callable[[], object] = lambda: None,
+) -> dict[str, list[float]]:
+    """Each measure once per round, the order reversed every other round. A slow or fast spell of the machine
+    then falls on every measure instead of on the one taken during it. Per measure, its value each round."""
+    names = list(measures)
+    found: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        before_round()
+        for name in names if r % 2 == 0 else reversed(names):
+            found[name].append(measures[name]())
+    return found
+
+
 def batch1_rounds(
     runners: dict[str, Runner],
     x: np.ndarray,
@@ -273,16 +290,13 @@ def batch1_rounds(
     rounds: int,
     before_round: Callable[[], object] = lambda: None,
 ) -> dict[str, list[float]]:
-    """Batch-1 latency of every path, timed in rounds: each round times every path once (``repeats`` runs
-    after a short warm-up), the order reversed every other round. A slow or fast spell of the machine then
-    falls on every path instead of on the one timed during it. Per path, the median of each round (ms)."""
-    names = list(runners)
-    found: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        before_round()
-        for name in names if r % 2 == 0 else reversed(names):
-            found[name].append(latency_ms(runners[name], x, repeats, warmup=2))
-    return found
+    """Batch-1 latency of every path, timed in rounds (``repeats`` runs after a short warm-up in each). Per
+    path, the median of each round (ms)."""
+    return in_rounds(
+        {name: partial(latency_ms, run, x, repeats, warmup=2) for name, run in runners.items()},
+        rounds,
+        before_round,
+    )
 
 
 def per_image_ms(run: Runner, x: np.ndarray, warmup: int = 3) -> tuple[float, float]:
@@ -531,14 +545,13 @@ def batching_check(
     The batch sizes are timed in ``rounds``, the order reversed every other round, and compared by their
     medians: timed once each, one slow spell on batch 1 read as a gain from batching."""
     run = make()
-    sizes = (1, 2, 4, 8)
-    each: dict[int, list[float]] = {n: [] for n in sizes}
     other = OtherCpu()
-    for r in range(rounds):
-        for n in sizes if r % 2 == 0 else reversed(sizes):
-            ms = latency_ms(run, test[:n], max(5, repeats // (n * rounds)))
-            each[n].append(round(n * 1000 / ms, 1))
-    img_s = {str(n): round(float(np.median(v)), 1) for n, v in each.items()}
+
+    def img_s_at(n: int) -> float:
+        return round(n * 1000 / latency_ms(run, test[:n], max(5, repeats // (n * rounds))), 1)
+
+    each = in_rounds({str(n): partial(img_s_at, n) for n in (1, 2, 4, 8)}, rounds)
+    img_s = {n: round(float(np.median(v)), 1) for n, v in each.items()}
     parallel = parallel_img_s(make_one_thread, test[:1], workers=2, seconds=5.0)
     shared = None
     if make_shared is not None:
@@ -549,7 +562,7 @@ def batching_check(
     build = gain >= BATCHING_GAIN
     result = {
         "img_s_by_batch": img_s,  # the median of the rounds
-        "img_s_by_batch_rounds": {str(n): v for n, v in each.items()},
+        "img_s_by_batch_rounds": each,
         "two_sessions_one_thread_img_s": round(parallel, 1),
         "one_session_two_runs_img_s": shared,
         "best_batch_gain": round(gain, 3),
