@@ -6,7 +6,8 @@ bf16 as SKIN_OPENVINO runs them when installed, plus bf16 with a fp32 re-check o
 could have changed (measured here before any runtime carries it). For each: median latency at batch 1 and 8,
 load time, and top-1 agreement with onnxruntime fp32 on generated test images. Also answers whether batching
 concurrent requests would raise throughput on this machine, for onnxruntime fp32 and (openvino installed) for
-SKIN_OPENVINO=bf16: the measurement behind SKIN_GATHER.
+SKIN_OPENVINO=bf16: the measurement behind SKIN_GATHER. And how near onnxruntime fp32 runs to this CPU's
+fp32 floor (benchmarks/floor.py).
 
     python -m benchmarks.model_bench                 # writes benchmarks/results/model.json and model.md
 """
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import floor
 from benchmarks.run import (
     BenchError,
     OtherCpu,
@@ -473,6 +475,9 @@ def model_benchmark(
         make_shared=lambda: ort_runner(fp32, threads=threads, spinning=False),  # as the runtime serves
         rounds=rounds,
     )
+    wait_for_cpu(max_other, max_wait_s, log)
+    bound = floor.measure(fp32, one, threads=threads)
+    log(floor.markdown(bound, results.get("onnxruntime fp32", {}).get("batch1_ms")))
     batching_bf16 = None
     if _importable("openvino") and (not only or any("bf16" in o for o in only)):
         wait_for_cpu(max_other, max_wait_s, log)
@@ -512,6 +517,7 @@ def model_benchmark(
         "batching": batching,
         "batching_bf16": batching_bf16,  # the same question for SKIN_OPENVINO=bf16, when openvino is here
         "best": best_path(results),
+        "floor": bound,  # the model's multiply-adds at this CPU's fp32 matrix speed, and a profiled run
     }
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -664,6 +670,9 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"{b['two_sessions_one_thread_img_s']}; one session, two runs at once: "
                 f"{b.get('one_session_two_runs_img_s')}. Verdict: {b['verdict']}.",
             ]
+    if summary.get("floor"):  # summaries written before it have none
+        fp32_ms = summary["paths"].get("onnxruntime fp32", {}).get("batch1_ms")
+        lines += ["", floor.markdown(summary["floor"], fp32_ms)]
     best = summary["best"]
     if best:
         met = "met" if best["meets_20ms"] else "not met"

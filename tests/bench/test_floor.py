@@ -1,0 +1,143 @@
+"""The fp32 floor in the model benchmark: multiply-adds from the graph, a profiled run, the line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from benchmarks import floor
+from benchmarks.model_bench import markdown
+from runtime import bundle as contract
+from tests.server import ROOT
+
+
+def graph(path: Path) -> Path:
+    """NCHW float, dynamic batch: a 3x3 stem, a 1x1 expansion, a depthwise 3x3 with stride 2, a Gemm head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "stem": (8, 3, 3, 3),
+        "expand": (16, 8, 1, 1),
+        "depthwise": (16, 1, 3, 3),
+        "head": (10, 16),
+    }
+    inits = [numpy_helper.from_array(rng.standard_normal(s, dtype=np.float32), n) for n, s in weights.items()]
+    inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), "flat"))
+    nodes = [
+        helper.make_node("Conv", ["x", "stem"], ["a"], pads=[1, 1, 1, 1]),  # 8x3x3x3 at 32x32
+        helper.make_node("Conv", ["a", "expand"], ["b"]),  # 16x8 at 32x32
+        helper.make_node("Conv", ["b", "depthwise"], ["c"], group=16, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Reshape", ["p", "flat"], ["v"]),
+        helper.make_node("Gemm", ["v", "head"], ["y"], transB=1),
+    ]
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
+            inits,
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, path)
+    return path
+
+
+def test_multiply_adds_are_counted_per_image_by_kind(tmp_path: Path, tiny_bundle: Path) -> None:
+    assert floor.multiply_adds(graph(tmp_path / "g.onnx")) == {
+        "other conv": 8 * 3 * 9 * 32 * 32,
+        "1x1 conv": 16 * 8 * 32 * 32,
+        "depthwise conv": 16 * 9 * 16 * 16,
+        "matmul": 16 * 10,
+    }
+    # The tiny bundle: one 1x1 convolution from 3 channels to 5 classes on 8x8 pooled pixels.
+    assert floor.multiply_adds(tiny_bundle / contract.MODEL_FILE) == {"1x1 conv": 5 * 3 * 8 * 8}
+
+
+def test_a_graph_whose_shapes_cannot_be_inferred_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    # A 1x1 convolution whose weights come in as an input of unknown shape.
+    model = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"])],
+            "g",
+            [
+                helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
+                helper.make_tensor_value_info("w", TensorProto.FLOAT, ["o", "i", "k", "k"]),
+            ],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, tmp_path / "g.onnx")
+    with pytest.raises(contract.BundleError, match="multiply-adds unknown"):
+        floor.multiply_adds(tmp_path / "g.onnx")
+
+
+def test_the_floor_is_the_multiply_adds_at_the_measured_peak(tiny_bundle: Path) -> None:
+    image = np.zeros((1, 64, 64, 3), np.uint8)
+    found = floor.measure(tiny_bundle / contract.MODEL_FILE, image, threads=1)
+    assert found["total_multiply_adds"] == 960
+    assert found["gemm_peak_gflops"] > 0
+    assert found["floor_ms"] == pytest.approx(2 * 960 / found["gemm_peak_gflops"] / 1e6, abs=0.01)
+    ops = found["profiled_ms_by_op"]
+    assert {"Conv", "Softmax"} <= set(ops) and all(ms >= 0 for ms in ops.values())
+    assert list(ops.values()) == sorted(ops.values(), reverse=True)
+    assert found["conv_ms"] == pytest.approx(ops["Conv"], abs=0.01)
+
+
+def test_the_profile_leaves_out_the_warm_up_runs(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profiles: list[list[dict[str, Any]]] = []
+    read = json.loads
+
+    def keep(text: str) -> Any:
+        profiles.append(read(text))
+        return profiles[-1]
+
+    monkeypatch.setattr(floor.json, "loads", keep)
+    image = np.zeros((1, 64, 64, 3), np.uint8)
+    ops = floor.op_time_ms(tiny_bundle / contract.MODEL_FILE, image, threads=1, runs=4, warmup=3)
+    (events,) = profiles
+    convs = sorted(
+        (e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
+    convs = [e for e in convs if e["args"]["op_name"] == "Conv"]
+    assert len([e for e in events if e.get("name") == "model_run"]) == len(convs) == 7
+    assert ops["Conv"] == pytest.approx(sum(e["dur"] for e in convs[3:]) / 4 / 1000, abs=0.001)
+
+
+def test_the_floor_line_in_model_md() -> None:
+    summary = json.loads((ROOT / "benchmarks/results/amd-avx2/model.json").read_text())
+    assert "floor" not in summary and "Floor" not in markdown(summary)  # written before the floor
+    summary["floor"] = {
+        "threads": 2,
+        "multiply_adds": {"depthwise conv": 133_000_000, "1x1 conv": 1_671_000_000, "matmul": 33_792},
+        "total_multiply_adds": 1_804_033_792,
+        "gemm_peak_gflops": 180.4,
+        "floor_ms": 20.0,
+        "profiled_ms_by_op": {"Conv": 25.0, "QuickGelu": 6.5, "Mul": 1.5, "Softmax": 0.01},
+        "profiled_run_ms": 33.01,
+        "conv_ms": 25.0,
+        "conv_gflops": 144.3,
+        "conv_share_of_peak": 0.8,
+    }
+    summary["paths"]["onnxruntime fp32"]["batch1_ms"] = 38.0
+    lines = [line for line in markdown(summary).splitlines() if line.startswith("Floor")]
+    assert lines == [
+        "Floor (fp32, 2 threads): the model is 1.80 G multiply-adds per image (1x1 conv 1.67 G, depthwise "
+        "conv 0.13 G). This CPU multiplies fp32 matrices at 180 GFLOP/s through onnxruntime: at that speed "
+        "the arithmetic alone takes 20.0 ms; onnxruntime fp32 took 38.0 ms at batch 1 above, 1.9× the floor. "
+        "A profiled onnxruntime fp32 run, 33.0 ms by op type: Conv 25.0, QuickGelu 6.5, Mul 1.5 ms; the "
+        "convolutions reach 144 GFLOP/s, 80% of the peak."
+    ]
