@@ -42,7 +42,7 @@ def multiply_adds(model: Path) -> dict[str, int]:
     found: Counter[str] = Counter()
     for node in graph.node:
         if node.op_type == "Conv":
-            out, weight = shapes[node.output[0]], shapes[node.input[1]]
+            out, weight = shapes.get(node.output[0], [0]), shapes.get(node.input[1], [0, 0])
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             kind = (
                 "depthwise conv"
@@ -53,7 +53,7 @@ def multiply_adds(model: Path) -> dict[str, int]:
             )
             found[kind] += int(np.prod(weight)) * int(np.prod(out[2:]))  # per output pixel: O·I/g·kh·kw
         elif node.op_type in ("MatMul", "Gemm"):
-            a, y = shapes[node.input[0]], shapes[node.output[0]]
+            a, y = shapes.get(node.input[0], [0]), shapes.get(node.output[0], [0])
             transposed = any(x.name == "transA" and x.i for x in node.attribute)
             inner = a[-2] if transposed else a[-1]
             found["matmul"] += int(np.prod(y)) * inner
@@ -129,7 +129,7 @@ def measure(model: Path, image: np.ndarray, *, threads: int) -> dict[str, Any]:
     ops = op_time_ms(model, image, threads=threads)
     conv_ms = sum(ms for op, ms in ops.items() if op in CONV_OPS)
     conv_macs = sum(n for kind, n in macs.items() if kind.endswith("conv"))
-    conv_gflops = 2 * conv_macs / conv_ms / 1e6
+    conv_gflops = 2 * conv_macs / conv_ms / 1e6 if conv_ms > 0 else None  # a graph without convolutions
     return {
         "threads": threads,
         "multiply_adds": macs,
@@ -139,13 +139,15 @@ def measure(model: Path, image: np.ndarray, *, threads: int) -> dict[str, Any]:
         "profiled_ms_by_op": ops,
         "profiled_run_ms": round(sum(ops.values()), 2),
         "conv_ms": round(conv_ms, 2),
-        "conv_gflops": round(conv_gflops, 1),
-        "conv_share_of_peak": round(conv_gflops / peak, 3),
+        "conv_gflops": conv_gflops and round(conv_gflops, 1),
+        "conv_share_of_peak": conv_gflops and round(conv_gflops / peak, 3),
     }
 
 
 def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
     """One paragraph for model.md. ``fp32_ms``: onnxruntime fp32's batch-1 median, when it was timed."""
+    if "error" in floor:
+        return f"Floor: not measured ({floor['error']})."
     macs = floor["multiply_adds"]
     kinds = ", ".join(
         f"{kind} {n / 1e9:.2f} G" for kind, n in sorted(macs.items(), key=lambda kv: -kv[1]) if n >= 5e6
@@ -159,11 +161,16 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
         if fp32_ms
         else ""
     )
+    convs = (
+        f"; the convolutions reach {floor['conv_gflops']:.0f} GFLOP/s, "
+        f"{floor['conv_share_of_peak']:.0%} of the peak"
+        if floor["conv_gflops"]
+        else ""
+    )
     return (
         f"Floor (fp32, {floor['threads']} threads): the model is {floor['total_multiply_adds'] / 1e9:.2f} G "
-        f"multiply-adds per image ({kinds}). This CPU multiplies fp32 matrices at "
+        f"multiply-adds per image{f' ({kinds})' if kinds else ''}. This CPU multiplies fp32 matrices at "
         f"{floor['gemm_peak_gflops']:.0f} GFLOP/s through onnxruntime: at that speed the arithmetic alone "
         f"takes {floor['floor_ms']:.1f} ms{timed}. A profiled onnxruntime fp32 run, "
-        f"{floor['profiled_run_ms']:.1f} ms by op type: {spent} ms; the convolutions reach "
-        f"{floor['conv_gflops']:.0f} GFLOP/s, {floor['conv_share_of_peak']:.0%} of the peak."
+        f"{floor['profiled_run_ms']:.1f} ms by op type: {spent} ms{convs}."
     )

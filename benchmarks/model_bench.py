@@ -476,7 +476,10 @@ def model_benchmark(
         rounds=rounds,
     )
     wait_for_cpu(max_other, max_wait_s, log)
-    bound = floor.measure(fp32, one, threads=threads)
+    try:
+        bound = floor.measure(fp32, one, threads=threads)
+    except Exception as exc:  # reported, not fatal: the paths above are measured already
+        bound = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
     log(floor.markdown(bound, results.get("onnxruntime fp32", {}).get("batch1_ms")))
     batching_bf16 = None
     if _importable("openvino") and (not only or any("bf16" in o for o in only)):

@@ -141,3 +141,37 @@ def test_the_floor_line_in_model_md() -> None:
         "A profiled onnxruntime fp32 run, 33.0 ms by op type: Conv 25.0, QuickGelu 6.5, Mul 1.5 ms; the "
         "convolutions reach 144 GFLOP/s, 80% of the peak."
     ]
+
+
+def test_a_graph_without_convolutions_and_a_floor_not_measured(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    # probabilities = softmax(image · w): a matrix product and no convolution.
+    w = numpy_helper.from_array(np.ones((12, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["f", "flat"], ["v"]),
+        helper.make_node("MatMul", ["v", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    flat = numpy_helper.from_array(np.array([0, -1], np.int64), "flat")
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 2, 2, 3])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4])],
+            [w, flat],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, tmp_path / "g.onnx")
+    found = floor.measure(tmp_path / "g.onnx", np.zeros((1, 2, 2, 3), np.uint8), threads=1)
+    assert found["multiply_adds"] == {"matmul": 12 * 4}
+    assert found["conv_ms"] == 0 and found["conv_gflops"] is None
+    line = floor.markdown(found, None)
+    assert "0.00 G multiply-adds per image. " in line
+    assert "convolutions reach" not in line and "took" not in line
+    assert line.endswith(" ms.")
+    assert floor.markdown({"error": "BundleError: x"}, 30.0) == "Floor: not measured (BundleError: x)."
