@@ -15,20 +15,39 @@ from runtime import bundle as contract
 from tests.server import ROOT
 
 
+def save_graph(
+    path: Path,
+    nodes: list[Any],
+    inputs: dict[str, tuple[int, list[Any] | None]],
+    outputs: dict[str, tuple[int, list[Any] | None]],
+    weights: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """An opset-17 model of ``nodes``; inputs and outputs by name: (element type, shape)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info(n, t, shape) for n, (t, shape) in inputs.items()],
+            [helper.make_tensor_value_info(n, t, shape) for n, (t, shape) in outputs.items()],
+            [numpy_helper.from_array(w, n) for n, w in (weights or {}).items()],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.save(model, path)
+    return path
+
+
 def graph(path: Path) -> Path:
     """NCHW float, dynamic batch: a 3x3 stem, a 1x1 expansion, a depthwise 3x3 with stride 2, a Gemm head."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    weights = {
-        "stem": (8, 3, 3, 3),
-        "expand": (16, 8, 1, 1),
-        "depthwise": (16, 1, 3, 3),
-        "head": (10, 16),
-    }
-    inits = [numpy_helper.from_array(rng.standard_normal(s, dtype=np.float32), n) for n, s in weights.items()]
-    inits.append(numpy_helper.from_array(np.array([0, -1], np.int64), "flat"))
+    shapes = {"stem": (8, 3, 3, 3), "expand": (16, 8, 1, 1), "depthwise": (16, 1, 3, 3), "head": (10, 16)}
+    weights = {n: rng.standard_normal(s, dtype=np.float32) for n, s in shapes.items()}
+    weights["flat"] = np.array([0, -1], np.int64)
     nodes = [
         helper.make_node("Conv", ["x", "stem"], ["a"], pads=[1, 1, 1, 1]),  # 8x3x3x3 at 32x32
         helper.make_node("Conv", ["a", "expand"], ["b"]),  # 16x8 at 32x32
@@ -37,18 +56,10 @@ def graph(path: Path) -> Path:
         helper.make_node("Reshape", ["p", "flat"], ["v"]),
         helper.make_node("Gemm", ["v", "head"], ["y"], transB=1),
     ]
-    model = helper.make_model(
-        helper.make_graph(
-            nodes,
-            "g",
-            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 32, 32])],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 10])],
-            inits,
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
+    float32 = TensorProto.FLOAT
+    return save_graph(
+        path, nodes, {"x": (float32, ["batch", 3, 32, 32])}, {"y": (float32, ["batch", 10])}, weights
     )
-    onnx.save(model, path)
-    return path
 
 
 def test_multiply_adds_are_counted_per_image_by_kind(tmp_path: Path, tiny_bundle: Path) -> None:
@@ -63,25 +74,17 @@ def test_multiply_adds_are_counted_per_image_by_kind(tmp_path: Path, tiny_bundle
 
 
 def test_a_graph_whose_shapes_cannot_be_inferred_is_refused(tmp_path: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     # A 1x1 convolution whose weights come in as an input of unknown shape.
-    model = helper.make_model(
-        helper.make_graph(
-            [helper.make_node("Conv", ["x", "w"], ["y"])],
-            "g",
-            [
-                helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8]),
-                helper.make_tensor_value_info("w", TensorProto.FLOAT, ["o", "i", "k", "k"]),
-            ],
-            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
+    model = save_graph(
+        tmp_path / "g.onnx",
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        {"x": (TensorProto.FLOAT, [1, 3, 8, 8]), "w": (TensorProto.FLOAT, ["o", "i", "k", "k"])},
+        {"y": (TensorProto.FLOAT, None)},
     )
-    onnx.save(model, tmp_path / "g.onnx")
     with pytest.raises(contract.BundleError, match="multiply-adds unknown"):
-        floor.multiply_adds(tmp_path / "g.onnx")
+        floor.multiply_adds(model)
 
 
 def test_the_floor_is_the_multiply_adds_at_the_measured_peak(tiny_bundle: Path) -> None:
@@ -144,29 +147,22 @@ def test_the_floor_line_in_model_md() -> None:
 
 
 def test_a_graph_without_convolutions_and_a_floor_not_measured(tmp_path: Path) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
     # probabilities = softmax(image · w): a matrix product and no convolution.
-    w = numpy_helper.from_array(np.ones((12, 4), np.float32), "w")
     nodes = [
         helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
         helper.make_node("Reshape", ["f", "flat"], ["v"]),
         helper.make_node("MatMul", ["v", "w"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
-    flat = numpy_helper.from_array(np.array([0, -1], np.int64), "flat")
-    model = helper.make_model(
-        helper.make_graph(
-            nodes,
-            "g",
-            [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 2, 2, 3])],
-            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 4])],
-            [w, flat],
-        ),
-        opset_imports=[helper.make_opsetid("", 17)],
+    save_graph(
+        tmp_path / "g.onnx",
+        nodes,
+        {"image": (TensorProto.UINT8, ["batch", 2, 2, 3])},
+        {"probabilities": (TensorProto.FLOAT, ["batch", 4])},
+        {"w": np.ones((12, 4), np.float32), "flat": np.array([0, -1], np.int64)},
     )
-    onnx.save(model, tmp_path / "g.onnx")
     found = floor.measure(tmp_path / "g.onnx", np.zeros((1, 2, 2, 3), np.uint8), threads=1)
     assert found["multiply_adds"] == {"matmul": 12 * 4}
     assert found["conv_ms"] == 0 and found["conv_gflops"] is None
