@@ -42,7 +42,8 @@ def multiply_adds(model: Path) -> dict[str, int]:
     found: Counter[str] = Counter()
     for node in graph.node:
         if node.op_type == "Conv":
-            out, weight = shapes.get(node.output[0], [0]), shapes.get(node.input[1], [0, 0])
+            # A shape not inferred counts 0, which refuses the graph below.
+            out, weight = shapes.get(node.output[0], [0, 0, 0]), shapes.get(node.input[1], [0, 0])
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
             kind = (
                 "depthwise conv"
