@@ -44,11 +44,16 @@ from benchmarks.run import (
     wait_until_quiet,
 )
 from runtime import bundle as contract
+from runtime import int8
 from runtime.engine import openvino_session, session_options
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
 GOALS = {"batch1_ms": 20.0, "agreement": 0.99}
+# As the runtime runs int8 here: without VNNI, on onnxruntime's exact kernels, not its clipping fast ones.
+INT8_KERNELS = {True: "; exact u8 x u8 kernels (no VNNI here)", None: "; exact u8 x u8 kernels"}.get(
+    int8.clips_sums(), ""
+)
 RECHECK_NOTE = (
     "bf16; images whose top-2 logit gap is within bf16's largest error on the calibration images run again "
     "in onnxruntime fp32 (measured here, not in the runtime)"
@@ -65,16 +70,25 @@ class Candidate:
 # ---- paths
 
 
-def ort_session(model: Path, *, threads: int, spinning: bool = True, arena: bool = True) -> Any:
-    """onnxruntime set up as the runtime sets it up, but for the settings given."""
+def ort_session(
+    model: Path, *, threads: int, spinning: bool = True, arena: bool = True, fast_int8: bool = False
+) -> Any:
+    """onnxruntime set up as the runtime sets it up, but for the settings given. ``fast_int8``: onnxruntime's
+    own default int8 kernels, which clip sums on x86 without VNNI (the runtime never uses them there)."""
     import onnxruntime as ort
 
-    options = session_options(threads=threads, memory_arena=arena, spinning=spinning)
+    options = session_options(
+        threads=threads, memory_arena=arena, spinning=spinning, exact_int8=not fast_int8
+    )
     return ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def ort_runner(model: Path, *, threads: int, spinning: bool = True, arena: bool = True) -> Runner:
-    return probabilities(ort_session(model, threads=threads, spinning=spinning, arena=arena))
+def ort_runner(
+    model: Path, *, threads: int, spinning: bool = True, arena: bool = True, fast_int8: bool = False
+) -> Runner:
+    return probabilities(
+        ort_session(model, threads=threads, spinning=spinning, arena=arena, fast_int8=fast_int8)
+    )
 
 
 def probabilities(session: Any) -> Runner:
@@ -207,7 +221,7 @@ def candidates(
         Candidate("onnxruntime fp32, 1 thread", "one core", lambda: ort_runner(fp32, threads=1)),
         Candidate(
             "onnxruntime int8 QDQ (exporter)",
-            "export.quantize: static, per-channel, u8/s8, all ops",
+            "export.quantize: static, per-channel, u8/s8, all ops" + INT8_KERNELS,
             lambda: ort_runner(
                 quantized(fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta),
                 threads=threads,
@@ -215,13 +229,25 @@ def candidates(
         ),
         Candidate(
             "onnxruntime int8 QDQ, Conv only",
-            "static, per-channel, u8/s8; SiLU, squeeze-excite and adds stay float",
+            "static, per-channel, u8/s8; SiLU, squeeze-excite and adds stay float" + INT8_KERNELS,
             lambda: ort_runner(
                 quantized(fp32, work / "int8-conv.onnx", calibration, conv_only=True, meta=meta),
                 threads=threads,
             ),
         ),
     ]
+    if int8.clips_sums():  # what onnxruntime would do here by default, and why the runtime does not
+        found.append(
+            Candidate(
+                "onnxruntime int8 QDQ (exporter), clipping kernels",
+                "the same graph on onnxruntime's default u8 x s8 kernels, which clip sums without VNNI",
+                lambda: ort_runner(
+                    quantized(fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta),
+                    threads=threads,
+                    fast_int8=True,
+                ),
+            )
+        )
     if _importable("openvino"):
         for precision in ("f32", "bf16"):
             found.append(

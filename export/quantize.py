@@ -5,6 +5,7 @@ Dynamic int8 is not tried: it quantizes activations at run time and is ~10x slow
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 from export import infer
 from export.errors import ExportError
 from runtime import bundle
+from runtime import int8 as kernels  # the CPU's int8 kernels; `int8` here names graphs
 
 INT8_FILE = bundle.INT8_MODEL_FILE
 MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
@@ -159,6 +161,8 @@ def try_int8(
             workdir=workdir,
         )
     )
+    if kernels.clips_sums():
+        log(f"int8: {kernels.SLOWER}; timed with the exact kernels the runtime would use here")
     log(f"int8: comparing with fp32 on {len(test)} test images")
     result = evaluate(fp32, int8, test=test, size=size, resize=resize, resize_filter=resize_filter)
     ship, reason = decide(result["agreement"], result["speedup_batch1"])
@@ -168,6 +172,8 @@ def try_int8(
         **result,
         "method": "onnxruntime quantize_static, QDQ, per-channel, u8 activations / s8 weights, min-max",
         "calibration_images": len(calibration),
+        # Where agreement and speed were measured: without VNNI, onnxruntime's exact (slower) int8 kernels.
+        "cpu": {"machine": platform.machine(), "vnni": kernels.cpu_has_vnni()},
         "criteria": {"min_agreement": MIN_AGREEMENT, "min_speedup_batch1": MIN_SPEEDUP},
         "file": INT8_FILE if ship else None,
     }

@@ -30,7 +30,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime import logs, openapi
+from runtime import bundle, logs, openapi
 from runtime.engine import Engine, available_cpus
 from runtime.gather import Gatherer
 from runtime.metrics import Metrics
@@ -489,6 +489,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             log.info("SKIN_OPENVINO=auto: serving %s", cfg.openvino_auto)
         if (warning := served.bf16_warning()) is not None:
             log.warning("%s", warning)
+        if served.int8_note is not None:  # int8 passed over (auto), or served where it is slow (asked for)
+            slow = served.model_file == bundle.INT8_MODEL_FILE
+            (log.warning if slow else log.info)("SKIN_MODEL_VARIANT: %s", served.int8_note)
         yield
         if app.state.gather is not None:
             await app.state.gather.close()

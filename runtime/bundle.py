@@ -267,7 +267,8 @@ def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:
 
 
 def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
-    """The graph to serve: ``auto`` takes the int8 graph when export shipped one, else fp32."""
+    """The graph to serve: ``auto`` takes the int8 graph when export shipped one, else fp32 (the engine then
+    asks runtime/int8.py whether this CPU computes it fast)."""
     directory = Path(bundle_dir)
     if not directory.is_dir():
         raise BundleError(f"bundle directory {str(directory)!r} does not exist")

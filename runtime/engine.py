@@ -15,7 +15,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import onnxruntime as ort
 
-from runtime import bf16, bundle, uncertainty
+from runtime import bf16, bundle, int8, uncertainty
 from runtime.settings import OPENVINO_MODES, Settings
 
 
@@ -62,8 +62,11 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any
         raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
 
 
-def session_options(*, threads: int, memory_arena: bool = True, spinning: bool = True) -> ort.SessionOptions:
-    """How the runtime (and the model benchmark, to measure the same thing) sets up onnxruntime on the CPU."""
+def session_options(
+    *, threads: int, memory_arena: bool = True, spinning: bool = True, exact_int8: bool = True
+) -> ort.SessionOptions:
+    """How the runtime (and the model benchmark, to measure the same thing) sets up onnxruntime on the CPU.
+    ``exact_int8=False`` only for the benchmark, to show what onnxruntime's default int8 kernels do here."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -80,6 +83,10 @@ def session_options(*, threads: int, memory_arena: bool = True, spinning: bool =
     # of every batch size it has seen (1.8 GB under mixed batches); so the engine shrinks it after multi-image
     # runs.
     options.enable_cpu_mem_arena = memory_arena
+    # An int8 graph must give the answers export measured: without VNNI the fast int8 kernels clip sums
+    # (runtime/int8.py). No effect on an fp32 graph, nor on ARM.
+    if exact_int8 and int8.clips_sums() is not False:
+        options.add_session_config_entry(int8.PRECISION_OPTION, "1")
     return options
 
 
@@ -125,6 +132,11 @@ class Engine:
                 )
             variant = "fp32"
         path = bundle.model_path(bundle_dir, variant)
+        self.int8_note: str | None = None  # why int8 was passed over, or is served where it is slow
+        if path.name == bundle.INT8_MODEL_FILE:
+            served, self.int8_note = int8.serve_int8(variant)
+            if not served:
+                path = bundle.model_path(bundle_dir, "fp32")
         self.bundle_dir = Path(bundle_dir)
         self.model_file = path.name
         self.threads = threads if threads > 0 else available_cpus()
@@ -235,6 +247,7 @@ class Engine:
                 "threads": self.threads,
                 "openvino": self.openvino,
                 "bf16_check": self.bf16_check,
+                "int8": self.int8_note,
             },
             "model_file": self.model_file,
             "model_sha256": self.sha256,

@@ -40,7 +40,7 @@ class Settings:
     # at a time: threads of overlapping runs spinning against each other served a quarter fewer requests.
     spinning: bool = False
     cors_origins: tuple[str, ...] = ()  # none by default: the page is served from the same origin
-    model_variant: str = "auto"  # auto: the bundle's int8 graph when export shipped one, else fp32
+    model_variant: str = "auto"  # auto: int8 when export shipped it and this CPU runs it fast (int8.py)
     openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO's CPU plugin
     openvino_auto: str = ""  # with SKIN_OPENVINO=auto: what it chose and why (logged at start-up)
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from export import bf16, cli, quantize
 from export.bundle import export_bundle
 from export.errors import ExportError
-from runtime import bundle
+from runtime import bundle, int8
 from runtime.preprocess import preprocess
 from tests.export.conftest import CLASSES, TINY_SIZE, write_checkpoint
 from tests.openvino import needs_openvino
@@ -91,6 +92,8 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
     entry = exported["report"]["int8"]
     assert entry["n_test"] == 12
     assert set(entry["latency"]) == {"fp32", "int8"} and entry["latency"]["int8"]["batch1_ms"] > 0
+    # where it was measured: without VNNI, on onnxruntime's exact int8 kernels (runtime/int8.py)
+    assert entry["cpu"] == {"machine": platform.machine(), "vnni": int8.cpu_has_vnni()}
     ship, reason = quantize.decide(entry["agreement"], entry["speedup_batch1"])
     flags = entry.get("flag_agreement")
     if ship:  # then the uncertainty flags of both graphs were compared too, and they must agree as well

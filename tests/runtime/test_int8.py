@@ -1,0 +1,145 @@
+"""int8 graphs are computed exactly on any CPU; `auto` serves them only where fast (runtime/int8.py)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from starlette.testclient import TestClient
+
+from runtime import bundle, int8
+from runtime.app import create_app
+from runtime.engine import Engine, session_options
+from runtime.settings import Settings
+from tests.bundle_factory import make_bundle
+from tests.images import solid
+
+
+def _conv_graph(weights: np.ndarray, out_scale: float) -> bytes:
+    """One QLinearConv (1x1, uint8 activations with scale 1 and zero point 0, int8 weights with scale 1)."""
+    k, c = weights.shape[:2]
+    constants: dict[str, np.ndarray] = {
+        "xs": np.array(1.0, np.float32),
+        "xz": np.array(0, np.uint8),
+        "w": weights,
+        "ws": np.ones(k, np.float32),
+        "wz": np.zeros(k, np.int8),
+        "ys": np.array(out_scale, np.float32),
+        "yz": np.array(128, np.uint8),
+    }
+    graph = helper.make_graph(
+        [helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"])],
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, c, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+        [numpy_helper.from_array(v, name) for name, v in constants.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _conv_case() -> tuple[bytes, np.ndarray, np.ndarray]:
+    """The graph, an input, and the exact output. Bright pixels times weights near +-127: each pair of
+    products passes 32767, which the fast kernels of an x86 CPU without VNNI clip."""
+    rng = np.random.default_rng(0)
+    weights = rng.choice(np.array([-128, -127, 126, 127], np.int8), size=(32, 64, 1, 1))
+    x = rng.integers(200, 256, size=(1, 64, 8, 8), dtype=np.uint8)
+    total = np.einsum("kc,nchw->nkhw", weights[:, :, 0, 0].astype(np.int64), x.astype(np.int64))
+    scale = 4096.0  # a power of two: the requantized output is exact, whatever order the kernel sums in
+    exact = np.clip(np.rint(total / scale) + 128, 0, 255).astype(np.uint8)
+    return _conv_graph(weights, scale), x, exact
+
+
+def _conv(options: ort.SessionOptions) -> np.ndarray:
+    graph, x, _ = _conv_case()
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_int8_convolution_is_exact_on_this_cpu() -> None:
+    # as the runtime, export and the model benchmark set up onnxruntime
+    assert np.array_equal(_conv(session_options(threads=1)), _conv_case()[2])
+
+
+@pytest.mark.skipif(int8.clips_sums() is not True, reason="only an x86 CPU without VNNI clips")
+def test_this_cpu_clips_without_the_option() -> None:
+    clipped = _conv(session_options(threads=1, exact_int8=False)).astype(int) - _conv_case()[2]
+    assert np.abs(clipped).max() > 10  # 62 output levels of 256 on an AVX2 CPU
+
+
+@pytest.mark.parametrize(
+    ("machine", "vnni", "clips"),
+    [
+        pytest.param("x86_64", False, True, id="x86-without-vnni"),
+        pytest.param("x86_64", True, False, id="x86-with-vnni"),
+        pytest.param("x86_64", None, None, id="x86-unknown"),
+        pytest.param("aarch64", False, False, id="arm"),
+    ],
+)
+def test_which_cpus_clip(
+    monkeypatch: pytest.MonkeyPatch, machine: str, vnni: bool | None, clips: bool | None
+) -> None:
+    monkeypatch.setattr(int8.platform, "machine", lambda: machine)
+    monkeypatch.setattr(int8, "cpu_has_vnni", lambda: vnni)
+    assert int8.clips_sums() is clips
+    try:
+        asked = session_options(threads=1).get_session_config_entry(int8.PRECISION_OPTION) == "1"
+    except RuntimeError:  # onnxruntime: no such entry
+        asked = False
+    assert asked is (clips is not False)  # exact kernels unless this CPU's fast ones are known to be exact
+
+
+def _with_int8(root: Path) -> Path:
+    make_bundle(root)
+    (root / bundle.INT8_MODEL_FILE).write_bytes((root / bundle.MODEL_FILE).read_bytes())
+    return root
+
+
+@pytest.mark.parametrize(
+    ("clips", "variant", "served", "note"),
+    [
+        pytest.param(False, "auto", bundle.INT8_MODEL_FILE, None, id="vnni-auto"),
+        pytest.param(True, "auto", bundle.MODEL_FILE, "fp32, not the bundle's int8 graph", id="no-vnni-auto"),
+        pytest.param(True, "int8", bundle.INT8_MODEL_FILE, "int8 served as asked", id="no-vnni-int8"),
+        pytest.param(True, "fp32", bundle.MODEL_FILE, None, id="no-vnni-fp32"),
+        pytest.param(None, "auto", bundle.INT8_MODEL_FILE, None, id="unknown-auto"),
+    ],
+)
+def test_auto_serves_int8_only_where_it_is_fast(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    clips: bool | None,
+    variant: str,
+    served: str,
+    note: str | None,
+) -> None:
+    monkeypatch.setattr(int8, "clips_sums", lambda: clips)
+    engine = Engine(_with_int8(tmp_path), threads=1, variant=variant)
+    assert engine.model_file == served and engine.info()["model_file"] == served
+    said = engine.info()["onnxruntime"]["int8"]
+    assert said == engine.int8_note and (said is None if note is None else said.startswith(note)), said
+
+
+@pytest.mark.parametrize(("variant", "level"), [("auto", "INFO"), ("int8", "WARNING")])
+def test_start_up_says_why(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    variant: str,
+    level: str,
+) -> None:
+    monkeypatch.setattr(int8, "clips_sums", lambda: True)
+    settings = Settings(bundle=str(_with_int8(tmp_path)), threads=1, model_variant=variant)
+    logging.getLogger("runtime").addHandler(caplog.handler)  # the runtime's loggers do not propagate
+    try:
+        with TestClient(create_app(settings)) as client:
+            red = {"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
+            answer = client.post("/api/predict", files=red)
+            note = client.get("/api/info").json()["onnxruntime"]["int8"]
+    finally:
+        logging.getLogger("runtime").removeHandler(caplog.handler)
+    assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
+    said = [r for r in caplog.records if r.getMessage().startswith("SKIN_MODEL_VARIANT: ")]
+    assert [(r.levelname, r.getMessage()) for r in said] == [(level, f"SKIN_MODEL_VARIANT: {note}")]
