@@ -50,10 +50,6 @@ from runtime.engine import openvino_session, session_options
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
 GOALS = {"batch1_ms": 20.0, "agreement": 0.99}
-# As the runtime runs int8 here: without VNNI, on onnxruntime's exact kernels, not its clipping fast ones.
-INT8_KERNELS = {True: "; exact u8 x u8 kernels (no VNNI here)", None: "; exact u8 x u8 kernels"}.get(
-    int8.clips_sums(), ""
-)
 RECHECK_NOTE = (
     "bf16; images whose top-2 logit gap is within bf16's largest error on the calibration images run again "
     "in onnxruntime fp32 (measured here, not in the runtime)"
@@ -198,6 +194,10 @@ def candidates(
     threads: int,
     calibration_pixels: np.ndarray | None = None,
 ) -> list[Candidate]:
+    exporter_int8 = partial(quantized, fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta)
+    # As the runtime runs int8 here: without VNNI, on onnxruntime's exact kernels, not its clipping fast ones.
+    clips = int8.clips_sums()
+    kernels = {True: "; exact u8 x u8 kernels (no VNNI here)", None: "; exact u8 x u8 kernels"}.get(clips, "")
     found = [
         Candidate(
             "torch eager fp32", "what the reference serves", lambda: torch_runner(checkpoint, threads=threads)
@@ -221,31 +221,24 @@ def candidates(
         Candidate("onnxruntime fp32, 1 thread", "one core", lambda: ort_runner(fp32, threads=1)),
         Candidate(
             "onnxruntime int8 QDQ (exporter)",
-            "export.quantize: static, per-channel, u8/s8, all ops" + INT8_KERNELS,
-            lambda: ort_runner(
-                quantized(fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta),
-                threads=threads,
-            ),
+            "export.quantize: static, per-channel, u8/s8, all ops" + kernels,
+            lambda: ort_runner(exporter_int8(), threads=threads),
         ),
         Candidate(
             "onnxruntime int8 QDQ, Conv only",
-            "static, per-channel, u8/s8; SiLU, squeeze-excite and adds stay float" + INT8_KERNELS,
+            "static, per-channel, u8/s8; SiLU, squeeze-excite and adds stay float" + kernels,
             lambda: ort_runner(
                 quantized(fp32, work / "int8-conv.onnx", calibration, conv_only=True, meta=meta),
                 threads=threads,
             ),
         ),
     ]
-    if int8.clips_sums():  # what onnxruntime would do here by default, and why the runtime does not
+    if clips:  # what onnxruntime would do here by default, and why the runtime does not
         found.append(
             Candidate(
                 "onnxruntime int8 QDQ (exporter), clipping kernels",
                 "the same graph on onnxruntime's default u8 x s8 kernels, which clip sums without VNNI",
-                lambda: ort_runner(
-                    quantized(fp32, work / "int8-all.onnx", calibration, conv_only=False, meta=meta),
-                    threads=threads,
-                    fast_int8=True,
-                ),
+                lambda: ort_runner(exporter_int8(), threads=threads, fast_int8=True),
             )
         )
     if _importable("openvino"):

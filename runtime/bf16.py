@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from runtime import bundle
+from runtime import bundle, cpuflags
 
 REPORT_KEY = "openvino_bf16"  # written by export/bf16.py
 
@@ -18,11 +18,8 @@ REPORT_KEY = "openvino_bf16"  # written by export/bf16.py
 def cpu_has_bf16() -> bool | None:
     """Whether this CPU computes in bf16 (AVX-512 BF16 or AMX); None where /proc/cpuinfo cannot tell.
     Without them OpenVINO quietly runs f32 (or emulates bf16), so a bf16 measurement there says little."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return None
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    found = cpuflags.flags()
+    return None if found is None else bool({"avx512_bf16", "amx_bf16"} & found)
 
 
 def concern(check: Any) -> str | None:

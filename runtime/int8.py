@@ -11,21 +11,19 @@ kernels are exact too. Stdlib only: the engine's session options use it.
 from __future__ import annotations
 
 import platform
-from pathlib import Path
+
+from runtime import cpuflags
 
 PRECISION_OPTION = "session.x64quantprecision"  # onnxruntime: exact u8 x u8 kernels where u8 x s8 clips
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo: int8 dot products summed in 32 bits
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo: int8 dot products summed in 32 bits
 X86 = ("x86_64", "amd64", "i386", "i686")
 SLOWER = "this CPU has no VNNI or AMX, and onnxruntime's exact int8 kernels are slower than fp32 without them"
 
 
 def cpu_has_vnni() -> bool | None:
     """Whether this CPU has AVX-512 VNNI, AVX-VNNI or AMX-INT8; None where /proc/cpuinfo cannot tell."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return None
-    return any(flag in flags for flag in VNNI_FLAGS)
+    found = cpuflags.flags()
+    return None if found is None else bool(VNNI_FLAGS & found)
 
 
 def clips_sums() -> bool | None:
