@@ -22,6 +22,14 @@ from runtime.engine import session_options
 CONV_OPS = {"Conv", "FusedConv"}  # FusedConv: onnxruntime's Conv with its activation folded in
 
 
+def conv_kind(weight: list[int], group: int) -> str:
+    """The multiply-adds' kind of a convolution with weights [O, I/group, kh, kw]: depthwise ones read their
+    input once per output, so memory, not arithmetic, bounds them."""
+    if group > 1 and weight[1] == 1:
+        return "depthwise conv"
+    return "1x1 conv" if list(weight[2:]) == [1, 1] else "other conv"
+
+
 def multiply_adds(model: Path) -> dict[str, int]:
     """Multiply-adds of one image through the graph's convolutions and matrix products, by kind."""
     import onnx
@@ -45,13 +53,7 @@ def multiply_adds(model: Path) -> dict[str, int]:
             # A shape not inferred counts 0, which refuses the graph below.
             out, weight = shapes.get(node.output[0], [0, 0, 0]), shapes.get(node.input[1], [0, 0])
             group = next((a.i for a in node.attribute if a.name == "group"), 1)
-            kind = (
-                "depthwise conv"
-                if group > 1 and weight[1] == 1
-                else "1x1 conv"
-                if weight[2:] == [1, 1]
-                else "other conv"
-            )
+            kind = conv_kind(weight, group)
             found[kind] += int(np.prod(weight)) * int(np.prod(out[2:]))  # per output pixel: O·I/g·kh·kw
         elif node.op_type in ("MatMul", "Gemm"):
             a, y = shapes.get(node.input[0], [0]), shapes.get(node.output[0], [0])
@@ -96,10 +98,10 @@ def gemm_peak_gflops(*, threads: int, size: int = 1536, rounds: int = 7) -> floa
 
 def op_time_ms(
     model: Path, image: np.ndarray, *, threads: int, runs: int = 20, warmup: int = 3
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, float]]:
     """Mean time per batch-1 run in each op type of the graph onnxruntime optimized for this CPU (its
-    profiler), most first. The runtime's session settings, with spinning between ops; the first ``warmup``
-    runs are left out."""
+    profiler), most first; and the convolutions' time by the kinds ``multiply_adds`` counts. The runtime's
+    session settings, with spinning between ops; the first ``warmup`` runs are left out."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -113,24 +115,39 @@ def op_time_ms(
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     counted_from = starts[warmup]
     spent: Counter[str] = Counter()
+    convs: Counter[str] = Counter()
     for event in events:
         if (
             event.get("cat") == "Node"
             and event["name"].endswith("_kernel_time")
             and event["ts"] >= counted_from
         ):
-            spent[event["args"]["op_name"]] += event["dur"]  # microseconds
-    return {op: round(us / runs / 1000, 3) for op, us in spent.most_common()}
+            op = event["args"]["op_name"]
+            spent[op] += event["dur"]  # microseconds
+            inputs = event["args"].get("input_type_shape") or []
+            if op in CONV_OPS and len(inputs) >= 2:
+                # The profiler names each input's shape as the graph had it (weights not yet in NCHWc).
+                x, weight = (next(iter(s.values())) for s in inputs[:2])
+                convs[conv_kind(weight, x[1] // max(1, weight[1]))] += event["dur"]
+    return (
+        {op: round(us / runs / 1000, 3) for op, us in spent.most_common()},
+        {kind: round(us / runs / 1000, 3) for kind, us in convs.most_common()},
+    )
 
 
 def measure(model: Path, image: np.ndarray, *, threads: int) -> dict[str, Any]:
     """The floor and a profiled run, for model.json."""
     macs = multiply_adds(model)
     peak = gemm_peak_gflops(threads=threads)
-    ops = op_time_ms(model, image, threads=threads)
+    ops, conv_kinds = op_time_ms(model, image, threads=threads)
     conv_ms = sum(ms for op, ms in ops.items() if op in CONV_OPS)
     conv_macs = sum(n for kind, n in macs.items() if kind.endswith("conv"))
     conv_gflops = 2 * conv_macs / conv_ms / 1e6 if conv_ms > 0 else None  # a graph without convolutions
+    by_kind = {
+        kind: {"ms": ms, "gflops": round(2 * macs[kind] / ms / 1e6, 1)}
+        for kind, ms in conv_kinds.items()
+        if ms > 0 and macs.get(kind)
+    }
     return {
         "threads": threads,
         "multiply_adds": macs,
@@ -142,6 +159,7 @@ def measure(model: Path, image: np.ndarray, *, threads: int) -> dict[str, Any]:
         "conv_ms": round(conv_ms, 2),
         "conv_gflops": conv_gflops and round(conv_gflops, 1),
         "conv_share_of_peak": conv_gflops and round(conv_gflops / peak, 3),
+        "conv_by_kind": by_kind,
     }
 
 
@@ -168,6 +186,13 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
         if floor["conv_gflops"]
         else ""
     )
+    peak = floor["gemm_peak_gflops"]
+    per_kind = [
+        f"{kind} {k['ms']:.1f} ms at {k['gflops']:.0f} GFLOP/s, {k['gflops'] / peak:.0%}"
+        for kind, k in (floor.get("conv_by_kind") or {}).items()  # absent from model.json before it
+    ]
+    if len(per_kind) > 1:
+        convs += f" ({'; '.join(per_kind)})"
     return (
         f"Floor (fp32, {floor['threads']} threads): the model is {floor['total_multiply_adds'] / 1e9:.2f} G "
         f"multiply-adds per image{f' ({kinds})' if kinds else ''}. This CPU multiplies fp32 matrices at "
