@@ -18,8 +18,7 @@ REPORT_KEY = "openvino_bf16"  # written by export/bf16.py
 def cpu_has_bf16() -> bool | None:
     """Whether this CPU computes in bf16 (AVX-512 BF16 or AMX); None where /proc/cpuinfo cannot tell.
     Without them OpenVINO quietly runs f32 (or emulates bf16), so a bf16 measurement there says little."""
-    found = cpuflags.flags()
-    return None if found is None else bool({"avx512_bf16", "amx_bf16"} & found)
+    return cpuflags.any_of(("avx512_bf16", "amx_bf16"))
 
 
 def concern(check: Any) -> str | None:

@@ -4,13 +4,20 @@ and exactly here. Stdlib only."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 
 @functools.cache
-def flags() -> frozenset[str] | None:
+def _words() -> frozenset[str] | None:
     """Every word of /proc/cpuinfo (the x86 ``flags`` lines among them); None where it cannot be read."""
     try:
         return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
         return None
+
+
+def any_of(names: Iterable[str]) -> bool | None:
+    """Whether this CPU has any of these flags; None where /proc/cpuinfo cannot tell."""
+    found = _words()
+    return None if found is None else not found.isdisjoint(names)

@@ -22,8 +22,7 @@ SLOWER = "this CPU has no VNNI or AMX, and onnxruntime's exact int8 kernels are 
 
 def cpu_has_vnni() -> bool | None:
     """Whether this CPU has AVX-512 VNNI, AVX-VNNI or AMX-INT8; None where /proc/cpuinfo cannot tell."""
-    found = cpuflags.flags()
-    return None if found is None else bool(VNNI_FLAGS & found)
+    return cpuflags.any_of(VNNI_FLAGS)
 
 
 def clips_sums() -> bool | None:
