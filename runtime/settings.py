@@ -8,6 +8,7 @@ from pathlib import Path
 
 from starlette.config import Config
 
+from runtime.bundle import MODEL_VARIANTS
 from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 
 DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
@@ -76,6 +77,7 @@ class Settings:
             from runtime.bf16 import choose
 
             openvino, chosen = choose(bundle)
+        _available(providers)
         concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
         return cls(
             bundle=bundle,
@@ -99,7 +101,7 @@ class Settings:
             cors_origins=tuple(
                 o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
             ),
-            model_variant=config("SKIN_MODEL_VARIANT", cast=str, default="auto"),
+            model_variant=_variant(config("SKIN_MODEL_VARIANT", cast=str, default="auto")),
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
             spinning=config("SKIN_ORT_SPINNING", cast=bool, default=concurrency == 1),
             openvino=openvino,
@@ -135,6 +137,23 @@ def _openvino(value: str) -> str:
     if mode not in OPENVINO_SETTINGS:
         raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_SETTINGS)}, not {value!r}")
     return mode
+
+
+def _variant(value: str) -> str:
+    variant = value.strip().lower()
+    if variant not in MODEL_VARIANTS:
+        raise ValueError(f"SKIN_MODEL_VARIANT must be one of {', '.join(MODEL_VARIANTS)}, not {value!r}")
+    return variant
+
+
+def _available(providers: tuple[str, ...]) -> None:
+    import onnxruntime as ort  # here, not at import: the settings' other checks need no onnxruntime
+
+    have = ort.get_available_providers()
+    unknown = [p for p in providers if p not in have]
+    if unknown or not providers:
+        named = f"{unknown[0]} is not available" if unknown else "is empty"
+        raise ValueError(f"SKIN_PROVIDERS: {named} (have: {', '.join(have)})")
 
 
 def _at_least(name: str, value: int, low: int) -> int:

@@ -35,6 +35,9 @@ from tests.server import ROOT, start_server, stop_server
         ("WEB_CONCURRENCY", "abc"),
         ("WEB_CONCURRENCY", "0"),
         ("SKIN_ORT_SPINNING", "maybe"),
+        ("SKIN_MODEL_VARIANT", "int4"),
+        ("SKIN_PROVIDERS", "NoSuchExecutionProvider"),
+        ("SKIN_PROVIDERS", " , "),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
