@@ -129,6 +129,14 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         raise ApiError(
             400, "bad_multipart", f"the multipart body could not be parsed: {exc.message}"
         ) from None
+    except UnicodeError:
+        # The client's own charset (multipart/form-data; charset=idna) fails on a field name or text value:
+        # Starlette falls back to latin-1 for unknown charsets, but lets this one through.
+        raise ApiError(
+            400,
+            "bad_multipart",
+            "the multipart body could not be parsed: a field could not be decoded with its charset",
+        ) from None
     except ClientDisconnect:
         # The client gave up mid-upload (a dropped phone connection): nobody to answer, and not a server
         # error. 499 (nginx's "client closed request") is what the access log and the metrics record.

@@ -91,6 +91,23 @@ def test_polyglot_jpeg_with_trailing_html_is_read_as_the_image_only(client: Test
     assert "script" not in response.text
 
 
+@pytest.mark.parametrize("charset", ["undefined", "idna"])
+@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
+def test_a_charset_that_cannot_decode_the_fields_is_a_400(
+    client: TestClient, charset: str, path: str
+) -> None:
+    # Python's "undefined" and "idna" codecs raise a bare UnicodeError, which Starlette's parser lets through.
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="xn--zz"\r\n\r\nxn--zz\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + solid() + b"\r\n--B--\r\n"
+    )
+    headers = {"content-type": f"multipart/form-data; boundary=B; charset={charset}"}
+    response = client.post(path, content=body, headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "bad_multipart"
+
+
 def test_extreme_aspect_ratio(client: TestClient) -> None:
     response = _post(client, encode(Image.new("RGB", (1, 20000), (220, 30, 30)), "PNG"), "x.png", "image/png")
     assert response.status_code == 200 and response.json()["primary"]["label"] == "Acne"
