@@ -15,6 +15,9 @@ from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo passes; decompression bombs do not
+# JPEG's own limit. Resizing costs memory in proportion to the longest side (Pillow's filter weights: a
+# 40,000,000 x 1 PNG, under the pixel cap, took ~0.6 GB to resize), so longer is refused from the header.
+MAX_SIDE = 65_535
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -59,6 +62,12 @@ def open_image(
         raise ImageError(
             "image_too_large",
             f"the image has {width}x{height} pixels; the limit is {max_pixels:,} pixels",
+            413,
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageError(
+            "image_too_large",
+            f"the image has {width}x{height} pixels; its longest side may be at most {MAX_SIDE:,} pixels",
             413,
         )
     return img
@@ -113,14 +122,34 @@ def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → 8-bit RGB; transparency is flattened onto white, 16-bit grey scaled, not clipped."""
+    """Any Pillow mode → 8-bit RGB; transparency is flattened onto white, 16-bit grey scaled, not clipped.
+    Converted in strips of rows: an image too narrow for shrink() to reduce (65,535 x 610 is under the pixel
+    cap) then costs its RGB copy and one strip's working copies (~25 MB at most), not the ~0.6 GB that
+    whole-image copies took (1 GB for 16-bit)."""
+    if img.mode == "RGB" and "transparency" not in img.info:
+        return img
+    top = 0.0
+    if img.mode in _WIDE_GREY:  # the scale is the whole image's, not a strip's
+        top = 65535.0 if img.mode.startswith("I;16") or np.max(img.getextrema()) > 255 else 255.0
+    rows = max(1, (4 << 20) // (4 * img.width))
+    if rows >= img.height:  # most uploads: one strip, no copies to paste
+        return _strip_to_rgb(img, top)
+    out = Image.new("RGB", img.size)
+    for y in range(0, img.height, rows):
+        out.paste(_strip_to_rgb(img.crop((0, y, img.width, min(img.height, y + rows))), top), (0, y))
+    return out
+
+
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _strip_to_rgb(img: Image.Image, top: float) -> Image.Image:
     if "transparency" in img.info and img.mode in ("RGB", "L"):
         img = img.convert("RGBA" if img.mode == "RGB" else "LA")  # a PNG colour key (tRNS chunk)
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode in _WIDE_GREY:
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         grey = np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if img.mode == "P":

@@ -242,3 +242,52 @@ def test_shrunk_images_keep_their_exif_orientation(fmt: str) -> None:
     out = preprocess(data, (300, 300))
     top, bottom = out[:20].reshape(-1, 3).mean(axis=0), out[-20:].reshape(-1, 3).mean(axis=0)
     assert top[0] > top[2] and bottom[2] > bottom[0]  # red (the stored left) is now on top
+
+
+def test_longest_side_is_capped_from_the_header() -> None:
+    # 65,536 x 1 is far under the pixel cap, but resizing memory grows with the longest side.
+    for size in [(65_536, 1), (1, 65_536)]:
+        with pytest.raises(ImageError) as info:
+            preprocess(encode(Image.new("L", size, 120), "PNG"), (16, 16))
+        assert (info.value.code, info.value.status) == ("image_too_large", 413)
+        assert "65,535" in info.value.message
+    assert preprocess(encode(Image.new("L", (65_535, 1), 120), "PNG"), (16, 16)).shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "CMYK"])
+def test_converting_in_strips_equals_one_conversion(mode: str) -> None:
+    from runtime.preprocess import to_rgb
+
+    rng = np.random.default_rng(2)
+    rgba = Image.fromarray((rng.random((9000, 160, 4)) * 255).astype(np.uint8), "RGBA")  # 7 strips
+    if mode == "RGBA":
+        whole = Image.alpha_composite(Image.new("RGBA", rgba.size, (255,) * 4), rgba).convert("RGB")
+        img = rgba
+    elif mode == "I;16":
+        arr = (rng.random((9000, 160)) * 65535).astype(np.uint16)
+        img = Image.fromarray(arr)
+        whole = Image.fromarray((arr / 257.0).round().astype(np.uint8)).convert("RGB")
+    else:
+        img = rgba.convert(mode) if mode != "P" else rgba.convert("RGB").quantize(64)
+        whole = img.convert("RGBA") if mode in ("LA", "P") else img.convert("RGB")
+        if mode == "LA":
+            whole = Image.alpha_composite(Image.new("RGBA", img.size, (255,) * 4), whole)
+        whole = whole.convert("RGB")
+    assert np.array_equal(np.asarray(to_rgb(img)), np.asarray(whole))
+
+
+def test_a_long_narrow_16_bit_image_is_converted_in_small_pieces() -> None:
+    # Too narrow for shrink() to reduce, so to_rgb sees all of it: its float copies must be per strip.
+    import tracemalloc
+
+    from runtime.preprocess import to_rgb
+
+    img = Image.fromarray(np.full((30_000, 500), 40_000, np.uint16))  # 15 MP; one float64 copy: 120 MB
+    tracemalloc.start()
+    try:
+        out = to_rgb(img)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out.size == img.size and out.getpixel((0, 0)) == (156, 156, 156)
+    assert peak < 64 * 2**20, peak  # whole-image copies: over 300 MB
