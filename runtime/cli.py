@@ -67,6 +67,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     from runtime import logs
     from runtime.app import OneLineStartupErrors, create_app
     from runtime.engine import Engine
+    from runtime.protocol import H11Protocol
     from runtime.settings import Settings
 
     check_port(host, port)  # before loading anything: a busy port is the commonest start-up failure
@@ -97,6 +98,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         log_config=logs.uvicorn_config(log_level),
         access_log=False,
         timeout_graceful_shutdown=30,
+        http=H11Protocol,  # JSON, not plain text, when h11 cannot parse a request
         workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
     )
 

@@ -59,6 +59,11 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
             assert json.load(response)["model_name"] == "tiny-test-model"
         answer = post_file(url + "/api/predict", solid("green"))
         assert answer["primary"]["label"] == "Eczema"  # type: ignore[index]
+        # HTTP that h11 cannot parse never reaches the app; uvicorn's 400 is JSON like the app's errors.
+        for framing in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 6\r\n"):
+            head, body = _raw(url, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
+            assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+            assert json.loads(body)["error"]["code"] == "bad_http"
     finally:
         assert stop_server(proc) == 0
     # Every log line is JSON (uvicorn's own ones too); the one line per request carries the request id.
@@ -70,6 +75,19 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
     assert {e["route"] for e in requests} >= {"/api/info", "/api/predict"}
     assert all(len(e["request_id"]) == 32 for e in requests)
     assert any(e["logger"].startswith("uvicorn") for e in entries)
+
+
+def _raw(url: str, request: bytes) -> tuple[bytes, bytes]:
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
 
 
 @pytest.mark.slow
