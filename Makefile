@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 RUNTIME_VENV ?= .venv-runtime
+# make serve BUNDLE=DIR
+BUNDLE ?= bundles/demo
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off -q
 

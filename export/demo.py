@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    size = parser.add_argument_group("size of the demo (defaults finish in about 10 minutes on 2 cores)")
+    size = parser.add_argument_group("size of the demo (defaults finish in about 5-7 minutes on 2 cores)")
     size.add_argument("--arch", default="efficientnet_b3", help="timm architecture (default efficientnet_b3)")
     size.add_argument("--img-size", type=int, default=300)
     size.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
