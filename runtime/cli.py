@@ -30,12 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime threads (default: the CPU quota)"
+        "--threads", type=_threads, default=None, help="onnxruntime threads (default 0: the CPU quota)"
     )
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     return parser
+
+
+def _threads(value: str) -> int:
+    """As SKIN_THREADS: a whole number, 0 for the CPU quota."""
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        raise argparse.ArgumentTypeError(f"want a whole number, at least 0 (0: the CPU quota), not {value!r}")
+    return threads
 
 
 def check_port(host: str, port: int) -> None:

@@ -61,7 +61,10 @@ class Settings:
         workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
 
         def megabytes(name: str, default: float) -> int:
-            return int(_positive(name, config(name, cast=float, default=default)) * MB)
+            size = _positive(name, config(name, cast=float, default=default))
+            if int(size * MB) < 1:  # would refuse every upload as "larger than 0 MB"
+                raise ValueError(f"{name} must be at least one byte ({1 / MB:.1g} MB), not {size}")
+            return int(size * MB)
 
         if bundle is None:
             bundle = config("SKIN_BUNDLE", cast=str, default="")

@@ -29,6 +29,7 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_MAX_IMAGE_MB", "0"),
         ("SKIN_MAX_IMAGE_MB", "-1"),
         ("SKIN_MAX_IMAGE_MB", "inf"),
+        ("SKIN_MAX_IMAGE_MB", "1e-7"),
         ("SKIN_MAX_BODY_MB", "nan"),
         ("SKIN_BODY_TIMEOUT_S", "0"),
         ("SKIN_TOP_K", "abc"),
