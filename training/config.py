@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -98,6 +99,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(exc).__name__})") from None
     if raw is None:
@@ -105,10 +108,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of option: value")
     options = check_keys({str(k).replace("-", "_"): v for k, v in raw.items()}, str(path))
-    return {name: _typed(name, value, str(path)) for name, value in options.items()}
+    return {name: typed(name, value, str(path)) for name, value in options.items()}
 
 
-def _typed(name: str, value: Any, where: str) -> Any:
+def typed(name: str, value: Any, where: str) -> Any:
     """A YAML value as its option's type. YAML 1.1 reads ``1e-3`` as text, so numbers may come as text."""
     kind = str(FIELDS[name].type)
     if value is None and "None" in kind:
@@ -123,7 +126,7 @@ def _typed(name: str, value: Any, where: str) -> Any:
     if kind == "int":
         if isinstance(value, int):
             return value
-        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):  # not "+-5", not "²"
             return int(value)
         raise wrong
     if kind == "float" and isinstance(value, int | float | str):
@@ -209,6 +212,7 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}")
     need(cfg.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
     need(cfg.early_stop >= 0, "--early-stop must be 0 (off) or a number of epochs")
+    need(0 <= cfg.seed < 2**32, f"--seed must be in 0..{2**32 - 1} (numpy's range), got {cfg.seed}")
     for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p"):
         value = getattr(cfg, name)
         need(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} is a probability, got {value}")

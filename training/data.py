@@ -98,6 +98,9 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         ]
         raise DataError("train and test have different classes (" + "; ".join(p for p in parts if p) + ")")
     class_names = sorted(train_classes)
+    if len(class_names) < 2:
+        only = class_names[0] if class_names else "none"
+        raise DataError(f"a classifier needs at least 2 class folders; {str(root)!r} has {only!r} only")
     train: list[Sample] = []
     val: list[Sample] = []
     for index, name in enumerate(class_names):

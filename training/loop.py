@@ -14,9 +14,10 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from runtime.bundle import fingerprint_files
 from training import plots
 from training.augment import build_transform
-from training.config import ConfigError, TrainConfig, check_keys, load_yaml, resolve
+from training.config import FIELDS, ConfigError, TrainConfig, check_keys, load_yaml, resolve, typed
 from training.data import (
     RESIZE_FILTER,
     RESIZE_MODE,
@@ -154,7 +155,15 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
         ckpt = load_checkpoint(path)
         if "optimizer" not in ckpt or "state" not in ckpt:
             raise ConfigError(f"{str(path)!r} holds no training state; resume from a run's last.pt")
-        saved = {k: v for k, v in ckpt.get("config", {}).items() if k not in ("resume", "overwrite", "out")}
+        saved_config = ckpt.get("config", {})
+        if not isinstance(saved_config, dict):
+            raise ConfigError(f"cannot resume: {str(path)!r} holds no readable config")
+        # Typed like a YAML file's options; keys a newer or older version does not know are left out.
+        saved = {
+            k: typed(k, v, str(path))
+            for k, v in saved_config.items()
+            if k in FIELDS and k not in ("resume", "overwrite", "out")
+        }
         # A resumed run continues in the folder its last.pt is in (wherever the run was first written), so
         # that its best.pt, metrics and report stay together; another run's folder is never written into.
         run_dir = path.resolve().parent
@@ -169,9 +178,10 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
 
 def setup_cluster(device_option: str) -> Cluster:
     """Join the torchrun process group when there is one (nccl on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    try:
+        world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in _TORCHRUN.items())
+    except ValueError:
+        raise ConfigError(f"{', '.join(_TORCHRUN)} must be whole numbers (torchrun sets them)") from None
     device = pick_device(device_option, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -185,6 +195,10 @@ def setup_cluster(device_option: str) -> Cluster:
     return Cluster(rank=rank, world_size=world, device=device, owned=owned)
 
 
+T = TypeVar("T")
+_TORCHRUN = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
+
+
 def pick_device(option: str, local_rank: int = 0) -> torch.device:
     if option == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -192,6 +206,8 @@ def pick_device(option: str, local_rank: int = 0) -> torch.device:
         device = torch.device(option)
     except RuntimeError:
         raise ConfigError(f"--device {option!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, …: not what this loop is written and tested for
+        raise ConfigError(f"--device {option!r} is not supported (use auto, cpu, cuda or cuda:N)")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device asks for CUDA but no CUDA device is visible")
@@ -250,6 +266,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _check_splits(splits: Splits, cfg: TrainConfig, cluster: Cluster) -> None:
+    """What would otherwise fail after the first epoch, or at the very end, with the earlier run gone."""
+    if not splits.val:
+        raise ConfigError("no validation images: give each class 2 or more training images (one is held out)")
+    per_step = min(cfg.batch_size, len(splits.train) // cluster.world_size)
+    if per_step < 2 and cfg.img_size <= 32:  # as the --batch-size 1 check in config.py
+        raise ConfigError("one training image per step needs --img-size above 32 (BatchNorm), or more images")
+    for name, samples in (("training", splits.train), ("test", splits.test)):
+        # The first readable one ends the search: all are read anyway, this only fails fast when none is.
+        if not any(load_image(path, 32) is not None for path, _ in samples):
+            raise ConfigError(f"no {name} image could be read in {cfg.data}")
+
+
+def _restore(cfg: TrainConfig, load: Callable[[], T]) -> T:
+    """A last.pt of the right format whose contents do not fit (edited, truncated state): one line."""
+    try:
+        return load()
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        why = f"its saved state does not fit ({type(exc).__name__})"
+        raise ConfigError(f"cannot resume from {cfg.resume!r}: {why}") from None
+
+
 def epoch_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
@@ -264,6 +302,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             raise ConfigError("--mlflow needs the mlflow package (pip install mlflow)") from None
     splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     names = splits.class_names
+    _check_splits(splits, cfg, cluster)
     if resumed is not None:
         for key, now in (("arch", cfg.arch), ("img_size", cfg.img_size), ("class_names", names)):
             if resumed.get(key) != now:
@@ -276,6 +315,10 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
     if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
+    held = [name for name in RUN_FILES if (run_dir / name).exists()]
+    if resumed is None and held and not cfg.overwrite:  # a bundle's report.json, a hand-written config.yaml
+        where = f"{str(run_dir)!r} already holds {held[0]}"
+        raise ConfigError(f"{where}; pass --overwrite to replace it, or another --out")
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     memory_format = torch.channels_last if channels_last else torch.preserve_format
 
@@ -287,8 +330,13 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         init_weights=cfg.init_weights if resumed is None else None,
         drop_rate=cfg.drop_rate,
     )
+    timm_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})
+    fixed = tuple(timm_cfg.get("input_size", ()))[-2:]
+    if timm_cfg.get("fixed_input_size") and fixed != (cfg.img_size, cfg.img_size):  # ViTs and the like
+        size = f"{fixed[0]}x{fixed[1]}"
+        raise ConfigError(f"--arch {cfg.arch} takes only {size} images: pass --img-size {fixed[0]}")
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
+        _restore(cfg, lambda: model.load_state_dict(resumed["model"]))
     model.to(device, memory_format=memory_format)
 
     train_loader, sampler, val_loader = make_loaders(cfg, splits, cluster)
@@ -296,11 +344,15 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
     scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accum_steps))
     state = State()
     if resumed is not None:
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        if scaler is not None and resumed.get("scaler"):
-            scaler.load_state_dict(resumed["scaler"])
-        state = State(**resumed["state"])
+
+        def restore() -> State:
+            optimizer.load_state_dict(resumed["optimizer"])
+            scheduler.load_state_dict(resumed["scheduler"])
+            if scaler is not None and resumed.get("scaler"):
+                scaler.load_state_dict(resumed["scaler"])
+            return State(**resumed["state"])
+
+        state = _restore(cfg, restore)
     net: torch.nn.Module = model
     if cluster.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

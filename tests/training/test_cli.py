@@ -91,6 +91,10 @@ def test_bad_yaml_is_one_line(
         pytest.param(
             ["--data", "x", "--img-size", "16", "--batch-size", "1"], "--batch-size 1 needs", id="bn-1x1"
         ),
+        pytest.param(["--data", "x", "--seed", "-1"], "--seed must be in 0..", id="seed-negative"),
+        pytest.param(["--data", "x", "--seed", str(2**70)], "--seed must be in 0..", id="seed-huge"),
+        pytest.param(["--data", "x", "--device", "meta"], "is not supported", id="device-meta"),
+        pytest.param(["--data", "x", "--device", "mps"], "is not supported", id="device-mps"),
     ],
 )
 def test_bad_options_are_one_line(
@@ -124,7 +128,16 @@ def test_yaml_values_take_their_option_types(tmp_path: Path, text: str, expected
 
 
 @pytest.mark.parametrize(
-    "text", ["epochs: abc\n", "epochs: 2.5\n", "seed: abc\n", "img_size: [64, 64]\n", 'augment: "no"\n']
+    "text",
+    [
+        "epochs: abc\n",
+        "epochs: 2.5\n",
+        'epochs: "+-5"\n',
+        'epochs: "²"\n',  # str.isdigit() says yes, int() says no
+        "seed: abc\n",
+        "img_size: [64, 64]\n",
+        'augment: "no"\n',
+    ],
 )
 def test_yaml_values_of_the_wrong_type_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
@@ -134,6 +147,23 @@ def test_yaml_values_of_the_wrong_type_are_one_line(
     assert main(["--config", str(config), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("skin-train: error: ") and " must be " in err and err.count("\n") == 1
+
+
+def test_config_file_not_text_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_bytes(bytes(range(128, 256)))
+    assert main(["--config", str(config), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err and err.count("\n") == 1
+
+
+def test_torchrun_variables_that_are_not_numbers_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert main(["--data", str(tmp_path), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "WORLD_SIZE, RANK, LOCAL_RANK must be whole numbers" in err and err.count("\n") == 1
 
 
 def test_bad_flag_value_is_one_line_not_the_usage(capsys: pytest.CaptureFixture[str]) -> None:

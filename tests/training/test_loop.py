@@ -181,3 +181,17 @@ def test_early_stop_and_mlflow_logging(
     assert [step for kind, step in calls if kind == "metrics"] == list(range(1, len(f1) + 1))
     assert ("artifact", "report.json") in calls and ("artifact", "metrics.csv") in calls
     assert calls[-1] == ("end", None)
+
+
+def test_one_image_per_step_at_a_small_size_is_refused_before_training(dataset: Path) -> None:
+    # Two ranks sharing two training images get one each: BatchNorm cannot train on a 1x1 map of one image.
+    from training.config import ConfigError
+    from training.loop import _check_splits
+
+    splits = load_splits(dataset, val_fraction=0.2, seed=42)
+    two = type(splits)(splits.root, splits.class_names, splits.train[:2], splits.val, splits.test)
+    ranks = Cluster(rank=0, world_size=2, device=torch.device("cpu"), owned=False)
+    with pytest.raises(ConfigError, match="one training image per step needs --img-size above 32"):
+        _check_splits(two, TrainConfig(data=str(dataset), img_size=32, batch_size=8), ranks)
+    _check_splits(two, TrainConfig(data=str(dataset), img_size=64, batch_size=8), ranks)
+    _check_splits(splits, TrainConfig(data=str(dataset), img_size=32, batch_size=8), ranks)

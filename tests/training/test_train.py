@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,50 @@ def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
 
 
+@pytest.mark.parametrize("held", ["report.json", "config.yaml"])
+def test_a_folder_with_run_files_but_no_run_is_not_written_into(
+    tmp_path: Path, dataset: Path, held: str
+) -> None:
+    # e.g. a bundle (model.onnx + report.json), or a hand-written config.yaml: nothing of it is replaced
+    out = tmp_path / "bundle"
+    out.mkdir()
+    (out / held).write_text("mine")
+    with pytest.raises(ConfigError, match=f"already holds {held}; pass --overwrite"):
+        train(**TINY, data=str(dataset), out=str(out), epochs=1)
+    assert [p.name for p in out.iterdir()] == [held] and (out / held).read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("config", [1, 2], id="config-a-list"),
+        pytest.param("config", {"epochs": "abc"}, id="config-value-typed"),
+        pytest.param("state", {"nonsense": 1}, id="state-keys"),
+        pytest.param("optimizer", {}, id="optimizer-empty"),
+        pytest.param("model", {}, id="model-empty"),
+    ],
+)
+def test_resume_from_an_edited_last_pt_is_one_line(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str, value: object
+) -> None:
+    part = tmp_path / "run"
+    shutil.copytree(run, part)
+    ckpt = load_checkpoint(part / "last.pt")
+    ckpt[field] = value
+    torch.save(ckpt, part / "last.pt")
+    assert main(["--resume", str(part)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skin-train: error: ") and err.count("\n") == 1, err
+
+
+def test_an_arch_with_a_fixed_input_size_needs_that_size(tmp_path: Path, dataset: Path) -> None:
+    with pytest.raises(ConfigError, match="takes only 224x224 images: pass --img-size 224"):
+        train(
+            **{**TINY, "arch": "vit_tiny_patch16_224"}, data=str(dataset), out=str(tmp_path / "r"), epochs=1
+        )
+    assert not (tmp_path / "r").exists()
+
+
 def test_overwrite_replaces_only_the_run_files(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -271,11 +316,35 @@ def _classes_differ(root: Path) -> None:
     shutil.copytree(root / "train" / "Acne", root / "train" / "Lupus")
 
 
+def _one_class(root: Path) -> None:
+    for split in ("train", "test"):
+        for name in CLASSES[1:]:
+            shutil.rmtree(root / split / name)
+
+
+def _one_image_per_class(root: Path) -> None:  # nothing left to hold out for validation
+    for folder in (root / "train").iterdir():
+        for image in sorted(folder.iterdir())[1:]:
+            image.unlink()
+
+
+def _unreadable(split: str) -> Callable[[Path], None]:
+    def breakage(root: Path) -> None:
+        for image in (root / split).glob("*/*"):
+            image.write_bytes(b"not an image")
+
+    return breakage
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
         pytest.param(_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class"),
         pytest.param(_classes_differ, "only in train: Lupus", id="class-sets-differ"),
+        pytest.param(_one_class, "needs at least 2 class folders", id="one-class"),
+        pytest.param(_one_image_per_class, "no validation images", id="no-validation"),
+        pytest.param(_unreadable("train"), "no training image could be read", id="train-unreadable"),
+        pytest.param(_unreadable("test"), "no test image could be read", id="test-unreadable"),
     ],
 )
 def test_bad_dataset_stops_before_anything_is_written(
