@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -32,6 +33,7 @@ FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
 FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
+TEXT_FIELDS = ("resize", "resize_filter", "model_name", "model_version", "trained_on", "data_fingerprint")
 
 
 def export_bundle(
@@ -72,7 +74,7 @@ def export_bundle(
     if out.exists() and not out.is_dir():
         raise ExportError(f"{str(out)!r} exists and is not a directory")
     if out.exists():
-        _check_replaceable(out, Path(checkpoint))
+        check_replaceable(out, Path(checkpoint))
     if no_data and data is not None:
         raise ExportError("pass either a dataset or --no-data, not both")
     from export.onnx import check_opset
@@ -82,7 +84,7 @@ def export_bundle(
     ckpt, net, info = _load(Path(checkpoint))
     base_report = _base_report(Path(checkpoint), report)
     notes: list[str] = []
-    splits = None if no_data else _splits(ckpt, data, info["class_names"], notes)
+    splits = None if no_data else _splits(info, data, notes)
     for note in notes:
         say(f"note: {note}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -382,41 +384,50 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
             ckpt = load_checkpoint(path)
     except ModelError as exc:
         raise ExportError(str(exc)) from None
+    where = f"checkpoint {str(path)!r}"
     names = ckpt["class_names"]
+    if not all(isinstance(n, str) for n in names):
+        raise ExportError(f"{where}: class_names must be a list of names, not {_brief(names)}")
     img_size = ckpt.get("img_size")
     if isinstance(img_size, list | tuple) and len(img_size) == 2 and img_size[0] == img_size[1]:
         img_size = img_size[0]
     if not isinstance(img_size, int) or isinstance(img_size, bool) or img_size < 16:
-        raise ExportError(f"checkpoint {str(path)!r} has no usable img_size ({img_size!r})")
+        raise ExportError(f"{where} has no usable img_size ({img_size!r})")
     if not isinstance(ckpt.get("arch"), str) or not isinstance(ckpt.get("model"), dict):
-        raise ExportError(f"checkpoint {str(path)!r} lacks its architecture or weights")
-    display = ckpt.get("display_names") or [contract.display_name(str(n)) for n in names]
-    if not isinstance(display, list) or len(display) != len(names):
+        raise ExportError(f"{where} lacks its architecture or weights")
+    # Every field is checked for the type training writes: a file edited by hand (or by another tool) must
+    # give one line naming the field, not a traceback or a wrong bundle.
+    display = _field(ckpt, "display_names", list, "a list", where) or [
+        contract.display_name(n) for n in names
+    ]
+    if len(display) != len(names) or not all(isinstance(d, str) for d in display):
         raise ExportError(
-            f"checkpoint {str(path)!r} has {len(names)} class names but {len(display)} display names"
+            f"{where}: display_names must be a list of {len(names)} display names, one per class, "
+            f"not {_brief(display)}"
         )
-    config: dict[str, Any] = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    text = {key: _field(ckpt, key, str, "text", where) or "" for key in TEXT_FIELDS}
+    epoch = _field(ckpt, "epoch", int, "a whole number", where)
     info = {
         "arch": ckpt["arch"],
         "img_size": img_size,
-        "class_names": [str(n) for n in names],
-        "display_names": [str(d) for d in display],
-        "mean": tuple(float(v) for v in ckpt.get("mean", IMAGENET_MEAN)),
-        "std": tuple(float(v) for v in ckpt.get("std", IMAGENET_STD)),
-        "resize": str(ckpt.get("resize", "stretch")),
-        "resize_filter": str(ckpt.get("resize_filter", "bilinear")),
-        "model_name": str(ckpt.get("model_name") or f"skin-{ckpt['arch']}"),
-        "model_version": str(ckpt.get("model_version") or f"epoch-{ckpt.get('epoch', 0)}"),
-        "trained_on": str(ckpt.get("trained_on", "")),
-        "demo": bool(ckpt.get("demo", False)),
-        "data_fingerprint": str(ckpt.get("data_fingerprint", "")),
-        "epoch": ckpt.get("epoch"),
-        "config": config,
+        "class_names": list(names),
+        "display_names": list(display),
+        "mean": _vector(ckpt, "mean", IMAGENET_MEAN, where),
+        "std": _vector(ckpt, "std", IMAGENET_STD, where, positive=True),  # divided by in the graph
+        "resize": text["resize"] or "stretch",
+        "resize_filter": text["resize_filter"] or "bilinear",
+        "model_name": text["model_name"] or f"skin-{ckpt['arch']}",
+        "model_version": text["model_version"] or f"epoch-{epoch or 0}",
+        "trained_on": text["trained_on"],
+        "demo": bool(_field(ckpt, "demo", bool, "true or false", where)),
+        "data_fingerprint": text["data_fingerprint"],
+        "epoch": epoch,
+        "config": _field(ckpt, "config", dict, "a mapping of training options", where) or {},
     }
     try:
         _meta(info, temperature=1.0, created="")  # the contract's checks, before any slow work
     except contract.BundleError as exc:
-        raise ExportError(f"checkpoint {str(path)!r}: {exc}") from None
+        raise ExportError(f"{where}: {exc}") from None
     try:
         net = model_from_checkpoint(ckpt)
     except ModelError as exc:
@@ -426,6 +437,43 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
             f"cannot rebuild {ckpt['arch']!r} from {str(path)!r} ({type(exc).__name__})"
         ) from None
     return ckpt, net, info
+
+
+def _field(ckpt: dict[str, Any], key: str, kind: type, what: str, where: str) -> Any:
+    """``ckpt[key]`` when it has the type training writes, None when absent; else one line naming it."""
+    value = ckpt.get(key)
+    # bool is an int to Python: a flag is never a number here, nor a number a flag.
+    if value is None or (isinstance(value, kind) and isinstance(value, bool) == (kind is bool)):
+        return value
+    raise ExportError(f"{where}: {key} must be {what}, not {_brief(value)}")
+
+
+def _vector(
+    ckpt: dict[str, Any], key: str, default: tuple[float, ...], where: str, *, positive: bool = False
+) -> tuple[float, ...]:
+    """mean or std: three finite numbers (std above 0); the ImageNet values when the key is absent."""
+    if key not in ckpt:
+        return default
+    value = ckpt[key]
+    ok = isinstance(value, list | tuple) and len(value) == 3 and all(_finite(v) for v in value)
+    if not ok or (positive and min(value) <= 0):
+        raise ExportError(
+            f"{where}: {key} must be three {'numbers above 0' if positive else 'finite numbers'}, "
+            f"not {_brief(value)}"
+        )
+    return tuple(float(v) for v in value)
+
+
+def _finite(value: Any) -> bool:
+    """A real number float() takes as it is: not a flag, nan, inf or an int beyond float's range."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and abs(value) <= sys.float_info.max
+
+
+def _brief(value: Any) -> str:
+    """A value for a one-line message: short, on one line, whatever its type (tensors included)."""
+    import reprlib
+
+    return " ".join(reprlib.repr(value).split())
 
 
 def _mismatch(ckpt: dict[str, Any], path: Path) -> str | None:
@@ -629,18 +677,30 @@ def _meta(
     return meta
 
 
-def _splits(ckpt: dict[str, Any], data: str | Path | None, class_names: list[str], notes: list[str]) -> Any:
+def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> Any:
     from training.data import DataError, load_splits
 
-    config: dict[str, Any] = ckpt["config"] if isinstance(ckpt.get("config"), dict) else {}
+    config, class_names = info["config"], info["class_names"]
     root = data if data is not None else config.get("data")
     hint = "pass --data ROOT, or --no-data to export without it (T = 1, parity on generated images, no int8)"
     if not root:
         raise ExportError(f"the checkpoint names no dataset; {hint}")
-    try:
-        splits = load_splits(
-            root, val_fraction=float(config.get("val_fraction", 0.15)), seed=int(config.get("seed", 42))
+    if not isinstance(root, str | Path):
+        raise ExportError(f"the checkpoint's config.data must be a folder path, not {_brief(root)}; {hint}")
+    # The validation split is rebuilt from these two: checked as training checks them (no traceback).
+    val_fraction, seed = config.get("val_fraction", 0.15), config.get("seed", 42)
+    number = isinstance(val_fraction, int | float) and not isinstance(val_fraction, bool)
+    if not (number and 0.0 < val_fraction < 1.0):
+        raise ExportError(
+            "the checkpoint's config.val_fraction must be a number between 0 and 1, "
+            f"not {_brief(val_fraction)}"
         )
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # as training takes it
+        raise ExportError(
+            f"the checkpoint's config.seed must be a whole number in 0..{2**32 - 1}, not {_brief(seed)}"
+        )
+    try:
+        splits = load_splits(root, val_fraction=float(val_fraction), seed=seed)
     except DataError as exc:
         raise ExportError(f"{exc}; {hint}") from None
     if splits.class_names != class_names:
@@ -650,7 +710,7 @@ def _splits(ckpt: dict[str, Any], data: str | Path | None, class_names: list[str
         )
     if not splits.val or not splits.test:
         raise ExportError(f"the dataset at {str(root)!r} yields an empty validation or test split")
-    fingerprint = ckpt.get("data_fingerprint")
+    fingerprint = info["data_fingerprint"]
     if fingerprint and fingerprint != contract.fingerprint_files(splits.root, splits.files()):
         notes.append("the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)")
     return splits
@@ -676,7 +736,7 @@ def _base_report(checkpoint: Path, report: str | Path | None) -> dict[str, Any]:
     return loaded
 
 
-def _check_replaceable(out: Path, checkpoint: Path) -> None:
+def check_replaceable(out: Path, checkpoint: Path) -> None:
     """What --overwrite may replace: a folder holding a bundle and nothing else (never a run, never other
     files)."""
     from export.uncertainty import PLOT_FILE

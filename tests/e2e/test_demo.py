@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from export.demo import DEMO_LABEL, bf16_hint, build
+from export.demo import DEMO_LABEL, MARKER, bf16_hint, build, main
 from tests.server import ROOT, post_file, start_server, stop_server
 
 CLASSES = ["Acne", "Moles", "Psoriasis", "Vitiligo"]
@@ -112,32 +112,6 @@ def test_demo_reuses_the_bundle_and_no_serve_exits_0(demo_bundle: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_failure_names_the_step(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "export.demo",
-            "--no-serve",
-            "--bundle-dir",
-            str(tmp_path / "b"),
-            "--work-dir",
-            str(tmp_path / "w"),
-            "--arch",
-            "no_such_architecture",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert out.returncode == 2
-    last = out.stderr.strip().splitlines()[-1]
-    assert "step 'train" in last and "no_such_architecture" in last
-    assert "Traceback" not in out.stderr
-
-
-@pytest.mark.slow
 def test_skin_demo_serves_the_page_and_stops_on_ctrl_c(demo_bundle: Path) -> None:
     import signal
     import time
@@ -214,3 +188,150 @@ def test_demo_names_the_faster_setting_only_where_it_applies(
     monkeypatch.delenv("SKIN_OPENVINO")
     monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: False)
     assert bf16_hint(tmp_path) is None
+
+
+@pytest.fixture
+def no_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generating data fails at once: a check that comes too late ends the test in seconds, not minutes."""
+    from training import synthetic
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("generating data was reached")
+
+    monkeypatch.setattr(synthetic, "generate", refuse)
+
+
+def run_demo(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    """skin-demo in this process: (exit status, stderr)."""
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as exc:  # the argument parser's own errors
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("no_building")
+def test_demo_never_deletes_or_trains_over_folders_it_did_not_make(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = tmp_path / "proj"
+    notes = project / "data" / "mine" / "notes.txt"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("mine")
+    base = ["--no-serve", "--work-dir", project, "--bundle-dir", tmp_path / "b"]
+    for extra, expected in (
+        (["--epochs", "0"], "--epochs must be at least 1"),  # a bad argument: nothing touched before it
+        ([], f"{str(project / 'data')!r} was not made by skin-demo"),
+    ):
+        code, err = run_demo(capsys, *base, *extra)
+        assert code == 2 and err.count("\n") == 1 and expected in err, err
+        assert err.startswith("skin-demo: error:") and notes.read_text() == "mine"
+    notes.unlink()
+    notes.parent.rmdir()  # an empty data folder is fine; a training run of someone else's is not
+    run = project / "run" / "best.pt"
+    run.parent.mkdir()
+    run.write_bytes(b"someone's checkpoint")
+    code, err = run_demo(capsys, *base)
+    assert code == 2 and f"{str(run.parent)!r} was not made by skin-demo" in err, err
+    assert run.read_bytes() == b"someone's checkpoint" and not (tmp_path / "b").exists()
+
+
+@pytest.mark.usefixtures("no_building")
+def test_demo_replaces_its_own_earlier_data_and_a_failing_step_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "work" / "data"
+    (data / "train").mkdir(parents=True)
+    (data / MARKER).write_text("")
+    (data / "train" / "stale.png").write_bytes(b"")
+    code, err = run_demo(
+        capsys, "--no-serve", "--work-dir", tmp_path / "work", "--bundle-dir", tmp_path / "b"
+    )
+    assert code == 2 and err == "skin-demo: step 'generate data' failed: generating data was reached\n"
+    assert not (data / "train").exists() and (data / MARKER).is_file()  # replaced, and marked as the demo's
+
+
+def test_demo_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_demo(capsys, "--port", "abc")
+    assert code == 2 and err == "skin-demo: error: argument --port: invalid int value: 'abc' (see --help)\n"
+
+
+@pytest.mark.usefixtures("no_building")
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(["--img-size", "8"], "--img-size must be 16..4096", id="img-size"),
+        pytest.param(["--batch-size", "0"], "--batch-size must be at least 1", id="batch-size"),
+        pytest.param(
+            ["--train-per-class", "1"], "--train-per-class must be at least 2", id="train-per-class"
+        ),
+        pytest.param(["--test-per-class", "0"], "--test-per-class must be at least 1", id="test-per-class"),
+        pytest.param(["--seed", "-1"], "--seed must be", id="negative-seed"),
+        pytest.param(["--arch", "no_such_architecture"], "'no_such_architecture' is not a timm", id="arch"),
+        pytest.param(
+            ["--bundle-dir", "{tmp}/file"], "'{tmp}/file' is a file, not a folder", id="bundle-file"
+        ),
+        pytest.param(
+            ["--work-dir", "{tmp}/file/w"], "cannot be made: '{tmp}/file' is a file", id="work-under-file"
+        ),
+        pytest.param(["--bundle-dir", "{tmp}/w/run/b"], "must not overlap", id="bundle-in-run"),
+        pytest.param(["--bundle-dir", "{tmp}/notes"], "is not a bundle folder", id="bundle-not-a-bundle"),
+    ],
+)
+def test_demo_checks_arguments_and_folders_before_any_work(
+    args: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    before = sorted(tmp_path.rglob("*"))
+    defaults = ["--no-serve", "--work-dir", tmp_path / "w", "--bundle-dir", tmp_path / "b"]
+    code, err = run_demo(capsys, *defaults, *[a.format(tmp=tmp_path) for a in args])
+    assert code == 2 and err.count("\n") == 1 and expected.format(tmp=tmp_path) in err, err
+    assert err.startswith("skin-demo: error:") and sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
+@pytest.mark.usefixtures("no_building")
+def test_demo_says_when_it_cannot_write_its_work_dir(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access  # as a read-only folder answers (root may write anywhere, so not by chmod)
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != locked and real(p, mode, **kw))
+    code, err = run_demo(capsys, "--no-serve", "--work-dir", locked / "w", "--bundle-dir", tmp_path / "b")
+    assert code == 2 and err.count("\n") == 1 and f"cannot write in {str(locked)!r}" in err, err
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.usefixtures("no_building")
+def test_demo_checks_the_serving_settings_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.server import free_port
+
+    monkeypatch.setenv("SKIN_TOP_K", "0")
+    args = ["--work-dir", tmp_path / "w", "--bundle-dir", tmp_path / "b", "--port", free_port()]
+    code, err = run_demo(capsys, *args)
+    assert code == 2 and err == "skin-demo: step 'serve' failed: SKIN_TOP_K must be at least 1, not 0\n"
+    assert list(tmp_path.iterdir()) == []
+    code, _ = run_demo(capsys, "--no-serve", *args[:4])  # not serving: the settings do not matter
+    assert code == 2 and (tmp_path / "w" / "data" / MARKER).is_file()  # it went on to generate
+
+
+def test_demo_serve_failure_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import cli
+    from runtime.bundle import BundleError
+    from tests.bundle_factory import make_bundle
+    from tests.server import free_port
+
+    def fail(**kwargs: object) -> None:
+        raise BundleError("model.onnx changed under the server")
+
+    monkeypatch.setattr(cli, "serve", fail)
+    code, err = run_demo(capsys, "--bundle-dir", make_bundle(tmp_path / "b"), "--port", free_port())
+    assert code == 2 and err == "skin-demo: step 'serve' failed: model.onnx changed under the server\n"

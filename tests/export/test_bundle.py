@@ -332,6 +332,52 @@ def test_bad_checkpoints_give_one_line_and_no_bundle(
     assert not (tmp_path / "bundles").exists() or list((tmp_path / "bundles").iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        pytest.param({"mean": "abc"}, "mean must be three finite numbers, not 'abc'", id="mean-text"),
+        pytest.param({"mean": None}, "mean must be three finite numbers, not None", id="mean-none"),
+        pytest.param({"mean": [0.5, float("nan"), 0.5]}, "mean must be three finite numbers", id="mean-nan"),
+        pytest.param({"std": [0.2, 0.0, 0.2]}, "std must be three numbers above 0", id="std-zero"),
+        pytest.param({"display_names": 5}, "display_names must be a list, not 5", id="display-int"),
+        pytest.param({"display_names": [1, 2, 3]}, "display_names must be a list of 3", id="display-ints"),
+        pytest.param({"class_names": [1, 2, 3]}, "class_names must be a list of names", id="class-ints"),
+        pytest.param({"model_name": ["x"]}, "model_name must be text", id="model-name-list"),
+        pytest.param({"epoch": "3"}, "epoch must be a whole number, not '3'", id="epoch-text"),
+        pytest.param({"demo": "yes"}, "demo must be true or false", id="demo-text"),
+        pytest.param({"config": "abc"}, "config must be a mapping", id="config-text"),
+        pytest.param(
+            {"config": {"val_fraction": "x"}}, "config.val_fraction must be a number", id="val-text"
+        ),
+        pytest.param({"config": {"val_fraction": 1.5}}, "config.val_fraction must be a number", id="val-big"),
+        pytest.param({"config": {"seed": "x"}}, "config.seed must be a whole number", id="seed-text"),
+        pytest.param({"config": {"seed": 1.0}}, "config.seed must be a whole number", id="seed-float"),
+        pytest.param({"config": {"seed": -5}}, "config.seed must be a whole number", id="seed-negative"),
+        pytest.param({"config": {"data": 5}}, "config.data must be a folder path, not 5", id="data-int"),
+    ],
+)
+def test_checkpoint_fields_of_the_wrong_type_give_one_line_naming_the_field(
+    fields: dict[str, Any],
+    expected: str,
+    dataset: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A checkpoint edited by hand or written by another tool: one line, no traceback, no bundle."""
+    from tests.export.conftest import VAL_FRACTION
+
+    if "config" in fields and isinstance(fields["config"], dict):
+        fields = {
+            "config": {"data": str(dataset), "val_fraction": VAL_FRACTION, "seed": 7, **fields["config"]}
+        }
+    checkpoint = write_checkpoint(tmp_path / "ck.pt", data=dataset, net=_tiny(3), **fields)
+    out = tmp_path / "b"
+    code = cli.main([str(checkpoint), "--out", str(out), "--quiet", "--int8", "off"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("skin-export: error:"), err
+    assert expected in err and not out.exists(), err
+
+
 def test_pickle_payload_really_would_run(tmp_path: Path) -> None:
     """Guards the test above: plain unpickling of the payload does create the file."""
     pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))
