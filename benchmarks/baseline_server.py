@@ -11,12 +11,9 @@ safely (``weights_only=True``); the reference's other habits are kept on purpose
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,36 +24,59 @@ from fastapi import (
     UploadFile,
 )  # module level: FastAPI resolves annotations here
 
+from runtime.cli import OneLineParser, check_port
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks the network for a newer release
 
 
-def create_app(checkpoint: str | Path, *, report: str | Path | None = None) -> FastAPI:
-    """The FastAPI app; the model is loaded at start-up, as the reference does."""
+def load(checkpoint: str | Path, report: str | Path | None = None) -> dict[str, Any]:
+    """What the reference loads at start-up: the model, its transform, its info, and the report. ValueError in
+    one line when the checkpoint or the report cannot be used."""
     import albumentations as A
-    import cv2
-    import numpy as np
     import timm
     import torch
     from albumentations.pytorch import ToTensorV2
 
-    state: dict[str, Any] = {}
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    try:  # torch's own message for a file that is no checkpoint suggests weights_only=False: the type only
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"checkpoint {checkpoint} is not readable ({type(exc).__name__})") from None
+    try:
         model = timm.create_model(ckpt["arch"], pretrained=False, num_classes=len(ckpt["class_names"]))
         model.load_state_dict(ckpt["model"])
-        state["model"] = model.eval()
-        state["class_names"] = list(ckpt["class_names"])
-        state["info"] = {"model_name": ckpt["model_name"], "model_version": ckpt["model_version"]}
         size = int(ckpt["img_size"])
-        state["transform"] = A.Compose(
-            [A.Resize(size, size), A.Normalize(mean=ckpt["mean"], std=ckpt["std"]), ToTensorV2()]
-        )
+        state: dict[str, Any] = {
+            "model": model.eval(),
+            "class_names": list(ckpt["class_names"]),
+            "info": {"model_name": ckpt["model_name"], "model_version": ckpt["model_version"]},
+            "transform": A.Compose(
+                [A.Resize(size, size), A.Normalize(mean=ckpt["mean"], std=ckpt["std"]), ToTensorV2()]
+            ),
+        }
+    except Exception as exc:  # whatever torch, timm or a missing key raise: one line for people
+        raise ValueError(f"checkpoint {checkpoint} cannot be served: {_first_line(exc)}") from None
+    try:
         state["report"] = json.loads(Path(report).read_text()) if report else {}
-        yield
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ValueError(f"report {report} is not readable JSON: {_first_line(exc)}") from None
+    if not isinstance(state["report"], dict):
+        raise ValueError(f"report {report} must hold a JSON object")
+    return state
 
-    app = FastAPI(lifespan=lifespan)
+
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: " + (str(exc).strip().splitlines() or [""])[0][:200]
+
+
+def create_app(checkpoint: str | Path, *, report: str | Path | None = None) -> FastAPI:
+    """The FastAPI app, its model loaded now, before serving (as the reference's start-up does, but here a
+    bad checkpoint is a ValueError, not a traceback from uvicorn's lifespan)."""
+    import cv2
+    import numpy as np
+    import torch
+
+    state = load(checkpoint, report)
+    app = FastAPI()
 
     @app.post("/api/predict")
     async def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
@@ -82,7 +102,7 @@ def create_app(checkpoint: str | Path, *, report: str | Path | None = None) -> F
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m benchmarks.baseline_server",
         description="Serve a checkpoint the way the reference system does (FastAPI + torch eager fp32).",
     )
@@ -92,15 +112,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", help="report.json served at /api/report")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--log-level", default="info", help="uvicorn's (default info, as the reference runs)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug", "trace"],  # uvicorn's
+        help="uvicorn's (default info, as the reference runs)",
+    )
     args = parser.parse_args(argv)
     for path in (args.checkpoint, args.report):
         if path and not Path(path).is_file():
             print(f"baseline_server: {path} does not exist", file=sys.stderr)
             return 2
+    try:  # before loading: a busy port or unknown host is the commonest start-up failure
+        check_port(args.host, args.port)
+        app = create_app(args.checkpoint, report=args.report)
+    except ValueError as exc:
+        print(f"baseline_server: {exc}", file=sys.stderr)
+        return 2
     import uvicorn
 
-    app = create_app(args.checkpoint, report=args.report)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

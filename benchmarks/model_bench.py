@@ -14,7 +14,6 @@ fp32 floor (benchmarks/floor.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -45,6 +44,7 @@ from benchmarks.run import (
 )
 from runtime import bundle as contract
 from runtime import int8
+from runtime.cli import OneLineParser
 from runtime.engine import openvino_session, session_options
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
@@ -465,6 +465,10 @@ def model_benchmark(
         )
         del run
 
+    if all("error" in r for r in results.values()):  # nothing measured: a failure, not a table of gaps
+        name, r = next(iter(results.items()))
+        first = (r["error"].splitlines() or [""])[0]
+        raise BenchError(f"no path could be measured ({name}: {first})")
     if timed:
         log(f"batch 1: {rounds} rounds over {len(timed)} paths")
         per_round = batch1_rounds(
@@ -552,8 +556,12 @@ def model_benchmark(
 def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    meta = contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    try:  # checked before, but a file can change under a long benchmark: one line, not onnxruntime's trace
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        meta = contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise BenchError(f"{model} is not a loadable bundle model: {first}") from None
     return meta, {o.name for o in session.get_outputs()}
 
 
@@ -711,7 +719,7 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m benchmarks.model_bench",
         description="Latency and agreement of every way to run the model here (torch, onnxruntime, int8, "
         "OpenVINO), and whether batching would pay.",
@@ -727,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         help="rounds of batch-1 timing, every path in each, and of the batching check (5)",
     )
     parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
-    parser.add_argument("--threads", type=int, default=0, help="threads per path (default: the CPU quota)")
+    parser.add_argument("--threads", type=int, default=0, help="threads per path (default 0: the CPU quota)")
     parser.add_argument(
         "--bundle", help="measure this bundle instead of the benchmark's own (with --checkpoint)"
     )
@@ -739,6 +747,9 @@ def main(argv: list[str] | None = None) -> int:
             "benchmarks.model_bench: --repeats, --rounds and --test-per-class must be at least 1",
             file=sys.stderr,
         )
+        return 2
+    if args.threads < 0:
+        print("benchmarks.model_bench: --threads must be at least 0 (0: the CPU quota)", file=sys.stderr)
         return 2
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return run_cli(

@@ -13,8 +13,8 @@ Writes OUT/overload.json and OUT/overload.md.
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -31,6 +31,7 @@ from benchmarks.run import (
     BenchError,
     OtherCpu,
     Sampler,
+    finite,
     free_port,
     load1,
     locust,
@@ -42,6 +43,7 @@ from benchmarks.run import (
     wait_until_quiet,
     warm,
 )
+from runtime.cli import OneLineParser
 
 # Per user at most one request a second: an accepted answer can take ~(running + queued) / S seconds, and a
 # user waiting on it cannot keep its pace.
@@ -112,7 +114,8 @@ def run_overload(
 ) -> dict[str, Any]:
     from benchmarks.weights import prepare
 
-    if factor <= 0 or duration < 1 or saturation_users < 1 or saturation_time < 1:
+    # not 0 < factor < inf: nan passes a `factor <= 0` check and fails only after the saturation run
+    if not 0 < factor < math.inf or duration < 1 or saturation_users < 1 or saturation_time < 1:
         raise BenchError("factor, duration, saturation users and time must be positive")
     work, out = Path(work), Path(out)
     checkpoint, bundle = prepare(work, log=log)
@@ -211,21 +214,21 @@ def markdown(s: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m benchmarks.overload",
         description="Drive the runtime at a multiple of its saturation throughput; report statuses, latency "
         "of accepted requests and memory.",
     )
     parser.add_argument("--work", default="runs/bench", help="benchmark model, logs and Locust output")
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
-    parser.add_argument("--factor", type=float, default=2.0, help="offered load / saturation (2)")
+    parser.add_argument("--factor", type=finite(0), default=2.0, help="offered load / saturation (2)")
     parser.add_argument("--duration", type=int, default=60, help="seconds of overload (60)")
     parser.add_argument(
         "--saturation-users", type=int, default=4, help="closed-loop users to find saturation"
     )
     parser.add_argument("--saturation-time", type=int, default=20, help="seconds of the saturation run (20)")
     parser.add_argument(
-        "--max-load", type=float, default=0.6, help="wait for a 1-min load average below this"
+        "--max-load", type=finite(0), default=0.6, help="wait for a 1-min load average below this"
     )
     args = parser.parse_args(argv)
     return run_cli(

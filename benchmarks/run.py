@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import platform
 import statistics
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import images
+from runtime.cli import OneLineParser
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -665,6 +667,7 @@ def model_files(
     from benchmarks.weights import prepare
     from runtime.bundle import MODEL_FILE, BundleError
     from runtime.engine import Engine
+    from training.model import ModelError, load_checkpoint
 
     if (bundle is None) != (checkpoint is None):
         raise BenchError("pass both --bundle and --checkpoint, or neither")
@@ -678,6 +681,10 @@ def model_files(
         Engine(bundle, threads=1)
     except BundleError as exc:
         raise BenchError(f"--bundle {bundle}: {exc}") from None
+    try:  # and the checkpoint as torch reads it: unread, its path would be "not available" or a dead server
+        load_checkpoint(checkpoint)
+    except ModelError as exc:
+        raise BenchError(f"--checkpoint {checkpoint}: {exc}") from None
     return Path(checkpoint), Path(bundle)
 
 
@@ -844,30 +851,51 @@ def _runs(summary: dict[str, Any], *, by_round: bool) -> Iterable[tuple[list[Any
                 yield [name, users, *([i] if by_round else [])], run
 
 
+def finite(minimum: float, *, inclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (at least it, ``inclusive``). float() takes
+    "nan" and "inf", which pass every ``<=`` check and fail much later, in round() or in sleep()."""
+
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and (number >= minimum if inclusive else number > minimum)):
+            bound = "at least" if inclusive else "above"
+            raise argparse.ArgumentTypeError(f"want a finite number {bound} {minimum:g}, not {value!r}")
+        return number
+
+    return parse
+
+
 def quiet_machine_options(parser: argparse.ArgumentParser, what: str) -> None:
     """--max-load, --max-other and --max-wait: how quiet the machine must be before measuring."""
     parser.add_argument(
-        "--max-load", type=float, default=0.6, help="wait until the 1-min load is below (0.6)"
+        "--max-load", type=finite(0), default=0.6, help="wait until the 1-min load is below (0.6)"
     )
     parser.add_argument(
         "--max-other",
-        type=float,
+        type=finite(0),
         default=0.25,
         help=f"before each {what}, wait until other processes use fewer cores than this (0.25)",
     )
     parser.add_argument(
-        "--max-wait", type=float, default=1200, help="seconds to wait for each of those at most (1200)"
+        "--max-wait",
+        type=finite(0, inclusive=True),
+        default=1200,
+        help="seconds to wait for each of those at most (1200)",
     )
 
 
 def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
     """Run ``call(log)`` for a command line: a failure is one line on stderr and exit 2, Ctrl-C exit 130."""
     from export.errors import ExportError
+    from runtime.bundle import BundleError
     from training.model import ModelError
 
     try:
         call(lambda message: print(message, file=sys.stderr, flush=True))
-    except (BenchError, ExportError, ModelError, OSError) as exc:
+    except (BenchError, BundleError, ExportError, ModelError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -876,7 +904,7 @@ def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m benchmarks.run",
         description="Load-test the runtime and the reference-style baseline with the same Locust settings "
         "and write a summary with ratios.",

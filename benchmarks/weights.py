@@ -14,7 +14,6 @@ margins are small.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from runtime.bundle import DISPLAY_NAMES
+from runtime.cli import OneLineParser
 
 ARCH = "efficientnet_b3"
 IMG_SIZE = 300
@@ -112,33 +112,51 @@ def _fit_head(net: Any, x: Any, labels: np.ndarray) -> None:
 
 
 def prepare(work: str | Path, *, log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """``WORK/model.pt`` and ``WORK/bundle`` (exported with the project's exporter), made once and reused."""
-    from export.bundle import export_bundle
+    """``WORK/model.pt`` and ``WORK/bundle`` (exported with the project's exporter), made once and reused.
+    A reused file that cannot be loaded is an error (ModelError, BundleError), not remade: remaking takes
+    minutes, and the file may be one someone put there."""
+    from runtime.bundle import BundleError
+    from runtime.engine import Engine
+    from training.model import ModelError, load_checkpoint
 
     work = Path(work)
     checkpoint, bundle_dir = work / "model.pt", work / "bundle"
-    if not checkpoint.is_file():
+    again = "delete it and run again to make it anew"
+    if checkpoint.is_file():
+        try:
+            load_checkpoint(checkpoint)
+        except ModelError as exc:
+            raise ModelError(f"cached {exc}; {again}") from None
+    else:
         log(f"making a random-weight {ARCH} checkpoint at {checkpoint}")
         make_checkpoint(checkpoint)
-    if not (bundle_dir / "model.onnx").is_file():
+    if (bundle_dir / "model.onnx").is_file():
+        try:  # opened as the runtime opens it
+            Engine(bundle_dir, threads=1)
+        except BundleError as exc:
+            raise BundleError(f"cached bundle {bundle_dir}: {exc}; {again}") from None
+    else:
+        from export.bundle import export_bundle  # only when exporting: the exporter's imports are heavy
+
         log(f"exporting it to {bundle_dir}")
         export_bundle(checkpoint, bundle_dir, no_data=True, int8="off", overwrite=True, log=log)
     return checkpoint, bundle_dir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m benchmarks.weights",
         description="Make the benchmark's random-weight EfficientNet-B3 checkpoint and export its bundle.",
     )
     parser.add_argument("--work", default="runs/bench", help="folder for model.pt and bundle/ (runs/bench)")
     args = parser.parse_args(argv)
     from export.errors import ExportError
+    from runtime.bundle import BundleError
     from training.model import ModelError
 
     try:
         checkpoint, bundle_dir = prepare(args.work, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (ExportError, ModelError, OSError) as exc:
+    except (BundleError, ExportError, ModelError, OSError) as exc:
         print(f"benchmarks.weights: {exc}", file=sys.stderr)
         return 2
     print(f"{checkpoint}\n{bundle_dir}")

@@ -42,3 +42,90 @@ def test_baseline_cli_refuses_a_missing_checkpoint(
     assert main(["--checkpoint", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """uvicorn.run recorded, not run: every check must come before it."""
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr("uvicorn.run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(
+            ["--checkpoint", "JUNK"], "JUNK is not readable (UnpicklingError)", id="junk-checkpoint"
+        ),
+        pytest.param(
+            ["--checkpoint", "NO_KEYS"], "cannot be served: KeyError: 'arch'", id="not-a-checkpoint"
+        ),
+        pytest.param(["--report", "JUNK"], "is not readable JSON: UnicodeDecodeError", id="binary-report"),
+        pytest.param(["--report", "LIST"], "must hold a JSON object", id="list-report"),
+        pytest.param(["--port", "70000"], "port 70000 is out of range", id="port-too-high"),
+        pytest.param(["--port", "-1"], "port -1 is out of range", id="port-negative"),
+        pytest.param(["--host", "no.such.invalid", "--port", "8541"], "cannot listen on", id="unknown-host"),
+    ],
+)
+def test_baseline_cli_checks_before_serving_in_one_line(
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    served: list[dict[str, object]],
+    args: list[str],
+    message: str,
+) -> None:
+    import torch
+
+    from benchmarks.baseline_server import main
+
+    (tmp_path / "junk").write_bytes(b"\x8f\x00 neither a checkpoint nor UTF-8")
+    torch.save({"model": {}}, tmp_path / "no_keys.pt")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    where = {"JUNK": tmp_path / "junk", "NO_KEYS": tmp_path / "no_keys.pt", "LIST": tmp_path / "list.json"}
+    argv = [str(where.get(a, a)) for a in args]
+    if "--checkpoint" not in argv:
+        argv += ["--checkpoint", str(checkpoint)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and err[0].startswith("baseline_server: ")
+        and message in err[0].replace(str(tmp_path / "junk"), "JUNK")
+    ), err
+    assert served == []
+
+
+def test_baseline_cli_refuses_an_unknown_log_level_in_one_line(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str], served: list[dict[str, object]]
+) -> None:
+    from benchmarks.baseline_server import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--checkpoint", str(checkpoint), "--log-level", "loud"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'loud'" in err[0], err
+    assert served == []
+
+
+def test_baseline_cli_serves_a_loaded_model(
+    checkpoint: Path, tmp_path: Path, served: list[dict[str, object]]
+) -> None:
+    from benchmarks.baseline_server import main
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"accuracy": 0.5}))
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--report",
+        str(report),
+        "--port",
+        "8542",
+        "--log-level",
+        "trace",
+    ]
+    assert main(argv) == 0
+    assert [(c["host"], c["port"], c["log_level"]) for c in served] == [("127.0.0.1", 8542, "trace")]

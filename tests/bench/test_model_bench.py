@@ -125,18 +125,28 @@ def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
         (["--bundle", "EMPTY", "--checkpoint", "CKPT"], "no model.onnx there"),
         (["--bundle", "BUNDLE", "--checkpoint", "MISSING"], "no such file"),
         (["--bundle", "CORRUPT", "--checkpoint", "CKPT"], "not a loadable ONNX model"),
+        (
+            ["--bundle", "BUNDLE", "--checkpoint", "CKPT"],
+            "--checkpoint CKPT: checkpoint 'CKPT' is not readable",
+        ),
     ],
 )
 def test_a_model_of_your_own_is_checked_in_one_line(
     tiny_bundle: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     bench: str,
     args: list[str],
     message: str,
 ) -> None:
     import importlib
 
+    def measure(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bad model reached the measurements")
+
+    for module in (run, model_bench):  # the first step of measuring, in both benchmarks
+        monkeypatch.setattr(module, "wait_until_quiet", measure)
     (tmp_path / "model.pt").write_bytes(b"not read before the checks")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "model.onnx").write_bytes(b"junk")
@@ -150,14 +160,35 @@ def test_a_model_of_your_own_is_checked_in_one_line(
     argv = [str(where.get(a, a)) for a in args] + ["--work", str(tmp_path / "work")]
     assert importlib.import_module(f"benchmarks.{bench}").main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert len(err) == 1 and message in err[0].replace(str(where["CKPT"]), "CKPT"), err
     assert not (tmp_path / "work").exists()  # nothing built: the benchmark's own model is not made instead
 
 
-def test_a_model_of_your_own_is_used_as_given(tiny_bundle: Path, tmp_path: Path) -> None:
-    (tmp_path / "model.pt").write_bytes(b"x")
-    got = run.model_files(tmp_path / "work", bundle=tiny_bundle, checkpoint=tmp_path / "model.pt", log=print)
-    assert got == (tmp_path / "model.pt", tiny_bundle)
+def test_a_model_of_your_own_is_used_as_given(tiny_bundle: Path, checkpoint: Path, tmp_path: Path) -> None:
+    got = run.model_files(tmp_path / "work", bundle=tiny_bundle, checkpoint=checkpoint, log=print)
+    assert got == (checkpoint, tiny_bundle)
+
+
+def test_a_run_that_measures_no_path_fails_in_one_line(
+    tiny_bundle: Path,
+    checkpoint: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def torch_runner(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no torch here\nsecond line")
+
+    monkeypatch.setattr(model_bench, "torch_runner", torch_runner)
+    monkeypatch.setattr(model_bench, "wait_for_cpu", lambda *args, **kwargs: 0.0)  # no 3 s quiet checks
+    argv = ["--bundle", str(tiny_bundle), "--checkpoint", str(checkpoint), "--only", "torch"]
+    argv += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--test-per-class", "1"]
+    assert model_bench.main([*argv, "--max-load", "100", "--max-wait", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "benchmarks.model_bench: no path could be measured (torch eager fp32: RuntimeError: no torch here)"
+    )
+    assert not (tmp_path / "out").exists()  # no table of gaps written as if it were a result
 
 
 def test_the_batching_line_lists_the_rounds_only_when_there_were_several() -> None:

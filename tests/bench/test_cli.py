@@ -1,0 +1,79 @@
+"""The benchmark command lines refuse bad flags and values in one line (exit 2), before building anything."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from benchmarks import weights
+
+CLIS = ["model_bench", "run", "overload", "weights", "baseline_server"]
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reaching the benchmark's model (minutes to make) means a bad value got through."""
+
+    def prepare(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a bad value reached the benchmark")
+
+    monkeypatch.setattr(weights, "prepare", prepare)
+
+
+def _one_line_exit_2(capsys: pytest.CaptureFixture[str], cli: str, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"benchmarks.{cli}").main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+@pytest.mark.parametrize("cli", CLIS)
+def test_a_bad_flag_is_one_line_not_the_usage(capsys: pytest.CaptureFixture[str], cli: str) -> None:
+    line = _one_line_exit_2(capsys, cli, ["--no-such-flag"])
+    assert line.startswith(f"python -m benchmarks.{cli}: error:") and line.endswith("(see --help)")
+
+
+@pytest.mark.parametrize(
+    ("cli", "flag"),
+    [
+        ("overload", "--factor"),
+        ("overload", "--max-load"),
+        *[
+            (cli, flag)
+            for cli in ("model_bench", "run")
+            for flag in ("--max-load", "--max-other", "--max-wait")
+        ],
+    ],
+)
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "x"])
+def test_float_options_must_be_finite_and_positive(
+    no_model: None, capsys: pytest.CaptureFixture[str], cli: str, flag: str, value: str
+) -> None:
+    line = _one_line_exit_2(capsys, cli, [flag, value])
+    assert f"argument {flag}: want a finite number" in line and repr(value) in line
+
+
+@pytest.mark.parametrize(("cli", "flag"), [("overload", "--factor"), ("run", "--max-load")])
+def test_zero_is_refused_where_it_can_mean_nothing(
+    no_model: None, capsys: pytest.CaptureFixture[str], cli: str, flag: str
+) -> None:
+    assert "want a finite number above 0" in _one_line_exit_2(capsys, cli, [flag, "0"])
+
+
+def test_the_library_refuses_nan_factor_too(no_model: None) -> None:
+    from benchmarks import overload
+
+    for factor in (float("nan"), float("inf")):
+        with pytest.raises(overload.BenchError, match="must be positive"):
+            overload.run_overload(factor=factor)
+
+
+def test_threads_below_zero_are_refused(no_model: None, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import model_bench
+
+    assert model_bench.main(["--threads", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["benchmarks.model_bench: --threads must be at least 0 (0: the CPU quota)"]
