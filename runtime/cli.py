@@ -109,7 +109,8 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         log_config=logs.uvicorn_config(log_level),
         access_log=False,
         timeout_graceful_shutdown=30,
-        http=H11Protocol,  # JSON, not plain text, when h11 cannot parse a request
+        # JSON when h11 cannot parse a request, and a time limit on the request head as on the body
+        http=H11Protocol.with_head_timeout(settings.body_timeout_s),
         workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
     )
 

@@ -1,11 +1,18 @@
-"""uvicorn's HTTP/1.1 protocol with a JSON answer to malformed HTTP, like every other error of the API.
+"""uvicorn's HTTP/1.1 protocol, with two changes for a server that may face clients directly (no nginx):
 
-A request h11 cannot parse (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn
-answers 400 itself, in plain text. This keeps its behaviour and changes only the body. skin-serve uses it;
-with plain uvicorn: ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol``.
+- malformed HTTP (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn answers 400
+  itself, in plain text; here the body is JSON, like every other error of the API;
+- a request head that does not arrive in full within ``head_timeout_s`` closes the connection. uvicorn has no
+  such limit: a client that sends half a header line, or nothing, held its connection open for ever (the body
+  has its own limit, SKIN_BODY_TIMEOUT_S, in the app).
+
+skin-serve uses it with SKIN_BODY_TIMEOUT_S for both limits; with plain uvicorn:
+``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import h11
 from uvicorn.protocols.http import h11_impl
@@ -14,6 +21,43 @@ from runtime.upload import error_body
 
 
 class H11Protocol(h11_impl.H11Protocol):
+    head_timeout_s = 30.0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def with_head_timeout(cls, seconds: float) -> type[H11Protocol]:
+        return type(cls.__name__, (cls,), {"head_timeout_s": seconds})
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._watch_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._watch_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _watch_head(self) -> None:
+        """Timed while the client owes a request head (h11 waits in IDLE); between requests uvicorn's own
+        keep-alive timer closes an idle connection, and any byte that arrives cancels that one."""
+        if self.conn.their_state is not h11.IDLE:
+            self._stop_head_timer()
+        elif self._head_timer is None and self.timeout_keep_alive_task is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()  # no request to answer: h11 cannot send a response before one
+
     def send_400_response(self, msg: str) -> None:
         body = error_body("bad_http", msg)  # "Invalid HTTP request received." and the like
         headers = [

@@ -98,6 +98,39 @@ def _raw(url: str, request: bytes) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.slow
+def test_a_request_head_that_never_completes_is_dropped(tiny_bundle: Path) -> None:
+    # uvicorn alone holds such a connection for ever; skin-serve gives the head SKIN_BODY_TIMEOUT_S too.
+    import socket
+    import time
+
+    command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
+    url, proc = start_server(tiny_bundle, command=command, env={"SKIN_BODY_TIMEOUT_S": "1"})
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        for sent in (b"", b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(sent)
+                started = time.monotonic()
+                assert sock.recv(4096) == b""  # closed by the server, without an answer
+                assert 0.8 < time.monotonic() - started < 5
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            # a whole request is answered; the next, half-sent head on the same connection is timed too
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):  # head and JSON body may come in separate packets
+                answer += sock.recv(4096)
+            assert answer.startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            started = time.monotonic()
+            assert sock.recv(4096) == b""
+            assert 0.8 < time.monotonic() - started < 5
+        with urllib.request.urlopen(url + "/healthz") as response:  # the server itself is fine
+            assert response.status == 200
+    finally:
+        assert stop_server(proc) == 0
+
+
+@pytest.mark.slow
 def test_uvicorn_app_from_environment_refuses_a_bad_bundle_in_one_line(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "uvicorn", "runtime.app:app", "--port", "0"],
