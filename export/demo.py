@@ -216,7 +216,7 @@ def _check_folders(bundle_dir: Path, work_dir: Path) -> None:
             raise DemoError(f"--bundle-dir {str(bundle_dir)!r} and {str(folder)!r} must not overlap")
         if folder.exists() and not folder.is_dir():
             raise DemoError(f"{str(folder)!r} is a file; the demo needs that name for a folder")
-        if folder.is_dir() and not (folder / MARKER).is_file() and any(folder.iterdir()):
+        if folder.is_dir() and not _made_by_demo(folder, work_dir) and any(folder.iterdir()):
             raise DemoError(
                 f"{str(folder)!r} was not made by skin-demo (no {MARKER} file in it) and the demo would "
                 "replace it; move it away or pass another --work-dir"
@@ -226,6 +226,24 @@ def _check_folders(bundle_dir: Path, work_dir: Path) -> None:
             check_replaceable(bundle_dir, work_dir / "run" / "best.pt")
         except ExportError as exc:
             raise DemoError(f"--bundle-dir: {exc}") from None
+
+
+def _made_by_demo(folder: Path, work_dir: Path) -> bool:
+    """MARKER, or, from a demo older than MARKER, the run's config.yaml: a demo run (``demo: true``) written
+    to work_dir/run from work_dir/data."""
+    if (folder / MARKER).is_file():
+        return True
+    import yaml
+
+    run = work_dir / "run"
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    if not isinstance(config, dict) or config.get("demo") is not True:
+        return False
+    wrote = {Path(str(config.get(key))).resolve() for key in ("out", "data")}
+    return wrote == {run.resolve(), (work_dir / "data").resolve()} and folder.resolve() in wrote
 
 
 def _check_arch(arch: str) -> None:

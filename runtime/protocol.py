@@ -66,7 +66,7 @@ class H11Protocol(h11_impl.H11Protocol):
             (b"connection", b"close"),
         ]
         for event in (
-            h11.Response(status_code=400, headers=headers),
+            h11.Response(status_code=400, headers=headers, reason=h11_impl.STATUS_PHRASES[400]),
             h11.Data(data=body),
             h11.EndOfMessage(),
         ):

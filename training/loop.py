@@ -315,8 +315,14 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
     if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
-    held = [name for name in RUN_FILES if (run_dir / name).exists()]
-    if resumed is None and held and not cfg.overwrite:  # a bundle's report.json, a hand-written config.yaml
+    # A bundle's report.json, a hand-written config.yaml: not a new run's to replace. The config.yaml a run
+    # wrote for this folder is (one stopped in its first epoch, or rank 0's under torchrun, written already).
+    held = [
+        name
+        for name in RUN_FILES
+        if (run_dir / name).exists() and not (name == "config.yaml" and _config_for(run_dir))
+    ]
+    if resumed is None and held and not cfg.overwrite:
         where = f"{str(run_dir)!r} already holds {held[0]}"
         raise ConfigError(f"{where}; pass --overwrite to replace it, or another --out")
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
@@ -800,6 +806,17 @@ def checkpoint_meta(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
         "demo": cfg.demo,
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
     }
+
+
+def _config_for(run_dir: Path) -> bool:
+    """Whether run_dir/config.yaml is one a run wrote for this very folder (its ``out``)."""
+    import yaml
+
+    try:
+        written = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        return isinstance(written, dict) and Path(str(written.get("out"))).resolve() == run_dir.resolve()
+    except (OSError, ValueError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
+        return False
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> None:

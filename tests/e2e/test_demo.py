@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from export.demo import DEMO_LABEL, MARKER, bf16_hint, build, main
 from tests.server import ROOT, post_file, start_server, stop_server
@@ -249,6 +250,25 @@ def test_demo_replaces_its_own_earlier_data_and_a_failing_step_is_named(
     )
     assert code == 2 and err == "skin-demo: step 'generate data' failed: generating data was reached\n"
     assert not (data / "train").exists() and (data / MARKER).is_file()  # replaced, and marked as the demo's
+
+
+@pytest.mark.usefixtures("no_building")
+def test_demo_takes_back_the_folders_of_a_demo_older_than_its_marker(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An earlier version wrote no marker; its run's config.yaml says it was the demo's, from that data.
+    work = tmp_path / "work"
+    (work / "data" / "train").mkdir(parents=True)
+    (work / "run").mkdir()
+    config = {"demo": True, "data": str(work / "data"), "out": str(work / "run")}
+    (work / "run" / "config.yaml").write_text(yaml.safe_dump(config))
+    code, err = run_demo(capsys, "--no-serve", "--work-dir", work, "--bundle-dir", tmp_path / "b")
+    assert code == 2 and err == "skin-demo: step 'generate data' failed: generating data was reached\n"
+    (work / "run" / "config.yaml").write_text(yaml.safe_dump({**config, "demo": False}))  # a real run
+    (work / "data" / MARKER).unlink()
+    (work / "data" / "train").mkdir()
+    code, err = run_demo(capsys, "--no-serve", "--work-dir", work, "--bundle-dir", tmp_path / "b")
+    assert code == 2 and "was not made by skin-demo" in err, err
 
 
 def test_demo_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,8 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
         # HTTP that h11 cannot parse never reaches the app; uvicorn's 400 is JSON like the app's errors.
         for framing in (b"Content-Length: abc\r\n", b"Content-Length: 5\r\nContent-Length: 6\r\n"):
             head, body = _raw(url, b"POST /api/predict HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n")
-            assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower()
+            assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            assert b"content-type: application/json" in head.lower()
             assert json.loads(body)["error"]["code"] == "bad_http"
     finally:
         assert stop_server(proc) == 0

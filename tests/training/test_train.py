@@ -214,6 +214,24 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
     assert {name: (old / name).read_bytes() for name in before} == before
 
 
+def test_a_run_stopped_in_its_first_epoch_can_be_started_again(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It leaves only its config.yaml, which is this folder's own: the same command trains, no --overwrite.
+    out = tmp_path / "run"
+
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "train_epoch", broken)
+        with pytest.raises(KeyboardInterrupt):
+            train(**TINY, data=str(dataset), out=str(out), epochs=1)
+    assert [p.name for p in out.iterdir()] == ["config.yaml"]
+    train(**TINY, data=str(dataset), out=str(out), epochs=1)
+    assert load_checkpoint(out / "best.pt")["epoch"] == 1
+
+
 def test_resume_continues_in_the_run_folder_wherever_it_moved(tmp_path: Path, dataset: Path) -> None:
     first = train(**TINY, data=str(dataset), out=str(tmp_path / "first"), epochs=1)
     moved = tmp_path / "moved"
