@@ -45,7 +45,7 @@ from benchmarks.run import (
 from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
-from runtime.engine import openvino_session, session_options
+from runtime.engine import first_line, openvino_session, session_options
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
@@ -560,8 +560,7 @@ def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:
         session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         meta = contract.BundleMeta.from_metadata(dict(session.get_modelmeta().custom_metadata_map))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise BenchError(f"{model} is not a loadable bundle model: {first}") from None
+        raise BenchError(f"{model} is not a loadable bundle model: {first_line(exc)}") from None
     return meta, {o.name for o in session.get_outputs()}
 
 

@@ -678,6 +678,7 @@ def _meta(
 
 
 def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> Any:
+    from training.config import SEEDS
     from training.data import DataError, load_splits
 
     config, class_names = info["config"], info["class_names"]
@@ -695,9 +696,9 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
             "the checkpoint's config.val_fraction must be a number between 0 and 1, "
             f"not {_brief(val_fraction)}"
         )
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:  # as training takes it
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed not in SEEDS:  # as training takes it
         raise ExportError(
-            f"the checkpoint's config.seed must be a whole number in 0..{2**32 - 1}, not {_brief(seed)}"
+            f"the checkpoint's config.seed must be a whole number in 0..{SEEDS[-1]}, not {_brief(seed)}"
         )
     try:
         splits = load_splits(root, val_fraction=float(val_fraction), seed=seed)

@@ -247,9 +247,9 @@ def _made_by_demo(folder: Path, work_dir: Path) -> bool:
 
 
 def _check_arch(arch: str) -> None:
-    import timm  # a few seconds: worth it before generating and training
+    from training.model import known_arch  # a few seconds: worth it before generating and training
 
-    if arch not in timm.list_models():
+    if not known_arch(arch):
         raise DemoError(f"--arch {arch!r} is not a timm model name")
 
 
@@ -352,12 +352,10 @@ def bf16_hint(bundle_dir: Path) -> str | None:
 
 def _check_serving(host: str, port: int, bundle_dir: Path) -> None:
     """What skin-serve checks first (the port, the SKIN_* settings), as StepError naming 'serve'."""
-    from runtime.cli import check_port
-    from runtime.settings import Settings
+    from runtime.cli import preflight
 
     try:
-        check_port(host, port)
-        Settings.from_env(single_process=True, bundle=str(bundle_dir))
+        preflight(host, port, str(bundle_dir))
     except ValueError as exc:
         raise StepError(f"step 'serve' failed: {exc}") from None
 

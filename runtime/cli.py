@@ -7,9 +7,12 @@ import dataclasses
 import os
 import signal
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from runtime.bundle import BundleError
+
+if TYPE_CHECKING:
+    from runtime.settings import Settings
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -71,6 +74,15 @@ def check_port(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
 
 
+def preflight(host: str, port: int, bundle: str) -> Settings:
+    """What serving checks before loading anything, ValueError in one line: the port (a busy one is the
+    commonest start-up failure), then the SKIN_* settings."""
+    from runtime.settings import Settings
+
+    check_port(host, port)
+    return Settings.from_env(single_process=True, bundle=bundle)
+
+
 def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_level: str = "info") -> None:
     """Check the bundle first (one clear line if it is bad), then run uvicorn until Ctrl-C or SIGTERM."""
     import uvicorn
@@ -79,10 +91,8 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     from runtime.app import OneLineStartupErrors, create_app
     from runtime.engine import Engine
     from runtime.protocol import H11Protocol
-    from runtime.settings import Settings
 
-    check_port(host, port)  # before loading anything: a busy port is the commonest start-up failure
-    settings = Settings.from_env(single_process=True, bundle=bundle)
+    settings = preflight(host, port, bundle)
     workers = os.environ.get("WEB_CONCURRENCY", "").strip()
     if workers not in ("", "1"):
         print(

@@ -59,7 +59,7 @@ def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any
     try:
         return OpenVINOSession(model, threads=threads, precision=precision)
     except Exception as exc:
-        raise bundle.BundleError(f"OpenVINO could not compile the model: {_first_line(exc)}") from None
+        raise bundle.BundleError(f"OpenVINO could not compile the model: {first_line(exc)}") from None
 
 
 def session_options(
@@ -90,7 +90,7 @@ def session_options(
     return options
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
@@ -160,7 +160,7 @@ class Engine:
         except bundle.BundleError:
             raise
         except Exception as exc:
-            raise bundle.BundleError(f"{path} is not a loadable ONNX model: {_first_line(exc)}") from None
+            raise bundle.BundleError(f"{path} is not a loadable ONNX model: {first_line(exc)}") from None
         self.meta = bundle.BundleMeta.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
         inp = self.session.get_inputs()[0]
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}

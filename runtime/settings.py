@@ -62,13 +62,13 @@ class Settings:
 
         def megabytes(name: str, default: float) -> int:
             size = _positive(name, config(name, cast=float, default=default))
-            if int(size * MB) < 1:  # would refuse every upload as "larger than 0 MB"
+            if (limit := int(size * MB)) < 1:  # would refuse every upload as "larger than 0 MB"
                 raise ValueError(f"{name} must be at least one byte ({1 / MB:.1g} MB), not {size}")
-            return int(size * MB)
+            return limit
 
         if bundle is None:
             bundle = config("SKIN_BUNDLE", cast=str, default="")
-        openvino, chosen = _openvino(config("SKIN_OPENVINO", cast=str, default="off")), ""
+        openvino, chosen = _choice(config, "SKIN_OPENVINO", "off", OPENVINO_SETTINGS), ""
         providers = tuple(
             p.strip()
             for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
@@ -104,7 +104,7 @@ class Settings:
             cors_origins=tuple(
                 o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
             ),
-            model_variant=_variant(config("SKIN_MODEL_VARIANT", cast=str, default="auto")),
+            model_variant=_choice(config, "SKIN_MODEL_VARIANT", "auto", MODEL_VARIANTS),
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
             spinning=config("SKIN_ORT_SPINNING", cast=bool, default=concurrency == 1),
             openvino=openvino,
@@ -135,18 +135,12 @@ def _formats(value: str) -> tuple[str, ...]:
     return formats
 
 
-def _openvino(value: str) -> str:
-    mode = value.strip().lower()
-    if mode not in OPENVINO_SETTINGS:
-        raise ValueError(f"SKIN_OPENVINO must be one of {', '.join(OPENVINO_SETTINGS)}, not {value!r}")
-    return mode
-
-
-def _variant(value: str) -> str:
-    variant = value.strip().lower()
-    if variant not in MODEL_VARIANTS:
-        raise ValueError(f"SKIN_MODEL_VARIANT must be one of {', '.join(MODEL_VARIANTS)}, not {value!r}")
-    return variant
+def _choice(config: Config, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = config(name, cast=str, default=default)
+    chosen = value.strip().lower()
+    if chosen not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+    return chosen
 
 
 def _available(providers: tuple[str, ...]) -> None:

@@ -87,6 +87,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+SEEDS = range(2**32)  # what numpy's and torch's generators take; export rebuilds splits from the same seed
 DEFAULTS = TrainConfig()
 
 
@@ -212,7 +213,7 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.scheduler in SCHEDULERS, f"--scheduler must be one of {', '.join(SCHEDULERS)}")
     need(cfg.amp in AMP_MODES, f"--amp must be one of {', '.join(AMP_MODES)}")
     need(cfg.early_stop >= 0, "--early-stop must be 0 (off) or a number of epochs")
-    need(0 <= cfg.seed < 2**32, f"--seed must be in 0..{2**32 - 1} (numpy's range), got {cfg.seed}")
+    need(cfg.seed in SEEDS, f"--seed must be in 0..{SEEDS[-1]} (numpy's range), got {cfg.seed}")
     for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p"):
         value = getattr(cfg, name)
         need(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} is a probability, got {value}")

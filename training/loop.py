@@ -317,14 +317,14 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
     # A bundle's report.json, a hand-written config.yaml: not a new run's to replace. The config.yaml a run
     # wrote for this folder is (one stopped in its first epoch, or rank 0's under torchrun, written already).
-    held = [
-        name
-        for name in RUN_FILES
-        if (run_dir / name).exists() and not (name == "config.yaml" and _config_for(run_dir))
-    ]
-    if resumed is None and held and not cfg.overwrite:
-        where = f"{str(run_dir)!r} already holds {held[0]}"
-        raise ConfigError(f"{where}; pass --overwrite to replace it, or another --out")
+    if resumed is None and not cfg.overwrite:
+        held = [
+            name
+            for name in RUN_FILES
+            if (run_dir / name).exists() and not (name == "config.yaml" and _config_for(run_dir))
+        ]
+        if held:
+            raise ConfigError(f"{str(run_dir)!r} already holds {held[0]}; pass --overwrite, or another --out")
     channels_last = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
     memory_format = torch.channels_last if channels_last else torch.preserve_format
 

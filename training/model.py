@@ -14,6 +14,13 @@ class ModelError(Exception):
     """A model or checkpoint that cannot be used; the message is one line for people."""
 
 
+def known_arch(arch: str) -> bool:
+    """Whether timm can build ``arch`` (importing timm takes a few seconds)."""
+    import timm
+
+    return arch in timm.list_models()
+
+
 def build_model(
     arch: str = "efficientnet_b3",
     num_classes: int = 22,
@@ -26,7 +33,7 @@ def build_model(
     import timm
     import torch
 
-    if arch not in timm.list_models():
+    if not known_arch(arch):
         raise ModelError(f"unknown architecture {arch!r} (not a timm model name)")
     if pretrained and init_weights:
         raise ModelError("use either --pretrained or --init-weights, not both")
