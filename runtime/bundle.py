@@ -271,7 +271,8 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
     asks runtime/int8.py whether this CPU computes it fast)."""
     directory = Path(bundle_dir)
     if not directory.is_dir():
-        raise BundleError(f"bundle directory {str(directory)!r} does not exist")
+        why = "is a file, not a directory" if directory.exists() else "does not exist"
+        raise BundleError(f"bundle directory {str(directory)!r} {why}")
     if variant not in MODEL_VARIANTS:
         raise BundleError(f"model variant {variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
     if not (directory / MODEL_FILE).is_file():

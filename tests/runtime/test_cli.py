@@ -28,6 +28,7 @@ def test_help() -> None:
     [
         pytest.param([], "no bundle given", id="no-bundle"),
         pytest.param(["--bundle", "/nonexistent/bundle"], "does not exist", id="missing-dir"),
+        pytest.param(["--bundle", __file__], "is a file, not a directory", id="a-file"),
         pytest.param(["--bundle", str(ROOT / "runtime")], "has no model.onnx", id="not-a-bundle"),
         pytest.param(["--bundle", str(ROOT / "runtime"), "--port", "70000"], "out of range", id="bad-port"),
     ],
