@@ -333,7 +333,8 @@
     }
     if (file.size === 0) return name + " is empty.";
     if (file.size > lim.max_image_bytes) {
-      return name + " is " + formatBytes(file.size) + "; the limit is " + formatBytes(lim.max_image_bytes) + " per image.";
+      // "over": rounded, 1 MB + 1 byte shows as 1.0 MB, which alone would read as equal to the limit.
+      return name + " is " + formatBytes(file.size) + ", over the limit of " + formatBytes(lim.max_image_bytes) + " per image.";
     }
     return null;
   }
@@ -378,6 +379,7 @@
     state.selected = 0;
     state.showAll = false;
     state.requestError = null;
+    $("announce").textContent = "";
     renderAll();
   }
 
@@ -409,6 +411,7 @@
     state.selected = 0;
     showInputError([]);
     state.requestError = null;
+    $("announce").textContent = "";
     renderAll();
     $("choose").focus();
   }
@@ -435,8 +438,13 @@
   async function analyse() {
     const items = state.items;
     if (state.busy || !items.length || !state.info) return;
-    setBusy(true);
+    // The old outcome goes now: during the request the panel shows only the busy state, and a failure is
+    // never drawn next to a result it did not produce (nor exported as if it were current).
+    for (const item of items) Object.assign(item, { result: null, error: null, analysedAt: null });
     state.requestError = null;
+    showInputError([]);
+    $("announce").textContent = "";
+    setBusy(true);
     const query = "?top_k=" + TOP_K + "&heatmap=true";
     try {
       if (items.length === 1) {
@@ -465,18 +473,20 @@
     }
     // On a phone the result sits below the image: bring it into view.
     if (state.items === items && window.matchMedia("(max-width: 900px)").matches) {
-      $("results").scrollIntoView({ block: "start", behavior: "smooth" });
+      const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+      $("results").scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
     }
   }
 
   function setBusy(busy) {
     state.busy = busy;
-    $("results").setAttribute("aria-busy", String(busy));
+    // On the result only: the "Analysing…" status beside it must still be read out while busy.
+    $("result").setAttribute("aria-busy", String(busy));
     $("analyse").classList.toggle("is-busy", busy);
     $("busy").hidden = !busy;
     const n = state.items.length;
     $("busy-text").textContent = n > 1 ? "Analysing " + n + " images…" : "Analysing…";
-    renderButtons();
+    renderAll();
   }
 
   // ---- rendering the analyse tab ----
@@ -522,8 +532,12 @@
       preview.src = item.url;
     }
     preview.alt = "Selected image " + (item.file.name || "");
-    $("preview-caption").textContent = (item.file.name || "Pasted image") + " · " + formatBytes(item.file.size);
-    const heatmap = item.result && item.result.heatmap;
+    // A map with no contrast (the server scales it to 0..1; all zeros when flat) would be an invisible overlay.
+    const map = item.result && item.result.heatmap;
+    const flat = Boolean(map) && map.values.every((row) => row.every((v) => !(Number(v) > 0)));
+    const heatmap = flat ? null : map;
+    $("preview-caption").textContent = (item.file.name || "Pasted image") + " · " + formatBytes(item.file.size) +
+      (flat ? " · no region stands out in the class activation map" : "");
     $("heatmap-controls").hidden = !heatmap;
     if (heatmap) {
       drawHeatmap(heatmap);
@@ -619,6 +633,16 @@
     return out;
   }
 
+  // What this model cannot flag. Without its thresholds the page never warns, and no warning must not read
+  // as "confident, and a skin photo".
+  function checksOff() {
+    const u = (state.info && state.info.uncertainty) || {};
+    const off = [];
+    if (!u.confidence) off.push("low confidence");
+    if (!u.ood) off.push("images unlike the photos it learned from");
+    return off;
+  }
+
   function renderWarnings(box, result) {
     box.replaceChildren(
       ...warningsOf(result).map((w) => {
@@ -628,6 +652,11 @@
         return div;
       })
     );
+    const off = checksOff();
+    if (off.length) {
+      box.append(el("p", "hint checks-off", "This model does not flag " + off.join(" or ") +
+        ", so the absence of a warning here says nothing about either."));
+    }
   }
 
   function barRow(label, name, probability, highlight) {
@@ -666,7 +695,9 @@
         thumb.addEventListener("error", () => thumb.replaceWith(el("span", "thumb thumb-missing", "?")));
         thumb.src = item.url;
         const text = el("span", "batch-text");
-        text.append(el("span", "batch-name", item.file.name || "Image " + (i + 1)));
+        const name = el("span", "batch-name", item.file.name || "Image " + (i + 1));
+        name.title = name.textContent; // cut with "…" when long
+        text.append(name);
         if (item.result) {
           const p = item.result.primary;
           const line = el("span", "batch-primary");
@@ -938,7 +969,6 @@
     const resize = info.resize || {};
     const ort = info.onnxruntime || {};
     const sha = info.model_sha256 || "";
-    const thresholds = info.thresholds && Object.keys(info.thresholds).length ? JSON.stringify(info.thresholds) : "";
     facts($("model-facts"), [
       ["Name", info.model_name],
       ["Version", info.model_version],
@@ -949,7 +979,7 @@
       ["Input", size.length === 2 ? size[1] + " × " + size[0] + " px, " + (resize.mode || "stretch") + " resize (" + (resize.filter || "bilinear") + ")" : ""],
       ["Temperature", typeof info.temperature === "number" ? fixed(info.temperature, 3) + (Math.abs(info.temperature - 1) > 1e-6 ? " (calibrated)" : " (no calibration)") : ""],
       ["Heatmap", info.has_heatmap ? "Class activation map" : "Not available for this model"],
-      ["Decision thresholds", thresholds],
+      ["Uncertainty checks", uncertaintyFacts(info.uncertainty || {})],
       ["Runtime", runtimeLine(ort)],
       ["Model SHA-256", sha ? code(sha.slice(0, 16) + "…", sha) : ""],
       ["Data fingerprint", info.data_fingerprint ? code(info.data_fingerprint) : ""],
@@ -960,6 +990,22 @@
       note.textContent = "This is a demo model: it was not trained on the clinical data set, so its predictions " +
         "and the numbers below do not describe a real classifier.";
     }
+  }
+
+  function uncertaintyFacts(u) {
+    const list = el("ul", "plain-list");
+    if (u.confidence) {
+      list.append(el("li", null, "Low confidence when the top class is under " + pct(u.min_probability)));
+    }
+    if (u.ood && u.ood_score) {
+      list.append(el("li", null, "Unlike the training photos unless " + u.ood_score.name + " " +
+        u.ood_score.in_distribution_when + " (" + u.ood_score.description + ")"));
+    }
+    if (!u.confidence || !u.ood) {
+      const why = (u.notes || []).join("; ");
+      list.append(el("li", null, "Not flagged: " + checksOff().join(" or ") + (why ? " · " + why : "")));
+    }
+    return list;
   }
 
   // bf16 can change a near-tie's answer, so the page says when it serves and what export measured it to change.

@@ -70,6 +70,15 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
                     & Node.DOCUMENT_POSITION_FOLLOWING)"""
             )
             expect(page.locator("#top-list li").first).to_be_visible()
+            expect(page.locator("#warnings .checks-off")).to_have_count(0)  # both checks are on
+        page.get_by_role("tab", name="Model").click()
+        checks = page.locator("#model-facts .fact", has_text="Uncertainty checks").locator("li")
+        expect(checks).to_have_text(
+            [
+                "Low confidence when the top class is under 90.0\u00a0%",
+                re.compile(r"^Unlike the training photos unless energy <= -5\.0 \(.+\)$"),
+            ]
+        )
     finally:
         context.close()
     assert console.unexpected() == []

@@ -73,7 +73,10 @@ def test_upload_shows_busy_state_result_bars_and_all_classes(page: Any) -> None:
     # Busy, the button refuses (aria-disabled) but keeps keyboard focus.
     expect(page.locator("#analyse")).to_have_attribute("aria-disabled", "true")
     assert page.evaluate("document.activeElement.id") == "analyse"
-    expect(page.locator("#results")).to_have_attribute("aria-busy", "true")
+    # Only the result is busy: the "Analysing…" status next to it is still read out.
+    expect(page.locator("#result")).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#results")).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#results-empty")).to_be_hidden()
     while not held:
         page.wait_for_timeout(20)
     with page.expect_response(PREDICT) as answer:
@@ -89,6 +92,11 @@ def test_upload_shows_busy_state_result_bars_and_all_classes(page: Any) -> None:
     )
     expect(page.locator("#prob-kind")).to_have_text("calibrated probability")
     expect(page.locator("#warnings .alert")).to_have_count(0)
+    # This bundle has no thresholds: the page says that no warning means nothing, rather than staying silent.
+    expect(page.locator("#warnings .checks-off")).to_have_text(
+        "This model does not flag low confidence or images unlike the photos it learned from, "
+        "so the absence of a warning here says nothing about either."
+    )
     rows = page.locator("#top-list li")
     expect(rows).to_have_count(5)
     for i, top in enumerate(result["top"]):
@@ -153,6 +161,18 @@ def test_heatmap_overlays_the_image_and_toggles(page: Any) -> None:
     assert canvas.evaluate("c => c.style.opacity") == "0.2"
 
 
+def test_a_flat_heatmap_is_said_in_words_not_drawn(page: Any) -> None:
+    open_page(page)
+    result = analyse(page, [png("red")])  # one colour all over: every cell of the map scales to 0
+    assert result["heatmap"] and not any(v for row in result["heatmap"]["values"] for v in row)
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    expect(page.locator("#heatmap")).to_be_hidden()
+    expect(page.locator("#heatmap-controls")).to_be_hidden()
+    expect(page.locator("#preview-caption")).to_have_text(
+        re.compile(r"^red\.png · .+ · no region stands out in the class activation map$")
+    )
+
+
 def test_heatmap_covers_only_the_centre_crop_when_the_bundle_crops(page: Any) -> None:
     # A bundle whose preprocessing center-crops: the model saw the middle square of a 2:1 photo.
     def cropping_info(route: Any) -> None:
@@ -163,6 +183,7 @@ def test_heatmap_covers_only_the_centre_crop_when_the_bundle_crops(page: Any) ->
     page.route("**/api/info", cropping_info)
     open_page(page)
     wide = Image.new("RGB", (240, 120), (200, 40, 40))
+    wide.paste((255, 0, 0), (120, 0, 180, 60))  # some contrast: a flat map is not drawn at all
     analyse(page, [{"name": "wide.png", "mimeType": "image/png", "buffer": encode(wide, "PNG")}])
     canvas = page.locator("#heatmap")
     expect(canvas).to_be_visible()
@@ -209,9 +230,10 @@ def test_wrong_type_and_oversized_file_are_refused_in_words(page: Any) -> None:
     expect(page.locator("#limits-hint")).to_have_text(
         "JPEG, PNG or WebP, up to 1\u00a0MB each; up to 16 images at once."
     )
-    big = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024)  # the test server's limit is 1 MB
+    big = b"\x89PNG\r\n\x1a\n" + bytes(1024 * 1024 - 7)  # 1 MB + 1 byte; the test server's limit is 1 MB
     page.set_input_files("#file-input", files=[{"name": "big.png", "mimeType": "image/png", "buffer": big}])
-    expect(error).to_have_text("big.png is 1.0\u00a0MB; the limit is 1\u00a0MB per image.")
+    # One byte over: the rounded size equals the limit's, so the words say "over".
+    expect(error).to_have_text("big.png is 1.0\u00a0MB, over the limit of 1\u00a0MB per image.")
     expect(page.locator("#analyse")).to_be_disabled()
 
     page.set_input_files("#file-input", files=[png("red")])
@@ -249,10 +271,68 @@ def test_a_failed_batch_request_stays_on_screen(page: Any, console: Console) -> 
     expect(error).to_be_visible()
 
 
+def test_a_new_analysis_replaces_the_old_result_even_when_it_fails(page: Any, console: Console) -> None:
+    console.allow(r"net::ERR_FAILED|Failed to load resource")
+    open_page(page)
+    analyse(page, [png("red")])
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    expect(page.locator("#export")).to_be_enabled()
+
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))
+    page.click("#analyse")
+    expect(page.locator("#busy")).to_be_visible()
+    # While the new request runs, neither the old result nor the "choose an image" prompt is on show.
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#results-empty")).to_be_hidden()
+    expect(page.locator("#export")).to_be_disabled()
+    while not held:
+        page.wait_for_timeout(20)
+    held[0].abort()
+    error = page.locator("#result-error")
+    expect(error).to_have_text("The analysis failed: The server could not be reached; check the connection.")
+    # The failure is not drawn next to (or exported as) the result of the earlier run.
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#export")).to_be_disabled()
+    expect(page.locator("#heatmap-controls")).to_be_hidden()
+
+
+def test_batch_tiles_say_analysing_while_the_request_runs(page: Any) -> None:
+    open_page(page)
+    held: list[Any] = []
+    page.route(re.compile(r"/api/predict/batch"), lambda route: held.append(route))
+    page.set_input_files("#file-input", files=[png("red"), png("green")])
+    expect(page.locator(".batch-item .hint")).to_have_text(["Not analysed yet"] * 2)
+    page.click("#analyse")
+    expect(page.locator(".batch-item .hint")).to_have_text(["Analysing…"] * 2)
+    expect(page.locator("#results-empty")).to_be_hidden()
+    while not held:
+        page.wait_for_timeout(20)
+    with page.expect_response(re.compile(r"/api/predict/batch")):
+        held[0].continue_()
+    expect(page.locator(".batch-item").nth(1)).to_contain_text("Actinic Keratosis")
+
+
+def test_the_live_region_forgets_an_outcome_when_its_image_goes(page: Any) -> None:
+    open_page(page)
+    analyse(page, [png("red")])
+    announce = page.locator("#announce")
+    expect(announce).to_contain_text("Most likely: Acne")
+    page.set_input_files("#file-input", files=[png("green")])
+    expect(announce).to_have_text("")
+    analyse(page, [png("red")])
+    expect(announce).to_contain_text("Most likely: Acne")
+    page.click("#clear")
+    expect(announce).to_have_text("")
+
+
 def test_batch_lists_results_in_order(page: Any) -> None:
     open_page(page)
     broken = {"name": "broken.webp", "mimeType": "image/webp", "buffer": b"RIFF0000WEBPjunk"}
-    page.set_input_files("#file-input", files=[png("red"), png("green"), broken])
+    green = Image.new("RGB", (128, 96), (30, 200, 40))
+    green.paste((40, 255, 50), (0, 0, 64, 48))  # some contrast, for a heatmap to show
+    patterned = {"name": "green.png", "mimeType": "image/png", "buffer": encode(green, "PNG")}
+    page.set_input_files("#file-input", files=[png("red"), patterned, broken])
     expect(page.locator("#batch-list li")).to_have_count(3)
     expect(page.locator("#analyse-label")).to_have_text("Analyse 3 images")
     with page.expect_response(re.compile(r"/api/predict/batch")) as answer:
@@ -315,6 +395,14 @@ def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
 
     expect(page.locator("#model-facts")).to_contain_text("skin-demo-b3")
     expect(page.locator("#model-facts")).to_contain_text("no clinical data: a hand-built demo graph")
+    checks = page.locator("#model-facts .fact", has_text="Uncertainty checks").locator("li")
+    expect(checks).to_have_text(
+        [
+            re.compile(
+                r"^Not flagged: low confidence or images unlike the photos it learned from · the bundle has "
+            )
+        ]
+    )
     expect(page.locator("#demo-badge")).to_be_visible()
     expect(page.locator("#demo-note")).to_contain_text("demo model")
     expect(page.locator("#report-note")).to_have_text(report["demo_note"])
