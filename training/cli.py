@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports only now, so --help stays quick.
     from training.config import ConfigError
     from training.data import DataError
-    from training.loop import Interrupted, train
+    from training.loop import stopped, train
     from training.model import ModelError
 
     try:
@@ -138,13 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # an --out that cannot be written (read-only, no space)
         print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    except Interrupted as stop:
-        hint = f"; continue with --resume {stop.run_dir}" if stop.run_dir else " before the first epoch ended"
-        print(f"{PROG}: interrupted{hint}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted before training started", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM while train() runs
+        line, status = stopped(stop)
+        print(f"{PROG}: {line}", file=sys.stderr)
+        return status
     return 0
 
 

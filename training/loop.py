@@ -12,9 +12,11 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -113,14 +115,45 @@ class State:
     stale: int = 0  # epochs since the best macro-F1
     history: list[dict[str, float]] = field(default_factory=list)
     bad_train: list[int] = field(default_factory=list)  # unreadable training images (indices) seen so far
+    val_without_images: list[str] = field(default_factory=list)  # classes with no readable validation image
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, kubernetes, torchrun passing it on): it stops a run as Ctrl-C does."""
+
+    signum = signal.SIGTERM
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``run_dir`` is where it can be resumed from, None before a last.pt exists."""
+    """Ctrl-C or SIGTERM during a run; ``run_dir`` is where it can be resumed from, None before a last.pt
+    exists; ``previous`` is set when an --overwrite run stops while the earlier run's files are still there.
+    """
 
-    def __init__(self, run_dir: Path | None) -> None:
+    def __init__(
+        self, run_dir: Path | None, *, signum: int = signal.SIGINT, previous: Path | None = None
+    ) -> None:
         super().__init__()
         self.run_dir = run_dir
+        self.signum = signum
+        self.previous = previous
+
+
+def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line for people on a stopped run, and the exit status (128 + the signal, as shells report)."""
+    signum = int(getattr(stop, "signum", signal.SIGINT))
+    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    if not isinstance(stop, Interrupted):
+        line = f"{how} before training started"
+    elif stop.previous is not None:
+        line = (
+            f"{how} before the new run's first epoch ended; {stop.previous} still holds the earlier run "
+            "(the same command starts the new one again)"
+        )
+    elif stop.run_dir is not None:
+        line = f"{how}; continue with --resume {stop.run_dir}"
+    else:
+        line = f"{how} before the first epoch ended"
+    return line, 128 + signum
 
 
 def train(**kwargs: Any) -> Path:
@@ -128,16 +161,52 @@ def train(**kwargs: Any) -> Path:
 
     Keyword names are the CLI's option names with underscores (see ``training.config.TrainConfig``).
     """
-    cfg, resumed = resolve_options(kwargs)
-    cluster = setup_cluster(cfg.device)
-    try:
-        return _run(cfg, resumed, cluster)
-    except KeyboardInterrupt:
+    with _sigterm_stops():
+        cfg, resumed = resolve_options(kwargs)
+        cluster = setup_cluster(cfg.device)
         last = Path(cfg.out) / "last.pt"
-        raise Interrupted(last.parent if last.is_file() else None) from None
+        before = _stamp(last)
+        try:
+            return _run(cfg, resumed, cluster)
+        except KeyboardInterrupt as exc:
+            signum = int(getattr(exc, "signum", signal.SIGINT))
+            if cfg.overwrite and resumed is None and before is not None and _stamp(last) == before:
+                # This run wrote no last.pt yet: the one there is the earlier run's, which --overwrite
+                # removes only after the first epoch; resuming it would continue that run, not this one.
+                raise Interrupted(None, signum=signum, previous=last.parent) from None
+            raise Interrupted(last.parent if last.is_file() else None, signum=signum) from None
+        finally:
+            if cluster.owned and dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C while a run is on (in each rank's main thread; handlers belong there).
+
+    last.pt stays as safe as with Ctrl-C: it is written to a temporary file and renamed into place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    earlier = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
     finally:
-        if cluster.owned and dist.is_initialized():
-            dist.destroy_process_group()
+        signal.signal(signal.SIGTERM, earlier if earlier is not None else signal.SIG_DFL)
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at ``path`` (inode, mtime, size), or None: tells a file written since from an old one."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any] | None]:
@@ -148,7 +217,7 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
     ckpt = None
     saved: dict[str, Any] = {}
     if resume:
-        path = Path(resume)
+        path = Path(resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
             raise ConfigError(f"nothing to resume: {str(path)!r} does not exist")
@@ -172,7 +241,7 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
             raise ConfigError(
                 f"a resumed run continues in its own folder ({run_dir}); drop --out or copy that folder"
             )
-        explicit = {**explicit, "resume": str(path), "out": str(run_dir)}
+        explicit = {**explicit, "resume": str(path.resolve()), "out": str(run_dir)}  # absolute: config.yaml
     return resolve(from_yaml, saved, explicit), ckpt
 
 
@@ -255,15 +324,22 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
         )
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
-    floor = min(1.0, cfg.min_lr / cfg.lr)
 
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+    def schedule(start: float) -> Callable[[int], float]:
+        # Each group ends at min_lr. One that starts at or below it (a small --backbone-lr-scale) keeps its
+        # start rate after the warm-up, as ReduceLROnPlateau never raises a rate to min_lr either.
+        floor = min(1.0, cfg.min_lr / start) if start > 0 else 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+        return factor
+
+    factors = [schedule(group["lr"]) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
 
 
 def _check_splits(splits: Splits, cfg: TrainConfig, cluster: Cluster) -> None:
@@ -273,7 +349,7 @@ def _check_splits(splits: Splits, cfg: TrainConfig, cluster: Cluster) -> None:
     per_step = min(cfg.batch_size, len(splits.train) // cluster.world_size)
     if per_step < 2 and cfg.img_size <= 32:  # as the --batch-size 1 check in config.py
         raise ConfigError("one training image per step needs --img-size above 32 (BatchNorm), or more images")
-    for name, samples in (("training", splits.train), ("test", splits.test)):
+    for name, samples in (("training", splits.train), ("validation", splits.val), ("test", splits.test)):
         # The first readable one ends the search: all are read anyway, this only fails fast when none is.
         if not any(load_image(path, 32) is not None for path, _ in samples):
             raise ConfigError(f"no {name} image could be read in {cfg.data}")
@@ -354,6 +430,13 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         def restore() -> State:
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
+            if cfg.scheduler == "cosine":
+                # A longer --epochs stretches the curve: go on from its rate at this step, not from the rate
+                # saved (the old curve's, e.g. its floor), which the next step would otherwise still use.
+                for group, base, factor in zip(
+                    optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+                ):
+                    group["lr"] = base * factor(scheduler.last_epoch)
             if scaler is not None and resumed.get("scaler"):
                 scaler.load_state_dict(resumed["scaler"])
             return State(**resumed["state"])
@@ -399,6 +482,8 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
                 say(f"early stop: no better validation macro-F1 for {state.stale} epochs")
                 break
             started = time.monotonic()
+            # The rates this epoch trains at (cosine: those of its first step; they move as it goes).
+            lr, lr_backbone = optimizer.param_groups[1]["lr"], optimizer.param_groups[0]["lr"]
             sampler.set_epoch(epoch)
             torch.manual_seed(epoch_seed(cfg.seed, epoch, cluster.rank))
             bar = tqdm(
@@ -426,14 +511,16 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             ev = evaluate_sharded(
                 model, val_loader, cluster, amp_dtype=amp_dtype, channels_last=channels_last
             )
-            val = epoch_metrics(ev.logits, ev.labels, len(names))
+            val = epoch_metrics(ev.logits, ev.labels)
             if cfg.scheduler == "plateau":
                 scheduler.step(val["loss"])
             state.bad_train = sorted(set(state.bad_train) | set(stats["bad"]))
+            seen = set(ev.labels.tolist())
+            state.val_without_images = [name for i, name in enumerate(names) if i not in seen]
             row = {
                 "epoch": epoch + 1,
-                "lr": optimizer.param_groups[1]["lr"],
-                "lr_backbone": optimizer.param_groups[0]["lr"],
+                "lr": lr,
+                "lr_backbone": lr_backbone,
                 "train_loss": stats["loss"],
                 "train_acc": stats["acc"],
                 "val_loss": val["loss"],
@@ -721,29 +808,38 @@ def finish(
         ev.probs, ev.labels, splits.class_names, display_names=splits.display_names, skipped=ev.skipped
     )
     skipped = {"train": len(state.bad_train), "val": val_skipped, "test": ev.skipped}
+    missing = {"val": state.val_without_images, "test": report["classes_without_images"]}
+    best = state.best_epoch or None  # None: no epoch produced a validation macro-F1 (not a number)
     report.update(
         {
             "skipped_by_split": skipped,
+            "classes_without_images_by_split": missing,
             "model_name": cfg.model_name,
             "model_version": cfg.model_version,
             "architecture": cfg.arch,
-            "best_epoch": state.best_epoch,
-            "val_macro_f1": state.best_f1,
+            "best_epoch": best,
+            "val_macro_f1": state.best_f1 if best else None,
         }
     )
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if cfg.plots:
-        write_plots(run_dir, state.history, report, splits, ev, cfg.img_size)
+        write_plots(run_dir, state.history, report, splits, ev, cfg.img_size, cfg.label_smoothing)
     macro = report["macro avg"]
     say(
         f"test: accuracy {report['accuracy']:.3f}, macro P/R/F1 {macro['precision']:.3f}/"
         f"{macro['recall']:.3f}/{macro['f1-score']:.3f}, top-3 {report['top3_accuracy']:.3f} "
-        f"(best epoch {state.best_epoch}); outputs in {run_dir}"
+        f"(best epoch {best or 'none'}); outputs in {run_dir}"
     )
     if any(skipped.values()):
         say(
             f"skipped {sum(skipped.values())} unreadable images (train {skipped['train']}, "
             f"val {skipped['val']}, test {skipped['test']}); their paths are in the warnings above"
+        )
+    if any(missing.values()):
+        where = "; ".join(f"{split}: {', '.join(names)}" for split, names in missing.items() if names)
+        say(
+            f"warning: no readable image of some classes ({where}); "
+            "macro averages there cover only the classes with images or predictions"
         )
 
 
@@ -754,9 +850,10 @@ def write_plots(
     splits: Splits,
     ev: Evaluation,
     img_size: int,
+    label_smoothing: float = 0.0,
 ) -> None:
     if history:
-        plots.training_curves(history, run_dir / "curves.png")
+        plots.training_curves(history, run_dir / "curves.png", label_smoothing=label_smoothing)
     plots.confusion_matrix(report["confusion_matrix"], splits.display_names, run_dir / "confusion_matrix.png")
     plots.mistake_confidence(ev.probs, ev.labels, run_dir / "mistakes_confidence.png")
     preds = ev.probs.argmax(axis=1)

@@ -15,14 +15,18 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def training_curves(history: Sequence[dict[str, float]], path: Path) -> None:
+def training_curves(history: Sequence[dict[str, float]], path: Path, *, label_smoothing: float = 0.0) -> None:
     """Loss, accuracy / macro-F1 and learning rate per epoch."""
     epochs = [row["epoch"] for row in history]
     fig = _figure(13, 4)
     ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="o", label="validation")
-    ax_loss.set(title="loss", xlabel="epoch")
+    # The training loss is taken against smoothed labels, the validation loss against plain ones: the
+    # legend says so, since smoothing alone keeps the training curve above the other.
+    smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], marker="o", label=f"train{smoothed}")
+    plain = " (no smoothing)" if label_smoothing else ""
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], marker="o", label=f"validation{plain}")
+    ax_loss.set(title="loss", xlabel="epoch", ylabel="cross-entropy")
     ax_loss.legend()
     ax_score.plot(epochs, [r["train_acc"] for r in history], marker="o", label="train accuracy")
     ax_score.plot(epochs, [r["val_acc"] for r in history], marker="o", label="val accuracy")
@@ -31,7 +35,9 @@ def training_curves(history: Sequence[dict[str, float]], path: Path) -> None:
     ax_score.legend()
     ax_lr.plot(epochs, [r["lr"] for r in history], marker="o", label="head")
     ax_lr.plot(epochs, [r["lr_backbone"] for r in history], marker="o", label="backbone")
-    ax_lr.set(title="learning rate (end of epoch)", xlabel="epoch", yscale="log")
+    ax_lr.set(
+        title="learning rate (epoch's first step)", xlabel="epoch", ylabel="learning rate", yscale="log"
+    )
     ax_lr.legend()
     fig.savefig(path, dpi=100)
 
@@ -50,14 +56,14 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str], path
 
 
 def mistake_confidence(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
-    """Histogram of the top probability of wrong predictions (against right ones)."""
+    """Histogram of the top probability of wrong predictions (against right ones, bars side by side)."""
     top = probs.max(axis=1) if len(labels) else np.zeros(0)
     wrong = probs.argmax(axis=1) != labels if len(labels) else np.zeros(0, dtype=bool)
     fig = _figure(7, 4)
     ax = fig.subplots()
     bins = np.linspace(0.0, 1.0, 21)
-    ax.hist(top[~wrong], bins=bins, alpha=0.5, label=f"right ({int((~wrong).sum())})")
-    ax.hist(top[wrong], bins=bins, alpha=0.8, label=f"wrong ({int(wrong.sum())})")
+    legend = [f"right ({int((~wrong).sum())})", f"wrong ({int(wrong.sum())})"]
+    ax.hist([top[~wrong], top[wrong]], bins=bins, label=legend)  # two datasets: bars side by side
     ax.set(title="confidence of predictions (test split)", xlabel="top probability", ylabel="images")
     ax.legend()
     fig.savefig(path, dpi=100)

@@ -7,8 +7,12 @@ from typing import Any
 import numpy as np
 
 
-def epoch_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Loss (plain cross-entropy, no smoothing), accuracy and macro precision / recall / F1."""
+def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Loss (plain cross-entropy, no smoothing), accuracy and macro precision / recall / F1.
+
+    The macro averages are over the classes present in ``labels`` or the predictions (scikit-learn's default
+    label set): a class with no image in the split would otherwise count as an F1 of 0.
+    """
     from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
     if len(labels) == 0:
@@ -19,9 +23,7 @@ def epoch_metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> d
     log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     loss = float(-log_probs[np.arange(len(labels)), labels].mean())
     preds = logits.argmax(axis=1)
-    p, r, f1, _ = precision_recall_fscore_support(
-        labels, preds, labels=list(range(num_classes)), average="macro", zero_division=0
-    )
+    p, r, f1, _ = precision_recall_fscore_support(labels, preds, average="macro", zero_division=0)
     return {
         "loss": loss,
         "accuracy": float(accuracy_score(labels, preds)),
@@ -48,14 +50,25 @@ def classification_summary(
     skipped: int = 0,
     split: str = "test",
 ) -> dict[str, Any]:
-    """scikit-learn's classification_report (output_dict shape) plus confusion matrix and top-3 accuracy."""
-    from sklearn.metrics import classification_report, confusion_matrix
+    """scikit-learn's classification_report (output_dict shape) plus confusion matrix and top-3 accuracy.
+
+    Every class has its row (support 0 when the split has no image of it); the macro averages are over the
+    classes present in ``labels`` or the predictions, as in ``epoch_metrics``; ``classes_without_images``
+    names those with no image in ``labels``. The weighted averages need no change: such a class weighs 0.
+    """
+    from sklearn.metrics import classification_report, confusion_matrix, precision_recall_fscore_support
 
     indices = list(range(len(class_names)))
     preds = probs.argmax(axis=1) if len(labels) else np.zeros(0, dtype=np.int64)
     report: dict[str, Any] = classification_report(
         labels, preds, labels=indices, target_names=class_names, output_dict=True, zero_division=0
     )
+    present = set(labels.tolist()) | set(preds.tolist())
+    if len(labels) and present != set(indices):  # all present: scikit-learn's own numbers, unchanged
+        p, r, f1, _ = precision_recall_fscore_support(labels, preds, average="macro", zero_division=0)
+        report["macro avg"].update({"precision": p, "recall": r, "f1-score": f1})
+    seen = set(labels.tolist())
+    report["classes_without_images"] = [name for i, name in enumerate(class_names) if i not in seen]
     report["confusion_matrix"] = confusion_matrix(labels, preds, labels=indices).tolist()
     report["class_names"] = list(class_names)
     if display_names is not None:

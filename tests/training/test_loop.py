@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.helpers import CLASSES, TINY, truncated_jpeg
+from tests.training.helpers import TINY, truncated_jpeg
 from training.config import TrainConfig
 from training.data import load_splits
 from training.loop import (
@@ -75,6 +75,37 @@ def test_cosine_warms_up_then_decays() -> None:
     assert lrs[-1] == pytest.approx(0.01, abs=0.01)
 
 
+def _rates_after(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
+    """Each group's rate after every step of a whole cosine schedule: [[backbone, head], ...]."""
+    optimizer = make_optimizer(build_model("test_efficientnet", 3), cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
+    rates = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        optimizer.step()
+        scheduler.step()
+        rates.append([group["lr"] for group in optimizer.param_groups])
+    return rates
+
+
+def test_cosine_ends_both_groups_at_min_lr() -> None:
+    cfg = TrainConfig(
+        scheduler="cosine", lr=0.01, backbone_lr_scale=0.1, epochs=2, warmup_epochs=0.4, min_lr=1e-4
+    )
+    rates = _rates_after(cfg, steps_per_epoch=5)
+    assert rates[-1] == pytest.approx([1e-4, 1e-4])
+    assert min(r[0] for r in rates) == pytest.approx(1e-4)  # the backbone never goes below it
+
+
+def test_cosine_keeps_a_group_that_starts_below_min_lr_at_its_rate() -> None:
+    cfg = TrainConfig(
+        scheduler="cosine", lr=1e-3, backbone_lr_scale=0.01, epochs=2, warmup_epochs=0.4, min_lr=1e-4
+    )
+    rates = _rates_after(cfg, steps_per_epoch=5)
+    # Warmed up from half of it (2 warm-up steps), then constant: never raised to min_lr.
+    assert [r[0] for r in rates] == pytest.approx([1e-5] * 10)
+    assert rates[-1][1] == pytest.approx(1e-4)
+
+
 def test_mixed_precision_and_channels_last_paths_run(tmp_path: Path, dataset: Path) -> None:
     """The GPU-oriented branches (autocast, channels_last, cosine per step) on a CPU with bf16."""
     options = {**TINY, "amp": "bf16", "channels_last": True, "scheduler": "cosine", "accum_steps": 3}
@@ -108,7 +139,7 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset
     best = load_checkpoint(out / "best.pt")
     splits = load_splits(dataset)
     ev = evaluate(model_from_checkpoint(best), eval_loader(splits.val, 64), "cpu")
-    again = epoch_metrics(ev.logits, ev.labels, len(CLASSES))
+    again = epoch_metrics(ev.logits, ev.labels)
     assert (again["accuracy"], again["f1"]) == (best["metrics"]["accuracy"], best["metrics"]["f1"])
     assert again["loss"] == pytest.approx(best["metrics"]["loss"], rel=1e-6)
 

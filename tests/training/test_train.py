@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,12 @@ from training.model import load_checkpoint, model_from_checkpoint
 from training.report import epoch_metrics
 
 EPOCHS = 8
+
+
+def _argv(data: Path, out: Path, *more: str) -> list[str]:
+    """skin-train's arguments for a tiny CPU run (as TINY, through the command line)."""
+    argv = ["--data", str(data), "--out", str(out), "--arch", "test_efficientnet", "--img-size", "64"]
+    return [*argv, "--workers", "0", "--no-pretrained", "--device", "cpu", "--no-plots", *more]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +129,7 @@ def test_checkpoint_rebuilds_its_validation_split(run: Path) -> None:
     splits = load_splits(config["data"], val_fraction=config["val_fraction"], seed=config["seed"])
     model = model_from_checkpoint(ckpt)
     ev = evaluate(model, eval_loader(splits.val, ckpt["img_size"], batch_size=16), "cpu")
-    again = epoch_metrics(ev.logits, ev.labels, len(ckpt["class_names"]))
+    again = epoch_metrics(ev.logits, ev.labels)
     assert again["accuracy"] == ckpt["metrics"]["accuracy"]
     assert again["loss"] == pytest.approx(ckpt["metrics"]["loss"], rel=1e-4)
     assert np.allclose(ev.probs.sum(axis=1), 1.0, atol=1e-5)
@@ -200,7 +211,7 @@ def test_overwrite_replaces_only_the_run_files(tmp_path: Path, dataset: Path) ->
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
-    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
     before = {name: (old / name).read_bytes() for name in ("best.pt", "last.pt", "config.yaml")}
@@ -209,9 +220,17 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
         raise KeyboardInterrupt  # stopped (or crashed) before the first epoch of the new run ended
 
     monkeypatch.setattr(loop, "train_epoch", broken)
-    with pytest.raises(KeyboardInterrupt):
-        train(**TINY, data=str(dataset), out=str(old), epochs=1, overwrite=True, seed=7)
+    argv = _argv(dataset, old, "--epochs", "1", "--overwrite", "--seed", "7")
+    assert main(argv) == 130
     assert {name: (old / name).read_bytes() for name in before} == before
+    # Not "continue with --resume": the last.pt there is the earlier run's.
+    assert capsys.readouterr().err == (
+        f"skin-train: interrupted before the new run's first epoch ended; {old} still holds the earlier run "
+        "(the same command starts the new one again)\n"
+    )
+    monkeypatch.undo()
+    assert main(argv) == 0
+    assert load_checkpoint(old / "last.pt")["config"]["seed"] == 7
 
 
 def test_a_run_stopped_in_its_first_epoch_can_be_started_again(
@@ -247,6 +266,74 @@ def test_resume_continues_in_the_run_folder_wherever_it_moved(tmp_path: Path, da
     with pytest.raises(ConfigError, match="used --scheduler plateau, not cosine"):
         train(resume=str(moved), epochs=3, scheduler="cosine")
     assert (other / "last.pt").read_bytes() == kept
+
+
+def test_a_resumed_runs_config_names_its_checkpoint_wherever_it_was_started(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    train(**TINY, data=str(dataset), out="first", epochs=1)
+    run = train(resume="first", epochs=2)  # relative to this folder, as typed
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["resume"] == str(tmp_path.resolve() / "first" / "last.pt")
+
+
+def test_extending_a_cosine_run_follows_the_longer_curve(tmp_path: Path, dataset: Path) -> None:
+    """What README promises for --resume with more --epochs: the cosine as if planned that long."""
+    options = {**TINY, "data": str(dataset), "scheduler": "cosine", "warmup_epochs": 0}
+    planned = train(**options, out=str(tmp_path / "planned"), epochs=3)
+    extended = train(**options, out=str(tmp_path / "extended"), epochs=2)
+    floor = load_checkpoint(extended / "last.pt")["optimizer"]["param_groups"][1]["lr"]
+    train(resume=str(extended), epochs=3)
+    want, got = read_metrics(planned / "metrics.csv"), read_metrics(extended / "metrics.csv")
+    assert want[0]["lr"] == pytest.approx(TINY["lr"])  # lr: the rate the epoch trained at (first step)
+    assert got[2]["lr"] == pytest.approx(want[2]["lr"])
+    assert got[2]["lr"] > 100 * floor  # the finished run ended at min_lr; the longer curve is far above it
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = loop.train_epoch
+    started = 0
+
+    def terminated_in_the_second(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal started
+        started += 1
+        if started == 2:
+            # Without a handler SIGTERM would end pytest itself: check there is one, then send a real one.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", terminated_in_the_second)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    assert main(_argv(dataset, out, "--epochs", "3")) == 143
+    assert capsys.readouterr().err == f"skin-train: stopped by SIGTERM; continue with --resume {out}\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch and timm: ~7 s here
+def test_sigterm_to_a_training_process_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    """docker stop / kubernetes: SIGTERM to the process, no traceback, the run resumable."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "training", *_argv(dataset, out, "--epochs", "100")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "last.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert err == f"skin-train: stopped by SIGTERM; continue with --resume {out}\n"
+    assert process.returncode == 143
+    assert load_checkpoint(out / "last.pt")["epoch"] >= 1
 
 
 def test_interrupt_says_whether_there_is_anything_to_resume(
@@ -354,6 +441,11 @@ def _unreadable(split: str) -> Callable[[Path], None]:
     return breakage
 
 
+def _unreadable_validation(root: Path) -> None:  # the images held out of train/ (the CLI's split)
+    for image, _ in load_splits(root).val:
+        image.write_bytes(b"not an image")
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -362,6 +454,7 @@ def _unreadable(split: str) -> Callable[[Path], None]:
         pytest.param(_one_class, "needs at least 2 class folders", id="one-class"),
         pytest.param(_one_image_per_class, "no validation images", id="no-validation"),
         pytest.param(_unreadable("train"), "no training image could be read", id="train-unreadable"),
+        pytest.param(_unreadable_validation, "no validation image could be read", id="val-unreadable"),
         pytest.param(_unreadable("test"), "no test image could be read", id="test-unreadable"),
     ],
 )
@@ -378,6 +471,40 @@ def test_bad_dataset_stops_before_anything_is_written(
     err = capsys.readouterr().err
     assert message in err and err.startswith("skin-train: error: ") and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_run_without_a_validation_macro_f1_reports_none(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop.epoch_metrics
+    monkeypatch.setattr(loop, "epoch_metrics", lambda *args: {**real(*args), "f1": float("nan")})
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    report = json.loads((run / "report.json").read_text())
+    assert report["best_epoch"] is None and report["val_macro_f1"] is None  # not 0 and -1.0
+    assert not (run / "best.pt").exists()
+
+
+def test_classes_without_images_are_named(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    for image in (root / "test" / "Moles").iterdir():
+        image.write_bytes(b"not an image")
+    for image, label in load_splits(root, val_fraction=0.2, seed=42).val:
+        if label == CLASSES.index("Acne"):
+            image.write_bytes(b"not an image")
+    run = train(**TINY, data=str(root), out=str(tmp_path / "run"), epochs=1, val_fraction=0.2)
+    report = json.loads((run / "report.json").read_text())
+    assert report["Moles"]["support"] == 0 and report["classes_without_images"] == ["Moles"]
+    assert report["classes_without_images_by_split"] == {"val": ["Acne"], "test": ["Moles"]}
+    # The macro average is over the classes with images or predictions (the confusion matrix's columns).
+    counted = [name for i, name in enumerate(CLASSES) if np.array(report["confusion_matrix"])[:, i].sum()]
+    counted = sorted(set(counted) | {"Acne", "Eczema"})
+    mean = np.mean([report[name]["f1-score"] for name in counted])
+    assert report["macro avg"]["f1-score"] == pytest.approx(mean)
+    warning = "warning: no readable image of some classes (val: Acne; test: Moles); macro averages"
+    assert capsys.readouterr().out.count(warning) == 1
 
 
 def test_missing_pretrained_weights_name_both_options(

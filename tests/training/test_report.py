@@ -1,0 +1,61 @@
+"""Metrics when a class has no image in the split: per-class rows stay, macro averages leave it out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import classification_report, precision_recall_fscore_support
+
+from training.report import classification_summary, epoch_metrics
+
+NAMES = ["a", "b", "c"]
+
+
+def _one_hot(preds: list[int], classes: int) -> np.ndarray:
+    return np.eye(classes, dtype=np.float32)[preds]
+
+
+@pytest.mark.parametrize(
+    ("preds", "macro_f1"),
+    [
+        pytest.param([0, 1, 1, 1], (2 / 3 + 0.8) / 2, id="never-predicted"),  # over a and b
+        pytest.param([0, 2, 1, 1], (2 / 3 + 1.0 + 0.0) / 3, id="predicted-once"),  # a wrong guess counts
+    ],
+)
+def test_a_class_without_images_is_kept_in_the_table_not_in_the_macro_average(
+    preds: list[int], macro_f1: float
+) -> None:
+    labels = np.array([0, 0, 1, 1])
+    report = classification_summary(_one_hot(preds, 3), labels, NAMES)
+    assert report["c"]["support"] == 0 and set(report["c"]) == {"precision", "recall", "f1-score", "support"}
+    assert report["classes_without_images"] == ["c"]
+    assert report["macro avg"]["f1-score"] == pytest.approx(macro_f1)
+    assert report["macro avg"]["support"] == 4
+    # The weighted average weighs classes by their images: the one without any never counted there.
+    expected = classification_report(labels, preds, labels=[0, 1, 2], output_dict=True, zero_division=0)
+    assert report["weighted avg"] == expected["weighted avg"]
+    logits = np.log(_one_hot(preds, 3) * 0.9 + 0.05)
+    assert epoch_metrics(logits, labels)["f1"] == pytest.approx(macro_f1)
+
+
+def test_with_every_class_present_the_numbers_are_scikit_learns() -> None:
+    rng = np.random.default_rng(0)
+    classes = 22
+    labels = np.concatenate([np.arange(classes), rng.integers(0, classes, 300)])
+    logits = rng.normal(size=(len(labels), classes)).astype(np.float32)
+    logits[np.arange(len(labels)), labels] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    names = [f"class{i:02d}" for i in range(classes)]
+    report = classification_summary(probs, labels, names)
+    preds = probs.argmax(axis=1)
+    expected = classification_report(
+        labels, preds, labels=list(range(classes)), target_names=names, output_dict=True, zero_division=0
+    )
+    for key in [*names, "accuracy", "macro avg", "weighted avg"]:
+        assert report[key] == expected[key], key  # exactly, not approximately
+    assert report["classes_without_images"] == []
+    p, r, f1, _ = precision_recall_fscore_support(
+        labels, logits.argmax(axis=1), labels=list(range(classes)), average="macro", zero_division=0
+    )
+    got = epoch_metrics(logits, labels)
+    assert (got["precision"], got["recall"], got["f1"]) == (p, r, f1)
