@@ -1104,6 +1104,11 @@
       }
     };
     for (const key of ["parity", "int8"]) if (key in report) flatten(key, report[key]);
+    const missing = report.classes_without_images;
+    if (Array.isArray(missing) && missing.length) {
+      extra.unshift(["Classes without test images", missing.map((label) => displayName(String(label))).join(", ") +
+        " (support 0; the macro averages leave them out)"]);
+    }
     $("report-note").hidden = !report.demo_note;
     $("report-note").textContent = report.demo_note ? String(report.demo_note) : "";
     $("extra-report").hidden = !extra.length;

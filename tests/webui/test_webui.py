@@ -459,6 +459,20 @@ def _display(label: str) -> str:
     return display_name(label)
 
 
+def test_model_tab_names_classes_the_test_split_lacked(page: Any) -> None:
+    def fewer(route: Any) -> None:
+        report = route.fetch().json()
+        route.fulfill(json={**report, "classes_without_images": ["Sun_Sunlight_Damage", "Warts"]})
+
+    page.route("**/api/report", fewer)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    row = page.locator("#extra-facts .fact", has_text="Classes without test images")
+    expect(row.locator("dd")).to_have_text(
+        "Sun/Sunlight Damage, Warts (support 0; the macro averages leave them out)"
+    )
+
+
 def test_model_tab_without_a_report(page: Any, console: Console) -> None:
     console.allow(r"status of 404")
     page.route(
