@@ -635,8 +635,7 @@
 
   // What this model cannot flag. Without its thresholds the page never warns, and no warning must not read
   // as "confident, and a skin photo".
-  function checksOff() {
-    const u = (state.info && state.info.uncertainty) || {};
+  function checksOff(u) {
     const off = [];
     if (!u.confidence) off.push("low confidence");
     if (!u.ood) off.push("images unlike the photos it learned from");
@@ -652,7 +651,7 @@
         return div;
       })
     );
-    const off = checksOff();
+    const off = checksOff((state.info && state.info.uncertainty) || {});
     if (off.length) {
       box.append(el("p", "hint checks-off", "This model does not flag " + off.join(" or ") +
         ", so the absence of a warning here says nothing about either."));
@@ -1003,7 +1002,7 @@
     }
     if (!u.confidence || !u.ood) {
       const why = (u.notes || []).join("; ");
-      list.append(el("li", null, "Not flagged: " + checksOff().join(" or ") + (why ? " · " + why : "")));
+      list.append(el("li", null, "Not flagged: " + checksOff(u).join(" or ") + (why ? " · " + why : "")));
     }
     return list;
   }
