@@ -997,8 +997,12 @@
       list.append(el("li", null, "Low confidence when the top class is under " + pct(u.min_probability)));
     }
     if (u.ood && u.ood_score) {
-      list.append(el("li", null, "Unlike the training photos unless " + u.ood_score.name + " " +
-        u.ood_score.in_distribution_when + " (" + u.ood_score.description + ")"));
+      // in_distribution_when reads "<= 77.15365858134166": say the flagged side, the number rounded.
+      const when = /^\s*([<>]=)\s*(\S+)\s*$/.exec(String(u.ood_score.in_distribution_when || ""));
+      const side = when ? (when[1] === "<=" ? " above " : " below ") + Number(when[2]).toPrecision(4) : "";
+      const item = el("li", null, "Unlike the training photos when the " + u.ood_score.name + " score is" + side);
+      item.title = u.ood_score.description || "";
+      list.append(item);
     }
     if (!u.confidence || !u.ood) {
       const why = (u.notes || []).join("; ");

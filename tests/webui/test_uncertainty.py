@@ -76,7 +76,7 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
         expect(checks).to_have_text(
             [
                 "Low confidence when the top class is under 90.0\u00a0%",
-                re.compile(r"^Unlike the training photos unless energy <= -5\.0 \(.+\)$"),
+                "Unlike the training photos when the energy score is above -5.000",
             ]
         )
     finally:
