@@ -82,8 +82,8 @@ def export_bundle(
     check_opset(opset)
 
     ckpt, net, info = _load(Path(checkpoint))
-    base_report = _base_report(Path(checkpoint), report)
     notes: list[str] = []
+    base_report = _base_report(Path(checkpoint), report, epoch=info["epoch"], notes=notes)
     splits = None if no_data else _splits(info, data, notes)
     for note in notes:
         say(f"note: {note}")
@@ -170,8 +170,16 @@ def _build(
         say(
             f"temperature {calibration['temperature']:.3f}: "
             f"ECE {calibration['ece_before']:.4f} → {calibration['ece_after']:.4f}, "
-            f"NLL {calibration['nll_before']:.4f} → {calibration['nll_after']:.4f}"
+            f"NLL {calibration['nll_before']:.4f} → {calibration['nll_after']:.4f} (validation)"
         )
+        if calibration["degenerate"]:
+            note = (
+                f"temperature {calibration['temperature']:.3g} is no real fit: the validation NLL keeps "
+                "falling towards a bound (every validation image right?), so the probabilities are likely "
+                "overconfident on new images; more or harder validation images would fix it"
+            )
+            say(f"note: {note}")
+            notes.append(note)
         val_images = uncertainty.Images(
             val_out[contract.LOGITS_OUTPUT], {k: val_out[k] for k in pools}, val_labels
         )
@@ -721,8 +729,15 @@ def _short(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" … ({len(names)} in all)" if len(names) > 5 else "")
 
 
-def _base_report(checkpoint: Path, report: str | Path | None) -> dict[str, Any]:
-    """The training run's report.json (explicit path, or next to the checkpoint), else an empty one."""
+def _base_report(
+    checkpoint: Path, report: str | Path | None, *, epoch: Any = None, notes: list[str] | None = None
+) -> dict[str, Any]:
+    """The training run's report.json (explicit path, or next to the checkpoint), else an empty one.
+
+    A run's report describes its best epoch (best.pt). Found next to another checkpoint of the run (last.pt),
+    it is left out, with a note: its test numbers would be shown as this model's. Given with --report, it is
+    kept, with a note saying which epoch its numbers are from.
+    """
     if report is not None and not Path(report).is_file():
         raise ExportError(f"report {str(report)!r} does not exist")
     path = Path(report) if report is not None else checkpoint.parent / contract.REPORT_FILE
@@ -734,6 +749,19 @@ def _base_report(checkpoint: Path, report: str | Path | None) -> dict[str, Any]:
         raise ExportError(f"report {str(path)!r} is not readable JSON ({exc})") from None
     if not isinstance(loaded, dict):
         raise ExportError(f"report {str(path)!r} must hold a JSON object")
+    best = loaded.get("best_epoch")
+    if isinstance(best, int) and not isinstance(best, bool) and isinstance(epoch, int) and best != epoch:
+        if report is None:
+            if notes is not None:
+                notes.append(
+                    f"the run's report.json describes epoch {best} (best.pt), not this checkpoint's epoch "
+                    f"{epoch}: its test numbers are left out (pass --report to attach them anyway)"
+                )
+            return {}
+        if notes is not None:
+            notes.append(
+                f"the attached report's test numbers are epoch {best}'s; this checkpoint is epoch {epoch}"
+            )
     return loaded
 
 

@@ -66,8 +66,15 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         raise ValueError(
             f"temperature {temperature:.4g} changed the accuracy ({accuracy_before} → {accuracy_after})"
         )
+    # No minimum inside the bounds: the NLL still falls towards one (typically every validation image is
+    # right, and it falls as T shrinks, probabilities going to 0 and 1), so T says little about new images.
+    degenerate = any(
+        nll(logits, labels, bound) <= nll(logits, labels, temperature) + 1e-12 for bound in T_BOUNDS
+    )
     return {
         "temperature": temperature,
+        "split": "validation",  # every number here is measured on the images T was fitted on
+        "degenerate": degenerate,
         "ece_before": ece(before, labels),
         "ece_after": ece(after, labels),
         "nll_before": nll(logits, labels),

@@ -63,13 +63,29 @@ def at_threshold(confidence: np.ndarray, correct: np.ndarray, min_probability: f
     }
 
 
+# The runtime compares the graph's float32 outputs, which differ from these float64 values by up to ~1e-6
+# (the parity check's bound): a threshold exactly on a validation value could land on either side of that
+# image once served. So a threshold sits halfway to the nearest value on the other side, or this far past
+# the last one.
+EDGE = 1e-5
+
+
+def between(accepted: float, rejected: float | None, *, higher_is_familiar: bool) -> float:
+    """A threshold that keeps ``accepted`` in and ``rejected`` (the next value the other way, if any) out."""
+    if rejected is not None and rejected != accepted:
+        return (accepted + rejected) / 2
+    step = EDGE * max(1.0, abs(accepted))
+    return accepted - step if higher_is_familiar else accepted + step
+
+
 def confidence_threshold(
     confidence: np.ndarray, correct: np.ndarray, target_precision: float
 ) -> dict[str, Any]:
     """The lowest ``min_probability`` whose accepted predictions reach ``target_precision``.
 
     When no threshold reaches it (the most confident predictions are already too often wrong), the threshold
-    sits just above the highest confidence seen, so every prediction is reported as low confidence.
+    sits just above the highest confidence seen, so every prediction is reported as low confidence. The
+    threshold lies between the last accepted confidence and the next lower one (``between``).
     """
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must be in (0, 1], not {target_precision}")
@@ -78,9 +94,14 @@ def confidence_threshold(
         raise ValueError("no predictions to choose a confidence threshold from")
     good = np.flatnonzero(curve.precision >= target_precision)
     if len(good) == 0:
-        return {"min_probability": float(np.nextafter(curve.thresholds[0], np.inf)), "reached": False}
+        top = float(curve.thresholds[0])
+        return {"min_probability": between(top, None, higher_is_familiar=False), "reached": False}
     best = good[-1]  # the lowest threshold, i.e. the largest coverage, that still meets the target
-    return {"min_probability": float(curve.thresholds[best]), "reached": True}
+    below = float(curve.thresholds[best + 1]) if best + 1 < len(curve.thresholds) else None
+    return {
+        "min_probability": between(float(curve.thresholds[best]), below, higher_is_familiar=True),
+        "reached": True,
+    }
 
 
 def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_familiar: bool) -> float:
@@ -89,7 +110,9 @@ def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_fam
     Of the n values ordered from most to least familiar, the threshold is the ceil((n + 1) * acceptance)-th:
     then a new image from the same distribution is accepted with probability at least ``acceptance`` (for
     exchangeable images). With fewer than acceptance / (1 - acceptance) values (19 for 95 %) that rank is past
-    the end and the least familiar value is used: the guarantee no longer holds, the report says so.
+    the end and the least familiar value is used: the guarantee no longer holds, the report says so. The
+    threshold lies between that value and the next less familiar one (``between``), which accepts the same
+    validation values and, if anything, a little more.
     """
     if not 0.0 < acceptance <= 1.0:
         raise ValueError(f"acceptance must be in (0, 1], not {acceptance}")
@@ -99,7 +122,9 @@ def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_fam
     if higher_is_familiar:
         ranked = ranked[::-1]
     rank = min(len(ranked), math.ceil((len(ranked) + 1) * acceptance - 1e-9))  # 1e-9: float error
-    return float(ranked[rank - 1])
+    last = float(ranked[rank - 1])
+    beyond = ranked[rank:][ranked[rank:] != last]  # ties with the last are accepted with it
+    return between(last, float(beyond[0]) if len(beyond) else None, higher_is_familiar=higher_is_familiar)
 
 
 def conformal_enough(n: int, acceptance: float) -> bool:

@@ -1062,10 +1062,16 @@
     const support = typeof macro.support === "number" ? macro.support : null;
     $("eval-source").textContent = support ? "Held-out test set, " + support.toLocaleString() + " images" : "";
 
-    const stats = [stat("Accuracy", pct(report.accuracy))];
-    stats.push(stat("Macro F1", pct(macro["f1-score"]), "P " + pct(macro.precision) + " · R " + pct(macro.recall)));
-    stats.push(stat("Weighted F1", pct(weighted["f1-score"]), "P " + pct(weighted.precision) + " · R " + pct(weighted.recall)));
-    if (typeof report.top3_accuracy === "number") stats.push(stat("Top-3 accuracy", pct(report.top3_accuracy)));
+    const stats = [];
+    if (typeof report.accuracy === "number") {
+      stats.push(stat("Accuracy", pct(report.accuracy)));
+      stats.push(stat("Macro F1", pct(macro["f1-score"]), "P " + pct(macro.precision) + " · R " + pct(macro.recall)));
+      stats.push(stat("Weighted F1", pct(weighted["f1-score"]), "P " + pct(weighted.precision) + " · R " + pct(weighted.recall)));
+      if (typeof report.top3_accuracy === "number") stats.push(stat("Top-3 accuracy", pct(report.top3_accuracy)));
+    } else {
+      // e.g. a bundle of last.pt: the run's report described best.pt, so export left its numbers out.
+      $("eval-source").textContent = "No test-set numbers for this model";
+    }
     $("report-stats").replaceChildren(...stats);
 
     const cal = report.calibration;
@@ -1073,15 +1079,17 @@
     if (cal) {
       const tiles = [];
       if (typeof cal.ece_after === "number") {
-        tiles.push(stat("ECE", pct(cal.ece_after), "expected calibration error; " + pct(cal.ece_before) + " before"));
+        tiles.push(stat("ECE", pct(cal.ece_after), "expected calibration error on the validation split; " + pct(cal.ece_before) + " before"));
       }
       if (typeof cal.nll_after === "number") {
-        tiles.push(stat("NLL", fixed(cal.nll_after, 3), "negative log-likelihood; " + fixed(cal.nll_before, 3) + " before"));
+        tiles.push(stat("NLL", fixed(cal.nll_after, 3), "negative log-likelihood on the validation split; " + fixed(cal.nll_before, 3) + " before"));
       }
       if (typeof cal.temperature === "number") tiles.push(stat("Temperature", fixed(cal.temperature, 3), "fitted on the validation split"));
       $("calibration-stats").replaceChildren(...tiles);
       $("calibration-note").textContent =
-        "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking.";
+        "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking." +
+        (cal.degenerate ? " Here the fit found no minimum (the validation images were too easy), so the probabilities " +
+          "are likely overconfident on new images." : "");
     }
 
     state.reportRows = labels.map((label, index) => Object.assign({ label: label, name: displayName(label), index: index }, report[label]));

@@ -463,3 +463,23 @@ def test_quantize_can_be_limited_to_some_operator_types(tmp_path: Path) -> None:
 
     conv_only, every = quantized_ops(["Conv"], "conv"), quantized_ops(None, "all")
     assert "Conv" in conv_only and conv_only < every  # the others stay float
+
+
+def test_a_run_report_about_another_epoch_is_not_attached_as_this_checkpoints(tmp_path: Path) -> None:
+    from export.bundle import _base_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.json").write_text(json.dumps({**TRAINING_REPORT, "best_epoch": 3}))
+    notes: list[str] = []
+    # last.pt of that run: epoch 5; the report's test numbers are best.pt's (epoch 3).
+    assert _base_report(run / "last.pt", None, epoch=5, notes=notes) == {}
+    assert notes == [
+        "the run's report.json describes epoch 3 (best.pt), not this checkpoint's epoch 5: its test numbers "
+        "are left out (pass --report to attach them anyway)"
+    ]
+    notes.clear()
+    assert _base_report(run / "best.pt", None, epoch=3, notes=notes)["best_epoch"] == 3 and notes == []
+    kept = _base_report(run / "last.pt", run / "report.json", epoch=5, notes=notes)
+    assert kept["accuracy"] == TRAINING_REPORT["accuracy"]
+    assert notes == ["the attached report's test numbers are epoch 3's; this checkpoint is epoch 5"]

@@ -84,3 +84,13 @@ def test_a_well_calibrated_model_keeps_a_temperature_near_one() -> None:
 def test_no_samples_is_an_error() -> None:
     with pytest.raises(ValueError, match="no validation samples"):
         calibrate.calibrate(np.zeros((0, 3)), np.zeros(0, dtype=int))
+
+
+def test_a_fit_without_a_minimum_is_flagged_and_the_split_named() -> None:
+    # Every validation image right: the NLL keeps falling as T shrinks, there is no minimum to find.
+    logits = np.array([[4.0, 0.0], [0.0, 4.0], [5.0, 1.0], [1.0, 6.0]])
+    result = calibrate.calibrate(logits, np.array([0, 1, 0, 1]))
+    assert result["temperature"] < 0.2
+    assert result["degenerate"] is True and result["split"] == "validation"
+    mixed = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.5, 0.0]])
+    assert calibrate.calibrate(mixed, np.array([0, 1, 1, 0]))["degenerate"] is False

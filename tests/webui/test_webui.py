@@ -473,6 +473,22 @@ def test_model_tab_names_classes_the_test_split_lacked(page: Any) -> None:
     )
 
 
+def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
+    # A bundle of last.pt: export left out the run's test numbers (they were best.pt's).
+    def no_metrics(route: Any) -> None:
+        report = route.fetch().json()
+        kept = {k: v for k, v in report.items() if k in ("calibration", "class_names", "parity")}
+        route.fulfill(json={**kept, "calibration": {**kept["calibration"], "degenerate": True}})
+
+    page.route("**/api/report", no_metrics)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#eval-source")).to_have_text("No test-set numbers for this model")
+    expect(page.locator("#report-stats .stat")).to_have_count(0)
+    expect(page.locator("#calibration-stats .stat").first).to_contain_text("on the validation split")
+    expect(page.locator("#calibration-note")).to_contain_text("the fit found no minimum")
+
+
 def test_model_tab_without_a_report(page: Any, console: Console) -> None:
     console.allow(r"status of 404")
     page.route(
