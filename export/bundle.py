@@ -183,7 +183,7 @@ def _build(
         val_images = uncertainty.Images(
             val_out[contract.LOGITS_OUTPUT], {k: val_out[k] for k in pools}, val_labels
         )
-        analysis = _uncertainty(
+        analysis, test_logits, test_labels = _uncertainty(
             core_session,
             splits,
             val_images,
@@ -195,6 +195,13 @@ def _build(
             say=say,
         )
         thresholds, uncertainty_report = analysis.thresholds, analysis.report
+        # The same numbers on images the temperature never saw: how well it carries over.
+        test_cal = calibrate.measure(test_logits, test_labels, float(calibration["temperature"]))
+        calibration["test"] = test_cal
+        say(
+            f"on the test split: ECE {test_cal['ece_before']:.4f} → {test_cal['ece_after']:.4f}, "
+            f"NLL {test_cal['nll_before']:.4f} → {test_cal['nll_after']:.4f}"
+        )
         if not uncertainty_report["ood"]["guarantee_holds"]:
             note = (
                 f"only {len(val_labels)} validation images: too few for the out-of-distribution threshold to "
@@ -524,8 +531,9 @@ def _uncertainty(
     target_precision: float,
     acceptance: float,
     say: Callable[[str], None],
-) -> Any:
-    """Thresholds from the validation split, measured on the test split and on generated foreign images."""
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """Thresholds from the validation split, measured on the test split and on generated foreign images;
+    also the test split's logits and labels."""
     from export import infer, uncertainty
 
     fetch = [contract.LOGITS_OUTPUT, *pools]
@@ -565,7 +573,7 @@ def _uncertainty(
     except ValueError as exc:
         raise ExportError(f"thresholds: {exc}") from None
     say(_threshold_line(analysis.thresholds))
-    return analysis
+    return analysis, test.logits, test.labels
 
 
 def _foreign_pixels(

@@ -52,6 +52,19 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return temperature if nll(logits, labels, temperature) <= nll(logits, labels, 1.0) else 1.0
 
 
+def measure(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, Any]:
+    """ECE and NLL of ``logits`` before and after dividing by ``temperature`` (on any split)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    return {
+        "n": int(len(labels)),
+        "ece_before": ece(softmax(logits), labels),
+        "ece_after": ece(softmax(logits, temperature), labels),
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, temperature),
+    }
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Fit T and report NLL / ECE before and after; the top-1 prediction cannot change (T > 0)."""
     logits = np.asarray(logits, dtype=np.float64)
@@ -73,13 +86,9 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     )
     return {
         "temperature": temperature,
-        "split": "validation",  # every number here is measured on the images T was fitted on
+        "split": "validation",  # the numbers below are measured on the images T was fitted on
         "degenerate": degenerate,
-        "ece_before": ece(before, labels),
-        "ece_after": ece(after, labels),
-        "nll_before": nll(logits, labels),
-        "nll_after": nll(logits, labels, temperature),
+        **measure(logits, labels, temperature),
         "accuracy": accuracy_after,
-        "n": int(len(labels)),
         "ece_bins": ECE_BINS,
     }

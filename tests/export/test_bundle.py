@@ -81,6 +81,12 @@ def test_report_extends_the_training_report(exported: dict[str, Any]) -> None:
     cal = report["calibration"]
     assert set(cal) >= {"temperature", "ece_before", "ece_after", "nll_before", "nll_after", "n"}
     assert cal["nll_after"] <= cal["nll_before"] and cal["n"] == 6  # 2 of 6 train images per class held out
+    assert cal["split"] == "validation" and cal["degenerate"] is False
+    # The same measures on the test split, which the temperature never saw.
+    assert (
+        set(cal["test"]) == {"n", "ece_before", "ece_after", "nll_before", "nll_after"}
+        and cal["test"]["n"] > 0
+    )
     parity = report["parity"]
     assert parity["n"] == 6 and parity["max_abs_diff"] <= 1e-4 and parity["top1_agree"] == 1.0
     assert report["export"]["opset"] >= 17 and report["export"]["exporter"]

@@ -478,7 +478,8 @@ def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
     def no_metrics(route: Any) -> None:
         report = route.fetch().json()
         kept = {k: v for k, v in report.items() if k in ("calibration", "class_names", "parity")}
-        route.fulfill(json={**kept, "calibration": {**kept["calibration"], "degenerate": True}})
+        test = {"n": 9, "ece_before": 0.1, "ece_after": 0.3, "nll_before": 0.182, "nll_after": 0.889}
+        route.fulfill(json={**kept, "calibration": {**kept["calibration"], "degenerate": True, "test": test}})
 
     page.route("**/api/report", no_metrics)
     open_page(page)
@@ -487,6 +488,9 @@ def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
     expect(page.locator("#report-stats .stat")).to_have_count(0)
     expect(page.locator("#calibration-stats .stat").first).to_contain_text("on the validation split")
     expect(page.locator("#calibration-note")).to_contain_text("the fit found no minimum")
+    expect(page.locator("#calibration-note")).to_contain_text(
+        "On the test split, which the fit never saw: ECE 10.0\u00a0% → 30.0\u00a0%, NLL 0.182 → 0.889."
+    )
 
 
 def test_model_tab_without_a_report(page: Any, console: Console) -> None:
