@@ -14,6 +14,7 @@ from export.errors import ExportError
 from runtime import bundle
 
 MAX_ABS_DIFF = 1e-4
+MAX_LOGIT_DIFF = 1e-3  # relative to the largest logit (at least 1): the logit scores read them
 
 
 def pick(
@@ -46,7 +47,8 @@ def check_parity(
     temperature: float,
     tol: float = MAX_ABS_DIFF,
 ) -> dict[str, Any]:
-    """Compare probabilities of the finished graph and of the torch model on up to ``n`` image files."""
+    """Compare probabilities (and logits, where the graph has them) of the finished graph and of the torch
+    model on up to ``n`` image files."""
     import torch
 
     from training.data import EvalDataset
@@ -56,7 +58,11 @@ def check_parity(
     if not chosen:
         raise ExportError("parity: none of the chosen images could be read")
     sess = infer.session(model)
-    ort_probs = sess.run([bundle.PROBS_OUTPUT], {bundle.INPUT_NAME: pixels})[0].astype(np.float64)
+    fetch = [bundle.PROBS_OUTPUT]
+    if bundle.LOGITS_OUTPUT in {o.name for o in sess.get_outputs()}:
+        fetch.append(bundle.LOGITS_OUTPUT)
+    ort_out = sess.run(fetch, {bundle.INPUT_NAME: pixels})
+    ort_probs = ort_out[0].astype(np.float64)
 
     dataset = EvalDataset([(f, 0) for f in chosen], img_size, mean, std)
     items = [dataset[i] for i in range(len(dataset))]
@@ -68,10 +74,19 @@ def check_parity(
 
     diff = float(np.abs(ort_probs - torch_probs).max())
     agree = float((ort_probs.argmax(1) == torch_probs.argmax(1)).mean())
-    result = {"n": len(chosen), "max_abs_diff": diff, "top1_agree": agree, "tolerance": tol}
+    result: dict[str, Any] = {"n": len(chosen), "max_abs_diff": diff, "top1_agree": agree, "tolerance": tol}
     if not (diff <= tol and agree == 1.0):
         raise ExportError(
             f"parity failed on {len(chosen)} images: max |Δp| = {diff:.3g} (limit {tol:g}), "
             f"top-1 agreement {agree:.3f} (must be 1)"
         )
+    if len(ort_out) > 1:
+        torch_logits = logits.double().numpy()
+        logit_diff = float(np.abs(ort_out[1].astype(np.float64) - torch_logits).max())
+        limit = MAX_LOGIT_DIFF * max(1.0, float(np.abs(torch_logits).max()))
+        result["logits_max_abs_diff"] = logit_diff
+        if logit_diff > limit:
+            raise ExportError(
+                f"parity failed on {len(chosen)} images: max |Δlogit| = {logit_diff:.3g} (limit {limit:.3g})"
+            )
     return result

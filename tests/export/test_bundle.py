@@ -268,6 +268,42 @@ def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [checkpoint]
 
 
+def test_parity_compares_the_logits_too(exported: dict[str, Any], dataset: Path) -> None:
+    import torch
+
+    from export import parity
+    from training.model import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(exported["checkpoint"])
+    net = model_from_checkpoint(ckpt)
+
+    class Shifted(torch.nn.Module):
+        """Every logit 5 higher: the probabilities cannot tell, the logit scores (energy, max logit) can."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = net
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(x) + 5.0
+
+    files = sorted((dataset / "test").glob("*/*"))
+    options = {
+        "n": 3,
+        "img_size": TINY_SIZE,
+        "mean": ckpt["mean"],
+        "std": ckpt["std"],
+        "resize": "stretch",
+        "resize_filter": "bilinear",
+        "temperature": exported["report"]["calibration"]["temperature"],
+    }
+    model = (exported["out"] / bundle.MODEL_FILE).read_bytes()
+    assert parity.check_parity(net, model, files, **options)["logits_max_abs_diff"] < 1e-4
+    with pytest.raises(ExportError, match="Δlogit"):
+        parity.check_parity(Shifted(), model, files, **options)
+    assert exported["report"]["parity"]["logits_max_abs_diff"] < 1e-4
+
+
 class Payload:
     """Unpickling this would create a file: a weights_only load must refuse it."""
 
