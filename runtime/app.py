@@ -12,7 +12,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +180,8 @@ def _query_options(request: Request, num_classes: int, default_top_k: int) -> tu
         # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
         if not (raw.isascii() and raw.isdigit()) or not raw.strip("0"):
             raise ApiError(422, "bad_top_k", "top_k must be a whole number of at least 1")
-        top_k = int(raw) if len(raw) <= 18 else num_classes  # int() refuses 4300+ digit strings
+        digits = raw.lstrip("0")  # "0001" is 1; only the significant digits say whether it is huge
+        top_k = int(digits) if len(digits) <= 18 else num_classes  # int() refuses 4300+ digit strings
     flag = request.query_params.get("heatmap", "true").lower()
     if flag not in ("true", "false", "1", "0"):
         raise ApiError(422, "bad_heatmap", "heatmap must be true or false")
@@ -194,13 +195,22 @@ def _check_size(part: Part, settings: Settings) -> None:
         )
 
 
+def _timed(histogram: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn``'s own run time into ``histogram``, taken in the worker thread: no wait for a slot counts."""
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    histogram.observe(time.perf_counter() - start)
+    return out
+
+
 async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, Any]]:
     state = request.app.state
     meta, settings = state.engine.meta, state.settings
-    start = time.perf_counter()
     try:
         async with state.decoding:
             array = await run_in_threadpool(
+                _timed,
+                state.metrics.decode,
                 preprocess,
                 part.data,
                 meta.input_size,
@@ -211,19 +221,17 @@ async def _decode(request: Request, part: Part) -> tuple[np.ndarray, dict[str, A
             )
     except ImageError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
-    state.metrics.decode.observe(time.perf_counter() - start)
     return array, {"bytes": len(part.data)}
 
 
 async def _infer(request: Request, images: np.ndarray) -> Any:
     state = request.app.state
-    start = time.perf_counter()
     try:
         if state.gather is not None and len(images) == 1:
             output = await state.gather.infer(images[0])  # may run together with other waiting images
         else:
             async with state.admission.running.take(len(images)):
-                output = await run_in_threadpool(state.engine.run, images)
+                output = await run_in_threadpool(_timed, state.metrics.inference, state.engine.run, images)
     except Exception:
         # Never echo onnxruntime's message (it can name files); the log has it with the request id.
         request_id = request.scope.get("request_id", "-")
@@ -233,7 +241,6 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
         raise ApiError(
             500, "inference_failed", "the model failed on this request; it has been logged"
         ) from None
-    state.metrics.inference.observe(time.perf_counter() - start)
     state.metrics.images.inc(len(images))
     return output
 
@@ -374,7 +381,11 @@ class RequestMiddleware:
             return
         path = scope["path"]
         route = next((r for r in API_ROUTES if path == r), None) or (
-            path if path in ("/healthz", "/readyz", "/metrics") else "static"
+            path
+            if path in ("/healthz", "/readyz", "/metrics")
+            else "api-other"
+            if path.startswith("/api/")
+            else "static"
         )
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = (
@@ -393,8 +404,9 @@ class RequestMiddleware:
                 headers = list(message.get("headers", []))
                 headers += SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
-                if route != "static":
-                    headers.append((b"cache-control", b"no-store"))
+                # API answers are never cached; the page is, but checked again each time (its ETag), so an
+                # upgraded server never runs next to a stale app.js.
+                headers.append((b"cache-control", b"no-store" if route != "static" else b"no-cache"))
                 message["headers"] = headers
             await send(message)
 
@@ -461,7 +473,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        logs.setup()
+        # uvicorn has set its loggers to --log-level by now (skin-serve passes it on): the runtime's follow.
+        logs.setup(logging.getLogger("uvicorn.error").level or logging.INFO)
         served = engine or Engine.from_settings(cfg)
         app.state.settings = cfg
         app.state.engine = served
@@ -476,7 +489,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
             async def run_gathered(images: np.ndarray) -> Any:
                 metrics.gathered.observe(len(images))
-                return await run_in_threadpool(served.run, images)
+                return await run_in_threadpool(_timed, metrics.inference, served.run, images)
 
             app.state.gather = Gatherer(run_gathered, app.state.admission.running, cfg.gather)
         await run_in_threadpool(served.warmup)

@@ -23,10 +23,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str = "info") -> None:
+def setup(level: str | int = "info") -> None:
     """JSON lines on stderr for the runtime's loggers and for Python warnings (idempotent)."""
     logger = logging.getLogger("runtime")
-    logger.setLevel(level.upper())
+    logger.setLevel(level.upper() if isinstance(level, str) else level)
     # Library warnings (Pillow's "Corrupt EXIF data", …) as JSON lines too, not bare text on stderr.
     logging.captureWarnings(True)
     for name in ("runtime", "py.warnings"):

@@ -79,6 +79,8 @@ def test_top_k_and_heatmap_off(client: TestClient) -> None:
     assert len(client.post("/api/predict?top_k=99", files={"file": ("x", solid())}).json()["top"]) == 5
     huge = "9" * 5000  # more digits than int() takes: still means "all of them", not a 500
     assert len(client.post(f"/api/predict?top_k={huge}", files={"file": ("x", solid())}).json()["top"]) == 5
+    one = "0" * 30 + "1"  # leading zeros do not make a number large
+    assert len(client.post(f"/api/predict?top_k={one}", files={"file": ("x", solid())}).json()["top"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -394,6 +396,15 @@ def test_security_headers_and_request_id(client: TestClient) -> None:
 def test_unknown_paths_and_methods_are_json(client: TestClient) -> None:
     _error(client.get("/api/nope"), 404, "not_found")
     _error(client.get("/api/predict"), 405, "method_not_allowed")
+
+
+def test_the_page_is_revalidated_and_api_answers_are_never_cached(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.headers.get_list("cache-control") == ["no-cache"] and page.headers["etag"]
+    for path in ("/api/nope", "/api/predict/"):  # not routes, but API answers all the same
+        assert client.get(path).headers.get_list("cache-control") == ["no-store"]
+    text = client.get("/metrics").text
+    assert 'skin_requests_total{route="api-other",status="404"}' in text
 
 
 @pytest.mark.parametrize("path", ["/..%2f..%2fetc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/../pyproject.toml"])
