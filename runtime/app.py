@@ -167,7 +167,15 @@ async def prometheus(request: Request) -> Response:
 
 
 async def openapi_json(request: Request) -> JSONResponse:
-    return JSONResponse(openapi.spec(request.app.state.engine.meta.model_version or "0"))
+    state = request.app.state
+    return JSONResponse(
+        openapi.spec(
+            state.engine.meta.model_version or "0",
+            default_top_k=state.settings.top_k,
+            num_classes=state.engine.meta.num_classes,
+            max_files=state.settings.max_batch_files,
+        )
+    )
 
 
 # ---- helpers

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+_REQUEST_ID = {"X-Request-ID": {"$ref": "#/components/headers/RequestId"}}
 _ERROR = {
     "description": 'Error (JSON: {"error": {"code", "message"}})',
+    "headers": _REQUEST_ID,
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
+# Any route: 404 for a path that is none, 405 (with Allow) for a method it does not take.
+_OTHER = {**_ERROR, "description": "Any other error: 404 not_found, 405 method_not_allowed, ..."}
 _LABEL = {
     "type": "object",
     "properties": {
@@ -17,13 +21,7 @@ _LABEL = {
     },
     "required": ["label", "display_name", "probability"],
 }
-_TOP_K = {
-    "name": "top_k",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 1},
-    "description": "how many classes to list in `top` (default: the server's SKIN_TOP_K, 5 unless set)",
-}
+_TOP_K = {"name": "top_k", "in": "query", "required": False}  # schema and words: spec() knows the defaults
 _HEATMAP = {
     "name": "heatmap",
     "in": "query",
@@ -33,9 +31,9 @@ _HEATMAP = {
 }
 
 
-def _upload(field: str, many: bool) -> dict[str, Any]:
+def _upload(field: str, many: int = 0) -> dict[str, Any]:
     item: dict[str, Any] = {"type": "string", "format": "binary"}
-    prop = {"type": "array", "items": item} if many else item
+    prop = {"type": "array", "items": item, "minItems": 1, "maxItems": many} if many else item
     return {
         "required": True,
         "content": {
@@ -46,30 +44,101 @@ def _upload(field: str, many: bool) -> dict[str, Any]:
     }
 
 
-def spec(version: str) -> dict[str, Any]:
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {
+        "description": description,
+        "headers": _REQUEST_ID,
+        "content": {"application/json": {"schema": schema}},
+    }
+
+
+def _prediction(**extra: Any) -> dict[str, Any]:
+    """One image's answer: alone (with ``model``) or as a batch entry (with ``filename``)."""
+    properties: dict[str, Any] = {
+        "predictions": {
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "every class: its probability",
+        },
+        "top": {"type": "array", "items": {"$ref": "#/components/schemas/Label"}},
+        "primary": {"$ref": "#/components/schemas/Label"},
+        "heatmap": {
+            "type": ["object", "null"],
+            "description": "the primary class's activation map, scaled to 0..1, rows top to bottom; "
+            "null when not asked for or when the model has none",
+            "properties": {
+                "label": {"type": "string"},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "values": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+            },
+            "required": ["label", "width", "height", "values"],
+        },
+        "confidence": {
+            "type": "string",
+            "enum": ["ok", "low"],
+            "description": "low: the top-1 calibrated probability is under the bundle's "
+            "min_probability, set at export for a target precision. Absent when the bundle "
+            "has no confidence threshold (see /api/info uncertainty)",
+        },
+        "in_distribution": {
+            "type": "boolean",
+            "description": "false: the image does not look like the training images (its "
+            "ood_score is past the bundle's threshold). Absent when the bundle has no "
+            "out-of-distribution threshold",
+        },
+        "ood_score": {
+            "type": ["number", "null"],
+            "description": "the out-of-distribution score in_distribution was decided on; "
+            "which score and which side is familiar: /api/info uncertainty.ood_score",
+        },
+        "image": {
+            "type": "object",
+            "properties": {"bytes": {"type": "integer", "description": "size of the uploaded file"}},
+            "required": ["bytes"],
+        },
+        **extra,
+    }
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": ["predictions", "top", "primary", "heatmap", "image", *extra],
+    }
+
+
+def spec(
+    version: str, *, default_top_k: int = 5, num_classes: int | None = None, max_files: int = 16
+) -> dict[str, Any]:
     # What either upload route can answer besides 200; a batch reports a bad file's format in its own entry.
     common = {str(code): _ERROR for code in (400, 408, 413, 422, 500)}
-    common["503"] = {**_ERROR, "description": "Not ready, or busy (Retry-After: 1)"}
+    common["503"] = {
+        **_ERROR,
+        "description": "Busy: try again (Retry-After: 1)",
+        "headers": {**_REQUEST_ID, "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
+    }
+    common["default"] = _OTHER
+    top_k = {
+        **_TOP_K,
+        "schema": {"type": "integer", "minimum": 1, "default": default_top_k},
+        "description": "how many classes to list in `top`"
+        + (f"; more than the {num_classes} classes lists them all" if num_classes else ""),
+    }
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Skin-lesion classifier",
             "version": version,
-            "description": "Classifies skin photos; not a medical device.",
+            "description": "Classifies skin photos; not a medical device. info.version is the served model's "
+            "version.",
         },
         "paths": {
             "/api/predict": {
                 "post": {
                     "summary": "Classify one image (JPEG, PNG or WebP)",
-                    "parameters": [_TOP_K, _HEATMAP],
-                    "requestBody": _upload("file", many=False),
+                    "parameters": [top_k, _HEATMAP],
+                    "requestBody": _upload("file"),
                     "responses": {
-                        "200": {
-                            "description": "Prediction",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/Prediction"}}
-                            },
-                        },
+                        "200": _json({"$ref": "#/components/schemas/Prediction"}, "Prediction"),
                         **common,
                         "415": _ERROR,
                     },
@@ -78,40 +147,66 @@ def spec(version: str) -> dict[str, Any]:
             "/api/predict/batch": {
                 "post": {
                     "summary": "Classify several images; a bad file gets its own error entry",
-                    "parameters": [_TOP_K, _HEATMAP],
-                    "requestBody": _upload("files", many=True),
+                    "parameters": [top_k, _HEATMAP],
+                    "requestBody": _upload("files", many=max_files),
                     "responses": {
-                        "200": {
-                            "description": "One result per file, in order",
-                            "content": {
-                                "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}
-                            },
-                        },
+                        "200": _json({"$ref": "#/components/schemas/Batch"}, "One result per file, in order"),
                         **common,
                     },
                 }
             },
             "/api/info": {
-                "get": {"summary": "Model and runtime description", "responses": {"200": _json_ok()}}
+                "get": {
+                    "summary": "Model and runtime description",
+                    "responses": {"200": _json({"type": "object"}), "default": _OTHER},
+                }
             },
             "/api/report": {
                 "get": {
                     "summary": "The stored evaluation report (scikit-learn classification_report shape)",
-                    "responses": {"200": _json_ok(), "404": _ERROR},
+                    "responses": {"200": _json({"type": "object"}), "404": _ERROR, "default": _OTHER},
                 }
             },
-            "/healthz": {"get": {"summary": "Process is alive", "responses": {"200": _json_ok()}}},
+            "/api/openapi.json": {
+                "get": {
+                    "summary": "This description",
+                    "responses": {"200": _json({"type": "object"}), "default": _OTHER},
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Process is alive",
+                    "responses": {"200": _json({"type": "object"}), "default": _OTHER},
+                }
+            },
             "/readyz": {
                 "get": {
-                    "summary": "Model loaded and warmed up",
-                    "responses": {"200": _json_ok(), "503": {"description": "Not ready"}},
+                    "summary": "Model loaded and warmed up (the port opens only then)",
+                    "responses": {"200": _json({"type": "object"}), "503": _ERROR, "default": _OTHER},
                 }
             },
             "/metrics": {
-                "get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "headers": _REQUEST_ID,
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "default": _OTHER,
+                    },
+                }
             },
         },
         "components": {
+            "headers": {
+                "RequestId": {
+                    "schema": {"type": "string", "maxLength": 64},
+                    "description": "the client's own X-Request-ID (printable ASCII, at most 64 characters), "
+                    "else a new one; the logs carry it",
+                }
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -125,59 +220,41 @@ def spec(version: str) -> dict[str, Any]:
                     "required": ["error"],
                 },
                 "Label": _LABEL,
-                "Prediction": {
+                "Model": {
                     "type": "object",
                     "properties": {
-                        "predictions": {"type": "object", "additionalProperties": {"type": "number"}},
-                        "top": {"type": "array", "items": {"$ref": "#/components/schemas/Label"}},
-                        "primary": {"$ref": "#/components/schemas/Label"},
-                        "heatmap": {
-                            "type": ["object", "null"],
-                            "properties": {
-                                "label": {"type": "string"},
-                                "width": {"type": "integer"},
-                                "height": {"type": "integer"},
-                                "values": {
-                                    "type": "array",
-                                    "items": {"type": "array", "items": {"type": "number"}},
-                                },
-                            },
-                        },
-                        "confidence": {
-                            "type": "string",
-                            "enum": ["ok", "low"],
-                            "description": "low: the top-1 calibrated probability is under the bundle's "
-                            "min_probability, set at export for a target precision. Absent when the bundle "
-                            "has no confidence threshold (see /api/info uncertainty)",
-                        },
-                        "in_distribution": {
-                            "type": "boolean",
-                            "description": "false: the image does not look like the training images (its "
-                            "ood_score is past the bundle's threshold). Absent when the bundle has no "
-                            "out-of-distribution threshold",
-                        },
-                        "ood_score": {
-                            "type": ["number", "null"],
-                            "description": "the out-of-distribution score in_distribution was decided on; "
-                            "which score and which side is familiar: /api/info uncertainty.ood_score",
-                        },
-                        "image": {"type": "object"},
-                        "model": {"type": "object"},
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "demo": {"type": "boolean"},
                     },
-                    "required": ["predictions", "top", "primary", "model"],
+                    "required": ["name", "version", "demo"],
+                },
+                "Prediction": _prediction(model={"$ref": "#/components/schemas/Model"}),
+                "BatchPrediction": _prediction(filename={"type": "string"}),
+                "BatchError": {
+                    "type": "object",
+                    "properties": {
+                        "filename": {"type": "string"},
+                        "error": {"$ref": "#/components/schemas/Error/properties/error"},
+                    },
+                    "required": ["filename", "error"],
                 },
                 "Batch": {
                     "type": "object",
                     "properties": {
-                        "results": {"type": "array", "items": {"type": "object"}},
-                        "model": {"type": "object"},
+                        "results": {
+                            "type": "array",
+                            "items": {
+                                "oneOf": [
+                                    {"$ref": "#/components/schemas/BatchPrediction"},
+                                    {"$ref": "#/components/schemas/BatchError"},
+                                ]
+                            },
+                        },
+                        "model": {"$ref": "#/components/schemas/Model"},
                     },
                     "required": ["results", "model"],
                 },
-            }
+            },
         },
     }
-
-
-def _json_ok() -> dict[str, Any]:
-    return {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}

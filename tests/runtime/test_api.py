@@ -367,12 +367,100 @@ def test_openapi_matches_what_the_routes_answer(client: TestClient) -> None:
     single = spec["paths"]["/api/predict"]["post"]["responses"]
     batch = spec["paths"]["/api/predict/batch"]["post"]["responses"]
     # body timeout, server error and busy can end either route; a bad format is a 415 only for one file
-    assert {"200", "400", "408", "413", "415", "422", "500", "503"} == set(single)
+    assert {"200", "400", "408", "413", "415", "422", "500", "503", "default"} == set(single)
     assert set(batch) == set(single) - {"415"}
     answer = client.post("/api/predict", files={"file": ("x.jpg", solid())}).json()
     schema = spec["components"]["schemas"]["Prediction"]
     assert set(answer) <= set(schema["properties"]) and set(schema["required"]) <= set(answer)
     assert "timing_ms" not in schema["properties"]  # listed once, never sent
+
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "null": type(None),
+}
+
+
+def _problems(value: object, schema: dict, spec: dict, at: str = "$") -> list[str]:  # type: ignore[type-arg]
+    """Where ``value`` breaks ``schema`` (the JSON Schema parts the description uses; $ref into ``spec``)."""
+    if "$ref" in schema:
+        target: dict = spec  # type: ignore[type-arg]
+        for key in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[key]
+        return _problems(value, target, spec, at)
+    if "oneOf" in schema:
+        fits = [option for option in schema["oneOf"] if not _problems(value, option, spec, at)]
+        return [] if len(fits) == 1 else [f"{at}: fits {len(fits)} of oneOf"]
+    kinds = schema.get("type")
+    if kinds is not None:
+        names = kinds if isinstance(kinds, list) else [kinds]
+        ok = any(
+            isinstance(value, _TYPES[n]) and not (n in ("integer", "number") and value is True) for n in names
+        )
+        if not ok or (value is True or value is False) and "boolean" not in names:
+            return [f"{at}: {type(value).__name__} is not {kinds}"]
+    if "enum" in schema and value not in schema["enum"]:
+        return [f"{at}: {value!r} not in {schema['enum']}"]
+    out = []
+    if isinstance(value, dict):
+        out += [f"{at}: missing {key!r}" for key in schema.get("required", []) if key not in value]
+        for key, item in value.items():
+            sub = schema.get("properties", {}).get(key)
+            if sub is None and isinstance(schema.get("additionalProperties"), dict):
+                sub = schema["additionalProperties"]
+            if (
+                sub is None
+                and "properties" in schema
+                and schema.get("additionalProperties", True) is not True
+            ):
+                out.append(f"{at}: unexpected {key!r}")
+            elif sub is not None:
+                out += _problems(item, sub, spec, f"{at}.{key}")
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            out += _problems(item, schema["items"], spec, f"{at}[{i}]")
+    return out
+
+
+def test_answers_fit_the_openapi_description(client: TestClient) -> None:
+    spec = client.get("/api/openapi.json").json()
+
+    def fits(response, path: str, method: str) -> None:  # type: ignore[no-untyped-def]
+        responses = spec["paths"][path][method]["responses"]
+        described = responses.get(str(response.status_code), responses.get("default"))
+        assert described, (path, response.status_code)
+        schema = described["content"]["application/json"]["schema"]
+        assert _problems(response.json(), schema, spec) == [], (path, response.json())
+        assert "x-request-id" in response.headers and "X-Request-ID" in described["headers"]
+
+    image = ("x.jpg", solid(), "image/jpeg")
+    fits(client.post("/api/predict", files={"file": image}), "/api/predict", "post")
+    both = client.post(
+        "/api/predict/batch", files=[("files", image), ("files", ("y.jpg", b"junk", "image/jpeg"))]
+    )
+    assert [set(r) >= {"error"} for r in both.json()["results"]] == [False, True]
+    fits(both, "/api/predict/batch", "post")
+    fits(client.post("/api/predict", files={"file": ("y.jpg", b"junk")}), "/api/predict", "post")
+    fits(client.post("/api/predict?top_k=0", files={"file": image}), "/api/predict", "post")
+    fits(client.put("/api/predict"), "/api/predict", "post")  # 405: the default answer
+    fits(client.get("/readyz"), "/readyz", "get")
+    top_k = spec["paths"]["/api/predict"]["post"]["parameters"][0]
+    assert top_k["name"] == "top_k" and top_k["schema"]["default"] == 5
+    batch = spec["paths"]["/api/predict/batch"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert batch["schema"]["properties"]["files"]["maxItems"] == 3  # this client's SKIN_MAX_BATCH_FILES
+    # The checker itself: a batch entry with neither a prediction nor an error fits nothing.
+    assert _problems(
+        {"results": [{"filename": "x"}], "model": both.json()["model"]}, batch_schema(spec), spec
+    )
+
+
+def batch_schema(spec: dict) -> dict:  # type: ignore[type-arg]
+    return spec["components"]["schemas"]["Batch"]  # type: ignore[no-any-return]
 
 
 def test_metrics(client: TestClient) -> None:
