@@ -65,16 +65,16 @@ def at_threshold(confidence: np.ndarray, correct: np.ndarray, min_probability: f
 
 # The runtime compares the graph's float32 outputs, which differ from these float64 values by up to ~1e-6
 # (the parity check's bound): a threshold exactly on a validation value could land on either side of that
-# image once served. So a threshold sits halfway to the nearest value on the other side, or this far past
-# the last one.
+# image once served. So a threshold sits this far (relative) past the last value it accepts, or halfway to the
+# next value it rejects when that one is closer.
 EDGE = 1e-5
 
 
 def between(accepted: float, rejected: float | None, *, higher_is_familiar: bool) -> float:
-    """A threshold that keeps ``accepted`` in and ``rejected`` (the next value the other way, if any) out."""
-    if rejected is not None and rejected != accepted:
-        return (accepted + rejected) / 2
+    """Just past ``accepted`` towards ``rejected`` (the next value the other way, if any), which stays out."""
     step = EDGE * max(1.0, abs(accepted))
+    if rejected is not None and rejected != accepted:
+        step = min(step, abs(accepted - rejected) / 2)
     return accepted - step if higher_is_familiar else accepted + step
 
 
@@ -85,7 +85,7 @@ def confidence_threshold(
 
     When no threshold reaches it (the most confident predictions are already too often wrong), the threshold
     sits just above the highest confidence seen, so every prediction is reported as low confidence. The
-    threshold lies between the last accepted confidence and the next lower one (``between``).
+    threshold lies just below the last accepted confidence (``between``).
     """
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must be in (0, 1], not {target_precision}")
@@ -111,8 +111,7 @@ def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_fam
     then a new image from the same distribution is accepted with probability at least ``acceptance`` (for
     exchangeable images). With fewer than acceptance / (1 - acceptance) values (19 for 95 %) that rank is past
     the end and the least familiar value is used: the guarantee no longer holds, the report says so. The
-    threshold lies between that value and the next less familiar one (``between``), which accepts the same
-    validation values and, if anything, a little more.
+    threshold lies just past that value (``between``): the same validation values are accepted.
     """
     if not 0.0 < acceptance <= 1.0:
         raise ValueError(f"acceptance must be in (0, 1], not {acceptance}")

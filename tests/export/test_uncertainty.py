@@ -30,10 +30,10 @@ RIGHT = np.array([1, 1, 1, 1, 0, 0], bool)
 @pytest.mark.parametrize(
     ("target", "threshold", "coverage", "precision"),
     [
-        pytest.param(0.9, 0.75, 4 / 6, 1.0, id="90%: between 0.8 (kept) and 0.7"),
-        pytest.param(0.8, 0.65, 5 / 6, 0.8, id="80%: one mistake allowed in five"),
-        pytest.param(0.6, 0.6 - unc.EDGE, 1.0, 4 / 6, id="60%: everything, a hair below the lowest"),
-        pytest.param(1.0, 0.75, 4 / 6, 1.0, id="100%"),
+        pytest.param(0.9, 0.8 - unc.EDGE, 4 / 6, 1.0, id="90%: a hair below 0.8, the last one kept"),
+        pytest.param(0.8, 0.7 - unc.EDGE, 5 / 6, 0.8, id="80%: one mistake allowed in five"),
+        pytest.param(0.6, 0.6 - unc.EDGE, 1.0, 4 / 6, id="60%: everything"),
+        pytest.param(1.0, 0.8 - unc.EDGE, 4 / 6, 1.0, id="100%"),
     ],
 )
 def test_confidence_threshold_is_the_largest_coverage_meeting_the_target(
@@ -50,9 +50,12 @@ def test_a_served_value_a_little_off_the_validation_value_keeps_its_side() -> No
     conf = np.array([0.9737555553113654, 0.5])
     chosen = unc.confidence_threshold(conf, np.array([True, False]), 0.9)
     assert chosen["min_probability"] < 0.97375554  # the first image, served rounded down, is still confident
-    assert chosen["min_probability"] == pytest.approx((conf[0] + conf[1]) / 2)
-    # Distances: the threshold sits halfway to the first one rejected, or a hair past the last one accepted.
-    assert unc.acceptance_threshold(np.array([1.0, 2.0, 3.0]), 0.5, higher_is_familiar=False) == 2.5
+    # A rejected value closer than that: the threshold stays halfway, so it stays out.
+    near = unc.confidence_threshold(np.array([0.8, 0.8 - 4e-6]), np.array([True, False]), 0.9)
+    assert near["min_probability"] == pytest.approx(0.8 - 2e-6)
+    # Distances (lower is familiar): a hair above the last one accepted, relative to its size.
+    t = unc.acceptance_threshold(np.array([1.0, 2.0, 3.0]), 0.5, higher_is_familiar=False)
+    assert t == pytest.approx(2.0 * (1 + unc.EDGE))
     t = unc.acceptance_threshold(np.array([1.0, 2.0, 77.15365858134166]), 1.0, higher_is_familiar=False)
     assert t > 77.15365858134166 + 1e-4  # accepted even when served a little higher
 
