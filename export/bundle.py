@@ -738,7 +738,7 @@ def _short(names: list[str]) -> str:
 
 
 def _base_report(
-    checkpoint: Path, report: str | Path | None, *, epoch: Any = None, notes: list[str] | None = None
+    checkpoint: Path, report: str | Path | None, *, epoch: int | None, notes: list[str]
 ) -> dict[str, Any]:
     """The training run's report.json (explicit path, or next to the checkpoint), else an empty one.
 
@@ -760,16 +760,14 @@ def _base_report(
     best = loaded.get("best_epoch")
     if isinstance(best, int) and not isinstance(best, bool) and isinstance(epoch, int) and best != epoch:
         if report is None:
-            if notes is not None:
-                notes.append(
-                    f"the run's report.json describes epoch {best} (best.pt), not this checkpoint's epoch "
-                    f"{epoch}: its test numbers are left out (pass --report to attach them anyway)"
-                )
-            return {}
-        if notes is not None:
             notes.append(
-                f"the attached report's test numbers are epoch {best}'s; this checkpoint is epoch {epoch}"
+                f"the run's report.json describes epoch {best} (best.pt), not this checkpoint's epoch "
+                f"{epoch}: its test numbers are left out (pass --report to attach them anyway)"
             )
+            return {}
+        notes.append(
+            f"the attached report's test numbers are epoch {best}'s; this checkpoint is epoch {epoch}"
+        )
     return loaded
 
 

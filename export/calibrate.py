@@ -81,14 +81,13 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         )
     # No minimum inside the bounds: the NLL still falls towards one (typically every validation image is
     # right, and it falls as T shrinks, probabilities going to 0 and 1), so T says little about new images.
-    degenerate = any(
-        nll(logits, labels, bound) <= nll(logits, labels, temperature) + 1e-12 for bound in T_BOUNDS
-    )
+    measured = measure(logits, labels, temperature)
+    degenerate = any(nll(logits, labels, bound) <= measured["nll_after"] + 1e-12 for bound in T_BOUNDS)
     return {
         "temperature": temperature,
         "split": "validation",  # the numbers below are measured on the images T was fitted on
         "degenerate": degenerate,
-        **measure(logits, labels, temperature),
+        **measured,
         "accuracy": accuracy_after,
         "ece_bins": ECE_BINS,
     }

@@ -43,7 +43,7 @@ from training.data import (
     load_splits,
 )
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
-from training.report import classification_summary, epoch_metrics, plain
+from training.report import classes_without, classification_summary, epoch_metrics, plain
 
 METRIC_COLUMNS = (
     "epoch",
@@ -515,8 +515,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             if cfg.scheduler == "plateau":
                 scheduler.step(val["loss"])
             state.bad_train = sorted(set(state.bad_train) | set(stats["bad"]))
-            seen = set(ev.labels.tolist())
-            state.val_without_images = [name for i, name in enumerate(names) if i not in seen]
+            state.val_without_images = classes_without(ev.labels, names)
             row = {
                 "epoch": epoch + 1,
                 "lr": lr,

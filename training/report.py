@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+
+def classes_without(labels: np.ndarray, class_names: Sequence[str]) -> list[str]:
+    """The classes that have no image among ``labels`` (class indices)."""
+    seen = set(np.asarray(labels).tolist())
+    return [name for i, name in enumerate(class_names) if i not in seen]
 
 
 def epoch_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -67,8 +74,7 @@ def classification_summary(
     if len(labels) and present != set(indices):  # all present: scikit-learn's own numbers, unchanged
         p, r, f1, _ = precision_recall_fscore_support(labels, preds, average="macro", zero_division=0)
         report["macro avg"].update({"precision": p, "recall": r, "f1-score": f1})
-    seen = set(labels.tolist())
-    report["classes_without_images"] = [name for i, name in enumerate(class_names) if i not in seen]
+    report["classes_without_images"] = classes_without(labels, class_names)
     report["confusion_matrix"] = confusion_matrix(labels, preds, labels=indices).tolist()
     report["class_names"] = list(class_names)
     if display_names is not None:

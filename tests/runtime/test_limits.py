@@ -8,6 +8,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,18 +20,23 @@ from tests.images import solid
 from tests.server import start_server, stop_server
 
 
+def _slow_down(client: TestClient, wait: Callable[[], object]) -> None:
+    """Every model run of the client's app first calls ``wait`` (holds it, or takes a known time)."""
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    real_run = engine.run
+
+    def slow_run(images):  # type: ignore[no-untyped-def]
+        wait()
+        return real_run(images)
+
+    engine.run = slow_run
+
+
 def test_overload_answers_503_with_retry_after_at_once(tiny_bundle: Path) -> None:
     settings = Settings(bundle=str(tiny_bundle), threads=1, inference_concurrency=1, max_queue=0)
     release = threading.Event()
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        engine = client.app.state.engine  # type: ignore[attr-defined]
-        real_run = engine.run
-
-        def slow_run(images):  # type: ignore[no-untyped-def]
-            release.wait(10)
-            return real_run(images)
-
-        engine.run = slow_run
+        _slow_down(client, lambda: release.wait(10))
         first: dict[str, int] = {}
         worker = threading.Thread(
             target=lambda: first.update(
@@ -209,14 +215,7 @@ def test_inference_seconds_count_model_time_not_the_wait_for_a_slot(tiny_bundle:
         bundle=str(tiny_bundle), threads=1, inference_concurrency=1, max_queue=4, gather=gather
     )
     with TestClient(create_app(settings)) as client:
-        engine = client.app.state.engine  # type: ignore[attr-defined]
-        real_run = engine.run
-
-        def slow_run(images):  # type: ignore[no-untyped-def]
-            time.sleep(0.3)
-            return real_run(images)
-
-        engine.run = slow_run
+        _slow_down(client, lambda: time.sleep(0.3))
         before = _histogram_sum(client.get("/metrics").text, "skin_inference_seconds")
         post = lambda: client.post("/api/predict", files={"file": ("a.jpg", solid())})  # noqa: E731
         workers = [threading.Thread(target=post) for _ in range(3)]
