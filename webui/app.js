@@ -202,12 +202,20 @@
 
   // ---- theme toggle ----
 
+  function systemTheme() {
+    return darkQuery.matches ? "dark" : "light";
+  }
+
   function setupTheme() {
     $("theme-toggle").addEventListener("click", () => {
       const next = currentTheme() === "dark" ? "light" : "dark";
-      root.dataset.theme = next;
+      // Switching to the system's own theme is the way back to following the system: the override goes.
+      const follow = next === systemTheme();
+      if (follow) delete root.dataset.theme;
+      else root.dataset.theme = next;
       try {
-        window.localStorage.setItem(THEME_KEY, next);
+        if (follow) window.localStorage.removeItem(THEME_KEY);
+        else window.localStorage.setItem(THEME_KEY, next);
       } catch (err) {
         // storage disabled: the choice lasts for this page only
       }
@@ -219,8 +227,9 @@
 
   function renderThemeButton() {
     const next = currentTheme() === "dark" ? "light" : "dark";
-    $("theme-toggle").setAttribute("aria-label", "Switch to " + next + " theme");
-    $("theme-toggle").title = "Switch to " + next + " theme";
+    const label = "Switch to " + next + " theme" + (next === systemTheme() ? " (the system's)" : "");
+    $("theme-toggle").setAttribute("aria-label", label);
+    $("theme-toggle").title = label;
     $("theme-label").textContent = next === "dark" ? "Dark" : "Light";
   }
 
@@ -295,14 +304,13 @@
       event.preventDefault();
       depth = 0;
       zone.classList.remove("dragging");
-      if (state.busy) return;
       selectTab($("tab-analyse")); // a drop on the model tab must not change images out of sight
       setFiles(event.dataTransfer.files);
     });
 
     document.addEventListener("paste", (event) => {
       const data = event.clipboardData;
-      if (!data || state.busy) return;
+      if (!data) return;
       let files = Array.from(data.files || []);
       if (!files.length) {
         files = Array.from(data.items || [])
@@ -341,7 +349,12 @@
 
   function setFiles(fileList) {
     const files = Array.from(fileList || []);
-    if (!files.length || state.busy) return;
+    if (!files.length) return;
+    if (state.busy) {
+      // The images in the request stay; dropped or pasted ones would otherwise vanish without a word.
+      showInputError(["Wait for the analysis to finish, then add the new images again."]);
+      return;
+    }
     const lim = limits();
     const problems = [];
     let accepted = [];

@@ -383,6 +383,20 @@ def test_drop_and_paste_choose_an_image(page: Any) -> None:
         page.click("#analyse")
     expect(page.locator("#primary-name")).to_have_text("Benign Tumors")
 
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))
+    page.click("#analyse")
+    expect(page.locator("#busy")).to_be_visible()
+    page.evaluate(send, ["paste", "late.png", data])  # while busy: kept out, and the user is told
+    expect(page.locator("#input-error")).to_have_text(
+        "Wait for the analysis to finish, then add the new images again."
+    )
+    expect(page.locator("#preview-caption")).to_contain_text("pasted.png")
+    while not held:
+        page.wait_for_timeout(20)
+    held[0].continue_()
+    expect(page.locator("#primary-name")).to_have_text("Benign Tumors")
+
 
 def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
     report = json.loads((ui_bundle / "report.json").read_text())
@@ -594,6 +608,15 @@ def test_theme_follows_the_system_and_the_toggle_is_remembered(new_page: Any) ->
     assert dark != light
     page.reload()
     expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    expect(toggle).to_have_attribute("aria-label", "Switch to light theme (the system's)")
+    assert page.evaluate(background) == dark
+    # Back to the system's theme is back to following the system: nothing stored, and a change of the
+    # system's preference is followed again.
+    toggle.click()
+    expect(page.locator("html")).not_to_have_attribute("data-theme", re.compile(".*"))
+    assert page.evaluate("() => localStorage.getItem('skin-ui-theme')") is None
+    assert page.evaluate(background) == light
+    page.emulate_media(color_scheme="dark")
     expect(toggle).to_have_attribute("aria-label", "Switch to light theme")
     assert page.evaluate(background) == dark
 
