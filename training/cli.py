@@ -7,6 +7,7 @@ Several GPUs or nodes: torchrun --nproc_per_node=N -m training --data ... (one p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM while train() runs
         line, status = stopped(stop)
-        print(f"{PROG}: {line}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops: one line, from rank 0
+            print(f"{PROG}: {line}", file=sys.stderr)
         return status
     return 0
 

@@ -349,6 +349,19 @@ def test_interrupt_says_whether_there_is_anything_to_resume(
     assert capsys.readouterr().err == "skin-train: interrupted before the first epoch ended\n"
 
 
+@pytest.mark.parametrize(("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")])
+def test_under_torchrun_only_rank_0_says_it_stopped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str, err: str
+) -> None:
+    def stop(**kwargs: Any) -> None:
+        raise KeyboardInterrupt  # Ctrl-C reaches every rank torchrun started
+
+    monkeypatch.setattr(loop, "train", stop)
+    monkeypatch.setenv("RANK", rank)
+    assert main(["--data", "unused"]) == 130
+    assert capsys.readouterr().err == err
+
+
 def test_unwritable_out_is_one_line(
     tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
