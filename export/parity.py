@@ -15,6 +15,7 @@ from runtime import bundle
 
 MAX_ABS_DIFF = 1e-4
 MAX_LOGIT_DIFF = 1e-3  # relative to the largest logit (at least 1): the logit scores read them
+MAX_CAM_DIFF = 1e-3  # relative to the largest activation (at least 1): the heatmap is scaled by its maximum
 
 
 def pick(
@@ -47,8 +48,8 @@ def check_parity(
     temperature: float,
     tol: float = MAX_ABS_DIFF,
 ) -> dict[str, Any]:
-    """Compare probabilities (and logits, where the graph has them) of the finished graph and of the torch
-    model on up to ``n`` image files."""
+    """Compare probabilities (and logits and class activation maps, where the graph has them) of the finished
+    graph and of the torch model on up to ``n`` image files."""
     import torch
 
     from training.data import EvalDataset
@@ -58,18 +59,25 @@ def check_parity(
     if not chosen:
         raise ExportError("parity: none of the chosen images could be read")
     sess = infer.session(model)
-    fetch = [bundle.PROBS_OUTPUT]
-    if bundle.LOGITS_OUTPUT in {o.name for o in sess.get_outputs()}:
-        fetch.append(bundle.LOGITS_OUTPUT)
-    ort_out = sess.run(fetch, {bundle.INPUT_NAME: pixels})
-    ort_probs = ort_out[0].astype(np.float64)
+    names = {o.name for o in sess.get_outputs()}
+    fetch = [bundle.PROBS_OUTPUT] + [o for o in (bundle.LOGITS_OUTPUT, bundle.CAM_OUTPUT) if o in names]
+    ort_out = dict(zip(fetch, sess.run(fetch, {bundle.INPUT_NAME: pixels}), strict=True))
+    ort_probs = ort_out[bundle.PROBS_OUTPUT].astype(np.float64)
 
     dataset = EvalDataset([(f, 0) for f in chosen], img_size, mean, std)
     items = [dataset[i] for i in range(len(dataset))]
     if any(label < 0 for _, label in items):
         raise ExportError("parity: training's loader could not read an image that the runtime reads")
     with torch.no_grad():
-        logits = net.eval()(torch.stack([x for x, _ in items]))
+        x = torch.stack([x for x, _ in items])
+        net.eval()
+        if bundle.CAM_OUTPUT in ort_out:
+            # The graph's CAM is the last feature map through the classifier's weights (export.onnx).
+            features = net.forward_features(x)
+            logits = net.forward_head(features)
+            torch_cam = torch.einsum("bkhw,ck->bchw", features, net.get_classifier().weight).double().numpy()
+        else:
+            logits = net(x)
         torch_probs = torch.softmax(logits / temperature, dim=1).double().numpy()
 
     diff = float(np.abs(ort_probs - torch_probs).max())
@@ -80,13 +88,20 @@ def check_parity(
             f"parity failed on {len(chosen)} images: max |Δp| = {diff:.3g} (limit {tol:g}), "
             f"top-1 agreement {agree:.3f} (must be 1)"
         )
-    if len(ort_out) > 1:
-        torch_logits = logits.double().numpy()
-        logit_diff = float(np.abs(ort_out[1].astype(np.float64) - torch_logits).max())
-        limit = MAX_LOGIT_DIFF * max(1.0, float(np.abs(torch_logits).max()))
-        result["logits_max_abs_diff"] = logit_diff
-        if logit_diff > limit:
+    compared = [(bundle.LOGITS_OUTPUT, "logit", logits.double().numpy(), MAX_LOGIT_DIFF)]
+    if bundle.CAM_OUTPUT in ort_out:
+        compared.append((bundle.CAM_OUTPUT, "cam", torch_cam, MAX_CAM_DIFF))
+    for output, what, want, relative in compared:
+        if output not in ort_out:
+            continue
+        got = ort_out[output].astype(np.float64)
+        if got.shape != want.shape:
+            raise ExportError(f"parity failed: the graph's {output} is {got.shape}, torch's {want.shape}")
+        gap = float(np.abs(got - want).max())
+        limit = relative * max(1.0, float(np.abs(want).max()))
+        result[f"{output}_max_abs_diff"] = gap
+        if gap > limit:
             raise ExportError(
-                f"parity failed on {len(chosen)} images: max |Δlogit| = {logit_diff:.3g} (limit {limit:.3g})"
+                f"parity failed on {len(chosen)} images: max |Δ{what}| = {gap:.3g} (limit {limit:.3g})"
             )
     return result

@@ -268,7 +268,7 @@ def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [checkpoint]
 
 
-def test_parity_compares_the_logits_too(exported: dict[str, Any], dataset: Path) -> None:
+def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], dataset: Path) -> None:
     import torch
 
     from export import parity
@@ -277,15 +277,24 @@ def test_parity_compares_the_logits_too(exported: dict[str, Any], dataset: Path)
     ckpt = load_checkpoint(exported["checkpoint"])
     net = model_from_checkpoint(ckpt)
 
-    class Shifted(torch.nn.Module):
-        """Every logit 5 higher: the probabilities cannot tell, the logit scores (energy, max logit) can."""
+    class Changed(torch.nn.Module):
+        """The same network with its logits shifted or its feature map scaled (the head undoes the scale)."""
 
-        def __init__(self) -> None:
+        def __init__(self, shift: float = 0.0, scale: float = 1.0) -> None:
             super().__init__()
-            self.inner = net
+            self.inner, self.shift, self.scale = net, shift, scale
+
+        def forward_features(self, x: Any) -> Any:
+            return self.inner.forward_features(x) * self.scale
+
+        def forward_head(self, features: Any) -> Any:
+            return self.inner.forward_head(features / self.scale) + self.shift
 
         def forward(self, x: Any) -> Any:
-            return self.inner(x) + 5.0
+            return self.forward_head(self.forward_features(x))
+
+        def get_classifier(self) -> Any:
+            return self.inner.get_classifier()
 
     files = sorted((dataset / "test").glob("*/*"))
     options = {
@@ -298,10 +307,16 @@ def test_parity_compares_the_logits_too(exported: dict[str, Any], dataset: Path)
         "temperature": exported["report"]["calibration"]["temperature"],
     }
     model = (exported["out"] / bundle.MODEL_FILE).read_bytes()
-    assert parity.check_parity(net, model, files, **options)["logits_max_abs_diff"] < 1e-4
+    result = parity.check_parity(net, model, files, **options)
+    assert result["logits_max_abs_diff"] < 1e-4 and result["cam_max_abs_diff"] < 1e-4
+    # Every logit 5 higher: the probabilities cannot tell, the logit scores (energy, max logit) can.
     with pytest.raises(ExportError, match="Δlogit"):
-        parity.check_parity(Shifted(), model, files, **options)
+        parity.check_parity(Changed(shift=5.0), model, files, **options)
+    # The same answers from a feature map twice as strong: only the heatmap can tell.
+    with pytest.raises(ExportError, match="Δcam"):
+        parity.check_parity(Changed(scale=2.0), model, files, **options)
     assert exported["report"]["parity"]["logits_max_abs_diff"] < 1e-4
+    assert exported["report"]["parity"]["cam_max_abs_diff"] < 1e-4
 
 
 class Payload:

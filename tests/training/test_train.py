@@ -349,7 +349,9 @@ def test_interrupt_says_whether_there_is_anything_to_resume(
     assert capsys.readouterr().err == "skin-train: interrupted before the first epoch ended\n"
 
 
-@pytest.mark.parametrize(("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")])
+@pytest.mark.parametrize(
+    ("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")]
+)
 def test_under_torchrun_only_rank_0_says_it_stopped(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str, err: str
 ) -> None:
