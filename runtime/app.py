@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -403,10 +404,11 @@ class RequestMiddleware:
         scope["request_id"] = request_id
         status = 500
         started = False
+        error = ""
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started
+            nonlocal status, started, error
             if message["type"] == "http.response.start":
                 status, started = message["status"], True
                 headers = list(message.get("headers", []))
@@ -416,6 +418,8 @@ class RequestMiddleware:
                 # upgraded server never runs next to a stale app.js.
                 headers.append((b"cache-control", b"no-store" if route != "static" else b"no-cache"))
                 message["headers"] = headers
+            elif message["type"] == "http.response.body" and status >= 400 and not error:
+                error = _error_code(message.get("body", b""))
             await send(message)
 
         self.metrics.in_flight.inc()
@@ -441,8 +445,19 @@ class RequestMiddleware:
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status}
+            if error:
+                fields["error"] = error
             fields["ms"] = round(elapsed * 1000, 1)
             access_log.info("request", extra={"fields": fields})
+
+
+def _error_code(body: bytes) -> str:
+    """The machine code of an error answer ({"error": {"code": …}}) for the access log, or ""."""
+    try:
+        code = json.loads(body)["error"]["code"] if len(body) < 4096 else ""
+    except (ValueError, TypeError, KeyError):
+        return ""
+    return code if isinstance(code, str) else ""
 
 
 class JsonCORSMiddleware(CORSMiddleware):

@@ -13,11 +13,12 @@ skin-serve uses it with SKIN_BODY_TIMEOUT_S for both limits; with plain uvicorn:
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import h11
 from uvicorn.protocols.http import h11_impl
 
-from runtime.upload import error_body
+from runtime.upload import BAD_HTTP, error_body
 
 
 class H11Protocol(h11_impl.H11Protocol):
@@ -59,6 +60,10 @@ class H11Protocol(h11_impl.H11Protocol):
             self.transport.close()  # no request to answer: h11 cannot send a response before one
 
     def send_400_response(self, msg: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            cast("dict[str, Any]", self.cycle.scope)[BAD_HTTP] = (
+                True  # mid-body: the app then logs this 400, not a client that left
+            )
         body = error_body("bad_http", msg)  # "Invalid HTTP request received." and the like
         headers = [
             (b"content-type", b"application/json"),

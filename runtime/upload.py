@@ -28,6 +28,11 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+# Set in the request's scope by runtime.protocol when the HTTP framing breaks during the body: uvicorn has
+# answered 400 and closed the connection, and the app would otherwise see only a client that went away.
+BAD_HTTP = "skin.bad_http"
+
+
 def error_body(code: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message}}).encode()
 
@@ -138,6 +143,8 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
             "the multipart body could not be parsed: a field could not be decoded with its charset",
         ) from None
     except ClientDisconnect:
+        if request.scope.get(BAD_HTTP):
+            raise ApiError(400, "bad_http", "the request's HTTP framing broke during the upload") from None
         # The client gave up mid-upload (a dropped phone connection): nobody to answer, and not a server
         # error. 499 (nginx's "client closed request") is what the access log and the metrics record.
         raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None

@@ -73,6 +73,16 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
             assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
             assert b"content-type: application/json" in head.lower()
             assert json.loads(body)["error"]["code"] == "bad_http"
+        # Framing that breaks mid-body (a bad chunk size): the same 400, and the app, which sees only the
+        # connection close, logs the 400 rather than a client that went away (499).
+        head, body = _raw(
+            url,
+            b"POST /api/predict HTTP/1.1\r\nHost: x\r\nX-Request-ID: bad-chunk\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\n--b\r\n\r\nzz\r\n",
+        )
+        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+        assert json.loads(body)["error"]["code"] == "bad_http"
     finally:
         assert stop_server(proc) == 0
     # Every log line is JSON (uvicorn's own ones too); the one line per request carries the request id.
@@ -82,7 +92,9 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
     assert len(banner) == 1 and entries
     requests = [e for e in entries if e.get("message") == "request"]
     assert {e["route"] for e in requests} >= {"/api/info", "/api/predict"}
-    assert all(len(e["request_id"]) == 32 for e in requests)
+    assert all(len(e["request_id"]) == 32 for e in requests if e["request_id"] != "bad-chunk")
+    broken = [e for e in requests if e["request_id"] == "bad-chunk"]
+    assert [(e["status"], e["error"]) for e in broken] == [(400, "bad_http")]
     assert any(e["logger"].startswith("uvicorn") for e in entries)
 
 

@@ -89,16 +89,25 @@ def test_access_log_is_json_with_request_id_and_no_file_names(
                 files={"file": ("patient-jane-doe.jpg", solid())},
                 headers={"x-request-id": "r-1"},
             )
+            # Refusals name their error code (what the answer said), from the app and from the middleware.
+            client.post("/api/predict", files={"file": ("jane.jpg", b"junk")})
+            client.post("/api/predict", content=b"x" * 100, headers={"content-length": "999999999999"})
+            client.get("/api/nowhere")
         finally:
             logging.getLogger("runtime").removeHandler(caplog.handler)
     records = [r for r in caplog.records if r.name == "runtime.access"]
-    assert records and records[-1].fields["request_id"] == "r-1"  # type: ignore[attr-defined]
+    assert len(records) == 4 and records[0].fields["request_id"] == "r-1"  # type: ignore[attr-defined]
     from runtime.logs import JsonFormatter
 
-    line = JsonFormatter().format(records[-1])
-    entry = json.loads(line)
-    assert entry["route"] == "/api/predict" and entry["status"] == 200
-    assert "jane" not in line
+    lines = [JsonFormatter().format(r) for r in records]
+    entries = [json.loads(line) for line in lines]
+    assert entries[0]["route"] == "/api/predict" and entries[0]["status"] == 200 and "error" not in entries[0]
+    assert [(e["status"], e.get("error")) for e in entries[1:]] == [
+        (400, "not_an_image"),
+        (413, "body_too_large"),
+        (404, "not_found"),
+    ]
+    assert not any("jane" in line for line in lines)
 
 
 @pytest.mark.slow
@@ -203,6 +212,7 @@ def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id
     assert errors and errors[0].fields["request_id"] == "req-500"  # type: ignore[attr-defined]
     access = [r for r in caplog.records if r.name == "runtime.access"]
     assert access and access[-1].fields["status"] == 500  # type: ignore[attr-defined]
+    assert access[-1].fields["error"] == "internal_error"  # type: ignore[attr-defined]
 
 
 def _histogram_sum(text: str, name: str) -> float:
