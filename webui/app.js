@@ -484,10 +484,19 @@
       renderAll();
       announce();
     }
-    // On a phone the result sits below the image: bring it into view.
-    if (state.items === items && window.matchMedia("(max-width: 900px)").matches) {
-      const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-      $("results").scrollIntoView({ block: "start", behavior: still ? "auto" : "smooth" });
+    if (state.items !== items) return;
+    const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
+    const behavior = still ? "auto" : "smooth";
+    if (window.matchMedia("(max-width: 900px)").matches) {
+      // On a phone the result sits below the image: bring it into view.
+      $("results").scrollIntoView({ block: "start", behavior: behavior });
+      return;
+    }
+    // The heatmap controls appear above the buttons and can push the focused one below the fold.
+    const focused = document.activeElement;
+    if (focused && focused !== document.body) {
+      const box = focused.getBoundingClientRect();
+      if (box.bottom > window.innerHeight || box.top < 0) focused.scrollIntoView({ block: "nearest", behavior: behavior });
     }
   }
 

@@ -627,6 +627,26 @@ def test_theme_follows_the_system_and_the_toggle_is_remembered(new_page: Any) ->
     expect(fresh.locator("#theme-toggle")).to_have_attribute("aria-label", "Switch to light theme")
 
 
+@pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 1366, "height": 768}])
+def test_the_focused_button_stays_in_view_when_the_heatmap_controls_appear(
+    new_page: Any, viewport: dict[str, int]
+) -> None:
+    page = new_page(viewport=viewport, reduced_motion="reduce")
+    open_page(page)
+    picture = Image.new("RGB", (400, 300), (40, 255, 50))
+    picture.paste((255, 0, 0), (0, 0, 120, 300))  # some contrast, for a heatmap to show
+    page.set_input_files(
+        "#file-input", files=[{"name": "p.png", "mimeType": "image/png", "buffer": encode(picture, "PNG")}]
+    )
+    page.focus("#analyse")
+    with page.expect_response(PREDICT):
+        page.keyboard.press("Enter")
+    expect(page.locator("#heatmap-controls")).to_be_visible()
+    assert page.evaluate("() => document.activeElement.id") == "analyse"
+    box = page.locator("#analyse").bounding_box()
+    assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+
+
 def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
     page = new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     open_page(page)
