@@ -28,13 +28,13 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime import bundle, logs, openapi
 from runtime.engine import Engine, available_cpus
 from runtime.gather import Gatherer
 from runtime.metrics import Metrics
+from runtime.page import PageFiles
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
 from runtime.slots import Slots
@@ -547,7 +547,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         Route("/api/{rest:path}", ApiFallback()),
     ]
     if webui.is_dir():
-        routes.append(Mount("/", StaticFiles(directory=webui, html=True), name="webui"))
+        routes.append(Mount("/", PageFiles(directory=webui, html=True), name="webui"))
     middleware = [
         Middleware(RequestMiddleware, metrics=metrics),
         Middleware(

@@ -507,6 +507,23 @@ def test_page_is_served(client: TestClient) -> None:
     assert response.status_code == 200 and "<html" in response.text.lower()
 
 
+def test_page_ranges_follow_rfc_9110(client: TestClient) -> None:
+    whole = client.get("/app.js").content
+    part = client.get("/app.js", headers={"range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole[:10]
+    # One that cannot be parsed, or in a unit the server does not know, is ignored: the whole file.
+    for bad in ("bytes=abc", "items=0-1", "bytes=9-1"):
+        answer = client.get("/app.js", headers={"range": bad})
+        assert answer.status_code == 200 and answer.content == whole, bad
+    # One past the end is a 416 in the API's error shape, with the size.
+    past = client.get("/app.js", headers={"range": f"bytes={len(whole)}-"})
+    _error(past, 416, "range_not_satisfiable")
+    assert past.headers["content-range"] == f"bytes */{len(whole)}"
+    assert str(len(whole)) in past.json()["error"]["message"]
+    assert past.headers["x-request-id"]
+    assert client.get("/nowhere.js", headers={"range": "bytes=0-1"}).status_code == 404
+
+
 def test_inference_failure_is_a_generic_500_logged_with_the_request_id(
     tiny_bundle: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -1,0 +1,47 @@
+"""The web page's files: Starlette's StaticFiles, with Range headers handled as RFC 9110 has them.
+
+Starlette answers a Range it cannot parse (``bytes=abc``, ``items=0-1``) 400 and one past the end 416, both
+in plain text. Here the first is ignored (the whole file, as RFC 9110 allows) and the second is a 416 in the
+API's JSON error shape.
+"""
+
+from __future__ import annotations
+
+from starlette.staticfiles import StaticFiles
+from starlette.types import Message, Receive, Scope, Send
+
+from runtime.upload import error_body
+
+
+class PageFiles(StaticFiles):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not any(name == b"range" for name, _ in scope["headers"]):
+            await super().__call__(scope, receive, send)
+            return
+        refused: list[Message] = []
+
+        async def hold_range_errors(message: Message) -> None:
+            # 400 and 416 come only from the Range (a missing file raises HTTPException instead).
+            if message["type"] == "http.response.start" and message["status"] in (400, 416):
+                refused.append(message)
+            elif not refused:
+                await send(message)
+
+        await super().__call__(scope, receive, hold_range_errors)
+        if not refused:
+            return
+        if refused[0]["status"] == 400:
+            headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+            await super().__call__({**scope, "headers": headers}, receive, send)
+            return
+        content_range = dict(refused[0]["headers"]).get(b"content-range", b"bytes */0")
+        size = content_range.rpartition(b"/")[2].decode("latin-1")
+        message = f"the requested range starts past the end of the file ({size} bytes)"
+        body = error_body("range_not_satisfiable", message)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"content-range", content_range),
+        ]
+        await send({"type": "http.response.start", "status": 416, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
