@@ -25,7 +25,7 @@ STD = (0.229, 0.224, 0.225)
 def make_model(
     *,
     class_names: list[str] | None = None,
-    size: int = 64,
+    size: int | tuple[int, int] = 64,  # an int: square; a tuple: (height, width)
     pool: int = 8,
     temperature: float = 1.0,
     with_cam: bool = True,
@@ -34,6 +34,7 @@ def make_model(
     metadata: dict[str, str] | None = None,
     meta_overrides: dict[str, object] | None = None,
     batch: int | str = "batch",
+    output_batch: int | str | None = None,  # the outputs' declared batch axis; None: as ``batch``
 ) -> bytes:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -67,16 +68,18 @@ def make_model(
         helper.make_node("Div", ["logits", "temp"], ["scaled"]),
         helper.make_node("Softmax", ["scaled"], ["probabilities"], axis=1),
     ]
-    h = size // pool
-    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, c])]
+    height, width = (size, size) if isinstance(size, int) else size
+    out_batch = batch if output_batch is None else output_batch
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [out_batch, c])]
     if with_cam:
-        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, [batch, c, h, h]))
+        cam_shape = [out_batch, c, height // pool, width // pool]
+        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, cam_shape))
     if with_logits:  # as export writes it: the logits before temperature, for the out-of-distribution score
-        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, c]))
+        outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [out_batch, c]))
     graph = helper.make_graph(
         nodes,
         "tiny_cam",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, size, size, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [batch, height, width, 3])],
         outputs,
         initializer=inits,
     )
@@ -85,7 +88,7 @@ def make_model(
     meta = bundle.BundleMeta(
         class_names=names,
         display_names=[bundle.display_name(n) for n in names],
-        input_size=(size, size),
+        input_size=(height, width),
         model_name="tiny-test-model",
         model_version="0.0.1",
         architecture="tiny_cam",

@@ -187,6 +187,46 @@ def test_int8_ships_only_when_it_agrees_and_is_faster(agreement: float, speedup:
     assert quantize.decide(agreement, speedup)[0] is ship
 
 
+def test_int8_whose_flags_disagree_with_fp32_is_not_shipped(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 that agrees on the top-1 class and is faster, but would flag other images low-confidence."""
+    from export import bundle as exporter
+
+    def shipping(fp32: bytes, **kwargs: Any) -> tuple[dict[str, Any], bytes]:
+        entry = {"decision": "shipped", "reason": "faster", "agreement": 1.0, "file": quantize.INT8_FILE}
+        return entry, fp32
+
+    flags = {"confidence": 0.5, "in_distribution": 1.0}  # half the images judged otherwise
+    monkeypatch.setattr(quantize, "try_int8", shipping)
+    monkeypatch.setattr(exporter, "_flag_agreement", lambda *args: flags)
+    monkeypatch.setattr(bf16, "measure", lambda *args, **kwargs: {"measured": False, "reason": "not here"})
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    out = export_bundle(checkpoint, tmp_path / "bundle", parity_images=1)
+    entry = json.loads((out / bundle.REPORT_FILE).read_text())["int8"]
+    assert entry["flag_agreement"] == flags
+    assert entry["decision"] == "not shipped" and entry["file"] is None
+    assert "flags agree with fp32 on only 0.5000" in entry["reason"]
+    assert not (out / quantize.INT8_FILE).exists()
+
+
+def test_verify_refuses_a_graph_whose_probabilities_do_not_sum_to_1(tmp_path: Path) -> None:
+    import onnx
+
+    from export.bundle import verify
+    from tests.bundle_factory import make_bundle
+
+    directory = make_bundle(tmp_path / "bundle")
+    assert verify(directory).num_classes == 5
+    model = onnx.load(directory / bundle.MODEL_FILE)
+    softmax = next(node for node in model.graph.node if node.op_type == "Softmax")
+    softmax.op_type = "Sigmoid"  # per class, between 0 and 1, but no distribution
+    del softmax.attribute[:]
+    onnx.save(model, directory / bundle.MODEL_FILE)
+    with pytest.raises(ExportError, match="does not return probabilities"):
+        verify(directory)
+
+
 def test_existing_bundle_is_kept_unless_overwrite(exported: dict[str, Any]) -> None:
     with pytest.raises(ExportError, match="--overwrite"):
         export_bundle(exported["checkpoint"], exported["out"])
@@ -260,6 +300,18 @@ def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_pat
     assert engine.run(np.zeros((1, TINY_SIZE, TINY_SIZE, 3), np.uint8)).uncertainty == [{}]
 
 
+def test_the_dataset_must_have_the_checkpoints_classes_in_the_same_order(dataset: Path) -> None:
+    from export.bundle import _splits
+    from tests.export.conftest import VAL_FRACTION
+
+    config = {"data": str(dataset), "val_fraction": VAL_FRACTION, "seed": 7}
+    info = {"config": config, "class_names": CLASSES, "data_fingerprint": ""}
+    assert _splits(info, None, []).class_names == CLASSES
+    for names in ([CLASSES[1], CLASSES[0], CLASSES[2]], [*CLASSES, "Warts"]):
+        with pytest.raises(ExportError, match="has classes Acne, Eczema, Moles, the checkpoint"):
+            _splits({**info, "class_names": names}, None, [])
+
+
 def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
     # The checkpoint claims centre-cropping while training evaluated stretched images: the paths disagree.
     checkpoint = write_checkpoint(tmp_path / "best.pt", data=dataset, resize="center_crop")
@@ -309,6 +361,9 @@ def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], da
     model = (exported["out"] / bundle.MODEL_FILE).read_bytes()
     result = parity.check_parity(net, model, files, **options)
     assert result["logits_max_abs_diff"] < 1e-4 and result["cam_max_abs_diff"] < 1e-4
+    # The same logits at another temperature: the top-1 class stays, the probabilities do not.
+    with pytest.raises(ExportError, match="Δp"):
+        parity.check_parity(net, model, files, **{**options, "temperature": options["temperature"] * 3})
     # Every logit 5 higher: the probabilities cannot tell, the logit scores (energy, max logit) can.
     with pytest.raises(ExportError, match="Δlogit"):
         parity.check_parity(Changed(shift=5.0), model, files, **options)

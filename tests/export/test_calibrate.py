@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -94,3 +96,16 @@ def test_a_fit_without_a_minimum_is_flagged_and_the_split_named() -> None:
     assert result["degenerate"] is True and result["split"] == "validation"
     mixed = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.5, 0.0]])
     assert calibrate.calibrate(mixed, np.array([0, 1, 1, 0]))["degenerate"] is False
+
+
+def test_a_search_that_ends_worse_than_t_1_keeps_t_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scipy.optimize
+
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 2.0, (300, 4))
+    labels = np.array([rng.choice(4, p=np.exp(r) / np.exp(r).sum()) for r in logits])  # calibrated at T = 1
+    # The bounded search stopping at a flat edge far from the minimum (T = 50).
+    stopped = SimpleNamespace(x=np.log(50.0))
+    monkeypatch.setattr(scipy.optimize, "minimize_scalar", lambda *args, **kwargs: stopped)
+    assert calibrate.nll(logits, labels, 50.0) > calibrate.nll(logits, labels, 1.0)
+    assert calibrate.fit_temperature(logits, labels) == 1.0

@@ -64,6 +64,7 @@ def test_a_served_value_a_little_off_the_validation_value_keeps_its_side() -> No
     ("n", "accepted", "enough"),
     [
         pytest.param(39, 38, True, id="39: the 38th of 39 (ceil(40 * 0.95))"),
+        pytest.param(40, 39, True, id="40: the 39th of 40 (ceil(41 * 0.95), not ceil(40 * 0.95))"),
         pytest.param(19, 19, True, id="19: the smallest n with the guarantee, accepts all"),
         pytest.param(18, 18, False, id="18: too few, the least familiar is used"),
         pytest.param(5, 5, False, id="5"),
@@ -77,6 +78,40 @@ def test_acceptance_threshold_is_the_split_conformal_rank(n: int, accepted: int,
     t = unc.acceptance_threshold(similarity, 0.95, higher_is_familiar=True)
     assert (similarity >= t).sum() == accepted
     assert unc.conformal_enough(n, 0.95) is enough
+
+
+def test_values_tied_with_the_last_accepted_one_do_not_move_the_threshold_past_the_next() -> None:
+    values = np.array([1.0, 2.0, 2.0, 2.000001])  # the 2nd of 4 (ceil(5 * 0.4)), tied with the 3rd
+    t = unc.acceptance_threshold(values, 0.4, higher_is_familiar=False)
+    assert (values <= t).sum() == 3  # halfway to 2.000001, not EDGE past 2.0 (which would accept it)
+    t = unc.acceptance_threshold(-values, 0.4, higher_is_familiar=True)
+    assert (-values >= t).sum() == 3
+    t = unc.acceptance_threshold(values[1:], 0.5, higher_is_familiar=False)  # no tie: the next one stays out
+    assert (values[1:] <= t).sum() == 2
+    # Nothing the other way but a tie: EDGE past it, never exactly on it.
+    assert unc.between(2.0, 2.0, higher_is_familiar=False) == pytest.approx(2.0 * (1 + unc.EDGE))
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.5, 1.5])
+def test_rates_outside_0_to_1_are_refused(rate: float) -> None:
+    with pytest.raises(ValueError, match="acceptance must be in"):
+        unc.acceptance_threshold(np.array([1.0, 2.0, 3.0]), rate, higher_is_familiar=False)
+    with pytest.raises(ValueError, match="target precision must be in"):
+        unc.confidence_threshold(CONF, RIGHT, rate)
+
+
+def test_a_target_never_reached_leaves_every_prediction_low() -> None:
+    wrong = np.zeros(len(CONF), bool)
+    chosen = unc.confidence_threshold(CONF, wrong, 0.5)
+    assert chosen["reached"] is False and chosen["min_probability"] > CONF.max()
+    assert unc.at_threshold(CONF, wrong, chosen["min_probability"])["coverage"] == 0.0
+
+
+def test_softmax_divides_the_logits_by_the_temperature_as_the_graph_does() -> None:
+    from scipy.special import softmax
+
+    logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    np.testing.assert_allclose(unc.softmax(logits, 2.0), softmax(logits / 2.0, axis=1), rtol=1e-12)
 
 
 def test_auroc_follows_the_direction_of_the_score() -> None:
@@ -171,6 +206,70 @@ def test_analyse_keeps_a_logit_score_when_it_separates_as_well() -> None:
     assert result.graph_score is None
 
 
+def test_analyse_breaks_auroc_ties_by_the_foreign_images_flagged_then_by_the_later_candidate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(4)
+    train, val, test = _images(rng, 200), _images(rng, 100), _images(rng, 100)
+
+    def chosen(pick: unc.Images) -> tuple[str, list[dict[str, Any]]]:
+        result = unc.analyse(
+            temperature=1.0,
+            train=train,
+            val=val,
+            test=test,
+            foreign_pick=pick,
+            foreign_check=pick,
+            pool_descriptions={"skin_pool_0": "stage 0"},
+        )
+        return result.thresholds["ood"]["score"], result.report["ood"]["candidates"]
+
+    # The validation images as the foreign ones: every AUROC 0.5, every score flags the same 4 of 100.
+    score, candidates = chosen(unc.Images(val.logits, val.pools))
+    assert {round(c["auroc"], 2) for c in candidates} == {0.5}
+    assert {c["foreign_flagged_at_threshold"] for c in candidates} == {0.04}
+    assert score == "energy"  # the last in the list
+    # The same AUROC for all, but only the features flag the far images: the one flagging more is kept.
+    monkeypatch.setattr(unc, "auroc", lambda *args, **kwargs: 0.9)
+    score, candidates = chosen(_images(rng, 60, far=True, labelled=False))
+    assert candidates[0]["foreign_flagged_at_threshold"] == 1.0
+    assert max(c["foreign_flagged_at_threshold"] for c in candidates[1:]) < 0.5
+    assert score == "mahalanobis"
+
+
+def test_analyse_reports_held_out_kinds_and_foreign_images_flagged_or_of_low_confidence() -> None:
+    rng = np.random.default_rng(5)
+    # Far images with confident logits (the feature score flags them) and near ones with flat logits (only
+    # low confidence tells them); the near ones are of a kind the score was not chosen on.
+    far, near = _images(rng, 30, far=True, labelled=False), _images(rng, 30, labelled=False)
+    near.logits = rng.normal(scale=0.1, size=(30, 2))
+    check = unc.Images(
+        np.concatenate([far.logits, near.logits]),
+        {"skin_pool_0": np.concatenate([far.pools["skin_pool_0"], near.pools["skin_pool_0"]])},
+        kinds=["solid", "text"] * 15 + ["stripes"] * 30,
+    )
+    pick = _images(rng, 60, far=True, labelled=False)
+    pick.kinds = ["solid", "text"] * 30
+    result = unc.analyse(
+        temperature=1.0,
+        train=_images(rng, 200),
+        val=_images(rng, 100),
+        test=_images(rng, 100),
+        foreign_pick=pick,
+        foreign_check=check,
+        pool_descriptions={"skin_pool_0": "stage 0"},
+    )
+    assert result.graph_score is not None
+    source, means, whitening = result.graph_score
+    flagged = unc.mahalanobis(check.pools[source], means, whitening) > result.thresholds["ood"]["max_score"]
+    low = unc.softmax(check.logits, 1.0).max(axis=1) < result.thresholds["confidence"]["min_probability"]
+    assert flagged[:30].all() and low[30:].all() and not low[:30].all()
+    foreign = result.report["ood"]["foreign"]
+    assert foreign["held_out_kinds"] == ["stripes"]
+    assert foreign["held_out_flagged"] == pytest.approx(flagged[30:].mean())
+    assert foreign["flagged_or_low_confidence"] == pytest.approx((flagged | low).mean()) == 1.0
+
+
 def test_foreign_images_are_deterministic_and_of_every_kind() -> None:
     first = foreign_images(12, seed=4, size=(40, 60))
     again = foreign_images(12, seed=4, size=(40, 60))
@@ -184,15 +283,11 @@ def test_foreign_images_are_deterministic_and_of_every_kind() -> None:
         foreign_images(1, kinds=["selfie"])
 
 
-def test_mahalanobis_in_the_graph_matches_numpy_and_the_pooled_outputs_go() -> None:
-    import onnx
+def _core_graph() -> Any:
+    """A stand-in core graph on 4x4 images: pooled colour means as the chosen "stage", a second stage nobody
+    uses, a linear head for the logits."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from export import onnx as export_onnx
-    from export.infer import session
-
-    # A stand-in core graph: pooled colour means as the chosen "stage", a second stage nobody uses, a linear
-    # head for the logits.
     head = np.array([[1.0, -1.0], [0.5, 0.5], [-1.0, 1.0]], np.float32)
     graph = helper.make_graph(
         [
@@ -213,7 +308,16 @@ def test_mahalanobis_in_the_graph_matches_numpy_and_the_pooled_outputs_go() -> N
             numpy_helper.from_array(head, "head"),
         ],
     )
-    core = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_mahalanobis_in_the_graph_matches_numpy_and_the_pooled_outputs_go() -> None:
+    import onnx
+
+    from export import onnx as export_onnx
+    from export.infer import session
+
+    core = _core_graph()
     rng = np.random.default_rng(6)
     pools = rng.uniform(0, 255, (40, 3))
     means, whitening = unc.fit_mahalanobis(pools, rng.integers(0, 2, 40))
@@ -234,6 +338,32 @@ def test_mahalanobis_in_the_graph_matches_numpy_and_the_pooled_outputs_go() -> N
     expected = unc.mahalanobis(images.reshape(5, 16, 3).mean(axis=1), means, whitening)
     np.testing.assert_allclose(score, expected, rtol=1e-4)
     assert probs.shape == (5, 2) and score.shape == (5,)
+
+
+def test_the_export_stops_when_the_graphs_ood_score_is_off_the_distances_of_its_threshold(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from export import onnx as export_onnx
+    from export.bundle import OOD_GRAPH_TOLERANCE, _check_graph_score
+    from export.errors import ExportError
+    from export.infer import run_many, session
+
+    core = _core_graph()
+    files = sorted(dataset.glob("train/*/*"))[:12]
+    view: dict[str, Any] = {"size": (4, 4), "resize": "stretch", "resize_filter": "bilinear"}
+    out, kept = run_many(session(export_onnx.to_bytes(core)), files, ["logits", "skin_pool_0"], **view)
+    assert kept == list(range(len(files)))
+    val = unc.Images(out["logits"], {"skin_pool_0": out["skin_pool_0"]})
+    means, whitening = unc.fit_mahalanobis(val.pools["skin_pool_0"], np.arange(len(files)) % 2)
+    score = ("skin_pool_0", means, whitening)
+    fp32 = export_onnx.to_bytes(export_onnx.add_temperature(export_onnx.add_mahalanobis(core, *score), 1.0))
+    check = _check_graph_score(fp32, files, val, score, view)
+    assert check["n"] == len(files) and check["max_rel_diff"] < OOD_GRAPH_TOLERANCE
+    # Thresholds set on other distances than the graph computes (here: twice them): the export stops.
+    real = unc.mahalanobis
+    monkeypatch.setattr(unc, "mahalanobis", lambda *args: 2 * real(*args))
+    with pytest.raises(ExportError, match="the graph's ood_score is off the distances"):
+        _check_graph_score(fp32, files, val, score, view)
 
 
 # ---- one real model, end to end

@@ -71,6 +71,19 @@ def test_heatmap_peaks_where_the_colour_is(client: TestClient) -> None:
     assert peak[1] < 4 and peak[2] >= 5
 
 
+def test_heatmap_is_the_primary_class_map_scaled_to_0_1(client: TestClient) -> None:
+    # Green is class 1, not 0: the map must be the primary class's own, with its own min → 0 and max → 1.
+    img = Image.new("RGB", (64, 64), (128, 128, 128))
+    img.paste((0, 255, 0), (40, 8, 64, 32))  # green patch: top right (rows 1-3, columns 5-7 of 8)
+    body = client.post("/api/predict", files={"file": ("x.png", encode(img, "PNG"), "image/png")}).json()
+    assert body["primary"]["label"] == "Eczema" and body["heatmap"]["label"] == "Eczema"
+    values = body["heatmap"]["values"]
+    patch = [values[r][c] for r in range(1, 4) for c in range(5, 8)]
+    rest = [v for r, row in enumerate(values) for c, v in enumerate(row) if not (1 <= r < 4 and c >= 5)]
+    assert min(patch) == 1 and max(rest) < 1
+    assert min(v for row in values for v in row) == 0
+
+
 def test_top_k_and_heatmap_off(client: TestClient) -> None:
     body = client.post(
         "/api/predict?top_k=2&heatmap=false", files={"file": ("x.png", solid("red", fmt="PNG"), "image/png")}
@@ -81,6 +94,19 @@ def test_top_k_and_heatmap_off(client: TestClient) -> None:
     assert len(client.post(f"/api/predict?top_k={huge}", files={"file": ("x", solid())}).json()["top"]) == 5
     one = "0" * 30 + "1"  # leading zeros do not make a number large
     assert len(client.post(f"/api/predict?top_k={one}", files={"file": ("x", solid())}).json()["top"]) == 1
+
+
+@pytest.mark.parametrize(("flag", "on"), [("1", True), ("TRUE", True), ("0", False), ("False", False)])
+def test_heatmap_flag_takes_1_and_0_in_any_case(client: TestClient, flag: str, on: bool) -> None:
+    body = client.post(f"/api/predict?heatmap={flag}", files={"file": ("x", solid())}).json()
+    assert (body["heatmap"] is not None) is on
+
+
+def test_probabilities_keep_their_precision(client: TestClient) -> None:
+    body = client.post("/api/predict", files={"file": ("x", solid())}).json()
+    # Not rounded for display (the page does that): the small ones would all read 0.0.
+    for probabilities in (list(body["predictions"].values()), [t["probability"] for t in body["top"]]):
+        assert any(p != round(p, 2) for p in probabilities), probabilities
 
 
 @pytest.mark.parametrize(
@@ -174,11 +200,39 @@ def test_file_over_the_image_limit_is_413(client: TestClient) -> None:
 
 
 def test_body_over_limit_refused_from_content_length(client: TestClient) -> None:
-    _error(
-        client.post("/api/predict", content=b"0" * 10, headers={"content-length": str(3 * MB)}),
-        413,
-        "body_too_large",
+    response = client.post("/api/predict", content=b"0" * 10, headers={"content-length": str(3 * MB)})
+    _error(response, 413, "body_too_large")
+    assert response.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize("length", ["-5", "abc", "1e3", ""])
+def test_content_length_that_is_not_a_size_is_400(client: TestClient, length: str) -> None:
+    response = client.post("/api/predict", content=b"0" * 10, headers={"content-length": length})
+    _error(response, 400, "bad_content_length")
+    assert response.headers["connection"] == "close"  # the body was not read: the connection cannot go on
+
+
+def test_limits_are_inclusive(tiny_bundle: Path) -> None:
+    # A body, a file and an image exactly at their limits pass; one byte or one pixel more does not.
+    image = encode(Image.new("RGB", (64, 50), (220, 30, 30)), "PNG")
+    boundary = "B"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'.encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
     )
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    exact = {"max_body_bytes": len(body), "max_image_bytes": len(image), "max_pixels": 64 * 50}
+    with _client(tiny_bundle, **exact) as c:
+        response = c.post("/api/predict", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+    for name, code in [
+        ("max_body_bytes", "body_too_large"),
+        ("max_image_bytes", "file_too_large"),
+        ("max_pixels", "image_too_large"),
+    ]:
+        with _client(tiny_bundle, **{**exact, name: exact[name] - 1}) as c:
+            _error(c.post("/api/predict", content=body, headers=headers), 413, code)
 
 
 def test_body_over_limit_refused_while_streaming(client: TestClient) -> None:
@@ -313,6 +367,13 @@ def test_batch_all_bad_is_still_200_with_errors(client: TestClient) -> None:
     assert body["results"][0]["error"]["code"] == "empty_file"
 
 
+def test_batch_refusals_are_counted(tiny_bundle: Path) -> None:
+    with _client(tiny_bundle) as c:
+        files = [("files", ("a.jpg", solid(), "image/jpeg")), ("files", ("b.jpg", b"", "image/jpeg"))]
+        assert c.post("/api/predict/batch", files=files).status_code == 200
+        assert 'skin_rejected_total{reason="empty_file"} 1.0' in c.get("/metrics").text
+
+
 def test_batch_limits(client: TestClient) -> None:
     files = [("files", (f"{i}.jpg", solid(), "image/jpeg")) for i in range(4)]
     _error(client.post("/api/predict/batch", files=files), 413, "too_many_files")
@@ -324,6 +385,30 @@ def test_batch_file_names_are_sanitised(client: TestClient) -> None:
     assert client.post("/api/predict/batch", files=files).json()["results"][0]["filename"] == "passwd.jpg"
 
 
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        pytest.param("C:\\Users\\jane\\x.jpg", "x.jpg", id="windows-path"),
+        pytest.param("jane\\2024\\x.jpg", "x.jpg", id="windows-relative-path"),
+        pytest.param("photo\u202egpj.exe", "photogpj.exe", id="right-to-left-override"),
+        pytest.param("a\tb\x7fc.jpg", "abc.jpg", id="control-characters"),
+        pytest.param("n" * 200 + ".jpg", "n" * 120, id="long"),
+    ],
+)
+def test_batch_file_names_are_base_names_printable_and_bounded(
+    client: TestClient, sent: str, shown: str
+) -> None:
+    # Sent as a browser would, unescaped: the multipart parser itself only cuts paths with a drive letter.
+    body = (
+        f'--B\r\nContent-Disposition: form-data; name="files"; filename="{sent}"\r\n\r\n'.encode()
+        + solid()
+        + b"\r\n--B--\r\n"
+    )
+    headers = {"content-type": "multipart/form-data; boundary=B"}
+    response = client.post("/api/predict/batch?heatmap=false", content=body, headers=headers)
+    assert response.json()["results"][0]["filename"] == shown
+
+
 def test_info(client: TestClient) -> None:
     body = client.get("/api/info").json()
     assert body["model_name"] == "tiny-test-model" and body["model_version"] == "0.0.1"
@@ -332,8 +417,15 @@ def test_info(client: TestClient) -> None:
     assert body["onnxruntime"]["providers"] == ["CPUExecutionProvider"]
     assert len(body["model_sha256"]) == 64
     assert body["limits"]["allowed_formats"] == ["JPEG", "PNG", "WEBP"]
+    assert body["limits"]["allowed_types"] == ["image/jpeg", "image/png", "image/webp"]
     assert body["limits"]["max_image_bytes"] == 1 * MB
     assert body["has_heatmap"] is True and body["demo"] is False
+
+
+def test_info_limits_follow_the_allowed_formats(tiny_bundle: Path) -> None:
+    with _client(tiny_bundle, allowed_formats=("PNG",)) as c:
+        limits = c.get("/api/info").json()["limits"]
+    assert limits["allowed_formats"] == ["PNG"] and limits["allowed_types"] == ["image/png"]
 
 
 def test_report(client: TestClient) -> None:
@@ -352,6 +444,21 @@ def test_health_and_ready(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_not_ready_is_503(tiny_bundle: Path) -> None:
+    # Before start-up has run (no engine yet), and while the model is loaded but not warmed up.
+    _assert_starting(_client(tiny_bundle).get("/readyz"))
+    with _client(tiny_bundle) as c:
+        c.app.state.engine.ready = False  # type: ignore[attr-defined]
+        _assert_starting(c.get("/readyz"))
+        assert c.get("/healthz").status_code == 200  # alive all the same
+
+
+def _assert_starting(response) -> None:
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json() == {"status": "starting"}
 
 
 def test_openapi_lists_every_endpoint(client: TestClient) -> None:
@@ -479,6 +586,25 @@ def test_security_headers_and_request_id(client: TestClient) -> None:
     assert response.headers["x-frame-options"] == "DENY"
     assert response.headers["cache-control"] == "no-store"
     assert len(client.get("/healthz").headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        pytest.param(b"r" * 64, True, id="64-characters"),
+        pytest.param(b"r" * 65, False, id="65-characters"),
+        pytest.param(b"a\x01b", False, id="control-character"),
+        pytest.param(b"caf\xe9", False, id="not-ascii"),
+    ],
+)
+def test_request_ids_that_cannot_be_logged_as_sent_are_replaced(
+    client: TestClient, sent: bytes, kept: bool
+) -> None:
+    answered = client.get("/healthz", headers={b"x-request-id": sent}).headers["x-request-id"]
+    if kept:
+        assert answered == sent.decode()
+    else:
+        assert len(answered) == 32 and int(answered, 16) >= 0  # a fresh id of its own
 
 
 def test_unknown_paths_and_methods_are_json(client: TestClient) -> None:

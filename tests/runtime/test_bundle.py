@@ -4,10 +4,15 @@ import json
 from pathlib import Path
 
 import pytest
+from starlette.testclient import TestClient
 
 from runtime import bundle, int8
+from runtime.app import create_app
 from runtime.engine import Engine, available_cpus
+from runtime.preprocess import preprocess
+from runtime.settings import Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle, make_model
+from tests.images import solid
 
 
 def _meta(**overrides: object) -> bundle.BundleMeta:
@@ -38,7 +43,10 @@ def test_metadata_round_trip() -> None:
         pytest.param({"input_size": (4, 4)}, "out of range", id="tiny-input"),
         pytest.param({"temperature": 0.0}, "temperature", id="zero-temperature"),
         pytest.param({"temperature": float("nan")}, "temperature", id="nan-temperature"),
+        pytest.param({"temperature": float("inf")}, "temperature", id="inf-temperature"),
         pytest.param({"resize": "squish"}, "resize mode", id="resize-mode"),
+        # refused at load: preprocess would fail on every request (a KeyError, answered 500)
+        pytest.param({"resize_filter": "nearest"}, "resize filter", id="resize-filter"),
         pytest.param({"model_name": ""}, "model name", id="no-name"),
     ],
 )
@@ -51,12 +59,16 @@ def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str)
     ("change", "message"),
     [
         pytest.param({bundle.K_CONTRACT: "99"}, "contract version", id="future-contract"),
+        pytest.param({bundle.K_CONTRACT: "0"}, "contract version", id="past-contract"),
         pytest.param({bundle.K_CLASSES: "not json"}, "not valid JSON", id="bad-json"),
         pytest.param({bundle.K_INPUT_SIZE: "[300]"}, "height, width", id="bad-size"),
+        pytest.param({bundle.K_INPUT_SIZE: "[300, 300, 3]"}, "height, width", id="size-with-channels"),
         pytest.param({bundle.K_TEMPERATURE: "hot"}, "not a number", id="bad-temperature"),
         pytest.param({bundle.K_MEAN: "5"}, "three numbers", id="mean-not-a-list"),
         pytest.param({bundle.K_STD: '["a", "b", "c"]'}, "three numbers", id="std-strings"),
         pytest.param({bundle.K_STD: "[0.2, 0.2]"}, "three numbers", id="std-too-short"),
+        pytest.param({bundle.K_MEAN: "[NaN, 0.4, 0.4]"}, "three numbers", id="mean-nan"),
+        pytest.param({bundle.K_STD: "[true, 0.2, 0.2]"}, "three numbers", id="std-boolean"),
         pytest.param({bundle.K_RESIZE: "[1]"}, "JSON object", id="resize-not-an-object"),
     ],
 )
@@ -64,6 +76,83 @@ def test_bad_metadata_strings(change: dict[str, str], message: str) -> None:
     props = _meta().to_metadata() | change
     with pytest.raises(bundle.BundleError, match=message):
         bundle.BundleMeta.from_metadata(props)
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"),
+    [
+        pytest.param((16, 4096), True, id="16x4096"),
+        pytest.param((4096, 16), True, id="4096x16"),
+        pytest.param((15, 300), False, id="height-15"),
+        pytest.param((300, 15), False, id="width-15"),
+        pytest.param((4097, 300), False, id="height-4097"),
+        pytest.param((300, 4097), False, id="width-4097"),
+    ],
+)
+def test_input_size_limits_are_inclusive(size: tuple[int, int], ok: bool) -> None:
+    props = _meta().to_metadata() | {bundle.K_INPUT_SIZE: json.dumps(list(size))}
+    if ok:
+        assert bundle.BundleMeta.from_metadata(props).input_size == size
+    else:
+        with pytest.raises(bundle.BundleError, match="out of range"):
+            bundle.BundleMeta.from_metadata(props)
+
+
+@pytest.mark.parametrize(
+    ("value", "demo"),
+    [("true", True), ("True", True), ("false", False), ("False", False)],
+)
+def test_demo_flag_is_read_case_insensitively(value: str, demo: bool) -> None:
+    props = _meta().to_metadata() | {bundle.K_DEMO: value}
+    assert bundle.BundleMeta.from_metadata(props).demo is demo
+
+
+def test_thresholds_that_are_not_an_object_are_dropped() -> None:
+    # The uncertainty policy reads them with .get(); a list would fail every load.
+    props = _meta().to_metadata() | {bundle.K_THRESHOLDS: "[0.9]"}
+    assert bundle.BundleMeta.from_metadata(props).thresholds == {}
+
+
+def _check_graph(input_shape: list[object], outputs: dict[str, list[object]]) -> None:
+    # _meta(): 2 classes, 300x300 input
+    bundle.check_graph(
+        _meta(), input_name="image", input_type="tensor(uint8)", input_shape=input_shape, outputs=outputs
+    )
+
+
+def test_graph_with_every_optional_output_passes() -> None:
+    outputs: dict[str, list[object]] = {
+        "probabilities": ["batch", 2],
+        "cam": ["batch", 2, 10, 10],
+        "logits": ["batch", 2],
+        "ood_score": ["batch"],
+    }
+    _check_graph(["batch", 300, 300, 3], outputs)
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "outputs", "message"),
+    [
+        pytest.param([1, 300, 300, 3], {}, "model input has a fixed batch of 1", id="input-fixed-batch"),
+        pytest.param(
+            ["batch", 300, 300, 3],
+            {"probabilities": [1, 2]},
+            "output probabilities has a fixed batch of 1",
+            id="output-fixed-batch",
+        ),
+        pytest.param(["batch", 300, 300, 3], {"cam": ["batch", 3, 10, 10]}, "output cam", id="cam-classes"),
+        pytest.param(["batch", 300, 300, 3], {"cam": ["batch", 2, 10]}, "output cam", id="cam-rank"),
+        pytest.param(["batch", 300, 300, 3], {"logits": ["batch", 3]}, "output logits", id="logits-classes"),
+        pytest.param(["batch", 300, 300, 3], {"logits": ["batch", 2, 1]}, "output logits", id="logits-rank"),
+        pytest.param(["batch", 300, 300, 3], {"ood_score": ["batch", 1]}, "output ood_score", id="ood-rank"),
+    ],
+)
+def test_graph_interface_is_checked(
+    input_shape: list[object], outputs: dict[str, list[object]], message: str
+) -> None:
+    # An output of the wrong shape would load, then fail every prediction (a 500 each time).
+    with pytest.raises(bundle.BundleError, match=message):
+        _check_graph(input_shape, {"probabilities": ["batch", 2]} | outputs)
 
 
 def test_missing_contract_key_says_foreign_model() -> None:
@@ -120,8 +209,13 @@ def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:
         ),
         pytest.param(
             lambda d: (d / "model.onnx").write_bytes(make_model(batch=1)),
-            "fixed batch of 1",
+            "input has a fixed batch of 1",
             id="fixed-batch",
+        ),
+        pytest.param(
+            lambda d: (d / "model.onnx").write_bytes(make_model(output_batch=1)),
+            "output probabilities has a fixed batch of 1",
+            id="fixed-output-batch",
         ),
         pytest.param(
             lambda d: ((d / "model.onnx").write_bytes(make_model()), (d / "report.json").write_text("{oops")),
@@ -135,6 +229,19 @@ def test_bad_bundles_are_refused_with_one_line(tmp_path: Path, make, message: st
     with pytest.raises(bundle.BundleError, match=message) as info:
         Engine(tmp_path, threads=1)
     assert "\n" not in str(info.value)
+
+
+def test_non_square_bundle_loads_and_predicts(tmp_path: Path) -> None:
+    # input_size is (height, width): the graph takes [batch, 32, 48, 3] and the CAM is 4 x 6.
+    make_bundle(tmp_path, size=(32, 48))
+    assert preprocess(solid("blue"), (32, 48)).shape == (32, 48, 3)
+    with TestClient(create_app(Settings(bundle=str(tmp_path), threads=1))) as client:
+        assert client.get("/api/info").json()["input_size"] == [32, 48]
+        response = client.post("/api/predict", files={"file": ("x.jpg", solid("blue"), "image/jpeg")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["primary"]["label"] == "Moles"
+    assert (body["heatmap"]["height"], body["heatmap"]["width"]) == (4, 6)
 
 
 def test_foreign_onnx_model_is_refused(tmp_path: Path) -> None:

@@ -108,6 +108,33 @@ def test_a_lone_failure_fails_its_request_only_once() -> None:
     assert run.calls == [[0]] and isinstance(result, RuntimeError)
 
 
+def test_a_gathered_run_takes_every_slot() -> None:
+    # It runs alone on the model: with two slots, a single run that comes meanwhile waits for it to end.
+    async def main() -> list[str]:
+        events, slots, release = [], Slots(2), asyncio.Event()
+
+        async def run(images: np.ndarray) -> Output:
+            events.append("gathered run starts")
+            await release.wait()
+            events.append("gathered run ends")
+            return _output(images)
+
+        async def single() -> None:
+            async with slots.take(1):
+                events.append("single run")
+
+        gathered = asyncio.create_task(Gatherer(run, slots, 4).infer(_images(1)[0]))
+        await asyncio.sleep(0.01)
+        other = asyncio.create_task(single())
+        await asyncio.sleep(0.01)
+        assert events == ["gathered run starts"] and slots.free == 0
+        release.set()
+        await asyncio.gather(gathered, other)
+        return events
+
+    assert asyncio.run(main()) == ["gathered run starts", "gathered run ends", "single run"]
+
+
 def test_shutdown_answers_whoever_still_waits() -> None:
     async def main() -> list[object]:
         run, slot = Recorder(), Slots(1)

@@ -6,17 +6,20 @@ import dataclasses
 import json
 import logging
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from starlette.testclient import TestClient
 
 from runtime.app import create_app
 from runtime.settings import Settings
-from tests.images import solid
+from tests.images import encode, solid
 from tests.server import start_server, stop_server
 
 
@@ -155,6 +158,63 @@ def test_uploads_held_at_once_are_bounded(tiny_bundle: Path) -> None:
         assert admission.uploads == 0 and admission.active == 0  # released after answers and errors alike
 
 
+def test_uploads_over_a_megabyte_never_touch_the_disk(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Starlette's parser spools a part past 1 MB to a temporary file: uploads are health data, so never.
+    rollovers = []
+    real_rollover = tempfile.SpooledTemporaryFile.rollover
+
+    def rollover(self: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        rollovers.append(self.tell())
+        real_rollover(self)
+
+    monkeypatch.setattr(tempfile.SpooledTemporaryFile, "rollover", rollover)
+    noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    big = encode(Image.fromarray(noise), "PNG")
+    assert 1.5 * 1024 * 1024 < len(big) < 10 * 1024 * 1024
+    with TestClient(create_app(Settings(bundle=str(tiny_bundle), threads=1))) as client:
+        one = client.post("/api/predict", files={"file": ("a.png", big, "image/png")})
+        assert one.status_code == 200, one.text
+        files = [("files", ("a.png", big, "image/png")), ("files", ("b.png", big, "image/png"))]
+        batch = client.post("/api/predict/batch", files=files)
+        assert batch.status_code == 200 and all("primary" in r for r in batch.json()["results"])
+    assert rollovers == []
+
+
+def test_decodes_at_once_are_bounded_by_the_cpus(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runtime.app
+
+    # More requests admitted than there are CPUs: only as many full-size images are decoded at once.
+    monkeypatch.setattr(runtime.app, "available_cpus", lambda: 2)
+    lock, running, most = threading.Lock(), 0, 0
+
+    def counting_preprocess(data: bytes, size: tuple[int, int], **kwargs: object) -> np.ndarray:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.3)
+        with lock:
+            running -= 1
+        return np.zeros((*size, 3), dtype=np.uint8)
+
+    monkeypatch.setattr(runtime.app, "preprocess", counting_preprocess)
+    settings = Settings(bundle=str(tiny_bundle), threads=1, inference_concurrency=6, max_queue=6)
+    with TestClient(create_app(settings)) as client:
+        statuses: list[int] = []
+
+        def post() -> None:
+            statuses.append(client.post("/api/predict", files={"file": ("a.jpg", solid())}).status_code)
+
+        threads = [threading.Thread(target=post) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert statuses == [200] * 6 and most == 2
+
+
 def test_body_over_the_limit_is_not_read_further() -> None:
     # Chunked upload with no Content-Length: reading stops at the limit, so memory stays at the limit.
     import asyncio
@@ -179,6 +239,32 @@ def test_body_over_the_limit_is_not_read_further() -> None:
         asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
     assert info.value.status == 413
     assert calls == 1024 * 1024 // len(chunk) + 1
+
+
+def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
+    # A byte every 0.1 s never waits a whole timeout for the next: the 408 comes from the body's total time.
+    import asyncio
+
+    from runtime.upload import ApiError, BodyLimitMiddleware
+
+    calls = 0
+
+    async def receive() -> dict[str, object]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"x", "more_body": calls < 30}  # 3 s in all
+
+    async def app(scope: object, receive, send) -> None:
+        while (await receive())["more_body"]:
+            pass
+
+    limited = BodyLimitMiddleware(app, max_body_bytes=1024, timeout_s=0.5)
+    scope = {"type": "http", "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
+    with pytest.raises(ApiError) as info:
+        asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
+    assert (info.value.status, info.value.code) == (408, "body_timeout")
+    assert calls <= 7
 
 
 def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id(

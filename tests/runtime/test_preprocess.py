@@ -38,6 +38,22 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     assert 120 <= int(out.mean()) <= 135
 
 
+@pytest.mark.parametrize(
+    ("mode", "value", "grey"),
+    [
+        pytest.param("I", 200, 200, id="32-bit-8-bit-values"),
+        pytest.param("I", 40000, 156, id="32-bit-16-bit-values"),
+        pytest.param("F", 200.0, 200, id="float-8-bit-values"),
+    ],
+)
+def test_wide_grey_is_scaled_by_its_values(mode: str, value: float, grey: int) -> None:
+    # 32-bit grey (e.g. TIFF, for training's evaluation) says nothing of its depth: values up to 255 are
+    # 8-bit, not nearly black 16-bit.
+    from runtime.preprocess import to_rgb
+
+    assert to_rgb(Image.new(mode, (20, 20), value)).getpixel((0, 0)) == (grey, grey, grey)
+
+
 def test_transparency_is_flattened_onto_white() -> None:
     out = preprocess(encode(Image.new("RGBA", (20, 20), (0, 0, 0, 0)), "PNG"), (8, 8))
     assert out.min() == 255
@@ -123,6 +139,14 @@ def test_truncated_jpeg_is_a_clean_error(fraction: float) -> None:
     assert info.value.status == 400
 
 
+def test_pixel_cap_is_inclusive() -> None:
+    data = encode(Image.new("RGB", (20, 10)), "PNG")  # 200 pixels
+    assert preprocess(data, (16, 16), max_pixels=200).shape == (16, 16, 3)
+    with pytest.raises(ImageError) as info:
+        preprocess(data, (16, 16), max_pixels=199)
+    assert (info.value.code, info.value.status) == ("image_too_large", 413)
+
+
 def test_pixel_cap_from_header() -> None:
     data = encode(Image.new("L", (3000, 3000)), "PNG")
     with pytest.raises(ImageError) as info:
@@ -172,6 +196,48 @@ def test_large_jpeg_uses_draft_and_matches_full_decode_closely(monkeypatch: pyte
     assert np.abs(fast - full.astype(np.int16)).mean() < 4
 
 
+def _spy_resize(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The sizes of the images that preprocess resizes: what was decoded (and shrunk) before."""
+    sizes: list[tuple[int, int]] = []
+    real_resize = Image.Image.resize
+
+    def spy(self: Image.Image, *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(self.size)
+        return real_resize(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    return sizes
+
+
+def test_large_png_is_shrunk_before_resizing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What JPEG's draft does at decode time: resizing memory grows with the source, so reduce it first.
+    data = encode(Image.new("RGB", (2000, 2000), (9, 9, 9)), "PNG")
+    resized = _spy_resize(monkeypatch)
+    assert preprocess(data, (300, 300)).shape == (300, 300, 3)
+    assert resized == [(667, 667)]  # reduced by 3, still at least twice 300
+
+
+@pytest.mark.parametrize("resize_mode", ["stretch", "center_crop"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_non_square_size_is_height_by_width(fmt: str, resize_mode: str) -> None:
+    out = preprocess(encode(_arrow((400, 260)), fmt), (32, 48), resize_mode=resize_mode)
+    assert out.shape == (32, 48, 3)
+
+
+def test_center_crop_to_the_same_aspect_crops_nothing() -> None:
+    img = Image.new("RGB", (480, 320), (200, 20, 20))
+    img.paste((20, 20, 200), (40, 40, 440, 280))  # blue, in a red frame 40 px wide
+    out = preprocess(encode(img, "PNG"), (32, 48), resize_mode="center_crop")
+    assert out[0, 24, 0] > 150 and out[16, 0, 0] > 150  # the frame is still there: top and left
+
+
+def test_jpeg_draft_size_is_width_by_height(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (32, 48) is height x width: 400 x 260 decodes at 1/8 (50 x 33); 48 high would need 1/4 (100 x 65).
+    resized = _spy_resize(monkeypatch)
+    assert preprocess(encode(_arrow((400, 260)), "JPEG"), (32, 48)).shape == (32, 48, 3)
+    assert resized == [(50, 33)]
+
+
 def test_center_crop_keeps_aspect() -> None:
     img = Image.new("RGB", (300, 100), (0, 0, 255))
     img.paste((255, 0, 0), (0, 0, 100, 100))  # red only in the left third
@@ -193,12 +259,16 @@ def test_extreme_shapes(size: tuple[int, int]) -> None:
     assert out.shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize("size", [pytest.param((8, 8), id="shrunk"), pytest.param((32, 32), id="not-shrunk")])
 @pytest.mark.parametrize(("mode", "key"), [("RGB", (0, 0, 255)), ("L", 0)])
-def test_colour_key_transparency_is_flattened_onto_white(mode: str, key: object) -> None:
-    # A PNG tRNS chunk marks one colour transparent; it must look like the RGBA / palette cases.
+def test_colour_key_transparency_is_flattened_onto_white(
+    mode: str, key: object, size: tuple[int, int]
+) -> None:
+    # A PNG tRNS chunk marks one colour transparent; it must look like the RGBA / palette cases, whether
+    # shrink() reduces the image first (8 x 8) or to_rgb() meets the colour key itself (32 x 32).
     img = Image.new(mode, (40, 40), key)  # type: ignore[arg-type]
     img.paste(60 if mode == "L" else (10, 200, 10), (0, 0, 20, 40))
-    out = preprocess(encode(img, "PNG", transparency=key), (8, 8))
+    out = preprocess(encode(img, "PNG", transparency=key), size)
     assert (out[:, -2:] == 255).all() and out[:, :2].max() < 255
 
 

@@ -37,6 +37,8 @@ from tests.server import ROOT, start_server, stop_server
         ("WEB_CONCURRENCY", "0"),
         ("SKIN_ORT_SPINNING", "maybe"),
         ("SKIN_MODEL_VARIANT", "int4"),
+        ("SKIN_ALLOWED_FORMATS", "gif"),
+        ("SKIN_ALLOWED_FORMATS", " , "),  # nothing allowed: every upload would be refused
         ("SKIN_PROVIDERS", "NoSuchExecutionProvider"),
         ("SKIN_PROVIDERS", " , "),
     ],
@@ -59,6 +61,33 @@ def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.from_env()
     assert (settings.top_k, settings.max_image_bytes, settings.max_queue) == (3, MB // 2, 0)
     assert settings.spinning
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "field", "expected"),
+    [
+        ("SKIN_ALLOWED_FORMATS", "png", "allowed_formats", ("PNG",)),
+        ("SKIN_ALLOWED_FORMATS", " jpeg, WebP ,", "allowed_formats", ("JPEG", "WEBP")),
+        ("SKIN_MODEL_VARIANT", " FP32 ", "model_variant", "fp32"),
+        ("SKIN_OPENVINO", " BF16 ", "openvino", "bf16"),
+    ],
+)
+def test_names_are_read_whatever_their_case_and_spaces(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, field: str, expected: object
+) -> None:
+    monkeypatch.setenv(name, value)
+    assert getattr(Settings.from_env(), field) == expected
+
+
+def test_web_concurrency_divides_the_threads_only_among_uvicorn_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("runtime.engine.available_cpus", lambda: 8)
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert Settings.from_env().threads == 2  # uvicorn --workers 4: a quarter of the CPUs each
+    assert Settings.from_env(single_process=True).threads == 0  # skin-serve: one process, all of them
+    monkeypatch.setenv("WEB_CONCURRENCY", " ")  # set but blank: one worker
+    assert Settings.from_env().threads == 0
 
 
 def test_threads_spin_only_with_one_inference_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -130,10 +130,26 @@ OUTPUTS = {
             id="confidence-only",
         ),
         pytest.param(
+            {"confidence": {"min_probability": 0.55}},
+            [{"confidence": "ok"}, {"confidence": "ok"}],
+            None,
+            id="confidence-inclusive",  # "low" only under min_probability (README)
+        ),
+        pytest.param(
             {"confidence": {"min_probability": "high"}},
             [{}, {}],
             "'min_probability' is not a number",
             id="bad",
+        ),
+        # JSON NaN / Infinity parse as floats; used, they would make every prediction "low".
+        *(
+            pytest.param(
+                {"confidence": {"min_probability": value}},
+                [{}, {}],
+                "'min_probability' is not a number",
+                id=f"confidence-{value}",
+            )
+            for value in (float("nan"), float("inf"), True)
         ),
         pytest.param({"ood": {"score": "knn", "max_score": 1}}, [{}, {}], "'knn' is not known", id="unknown"),
         pytest.param({"ood": {"score": "energy", "min_score": 1}}, [{}, {}], "'max_score'", id="wrong-side"),

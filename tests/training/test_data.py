@@ -40,6 +40,13 @@ def test_splits_are_stratified_seeded_and_disjoint(dataset: Path) -> None:
     assert load_splits(dataset, val_fraction=0.25, seed=8).val != splits.val
 
 
+def test_a_class_of_two_images_keeps_one_for_training() -> None:
+    files = [Path("a.jpg"), Path("b.jpg")]
+    kept, held = data.split_class(files, 0.8, 7, 0)  # 80 % of 2 rounds to both
+    assert len(kept) == len(held) == 1 and sorted(kept + held) == files
+    assert data.split_class(files[:1], 0.8, 7, 0) == (files[:1], [])  # one image: nothing held out
+
+
 def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Path) -> None:
     shutil.copytree(dataset / "train", tmp_path / "Train")
     shutil.copytree(dataset / "test", tmp_path / "Test")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report, precision_recall_fscore_support
 
-from training.report import classification_summary, epoch_metrics
+from training.report import classification_summary, epoch_metrics, top_k_accuracy
 
 NAMES = ["a", "b", "c"]
 
@@ -59,3 +59,21 @@ def test_with_every_class_present_the_numbers_are_scikit_learns() -> None:
     )
     got = epoch_metrics(logits, labels)
     assert (got["precision"], got["recall"], got["f1"]) == (p, r, f1)
+
+
+def test_top_k_accuracy_takes_the_k_most_probable_classes() -> None:
+    probs, label = np.array([[0.5, 0.3, 0.2]]), np.array([2])  # the label is the least probable class
+    assert top_k_accuracy(probs, label, 1) == top_k_accuracy(probs, label, 2) == 0.0
+    assert top_k_accuracy(probs, label, 3) == 1.0
+    assert top_k_accuracy(probs, np.array([1]), 2) == 1.0
+    # The report's top-3: the third most probable of four counts, the fourth does not.
+    four = np.array([[0.4, 0.3, 0.2, 0.1]] * 2)
+    report = classification_summary(four, np.array([2, 3]), [*NAMES, "d"])
+    assert report["top3_accuracy"] == 0.5
+
+
+def test_the_loss_is_the_cross_entropy_of_the_true_labels() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+    labels = np.array([1, 2])  # the first one wrong
+    loss = epoch_metrics(np.log(probs), labels)["loss"]
+    assert loss == pytest.approx(-(np.log(0.2) + np.log(0.8)) / 2)

@@ -425,6 +425,12 @@ def test_resume_repeats_the_uninterrupted_run(
     a = load_checkpoint(whole / "last.pt")["model"]
     b = load_checkpoint(part / "last.pt")["model"]
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    # The resumed run remembers its best epoch: the same best.pt and report as the uninterrupted run's.
+    assert load_checkpoint(part / "best.pt")["epoch"] == load_checkpoint(whole / "best.pt")["epoch"]
+    reports = [json.loads((run / "report.json").read_text()) for run in (whole, part)]
+    assert [(r["best_epoch"], r["val_macro_f1"]) for r in reports] == [
+        (reports[0]["best_epoch"], pytest.approx(reports[0]["val_macro_f1"], rel=1e-5))
+    ] * 2
 
 
 def _empty_class(root: Path) -> None:
@@ -497,6 +503,37 @@ def test_a_run_without_a_validation_macro_f1_reports_none(
     report = json.loads((run / "report.json").read_text())
     assert report["best_epoch"] is None and report["val_macro_f1"] is None  # not 0 and -1.0
     assert not (run / "best.pt").exists()
+
+
+def test_the_report_is_best_pts_whose_epoch_neither_a_tie_nor_a_resume_moves(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """best.pt: the first epoch of the highest validation macro-F1 (a later tie does not replace it; a resumed
+    run remembers it); report.json: that epoch, that F1 and the test numbers of best.pt's weights."""
+    f1 = iter([0.5, 0.5, 0.3])  # epochs 1 and 2, then 3 after a resume
+    real_metrics, real_summary = loop.epoch_metrics, loop.classification_summary
+    monkeypatch.setattr(loop, "epoch_metrics", lambda *args: {**real_metrics(*args), "f1": next(f1)})
+    reported: list[np.ndarray] = []
+
+    def summary(probs: np.ndarray, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        reported.append(probs)
+        return real_summary(probs, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "classification_summary", summary)
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=2)
+    train(resume=str(run), epochs=3)
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["val_f1"] for r in rows] == [0.5, 0.5, 0.3]
+    report = json.loads((run / "report.json").read_text())
+    assert load_checkpoint(run / "best.pt")["epoch"] == report["best_epoch"] == 1
+    assert report["val_macro_f1"] == max(r["val_f1"] for r in rows)
+
+    def test_probs(checkpoint: str) -> np.ndarray:
+        model = model_from_checkpoint(load_checkpoint(run / checkpoint))
+        return evaluate(model, eval_loader(load_splits(dataset).test, TINY["img_size"]), "cpu").probs
+
+    np.testing.assert_allclose(reported[-1], test_probs("best.pt"), atol=1e-5)
+    assert not np.allclose(reported[-1], test_probs("last.pt"), atol=1e-3)  # epoch 3's: other numbers
 
 
 def test_classes_without_images_are_named(
