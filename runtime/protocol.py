@@ -61,9 +61,8 @@ class H11Protocol(h11_impl.H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         if self.cycle is not None and not self.cycle.response_complete:
-            cast("dict[str, Any]", self.cycle.scope)[BAD_HTTP] = (
-                True  # mid-body: the app then logs this 400, not a client that left
-            )
+            # Mid-body: the app sees only the connection close; this lets it log the 400, not a 499.
+            cast("dict[str, Any]", self.cycle.scope)[BAD_HTTP] = True
         body = error_body("bad_http", msg)  # "Invalid HTTP request received." and the like
         headers = [
             (b"content-type", b"application/json"),
