@@ -219,12 +219,12 @@ def test_auto_with_an_unreadable_report_leaves_the_error_to_the_engine(
 
 @needs_openvino
 def test_auto_over_http_says_what_it_chose(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime_log: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
     monkeypatch.setenv("SKIN_OPENVINO", "auto")
     settings = Settings.from_env(bundle=str(_bundle_with_bf16_check(tmp_path, SAFE)))
-    with caplog.at_level("INFO", logger="runtime"), TestClient(create_app(settings)) as client:
+    with runtime_log.at_level("INFO", logger="runtime"), TestClient(create_app(settings)) as client:
         served = client.get("/api/info").json()["onnxruntime"]
         answer = client.post(
             "/api/predict", files={"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
@@ -232,9 +232,9 @@ def test_auto_over_http_says_what_it_chose(
     assert served["openvino"] == "bf16" and served["bf16_check"] == SAFE
     assert served["auto"] == settings.openvino_auto  # what auto chose, for clients as well as the log
     assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
-    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SKIN_OPENVINO=auto")]
+    said = [r.getMessage() for r in runtime_log.records if r.getMessage().startswith("SKIN_OPENVINO=auto")]
     assert said == ["SKIN_OPENVINO=auto: serving " + settings.openvino_auto], said
-    assert not [r for r in caplog.records if r.levelname == "WARNING" and "bf16" in r.getMessage()]
+    assert not [r for r in runtime_log.records if r.levelname == "WARNING" and "bf16" in r.getMessage()]
     # settings built in code may carry auto too: the engine settles it the same way
     assert Engine.from_settings(Settings(bundle=str(tmp_path), threads=1, openvino="auto")).openvino == "bf16"
 

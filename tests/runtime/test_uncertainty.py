@@ -93,17 +93,17 @@ def test_without_thresholds_the_fields_are_absent_and_info_says_so(tiny_bundle: 
 
 
 def test_a_score_the_graph_cannot_feed_is_left_out_with_a_note(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
     # Energy needs the logits; this graph only has probabilities: confidence still works, OOD is left out.
     directory = make_bundle(tmp_path, with_logits=False, thresholds=THRESHOLDS)
-    with caplog.at_level(logging.WARNING, logger="runtime"), _client(directory) as c:
+    with runtime_log.at_level(logging.WARNING, logger="runtime"), _client(directory) as c:
         body = c.post("/api/predict", files={"file": _png(GREY)}).json()
         unc = c.get("/api/info").json()["uncertainty"]
     assert body["confidence"] == "low" and "in_distribution" not in body
     assert unc["confidence"] is True and unc["ood"] is False
     assert "'logits'" in unc["notes"][0]
-    assert any("'logits'" in r.getMessage() for r in caplog.records)
+    assert any("'logits'" in r.getMessage() for r in runtime_log.records)
 
 
 def test_openapi_documents_the_fields(client: TestClient) -> None:
