@@ -24,13 +24,25 @@ def tiny() -> tuple[Any, Any]:
     return net, export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD)
 
 
-def torch_logits(net: Any, images: np.ndarray) -> np.ndarray:
+@pytest.fixture(scope="module")
+def pooled(tiny: tuple[Any, Any]) -> Any:
+    """The same CNN's core graph with the pooled stage features export chooses the OOD score from."""
+    net, _ = tiny
+    return export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD, pooled=True)
+
+
+def normalized(images: np.ndarray) -> Any:
     import torch
 
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def torch_logits(net: Any, images: np.ndarray) -> np.ndarray:
+    import torch
+
     with torch.no_grad():
-        return net(x).numpy()
+        return net(normalized(images)).numpy()
 
 
 def test_graph_takes_uint8_nhwc_with_a_dynamic_batch_in_one_file(tiny: tuple[Any, Any]) -> None:
@@ -134,3 +146,61 @@ def test_metadata_round_trips_through_the_contract(tiny: tuple[Any, Any]) -> Non
     export_onnx.set_metadata(model, meta)
     loaded = onnx.load_from_string(export_onnx.to_bytes(model))
     assert bundle.BundleMeta.from_metadata({p.key: p.value for p in loaded.metadata_props}) == meta
+
+
+def test_opsets_from_the_floor_to_the_newest_onnx_knows_are_accepted() -> None:
+    import onnx
+
+    newest = onnx.defs.onnx_opset_version()
+    export_onnx.check_opset(export_onnx.MIN_OPSET)
+    export_onnx.check_opset(newest)
+    with pytest.raises(ExportError, match="is not supported"):
+        export_onnx.check_opset(export_onnx.MIN_OPSET - 1)
+    with pytest.raises(ExportError, match="newer than this onnx knows"):
+        export_onnx.check_opset(newest + 1)
+
+
+def test_the_graph_has_the_opset_asked_for(tiny: tuple[Any, Any]) -> None:
+    net, _ = tiny
+    opset = export_onnx.MIN_OPSET + 1
+    core = export_onnx.export_core(net, size=(32, 32), mean=MEAN, std=STD, opset=opset)
+    assert max(o.version for o in core.opset_import if o.domain in ("", "ai.onnx")) == opset
+
+
+def test_the_temperature_step_is_added_only_once(tiny: tuple[Any, Any]) -> None:
+    _, core = tiny
+    once = export_onnx.add_temperature(core, 1.5)
+    with pytest.raises(ExportError, match="already uses the names of the temperature step"):
+        export_onnx.add_temperature(once, 1.5)
+
+
+def test_pooled_outputs_are_stage_means_and_the_served_graph_drops_them(
+    tiny: tuple[Any, Any], pooled: Any
+) -> None:
+    """Each skin_pool_<i> is stage i's feature map averaged over the image; serving keeps none of them."""
+    import torch
+
+    from export.infer import session
+
+    net, _ = tiny
+    names = [o.name for o in pooled.graph.output]
+    stages = [n for n in names if n.startswith(export_onnx.POOL_PREFIX) and n != "skin_pool_head"]
+    assert stages and "skin_pool_head" in names
+    images = np.random.default_rng(7).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    got = session(export_onnx.to_bytes(pooled)).run([*stages, "skin_pool_head"], {bundle.INPUT_NAME: images})
+    with torch.no_grad():
+        x = normalized(images)
+        _, maps = net.forward_intermediates(x)
+        head = net.forward_head(net.forward_features(x), pre_logits=True)
+    expected = [m.mean(dim=(2, 3)).numpy() for m in maps] + [head.numpy()]
+    assert len(got) == len(expected)
+    for value, want in zip(got, expected, strict=True):
+        np.testing.assert_allclose(value, want, atol=1e-4)
+    served = export_onnx.add_temperature(pooled, 1.0)
+    assert [o.name for o in served.graph.output] == [
+        bundle.PROBS_OUTPUT,
+        bundle.CAM_OUTPUT,
+        bundle.LOGITS_OUTPUT,
+    ]
+    produced = {v for n in served.graph.node for v in n.output}
+    assert not produced & set(stages)  # the stage pooling is pruned, not left computing unused values

@@ -566,6 +566,20 @@ def test_answers_fit_the_openapi_description(client: TestClient) -> None:
     )
 
 
+def test_openapi_follows_the_settings_and_describes_the_busy_answer(tiny_bundle: Path) -> None:
+    with _client(tiny_bundle, top_k=2) as c:
+        spec = c.get("/api/openapi.json").json()
+    predict = spec["paths"]["/api/predict"]["post"]
+    top_k = predict["parameters"][0]
+    assert top_k["schema"]["default"] == 2  # this client's SKIN_TOP_K
+    assert "more than the 5 classes lists them all" in top_k["description"]
+    for path in ("/api/predict", "/api/predict/batch"):  # both routes answer 503 with Retry-After
+        busy = spec["paths"][path]["post"]["responses"]["503"]
+        assert {"X-Request-ID", "Retry-After"} <= set(busy["headers"])
+    # the longest client X-Request-ID kept, as the middleware keeps it
+    assert spec["components"]["headers"]["RequestId"]["schema"]["maxLength"] == 64
+
+
 def batch_schema(spec: dict) -> dict:  # type: ignore[type-arg]
     return spec["components"]["schemas"]["Batch"]  # type: ignore[no-any-return]
 
@@ -576,6 +590,21 @@ def test_metrics(client: TestClient) -> None:
     assert 'skin_requests_total{route="/api/predict",status="200"}' in text
     assert "skin_inference_seconds_bucket" in text and "skin_decode_seconds_count" in text
     assert 'skin_model_info{name="tiny-test-model"' in text
+    assert "\nskin_images_total " in text
+    assert "\nskin_in_flight_requests 1.0" in text  # this /metrics request itself
+    # images per gathered run, not seconds: buckets up to SKIN_GATHER's largest
+    gathered = [line for line in text.splitlines() if line.startswith("skin_gathered_images_bucket")]
+    assert [line.split('"')[1] for line in gathered] == [
+        "1.0",
+        "2.0",
+        "3.0",
+        "4.0",
+        "6.0",
+        "8.0",
+        "12.0",
+        "16.0",
+        "+Inf",
+    ]
 
 
 def test_security_headers_and_request_id(client: TestClient) -> None:

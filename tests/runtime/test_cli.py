@@ -5,6 +5,7 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -192,3 +193,85 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(tiny_bundle: Path) 
         assert proc.wait(timeout=20) == 0
     finally:
         stop_server(proc)
+
+
+def test_threads_0_is_the_cpu_quota_not_an_error() -> None:
+    from runtime.cli import build_parser
+
+    assert build_parser().parse_args(["--threads", "0"]).threads == 0
+    assert build_parser().parse_args([]).threads is None  # SKIN_THREADS decides
+
+
+@pytest.mark.parametrize("port", [0, 65536])
+def test_ports_outside_1_to_65535_are_refused(port: int) -> None:
+    from runtime.cli import check_port
+
+    with pytest.raises(ValueError, match="out of range"):
+        check_port("127.0.0.1", port)
+
+
+def test_a_busy_port_says_what_to_do() -> None:
+    import socket
+
+    from runtime.cli import check_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ValueError, match=r"pass --port N"):
+            check_port("127.0.0.1", busy.getsockname()[1])
+
+
+def test_serve_hands_uvicorn_what_skin_serve_promises(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+
+    import uvicorn
+
+    from runtime import app, cli
+
+    served: dict[str, Any] = {}
+    real_create_app = app.create_app
+
+    def create_app(settings: Any, *, engine: Any) -> Any:
+        served["settings"], served["engine"] = settings, engine
+        return real_create_app(settings, engine=engine)
+
+    monkeypatch.setattr(app, "create_app", create_app)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(kwargs))
+    handlers: dict[int, Any] = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.update({signum: handler}))
+    monkeypatch.setenv("SKIN_THREADS", "2")
+    monkeypatch.setenv("SKIN_BODY_TIMEOUT_S", "7")
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    cli.serve(bundle=str(tiny_bundle), host="127.0.0.1", port=_free_port(), threads=1, log_level="warning")
+    assert served["engine"].threads == 1  # --threads over SKIN_THREADS
+    assert served["http"].head_timeout_s == 7.0  # the head's limit too
+    assert (served["workers"], served["access_log"]) == (1, False)
+    assert served["log_level"] == "warning"
+    assert served["log_config"]["loggers"]["uvicorn"]["level"] == "WARNING"  # JSON lines at that level
+    assert signal.SIGTERM in handlers  # a SIGTERM drain ends in exit 0
+    with pytest.raises(SystemExit) as stopped:
+        handlers[signal.SIGTERM](signal.SIGTERM, None)
+    assert stopped.value.code == 0
+    err = capsys.readouterr().err
+    assert "WEB_CONCURRENCY=4" in err and "runs one process" in err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_ctrl_c_is_a_clean_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime import cli
+
+    def interrupted(**kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "serve", interrupted)
+    assert cli.main(["--bundle", "anywhere"]) == 0

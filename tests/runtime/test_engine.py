@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,14 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.engine import Engine
+from runtime import engine as engine_module
+from runtime.bundle import MODEL_FILE, BundleError
+from runtime.engine import Engine, session_options
 from tests.server import ROOT
 
 # In a process of its own: other tests' threads (servers, data loaders) would count in this one's CPU time.
 IDLE_CPU = """
 import sys, time
 import numpy as np
-from runtime.engine import Engine
+from runtime import engine as engine_module
+from runtime.bundle import MODEL_FILE, BundleError
+from runtime.engine import Engine, session_options
 
 engine = Engine(sys.argv[1], threads=2, spinning=sys.argv[2] == "1")
 images = np.zeros((1, *engine.meta.input_size, 3), dtype=np.uint8)
@@ -76,3 +81,98 @@ def test_concurrent_runs_with_spinning_threads_keep_their_own_answers(tiny_bundl
     for t in workers:
         t.join()
     assert wrong == []
+
+
+@pytest.mark.parametrize(
+    ("files", "cpus"),
+    [
+        pytest.param({"cpu.max": "150000 100000\n"}, 1, id="v2-1.5-cpus-round-down"),
+        pytest.param({"cpu.max": "300000 100000\n"}, 3, id="v2-3-cpus"),
+        pytest.param({"cpu.max": "max 100000\n"}, 8, id="v2-no-quota"),
+        pytest.param({"cpu.max": "20000 100000\n"}, 1, id="v2-under-one-cpu"),
+        pytest.param({"cpu.cfs_quota_us": "200000\n", "cpu.cfs_period_us": "100000\n"}, 2, id="v1"),
+        pytest.param({"cpu.cfs_quota_us": "-1\n", "cpu.cfs_period_us": "100000\n"}, 8, id="v1-no-quota"),
+        pytest.param({}, 8, id="no-cgroup"),
+    ],
+)
+def test_threads_follow_the_cgroup_quota_not_the_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], cpus: int
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    # /sys/fs/cgroup/cpu.max and /sys/fs/cgroup/cpu/cpu.cfs_*_us, read from tmp_path instead
+    monkeypatch.setattr(engine_module, "Path", lambda path: tmp_path / Path(path).name)
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert engine_module.available_cpus() == cpus
+
+
+def test_session_options_run_one_graph_at_a_time_on_the_threads_given() -> None:
+    options = session_options(threads=3, memory_arena=False)
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
+    assert options.enable_cpu_mem_arena is False
+    assert session_options(threads=1).enable_cpu_mem_arena is True
+
+
+def test_threads_0_means_the_cpu_quota(tiny_bundle: Path) -> None:
+    engine = Engine(tiny_bundle, threads=0)
+    assert engine.threads == engine_module.available_cpus() >= 1
+    assert engine.info()["onnxruntime"]["threads"] == engine.threads
+    assert Engine(tiny_bundle, threads=2).info()["onnxruntime"]["threads"] == 2
+
+
+class _Recording:
+    """The engine's session, recording the run options of each run; ``poison`` puts NaN in the answer."""
+
+    def __init__(self, session: object, poison: bool = False) -> None:
+        self.session, self.poison = session, poison
+        self.run_options: list[object] = []
+
+    def run(
+        self, fetch: list[str], feed: dict[str, np.ndarray], run_options: object = None
+    ) -> list[np.ndarray]:
+        self.run_options.append(run_options)
+        fetched = self.session.run(fetch, feed, run_options)  # type: ignore[attr-defined]
+        if self.poison:
+            fetched[0] = np.full_like(fetched[0], np.nan)
+        return fetched
+
+
+def test_the_arena_shrinks_after_multi_image_runs_only(tiny_bundle: Path) -> None:
+    # The arena keeps the peak of every batch size it has seen: a batch's buffers are given back after it.
+    engine = Engine(tiny_bundle, threads=1)
+    recording = _Recording(engine.session)
+    engine.session = recording
+    h, w = engine.meta.input_size
+    engine.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+    engine.run(np.zeros((3, h, w, 3), dtype=np.uint8))
+    assert recording.run_options == [None, engine._shrink]
+    no_arena = Engine(tiny_bundle, threads=1, memory_arena=False)
+    recording = no_arena.session = _Recording(no_arena.session)
+    no_arena.run(np.zeros((3, h, w, 3), dtype=np.uint8))
+    assert recording.run_options == [None]  # nothing to shrink
+
+
+def test_probabilities_that_are_not_finite_are_refused(tiny_bundle: Path) -> None:
+    engine = Engine(tiny_bundle, threads=1)
+    engine.session = _Recording(engine.session, poison=True)
+    h, w = engine.meta.input_size
+    with pytest.raises(RuntimeError, match="malformed probabilities"):
+        engine.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+
+
+def test_settings_the_engine_cannot_honour_are_one_line_errors(tiny_bundle: Path, tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="execution provider NoSuchProvider is not available"):
+        Engine(tiny_bundle, threads=1, providers=("NoSuchProvider",))
+    with pytest.raises(BundleError, match="SKIN_OPENVINO must be one of"):
+        Engine(tiny_bundle, threads=1, openvino="fp64")
+    shutil.copytree(tiny_bundle, tmp_path / "broken")
+    (tmp_path / "broken" / MODEL_FILE).write_bytes(b"not\nan\nonnx\nmodel")
+    with pytest.raises(BundleError, match="is not a loadable ONNX model") as refused:
+        Engine(tmp_path / "broken", threads=1)
+    assert "\n" not in str(refused.value)  # onnxruntime's many-line message, cut to its first line
+
+
+def test_first_line_of_an_error() -> None:
+    assert engine_module.first_line(ValueError("  one\ntwo\n")) == "one"
+    assert engine_module.first_line(ValueError("")) == "ValueError"
+    assert len(engine_module.first_line(ValueError("x" * 1000))) == 300

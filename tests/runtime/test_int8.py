@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from starlette.testclient import TestClient
 
-from runtime import bundle, int8
+from runtime import bundle, cpuflags, int8
 from runtime.app import create_app
 from runtime.engine import Engine, session_options
 from runtime.settings import Settings
@@ -144,3 +144,41 @@ def test_start_up_says_why(
     assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
     said = [r for r in caplog.records if r.getMessage().startswith("SKIN_MODEL_VARIANT: ")]
     assert [(r.levelname, r.getMessage()) for r in said] == [(level, f"SKIN_MODEL_VARIANT: {note}")]
+
+
+@pytest.mark.parametrize(
+    ("words", "vnni"),
+    [
+        pytest.param({"avx2", "avx512f", "avx512_vnni"}, True, id="avx512-vnni"),
+        pytest.param({"avx2", "avx_vnni"}, True, id="avx-vnni"),
+        pytest.param({"avx2", "amx_int8"}, True, id="amx"),
+        pytest.param({"avx2", "avx512f", "avx512_bf16"}, False, id="no-vnni"),
+        pytest.param(None, None, id="cpuinfo-unreadable"),
+    ],
+)
+def test_vnni_from_the_cpu_flags(
+    monkeypatch: pytest.MonkeyPatch, words: set[str] | None, vnni: bool | None
+) -> None:
+    monkeypatch.setattr(cpuflags, "_words", lambda: None if words is None else frozenset(words))
+    assert int8.cpu_has_vnni() is vnni
+
+
+def test_machine_names_are_matched_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(int8.platform, "machine", lambda: "AMD64")  # Windows spells it so
+    monkeypatch.setattr(int8, "cpu_has_vnni", lambda: False)
+    assert int8.clips_sums() is True
+
+
+@pytest.mark.parametrize("error", [FileNotFoundError, PermissionError])
+def test_unreadable_cpuinfo_tells_nothing(monkeypatch: pytest.MonkeyPatch, error: type[OSError]) -> None:
+    class Unreadable:
+        def __init__(self, path: str) -> None:
+            pass
+
+        def read_text(self) -> str:
+            raise error("/proc/cpuinfo")
+
+    monkeypatch.setattr(cpuflags, "Path", Unreadable)
+    assert cpuflags._words.__wrapped__() is None  # the uncached function: the cache holds this machine's
+    monkeypatch.setattr(cpuflags, "_words", lambda: None)
+    assert cpuflags.any_of({"avx2"}) is None and int8.cpu_has_vnni() is None

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,9 @@ import pytest
 
 from training.cli import build_parser, main
 from training.config import DEFAULTS, ConfigError, TrainConfig, resolve
+from training.data import DataError
 from training.loop import resolve_options
+from training.model import ModelError
 
 
 @pytest.mark.parametrize(
@@ -111,6 +114,85 @@ def test_bad_options_are_one_line(
 
 
 @pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"val_fraction": 0.001}, id="val-fraction-small"),
+        pytest.param({"img_size": 16}, id="img-size-16"),
+        pytest.param({"workers": 0}, id="no-workers"),
+        pytest.param({"label_smoothing": 0.0}, id="no-smoothing"),
+        pytest.param({"batch_size": 1, "img_size": 33}, id="batch-1-above-32-px"),
+        pytest.param({"seed": 2**32 - 1}, id="largest-seed"),
+        pytest.param({"jitter_hue": 0.5}, id="most-hue"),
+        pytest.param({"translate": 1.0}, id="most-translate"),
+        pytest.param({"rotate": 180.0}, id="most-rotate"),
+        pytest.param({"scale": 0.0}, id="no-scale"),
+        pytest.param({"early_stop": 0, "clip_grad": 0.0, "plateau_patience": 0}, id="zero-means-off"),
+        pytest.param(
+            {name: 1.0 for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p")}, id="p-1"
+        ),
+        pytest.param(
+            {name: 0.0 for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p")}, id="p-0"
+        ),
+    ],
+)
+def test_options_at_the_edge_of_their_range_are_accepted(options: dict[str, object]) -> None:
+    cfg = resolve({"data": "d", **options})
+    assert {k: getattr(cfg, k) for k in options} == options
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        pytest.param({"val_fraction": 0.0}, "--val-fraction", id="val-fraction-0"),
+        pytest.param({"val_fraction": 1.0}, "--val-fraction", id="val-fraction-1"),
+        pytest.param({"img_size": 15}, "--img-size", id="img-size-15"),
+        pytest.param({"workers": -1}, "--workers", id="workers"),
+        pytest.param({"epochs": 0}, "--epochs", id="epochs"),
+        pytest.param({"batch_size": 0, "img_size": 64}, "--batch-size", id="batch-size"),
+        pytest.param({"accum_steps": 0}, "--accum-steps", id="accum-steps"),
+        pytest.param({"lr": 0.0}, "--lr", id="lr-0"),
+        pytest.param(
+            {"backbone_lr_scale": -0.1}, "--lr must be positive and --backbone-lr-scale", id="backbone-lr"
+        ),
+        pytest.param({"label_smoothing": 1.0}, "--label-smoothing", id="smoothing-1"),
+        pytest.param({"plateau_factor": 1.0}, "--plateau-factor", id="factor-1"),
+        pytest.param({"plateau_patience": -1}, "--plateau-patience", id="patience"),
+        pytest.param({"warmup_epochs": -1.0}, "--warmup-epochs", id="warmup"),
+        pytest.param({"min_lr": -1e-6}, "--warmup-epochs and --min-lr", id="min-lr"),
+        pytest.param({"clip_grad": -1.0}, "--clip-grad", id="clip"),
+        pytest.param({"rotate": 180.5}, "--rotate", id="rotate"),
+        pytest.param({"scale": 1.0}, "--scale", id="scale-1"),
+        pytest.param({"translate": 1.01}, "--translate", id="translate"),
+        pytest.param({"jitter_hue": 0.51}, "--jitter-hue", id="hue"),
+        pytest.param({"batch_size": 1, "img_size": 32}, "--batch-size 1 needs", id="batch-1-at-32-px"),
+        pytest.param({"seed": 2**32}, "--seed", id="seed-2-32"),
+        pytest.param({"sampler": "random"}, "--sampler", id="sampler"),
+        pytest.param({"scheduler": "step"}, "--scheduler", id="scheduler"),
+        pytest.param({"amp": "fp8"}, "--amp", id="amp"),
+        pytest.param({"early_stop": -1}, "--early-stop", id="early-stop"),
+        *(
+            pytest.param({name: 1.01}, f"--{name.replace('_', '-')} is a probability", id=name)
+            for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p")
+        ),
+        pytest.param({"hflip": -0.01}, "--hflip is a probability", id="negative-p"),
+    ],
+)
+def test_options_just_outside_their_range_are_refused(options: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        resolve({"data": "d", **options})
+
+
+def test_given_names_are_kept_and_an_empty_config_file_sets_nothing(tmp_path: Path) -> None:
+    given = {"model_name": "mine", "model_version": "7", "trained_on": "photos", "out": str(tmp_path / "o")}
+    cfg = resolve({"data": "d", **given})
+    assert {k: getattr(cfg, k) for k in given} == given
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    cfg, _ = resolve_options({"config": str(empty), "data": "d"})
+    assert cfg.epochs == DEFAULTS.epochs
+
+
+@pytest.mark.parametrize(
     ("text", "expected"),
     [
         pytest.param("lr: 1e-3\n", {"lr": 0.001}, id="yaml-1.1-float-as-text"),
@@ -137,6 +219,9 @@ def test_yaml_values_take_their_option_types(tmp_path: Path, text: str, expected
         "seed: abc\n",
         "img_size: [64, 64]\n",
         'augment: "no"\n',
+        "epochs: null\n",  # only options whose default is None take null
+        "epochs: true\n",  # a bool is an int to Python, not a number here
+        "lr: false\n",
     ],
 )
 def test_yaml_values_of_the_wrong_type_are_one_line(
@@ -190,3 +275,63 @@ def test_derived_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert cfg.model_name == "skin-test_efficientnet"
     assert cfg.model_version[:2] == "20"
     assert cfg.trained_on == f"SkinDisease ImageFolder at {tmp_path / 'ds'}"
+
+
+def test_switches_parse_both_ways_and_paths_stay_text() -> None:
+    argv = ["--no-pretrained", "--no-plots", "--no-channels-last", "--overwrite", "--init-weights", "7.pt"]
+    assert vars(build_parser().parse_args(argv)) == {
+        "pretrained": False,
+        "plots": False,
+        "channels_last": False,
+        "overwrite": True,
+        "init_weights": "7.pt",
+    }
+    argv = ["--pretrained", "--channels-last", "--augment", "--demo", "--mlflow"]
+    assert vars(build_parser().parse_args(argv)) == dict.fromkeys(
+        ("pretrained", "channels_last", "augment", "demo", "mlflow"), True
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "rank", "code", "err"),
+    [
+        pytest.param(None, "0", 0, "", id="ok"),
+        pytest.param(ConfigError("bad option"), "0", 2, "skin-train: error: bad option\n", id="config"),
+        pytest.param(DataError("no images"), "0", 2, "skin-train: error: no images\n", id="data"),
+        pytest.param(ModelError("bad weights"), "0", 2, "skin-train: error: bad weights\n", id="model"),
+        pytest.param(
+            OSError(28, "No space left on device", "/out"),
+            "0",
+            2,
+            "skin-train: error: No space left on device: /out\n",
+            id="os-error",
+        ),
+        pytest.param(
+            KeyboardInterrupt(), "0", 130, "skin-train: interrupted before training started\n", id="ctrl-c"
+        ),
+        pytest.param(KeyboardInterrupt(), "1", 130, "", id="ctrl-c-rank-1"),
+    ],
+)
+def test_main_exit_status_and_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException | None,
+    rank: str,
+    code: int,
+    err: str,
+) -> None:
+    import training.loop
+
+    seen: list[dict[str, object]] = []
+
+    def fake_train(**kwargs: object) -> Path:
+        seen.append(kwargs)
+        if error is not None:
+            raise error
+        return Path("run")
+
+    monkeypatch.setattr(training.loop, "train", fake_train)
+    monkeypatch.setenv("RANK", rank)
+    assert main(["--data", "d", "--epochs", "2"]) == code
+    assert capsys.readouterr().err == err
+    assert seen == [{"data": "d", "epochs": 2}]  # only the options given

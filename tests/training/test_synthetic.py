@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from runtime.bundle import DISPLAY_NAMES
-from training.synthetic import class_look, generate
+from training.synthetic import FOREIGN_KINDS, class_look, foreign_images, generate
 
 
 def test_layout_boxes_and_formats(dataset: Path) -> None:
@@ -62,14 +63,63 @@ def test_every_class_looks_different() -> None:
     looks = [class_look(i, 22) for i in range(22)]
     assert len({colour for _, colour in looks}) == 22
     assert len({id(pattern) for pattern, _ in looks}) >= 11
+    # Neighbours on the colour wheel differ in brightness too: hues alone sit only ~16 degrees apart.
+    assert all(max(looks[i][1]) != max(looks[i + 1][1]) for i in range(21))
 
 
 def test_command_line(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "training.synthetic", str(tmp_path / "d"), "--train", "1", "--test", "1"],
+        [sys.executable, "-m", "training.synthetic", str(tmp_path / "d"), "--train", "1", "--test", "2"],
         capture_output=True,
         text=True,
         check=True,
     )
     assert "wrote a synthetic dataset" in out.stdout
-    assert len(list((tmp_path / "d" / "test").rglob("*.*"))) == 22
+    assert len(list((tmp_path / "d" / "train").rglob("*.*"))) == 22
+    assert len(list((tmp_path / "d" / "test").rglob("*.*"))) == 44
+
+
+def test_class_order_is_the_sorted_names_whatever_order_they_come_in(tmp_path: Path) -> None:
+    kw = {"train_per_class": 1, "test_per_class": 1, "size_range": (40, 48)}
+    a = generate(tmp_path / "a", class_names=["Moles", "Acne", "Eczema"], **kw)
+    b = generate(tmp_path / "b", class_names=["Acne", "Eczema", "Moles"], **kw)
+    assert (a / "boxes.json").read_text() == (b / "boxes.json").read_text()
+    for path in a.rglob("*.png"):
+        assert path.read_bytes() == (b / path.relative_to(a)).read_bytes()
+
+
+def test_test_images_are_not_copies_of_training_images(tmp_path: Path) -> None:
+    root = generate(tmp_path / "d", class_names=["Acne", "Moles"], train_per_class=1, test_per_class=1)
+    boxes = json.loads((root / "boxes.json").read_text())
+    for name in ("Acne", "Moles"):
+        train, test = root / "train" / name / "0000.png", root / "test" / name / "0000.png"
+        assert boxes[f"train/{name}/0000.png"] != boxes[f"test/{name}/0000.png"]
+        assert train.read_bytes() != test.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"patch_range": (0.6, 0.3)}, "patch_range", id="unordered"),
+        pytest.param({"patch_range": (0.0, 0.5)}, "patch_range", id="zero"),
+        pytest.param({"patch_range": (0.5, 1.2)}, "patch_range", id="over-1"),
+        pytest.param({"class_names": []}, "class_names is empty", id="no-classes"),
+    ],
+)
+def test_bad_arguments_are_refused_before_writing(
+    tmp_path: Path, kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        generate(tmp_path / "d", train_per_class=1, test_per_class=1, **kwargs)  # type: ignore[arg-type]
+    assert not (tmp_path / "d").exists()
+
+
+def test_foreign_images_take_the_kinds_in_turn_and_are_deterministic() -> None:
+    images = foreign_images(len(FOREIGN_KINDS) + 2, seed=3, size=(48, 64))
+    assert [kind for kind, _ in images] == [*FOREIGN_KINDS, *FOREIGN_KINDS[:2]]
+    assert all(img.shape == (48, 64, 3) and img.dtype == np.uint8 for _, img in images)
+    again = foreign_images(len(FOREIGN_KINDS) + 2, seed=3, size=(48, 64))
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(images, again, strict=True))
+    assert [k for k, _ in foreign_images(2, kinds=("solid",))] == ["solid", "solid"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        foreign_images(1, kinds=("photo",))

@@ -1,0 +1,112 @@
+"""skin-export's arguments, defaults and exit statuses, with the export itself replaced (no model built)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from export import cli
+from export.errors import ExportError
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    import export.bundle
+
+    seen: list[dict[str, Any]] = []
+
+    def fake(checkpoint: str, out: str, **kwargs: Any) -> None:
+        seen.append({"checkpoint": checkpoint, "out": out, **kwargs})
+        kwargs["log"]("a progress line")
+
+    monkeypatch.setattr(export.bundle, "export_bundle", fake)
+    return seen
+
+
+def test_defaults_reach_the_export(calls: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["run/best.pt", "--out", "b"]) == 0
+    (call,) = calls
+    call.pop("log")
+    assert call == {
+        "checkpoint": "run/best.pt",
+        "out": "b",
+        "data": None,
+        "no_data": False,
+        "report": None,
+        "parity_images": 16,
+        "int8": "auto",
+        "opset": 18,
+        "target_precision": 0.9,
+        "ood_acceptance": 0.95,
+        "overwrite": False,
+    }
+    assert capsys.readouterr().err == "a progress line\n"
+
+
+def test_every_flag_reaches_the_export(
+    calls: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "c.pt", "--out", "b", "--no-data", "--report", "r.json", "--parity-images", "4", "--int8", "off",
+        "--opset", "19", "--target-precision", "0.8", "--ood-acceptance", "0.9", "--overwrite", "--quiet",
+    ]  # fmt: skip
+    assert cli.main(argv) == 0
+    (call,) = calls
+    call.pop("log")
+    assert call == {
+        "checkpoint": "c.pt",
+        "out": "b",
+        "data": None,
+        "no_data": True,
+        "report": "r.json",
+        "parity_images": 4,
+        "int8": "off",
+        "opset": 19,
+        "target_precision": 0.8,
+        "ood_acceptance": 0.9,
+        "overwrite": True,
+    }
+    assert capsys.readouterr().err == ""  # --quiet: no progress lines
+    assert cli.main(["c.pt", "--out", "b", "--data", "ds", "--quiet"]) == 0
+    assert calls[-1]["data"] == "ds" and calls[-1]["no_data"] is False
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        pytest.param(ExportError("no such thing"), 2, "skin-export: error: no such thing", id="export-error"),
+        pytest.param(
+            OSError(28, "No space left on device", "b/model.onnx"),
+            2,
+            "skin-export: error: No space left on device: b/model.onnx",
+            id="os-error",
+        ),
+        pytest.param(
+            OSError(13, "Permission denied"), 2, "skin-export: error: Permission denied: b", id="no-file"
+        ),
+        pytest.param(KeyboardInterrupt(), 130, "skin-export: interrupted; nothing was written", id="ctrl-c"),
+    ],
+)
+def test_failures_are_one_line_and_an_exit_status(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    code: int,
+    line: str,
+) -> None:
+    import export.bundle
+
+    def failing(*args: Any, **kwargs: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(export.bundle, "export_bundle", failing)
+    assert cli.main(["c.pt", "--out", "b", "--quiet"]) == code
+    assert capsys.readouterr().err == line + "\n"
+
+
+def test_data_and_no_data_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["c.pt", "--out", "b", "--data", "ds", "--no-data"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "not allowed with argument" in err

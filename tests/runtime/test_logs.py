@@ -1,0 +1,58 @@
+"""The runtime's log lines: JSON, one per line, with the request's fields (runtime/logs.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+
+from runtime import logs
+
+
+def _record(exc_info: object = None, **fields: object) -> logging.LogRecord:
+    record = logging.LogRecord("runtime.app", logging.WARNING, __file__, 1, "hello %s", ("there",), exc_info)  # type: ignore[arg-type]
+    if fields:
+        record.fields = fields
+    return record
+
+
+def test_a_log_line_is_json_with_the_request_fields() -> None:
+    entry = json.loads(logs.JsonFormatter().format(_record(request_id="abc", status=200)))
+    assert entry["level"] == "warning" and entry["logger"] == "runtime.app"
+    assert entry["message"] == "hello there"
+    assert (entry["request_id"], entry["status"]) == ("abc", 200)
+    assert entry["time"].endswith("Z") and "exception" not in entry
+
+
+def test_an_exception_is_logged_with_its_traceback_in_the_same_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        line = logs.JsonFormatter().format(_record(sys.exc_info()))
+    assert "\n" not in line
+    assert "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_setup_sends_runtime_logs_and_warnings_as_json_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: list[bool] = []
+    monkeypatch.setattr(logging, "captureWarnings", captured.append)
+    logs.setup("info")
+    logs.setup("info")  # idempotent: one handler each, not two
+    for name in ("runtime", "py.warnings"):
+        target = logging.getLogger(name)
+        json_handlers = [h for h in target.handlers if isinstance(h.formatter, logs.JsonFormatter)]
+        assert len(json_handlers) == 1 and target.propagate is False, name
+    assert logging.getLogger("runtime").level == logging.INFO
+    assert captured == [True, True]  # Python warnings go to py.warnings, not bare text on stderr
+    # python-multipart's warnings quote the (health-data) body: only its errors are logged
+    assert logging.getLogger("python_multipart").level == logging.ERROR
+
+
+def test_uvicorn_logs_json_without_its_own_access_log() -> None:
+    config = logs.uvicorn_config("debug")
+    loggers = config["loggers"]
+    assert loggers["uvicorn"]["level"] == "DEBUG" and loggers["uvicorn"]["handlers"] == ["stderr"]
+    assert loggers["uvicorn.access"] == {"handlers": [], "level": "WARNING", "propagate": False}
+    assert config["formatters"]["json"]["()"] is logs.JsonFormatter

@@ -1,0 +1,101 @@
+"""The HTTP protocol skin-serve runs (runtime/protocol.py), driven in-process: a request head has a time
+limit of its own, and malformed HTTP gets the API's JSON error shape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from runtime.protocol import H11Protocol
+
+
+class _Transport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed, self.written = False, b""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += bytes(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _connect(head_timeout_s: float) -> tuple[H11Protocol, _Transport]:
+    # No log_config or log_level: uvicorn would set its loggers' levels for the rest of the test session (and
+    # the app's loggers follow uvicorn.error's level).
+    config = Config(app=_ok, timeout_keep_alive=5, log_config=None)
+    protocol = H11Protocol.with_head_timeout(head_timeout_s)(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = _Transport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+def test_a_connection_that_sends_no_head_is_closed_after_the_head_timeout() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        _, silent = await _connect(0.5)  # wide: a stalled loop must not fire the timer before the first look
+        await asyncio.sleep(0.02)
+        early = silent.closed
+        await asyncio.sleep(0.8)
+        return early, silent.closed
+
+    assert asyncio.run(scenario()) == (False, True)
+
+
+def test_the_head_timer_stops_once_a_head_arrives() -> None:
+    # After a whole request the keep-alive timer governs the idle connection (5 s here), not the head timer.
+    async def scenario() -> tuple[bytes, bool]:
+        protocol, transport = await _connect(0.1)
+        protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.3)
+        closed = transport.closed
+        protocol.connection_lost(None)
+        return transport.written, closed
+
+    written, closed = asyncio.run(scenario())
+    assert written.startswith(b"HTTP/1.1 200") and written.endswith(b"ok")
+    assert not closed
+
+
+def test_malformed_http_is_a_json_400_that_closes_the_connection() -> None:
+    async def scenario() -> tuple[_Transport, bool]:
+        protocol, transport = await _connect(30)
+        protocol.data_received(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+        closed = transport.closed  # at once, not when the client goes
+        protocol.connection_lost(None)
+        return transport, closed
+
+    transport, closed = asyncio.run(scenario())
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0] == b"http/1.1 400 bad request"
+    assert {
+        b"content-type: application/json",
+        b"connection: close",
+        f"content-length: {len(body)}".encode(),
+    } <= set(lines)
+    assert json.loads(body)["error"]["code"] == "bad_http"
+    assert closed

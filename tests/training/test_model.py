@@ -1,0 +1,127 @@
+"""Model construction from local weights and the checkpoint format, on timm's tiny test_efficientnet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from training.model import (
+    CHECKPOINT_FORMAT,
+    ModelError,
+    build_model,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+
+ARCH = "test_efficientnet"
+META = {"arch": ARCH, "img_size": 64, "class_names": ["Acne", "Eczema", "Moles"]}
+
+
+def _tiny(num_classes: int = 3) -> Any:
+    return build_model(ARCH, num_classes, drop_rate=0.0)
+
+
+class _Payload:
+    """Unpickling this touches a file: code that must never run when weights are read."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (Path.touch, (self.path,))
+
+
+def test_init_weights_come_from_a_state_dict_our_checkpoint_a_wrapped_state_dict_or_safetensors(
+    tmp_path: Path,
+) -> None:
+    from safetensors.torch import save_file
+
+    donor = _tiny(5)
+    theirs = donor.state_dict()
+    torch.save(theirs, tmp_path / "plain.pt")
+    save_checkpoint(tmp_path / "run.pt", model=donor, meta={**META, "class_names": list("abcde")})
+    torch.save({"state_dict": theirs, "epoch": 3}, tmp_path / "wrapped.pth")
+    save_file({k: v.contiguous() for k, v in theirs.items()}, str(tmp_path / "w.safetensors"))
+    for name in ("plain.pt", "run.pt", "wrapped.pth", "w.safetensors"):
+        own = build_model(ARCH, 3, init_weights=tmp_path / name).state_dict()
+        assert torch.equal(own["conv_stem.weight"], theirs["conv_stem.weight"]), name
+        assert torch.equal(own["bn1.running_mean"], theirs["bn1.running_mean"]), name
+
+
+def test_init_weights_leave_the_head_fresh_and_skip_tensors_of_another_shape(tmp_path: Path) -> None:
+    donor = _tiny(3)  # the same class count: the head would fit, and still starts fresh
+    state = donor.state_dict()
+    state["bn1.weight"] = torch.ones(5)
+    torch.save(state, tmp_path / "donor.pt")
+    own = build_model(ARCH, 3, init_weights=tmp_path / "donor.pt").state_dict()
+    assert torch.equal(own["conv_stem.weight"], state["conv_stem.weight"])
+    assert not torch.equal(own["classifier.weight"], state["classifier.weight"])
+    assert own["bn1.weight"].shape == donor.state_dict()["bn1.weight"].shape
+
+
+@pytest.mark.parametrize("case", ["missing", "other-network", "pickled-code", "both"])
+def test_unusable_init_weights_are_one_line(tmp_path: Path, case: str) -> None:
+    path = tmp_path / "w.pt"
+    pretrained = False
+    expected = {
+        "missing": "does not exist",
+        "other-network": "do not fit",
+        "pickled-code": "could not read weights",
+        "both": "not both",
+    }[case]
+    if case == "other-network":
+        torch.save({"encoder.layer.0.weight": torch.zeros(4, 4), "conv_stem.weight": torch.zeros(1)}, path)
+    elif case == "pickled-code":
+        torch.save({"model": {"conv_stem.weight": _Payload(tmp_path / "pwned")}}, path)
+    elif case == "both":
+        torch.save(_tiny().state_dict(), path)
+        pretrained = True
+    with pytest.raises(ModelError, match=expected) as error:
+        build_model(ARCH, 3, init_weights=path, pretrained=pretrained)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_path: Path) -> None:
+    net = _tiny()
+    path = tmp_path / "best.pt"
+    save_checkpoint(path, model=torch.nn.DataParallel(net), meta=META, epoch=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left
+    ckpt = load_checkpoint(path)
+    assert (
+        ckpt["format"] == CHECKPOINT_FORMAT
+        and ckpt["epoch"] == 2
+        and ckpt["class_names"] == META["class_names"]
+    )
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    model = model_from_checkpoint(ckpt)
+    assert model.training is False
+    assert torch.equal(model.state_dict()["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
+
+
+def test_checkpoint_meta_must_name_arch_size_and_classes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="class_names"):
+        save_checkpoint(tmp_path / "x.pt", model=_tiny(), meta={"arch": ARCH, "img_size": 64})
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        pytest.param({"class_names": ["a"], "model": {}}, "is not a skin-checkpoint/1", id="no-format"),
+        pytest.param({"format": "skin-checkpoint/0", "class_names": ["a"]}, "is not a skin", id="old-format"),
+        pytest.param({"format": CHECKPOINT_FORMAT, "class_names": []}, "has no class names", id="no-classes"),
+        pytest.param({"format": CHECKPOINT_FORMAT, "class_names": "ab"}, "has no class names", id="text"),
+    ],
+)
+def test_checkpoints_not_in_our_format_are_refused(
+    tmp_path: Path, payload: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "c.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelError, match=message):
+        load_checkpoint(path)
