@@ -90,22 +90,11 @@ def test_evaluate_speedup_is_fp32_time_over_int8_time(
 def test_quantized_graph_keeps_the_metadata_and_quantizes_weights_per_channel(tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
-    from PIL import Image
 
     from tests.bundle_factory import make_bundle
 
     fp32 = onnx.load(make_bundle(tmp_path / "b") / bundle.MODEL_FILE)
-    images = []
-    for i in range(4):
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
-        images.append(path)
-    size = next(tuple(json.loads(m.value)) for m in fp32.metadata_props if m.key == "skin.input_size")
-    (tmp_path / "work").mkdir()
-    model = quantize.quantize(
-        fp32.SerializeToString(), calibration=images, size=size, resize="stretch",
-        resize_filter="bilinear", workdir=tmp_path / "work",
-    )  # fmt: skip
+    model = _quantize(fp32, tmp_path, np.random.default_rng(0))
     assert [(p.key, p.value) for p in model.metadata_props] == [(p.key, p.value) for p in fp32.metadata_props]
     nodes = list(model.graph.node)
     (conv,) = [n for n in nodes if n.op_type == "Conv"]
@@ -124,7 +113,6 @@ def conv_out_channels(model: Any, conv: Any) -> int:
 
 def test_the_softmax_and_the_ood_score_stay_float(tmp_path: Path) -> None:
     import onnx
-    from PIL import Image
 
     from export.onnx import add_mahalanobis
     from tests.bundle_factory import make_bundle
@@ -141,17 +129,7 @@ def test_the_softmax_and_the_ood_score_stay_float(tmp_path: Path) -> None:
     classes = fp32.graph.output[0].type.tensor_type.shape.dim[1].dim_value
     rng = np.random.default_rng(0)
     scored = add_mahalanobis(fp32, bundle.LOGITS_OUTPUT, rng.normal(size=(classes, classes)), np.eye(classes))
-    images = []
-    for i in range(4):
-        path = tmp_path / f"{i}.png"
-        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
-        images.append(path)
-    size = next(tuple(json.loads(m.value)) for m in fp32.metadata_props if m.key == "skin.input_size")
-    (tmp_path / "work").mkdir()
-    model = quantize.quantize(
-        scored.SerializeToString(), calibration=images, size=size, resize="stretch",
-        resize_filter="bilinear", workdir=tmp_path / "work",
-    )  # fmt: skip
+    model = _quantize(scored, tmp_path, rng)
     producers = {o: n for n in model.graph.node for o in n.output}
     softmax = producers[bundle.PROBS_OUTPUT]
     assert softmax.op_type == "Softmax"
@@ -159,3 +137,20 @@ def test_the_softmax_and_the_ood_score_stay_float(tmp_path: Path) -> None:
     assert producers[bundle.OOD_OUTPUT].op_type == "ReduceMin"
     (whiten,) = [n for n in model.graph.node if n.name == "skin_ood_whiten"]
     assert whiten.input[1] == "skin_ood_whitening"  # the float initializer, not a dequantized copy
+
+
+def _quantize(graph: Any, tmp_path: Path, rng: np.random.Generator) -> Any:
+    """The graph through the exporter's int8 step, calibrated on four random images."""
+    from PIL import Image
+
+    images = []
+    for i in range(4):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).save(path)
+        images.append(path)
+    size = next(tuple(json.loads(m.value)) for m in graph.metadata_props if m.key == "skin.input_size")
+    (tmp_path / "work").mkdir()
+    return quantize.quantize(
+        graph.SerializeToString(), calibration=images, size=size, resize="stretch",
+        resize_filter="bilinear", workdir=tmp_path / "work",
+    )  # fmt: skip
