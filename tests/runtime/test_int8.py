@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -127,22 +126,18 @@ def test_auto_serves_int8_only_where_it_is_fast(
 def test_start_up_says_why(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    runtime_log: pytest.LogCaptureFixture,
     variant: str,
     level: str,
 ) -> None:
     monkeypatch.setattr(int8, "clips_sums", lambda: True)
     settings = Settings(bundle=str(_with_int8(tmp_path)), threads=1, model_variant=variant)
-    logging.getLogger("runtime").addHandler(caplog.handler)  # the runtime's loggers do not propagate
-    try:
-        with TestClient(create_app(settings)) as client:
-            red = {"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
-            answer = client.post("/api/predict", files=red)
-            note = client.get("/api/info").json()["onnxruntime"]["int8"]
-    finally:
-        logging.getLogger("runtime").removeHandler(caplog.handler)
+    with TestClient(create_app(settings)) as client:
+        red = {"file": ("red.png", solid("red", fmt="PNG"), "image/png")}
+        answer = client.post("/api/predict", files=red)
+        note = client.get("/api/info").json()["onnxruntime"]["int8"]
     assert answer.status_code == 200 and answer.json()["primary"]["label"] == "Acne"
-    said = [r for r in caplog.records if r.getMessage().startswith("SKIN_MODEL_VARIANT: ")]
+    said = [r for r in runtime_log.records if r.getMessage().startswith("SKIN_MODEL_VARIANT: ")]
     assert [(r.levelname, r.getMessage()) for r in said] == [(level, f"SKIN_MODEL_VARIANT: {note}")]
 
 

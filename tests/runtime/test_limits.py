@@ -81,24 +81,21 @@ def test_full_server_refuses_before_parsing_the_upload(tiny_bundle: Path, path: 
 
 
 def test_access_log_is_json_with_request_id_and_no_file_names(
-    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
     settings = dataclasses.replace(Settings(bundle=str(tiny_bundle), threads=1))
-    with TestClient(create_app(settings)) as client, caplog.at_level(logging.INFO, logger="runtime.access"):
-        logging.getLogger("runtime").addHandler(caplog.handler)
-        try:
-            client.post(
-                "/api/predict",
-                files={"file": ("patient-jane-doe.jpg", solid())},
-                headers={"x-request-id": "r-1"},
-            )
-            # Refusals name their error code (what the answer said), from the app and from the middleware.
-            client.post("/api/predict", files={"file": ("jane.jpg", b"junk")})
-            client.post("/api/predict", content=b"x" * 100, headers={"content-length": "999999999999"})
-            client.get("/api/nowhere")
-        finally:
-            logging.getLogger("runtime").removeHandler(caplog.handler)
-    records = [r for r in caplog.records if r.name == "runtime.access"]
+    access = runtime_log.at_level(logging.INFO, logger="runtime.access")
+    with TestClient(create_app(settings)) as client, access:
+        client.post(
+            "/api/predict",
+            files={"file": ("patient-jane-doe.jpg", solid())},
+            headers={"x-request-id": "r-1"},
+        )
+        # Refusals name their error code (what the answer said), from the app and from the middleware.
+        client.post("/api/predict", files={"file": ("jane.jpg", b"junk")})
+        client.post("/api/predict", content=b"x" * 100, headers={"content-length": "999999999999"})
+        client.get("/api/nowhere")
+    records = [r for r in runtime_log.records if r.name == "runtime.access"]
     assert len(records) == 4 and records[0].fields["request_id"] == "r-1"  # type: ignore[attr-defined]
     from runtime.logs import JsonFormatter
 
@@ -268,7 +265,7 @@ def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
 
 
 def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id(
-    tiny_bundle: Path, caplog: pytest.LogCaptureFixture
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(bundle=str(tiny_bundle), threads=1)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
@@ -278,12 +275,8 @@ def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id
             raise RuntimeError("secret detail /data/patient-jane.jpg")
 
         engine.info = broken
-        logging.getLogger("runtime").addHandler(caplog.handler)
-        try:
-            with caplog.at_level(logging.INFO, logger="runtime"):
-                response = client.get("/api/info", headers={"x-request-id": "req-500"})
-        finally:
-            logging.getLogger("runtime").removeHandler(caplog.handler)
+        with runtime_log.at_level(logging.INFO, logger="runtime"):
+            response = client.get("/api/info", headers={"x-request-id": "req-500"})
     assert response.status_code == 500
     assert response.json() == {
         "error": {"code": "internal_error", "message": "internal error; it has been logged"}
@@ -294,9 +287,9 @@ def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id
         and "default-src 'self'" in response.headers["content-security-policy"]
     )
     assert "jane" not in response.text
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r for r in runtime_log.records if r.levelno == logging.ERROR]
     assert errors and errors[0].fields["request_id"] == "req-500"  # type: ignore[attr-defined]
-    access = [r for r in caplog.records if r.name == "runtime.access"]
+    access = [r for r in runtime_log.records if r.name == "runtime.access"]
     assert access and access[-1].fields["status"] == 500  # type: ignore[attr-defined]
     assert access[-1].fields["error"] == "internal_error"  # type: ignore[attr-defined]
 
