@@ -105,19 +105,25 @@ def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     factor = min(img.width, img.height) // (2 * max(size))
     if factor < 2:
         return img
-    if img.mode in ("P", "PA") or ("transparency" in img.info and img.mode in ("RGB", "L")):
+    keyed = "transparency" in img.info
+    top = _grey_top(img)
+    if img.mode in ("P", "PA") or (keyed and img.mode in ("RGB", "L", "1")):
         mode = "RGBA"  # palette indices and a transparent colour key cannot be averaged
+    elif img.mode in _WIDE_GREY:
+        mode = "LA" if keyed else "L"  # to 8 bits first, on the whole image's scale (as to_rgb() does)
     else:
-        mode = "L" if img.mode == "1" else "I" if img.mode.startswith("I;16") else img.mode
+        mode = "L" if img.mode == "1" else img.mode
     width, height = img.size
     out = Image.new(mode, (-(-width // factor), -(-height // factor)))
     out.info = {k: v for k, v in img.info.items() if k != "transparency"}  # EXIF orientation is applied later
     rows = factor * max(1, (4 << 20) // (4 * width * factor))  # ~4 MB of source pixels per strip
-    for top in range(0, height, rows):
-        strip = img.crop((0, top, width, min(height, top + rows)))
+    for y in range(0, height, rows):
+        strip = img.crop((0, y, width, min(height, y + rows)))
+        if strip.mode in _WIDE_GREY:
+            strip = _grey8(strip, top)
         if strip.mode != mode:
             strip = strip.convert(mode)
-        out.paste(strip.reduce(factor), (0, top // factor))  # RGBA / LA are averaged premultiplied
+        out.paste(strip.reduce(factor), (0, y // factor))  # RGBA / LA are averaged premultiplied
     return out
 
 
@@ -128,9 +134,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     whole-image copies took (1 GB for 16-bit)."""
     if img.mode == "RGB" and "transparency" not in img.info:
         return img
-    top = 0.0
-    if img.mode in _WIDE_GREY:  # the scale is the whole image's, not a strip's
-        top = 65535.0 if img.mode.startswith("I;16") or np.max(img.getextrema()) > 255 else 255.0
+    top = _grey_top(img)
     rows = max(1, (4 << 20) // (4 * img.width))
     if rows >= img.height:  # most uploads: one strip, no copies to paste
         return _strip_to_rgb(img, top)
@@ -143,15 +147,32 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _WIDE_GREY = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
+def _grey_top(img: Image.Image) -> float:
+    """The white level of a wide grey image, for the whole image (never a strip's): 16-bit PNGs are 65535,
+    other wide modes 255 unless a value is above it. 0 for every other mode."""
+    if img.mode not in _WIDE_GREY:
+        return 0.0
+    return 65535.0 if img.mode.startswith("I;16") or np.max(img.getextrema()) > 255 else 255.0
+
+
+def _grey8(img: Image.Image, top: float) -> Image.Image:
+    """A wide grey image (or strip) → 8-bit L scaled by ``top``; LA when a colour key marks transparency."""
+    arr = np.asarray(img, dtype=np.float64)
+    grey = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8))
+    key = img.info.get("transparency")
+    if not isinstance(key, int | float):
+        return grey
+    alpha = Image.fromarray(np.where(arr == key, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))
+
+
 def _strip_to_rgb(img: Image.Image, top: float) -> Image.Image:
-    if "transparency" in img.info and img.mode in ("RGB", "L"):
+    if img.mode in _WIDE_GREY:
+        img = _grey8(img, top)
+    elif "transparency" in img.info and img.mode in ("RGB", "L", "1"):
         img = img.convert("RGBA" if img.mode == "RGB" else "LA")  # a PNG colour key (tRNS chunk)
     if img.mode == "RGB":
         return img
-    if img.mode in _WIDE_GREY:
-        arr = np.asarray(img, dtype=np.float64)
-        grey = np.clip(arr * (255.0 / top), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
@@ -170,10 +191,12 @@ def resize(
     if mode == "stretch":
         return img.resize((width, height), resample)
     if mode == "center_crop":
+        # Only the central crop (the target's aspect, in source pixels) is resized: scaling the whole image
+        # first made a 1 x 65,535 upload a 300 x 19,660,500 image.
         scale = max(width / img.width, height / img.height)
-        w, h = max(width, round(img.width * scale)), max(height, round(img.height * scale))
-        left, top = (w - width) // 2, (h - height) // 2
-        return img.resize((w, h), resample).crop((left, top, left + width, top + height))
+        w, h = width / scale, height / scale
+        left, top = (img.width - w) / 2, (img.height - h) / 2
+        return img.resize((width, height), resample, box=(left, top, left + w, top + h))
     raise ValueError(f"unknown resize mode {mode!r}")
 
 

@@ -38,6 +38,12 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
     assert 120 <= int(out.mean()) <= 135
 
 
+def test_sixteen_bit_grey_has_one_scale_at_every_size() -> None:
+    # A dark 16-bit image is dark whether shrink() reduces it first (640 px) or not (20 px).
+    small, large = (preprocess(encode(Image.new("I;16", (n, n), 200), "PNG"), (8, 8)) for n in (20, 640))
+    assert small.max() == large.max() == 1  # 200 / 65535 of white
+
+
 @pytest.mark.parametrize(
     ("mode", "value", "grey"),
     [
@@ -246,6 +252,23 @@ def test_center_crop_keeps_aspect() -> None:
     assert out[..., 2].mean() > 200  # the centre is blue
 
 
+def test_center_crop_resizes_only_the_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 1 x 4000 strip: scaling the whole of it to 300 px wide first would make it 1.2 million pixels tall.
+    real_resize = Image.Image.resize
+    made: list[tuple[int, int]] = []
+
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        made.append(size)
+        return real_resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", spy)
+    strip = Image.new("RGB", (1, 4000), (200, 0, 0))
+    strip.paste((0, 0, 200), (0, 1990, 1, 2010))  # blue only around the middle
+    out = preprocess(encode(strip, "PNG"), (300, 300), resize_mode="center_crop")
+    assert made == [(300, 300)]
+    assert out.shape == (300, 300, 3) and (out[..., 2] == 200).all()  # all of it from the central pixel
+
+
 def test_same_result_from_path_and_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     data = encode(_arrow(), "PNG")
     path = tmp_path / "x.png"
@@ -260,16 +283,20 @@ def test_extreme_shapes(size: tuple[int, int]) -> None:
 
 
 @pytest.mark.parametrize("size", [pytest.param((8, 8), id="shrunk"), pytest.param((32, 32), id="not-shrunk")])
-@pytest.mark.parametrize(("mode", "key"), [("RGB", (0, 0, 255)), ("L", 0)])
+@pytest.mark.parametrize(
+    ("mode", "key", "left"),
+    [("RGB", (0, 0, 255), (10, 200, 10)), ("L", 0, 60), ("1", 0, 1), ("I;16", 200, 40000)],
+)
 def test_colour_key_transparency_is_flattened_onto_white(
-    mode: str, key: object, size: tuple[int, int]
+    mode: str, key: object, left: object, size: tuple[int, int]
 ) -> None:
     # A PNG tRNS chunk marks one colour transparent; it must look like the RGBA / palette cases, whether
     # shrink() reduces the image first (8 x 8) or to_rgb() meets the colour key itself (32 x 32).
     img = Image.new(mode, (40, 40), key)  # type: ignore[arg-type]
-    img.paste(60 if mode == "L" else (10, 200, 10), (0, 0, 20, 40))
-    out = preprocess(encode(img, "PNG", transparency=key), size)
-    assert (out[:, -2:] == 255).all() and out[:, :2].max() < 255
+    img.paste(left, (0, 0, 20, 40))  # type: ignore[arg-type]
+    plain, out = (preprocess(encode(img, "PNG", **kw), size) for kw in ({}, {"transparency": key}))
+    assert (plain[:, -2:] < 255).any() and (out[:, -2:] == 255).all()  # the keyed colour: white, not itself
+    assert np.array_equal(out[:, :2], plain[:, :2])  # the rest as it was
 
 
 def _stripes(size: tuple[int, int]) -> Image.Image:
