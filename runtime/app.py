@@ -102,7 +102,7 @@ async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatma
             _check_size(part, state.settings)
             image, size = await _decode(request, part)
         except ApiError as exc:
-            state.metrics.rejected.labels(exc.code).inc()
+            state.metrics.rejected.labels(exc.code).inc()  # the answer is a 200: the middleware cannot see it
             results.append({"filename": part.filename, "error": {"code": exc.code, "message": exc.message}})
             continue
         results.append({"filename": part.filename, "image": size})
@@ -307,9 +307,6 @@ def _model_summary(engine: Engine) -> dict[str, Any]:
 
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    metrics = getattr(request.app.state, "metrics", None)
-    if metrics is not None:
-        metrics.rejected.labels(exc.code).inc()
     return Response(error_body(exc.code, exc.message), exc.status, exc.headers, media_type="application/json")
 
 
@@ -396,12 +393,7 @@ class RequestMiddleware:
             if path.startswith("/api/")
             else "static"
         )
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = (
-            incoming if 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable() else ""
-        )
-        request_id = request_id or uuid.uuid4().hex
-        scope["request_id"] = request_id
+        request_id = take_request_id(scope)
         status = 500
         started = False
         error = ""
@@ -444,11 +436,23 @@ class RequestMiddleware:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
+            if error:  # every error answer, whoever made it (the app, a middleware, the page's files)
+                self.metrics.rejected.labels(error).inc()
             fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status}
             if error:
                 fields["error"] = error
             fields["ms"] = round(elapsed * 1000, 1)
             access_log.info("request", extra={"fields": fields})
+
+
+def take_request_id(scope: Scope) -> str:
+    """The request's id, kept in its scope: the client's X-Request-ID if short and printable, else a new one.
+    runtime/protocol.py may take it first, when it answers a request whose body broke before the app ran."""
+    if "request_id" not in scope:
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        valid = 0 < len(incoming) <= 64 and incoming.isascii() and incoming.isprintable()
+        scope["request_id"] = incoming if valid else uuid.uuid4().hex
+    return str(scope["request_id"])
 
 
 def _error_code(body: bytes) -> str:
@@ -554,7 +558,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             BodyLimitMiddleware,
             max_body_bytes=cfg.max_body_bytes,
             timeout_s=cfg.body_timeout_s,
-            on_reject=lambda code: metrics.rejected.labels(code).inc(),
         ),
     ]
     if cfg.cors_origins:  # no CORS unless configured: the page comes from the same origin

@@ -122,6 +122,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         # JSON when h11 cannot parse a request, and a time limit on the request head as on the body
         http=H11Protocol.with_head_timeout(settings.body_timeout_s),
         workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
+        ws="none",  # no WebSocket route: an Upgrade request is an ordinary one (not a bare 403 from wsproto)
     )
 
 

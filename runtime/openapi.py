@@ -52,6 +52,14 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     }
 
 
+def _status(value: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"status": {"type": "string", "enum": [value]}},
+        "required": ["status"],
+    }
+
+
 def _prediction(**extra: Any) -> dict[str, Any]:
     """One image's answer: alone (with ``model``) or as a batch entry (with ``filename``)."""
     properties: dict[str, Any] = {
@@ -182,7 +190,13 @@ def spec(
             "/readyz": {
                 "get": {
                     "summary": "Model loaded and warmed up (the port opens only then)",
-                    "responses": {"200": _json({"type": "object"}), "503": _ERROR, "default": _OTHER},
+                    "responses": {
+                        "200": _json(_status("ready")),
+                        # Not the error shape: a probe reads {"status"} either way (only in-process: the port
+                        # opens after the warm-up).
+                        "503": _json(_status("starting"), "Not ready yet"),
+                        "default": _OTHER,
+                    },
                 }
             },
             "/metrics": {

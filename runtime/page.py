@@ -1,8 +1,8 @@
 """The web page's files: Starlette's StaticFiles, with Range headers handled as RFC 9110 has them.
 
-Starlette answers a Range it cannot parse (``bytes=abc``, ``items=0-1``) 400 and one past the end 416, both
-in plain text. Here the first is ignored (the whole file, as RFC 9110 allows) and the second is a 416 in the
-API's JSON error shape.
+Starlette answers a Range it cannot parse (``bytes=abc``, ``items=0-1``) 400 and one with any range past the
+end 416, both in plain text. Here the first is ignored (the whole file, as RFC 9110 allows), a set with some
+ranges inside the file gets those, and one with none is a 416 in the API's JSON error shape.
 """
 
 from __future__ import annotations
@@ -36,6 +36,11 @@ class PageFiles(StaticFiles):
             return
         content_range = dict(refused[0]["headers"]).get(b"content-range", b"bytes */0")
         size = content_range.rpartition(b"/")[2].decode("latin-1")
+        satisfiable = _satisfiable(scope, int(size) if size.isdigit() else 0)
+        if satisfiable is not None:  # a set with some ranges inside the file: those (RFC 9110, 14.1.1)
+            headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+            await super().__call__({**scope, "headers": [*headers, (b"range", satisfiable)]}, receive, send)
+            return
         message = f"the requested range starts past the end of the file ({size} bytes)"
         body = error_body("range_not_satisfiable", message)
         headers = [
@@ -45,3 +50,18 @@ class PageFiles(StaticFiles):
         ]
         await send({"type": "http.response.start", "status": 416, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _satisfiable(scope: Scope, size: int) -> bytes | None:
+    """The Range header without its ranges that start past the end (Starlette refuses the whole set for one of
+    them), or None when that leaves none, or nothing was dropped."""
+    value = dict(scope["headers"])[b"range"].decode("latin-1")
+    unit, _, ranges = value.partition("=")
+    kept = [
+        part
+        for part in ranges.split(",")
+        if (start := part.strip().partition("-")[0].strip()) == "" or (start.isdigit() and int(start) < size)
+    ]
+    if not kept or len(kept) == len(ranges.split(",")):
+        return None
+    return f"{unit}={','.join(kept)}".encode("latin-1")

@@ -13,11 +13,13 @@ skin-serve uses it with SKIN_BODY_TIMEOUT_S for both limits; with plain uvicorn:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, cast
 
 import h11
 from uvicorn.protocols.http import h11_impl
 
+from runtime.app import SECURITY_HEADERS, take_request_id
 from runtime.upload import BAD_HTTP, error_body
 
 
@@ -60,14 +62,26 @@ class H11Protocol(h11_impl.H11Protocol):
             self.transport.close()  # no request to answer: h11 cannot send a response before one
 
     def send_400_response(self, msg: str) -> None:
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            # The app has answered already (a 405 or 413 before reading the body): no second answer, which
+            # h11 refuses with an exception that asyncio logs as a plain-text traceback; just close.
+            self.transport.close()
+            return
+        request_id = uuid.uuid4().hex  # no request yet: the head itself was bad
         if self.cycle is not None and not self.cycle.response_complete:
-            # Mid-body: the app sees only the connection close; this lets it log the 400, not a 499.
-            cast("dict[str, Any]", self.cycle.scope)[BAD_HTTP] = True
+            # Mid-body: the app sees only the connection close; this lets it log the 400, not a 499, under
+            # the id this answer carries.
+            scope = cast("dict[str, Any]", self.cycle.scope)
+            scope[BAD_HTTP] = True
+            request_id = take_request_id(scope)
         body = error_body("bad_http", msg)  # "Invalid HTTP request received." and the like
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
+            *SECURITY_HEADERS,  # the headers every other answer carries (runtime/app.py's middleware)
+            (b"x-request-id", request_id.encode()),
+            (b"cache-control", b"no-store"),
         ]
         for event in (
             h11.Response(status_code=400, headers=headers, reason=h11_impl.STATUS_PHRASES[400]),

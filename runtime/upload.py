@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
@@ -40,17 +39,10 @@ def error_body(code: str, message: str) -> bytes:
 class BodyLimitMiddleware:
     """413 from Content-Length before reading, and while streaming when there is none (chunked)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        max_body_bytes: int,
-        timeout_s: float = 30.0,
-        on_reject: Callable[[str], None] | None = None,
-    ) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
-        self.on_reject = on_reject  # told the error code of a request refused here, before the app sees it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,8 +62,6 @@ class BodyLimitMiddleware:
                     if status == 413
                     else ("the Content-Length header is not a number")
                 )
-                if self.on_reject is not None:
-                    self.on_reject(code)
                 await _send_json(send, status, error_body(code, message))
                 return
         received = 0
@@ -119,7 +109,7 @@ class Part:
 async def read_files(request: Request, field: str, *, max_files: int) -> list[Part]:
     """The files sent under ``field`` in a multipart body, read into memory; ApiError for anything else."""
     content_type = request.headers.get("content-type", "").lower()  # media types are case-insensitive
-    if not content_type.startswith("multipart/form-data"):
+    if content_type.partition(";")[0].strip() != "multipart/form-data":
         raise ApiError(400, "not_multipart", f"send the image as multipart/form-data in the field '{field}'")
     parser = MultiPartParser(
         request.headers, request.stream(), max_files=max_files + 4, max_fields=32, max_part_size=64 * 1024
@@ -150,6 +140,9 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         raise ApiError(499, "client_closed", "the client closed the connection during the upload") from None
     try:
         values = form.getlist(field)
+        if not form:  # the parser keeps only parts that end in a boundary
+            message = "the multipart body holds no complete part (is its closing boundary missing?)"
+            raise ApiError(400, "bad_multipart", message)
         if not values:
             sent = ", ".join(sorted({str(k)[:40] for k in form})) or "none"
             raise ApiError(400, "missing_file", f"no file in the field '{field}' (fields sent: {sent})")
@@ -166,6 +159,9 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         return parts
     finally:
         await form.close()
+        # A file part cut off before its boundary is in no form: Starlette's parser keeps it only here.
+        for file in getattr(parser, "_files_to_close_on_error", []):
+            file.close()
 
 
 def _too_many(field: str, max_files: int) -> ApiError:

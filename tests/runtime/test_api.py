@@ -162,6 +162,22 @@ def test_label_does_not_matter_content_does(client: TestClient) -> None:
         ),
         pytest.param({}, 400, "not_multipart", id="empty-body"),
         pytest.param(
+            {"content": b"--B--\r\n", "headers": {"content-type": "multipart/form-datax; boundary=B"}},
+            400,
+            "not_multipart",
+            id="another-media-type",
+        ),
+        pytest.param(
+            {
+                "content": b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
+                + solid(),
+                "headers": {"content-type": "multipart/form-data; boundary=B"},
+            },
+            400,
+            "bad_multipart",
+            id="no-closing-boundary",
+        ),
+        pytest.param(
             {
                 "files": [
                     ("file", ("a.jpg", solid(), "image/jpeg")),
@@ -290,6 +306,36 @@ def test_body_refused_early_is_counted_and_names_fractional_limits(tiny_bundle: 
         _error(response, 413, "body_too_large")
         assert "larger than 0.5 MB" in response.json()["error"]["message"]
         assert 'skin_rejected_total{reason="body_too_large"} 1.0' in small.get("/metrics").text
+
+
+def test_every_error_answer_is_counted_by_its_code_once(tiny_bundle: Path) -> None:
+    # Whoever answers: a handler (ApiError), routing (404, 405), the page's files (416), or a bug (500).
+    with _client(tiny_bundle) as c:
+        c.app.state.engine.run = None  # type: ignore[attr-defined]  # any call fails: 500 inference_failed
+        answers = [
+            c.post("/api/predict", files={"file": ("x.jpg", b"junk", "image/jpeg")}),
+            c.get("/api/nothing-here"),
+            c.put("/api/info"),
+            c.get("/app.js", headers={"range": "bytes=99999999-"}),
+            c.post("/api/predict", files={"file": ("x.jpg", solid(), "image/jpeg")}),
+            c.get("/api/info"),
+        ]
+        assert [a.status_code for a in answers] == [400, 404, 405, 416, 500, 200]
+        counted = {
+            line.split('"')[1]: line.rsplit(" ", 1)[1]
+            for line in c.get("/metrics").text.splitlines()
+            if line.startswith("skin_rejected_total{")
+        }
+    assert counted == {
+        code: "1.0"
+        for code in (
+            "not_an_image",
+            "not_found",
+            "method_not_allowed",
+            "range_not_satisfiable",
+            "inference_failed",
+        )
+    }
 
 
 def test_client_leaving_mid_upload_is_499_not_a_server_error() -> None:
@@ -451,6 +497,9 @@ def test_not_ready_is_503(tiny_bundle: Path) -> None:
     with _client(tiny_bundle) as c:
         c.app.state.engine.ready = False  # type: ignore[attr-defined]
         _assert_starting(c.get("/readyz"))
+        spec = c.get("/api/openapi.json").json()
+        described = spec["paths"]["/readyz"]["get"]["responses"]["503"]["content"]["application/json"]
+        assert _problems(c.get("/readyz").json(), described["schema"], spec) == []
         assert c.get("/healthz").status_code == 200  # alive all the same
 
 
@@ -676,6 +725,12 @@ def test_page_ranges_follow_rfc_9110(client: TestClient) -> None:
     assert str(len(whole)) in past.json()["error"]["message"]
     assert past.headers["x-request-id"]
     assert client.get("/nowhere.js", headers={"range": "bytes=0-1"}).status_code == 404
+    # A set is satisfiable when one of its ranges is: that one is served, in either order.
+    for mixed in (f"bytes=0-9,{len(whole)}-", f"bytes={len(whole) + 5}-, 0-9"):
+        answer = client.get("/app.js", headers={"range": mixed})
+        assert answer.status_code == 206 and answer.content == whole[:10], mixed
+    none_inside = client.get("/app.js", headers={"range": f"bytes={len(whole)}-,{len(whole) + 1}-"})
+    _error(none_inside, 416, "range_not_satisfiable")
 
 
 def test_inference_failure_is_a_generic_500_logged_with_the_request_id(

@@ -84,6 +84,17 @@ def test_skin_serve_serves_a_bundle_and_stops_on_sigterm(tiny_bundle: Path) -> N
         )
         assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
         assert json.loads(body)["error"]["code"] == "bad_http"
+        assert b"\r\nx-request-id: bad-chunk\r\n" in head.lower()  # the id its access line carries
+        # No WebSocket route: an Upgrade request is answered by the app like any other.
+        head, body = _raw(
+            url,
+            b"GET /api/nowhere HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        assert head.startswith(b"HTTP/1.1 404 Not Found\r\n") and b"x-request-id: " in head.lower()
+        assert json.loads(body)["error"]["code"] == "not_found"
+        metrics = urllib.request.urlopen(url + "/metrics").read().decode()
+        assert 'skin_rejected_total{reason="bad_http"} 1.0' in metrics
     finally:
         assert stop_server(proc) == 0
     # Every log line is JSON (uvicorn's own ones too); the one line per request carries the request id.

@@ -99,3 +99,28 @@ def test_malformed_http_is_a_json_400_that_closes_the_connection() -> None:
     } <= set(lines)
     assert json.loads(body)["error"]["code"] == "bad_http"
     assert closed
+    # The headers every answer carries (README: HTTP API), a request id included.
+    assert {b"x-content-type-options: nosniff", b"x-frame-options: deny", b"cache-control: no-store"} <= set(
+        lines
+    )
+    assert any(line.startswith(b"content-security-policy: default-src 'self'") for line in lines)
+    ids = [line.split(b": ", 1)[1] for line in lines if line.startswith(b"x-request-id: ")]
+    assert len(ids) == 1 and len(ids[0]) == 32
+
+
+def test_framing_that_breaks_after_the_answer_only_closes_the_connection() -> None:
+    # The app answers before reading the body (as a 405 or a 413 does); the bad chunk comes after.
+    async def scenario() -> tuple[_Transport, list[dict[str, Any]]]:
+        errors: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        protocol, transport = await _connect(30)
+        protocol.data_received(b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)  # the app's task answers
+        protocol.data_received(b"zz\r\n")
+        protocol.connection_lost(None)
+        return transport, errors
+
+    transport, errors = asyncio.run(scenario())
+    assert transport.written.startswith(b"HTTP/1.1 200") and transport.written.endswith(b"ok")
+    assert transport.closed and errors == []
