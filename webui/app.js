@@ -18,6 +18,7 @@
   };
   const EXTENSION_TYPES = { jpg: "image/jpeg", jpeg: "image/jpeg", png: "image/png", webp: "image/webp" };
   const FORMAT_NAMES = { JPEG: "JPEG", PNG: "PNG", WEBP: "WebP" };
+  const FORMAT_EXTENSIONS = { JPEG: [".jpg", ".jpeg"], PNG: [".png"], WEBP: [".webp"] };
 
   // ---- theme, applied before the first paint (this script is not deferred) ----
 
@@ -626,7 +627,8 @@
   function announce() {
     const item = current();
     let text = "";
-    if (state.requestError) text = state.requestError;
+    // A failed request is not repeated here: its message box is an alert, read out as it appears.
+    if (state.requestError) text = "";
     else if (state.items.length > 1) text = "Analysis done: " + $("batch-summary").textContent + ".";
     else if (item && item.result) {
       const p = item.result.primary;
@@ -704,6 +706,8 @@
     if (analysed) summary += " · " + analysed + " analysed";
     if (failed) summary += " · " + failed + " refused";
     $("batch-summary").textContent = summary;
+    // The tiles are rebuilt on every redraw (an analysis ending, too): a keyboard user's place is kept.
+    const focused = Array.from($("batch-list").querySelectorAll(".batch-item")).indexOf(document.activeElement);
     $("batch-list").replaceChildren(
       ...items.map((item, i) => {
         const li = el("li");
@@ -745,6 +749,8 @@
         return li;
       })
     );
+    const tiles = $("batch-list").querySelectorAll(".batch-item");
+    if (focused >= 0 && tiles[focused]) tiles[focused].focus({ preventScroll: true });
   }
 
   // ---- heatmap ----
@@ -879,7 +885,8 @@
 
   function stem(name) {
     const base = String(name || "image").replace(/\.[^.]+$/, "");
-    return base.replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 60) || "image";
+    // Letters and digits of any script stay ("Фото"); the rest, separators and control characters included, go.
+    return base.replace(/[^\p{L}\p{N}._-]+/gu, "_").slice(0, 60) || "image";
   }
 
   function download(fileName, data) {
@@ -932,7 +939,10 @@
     const lim = limits();
     $("limits-hint").textContent = formatsInWords() + ", up to " + formatBytes(lim.max_image_bytes) +
       " each; up to " + lim.max_batch_files + " images at once.";
-    $("file-input").accept = lim.allowed_types.join(",") + ",.jpg,.jpeg,.png,.webp";
+    // The pickers offer only what this server takes (SKIN_ALLOWED_FORMATS), by type and by extension.
+    const extensions = lim.allowed_formats.flatMap((f) => FORMAT_EXTENSIONS[f] || []);
+    $("file-input").accept = lim.allowed_types.concat(extensions).join(",");
+    $("camera-input").accept = lim.allowed_types.join(",");
   }
 
   // ---- model tab ----

@@ -266,7 +266,9 @@ def test_a_failed_batch_request_stays_on_screen(page: Any, console: Console) -> 
     error = page.locator("#result-error")
     expect(error).to_have_text("The analysis failed: The server could not be reached; check the connection.")
     expect(page.locator("#results-empty")).to_be_hidden()
-    expect(page.locator("#announce")).to_have_text(error.inner_text())
+    # Read out once: the message box is an alert; the live region does not repeat it.
+    expect(error).to_have_attribute("role", "alert")
+    expect(page.locator("#announce")).to_have_text("")
     page.locator(".batch-item").nth(1).click()  # still there while looking through the images
     expect(error).to_be_visible()
 
@@ -306,11 +308,13 @@ def test_batch_tiles_say_analysing_while_the_request_runs(page: Any) -> None:
     page.click("#analyse")
     expect(page.locator(".batch-item .hint")).to_have_text(["Analysing…"] * 2)
     expect(page.locator("#results-empty")).to_be_hidden()
+    page.locator(".batch-item").nth(1).focus()  # a keyboard user looks through the images meanwhile
     while not held:
         page.wait_for_timeout(20)
     with page.expect_response(re.compile(r"/api/predict/batch")):
         held[0].continue_()
     expect(page.locator(".batch-item").nth(1)).to_contain_text("Actinic Keratosis")
+    expect(page.locator(".batch-item").nth(1)).to_be_focused()  # the tiles were redrawn; the place is kept
 
 
 def test_the_live_region_forgets_an_outcome_when_its_image_goes(page: Any) -> None:
@@ -569,6 +573,34 @@ def test_export_downloads_the_analysis_as_json(page: Any) -> None:
     assert data["model"] == {"name": info["model_name"], "version": info["model_version"], "demo": True}
     assert "not a medical device" in data["disclaimer"] and "not a diagnosis" in data["disclaimer"]
     assert "confidence" not in data
+
+
+def test_export_file_names_keep_letters_of_any_script(page: Any) -> None:
+    open_page(page)
+    analyse(page, [png("red", name="Фото родинки 1.png")])
+    with page.expect_download() as download:
+        page.click("#export")
+    assert download.value.suggested_filename.startswith("analysis-Фото_родинки_1-")
+
+
+def test_the_pickers_offer_only_the_formats_the_server_takes(page: Any) -> None:
+    def png_only(route: Any) -> None:  # as SKIN_ALLOWED_FORMATS=PNG serves it
+        response = route.fetch()
+        body = response.json()
+        body["limits"].update(allowed_formats=["PNG"], allowed_types=["image/png"])
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r"/api/info$"), png_only)
+    open_page(page)
+    expect(page.locator("#limits-hint")).to_contain_text("PNG, up to")
+    expect(page.locator("#file-input")).to_have_attribute("accept", "image/png,.png")
+    expect(page.locator("#camera-input")).to_have_attribute("accept", "image/png")
+
+
+def test_without_javascript_the_page_says_it_needs_it(new_page: Any) -> None:
+    page = new_page(java_script_enabled=False)
+    page.goto("/")
+    expect(page.locator("noscript .alert, .noscript")).to_contain_text("This page needs JavaScript")
 
 
 def test_confidence_warnings_are_shown_above_the_classes(page: Any) -> None:
