@@ -12,7 +12,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(
         prog="skin-export",
         description="Export a training checkpoint to a served bundle: one simplified ONNX graph "
-        "(uint8 image in; probabilities, CAM and logits out) with calibration, verified parity and a report.",
+        "(uint8 image in; probabilities, CAM, logits and an out-of-distribution score out) with calibration, "
+        "verified parity and a report.",
     )
     parser.add_argument("checkpoint", help="checkpoint written by skin-train (e.g. runs/x/best.pt)")
     parser.add_argument("--out", required=True, help="bundle directory to write")
