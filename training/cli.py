@@ -13,6 +13,7 @@ from typing import Any
 
 from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
+from training.stop import how
 
 PROG = "skin-train"
 
@@ -125,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _train(args)
+    except KeyboardInterrupt as stop:  # during the imports below (seconds), before train() could take it
+        print(f"{PROG}: {how(stop)[0]} before training started", file=sys.stderr)
+        return how(stop)[1]
+
+
+def _train(args: argparse.Namespace) -> int:
     # Heavy imports only now, so --help stays quick.
     from training.config import ConfigError
     from training.data import DataError

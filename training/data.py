@@ -58,13 +58,16 @@ def find_split_dir(root: Path, name: str) -> Path:
 
 
 def scan_split(folder: Path) -> dict[str, list[Path]]:
-    """Class folder name → sorted image files (hidden files and other extensions are ignored)."""
+    """Class folder name → sorted image files (hidden files and folders, such as .ipynb_checkpoints/, and
+    other extensions are ignored)."""
     classes: dict[str, list[Path]] = {}
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(
             p
             for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
+            and p.is_file()
         )
         classes[class_dir.name] = files
     if not classes:

@@ -14,9 +14,8 @@ import math
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -44,6 +43,8 @@ from training.data import (
 )
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
 from training.report import classes_without, classification_summary, epoch_metrics, plain
+from training.stop import how as stop_how
+from training.stop import sigterm_stops
 
 METRIC_COLUMNS = (
     "epoch",
@@ -117,11 +118,25 @@ class State:
     bad_train: list[int] = field(default_factory=list)  # unreadable training images (indices) seen so far
     val_without_images: list[str] = field(default_factory=list)  # classes with no readable validation image
 
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (docker stop, kubernetes, torchrun passing it on): it stops a run as Ctrl-C does."""
-
-    signum = signal.SIGTERM
+    @classmethod
+    def restored(cls, saved: dict[str, Any]) -> State:
+        """The state a last.pt saved, checked: one edited by hand (or from another version) fails here, in one
+        line, not with a traceback some epochs later. TypeError / ValueError name nothing of the data."""
+        state = cls(**saved)
+        counts = (state.epoch, state.best_epoch, state.stale)
+        if not all(type(n) is int and n >= 0 for n in counts):
+            raise ValueError("epoch counts")
+        f1 = state.best_f1
+        if type(f1) not in (int, float) or not (f1 == -1 or 0 <= f1 <= 1):
+            raise ValueError("best_f1")
+        lists = (
+            (state.history, dict),
+            (state.bad_train, int),
+            (state.val_without_images, str),
+        )
+        if not all(type(items) is list and all(type(i) is kind for i in items) for items, kind in lists):
+            raise TypeError("lists")
+        return state
 
 
 class Interrupted(KeyboardInterrupt):
@@ -140,8 +155,7 @@ class Interrupted(KeyboardInterrupt):
 
 def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
     """The one line for people on a stopped run, and the exit status (128 + the signal, as shells report)."""
-    signum = int(getattr(stop, "signum", signal.SIGINT))
-    how = "stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"
+    how, status = stop_how(stop)
     if not isinstance(stop, Interrupted):
         line = f"{how} before training started"
     elif stop.previous is not None:
@@ -153,7 +167,7 @@ def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
         line = f"{how}; continue with --resume {stop.run_dir}"
     else:
         line = f"{how} before the first epoch ended"
-    return line, 128 + signum
+    return line, status
 
 
 def train(**kwargs: Any) -> Path:
@@ -161,7 +175,8 @@ def train(**kwargs: Any) -> Path:
 
     Keyword names are the CLI's option names with underscores (see ``training.config.TrainConfig``).
     """
-    with _sigterm_stops():
+    # SIGTERM stops a run as Ctrl-C does; last.pt stays as safe (written to a temporary file, then renamed).
+    with sigterm_stops():
         cfg, resumed = resolve_options(kwargs)
         cluster = setup_cluster(cfg.device)
         last = Path(cfg.out) / "last.pt"
@@ -180,24 +195,11 @@ def train(**kwargs: Any) -> Path:
                 dist.destroy_process_group()
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises like Ctrl-C while a run is on (in each rank's main thread; handlers belong there).
-
-    last.pt stays as safe as with Ctrl-C: it is written to a temporary file and renamed into place.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    earlier = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, earlier if earlier is not None else signal.SIG_DFL)
+def _worker_leaves_sigterm_to_the_run(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: sent to the whole process group (torchrun, systemd, a terminal's
+    kill), it killed them, and torch's SIGCHLD handler turned that into a RuntimeError and tracebacks in the
+    main process. The run stops as for Ctrl-C and shuts its workers down (they also exit if it dies)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -439,7 +441,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
                     group["lr"] = base * factor(scheduler.last_epoch)
             if scaler is not None and resumed.get("scaler"):
                 scaler.load_state_dict(resumed["scaler"])
-            return State(**resumed["state"])
+            return State.restored(resumed["state"])
 
         state = _restore(cfg, restore)
     net: torch.nn.Module = model
@@ -603,6 +605,7 @@ def make_loaders(
         "num_workers": cfg.workers,
         "pin_memory": cluster.device.type == "cuda",
         "persistent_workers": cfg.workers > 0,
+        "worker_init_fn": _worker_leaves_sigterm_to_the_run if cfg.workers > 0 else None,
     }
     train_loader = DataLoader(
         train_set,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "skin-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -64,8 +67,25 @@ def build_model(
         usable = {
             k: v for k, v in state.items() if k in own and not k.startswith(head) and own[k].shape == v.shape
         }
-        if not usable:
-            raise ModelError(f"weights in {str(path)!r} do not fit {arch}")
+        # Another architecture's weights fit a few tensors by chance (BatchNorm's step counters always do):
+        # most of the backbone must come from the file, and what stays random is said, never silent.
+        backbone = [k for k in own if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+        missing = [k for k in backbone if k not in usable]
+        if 2 * len(missing) > len(backbone):
+            raise ModelError(
+                f"weights in {str(path)!r} do not fit {arch}: {len(missing)} of its {len(backbone)} backbone "
+                f"tensors are missing or shaped otherwise (the first: {missing[0]}); are they {arch}'s?"
+            )
+        if missing:
+            log.warning(
+                "--init-weights: %d of %d backbone tensors of %s are not in %s or have another shape "
+                "(the first: %s); they start random",
+                len(missing),
+                len(backbone),
+                arch,
+                path,
+                missing[0],
+            )
         model.load_state_dict(usable, strict=False)
     return model
 

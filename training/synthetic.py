@@ -5,7 +5,7 @@ colour, drawn as a square patch (by default 30–60 % of the short side) at a ra
 background. Image sizes, aspect and file formats vary. ``ROOT/boxes.json`` maps each image's relative path
 to the patch box [x0, y0, x1, y1] (pixels, x1/y1 exclusive) so CAM tests can check where the model looks.
 
-    python -m training.synthetic OUT_DIR [--train N] [--test N]
+    python -m training.synthetic OUT_DIR [--train N] [--test N]   # OUT_DIR: a new or empty folder
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -252,15 +253,36 @@ def foreign_images(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.synthetic", description=__doc__.splitlines()[0])
-    parser.add_argument("out", help="dataset root to write")
-    parser.add_argument("--train", type=int, default=8, help="training images per class (default: 8)")
-    parser.add_argument("--test", type=int, default=4, help="test images per class (default: 4)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    from runtime.cli import OneLineParser
+
+    prog = "python -m training.synthetic"
+    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="dataset root to write: a new or empty folder")
+    parser.add_argument("--train", type=_count, default=8, help="training images per class (default: 8)")
+    parser.add_argument("--test", type=_count, default=4, help="test images per class (default: 4)")
+    parser.add_argument("--seed", type=_count, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
-    root = generate(args.out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
+    out = Path(args.out)
+    # Never into a folder that holds something: generated images mixed into a dataset cannot be told apart.
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        parser.error(f"{str(out)!r} exists and is not an empty folder; give a new one")
+    try:
+        root = generate(out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
+    except OSError as exc:
+        print(f"{prog}: error: {exc.strerror or exc}: {exc.filename or out}", file=sys.stderr)
+        return 2
     print(f"wrote a synthetic dataset to {root}")
     return 0
+
+
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"want a whole number, at least 0, not {value!r}")
+    return number
 
 
 if __name__ == "__main__":

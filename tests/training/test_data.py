@@ -52,12 +52,14 @@ def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Pa
     shutil.copytree(dataset / "test", tmp_path / "Test")
     (tmp_path / "Train" / "Acne" / "notes.txt").write_text("not an image")
     (tmp_path / "Train" / "Acne" / ".hidden.jpg").write_bytes(b"")
+    (tmp_path / "Train" / "Acne" / ".ipynb_checkpoints").mkdir()  # a tool's hidden folder: its copies too
+    (tmp_path / "Train" / "Acne" / ".ipynb_checkpoints" / "copy.jpg").write_bytes(b"")
     (tmp_path / "Train" / "Acne" / "UPPER.JPG").write_bytes((dataset / "train/Acne/0001.jpg").read_bytes())
     splits = load_splits(tmp_path, val_fraction=0.25, seed=7)
     assert splits.class_names == CLASSES
     names = {p.name for p, _ in splits.train + splits.val}
     assert "UPPER.JPG" in names
-    assert not names & {"notes.txt", ".hidden.jpg"}
+    assert not names & {"notes.txt", ".hidden.jpg", "copy.jpg"}
 
 
 def _break_empty_class(root: Path) -> None:

@@ -52,29 +52,40 @@ def test_init_weights_come_from_a_state_dict_our_checkpoint_a_wrapped_state_dict
         assert torch.equal(own["bn1.running_mean"], theirs["bn1.running_mean"]), name
 
 
-def test_init_weights_leave_the_head_fresh_and_skip_tensors_of_another_shape(tmp_path: Path) -> None:
+def test_init_weights_leave_the_head_fresh_and_skip_tensors_of_another_shape(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     donor = _tiny(3)  # the same class count: the head would fit, and still starts fresh
     state = donor.state_dict()
     state["bn1.weight"] = torch.ones(5)
     torch.save(state, tmp_path / "donor.pt")
-    own = build_model(ARCH, 3, init_weights=tmp_path / "donor.pt").state_dict()
+    with caplog.at_level("WARNING", logger="training.model"):
+        own = build_model(ARCH, 3, init_weights=tmp_path / "donor.pt").state_dict()
+    backbone = sum(not k.startswith("classifier.") and "num_batches" not in k for k in own)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"--init-weights: 1 of {backbone} backbone tensors of {ARCH} are not in {tmp_path / 'donor.pt'} "
+        "or have another shape"
+    ]  # what starts random is said
     assert torch.equal(own["conv_stem.weight"], state["conv_stem.weight"])
     assert not torch.equal(own["classifier.weight"], state["classifier.weight"])
     assert own["bn1.weight"].shape == donor.state_dict()["bn1.weight"].shape
 
 
-@pytest.mark.parametrize("case", ["missing", "other-network", "pickled-code", "both"])
+@pytest.mark.parametrize("case", ["missing", "other-network", "counters-only", "pickled-code", "both"])
 def test_unusable_init_weights_are_one_line(tmp_path: Path, case: str) -> None:
     path = tmp_path / "w.pt"
     pretrained = False
     expected = {
         "missing": "does not exist",
         "other-network": "do not fit",
+        "counters-only": "do not fit",
         "pickled-code": "could not read weights",
         "both": "not both",
     }[case]
     if case == "other-network":
         torch.save({"encoder.layer.0.weight": torch.zeros(4, 4), "conv_stem.weight": torch.zeros(1)}, path)
+    elif case == "counters-only":  # another network's BatchNorm step counter fits any name-alike
+        torch.save({"bn1.num_batches_tracked": torch.tensor(7), "layer1.0.conv1.weight": torch.ones(1)}, path)
     elif case == "pickled-code":
         torch.save({"model": {"conv_stem.weight": _Payload(tmp_path / "pwned")}}, path)
     elif case == "both":

@@ -79,6 +79,40 @@ def test_command_line(tmp_path: Path) -> None:
     assert len(list((tmp_path / "d" / "test").rglob("*.*"))) == 44
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        pytest.param(["--train", "-1"], "at least 0", id="negative-count"),
+        pytest.param(["--seed", "x"], "at least 0", id="not-a-number"),
+        pytest.param([], "is not an empty folder", id="into-a-dataset"),
+    ],
+)
+def test_command_line_refusals_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from training.synthetic import main
+
+    dataset = tmp_path / "d"
+    (dataset / "train" / "Acne").mkdir(parents=True)
+    (dataset / "train" / "Acne" / "0000.png").write_bytes(b"a real photo")
+    target = dataset if not args else tmp_path / "new"
+    with pytest.raises(SystemExit) as exit_:
+        main([str(target), *args])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and message in err
+    assert (dataset / "train" / "Acne" / "0000.png").read_bytes() == b"a real photo"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # nothing written
+
+
+def test_command_line_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.synthetic import main
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "f")])
+    assert exit_.value.code == 2 and "is not an empty folder" in capsys.readouterr().err
+
+
 def test_class_order_is_the_sorted_names_whatever_order_they_come_in(tmp_path: Path) -> None:
     kw = {"train_per_class": 1, "test_per_class": 1, "size_range": (40, 48)}
     a = generate(tmp_path / "a", class_names=["Moles", "Acne", "Eczema"], **kw)

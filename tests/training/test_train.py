@@ -174,6 +174,13 @@ def test_a_folder_with_run_files_but_no_run_is_not_written_into(
         pytest.param("config", [1, 2], id="config-a-list"),
         pytest.param("config", {"epochs": "abc"}, id="config-value-typed"),
         pytest.param("state", {"nonsense": 1}, id="state-keys"),
+        pytest.param("state.epoch", "1", id="epoch-a-string"),
+        pytest.param("state.epoch", -5, id="epoch-negative"),
+        pytest.param("state.best_f1", "x", id="best-f1-a-string"),
+        pytest.param("state.best_f1", float("nan"), id="best-f1-nan"),
+        pytest.param("state.stale", None, id="stale-none"),
+        pytest.param("state.history", 5, id="history-a-number"),
+        pytest.param("state.bad_train", ["a"], id="bad-train-strings"),
         pytest.param("optimizer", {}, id="optimizer-empty"),
         pytest.param("model", {}, id="model-empty"),
     ],
@@ -184,7 +191,10 @@ def test_resume_from_an_edited_last_pt_is_one_line(
     part = tmp_path / "run"
     shutil.copytree(run, part)
     ckpt = load_checkpoint(part / "last.pt")
-    ckpt[field] = value
+    if field.startswith("state."):
+        ckpt["state"][field.removeprefix("state.")] = value
+    else:
+        ckpt[field] = value
     torch.save(ckpt, part / "last.pt")
     assert main(["--resume", str(part)]) == 2
     err = capsys.readouterr().err
@@ -316,18 +326,33 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and timm: ~7 s here
-def test_sigterm_to_a_training_process_is_one_line(tmp_path: Path, dataset: Path) -> None:
+@pytest.mark.parametrize(
+    "workers",
+    [
+        pytest.param("0", id="to-the-process"),
+        # torchrun and a terminal's kill signal the whole process group: the DataLoader workers too
+        pytest.param("2", id="to-the-group-with-workers"),
+    ],
+)
+def test_sigterm_to_a_training_process_is_one_line(tmp_path: Path, dataset: Path, workers: str) -> None:
     """docker stop / kubernetes: SIGTERM to the process, no traceback, the run resumable."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "training", *_argv(dataset, out, "--epochs", "100")]
+    argv = [*_argv(dataset, out, "--epochs", "100"), "--workers", workers]  # the last --workers counts
+    command = [sys.executable, "-m", "training", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while not (out / "last.pt").exists():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # into the next epoch: the workers are fetching
+        if workers == "0":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGTERM)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
@@ -347,6 +372,21 @@ def test_interrupt_says_whether_there_is_anything_to_resume(
     argv += ["--img-size", "64", "--workers", "0", "--no-pretrained", "--device", "cpu", "--no-plots"]
     assert main(argv) == 130
     assert capsys.readouterr().err == "skin-train: interrupted before the first epoch ended\n"
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_ctrl_c_while_skin_train_imports_torch_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    command = [sys.executable, "-m", "training", *_argv(dataset, tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.6)  # past the interpreter's start (its own SIGINT handler), well before torch is in
+        assert process.poll() is None
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert err == "skin-train: interrupted before training started\n"
+    assert process.returncode == 130
 
 
 @pytest.mark.parametrize(
