@@ -6,13 +6,15 @@ been opened and checked the way the runtime opens it, so a failed export never l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -777,6 +779,10 @@ def check_replaceable(out: Path, checkpoint: Path) -> None:
     from export.uncertainty import PLOT_FILE
 
     bundle_files = {contract.MODEL_FILE, contract.INT8_MODEL_FILE, contract.REPORT_FILE, PLOT_FILE}
+    if out.is_symlink():  # replacing it would replace the link, not the bundle it names
+        raise ExportError(
+            f"{str(out)!r} is a symbolic link; pass the folder it points to ({str(out.resolve())!r})"
+        )
     if checkpoint.resolve().is_relative_to(out.resolve()):
         raise ExportError(f"{str(out)!r} holds the checkpoint being exported; write the bundle elsewhere")
     others = sorted(p.name for p in out.iterdir() if p.name not in bundle_files or not p.is_file())
@@ -787,6 +793,20 @@ def check_replaceable(out: Path, checkpoint: Path) -> None:
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
+    with _signals_held():  # Ctrl-C or SIGTERM between the renames would leave no bundle at out: they wait
+        _rename_into_place(staging, out)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a signal that came meanwhile is handled now
+
+
+def _rename_into_place(staging: Path, out: Path) -> None:
     if not out.exists():
         staging.rename(out)
         return

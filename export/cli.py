@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from runtime.cli import OneLineParser
+from training.stop import how, sigterm_stops
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -62,6 +63,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    try:
+        with sigterm_stops():  # docker stop: the staging folder goes, as on Ctrl-C
+            return _export(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: export_bundle() removed what it had written
+        line, status = how(stop)
+        print(f"skin-export: {line}; nothing was written", file=sys.stderr)
+        return status
+
+
+def _export(args: argparse.Namespace) -> int:
     from export.bundle import export_bundle
     from export.errors import ExportError
 
@@ -90,9 +101,6 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, no permission: nothing half-written stays behind
         print(f"skin-export: error: {exc.strerror or exc}: {exc.filename or args.out}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("skin-export: interrupted; nothing was written", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from training.stop import how, sigterm_stops
+
 DEMO_LABEL = "a demo trained on generated images, not on clinical data"
 DEFAULT_BUNDLE_DIR = Path("bundles") / "demo"
 DEFAULT_WORK_DIR = Path("runs") / "demo"
@@ -44,22 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="skin-demo",
         description=f"Build a demo model through the real pipeline ({DEMO_LABEL}), then serve the web page.",
     )
-    parser.add_argument("--bundle-dir", default=str(DEFAULT_BUNDLE_DIR), help="where the bundle goes")
-    parser.add_argument("--work-dir", default=str(DEFAULT_WORK_DIR), help="generated data and training run")
+    parser.add_argument(
+        "--bundle-dir", default=str(DEFAULT_BUNDLE_DIR), help="where the bundle goes (default %(default)s)"
+    )
+    parser.add_argument(
+        "--work-dir", default=str(DEFAULT_WORK_DIR), help="generated data and the run (default %(default)s)"
+    )
     parser.add_argument("--no-serve", action="store_true", help="build (or reuse) the bundle and exit")
     parser.add_argument(
         "--rebuild", action="store_true", help="retrain and re-export even if a bundle exists"
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port to serve on (default %(default)s)")
     size = parser.add_argument_group("size of the demo (defaults finish in about 5-7 minutes on 2 cores)")
-    size.add_argument("--arch", default="efficientnet_b3", help="timm architecture (default efficientnet_b3)")
-    size.add_argument("--img-size", type=int, default=300)
-    size.add_argument("--train-per-class", type=int, default=TRAIN_PER_CLASS)
-    size.add_argument("--test-per-class", type=int, default=TEST_PER_CLASS)
-    size.add_argument("--epochs", type=int, default=EPOCHS)
-    size.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    size.add_argument("--seed", type=int, default=0)
+    size.add_argument("--arch", default="efficientnet_b3", help="timm architecture (default %(default)s)")
+    size.add_argument("--img-size", type=int, default=300, help="input size in pixels (default %(default)s)")
+    size.add_argument(
+        "--train-per-class",
+        type=int,
+        default=TRAIN_PER_CLASS,
+        help="generated training images per class (default %(default)s)",
+    )
+    size.add_argument(
+        "--test-per-class",
+        type=int,
+        default=TEST_PER_CLASS,
+        help="generated test images per class (default %(default)s)",
+    )
+    size.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (default %(default)s)")
+    size.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="batch size (default %(default)s)")
+    size.add_argument("--seed", type=int, default=0, help="data and training seed (default %(default)s)")
     return parser
 
 
@@ -299,27 +315,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_serve:  # say so now, not after training
             _check_serving(args.host, args.port, Path(args.bundle_dir))
-        bundle_dir = build(
-            bundle_dir=args.bundle_dir,
-            work_dir=args.work_dir,
-            rebuild=args.rebuild,
-            arch=args.arch,
-            img_size=args.img_size,
-            train_per_class=args.train_per_class,
-            test_per_class=args.test_per_class,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            seed=args.seed,
-        )
+        with sigterm_stops():  # docker stop while building: each step cleans up as on Ctrl-C
+            bundle_dir = build(
+                bundle_dir=args.bundle_dir,
+                work_dir=args.work_dir,
+                rebuild=args.rebuild,
+                arch=args.arch,
+                img_size=args.img_size,
+                train_per_class=args.train_per_class,
+                test_per_class=args.test_per_class,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                seed=args.seed,
+            )
     except DemoError as exc:
         print(f"skin-demo: error: {exc}", file=sys.stderr)
         return 2
     except StepError as exc:
         print(f"skin-demo: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("skin-demo: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        line, status = how(stop)
+        print(f"skin-demo: {line}", file=sys.stderr)
+        return status
     if (hint := bf16_hint(bundle_dir)) is not None:
         print(hint)
     if args.no_serve:

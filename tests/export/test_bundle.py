@@ -270,6 +270,44 @@ def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None
     assert (notes / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_refuses_a_symbolic_link(dataset: Path, tmp_path: Path) -> None:
+    # Replacing "current -> v3" would replace the link (and leave a hidden link behind), not the bundle.
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "v3" / bundle.MODEL_FILE).write_text("old")
+    (tmp_path / "current").symlink_to("v3")
+    with pytest.raises(ExportError, match="is a symbolic link; pass the folder it points to"):
+        export_bundle(checkpoint, tmp_path / "current", overwrite=True, int8="off", parity_images=2)
+    assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / bundle.MODEL_FILE).read_text() == "old"
+
+
+def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: Path) -> None:
+    import signal
+
+    from export.bundle import _move_into_place
+
+    staging, out = tmp_path / ".b.partial-x", tmp_path / "b"
+    staging.mkdir()
+    out.mkdir()
+    (staging / bundle.MODEL_FILE).write_text("new")
+    (out / bundle.MODEL_FILE).write_text("old")
+    real_rename = Path.rename
+    held: list[set[int]] = []
+
+    def rename(self: Path, target: Any) -> Any:
+        held.append(signal.pthread_sigmask(signal.SIG_BLOCK, set()))  # the mask during each rename
+        return real_rename(self, target)
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "rename", rename)
+        _move_into_place(staging, out)
+    assert len(held) == 2 and all({signal.SIGINT, signal.SIGTERM} <= mask for mask in held)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # as it was, afterwards
+    assert (out / bundle.MODEL_FILE).read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
 def test_an_opset_onnx_does_not_know_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="opset 99 is newer than this onnx knows"):
         export_bundle(tmp_path / "missing.pt", tmp_path / "b", opset=99)  # before the checkpoint is read

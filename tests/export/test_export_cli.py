@@ -8,6 +8,7 @@ import pytest
 
 from export import cli
 from export.errors import ExportError
+from training.stop import Terminated
 
 
 @pytest.fixture
@@ -86,6 +87,7 @@ def test_every_flag_reaches_the_export(
             OSError(13, "Permission denied"), 2, "skin-export: error: Permission denied: b", id="no-file"
         ),
         pytest.param(KeyboardInterrupt(), 130, "skin-export: interrupted; nothing was written", id="ctrl-c"),
+        pytest.param(Terminated(), 143, "skin-export: stopped by SIGTERM; nothing was written", id="sigterm"),
     ],
 )
 def test_failures_are_one_line_and_an_exit_status(
@@ -103,6 +105,26 @@ def test_failures_are_one_line_and_an_exit_status(
     monkeypatch.setattr(export.bundle, "export_bundle", failing)
     assert cli.main(["c.pt", "--out", "b", "--quiet"]) == code
     assert capsys.readouterr().err == line + "\n"
+
+
+def test_a_real_sigterm_during_the_export_is_one_line_and_143(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import signal
+
+    import export.bundle
+
+    def terminated(*args: Any, **kwargs: Any) -> None:
+        # Without a handler SIGTERM would end pytest itself: check there is one, then send a real one.
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(export.bundle, "export_bundle", terminated)
+    assert cli.main(["c.pt", "--out", "b", "--quiet"]) == 143
+    assert capsys.readouterr().err == "skin-export: stopped by SIGTERM; nothing was written\n"
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_data_and_no_data_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
