@@ -10,6 +10,7 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from runtime.bundle import BundleError
+from runtime.settings import MAX_THREADS
 
 if TYPE_CHECKING:
     from runtime.settings import Settings
@@ -33,10 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument(
-        "--threads", type=_threads, default=None, help="onnxruntime threads (default 0: the CPU quota)"
+        "--threads",
+        type=_threads,
+        default=None,
+        help="onnxruntime threads (default: SKIN_THREADS, else 0: the CPU quota)",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's and the runtime's log level (default info)",
     )
     return parser
 
@@ -47,8 +54,10 @@ def _threads(value: str) -> int:
         threads = int(value)
     except ValueError:
         threads = -1
-    if threads < 0:
-        raise argparse.ArgumentTypeError(f"want a whole number, at least 0 (0: the CPU quota), not {value!r}")
+    if not 0 <= threads <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(
+            f"want a whole number from 0 to {MAX_THREADS} (0: the CPU quota), not {value!r}"
+        )
     return threads
 
 

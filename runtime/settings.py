@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from starlette.config import Config
 
@@ -12,7 +13,10 @@ from runtime.bundle import MODEL_VARIANTS
 from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
 
 DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
+Number = TypeVar("Number", int, float)
 MB = 1024 * 1024
+MAX_MB = 1024 * 1024  # 1 TiB: any size limit above it is a typo (and 1e305 MB overflowed to infinity)
+MAX_THREADS = 1024  # onnxruntime starts every thread it is told to: 100,000 took GBs and never listened
 OPENVINO_MODES = ("off", "f32", "bf16")  # off: onnxruntime's own CPU kernels (fp32)
 OPENVINO_SETTINGS = (*OPENVINO_MODES, "auto")  # auto: bf16 where export measured it safe (runtime/bf16.py)
 
@@ -57,11 +61,14 @@ class Settings:
         def whole(name: str, default: int, low: int) -> int:
             return _at_least(name, config(name, cast=int, default=default), low)
 
+        def threads(name: str) -> int:
+            return _at_most(name, whole(name, 0, 0), MAX_THREADS)
+
         unset = single_process or not config("WEB_CONCURRENCY", default="").strip()
         workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
 
         def megabytes(name: str, default: float) -> int:
-            size = _positive(name, config(name, cast=float, default=default))
+            size = _at_most(name, _positive(name, config(name, cast=float, default=default)), MAX_MB)
             if (limit := int(size * MB)) < 1:  # would refuse every upload as "larger than 0 MB"
                 raise ValueError(f"{name} must be at least one byte ({1 / MB:.1g} MB), not {size}")
             return limit
@@ -84,7 +91,7 @@ class Settings:
         concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
         return cls(
             bundle=bundle,
-            threads=_threads(whole("SKIN_THREADS", 0, 0), workers),
+            threads=_threads(threads("SKIN_THREADS"), workers),
             inference_concurrency=concurrency,
             gather=whole("SKIN_GATHER", 1, 1),
             max_queue=whole("SKIN_MAX_QUEUE", 8, 0),
@@ -156,6 +163,12 @@ def _available(providers: tuple[str, ...]) -> None:
 def _at_least(name: str, value: int, low: int) -> int:
     if value < low:
         raise ValueError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+def _at_most(name: str, value: Number, high: Number) -> Number:
+    if value > high:
+        raise ValueError(f"{name} must be at most {high:,}, not {value:g}")
     return value
 
 

@@ -21,6 +21,7 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_TOP_K", "0"),
         ("SKIN_TOP_K", "-1"),
         ("SKIN_THREADS", "-2"),
+        ("SKIN_THREADS", "100000"),  # onnxruntime would start them all
         ("SKIN_INFERENCE_CONCURRENCY", "0"),
         ("SKIN_MAX_QUEUE", "-1"),
         ("SKIN_MAX_UPLOADS", "0"),
@@ -31,6 +32,8 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_MAX_IMAGE_MB", "inf"),
         ("SKIN_MAX_IMAGE_MB", "1e-7"),
         ("SKIN_MAX_BODY_MB", "nan"),
+        ("SKIN_MAX_BODY_MB", "1e305"),  # finite, but not in bytes
+        ("SKIN_MAX_IMAGE_MB", "1048577"),
         ("SKIN_BODY_TIMEOUT_S", "0"),
         ("SKIN_TOP_K", "abc"),
         ("WEB_CONCURRENCY", "abc"),
@@ -47,6 +50,13 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         Settings.from_env()
+
+
+def test_the_largest_values_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_THREADS", "1024")
+    monkeypatch.setenv("SKIN_MAX_BODY_MB", "1048576")
+    settings = Settings.from_env()
+    assert (settings.threads, settings.max_body_bytes) == (1024, 1 << 40)
 
 
 def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
