@@ -75,6 +75,8 @@ def export_bundle(
         raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     if out.exists() and not out.is_dir():
         raise ExportError(f"{str(out)!r} exists and is not a directory")
+    if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:
+        raise ExportError(f"{files[0]!r} is a file: the bundle folder {str(out)!r} cannot be made under it")
     if out.exists():
         check_replaceable(out, Path(checkpoint))
     if no_data and data is not None:

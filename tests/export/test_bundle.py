@@ -308,6 +308,12 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_an_out_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match="afile' is a file: the bundle folder .* cannot be made under it"):
+        export_bundle(tmp_path / "missing.pt", tmp_path / "afile" / "b")  # before the checkpoint is read
+
+
 def test_an_opset_onnx_does_not_know_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="opset 99 is newer than this onnx knows"):
         export_bundle(tmp_path / "missing.pt", tmp_path / "b", opset=99)  # before the checkpoint is read
