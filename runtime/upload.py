@@ -75,7 +75,12 @@ class BodyLimitMiddleware:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except TimeoutError:
-                raise ApiError(408, "body_timeout", "the upload took too long; send it again") from None
+                # Sending it again at the same speed would fail again: say what would not.
+                slow = (
+                    f"the upload took longer than {self.timeout_s:g} s; "
+                    "send a smaller image, or use a faster connection"
+                )
+                raise ApiError(408, "body_timeout", slow) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

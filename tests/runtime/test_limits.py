@@ -261,6 +261,7 @@ def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
     with pytest.raises(ApiError) as info:
         asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
     assert (info.value.status, info.value.code) == (408, "body_timeout")
+    assert info.value.message.startswith("the upload took longer than 0.5 s; send a smaller image")
     assert calls <= 7
 
 
