@@ -13,6 +13,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -795,17 +796,25 @@ def check_replaceable(out: Path, checkpoint: Path) -> None:
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    with _signals_held():  # Ctrl-C or SIGTERM between the renames would leave no bundle at out: they wait
+    # Ctrl-C or SIGTERM between the two renames would leave no bundle at out: one that comes meanwhile lets
+    # them finish, and the export ends written (it was, by then).
+    with _signals_deferred():
         _rename_into_place(staging, out)
 
 
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM do nothing while the block runs (handlers are the main thread's to change; a signal
+    mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    earlier = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)  # a signal that came meanwhile is handled now
+        for signum, handler in earlier.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _rename_into_place(staging: Path, out: Path) -> None:

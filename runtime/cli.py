@@ -10,7 +10,6 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 from runtime.bundle import BundleError
-from runtime.settings import MAX_THREADS
 
 if TYPE_CHECKING:
     from runtime.settings import Settings
@@ -50,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _threads(value: str) -> int:
     """As SKIN_THREADS: a whole number, 0 for the CPU quota."""
+    from runtime.settings import MAX_THREADS  # here: training's and export's CLIs import this module
+
     try:
         threads = int(value)
     except ValueError:

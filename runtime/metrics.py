@@ -44,7 +44,7 @@ class Metrics:
         self.in_flight = Gauge("skin_in_flight_requests", "Requests being served now", registry=r)
         self.rejected = Counter(
             "skin_rejected",
-            "Error answers by code (every 4xx and 5xx); in a batch, each refused file counts once",
+            "Error answers (an error code in the body) by code; in a batch, each refused file counts once",
             ["reason"],
             registry=r,
         )

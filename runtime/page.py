@@ -39,7 +39,7 @@ class PageFiles(StaticFiles):
         satisfiable = _satisfiable(scope, int(size) if size.isdigit() else 0)
         if satisfiable is not None:  # a set with some ranges inside the file: those (RFC 9110, 14.1.1)
             headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
-            await super().__call__({**scope, "headers": [*headers, (b"range", satisfiable)]}, receive, send)
+            await self({**scope, "headers": [*headers, (b"range", satisfiable)]}, receive, send)  # as any
             return
         message = f"the requested range starts past the end of the file ({size} bytes)"
         body = error_body("range_not_satisfiable", message)
@@ -57,11 +57,16 @@ def _satisfiable(scope: Scope, size: int) -> bytes | None:
     them), or None when that leaves none, or nothing was dropped."""
     value = dict(scope["headers"])[b"range"].decode("latin-1")
     unit, _, ranges = value.partition("=")
-    kept = [
-        part
-        for part in ranges.split(",")
-        if (start := part.strip().partition("-")[0].strip()) == "" or (start.isdigit() and int(start) < size)
-    ]
-    if not kept or len(kept) == len(ranges.split(",")):
+    parts = ranges.split(",")
+    kept = [part for part in parts if _inside(part, size)]
+    if not kept or len(kept) == len(parts):
         return None
     return f"{unit}={','.join(kept)}".encode("latin-1")
+
+
+def _inside(part: str, size: int) -> bool:
+    """Whether one range of a set starts inside a file of ``size`` bytes ("-N", the last N, when N > 0)."""
+    start, _, end = (text.strip() for text in part.strip().partition("-"))
+    if not start:
+        return end.isdigit() and int(end) > 0 and size > 0
+    return start.isdigit() and int(start) < size

@@ -168,7 +168,7 @@ def _at_least(name: str, value: int, low: int) -> int:
 
 def _at_most(name: str, value: Number, high: Number) -> Number:
     if value > high:
-        raise ValueError(f"{name} must be at most {high:,}, not {value:g}")
+        raise ValueError(f"{name} must be at most {high:,}, not {value}")
     return value
 
 

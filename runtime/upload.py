@@ -146,7 +146,7 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
     try:
         values = form.getlist(field)
         if not form:  # the parser keeps only parts that end in a boundary
-            message = "the multipart body holds no complete part (is its closing boundary missing?)"
+            message = "the multipart body holds no complete part (none sent, or no closing boundary)"
             raise ApiError(400, "bad_multipart", message)
         if not values:
             sent = ", ".join(sorted({str(k)[:40] for k in form})) or "none"

@@ -13,7 +13,7 @@ from typing import Any
 
 from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
-from training.stop import how
+from training.stop import sigterm_stops, stopped
 
 PROG = "skin-train"
 
@@ -127,17 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _train(args)
-    except KeyboardInterrupt as stop:  # during the imports below (seconds), before train() could take it
-        print(f"{PROG}: {how(stop)[0]} before training started", file=sys.stderr)
-        return how(stop)[1]
+        with sigterm_stops():  # from here: the imports take seconds, and train() keeps it on
+            return _train(args)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, torchrun passing it on)
+        line, status = stopped(stop)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops: one line, from rank 0
+            print(f"{PROG}: {line}", file=sys.stderr)
+        return status
 
 
 def _train(args: argparse.Namespace) -> int:
     # Heavy imports only now, so --help stays quick.
     from training.config import ConfigError
     from training.data import DataError
-    from training.loop import stopped, train
+    from training.loop import train
     from training.model import ModelError
 
     try:
@@ -148,11 +151,6 @@ def _train(args: argparse.Namespace) -> int:
     except OSError as exc:  # an --out that cannot be written (read-only, no space)
         print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM while train() runs
-        line, status = stopped(stop)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops: one line, from rank 0
-            print(f"{PROG}: {line}", file=sys.stderr)
-        return status
     return 0
 
 

@@ -43,8 +43,7 @@ from training.data import (
 )
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
 from training.report import classes_without, classification_summary, epoch_metrics, plain
-from training.stop import how as stop_how
-from training.stop import sigterm_stops
+from training.stop import Interrupted, sigterm_stops
 
 METRIC_COLUMNS = (
     "epoch",
@@ -139,37 +138,6 @@ class State:
         return state
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a run; ``run_dir`` is where it can be resumed from, None before a last.pt
-    exists; ``previous`` is set when an --overwrite run stops while the earlier run's files are still there.
-    """
-
-    def __init__(
-        self, run_dir: Path | None, *, signum: int = signal.SIGINT, previous: Path | None = None
-    ) -> None:
-        super().__init__()
-        self.run_dir = run_dir
-        self.signum = signum
-        self.previous = previous
-
-
-def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
-    """The one line for people on a stopped run, and the exit status (128 + the signal, as shells report)."""
-    how, status = stop_how(stop)
-    if not isinstance(stop, Interrupted):
-        line = f"{how} before training started"
-    elif stop.previous is not None:
-        line = (
-            f"{how} before the new run's first epoch ended; {stop.previous} still holds the earlier run "
-            "(the same command starts the new one again)"
-        )
-    elif stop.run_dir is not None:
-        line = f"{how}; continue with --resume {stop.run_dir}"
-    else:
-        line = f"{how} before the first epoch ended"
-    return line, status
-
-
 def train(**kwargs: Any) -> Path:
     """Fine-tune a timm model on an ImageFolder dataset; returns the run directory.
 
@@ -195,11 +163,12 @@ def train(**kwargs: Any) -> Path:
                 dist.destroy_process_group()
 
 
-def _worker_leaves_sigterm_to_the_run(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM: sent to the whole process group (torchrun, systemd, a terminal's
-    kill), it killed them, and torch's SIGCHLD handler turned that into a RuntimeError and tracebacks in the
-    main process. The run stops as for Ctrl-C and shuts its workers down (they also exit if it dies)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def worker_own_group(worker_id: int) -> None:
+    """A DataLoader worker leaves the run's process group: a signal sent to the group (torchrun's SIGTERM, a
+    terminal's Ctrl-C, kill -TERM -PGID) killed the workers too, and torch's SIGCHLD handler turned that into
+    tracebacks in the main process. Now it reaches the run alone, which stops as for Ctrl-C and shuts them
+    down; terminate() still ends a worker that hangs, and they exit if the run dies."""
+    os.setpgid(0, 0)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -605,7 +574,7 @@ def make_loaders(
         "num_workers": cfg.workers,
         "pin_memory": cluster.device.type == "cuda",
         "persistent_workers": cfg.workers > 0,
-        "worker_init_fn": _worker_leaves_sigterm_to_the_run if cfg.workers > 0 else None,
+        "worker_init_fn": worker_own_group if cfg.workers > 0 else None,
     }
     train_loader = DataLoader(
         train_set,
@@ -780,7 +749,8 @@ def eval_loader(
 ) -> DataLoader:
     """A loader of (tensor, label) through the runtime's preprocessing, in ``samples`` order."""
     dataset = EvalDataset(samples, img_size, mean, std)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    init = worker_own_group if workers > 0 else None
+    return DataLoader(dataset, batch_size=batch_size, num_workers=workers, worker_init_fn=init)
 
 
 def finish(

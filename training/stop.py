@@ -1,6 +1,6 @@
 """Stopping a command cleanly: SIGTERM (docker stop, Kubernetes, torchrun passing it on) raises as Ctrl-C
 does, so one ``except KeyboardInterrupt`` cleans up and says one line for both. Stdlib only: skin-export and
-skin-demo use it too."""
+skin-demo use it too; ``stopped`` words the line skin-train prints."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -36,6 +37,37 @@ def sigterm_stops() -> Iterator[None]:
 
 
 def how(stop: KeyboardInterrupt) -> tuple[str, int]:
-    """ "interrupted" or "stopped by SIGTERM", and the exit status (128 + the signal, as shells report)."""
+    """Interrupted or stopped by SIGTERM, in words, and the exit status (128 + the signal, as shells give)."""
     signum = int(getattr(stop, "signum", signal.SIGINT))
     return ("stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"), 128 + signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run; ``run_dir`` is where it can be resumed from, None before a last.pt
+    exists; ``previous`` is set when an --overwrite run stops while the earlier run's files are still there.
+    """
+
+    def __init__(
+        self, run_dir: Path | None, *, signum: int = signal.SIGINT, previous: Path | None = None
+    ) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.signum = signum
+        self.previous = previous
+
+
+def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
+    """The one line for people on a stopped run, and the exit status (128 + the signal, as shells report)."""
+    what, status = how(stop)
+    if not isinstance(stop, Interrupted):
+        line = f"{what} before training started"
+    elif stop.previous is not None:
+        line = (
+            f"{what} before the new run's first epoch ended; {stop.previous} still holds the earlier run "
+            "(the same command starts the new one again)"
+        )
+    elif stop.run_dir is not None:
+        line = f"{what}; continue with --resume {stop.run_dir}"
+    else:
+        line = f"{what} before the first epoch ended"
+    return line, status

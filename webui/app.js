@@ -884,9 +884,9 @@
   }
 
   function stem(name) {
-    const base = String(name || "image").replace(/\.[^.]+$/, "");
-    // Letters and digits of any script stay ("Фото"); the rest, separators and control characters included, go.
-    return base.replace(/[^\p{L}\p{N}._-]+/gu, "_").slice(0, 60) || "image";
+    const base = String(name || "image").normalize("NFC").replace(/\.[^.]+$/, "");
+    // Letters (with their marks: "फोटो") and digits of any script stay; separators and control characters go.
+    return base.replace(/[^\p{L}\p{M}\p{N}._-]+/gu, "_").slice(0, 60) || "image";
   }
 
   function download(fileName, data) {

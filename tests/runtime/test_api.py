@@ -726,11 +726,14 @@ def test_page_ranges_follow_rfc_9110(client: TestClient) -> None:
     assert past.headers["x-request-id"]
     assert client.get("/nowhere.js", headers={"range": "bytes=0-1"}).status_code == 404
     # A set is satisfiable when one of its ranges is: that one is served, in either order.
-    for mixed in (f"bytes=0-9,{len(whole)}-", f"bytes={len(whole) + 5}-, 0-9"):
+    for mixed in (f"bytes=0-9,{len(whole)}-", f"bytes={len(whole) + 5}-, 0-9", "bytes=0-9,-0"):
         answer = client.get("/app.js", headers={"range": mixed})
         assert answer.status_code == 206 and answer.content == whole[:10], mixed
-    none_inside = client.get("/app.js", headers={"range": f"bytes={len(whole)}-,{len(whole) + 1}-"})
-    _error(none_inside, 416, "range_not_satisfiable")
+    for none_inside in (f"bytes={len(whole)}-,{len(whole) + 1}-", f"bytes=-0,{len(whole)}-"):
+        _error(client.get("/app.js", headers={"range": none_inside}), 416, "range_not_satisfiable")
+    # What is left of a set is handled as any Range: one that cannot be parsed is ignored (the whole file).
+    answer = client.get("/app.js", headers={"range": f"bytes=0-5,{len(whole)}-,7-3"})
+    assert answer.status_code == 200 and answer.content == whole
 
 
 def test_inference_failure_is_a_generic_500_logged_with_the_request_id(

@@ -226,3 +226,26 @@ def test_one_image_per_step_at_a_small_size_is_refused_before_training(dataset: 
         _check_splits(two, TrainConfig(data=str(dataset), img_size=32, batch_size=8), ranks)
     _check_splits(two, TrainConfig(data=str(dataset), img_size=64, batch_size=8), ranks)
     _check_splits(splits, TrainConfig(data=str(dataset), img_size=32, batch_size=8), ranks)
+
+
+class _GroupOf(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Each item: the process group of the process that loaded it."""
+
+    def __init__(self, samples: object, *args: object) -> None:
+        self.n = 4
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return os.getpgid(0)
+
+
+def test_evaluation_workers_leave_the_runs_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SIGTERM to the group (torchrun, kill -TERM -PGID) during the final test evaluation must reach the
+    # run alone, as during training (tests/training/test_train.py sends a real one there).
+    import training.loop
+
+    monkeypatch.setattr(training.loop, "EvalDataset", _GroupOf)
+    groups = [int(g) for batch in eval_loader([], 32, batch_size=1, workers=2) for g in batch]
+    assert len(groups) == 4 and os.getpgid(0) not in groups

@@ -375,18 +375,30 @@ def test_interrupt_says_whether_there_is_anything_to_resume(
 
 
 @pytest.mark.slow  # a fresh interpreter
-def test_ctrl_c_while_skin_train_imports_torch_is_one_line(tmp_path: Path, dataset: Path) -> None:
+@pytest.mark.parametrize(
+    ("signum", "line", "status"),
+    [
+        pytest.param(signal.SIGINT, "interrupted", 130, id="ctrl-c"),
+        pytest.param(signal.SIGTERM, "stopped by SIGTERM", 143, id="sigterm"),
+    ],
+)
+def test_a_stop_while_skin_train_imports_torch_is_one_line(
+    tmp_path: Path, dataset: Path, signum: int, line: str, status: int
+) -> None:
     command = [sys.executable, "-m", "training", *_argv(dataset, tmp_path / "run")]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.6)  # past the interpreter's start (its own SIGINT handler), well before torch is in
-        assert process.poll() is None
-        process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        # Torch's libraries mapped: its import (seconds) has begun, well before train() runs.
+        while "torch" not in Path(f"/proc/{process.pid}/maps").read_text():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signum)
         _, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert err == "skin-train: interrupted before training started\n"
-    assert process.returncode == 130
+    assert err == f"skin-train: {line} before training started\n"
+    assert process.returncode == status
 
 
 @pytest.mark.parametrize(

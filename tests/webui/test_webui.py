@@ -581,6 +581,10 @@ def test_export_file_names_keep_letters_of_any_script(page: Any) -> None:
     with page.expect_download() as download:
         page.click("#export")
     assert download.value.suggested_filename.startswith("analysis-Фото_родинки_1-")
+    analyse(page, [png("red", name="फोटो Cafe\u0301.png")])  # marks, one of them decomposed (macOS)
+    with page.expect_download() as download:
+        page.click("#export")
+    assert download.value.suggested_filename.startswith("analysis-फोटो_Caf\u00e9-")
 
 
 def test_the_pickers_offer_only_the_formats_the_server_takes(page: Any) -> None:
