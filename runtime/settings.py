@@ -61,9 +61,6 @@ class Settings:
         def whole(name: str, default: int, low: int) -> int:
             return _at_least(name, config(name, cast=int, default=default), low)
 
-        def threads(name: str) -> int:
-            return _at_most(name, whole(name, 0, 0), MAX_THREADS)
-
         unset = single_process or not config("WEB_CONCURRENCY", default="").strip()
         workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
 
@@ -91,7 +88,7 @@ class Settings:
         concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
         return cls(
             bundle=bundle,
-            threads=_threads(threads("SKIN_THREADS"), workers),
+            threads=_threads(_at_most("SKIN_THREADS", whole("SKIN_THREADS", 0, 0), MAX_THREADS), workers),
             inference_concurrency=concurrency,
             gather=whole("SKIN_GATHER", 1, 1),
             max_queue=whole("SKIN_MAX_QUEUE", 8, 0),

@@ -627,9 +627,9 @@
   function announce() {
     const item = current();
     let text = "";
-    // A failed request is not repeated here: its message box is an alert, read out as it appears.
-    if (state.requestError) text = "";
-    else if (state.items.length > 1) text = "Analysis done: " + $("batch-summary").textContent + ".";
+    // A failed request is not said here: its message box is an alert, read out as it appears.
+    if (state.requestError) return;
+    if (state.items.length > 1) text = "Analysis done: " + $("batch-summary").textContent + ".";
     else if (item && item.result) {
       const p = item.result.primary;
       const flags = warningsOf(item.result).map((w) => w.title).join(" ");
