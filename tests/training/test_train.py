@@ -386,7 +386,15 @@ def test_a_stop_while_skin_train_imports_torch_is_one_line(
     tmp_path: Path, dataset: Path, signum: int, line: str, status: int
 ) -> None:
     command = [sys.executable, "-m", "training", *_argv(dataset, tmp_path / "run")]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a shell starts background jobs (CI's, nohup's) with SIGINT ignored, and Python
+        # then leaves it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 60
         # Torch's libraries mapped: its import (seconds) has begun, well before train() runs.
