@@ -46,7 +46,8 @@ runtime-venv: $(RUNTIME_VENV)/.installed
 
 # Chromium for the browser tests (Debian package; Playwright cannot download its own here), nginx and
 # openssl for the reverse-proxy test.
-SYSTEM_PACKAGES := chromium nginx-light openssl
+# The plain nginx package, not a flavour such as nginx-light, which newer Debian releases may not carry.
+SYSTEM_PACKAGES := chromium nginx openssl
 system-deps:
 	@if [ ! -x /usr/bin/chromium ] || ! command -v nginx >/dev/null || ! command -v openssl >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \

@@ -102,6 +102,10 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     from runtime.engine import Engine
     from runtime.protocol import H11Protocol
 
+    # First: as a container's PID 1 a signal with no handler is dropped, so a stop while the model loads
+    # would wait for SIGKILL. uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: both
+    # are a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     settings = preflight(host, port, bundle)
     workers = os.environ.get("WEB_CONCURRENCY", "").strip()
     if workers not in ("", "1"):
@@ -115,8 +119,6 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         settings = dataclasses.replace(settings, threads=threads)
     engine = Engine.from_settings(settings)
     app = OneLineStartupErrors(create_app(settings, engine=engine))
-    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal: make that a clean exit 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     print(
         f"skin-serve: {engine.meta.model_name} {engine.meta.model_version} on http://{host}:{port}/",
         flush=True,

@@ -158,6 +158,7 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
             if not isinstance(value, UploadFile):
                 raise ApiError(400, "missing_file", f"the field '{field}' holds text, not a file")
             data = await value.read()
+            await value.close()  # its in-memory copy goes now: a request holds about one body, not two
             parts.append(
                 Part(filename=_safe_name(value.filename), content_type=value.content_type or "", data=data)
             )

@@ -131,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, torchrun passing it on)
         line, status = stopped(stop)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops: one line, from rank 0
+        if _rank0():  # under torchrun every rank stops: one line, from rank 0
             print(f"{PROG}: {line}", file=sys.stderr)
         return status
+
+
+def _rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"  # torchrun's; a single process has none
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -145,8 +149,9 @@ def _train(args: argparse.Namespace) -> int:
 
     try:
         train(**vars(args))
-    except (ConfigError, DataError, ModelError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, ModelError) as exc:  # the same on every rank: said once, by rank 0
+        if _rank0():
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an --out that cannot be written (read-only, no space)
         print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

@@ -185,7 +185,8 @@ def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> N
     assert stage.env()["NPROC"] == "auto"
     assert stage.env()["ORT_DISABLE_TELEMETRY"] == "1"  # onnxruntime is there for skin-export's parity check
     text = (ROOT / "deploy" / "train-entrypoint.sh").read_text()
-    assert 'exec torchrun --standalone --nnodes=1 --nproc_per_node="${NPROC:-auto}" -m training "$@"' in text
+    assert 'exec torchrun --standalone --nnodes=1 --nproc_per_node="$nproc" -m training "$@"' in text
+    assert 'exec python -m training "$@"' in text  # one process: no torchrun
 
 
 # ---- the build context

@@ -32,6 +32,14 @@ def test_body_cap_matches_the_apps_limit() -> None:
     assert cap.endswith("m") and int(cap[:-1]) * MB == Settings().max_body_bytes
 
 
+def test_idle_upstream_connections_close_before_uvicorn_closes_them() -> None:
+    # Else a request sent on a connection uvicorn is closing as idle is a 502 (a POST is never retried).
+    from uvicorn.config import Config
+
+    (timeout,) = _directives("keepalive_timeout")  # the upstream block's: the only one in the file
+    assert timeout.endswith("s") and int(timeout[:-1]) < Config(app=None).timeout_keep_alive
+
+
 def test_upstream_is_the_images_port_and_metrics_stay_private() -> None:
     expose = dockerfile.stages(ROOT / "Dockerfile.runtime")[-1].last("EXPOSE")
     assert expose is not None
@@ -65,7 +73,7 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx-light)"
+    shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)"
 )
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -43,6 +43,16 @@ def test_a_command_runs_as_it_is(tmp_path: Path) -> None:
     assert out.returncode == 0 and out.stdout.strip() == "ran ['x']"
 
 
+@pytest.mark.slow  # imports torch (NPROC=auto counts the GPUs; none here)
+@pytest.mark.parametrize("nproc", ["1", "auto"])
+def test_one_process_runs_without_torchrun_so_its_line_and_status_are_the_containers(
+    tmp_path: Path, nproc: str
+) -> None:
+    out = _entrypoint("--data", str(tmp_path / "missing"), "--out", "r", nproc=nproc, cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith("skin-train: error: ") and out.stderr.count("\n") == 1, out.stderr
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_two_processes_under_torchrun_train_one_run(tmp_path: Path) -> None:

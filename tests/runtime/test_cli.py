@@ -253,6 +253,15 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(kwargs))
     handlers: dict[int, Any] = {}
     monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.update({signum: handler}))
+    from runtime.engine import Engine
+
+    real_load = Engine.from_settings
+
+    def load(settings: Any) -> Any:
+        served["stoppable while loading"] = signal.SIGTERM in handlers  # a container's PID 1 drops it else
+        return real_load(settings)
+
+    monkeypatch.setattr(Engine, "from_settings", load)
     monkeypatch.setenv("SKIN_THREADS", "2")
     monkeypatch.setenv("SKIN_BODY_TIMEOUT_S", "7")
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
@@ -262,7 +271,7 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     assert (served["workers"], served["access_log"]) == (1, False)
     assert served["log_level"] == "warning"
     assert served["log_config"]["loggers"]["uvicorn"]["level"] == "WARNING"  # JSON lines at that level
-    assert signal.SIGTERM in handlers  # a SIGTERM drain ends in exit 0
+    assert signal.SIGTERM in handlers and served["stoppable while loading"]  # exit 0 either way
     with pytest.raises(SystemExit) as stopped:
         handlers[signal.SIGTERM](signal.SIGTERM, None)
     assert stopped.value.code == 0

@@ -348,3 +348,41 @@ def test_runtime_logs_follow_uvicorns_log_level(tiny_bundle: Path) -> None:
     finally:
         uvicorn_log.setLevel(kept[0])
         runtime_log.setLevel(kept[1])
+
+
+def test_a_request_holds_about_one_body_of_uploads_not_two() -> None:
+    # Each part is copied out of the parser's in-memory file and that file closed at once: at most the body
+    # and one part's copy at a time (SKIN_MAX_UPLOADS x SKIN_MAX_BODY_MB bounds upload memory, README).
+    import asyncio
+    import tracemalloc
+
+    from starlette.requests import Request
+
+    from runtime.upload import read_files
+
+    mb, size = 1 << 20, 3 << 20
+    body = b"".join(
+        b'--B\r\nContent-Disposition: form-data; name="files"; filename="%d.jpg"\r\n\r\n' % i
+        + bytes([i + 1]) * size
+        + b"\r\n"
+        for i in range(3)
+    )
+    chunks = [c[i : i + 65536] for c in (body + b"--B--\r\n",) for i in range(0, len(c), 65536)]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": chunks.pop(0), "more_body": len(chunks) > 0}
+
+    async def read() -> tuple[int, float]:
+        headers = [(b"content-type", b"multipart/form-data; boundary=B")]
+        request = Request({"type": "http", "method": "POST", "headers": headers}, receive)  # type: ignore[arg-type]
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            parts = await read_files(request, "files", max_files=4)
+            return len(parts), (tracemalloc.get_traced_memory()[1] - base) / mb
+        finally:
+            tracemalloc.stop()
+
+    count, peak = asyncio.run(read())
+    assert count == 3
+    assert peak < (3 * size + size) / mb + 1  # the body and one part's copy (holding both copies: 18 MB)

@@ -409,6 +409,16 @@ def test_a_stop_while_skin_train_imports_torch_is_one_line(
     assert process.returncode == status
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_only_rank_0_says_what_was_wrong(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str
+) -> None:
+    monkeypatch.setenv("RANK", rank)  # every rank meets the same bad option: one line in all
+    assert main(["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("skin-train: error: ") if rank == "0" else err == ""
+
+
 @pytest.mark.parametrize(
     ("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")]
 )
