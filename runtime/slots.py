@@ -35,7 +35,8 @@ class Slots:
                 if waiter.done() and not waiter.cancelled():
                     self._release(count)  # granted just as the request was cancelled
                 else:
-                    self._waiting.remove(entry)
+                    if entry in self._waiting:  # else _grant() already dropped it, seeing it cancelled
+                        self._waiting.remove(entry)
                     self._grant()  # it may have been the head that held the others back
                 raise
         else:
@@ -52,5 +53,7 @@ class Slots:
     def _grant(self) -> None:
         while self._waiting and self._waiting[0][0] <= self.free:
             count, waiter = self._waiting.popleft()
+            if waiter.cancelled():  # cancelled in this loop step, its task not yet unwound: skip it
+                continue
             self.free -= count
             waiter.set_result(None)

@@ -37,7 +37,8 @@ def error_body(code: str, message: str) -> bytes:
 
 
 class BodyLimitMiddleware:
-    """413 from Content-Length before reading, and while streaming when there is none (chunked)."""
+    """413 from Content-Length before reading, and while streaming when there is none (chunked); 408 past the
+    body's deadline. An answer sent before the body has all arrived closes the connection."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = 30.0) -> None:
         self.app = app
@@ -66,9 +67,11 @@ class BodyLimitMiddleware:
                 return
         received = 0
         deadline: float | None = None
+        has_body = bool(length and length != b"0") or b"transfer-encoding" in dict(scope["headers"])
+        body_read = not has_body
 
         async def limited_receive() -> Message:
-            nonlocal received, deadline
+            nonlocal received, deadline, body_read
             # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
             loop = asyncio.get_running_loop()
             deadline = deadline or loop.time() + self.timeout_s
@@ -83,13 +86,21 @@ class BodyLimitMiddleware:
                 raise ApiError(408, "body_timeout", slow) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_read = not message.get("more_body", False)
                 if received > limit:
                     raise ApiError(
                         413, "body_too_large", f"the request body is larger than {megabytes(limit)} MB"
                     )
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def closing_send(message: Message) -> None:
+            # A 408, 413, 503 or 400 sent before the body is read: uvicorn would keep the connection and read
+            # and drop the rest, for as long as the client sends it (no timer runs then). Close it instead.
+            if message["type"] == "http.response.start" and not body_read:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, limited_receive, closing_send)
 
 
 def megabytes(size: int) -> str:

@@ -72,9 +72,7 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)"
-)
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)")
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:
     nginx = shutil.which("nginx")

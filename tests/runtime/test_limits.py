@@ -130,6 +130,20 @@ def test_slow_client_gets_408_without_holding_the_server(tiny_bundle: Path) -> N
                 answer += chunk
             assert b"408" in answer.split(b"\r\n", 1)[0] and b"body_timeout" in answer
             assert time.monotonic() - started < 5
+            assert b"\r\nconnection: close\r\n" in answer.lower()
+            # And the connection goes: uvicorn would otherwise read and drop the rest for as long as it came,
+            # with no timer left to stop it.
+            sock.settimeout(5)  # kept open, recv() times out: the test fails
+            closed = False
+            try:
+                for _ in range(50):
+                    sock.sendall(b"x" * 100)
+                    if sock.recv(4096) == b"":
+                        closed = True
+                        break
+            except ConnectionError:  # reset while sending: closed too
+                closed = True
+            assert closed
     finally:
         assert stop_server(proc) in (0, -15)
 
@@ -144,8 +158,10 @@ def test_uploads_held_at_once_are_bounded(tiny_bundle: Path) -> None:
         busy = client.post("/api/predict", files={"file": ("a.jpg", solid())})
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         assert busy.json()["error"]["code"] == "overloaded"
+        assert busy.headers["connection"] == "close"  # answered before its body was read: the body is not
         admission.uploads = 0
-        assert client.post("/api/predict", files={"file": ("a.jpg", solid())}).status_code == 200
+        served = client.post("/api/predict", files={"file": ("a.jpg", solid())})
+        assert served.status_code == 200 and "connection" not in served.headers  # read: keep-alive stays
         assert (
             client.post("/api/predict", content=b"x", headers={"content-type": "image/jpeg"}).status_code
             == 400

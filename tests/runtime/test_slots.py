@@ -165,3 +165,38 @@ def test_the_server_runs_two_single_images_at_once_and_a_batch_alone(tiny_bundle
     for start, end in batches:
         overlapping = [r for r in runs if r[1] < end and r[2] > start and (r[1], r[2]) != (start, end)]
         assert not overlapping, runs
+
+
+def test_a_waiter_cancelled_as_the_slot_frees_gives_it_back() -> None:
+    # In one loop step the holder finishes and the waiter is cancelled (uvicorn cancels the requests left
+    # after its drain): the slot must not go to the cancelled future, nor be lost.
+    async def scenario() -> tuple[list[str], int]:
+        slots = Slots(1)
+        release = asyncio.Event()
+        outcomes: list[str] = []
+
+        async def holder() -> None:
+            async with slots.take():
+                await release.wait()
+
+        async def waiter() -> None:
+            async with slots.take():
+                pass
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        waiting = asyncio.create_task(waiter())
+        await asyncio.sleep(0)
+        release.set()
+        waiting.cancel()
+        for task in (held, waiting):
+            try:
+                await task
+                outcomes.append("done")
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+        async with slots.take():  # still there for the next request
+            outcomes.append("next")
+        return outcomes, slots.free
+
+    assert asyncio.run(scenario()) == (["done", "cancelled", "next"], 1)
