@@ -50,7 +50,8 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None:
             try:
                 declared = int(length)
@@ -67,7 +68,7 @@ class BodyLimitMiddleware:
                 return
         received = 0
         deadline: float | None = None
-        has_body = bool(length and length != b"0") or b"transfer-encoding" in dict(scope["headers"])
+        has_body = bool(length and length != b"0") or b"transfer-encoding" in headers
         body_read = not has_body
 
         async def limited_receive() -> Message:
