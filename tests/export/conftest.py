@@ -82,3 +82,14 @@ def write_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, model=net, meta=meta)
     return path
+
+
+def terminate_self(*args: Any, **kwargs: Any) -> None:
+    """Stands in for a CLI's work: a real SIGTERM to this process, as docker stop sends it. Without a handler
+    it would end pytest itself: check there is one first."""
+    import os
+    import signal
+
+    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("SIGTERM did not stop the command")

@@ -66,17 +66,12 @@ def test_a_stopped_or_failed_build_is_one_line_and_an_exit_status(
 def test_a_real_sigterm_while_building_is_one_line_and_143(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import os
     import signal
 
-    def terminated(**kwargs: object) -> Path:
-        # Without a handler SIGTERM would end pytest itself: check there is one, then send a real one.
-        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-        os.kill(os.getpid(), signal.SIGTERM)
-        raise AssertionError("SIGTERM did not stop the build")
+    from tests.export.conftest import terminate_self
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(demo, "build", terminated)
+    monkeypatch.setattr(demo, "build", terminate_self)
     assert demo.main(["--no-serve"]) == 143
     assert capsys.readouterr().err == "skin-demo: stopped by SIGTERM\n"
     assert signal.getsignal(signal.SIGTERM) is before

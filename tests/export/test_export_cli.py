@@ -110,18 +110,13 @@ def test_failures_are_one_line_and_an_exit_status(
 def test_a_real_sigterm_during_the_export_is_one_line_and_143(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import os
     import signal
 
     import export.bundle
-
-    def terminated(*args: Any, **kwargs: Any) -> None:
-        # Without a handler SIGTERM would end pytest itself: check there is one, then send a real one.
-        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-        os.kill(os.getpid(), signal.SIGTERM)
+    from tests.export.conftest import terminate_self
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(export.bundle, "export_bundle", terminated)
+    monkeypatch.setattr(export.bundle, "export_bundle", terminate_self)
     assert cli.main(["c.pt", "--out", "b", "--quiet"]) == 143
     assert capsys.readouterr().err == "skin-export: stopped by SIGTERM; nothing was written\n"
     assert signal.getsignal(signal.SIGTERM) is before

@@ -185,14 +185,7 @@ def test_large_jpeg_uses_draft_and_matches_full_decode_closely(monkeypatch: pyte
     small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
     big = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR)
     data = encode(big, "JPEG", quality=90)
-    decoded: list[tuple[int, int]] = []
-    real_resize = Image.Image.resize
-
-    def spy(self: Image.Image, *args: object, **kwargs: object) -> Image.Image:
-        decoded.append(self.size)
-        return real_resize(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Image.Image, "resize", spy)
+    decoded = _spy_resize(monkeypatch)
     fast = preprocess(data, (300, 300)).astype(np.int16)
     assert decoded == [(500, 375)]  # DCT scaling decoded at 1/8, still at least 300x300
     monkeypatch.undo()
@@ -202,14 +195,15 @@ def test_large_jpeg_uses_draft_and_matches_full_decode_closely(monkeypatch: pyte
     assert np.abs(fast - full.astype(np.int16)).mean() < 4
 
 
-def _spy_resize(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The sizes of the images that preprocess resizes: what was decoded (and shrunk) before."""
+def _spy_resize(monkeypatch: pytest.MonkeyPatch, *, asked: bool = False) -> list[tuple[int, int]]:
+    """The sizes of the images that preprocess resizes: what was decoded (and shrunk) before; with ``asked``,
+    the sizes they are resized to."""
     sizes: list[tuple[int, int]] = []
     real_resize = Image.Image.resize
 
-    def spy(self: Image.Image, *args: object, **kwargs: object) -> Image.Image:
-        sizes.append(self.size)
-        return real_resize(self, *args, **kwargs)  # type: ignore[arg-type]
+    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(size if asked else self.size)
+        return real_resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Image.Image, "resize", spy)
     return sizes
@@ -254,14 +248,7 @@ def test_center_crop_keeps_aspect() -> None:
 
 def test_center_crop_resizes_only_the_crop(monkeypatch: pytest.MonkeyPatch) -> None:
     # A 1 x 4000 strip: scaling the whole of it to 300 px wide first would make it 1.2 million pixels tall.
-    real_resize = Image.Image.resize
-    made: list[tuple[int, int]] = []
-
-    def spy(self: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
-        made.append(size)
-        return real_resize(self, size, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Image.Image, "resize", spy)
+    made = _spy_resize(monkeypatch, asked=True)
     strip = Image.new("RGB", (1, 4000), (200, 0, 0))
     strip.paste((0, 0, 200), (0, 1990, 1, 2010))  # blue only around the middle
     out = preprocess(encode(strip, "PNG"), (300, 300), resize_mode="center_crop")
