@@ -237,10 +237,14 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
     state = request.app.state
     try:
         if state.gather is not None and len(images) == 1:
-            output = await state.gather.infer(images[0])  # may run together with other waiting images
+            # May run together with other waiting images; checked again when its run is about to start.
+            output = await state.gather.infer(images[0], check=lambda: _still_wanted(request))
         else:
             async with state.admission.running.take(len(images)):
+                await _still_wanted(request)
                 output = await run_in_threadpool(_timed, state.metrics.inference, state.engine.run, images)
+    except ApiError:
+        raise
     except Exception:
         # Never echo onnxruntime's message (it can name files); the log has it with the request id.
         request_id = request.scope.get("request_id", "-")
@@ -252,6 +256,14 @@ async def _infer(request: Request, images: np.ndarray) -> Any:
         ) from None
     state.metrics.images.inc(len(images))
     return output
+
+
+async def _still_wanted(request: Request) -> None:
+    """499 when the client hung up while its request waited for the model (a timed-out phone, a proxy's
+    deadline): its run would answer nobody and delay every request queued behind it."""
+    if await request.is_disconnected():
+        message = "the client closed the connection before its image was classified"
+        raise ApiError(499, "client_closed", message)
 
 
 def _result(

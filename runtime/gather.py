@@ -18,6 +18,12 @@ from runtime.engine import Output
 from runtime.slots import Slots
 
 RunBatch = Callable[[np.ndarray], Awaitable[Output]]
+Check = Callable[[], Awaitable[None]]
+Pending = tuple[np.ndarray, asyncio.Future[Output], Check]
+
+
+async def _no_check() -> None:
+    return None
 
 
 class Gatherer:
@@ -28,12 +34,13 @@ class Gatherer:
         self.run = run
         self.slots = slots
         self.max_images = max(1, max_images)
-        self.pending: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
+        self.pending: list[Pending] = []
         self.worker: asyncio.Task[None] | None = None
 
-    async def infer(self, image: np.ndarray) -> Output:
+    async def infer(self, image: np.ndarray, check: Check = _no_check) -> Output:
+        """``check`` runs just before the image's run and may refuse it by raising (its client has left)."""
         future: asyncio.Future[Output] = asyncio.get_running_loop().create_future()
-        self.pending.append((image, future))
+        self.pending.append((image, future, check))
         if self.worker is None or self.worker.done():
             self.worker = asyncio.create_task(self._drain())
         try:
@@ -51,25 +58,34 @@ class Gatherer:
                 await self.worker
 
     async def _drain(self) -> None:
-        taken: list[tuple[np.ndarray, asyncio.Future[Output]]] = []
+        taken: list[Pending] = []
         try:
             while self.pending:
                 async with self.slots.take(self.slots.total):
                     # Taken once the model is free: everything that queued meanwhile, in arrival order.
                     taken, self.pending = self.pending[: self.max_images], self.pending[self.max_images :]
-                    taken = [(image, future) for image, future in taken if not future.done()]  # gone
+                    taken = [entry for entry in taken if not entry[1].done() and await self._wanted(entry)]
                     if taken:
                         await self._run(taken)
                 taken = []
         finally:  # cancelled (shutdown) or a bug: never leave a request without an answer
-            for _, future in [*taken, *self.pending]:
+            for _, future, _ in [*taken, *self.pending]:
                 if not future.done():
                     future.set_exception(RuntimeError("the server stopped before this image was classified"))
             self.pending = []
 
-    async def _run(self, taken: list[tuple[np.ndarray, asyncio.Future[Output]]]) -> None:
+    @staticmethod
+    async def _wanted(entry: Pending) -> bool:
         try:
-            output = await self.run(np.stack([image for image, _ in taken]))
+            await entry[2]()
+        except Exception as exc:
+            entry[1].set_exception(exc)
+            return False
+        return True
+
+    async def _run(self, taken: list[Pending]) -> None:
+        try:
+            output = await self.run(np.stack([image for image, _, _ in taken]))
         except Exception as exc:
             if len(taken) == 1:
                 if not taken[0][1].done():
@@ -79,7 +95,7 @@ class Gatherer:
             for one in taken:
                 await self._run([one])
             return
-        for row, (_, future) in enumerate(taken):
+        for row, (_, future, _) in enumerate(taken):
             if not future.done():
                 cam = None if output.cam is None else output.cam[row : row + 1]
                 rows = output.uncertainty[row : row + 1]

@@ -73,6 +73,8 @@ class BodyLimitMiddleware:
 
         async def limited_receive() -> Message:
             nonlocal received, deadline, body_read
+            if body_read:  # nothing more is owed: what comes now is the client hanging up, whenever it does
+                return await receive()
             # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
             loop = asyncio.get_running_loop()
             deadline = deadline or loop.time() + self.timeout_s

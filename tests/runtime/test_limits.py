@@ -402,3 +402,71 @@ def test_a_request_holds_about_one_body_of_uploads_not_two() -> None:
     count, peak = asyncio.run(read())
     assert count == 3
     assert peak < (3 * size + size) / mb + 1  # the body and one part's copy (holding both copies: 18 MB)
+
+
+@pytest.mark.parametrize("gather", [0, 4], ids=["one at a time", "SKIN_GATHER=4"])
+def test_a_request_whose_client_left_while_queued_never_runs(tiny_bundle: Path, gather: int) -> None:
+    settings = Settings(
+        bundle=str(tiny_bundle),
+        threads=1,
+        inference_concurrency=1,
+        max_queue=2,
+        gather=gather,
+        body_timeout_s=0.3,  # the upload's deadline passes while it waits: it bounds the upload, not this
+    )
+    release, runs = threading.Event(), []
+    with TestClient(create_app(settings)) as client:
+        _slow_down(client, lambda: (runs.append(1), release.wait(10)))
+        first = threading.Thread(target=lambda: client.post("/api/predict", files={"file": ("a", solid())}))
+        first.start()
+        while not runs:
+            time.sleep(0.01)
+        # The second client uploads in full, then hangs up while the first holds the model.
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.jpg"\r\n'
+                f"Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + solid()
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/api/predict",
+            "raw_path": b"/api/predict",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [
+                (b"host", b"testserver"),
+                (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+        }
+        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return next(messages, {"type": "http.disconnect"})
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        admission = client.app.state.admission  # type: ignore[attr-defined]
+        second = client.portal.start_task_soon(client.app, scope, receive, send)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while admission.active < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        release.set()
+        second.result(10)
+        first.join(10)
+        assert len(runs) == 1  # only the first request's image went through the model
+        assert sent[0]["status"] == 499
+        assert 'skin_rejected_total{reason="client_closed"} 1.0' in client.get("/metrics").text
