@@ -136,6 +136,26 @@ def test_refused_inputs(data: bytes, code: str, status: int) -> None:
     assert (info.value.code, info.value.status) == (code, status)
 
 
+@pytest.mark.parametrize("from_path", [pytest.param(False, id="bytes"), pytest.param(True, id="path")])
+def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path, from_path: bool) -> None:  # type: ignore[no-untyped-def]
+    # Each scan is a decoding pass over the whole image: repeating the last one 160,000 times fits in 10 MB.
+    data = encode(Image.new("L", (64, 64), 128), "JPEG", progressive=True)
+    last = data.rindex(b"\xff\xda")
+
+    def source(scans: int) -> bytes | str:
+        repeated = data[:-2] + data[last:-2] * (scans - data.count(b"\xff\xda")) + b"\xff\xd9"
+        if not from_path:
+            return repeated
+        (tmp_path / "scans.jpg").write_bytes(repeated)
+        return str(tmp_path / "scans.jpg")
+
+    assert preprocess(source(500), (16, 16)).shape == (16, 16, 3)
+    with pytest.raises(ImageError) as info:
+        preprocess(source(501), (16, 16))
+    assert (info.value.code, info.value.status) == ("corrupt_image", 400)
+    assert "501 scans" in info.value.message
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_truncated_jpeg_is_a_clean_error(fraction: float) -> None:
     rng = np.random.default_rng(0)
