@@ -15,6 +15,9 @@ from PIL import Image, ImageOps
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo passes; decompression bombs do not
+# The most SKIN_MAX_PIXELS may be: Pillow warns of a decompression bomb past its own limit (89,478,485
+# pixels), and open_image() refuses what it warns about, so a larger setting would not be honoured.
+MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS)
 # JPEG's own limit. Resizing costs memory in proportion to the longest side (Pillow's filter weights: a
 # 40,000,000 x 1 PNG, under the pixel cap, took ~0.6 GB to resize), so longer is refused from the header.
 MAX_SIDE = 65_535

@@ -10,7 +10,7 @@ from typing import TypeVar
 from starlette.config import Config
 
 from runtime.bundle import MODEL_VARIANTS
-from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS
+from runtime.preprocess import ALLOWED_FORMATS, DEFAULT_MAX_PIXELS, MAX_PIXELS
 
 DEFAULT_WEBUI = Path(__file__).resolve().parent.parent / "webui"
 Number = TypeVar("Number", int, float)
@@ -99,7 +99,9 @@ class Settings:
             max_image_bytes=megabytes("SKIN_MAX_IMAGE_MB", 10),
             max_body_bytes=megabytes("SKIN_MAX_BODY_MB", 40),
             max_batch_files=whole("SKIN_MAX_BATCH_FILES", 16, 1),
-            max_pixels=whole("SKIN_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1),
+            max_pixels=_at_most(
+                "SKIN_MAX_PIXELS", whole("SKIN_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1), MAX_PIXELS
+            ),
             allowed_formats=_formats(
                 config("SKIN_ALLOWED_FORMATS", cast=str, default=",".join(ALLOWED_FORMATS))
             ),

@@ -180,6 +180,28 @@ def test_pixel_cap_from_header() -> None:
     assert (info.value.code, info.value.status) == ("image_too_large", 413)
 
 
+def test_the_largest_pixel_cap_is_honoured() -> None:
+    # Pillow warns of a bomb past its limit; open_image() refuses what it warns about, so the cap stops there.
+    import math
+    import struct
+    import zlib
+
+    from runtime.preprocess import MAX_PIXELS, open_image
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    side = math.isqrt(MAX_PIXELS)
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
+    assert open_image(data, max_pixels=MAX_PIXELS).size == (side, side)  # the header only: nothing decoded
+
+
 def test_decompression_bomb_png_refused_before_decoding() -> None:
     # A PNG header that declares 50 000 x 50 000 pixels, with almost no data behind it.
     import struct

@@ -27,6 +27,7 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_MAX_UPLOADS", "0"),
         ("SKIN_MAX_BATCH_FILES", "0"),
         ("SKIN_MAX_PIXELS", "0"),
+        ("SKIN_MAX_PIXELS", "89478486"),  # Pillow refuses larger images as decompression bombs
         ("SKIN_MAX_IMAGE_MB", "0"),
         ("SKIN_MAX_IMAGE_MB", "-1"),
         ("SKIN_MAX_IMAGE_MB", "inf"),
@@ -55,8 +56,10 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
 def test_the_largest_values_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKIN_THREADS", "1024")
     monkeypatch.setenv("SKIN_MAX_BODY_MB", "1048576")
+    monkeypatch.setenv("SKIN_MAX_PIXELS", "89478485")
     settings = Settings.from_env()
     assert (settings.threads, settings.max_body_bytes) == (1024, 1 << 40)
+    assert settings.max_pixels == 89_478_485
 
 
 def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
