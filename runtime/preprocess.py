@@ -25,6 +25,10 @@ MAX_SIDE = 65_535
 # at 36 MP): a 9.6 MB file of 160,000 empty scans would take ~25 minutes. Cameras and encoders write about
 # 10; libjpeg-turbo suggests refusing more than 500 (its TJPARAM_SCANLIMIT).
 MAX_JPEG_SCANS = 500
+# Pillow parses JPEG markers and PNG chunks in Python, a read or a few each: a 9.4 MB JPEG of 0xFF fill bytes
+# or of empty APP1 segments took ~18 s to open (and +310 MB), a PNG of 786,000 empty chunks ~10 s. Real files
+# take tens of reads to open and one per 64 KB to decode (a PNG 3 or so per chunk).
+MAX_READS = 100_000
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -49,13 +53,19 @@ def open_image(
     if isinstance(source, bytes | bytearray | memoryview):
         if len(source) == 0:
             raise ImageError("empty_file", "the uploaded file is empty")
-        fp: io.BytesIO | str | Path = io.BytesIO(source)
+        data = source
     else:
-        fp = source
+        try:
+            data = Path(source).read_bytes()
+        except OSError:
+            raise ImageError("corrupt_image", "the image file could not be read") from None
+    fp = _CappedReads(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(fp, formats=allowed_formats)
+    except ImageError:
+        raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError("image_too_large", "the image has too many pixels", 413) from None
     except Image.UnidentifiedImageError:
@@ -78,12 +88,24 @@ def open_image(
             413,
         )
     if img.format in ("JPEG", "MPO"):
-        _check_scans(img, source)
+        _check_scans(img, bytes(data))
     return img
 
 
-def _check_scans(img: Image.Image, source: bytes | str | Path) -> None:
-    data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else Path(source).read_bytes()
+class _CappedReads(io.BytesIO):
+    """The file as Pillow reads it: ImageError past MAX_READS reads, however few bytes each took."""
+
+    reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_READS:
+            message = "the image is cut into too many pieces (segments, chunks or padding bytes) to be read"
+            raise ImageError("corrupt_image", message)
+        return super().read(size)
+
+
+def _check_scans(img: Image.Image, data: bytes) -> None:
     # FF DA starts a scan; entropy-coded data never holds it (an FF there is followed by 00 or a restart
     # marker), so only metadata could add to the count, by chance, far below the limit.
     scans = data.count(b"\xff\xda")
