@@ -125,7 +125,7 @@ def decode_rgb(
     """Decode to an upright RGB image. ``draft_size`` (width, height) lets JPEG decode at a reduced scale."""
     img = open_image(source, max_pixels=max_pixels, allowed_formats=allowed_formats)
     try:
-        if draft_size is not None and img.format == "JPEG":
+        if draft_size is not None and img.format in ("JPEG", "MPO"):
             # DCT scaling: decodes at 1/2, 1/4 or 1/8 while staying at least draft_size; ~4x faster on 12 MP.
             img.draft("RGB" if img.mode == "RGB" else None, draft_size)
         img.load()  # animated PNG/WebP: the first frame

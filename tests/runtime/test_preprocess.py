@@ -261,11 +261,20 @@ def test_decompression_bomb_png_refused_before_decoding() -> None:
     assert info.value.status == 413
 
 
-def test_large_jpeg_uses_draft_and_matches_full_decode_closely(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({}, id="jpeg"),
+        pytest.param({"save_all": True}, id="mpo"),  # two frames: stereo and multi-shot cameras write these
+    ],
+)
+def test_large_jpeg_uses_draft_and_matches_full_decode_closely(
+    monkeypatch: pytest.MonkeyPatch, params: dict[str, object]
+) -> None:
     rng = np.random.default_rng(1)
     small = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
     big = Image.fromarray(small).resize((4000, 3000), Image.Resampling.BILINEAR)
-    data = encode(big, "JPEG", quality=90)
+    data = encode(big, "MPO" if params else "JPEG", quality=90, append_images=[big], **params)
     decoded = _spy_resize(monkeypatch)
     fast = preprocess(data, (300, 300)).astype(np.int16)
     assert decoded == [(500, 375)]  # DCT scaling decoded at 1/8, still at least 300x300
