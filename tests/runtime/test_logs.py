@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import sys
+import warnings
 
 import pytest
+from PIL import Image
 
 from runtime import logs
+from runtime.preprocess import preprocess
+from tests.images import encode
 
 
 def _record(exc_info: object = None, **fields: object) -> logging.LogRecord:
@@ -48,6 +53,19 @@ def test_setup_sends_runtime_logs_and_warnings_as_json_once(monkeypatch: pytest.
     assert captured == [True, True]  # Python warnings go to py.warnings, not bare text on stderr
     # python-multipart's warnings quote the (health-data) body: only its errors are logged
     assert logging.getLogger("python_multipart").level == logging.ERROR
+
+
+def test_pillows_warnings_about_an_uploads_exif_tags_are_not_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One warning per bad tag: a 0.8 MB PNG of 65,535 logged 65,536 lines (21 MB) and held its request 12 s.
+    monkeypatch.setattr(logging, "captureWarnings", lambda capture: None)
+    tags = b"".join(struct.pack(">HHII", tag, 7, 1 << 30, 8) for tag in range(1000))  # data past the end
+    exif = b"MM\0*" + struct.pack(">IH", 8, 1000) + tags + b"\0\0\0\0"
+    data = encode(Image.new("RGB", (8, 8)), "PNG", exif=exif)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        logs.setup("info")
+        assert preprocess(data, (8, 8)).shape == (8, 8, 3)
+    assert seen == []
 
 
 def test_uvicorn_logs_json_without_its_own_access_log() -> None:
