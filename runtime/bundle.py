@@ -258,8 +258,8 @@ def load_report(bundle_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report = _servable(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: undecodable bytes, bad JSON, or JSON not to send on
         raise BundleError(f"{REPORT_FILE} is not readable JSON: {exc}") from None
     if not isinstance(report, dict):
         raise BundleError(f"{REPORT_FILE} must hold a JSON object")
@@ -320,6 +320,23 @@ def _json(props: dict[str, str], key: str, default: Any = ...) -> Any:
             return json.loads(_get(props, key))
         return default
     try:
-        return json.loads(props[key])
-    except json.JSONDecodeError:
+        return _servable(props[key])
+    except ValueError:
         raise BundleError(f"metadata {key} is not valid JSON") from None
+
+
+def _servable(text: str) -> Any:
+    """JSON the API can send on: /api/info and /api/report answer it again, in strict JSON.
+
+    NaN and ±Infinity (Python's json writes them; JSON has none) are read as null; invalid JSON, a nesting too
+    deep to parse or a lone surrogate (which cannot be encoded) is a ValueError.
+    """
+    try:
+        value = json.loads(text, parse_constant=lambda _: None)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (RecursionError, UnicodeEncodeError):
+        raise ValueError("a string holds a lone surrogate, or the nesting is too deep") from None
+    return value

@@ -272,6 +272,58 @@ def test_report_must_be_an_object(tmp_path: Path) -> None:
         bundle.load_report(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("text", "served"),
+    [
+        # Python's json writes NaN and Infinity (a report attached with --report, one by another tool)
+        pytest.param('{"accuracy": NaN, "n": 3}', {"accuracy": None, "n": 3}, id="nan"),
+        pytest.param('{"nll": [Infinity, -Infinity]}', {"nll": [None, None]}, id="infinity"),
+    ],
+)
+def test_report_numbers_that_json_lacks_are_served_as_null(
+    tmp_path: Path, text: str, served: dict[str, object]
+) -> None:
+    make_bundle(tmp_path)
+    (tmp_path / "report.json").write_text(text)
+    with TestClient(create_app(Settings(bundle=str(tmp_path), threads=1))) as client:
+        response = client.get("/api/report")
+    assert response.status_code == 200 and response.json() == served
+
+
+def test_thresholds_that_json_lacks_are_unusable_not_a_500(tmp_path: Path) -> None:
+    thresholds = (
+        '{"confidence": {"min_probability": NaN}, "ood": {"score": "max_prob", "min_score": Infinity}}'
+    )
+    make_bundle(tmp_path, metadata={bundle.K_THRESHOLDS: thresholds})
+    with TestClient(create_app(Settings(bundle=str(tmp_path), threads=1))) as client:
+        response = client.get("/api/info")
+    assert response.status_code == 200, response.text
+    info = response.json()
+    assert info["thresholds"]["confidence"]["min_probability"] is None
+    assert info["uncertainty"]["fields"] == [] and len(info["uncertainty"]["notes"]) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("[" * 100_000 + "]" * 100_000, id="nested-too-deeply"),
+        pytest.param('{"name": "\\ud800"}', id="lone-surrogate"),  # parses, but cannot be sent as UTF-8
+    ],
+)
+def test_report_json_that_cannot_be_sent_is_refused_in_one_line(tmp_path: Path, text: str) -> None:
+    make_bundle(tmp_path)
+    (tmp_path / "report.json").write_text(text)
+    with pytest.raises(bundle.BundleError, match="not readable JSON") as info:
+        Engine(tmp_path, threads=1)
+    assert "\n" not in str(info.value)
+
+
+def test_metadata_nested_too_deeply_is_refused_in_one_line() -> None:
+    props = _meta().to_metadata() | {bundle.K_CLASSES: "[" * 100_000 + "]" * 100_000}
+    with pytest.raises(bundle.BundleError, match="skin.class_names is not valid JSON"):
+        bundle.BundleMeta.from_metadata(props)
+
+
 def test_available_cpus_is_positive_and_bounded() -> None:
     import os
 
