@@ -134,9 +134,10 @@ class BundleMeta:
     def from_metadata(cls, props: dict[str, str]) -> BundleMeta:
         """Parse and validate metadata_props; raises BundleError naming the first problem."""
         version = _get(props, K_CONTRACT)
-        if not version.isdigit() or int(version) != CONTRACT_VERSION:
+        # Compared as text: int() takes "²" as a digit it cannot read, and no more than 4300 digits.
+        if version.lstrip("0") != str(CONTRACT_VERSION):
             raise BundleError(
-                f"bundle contract version {version!r} is not understood"
+                f"bundle contract version {version[:20]!r} is not understood"
                 f" (this runtime reads {CONTRACT_VERSION})"
             )
         resize = _json(props, K_RESIZE, {"mode": "stretch", "filter": "bilinear"})
@@ -171,7 +172,7 @@ class BundleMeta:
             mean=_vector(props, K_MEAN, (0.485, 0.456, 0.406)),
             std=_vector(props, K_STD, (0.229, 0.224, 0.225)),
             thresholds=thresholds if isinstance(thresholds, dict) else {},
-            contract_version=int(version),
+            contract_version=CONTRACT_VERSION,
         )
         validate(meta)
         return meta
@@ -186,7 +187,12 @@ def validate(meta: BundleMeta) -> None:
         raise BundleError("class names must be a non-empty list of strings")
     if len(set(names)) != len(names):
         raise BundleError("class names must be unique")
-    if not isinstance(meta.display_names, list) or len(meta.display_names) != len(names):
+    display = meta.display_names
+    if (
+        not isinstance(display, list)
+        or len(display) != len(names)
+        or not all(isinstance(d, str) for d in display)
+    ):
         raise BundleError(f"{len(names)} class names but display names {meta.display_names!r}")
     h, w = meta.input_size
     if not (16 <= h <= 4096 and 16 <= w <= 4096):

@@ -60,6 +60,10 @@ def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str)
     [
         pytest.param({bundle.K_CONTRACT: "99"}, "contract version", id="future-contract"),
         pytest.param({bundle.K_CONTRACT: "0"}, "contract version", id="past-contract"),
+        # str.isdigit() takes these, int() does not: a ValueError of its own, not the contract's line
+        pytest.param({bundle.K_CONTRACT: "\u00b9"}, "contract version", id="superscript-contract"),
+        pytest.param({bundle.K_CONTRACT: "1" * 5000}, "contract version", id="5000-digit-contract"),
+        pytest.param({bundle.K_DISPLAY: "[1, 2]"}, "display names", id="display-names-not-text"),
         pytest.param({bundle.K_CLASSES: "not json"}, "not valid JSON", id="bad-json"),
         pytest.param({bundle.K_INPUT_SIZE: "[300]"}, "height, width", id="bad-size"),
         pytest.param({bundle.K_INPUT_SIZE: "[300, 300, 3]"}, "height, width", id="size-with-channels"),
