@@ -531,7 +531,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 return await run_in_threadpool(_timed, metrics.inference, served.run, images)
 
             app.state.gather = Gatherer(run_gathered, app.state.admission.running, cfg.gather)
-        await run_in_threadpool(served.warmup)
+        if not served.ready:  # skin-serve warms up before uvicorn starts, so that a failure is one line
+            await run_in_threadpool(served.warmup)
         m = served.meta
         metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)

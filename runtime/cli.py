@@ -118,6 +118,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
     if threads is not None:
         settings = dataclasses.replace(settings, threads=threads)
     engine = Engine.from_settings(settings)
+    engine.warmup()  # here, not in uvicorn's lifespan: a model that fails is then one line and exit 2
     app = OneLineStartupErrors(create_app(settings, engine=engine))
     print(
         f"skin-serve: {engine.meta.model_name} {engine.meta.model_version} on http://{host}:{port}/",

@@ -162,7 +162,12 @@ class Engine:
         except Exception as exc:
             raise bundle.BundleError(f"{path} is not a loadable ONNX model: {first_line(exc)}") from None
         self.meta = bundle.BundleMeta.from_metadata(dict(self.session.get_modelmeta().custom_metadata_map))
-        inp = self.session.get_inputs()[0]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:  # every run feeds the image alone
+            raise bundle.BundleError(
+                f"model has {len(inputs)} inputs; the contract has one, {bundle.INPUT_NAME!r}"
+            )
+        inp = inputs[0]
         outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
         bundle.check_graph(
             self.meta, input_name=inp.name, input_type=inp.type, input_shape=list(inp.shape), outputs=outputs
@@ -217,7 +222,12 @@ class Engine:
 
     def warmup(self) -> None:
         h, w = self.meta.input_size
-        self.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+        try:
+            self.run(np.zeros((1, h, w, 3), dtype=np.uint8))
+        except (
+            Exception
+        ) as exc:  # a graph that loads but cannot answer (damaged weights, shapes it lied about)
+            raise bundle.BundleError(f"the model fails on a blank image: {first_line(exc)}") from None
         self.ready = True
 
     def info(self) -> dict[str, Any]:

@@ -235,6 +235,27 @@ def test_bad_bundles_are_refused_with_one_line(tmp_path: Path, make, message: st
     assert "\n" not in str(info.value)
 
 
+def test_a_graph_with_a_second_input_is_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    model = onnx.load_from_string(make_model())
+    model.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
+    (tmp_path / "model.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(bundle.BundleError, match="model has 2 inputs; the contract has one, 'image'"):
+        Engine(tmp_path, threads=1)
+
+
+def test_a_model_that_fails_on_a_blank_image_is_a_bundle_error(tmp_path: Path) -> None:
+    make_bundle(
+        tmp_path, temperature=1e-45
+    )  # logits / T overflow: NaN probabilities, as damaged weights give
+    engine = Engine(tmp_path, threads=1)
+    with pytest.raises(bundle.BundleError, match="fails on a blank image: .*malformed probabilities"):
+        engine.warmup()
+    assert not engine.ready
+
+
 def test_non_square_bundle_loads_and_predicts(tmp_path: Path) -> None:
     # input_size is (height, width): the graph takes [batch, 32, 48, 3] and the CAM is 4 x 6.
     make_bundle(tmp_path, size=(32, 48))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.bundle_factory import make_bundle
 from tests.images import solid
 from tests.server import ROOT, post_file, server_output, start_server, stop_server
 
@@ -46,6 +47,17 @@ def test_bad_threads_is_one_line_and_exit_2(tiny_bundle: Path, threads: str) -> 
     out = _run("--bundle", str(tiny_bundle), "--threads", threads)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "--threads" in out.stderr and "from 0 to 1024" in out.stderr
+
+
+def test_a_model_that_fails_its_warm_up_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    # It loads and keeps the contract, then answers NaN (logits / 1e-45 overflow, as damaged weights would):
+    # warmed up in uvicorn's lifespan, that was two log lines and exit 3.
+    make_bundle(tmp_path, temperature=1e-45)
+    out = _run("--bundle", str(tmp_path), "--port", str(_free_port()))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == (
+        "skin-serve: the model fails on a blank image: the model returned malformed probabilities"
+    )
 
 
 def test_busy_port_is_one_line_and_exit_2(tiny_bundle: Path) -> None:
