@@ -92,6 +92,7 @@ def export_bundle(
     splits = None if no_data else _splits(info, data, notes)
     for note in notes:
         say(f"note: {note}")
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     # mkdtemp makes 0700 folders: a bundle must be readable like any folder this user creates (the serving
@@ -118,6 +119,9 @@ def export_bundle(
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in made:  # the folders made for out: a failed export leaves nothing behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     say(f"wrote bundle {out}")
     return out

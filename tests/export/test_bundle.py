@@ -366,6 +366,15 @@ def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == [checkpoint]
 
 
+def test_a_failed_export_removes_the_folders_it_made_for_out(dataset: Path, tmp_path: Path) -> None:
+    checkpoint = write_checkpoint(tmp_path / "best.pt", data=dataset, resize="center_crop")  # fails parity
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(ExportError, match="parity failed"):
+        export_bundle(checkpoint, tmp_path / "kept" / "new" / "deeper" / "bundle", int8="off")
+    assert sorted(tmp_path.iterdir()) == [checkpoint, tmp_path / "kept"]
+    assert list((tmp_path / "kept").iterdir()) == []  # only what the export made is gone
+
+
 def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], dataset: Path) -> None:
     import torch
 
