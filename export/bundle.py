@@ -762,7 +762,7 @@ def _base_report(
         return {}
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ExportError(f"report {str(path)!r} is not readable JSON ({exc})") from None
     if not isinstance(loaded, dict):
         raise ExportError(f"report {str(path)!r} must hold a JSON object")

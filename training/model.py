@@ -126,6 +126,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     import torch
 
     path = Path(path)
+    if path.is_dir():  # a run's folder instead of a file in it
+        raise ModelError(f"checkpoint {str(path)!r} is a folder; pass the checkpoint file in it (best.pt)")
     if not path.is_file():
         raise ModelError(f"checkpoint {str(path)!r} does not exist")
     try:

@@ -468,6 +468,7 @@ def bad_checkpoints(tmp_path: Path, dataset: Path) -> dict[str, tuple[Path, str]
     )
     return {
         "missing": (tmp_path / "nope.pt", "does not exist"),
+        "folder": (tmp_path, "is a folder; pass the checkpoint file in it"),
         "corrupt": (corrupt, "not readable"),
         "truncated": (truncated, "not readable"),
         "pickled-code": (pickled, "not readable"),
@@ -650,3 +651,11 @@ def test_a_run_report_about_another_epoch_is_not_attached_as_this_checkpoints(tm
     kept = _base_report(run / "last.pt", run / "report.json", epoch=5, notes=notes)
     assert kept["accuracy"] == TRAINING_REPORT["accuracy"]
     assert notes == ["the attached report's test numbers are epoch 3's; this checkpoint is epoch 5"]
+
+
+def test_a_report_nested_too_deeply_to_parse_is_one_line(tmp_path: Path) -> None:
+    from export.bundle import _base_report
+
+    (tmp_path / "report.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ExportError, match="is not readable JSON"):
+        _base_report(tmp_path / "best.pt", tmp_path / "report.json", epoch=3, notes=[])
