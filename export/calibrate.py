@@ -71,6 +71,10 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) == 0:
         raise ValueError("no validation samples to fit a temperature on")
+    if not np.isfinite(logits).all():  # else the fit and every measure are NaN, and only a later step says so
+        raise ValueError(
+            "the model's logits are not all finite numbers (weights of a training run that diverged?)"
+        )
     temperature = fit_temperature(logits, labels)
     before, after = softmax(logits), softmax(logits, temperature)
     accuracy_before = float((before.argmax(1) == labels).mean())

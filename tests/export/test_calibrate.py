@@ -88,6 +88,14 @@ def test_no_samples_is_an_error() -> None:
         calibrate.calibrate(np.zeros((0, 3)), np.zeros(0, dtype=int))
 
 
+@pytest.mark.parametrize("bad", [pytest.param(np.nan, id="nan"), pytest.param(np.inf, id="inf")])
+def test_logits_that_are_not_finite_are_an_error(bad: float) -> None:
+    # NaN weights (a run that diverged): sklearn's "Input X contains NaN" came two steps later, as thresholds'
+    logits = np.array([[2.0, 0.0], [0.0, bad], [1.0, 0.0]])
+    with pytest.raises(ValueError, match="logits are not all finite"):
+        calibrate.calibrate(logits, np.array([0, 1, 0]))
+
+
 def test_a_fit_without_a_minimum_is_flagged_and_the_split_named() -> None:
     # Every validation image right: the NLL keeps falling as T shrinks, there is no minimum to find.
     logits = np.array([[4.0, 0.0], [0.0, 4.0], [5.0, 1.0], [1.0, 6.0]])
