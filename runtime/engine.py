@@ -224,9 +224,7 @@ class Engine:
         h, w = self.meta.input_size
         try:
             self.run(np.zeros((1, h, w, 3), dtype=np.uint8))
-        except (
-            Exception
-        ) as exc:  # a graph that loads but cannot answer (damaged weights, shapes it lied about)
+        except Exception as exc:  # it loads but cannot answer: damaged weights, shapes it lied about
             raise bundle.BundleError(f"the model fails on a blank image: {first_line(exc)}") from None
         self.ready = True
 
