@@ -697,6 +697,58 @@ def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
     assert page.evaluate(width) <= 390
 
 
+def _rgba(css: str) -> tuple[float, ...]:
+    """'rgb(1, 2, 3)' or 'rgba(1, 2, 3, 0.5)' (getComputedStyle's forms) -> (r, g, b, alpha)."""
+    values = [float(v) for v in re.findall(r"[\d.]+", css)]
+    return (*values[:3], values[3] if len(values) > 3 else 1.0)
+
+
+def _over(top: tuple[float, ...], alpha: float, bottom: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(alpha * t + (1 - alpha) * b for t, b in zip(top[:3], bottom[:3], strict=True))
+
+
+def contrast(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """WCAG 2 contrast ratio of two opaque sRGB colours."""
+
+    def luminance(rgb: tuple[float, ...]) -> float:
+        c = [v / 255 for v in rgb[:3]]
+        c = [v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4 for v in c]
+        return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]
+
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+@pytest.mark.parametrize("theme", [pytest.param("light", id="light"), pytest.param("dark", id="dark")])
+def test_faint_marks_keep_their_contrast(new_page: Any, theme: str) -> None:
+    # WCAG AA: text 4.5:1 (axe leaves out a one-character cell such as a "0"), a control's state 3:1.
+    page = new_page(color_scheme=theme)
+    open_page(page)
+    analyse(page, [corner_image()])
+    page.locator("label.switch").click()
+    expect(page.locator("#heatmap-toggle")).not_to_be_checked()
+    card, track, knob = page.evaluate(
+        """() => { const t = document.querySelector('.switch-track');
+            document.getAnimations().forEach(a => a.finish());  // the switch's colour transition
+            return [getComputedStyle(t.closest('.card')).backgroundColor, getComputedStyle(t).backgroundColor,
+                    getComputedStyle(t, '::after').backgroundColor]; }"""
+    )
+    surface = _rgba(card)
+    off = _over(_rgba(track), _rgba(track)[3], surface)
+    assert contrast(off, surface) >= 3, "the switch, off, fades into its card"
+    assert contrast(_rgba(knob), off) >= 3, "the switch's knob, off, fades into its track"
+
+    page.get_by_role("tab", name="Model").click()
+    zero = page.locator("#confusion-table td.cm.zero").first
+    colour, opacity, cell = zero.evaluate(
+        """e => [getComputedStyle(e).color, getComputedStyle(e).opacity,
+                 getComputedStyle(e.closest('.card')).backgroundColor]"""
+    )
+    surface = _rgba(cell)
+    text = _over(_rgba(colour), _rgba(colour)[3] * float(opacity), surface)
+    assert contrast(text, surface) >= 4.5, "a zero in the confusion matrix is too faint to read"
+
+
 def test_the_keyboard_reaches_every_control_and_each_has_a_label(page: Any) -> None:
     open_page(page)
     reached = []
