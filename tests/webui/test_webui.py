@@ -749,6 +749,49 @@ def test_faint_marks_keep_their_contrast(new_page: Any, theme: str) -> None:
     assert contrast(text, surface) >= 4.5, "a zero in the confusion matrix is too faint to read"
 
 
+def _changed(before: bytes, after: bytes) -> int:
+    """How many pixels clearly differ between two screenshots of one element."""
+    import io
+
+    from PIL import ImageChops
+
+    with Image.open(io.BytesIO(before)) as a, Image.open(io.BytesIO(after)) as b:
+        diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB")).convert("L")
+    return sum(diff.histogram()[41:])
+
+
+def test_states_are_drawn_in_forced_colours(new_page: Any) -> None:
+    # Windows High Contrast (forced colours) drops backgrounds and shadows: states drawn with them are lost.
+    page = new_page(forced_colors="active", color_scheme="dark")
+    open_page(page)
+    analyse(page, [corner_image(), png("green")])
+
+    # A state must change at least 100 pixels (a 3 px bar under a tab does), more than a hairline such as the
+    # 1 px gap a tab's dropped bar leaves in the border below it.
+    def shot(locator: Any) -> bytes:
+        # Thumbnails are masked: a tile redrawn on selection may still be decoding its image.
+        shot: bytes = locator.screenshot(animations="disabled", mask=[page.locator(".thumb")])
+        return shot
+
+    track = page.locator(".switch-track")
+    on = shot(track)
+    page.locator("label.switch").click()
+    expect(page.locator("#heatmap-toggle")).not_to_be_checked()
+    assert _changed(on, shot(track)) >= 100, "the heatmap switch looks the same on and off"
+
+    tile = page.locator(".batch-item").first
+    pressed = shot(tile)
+    page.locator(".batch-item").nth(1).click()
+    expect(tile).to_have_attribute("aria-pressed", "false")
+    assert _changed(pressed, shot(tile)) >= 100, "the chosen image tile looks like the others"
+
+    tab = page.locator("#tab-analyse")
+    selected = shot(tab)
+    page.locator("#tab-model").click()
+    expect(tab).to_have_attribute("aria-selected", "false")
+    assert _changed(selected, shot(tab)) >= 100, "the selected tab looks like the others"
+
+
 def test_the_keyboard_reaches_every_control_and_each_has_a_label(page: Any) -> None:
     open_page(page)
     reached = []
