@@ -477,6 +477,16 @@ def _display(label: str) -> str:
     return display_name(label)
 
 
+def test_each_region_of_the_model_tab_has_a_name_of_its_own(page: Any) -> None:
+    # A screen reader lists landmarks by name: a section and the scrolling table inside it must differ.
+    page.goto("/#model")
+    expect(page.locator("#confusion-table td.cm").first).to_be_attached()
+    for name in ("Per-class metrics", "Confusion matrix"):
+        expect(page.get_by_role("region", name=name, exact=True)).to_have_count(1)
+    expect(page.get_by_role("region", name=re.compile("^Precision, recall"))).to_be_visible()
+    expect(page.get_by_role("region", name=re.compile("^Confusion matrix: counts"))).to_be_visible()
+
+
 def test_model_tab_names_classes_the_test_split_lacked(page: Any) -> None:
     def fewer(route: Any) -> None:
         report = route.fetch().json()
