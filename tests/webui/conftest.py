@@ -62,6 +62,16 @@ def browser(chromium_path: str) -> Iterator[Any]:
         chromium.close()
 
 
+@pytest.fixture(scope="session")
+def axe(chromium_path: str) -> Any:
+    """axe-core as axe-playwright-python bundles it (no CDN, no network): axe.run(page) -> its results."""
+    try:
+        from axe_playwright_python.sync_playwright import Axe
+    except ImportError:
+        _require("axe-playwright-python is not installed (pip install -e '.[dev]')")
+    return Axe()
+
+
 class Console:
     """Console errors and uncaught exceptions of one page; a test names the ones it expects."""
 

@@ -802,6 +802,52 @@ def test_states_are_drawn_in_forced_colours(new_page: Any) -> None:
     assert _changed(selected, shot(tab)) >= 100, "the selected tab looks like the others"
 
 
+@pytest.mark.parametrize(
+    ("theme", "viewport"),
+    [
+        pytest.param("light", {"width": 1280, "height": 900}, id="light-desktop"),
+        pytest.param("dark", {"width": 320, "height": 640}, id="dark-320px"),
+    ],
+)
+def test_axe_finds_no_serious_violations(
+    new_page: Any, axe: Any, theme: str, viewport: dict[str, int]
+) -> None:
+    def flag(route: Any) -> None:  # the uncertain result: both warnings above the classes
+        response = route.fetch()
+        route.fulfill(
+            response=response, json={**response.json(), "confidence": "low", "in_distribution": False}
+        )
+
+    page = new_page(color_scheme=theme, viewport=viewport)
+    page.route(PREDICT, flag)
+    open_page(page)
+    found: dict[str, list[str]] = {}
+
+    def check(state: str) -> None:
+        violations = axe.run(page).response["violations"]
+        found[state] = [
+            f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+            for v in violations
+            if v["impact"] in ("serious", "critical")
+        ]
+
+    check("empty")
+    analyse(page, [corner_image()])
+    expect(page.locator("#heatmap")).to_be_visible()
+    expect(page.locator("#warnings .alert")).to_have_count(2)
+    page.click("#toggle-all")
+    check("uncertain result with heatmap")
+    broken = {"name": "broken.png", "mimeType": "image/png", "buffer": b"not an image"}
+    analyse(page, [png("red"), broken])
+    expect(page.locator(".batch-error")).to_have_count(1)
+    page.locator(".batch-item").nth(1).click()
+    check("batch with a refused image")
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#confusion-table td.cm").first).to_be_attached()
+    check("model tab")
+    assert found == dict.fromkeys(found, []), found
+
+
 def test_the_keyboard_reaches_every_control_and_each_has_a_label(page: Any) -> None:
     open_page(page)
     reached = []
