@@ -394,14 +394,19 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
 
     train_loader, sampler, val_loader = make_loaders(cfg, splits, cluster)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, math.ceil(len(train_loader) / cfg.accum_steps))
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
+    scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     state = State()
     if resumed is not None:
 
         def restore() -> State:
             optimizer.load_state_dict(resumed["optimizer"])
             scheduler.load_state_dict(resumed["scheduler"])
+            restored = State.restored(resumed["state"])
             if cfg.scheduler == "cosine":
+                # The curve's position is in epochs: another --batch-size, --accum-steps or number of
+                # processes takes another number of steps per epoch than the saved step count assumed.
+                scheduler.last_epoch = restored.epoch * steps_per_epoch
                 # A longer --epochs stretches the curve: go on from its rate at this step, not from the rate
                 # saved (the old curve's, e.g. its floor), which the next step would otherwise still use.
                 for group, base, factor in zip(
@@ -410,7 +415,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
                     group["lr"] = base * factor(scheduler.last_epoch)
             if scaler is not None and resumed.get("scaler"):
                 scaler.load_state_dict(resumed["scaler"])
-            return State.restored(resumed["state"])
+            return restored
 
         state = _restore(cfg, restore)
     net: torch.nn.Module = model

@@ -301,6 +301,18 @@ def test_extending_a_cosine_run_follows_the_longer_curve(tmp_path: Path, dataset
     assert got[2]["lr"] > 100 * floor  # the finished run ended at min_lr; the longer curve is far above it
 
 
+def test_a_cosine_run_resumed_with_other_steps_per_epoch_keeps_its_place_on_the_curve(
+    tmp_path: Path, dataset: Path
+) -> None:
+    # Half the batch (as on half the GPUs): twice the steps per epoch, the same epochs on the curve.
+    options = {**TINY, "data": str(dataset), "scheduler": "cosine", "warmup_epochs": 0}
+    planned = train(**options, out=str(tmp_path / "planned"), epochs=3)
+    part = train(**options, out=str(tmp_path / "part"), epochs=1)
+    train(resume=str(part), epochs=3, batch_size=TINY["batch_size"] // 2)
+    want, got = read_metrics(planned / "metrics.csv"), read_metrics(part / "metrics.csv")
+    assert [r["lr"] for r in got] == pytest.approx([r["lr"] for r in want])
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_does(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
