@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
@@ -18,9 +18,16 @@ from training.stop import sigterm_stops, stopped
 PROG = "skin-train"
 
 
+class _Parser(OneLineParser):
+    def error(self, message: str) -> NoReturn:
+        if not _rank0():  # under torchrun every rank meets the same bad flag: one line, from rank 0
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: only options given on the command line reach train(), so YAML and resume can fill the rest.
-    parser = OneLineParser(
+    parser = _Parser(
         prog=PROG,
         description=__doc__,
         argument_default=argparse.SUPPRESS,

@@ -259,6 +259,21 @@ def test_bad_flag_value_is_one_line_not_the_usage(capsys: pytest.CaptureFixture[
     assert err.startswith("skin-train: error: argument --epochs: invalid int value: 'abc'")
 
 
+@pytest.mark.parametrize(
+    ("rank", "said"),
+    [pytest.param("0", True, id="rank-0-says-it"), pytest.param("1", False, id="other-ranks-quiet")],
+)
+def test_under_torchrun_a_bad_flag_is_one_line_from_rank_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str, said: bool
+) -> None:
+    monkeypatch.setenv("RANK", rank)  # every rank parses the same command line
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "abc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.startswith("skin-train: error: argument --epochs") if said else err == ""
+
+
 def test_pretrained_follows_init_weights() -> None:
     assert resolve({"data": "d"}).pretrained is True
     assert resolve({"data": "d", "init_weights": "w.pt"}).pretrained is False
