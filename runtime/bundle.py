@@ -302,7 +302,8 @@ def fingerprint_files(root: str | Path, files: list[Path]) -> str:
     digest = hashlib.sha256()
     base = Path(root)
     for path in sorted(files):
-        digest.update(f"{path.relative_to(base).as_posix()}\0{path.stat().st_size}\n".encode())
+        line = f"{path.relative_to(base).as_posix()}\0{path.stat().st_size}\n"
+        digest.update(line.encode("utf-8", "surrogateescape"))  # a name not in UTF-8: its own bytes
     return digest.hexdigest()[:16]
 
 

@@ -150,6 +150,18 @@ def test_report_and_unreadable_images(run: Path) -> None:
     assert {r["train_skipped"] for r in read_metrics(run / "metrics.csv")} == {1}
 
 
+def test_an_image_whose_file_name_is_not_utf8_trains(tmp_path: Path, dataset: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    image = sorted((root / "train" / "Acne").iterdir())[0]
+    odd = image.with_name(os.fsdecode(b"caf\xe9") + image.suffix)  # as unzip writes a Latin-1 archive's names
+    shutil.copy(image, odd)
+    run = train(**TINY, data=str(root), out=str(tmp_path / "run"), epochs=1)
+    files = load_splits(root).files()
+    assert odd in files
+    assert load_checkpoint(run / "last.pt")["data_fingerprint"] == fingerprint_files(root.resolve(), files)
+
+
 def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
     with pytest.raises(ConfigError, match="already holds a run"):
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
