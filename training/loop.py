@@ -326,6 +326,21 @@ def _check_splits(splits: Splits, cfg: TrainConfig, cluster: Cluster) -> None:
             raise ConfigError(f"no {name} image could be read in {cfg.data}")
 
 
+def _check_kept(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """Options a resumed run cannot change: the saved optimizer and scheduler state hold them (a new value
+    would be written to config.yaml, never used), or they pick the validation split best.pt is chosen on."""
+    kept = ["lr", "backbone_lr_scale", "weight_decay", "seed", "val_fraction"]
+    if cfg.scheduler == "plateau":  # the cosine's curve is rebuilt from the options; these live in the state
+        kept += ["min_lr", "plateau_factor", "plateau_patience"]
+    for key in kept:
+        if key in saved and typed(key, saved[key], str(cfg.resume)) != getattr(cfg, key):
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(
+                f"cannot resume with {flag} {getattr(cfg, key)}: the run has {saved[key]}, which its saved "
+                "state keeps; start a new run for another value"
+            )
+
+
 def _restore(cfg: TrainConfig, load: Callable[[], T]) -> T:
     """A last.pt of the right format whose contents do not fit (edited, truncated state): one line."""
     try:
@@ -357,6 +372,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
         before = resumed.get("config", {}).get("scheduler", cfg.scheduler)
         if before != cfg.scheduler:  # its saved state belongs to the other kind of scheduler
             raise ConfigError(f"cannot resume: the run used --scheduler {before}, not {cfg.scheduler}")
+        _check_kept(cfg, resumed.get("config", {}))
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")

@@ -290,6 +290,38 @@ def test_resume_continues_in_the_run_folder_wherever_it_moved(tmp_path: Path, da
     assert (other / "last.pt").read_bytes() == kept
 
 
+@pytest.fixture(scope="module")
+def one_epoch(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train(**TINY, data=str(dataset), out=str(tmp_path_factory.mktemp("one") / "run"), epochs=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        pytest.param("lr", 1e-5, id="lr"),
+        pytest.param("backbone_lr_scale", 0.1, id="backbone-lr-scale"),
+        pytest.param("weight_decay", 0.0, id="weight-decay"),
+        pytest.param("plateau_patience", 7, id="plateau-patience"),
+        pytest.param("seed", 7, id="seed-picks-the-validation-split"),
+    ],
+)
+def test_a_resumed_run_refuses_options_its_saved_state_keeps(
+    one_epoch: Path, option: str, value: object
+) -> None:
+    # The optimizer's and the scheduler's saved state would win: config.yaml would name a value never used.
+    kept = (one_epoch / "last.pt").read_bytes()
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(ConfigError, match=f"cannot resume with {flag} {value}: the run has "):
+        train(resume=str(one_epoch), epochs=2, **{option: value})
+    assert (one_epoch / "last.pt").read_bytes() == kept
+
+
+def test_a_resumed_run_takes_the_same_options_given_again(tmp_path: Path, dataset: Path) -> None:
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    train(**TINY, data=str(dataset), resume=str(run), epochs=2)  # the first command again, plus --resume
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 def test_a_resumed_runs_config_names_its_checkpoint_wherever_it_was_started(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
