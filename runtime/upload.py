@@ -70,10 +70,11 @@ class BodyLimitMiddleware:
         deadline: float | None = None
         has_body = bool(length and length != b"0") or b"transfer-encoding" in headers
         body_read = not has_body
+        ended = False  # the body's last message has come (with HTTP/2, a body need not declare its length)
 
         async def limited_receive() -> Message:
-            nonlocal received, deadline, body_read
-            if body_read:  # nothing more is owed: what comes now is the client hanging up, whenever it does
+            nonlocal received, deadline, body_read, ended
+            if ended:  # nothing more is owed: what comes now is the client hanging up, whenever it does
                 return await receive()
             # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
             loop = asyncio.get_running_loop()
@@ -89,7 +90,7 @@ class BodyLimitMiddleware:
                 raise ApiError(408, "body_timeout", slow) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                body_read = not message.get("more_body", False)
+                body_read = ended = not message.get("more_body", False)
                 if received > limit:
                     raise ApiError(
                         413, "body_too_large", f"the request body is larger than {megabytes(limit)} MB"
