@@ -40,6 +40,7 @@ from benchmarks.run import (
     servers,
     start,
     stop,
+    wait_locust,
     wait_until_quiet,
     warm,
 )
@@ -66,7 +67,7 @@ def paced_locust(
     with open(f"{prefix}.log", "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         with Sampler(proc.pid) as sampler:
-            proc.wait(timeout=run_time + 120)
+            wait_locust(proc, run_time + 120, prefix)
     cpu = sampler.summary()["cpu_cores"]
     if not by_status.is_file():
         raise BenchError(f"Locust wrote no per-status latencies (exit {proc.returncode}; see {prefix}.log)")

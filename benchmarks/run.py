@@ -342,17 +342,20 @@ def start(
     with open(log_path, "ab") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(server.command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    while time.perf_counter() - t0 < timeout:
-        if proc.poll() is not None:
-            raise BenchError(f"{server.name} exited with {proc.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return proc, time.perf_counter() - t0
-        except OSError:
-            time.sleep(0.01)
-    stop(proc)
-    raise BenchError(f"{server.name} was not ready within {timeout:.0f} s; see {log_path}")
+    try:  # Ctrl-C or SIGTERM while it starts: stopped too, not left holding the port
+        while time.perf_counter() - t0 < timeout:
+            if proc.poll() is not None:
+                raise BenchError(f"{server.name} exited with {proc.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return proc, time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.01)
+        raise BenchError(f"{server.name} was not ready within {timeout:.0f} s; see {log_path}")
+    except BaseException:
+        stop(proc)
+        raise
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -417,9 +420,21 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
     with open(f"{prefix}.log", "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         with Sampler(proc.pid) as sampler:
-            proc.wait(timeout=run_time + 120)
+            wait_locust(proc, run_time + 120, prefix)
     stats = read_stats(Path(f"{prefix}_stats.csv"))
     return stats, {"cpu_cores": sampler.summary()["cpu_cores"], "exit_code": proc.returncode}
+
+
+def wait_locust(proc: subprocess.Popen[bytes], timeout: float, prefix: Path) -> None:
+    """Wait for a Locust run to end. On Ctrl-C, SIGTERM or a hang it is stopped first: a load generator left
+    behind would go on sending for the rest of its run time."""
+    try:
+        proc.wait(timeout=timeout)
+    except BaseException as exc:
+        stop(proc)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"Locust did not end within {timeout:.0f} s; see {prefix}.log") from None
+        raise
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -888,18 +903,23 @@ def quiet_machine_options(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
-    """Run ``call(log)`` for a command line: a failure is one line on stderr and exit 2, Ctrl-C exit 130."""
+    """Run ``call(log)`` for a command line: a failure is one line on stderr and exit 2; Ctrl-C (130) and
+    SIGTERM (143) stop the servers and Locust it started and say so in one line."""
     from export.errors import ExportError
     from runtime.bundle import BundleError
     from training.model import ModelError
+    from training.stop import how, sigterm_stops
 
     try:
-        call(lambda message: print(message, file=sys.stderr, flush=True))
+        with sigterm_stops():  # SIGTERM's default would end this process alone, its children left running
+            call(lambda message: print(message, file=sys.stderr, flush=True))
     except (BenchError, BundleError, ExportError, ModelError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:
+        line, status = how(interrupt)
+        print(f"{prog}: {line}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -14,7 +14,6 @@ margins are small.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -150,17 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", default="runs/bench", help="folder for model.pt and bundle/ (runs/bench)")
     args = parser.parse_args(argv)
-    from export.errors import ExportError
-    from runtime.bundle import BundleError
-    from training.model import ModelError
+    from benchmarks.run import run_cli  # its one-line errors, and Ctrl-C and SIGTERM, as the others have them
 
-    try:
-        checkpoint, bundle_dir = prepare(args.work, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (BundleError, ExportError, ModelError, OSError) as exc:
-        print(f"benchmarks.weights: {exc}", file=sys.stderr)
-        return 2
-    print(f"{checkpoint}\n{bundle_dir}")
-    return 0
+    return run_cli("benchmarks.weights", lambda log: print(*prepare(args.work, log=log), sep="\n"))
 
 
 if __name__ == "__main__":
