@@ -81,7 +81,10 @@ def create_app(checkpoint: str | Path, *, report: str | Path | None = None) -> F
     @app.post("/api/predict")
     async def predict(file: UploadFile = File(...)) -> dict[str, Any]:  # noqa: B008 (FastAPI's idiom)
         data = await file.read()
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        try:  # cv2 raises on an empty file or one over its pixel limit: a 400 as for any undecodable file
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            image = None
         if image is None:
             raise HTTPException(400, "invalid image")
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -129,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"baseline_server: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # loading torch and the model takes seconds: Ctrl-C then is one line too
+        print("baseline_server: interrupted", file=sys.stderr)
+        return 130
     import uvicorn
 
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

@@ -129,3 +129,50 @@ def test_baseline_cli_serves_a_loaded_model(
     ]
     assert main(argv) == 0
     assert [(c["host"], c["port"], c["log_level"]) for c in served] == [("127.0.0.1", 8542, "trace")]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims this size (its pixel data is a stub)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"not an image", id="not-an-image"),
+        pytest.param(_png_header(60_000, 60_000), id="over-cv2-pixel-limit"),
+    ],
+)
+def test_baseline_answers_a_bad_upload_400_not_500(checkpoint: Path, data: bytes) -> None:
+    from fastapi.testclient import TestClient
+
+    from benchmarks.baseline_server import create_app
+
+    with TestClient(create_app(checkpoint), raise_server_exceptions=False) as client:
+        answer = client.post("/api/predict", files={"file": ("x.png", data, "image/png")})
+    assert (answer.status_code, answer.json()) == (400, {"detail": "invalid image"})
+
+
+def test_baseline_cli_ctrl_c_while_loading_is_one_line(
+    checkpoint: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    served: list[dict[str, object]],
+) -> None:
+    from benchmarks import baseline_server
+
+    def create_app(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(baseline_server, "create_app", create_app)
+    assert baseline_server.main(["--checkpoint", str(checkpoint), "--port", "8543"]) == 130
+    assert capsys.readouterr().err.splitlines() == ["baseline_server: interrupted"]
+    assert served == []
