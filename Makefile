@@ -8,11 +8,12 @@ BUNDLE ?= bundles/demo
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off -q
 
-.PHONY: help venv runtime-venv system-deps lint typecheck test test-fast test-runtime-only demo serve clean
+.PHONY: help venv runtime-venv system-deps lint typecheck test test-fast test-runtime-only demo serve serve-bundle clean
 
 help:
 	@echo "make demo   - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
 	@echo "make test   - install everything, then lint, type-check and run the whole test suite"
+	@echo "make serve  - serve a built bundle on http://127.0.0.1:8000 (BUNDLE=DIR, default bundles/demo)"
 
 # Each step says what it does; a failure ends with one line naming the step (pip's own reason is above it).
 STEP_FAILED = { echo "make: step 'environment' failed: $(1)" >&2; exit 1; }
@@ -74,8 +75,12 @@ test-fast: venv
 demo: venv
 	$(VENV)/bin/skin-demo
 
-serve: venv
+# The bundle is checked first: on a fresh clone, before minutes of pip install, say how to get one.
+serve: serve-bundle venv
 	$(VENV)/bin/skin-serve --bundle $(BUNDLE)
+
+serve-bundle:
+	@[ -e "$(BUNDLE)" ] || { echo "make serve: no bundle at '$(BUNDLE)': build one with 'make demo', or pass BUNDLE=DIR" >&2; exit 2; }
 
 clean:
 	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .mypy_cache .ruff_cache
