@@ -33,6 +33,7 @@ from benchmarks import floor
 from benchmarks.run import (
     BenchError,
     OtherCpu,
+    check_out,
     load1,
     machine,
     model_files,
@@ -390,7 +391,8 @@ def model_benchmark(
     from runtime.engine import available_cpus
     from runtime.preprocess import preprocess
 
-    work = Path(work)
+    work, out = Path(work), Path(out)
+    check_out(out)
     checkpoint, bundle_dir = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
     meta, outputs = _graph(fp32)
@@ -545,7 +547,6 @@ def model_benchmark(
         "best": best_path(results),
         "floor": bound,  # the model's multiply-adds at this CPU's fp32 matrix speed, and a profiled run
     }
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "model.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "model.md").write_text(markdown(summary))

@@ -31,6 +31,7 @@ from benchmarks.run import (
     BenchError,
     OtherCpu,
     Sampler,
+    check_out,
     finite,
     free_port,
     load1,
@@ -119,6 +120,7 @@ def run_overload(
     if not 0 < factor < math.inf or duration < 1 or saturation_users < 1 or saturation_time < 1:
         raise BenchError("factor, duration, saturation users and time must be positive")
     work, out = Path(work), Path(out)
+    check_out(out)
     checkpoint, bundle = prepare(work, log=log)
     (work / "locust").mkdir(parents=True, exist_ok=True)
     quiet = wait_until_quiet(max_load, max_wait_s, log)

@@ -626,6 +626,7 @@ def run_benchmark(
         raise BenchError("concurrency, rounds, run time and cold starts must be at least 1")
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
+    check_out(out)
     checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     (work / "locust").mkdir(parents=True, exist_ok=True)
 
@@ -669,6 +670,15 @@ def run_benchmark(
     (out / "serving.md").write_text(markdown(summary))
     log(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
     return summary
+
+
+def check_out(out: Path) -> None:
+    """BenchError now if OUT cannot take the summary: found only when writing it, the runs would be lost."""
+    folder = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not folder.is_dir():
+        raise BenchError(f"--out {out}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BenchError(f"--out {out}: {folder} is not writable")
 
 
 def model_files(

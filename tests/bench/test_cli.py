@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,18 @@ def test_threads_below_zero_are_refused(no_model: None, capsys: pytest.CaptureFi
     assert model_bench.main(["--threads", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["benchmarks.model_bench: --threads must be at least 0 (0: the CPU quota)"]
+
+
+@pytest.mark.parametrize("cli", ["model_bench", "run", "overload"])
+@pytest.mark.parametrize("below", [pytest.param("", id="a-file"), pytest.param("sub", id="under-a-file")])
+def test_an_out_that_cannot_take_the_summary_is_refused_before_measuring(
+    no_model: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], cli: str, below: str
+) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    out = taken / below if below else taken
+    argv = ["--out", str(out), "--work", str(tmp_path / "work")]
+    assert importlib.import_module(f"benchmarks.{cli}").main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"benchmarks.{cli}: --out {out}: {taken} is not a folder"]
+    assert not (tmp_path / "work").exists()
