@@ -145,7 +145,7 @@ def run_overload(
         with Sampler(proc.pid, interval=interval) as sampler:
             latencies, locust_cpu = paced_locust(base, rate, users, duration, work / "locust" / "overload")
         rss = rss_profile(sampler.rss, interval)
-        used = sampler.summary()
+        used = sampler.summary(duration)
         others = other.cores()
     finally:
         stop(proc)

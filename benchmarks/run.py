@@ -316,12 +316,14 @@ class Sampler:
         self.wall = time.monotonic() - self.wall0
         self.cpu = self.cpu_seen - self.cpu0
 
-    def summary(self) -> dict[str, float]:
+    def summary(self, seconds: float | None = None) -> dict[str, float]:
+        """RSS, and CPU in cores over ``seconds`` (the time the load ran: sampled around a Locust process,
+        the time also holds its start-up and exit, in which the server idles), else over the time sampled."""
         rss = self.rss or [0]
         return {
             "rss_peak_mb": round(max(rss) / MB, 1),
             "rss_mean_mb": round(sum(rss) / len(rss) / MB, 1),
-            "cpu_cores": round(self.cpu / self.wall, 2),
+            "cpu_cores": round(self.cpu / (seconds or self.wall), 2),
         }
 
 
@@ -524,11 +526,11 @@ def load_run(
     idle_before = cpu_seconds(idle)
     with Sampler(proc.pid) as sampler:
         stats, generator = locust(base, users, run_time, prefix)
-    used = sampler.summary()
+    used = sampler.summary(run_time)
     run = {
         "load1_before": load_before,
         "other_cpu_cores": other.cores(),
-        "idle_servers_cpu_cores": round((cpu_seconds(idle) - idle_before) / sampler.wall, 2),
+        "idle_servers_cpu_cores": round((cpu_seconds(idle) - idle_before) / run_time, 2),
         "server": used,
         "load_generator": generator,
         "stats": stats,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -65,3 +66,40 @@ def test_bad_settings_are_refused_before_anything_is_built(
     with pytest.raises(run.BenchError, match=message):
         run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "work").exists()
+
+
+def test_server_cpu_is_per_second_of_the_run_not_of_locusts_whole_life(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Sampled(run.Sampler):
+        """6 CPU seconds in 10 s sampled: Locust's start-up and exit, the server idle, took 7 of them."""
+
+        def __init__(self, pid: int, interval: float = 0.2) -> None:
+            self.rss = [100 * run.MB]
+
+        def __enter__(self) -> Sampled:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.wall, self.cpu = 10.0, 6.0
+
+    aggregated = {"requests": 30, "failures": 0, "rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0}
+    monkeypatch.setattr(run, "Sampler", Sampled)
+    monkeypatch.setattr(run, "wait_for_cpu", lambda *args, **kwargs: 0.0)
+    monkeypatch.setattr(
+        run, "locust", lambda *args: ({"Aggregated": aggregated}, {"cpu_cores": 0.1, "exit_code": 0})
+    )
+    got = run.load_run(
+        "runtime",
+        SimpleNamespace(pid=0),  # type: ignore[arg-type]  # the sampler above never reads it
+        "http://127.0.0.1:1",
+        users=1,
+        run_time=3,
+        prefix=tmp_path / "x",
+        idle=[],
+        max_other=1.0,
+        max_wait_s=0.0,
+        log=lambda line: None,
+    )
+    assert got["server"] == {"rss_peak_mb": 100.0, "rss_mean_mb": 100.0, "cpu_cores": 2.0}
+    assert got["idle_servers_cpu_cores"] == 0.0
