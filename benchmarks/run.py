@@ -526,6 +526,11 @@ def load_run(
     idle_before = cpu_seconds(idle)
     with Sampler(proc.pid) as sampler:
         stats, generator = locust(base, users, run_time, prefix)
+    if proc.poll() is not None:  # its connection errors were fast "requests": its row would read as a result
+        log_path = prefix.parent.parent / f"{name}.log"  # WORK/NAME.log, as start_measured names it
+        raise BenchError(
+            f"{name} exited with {proc.returncode} during the run at concurrency {users}; see {log_path}"
+        )
     used = sampler.summary(run_time)
     run = {
         "load1_before": load_before,

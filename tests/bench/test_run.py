@@ -5,6 +5,8 @@ Numbers are never asserted; the order of the runs and the shape of the summary a
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,35 +73,55 @@ def test_bad_settings_are_refused_before_anything_is_built(
 def test_server_cpu_is_per_second_of_the_run_not_of_locusts_whole_life(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class Sampled(run.Sampler):
-        """6 CPU seconds in 10 s sampled: Locust's start-up and exit, the server idle, took 7 of them."""
+    # 6 CPU seconds in 10 s sampled: Locust's start-up and exit, the server idle, took 7 of them.
+    got = _load_run(tmp_path, monkeypatch, SimpleNamespace(pid=0, poll=lambda: None))
+    assert got["server"] == {"rss_peak_mb": 100.0, "rss_mean_mb": 100.0, "cpu_cores": 2.0}
+    assert got["idle_servers_cpu_cores"] == 0.0
 
-        def __init__(self, pid: int, interval: float = 0.2) -> None:
-            self.rss = [100 * run.MB]
 
-        def __enter__(self) -> Sampled:
-            return self
+def test_a_server_that_died_during_a_run_ends_the_benchmark_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its connection errors were counted as fast failed requests: thousands a second, at a 0 ms median.
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(9)"])
+    dead.wait()
+    with pytest.raises(run.BenchError) as error:
+        _load_run(tmp_path, monkeypatch, dead)
+    log = tmp_path / "runtime.log"
+    assert str(error.value) == f"runtime exited with 9 during the run at concurrency 1; see {log}"
 
-        def __exit__(self, *exc: object) -> None:
-            self.wall, self.cpu = 10.0, 6.0
 
-    aggregated = {"requests": 30, "failures": 0, "rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0}
+def _load_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: object) -> dict[str, object]:
+    """One load_run against ``proc``, Locust's statistics and the server's use made up, no wait for a quiet
+    machine."""
     monkeypatch.setattr(run, "Sampler", Sampled)
+    aggregated = {"requests": 30, "failures": 0, "rps": 10.0, "p50_ms": 5.0, "p95_ms": 9.0}
     monkeypatch.setattr(run, "wait_for_cpu", lambda *args, **kwargs: 0.0)
     monkeypatch.setattr(
         run, "locust", lambda *args: ({"Aggregated": aggregated}, {"cpu_cores": 0.1, "exit_code": 0})
     )
-    got = run.load_run(
+    return run.load_run(
         "runtime",
-        SimpleNamespace(pid=0),  # type: ignore[arg-type]  # the sampler above never reads it
+        proc,  # type: ignore[arg-type]
         "http://127.0.0.1:1",
         users=1,
         run_time=3,
-        prefix=tmp_path / "x",
+        prefix=tmp_path / "locust" / "runtime-c1",
         idle=[],
         max_other=1.0,
         max_wait_s=0.0,
         log=lambda line: None,
     )
-    assert got["server"] == {"rss_peak_mb": 100.0, "rss_mean_mb": 100.0, "cpu_cores": 2.0}
-    assert got["idle_servers_cpu_cores"] == 0.0
+
+
+class Sampled(run.Sampler):
+    """6 CPU seconds in 10 s, 100 MB."""
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
+        self.rss = [100 * run.MB]
+
+    def __enter__(self) -> Sampled:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall, self.cpu = 10.0, 6.0
