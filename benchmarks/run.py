@@ -710,13 +710,15 @@ def model_files(
     if not Path(checkpoint).is_file():
         raise BenchError(f"--checkpoint {checkpoint}: no such file")
     try:  # opened as the runtime opens it, so a broken bundle is one line now, not a traceback later
-        Engine(bundle, threads=1)
+        names = list(Engine(bundle, threads=1).meta.class_names)
     except BundleError as exc:
         raise BenchError(f"--bundle {bundle}: {exc}") from None
     try:  # and the checkpoint as torch reads it: unread, its path would be "not available" or a dead server
-        load_checkpoint(checkpoint)
+        ckpt = load_checkpoint(checkpoint)
     except ModelError as exc:
         raise BenchError(f"--checkpoint {checkpoint}: {exc}") from None
+    if list(ckpt["class_names"]) != names:  # another model: its answers and speed would be compared as ours
+        raise BenchError(f"--checkpoint {checkpoint} is not --bundle {bundle}'s model: their classes differ")
     return Path(checkpoint), Path(bundle)
 
 

@@ -1,4 +1,4 @@
-"""A tiny timm checkpoint for the reference-style baseline server."""
+"""A tiny timm checkpoint for the reference-style baseline server, and a tiny bundle with its classes."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ from pathlib import Path
 
 import pytest
 
+NAMES = ["Acne", "Eczema", "Moles"]
+
+
+@pytest.fixture(scope="session")
+def bench_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test bundle with the checkpoint's classes: what --bundle and --checkpoint pass together."""
+    from tests.bundle_factory import make_bundle
+
+    return make_bundle(tmp_path_factory.mktemp("bench-bundle"), class_names=NAMES)
+
 
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
 
     path = tmp_path_factory.mktemp("baseline") / "model.pt"
-    names = ["Acne", "Eczema", "Moles"]
+    names = NAMES
     meta = {
         "arch": "test_efficientnet",
         "img_size": 64,

@@ -129,10 +129,12 @@ def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
             ["--bundle", "BUNDLE", "--checkpoint", "CKPT"],
             "--checkpoint CKPT: checkpoint 'CKPT' is not readable",
         ),
+        (["--bundle", "BUNDLE", "--checkpoint", "OTHER"], "model: their classes differ"),
     ],
 )
 def test_a_model_of_your_own_is_checked_in_one_line(
     tiny_bundle: Path,
+    checkpoint: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -156,6 +158,7 @@ def test_a_model_of_your_own_is_checked_in_one_line(
         "EMPTY": tmp_path,
         "CKPT": tmp_path / "model.pt",
         "MISSING": tmp_path / "missing.pt",
+        "OTHER": checkpoint,  # a model of three classes; the bundle has five
     }
     argv = [str(where.get(a, a)) for a in args] + ["--work", str(tmp_path / "work")]
     assert importlib.import_module(f"benchmarks.{bench}").main(argv) == 2
@@ -164,13 +167,13 @@ def test_a_model_of_your_own_is_checked_in_one_line(
     assert not (tmp_path / "work").exists()  # nothing built: the benchmark's own model is not made instead
 
 
-def test_a_model_of_your_own_is_used_as_given(tiny_bundle: Path, checkpoint: Path, tmp_path: Path) -> None:
-    got = run.model_files(tmp_path / "work", bundle=tiny_bundle, checkpoint=checkpoint, log=print)
-    assert got == (checkpoint, tiny_bundle)
+def test_a_model_of_your_own_is_used_as_given(bench_bundle: Path, checkpoint: Path, tmp_path: Path) -> None:
+    got = run.model_files(tmp_path / "work", bundle=bench_bundle, checkpoint=checkpoint, log=print)
+    assert got == (checkpoint, bench_bundle)
 
 
 def test_a_run_that_measures_no_path_fails_in_one_line(
-    tiny_bundle: Path,
+    bench_bundle: Path,
     checkpoint: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -181,7 +184,7 @@ def test_a_run_that_measures_no_path_fails_in_one_line(
 
     monkeypatch.setattr(model_bench, "torch_runner", torch_runner)
     monkeypatch.setattr(model_bench, "wait_for_cpu", lambda *args, **kwargs: 0.0)  # no 3 s quiet checks
-    argv = ["--bundle", str(tiny_bundle), "--checkpoint", str(checkpoint), "--only", "torch"]
+    argv = ["--bundle", str(bench_bundle), "--checkpoint", str(checkpoint), "--only", "torch"]
     argv += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--test-per-class", "1"]
     assert model_bench.main([*argv, "--max-load", "100", "--max-wait", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -17,7 +17,7 @@ from benchmarks import run
 
 @pytest.mark.slow
 def test_rounds_interleave_the_servers_and_ratios_pair_neighbouring_runs(
-    tiny_bundle: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bench_bundle: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(run, "wait_for_cpu", lambda *args, **kwargs: 0.0)  # no 3 s quiet check per run
     said: list[str] = []
@@ -30,7 +30,7 @@ def test_rounds_interleave_the_servers_and_ratios_pair_neighbouring_runs(
         run_time=2,
         cold_starts=1,
         max_load=100.0,
-        bundle=tiny_bundle,
+        bundle=bench_bundle,
         checkpoint=checkpoint,
         log=said.append,
     )

@@ -118,9 +118,9 @@ def test_ctrl_c_while_the_weights_are_made_is_one_line(
 
 @pytest.mark.slow
 def test_sigterm_mid_run_stops_the_servers_and_locust(
-    tiny_bundle: Path, checkpoint: Path, tmp_path: Path
+    bench_bundle: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    argv = ["--bundle", str(tiny_bundle), "--checkpoint", str(checkpoint), "--servers", "runtime"]
+    argv = ["--bundle", str(bench_bundle), "--checkpoint", str(checkpoint), "--servers", "runtime"]
     argv += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--concurrency", "1"]
     argv += ["--run-time", "60", "--cold-starts", "1", "--max-load", "100", "--max-other", "100"]
     bench = subprocess.Popen(
