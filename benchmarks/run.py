@@ -792,6 +792,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if not a or not b else round(a / b, 2)
 
 
+def _times(ratio: float | None) -> str:
+    """A ratio as the tables write it; "–" where there is none (a server that answered nothing right)."""
+    return "–" if ratio is None else f"{ratio}×"
+
+
 def row(*cells: object) -> str:
     return "| " + " | ".join("–" if c is None else str(c) for c in cells) + " |"
 
@@ -866,10 +871,9 @@ def markdown(summary: dict[str, Any]) -> str:
             "|---:|---:|" + "---:|" * len(each) + "---:|---:|",
         ]
         for users, r in result["vs_baseline"].items():
-            per_round = [" / ".join(f"{x}×" for x in r["throughput_rounds"])] if rounds > 1 else []
-            lines.append(
-                row(users, f"{r['throughput']}×", *per_round, f"{r['p50_speedup']}×", f"{r['p95_speedup']}×")
-            )
+            per_round = [" / ".join(_times(x) for x in r["throughput_rounds"])] if rounds > 1 else []
+            speedups = [_times(r["p50_speedup"]), _times(r["p95_speedup"])]
+            lines.append(row(users, _times(r["throughput"]), *per_round, *speedups))
         lines += ["", row("goal", "measured", "target", "met"), "|---|---:|---:|---|"]
         for key, g in result["goals"].items():
             met = "–" if g["met"] is None else ("yes" if g["met"] else "no")

@@ -125,3 +125,15 @@ class Sampled(run.Sampler):
 
     def __exit__(self, *exc: object) -> None:
         self.wall, self.cpu = 10.0, 6.0
+
+
+def test_ratios_against_a_baseline_that_answered_nothing_right_are_dashes() -> None:
+    summary = json.loads((run.ROOT / "benchmarks/results/amd-avx2/serving.json").read_text())
+    for runs in summary["servers"]["baseline"]["runs"].values():
+        for one in runs:
+            one["stats"]["Aggregated"]["failures"] = one["stats"]["Aggregated"]["requests"]
+    summary["comparison"] = run.compare(summary)
+    assert summary["comparison"]["runtime"]["goals"]["throughput_ratio"]["met"] is None
+    rows = [line for line in run.markdown(summary).splitlines() if line.startswith("| 1 | ")]
+    assert rows and all(line.startswith("| 1 | – | – / – / – | ") for line in rows), rows
+    assert "None" not in run.markdown(summary)
