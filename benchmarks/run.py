@@ -419,11 +419,13 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
         "-u", str(users), "-r", str(users), "--run-time", f"{run_time}s", "--stop-timeout", "30",
         "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
     ]  # fmt: skip
+    stats_csv = Path(f"{prefix}_stats.csv")
+    stats_csv.unlink(missing_ok=True)  # an earlier run's would pass for this one's if Locust failed early
     with open(f"{prefix}.log", "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         with Sampler(proc.pid) as sampler:
             wait_locust(proc, run_time + 120, prefix)
-    stats = read_stats(Path(f"{prefix}_stats.csv"))
+    stats = read_stats(stats_csv)
     return stats, {"cpu_cores": sampler.summary()["cpu_cores"], "exit_code": proc.returncode}
 
 
@@ -442,7 +444,7 @@ def wait_locust(proc: subprocess.Popen[bytes], timeout: float, prefix: Path) -> 
 def read_stats(path: Path) -> dict[str, Any]:
     """Locust's _stats.csv → per request name: count, failures, rps, p50/p95/p99 (ms)."""
     if not path.is_file():
-        raise BenchError(f"Locust wrote no statistics ({path})")
+        raise BenchError(f"Locust wrote no statistics ({path}); see its log beside it")
     rows: dict[str, Any] = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):

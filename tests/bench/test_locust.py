@@ -59,3 +59,16 @@ def test_stats_reader_turns_locust_csv_into_numbers(tmp_path: Path) -> None:
     }
     with pytest.raises(run.BenchError):
         run.read_stats(tmp_path / "missing_stats.csv")
+
+
+def test_a_locust_that_fails_before_writing_is_not_read_from_an_earlier_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earlier = tmp_path / "runtime-c1_stats.csv"
+    earlier.write_text(
+        "Type,Name,Request Count,Failure Count,Average Response Time,Requests/s,50%,95%,99%\n"
+        ",Aggregated,10,0,21.5,5.0,20,35,40\n"
+    )
+    monkeypatch.setattr(run, "LOCUSTFILE", tmp_path / "missing.py")  # Locust exits before any statistics
+    with pytest.raises(run.BenchError, match="Locust wrote no statistics"):
+        run.locust("http://127.0.0.1:1", 1, 60, tmp_path / "runtime-c1")
