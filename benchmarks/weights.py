@@ -119,6 +119,7 @@ def prepare(work: str | Path, *, log: Callable[[str], None] = print) -> tuple[Pa
     from training.model import ModelError, load_checkpoint
 
     work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)  # fails now, not after minutes of making the model
     checkpoint, bundle_dir = work / "model.pt", work / "bundle"
     again = "delete it and run again to make it anew"
     if checkpoint.is_file():

@@ -59,3 +59,16 @@ def test_model_bench_reads_an_unreadable_graph_as_one_line(tmp_path: Path) -> No
     with pytest.raises(model_bench.BenchError, match="is not a loadable bundle model") as error:
         model_bench._graph(tmp_path / "model.onnx")
     assert "\n" not in str(error.value)
+
+
+def test_a_work_folder_that_cannot_be_is_one_line_before_the_model_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def make_checkpoint(*args: object, **kwargs: object) -> None:
+        raise AssertionError("minutes of work began before the folder was checked")
+
+    monkeypatch.setattr(weights, "make_checkpoint", make_checkpoint)
+    (tmp_path / "file").write_text("not a folder")
+    assert weights.main(["--work", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("benchmarks.weights: [Errno 17] File exists"), err
