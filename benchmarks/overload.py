@@ -37,6 +37,7 @@ from benchmarks.run import (
     load1,
     locust,
     machine,
+    ok_rps,
     run_cli,
     servers,
     start,
@@ -133,7 +134,7 @@ def run_overload(
     try:
         warm(base)
         stats, _ = locust(base, saturation_users, saturation_time, work / "locust" / "overload-saturation")
-        saturation = float(stats.get("Aggregated", {}).get("rps") or 0.0)
+        saturation = ok_rps(stats["Aggregated"])  # fast errors are no throughput: 2x them would be a flood
         if saturation <= 0:
             raise BenchError("the saturation run served nothing; see the Locust log under WORK/locust/")
         offered = factor * saturation

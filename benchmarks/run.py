@@ -741,7 +741,7 @@ def compare(summary: dict[str, Any]) -> dict[str, Any]:
                 continue
             ours = [run["stats"]["Aggregated"] for run in runs]
             theirs = [run["stats"]["Aggregated"] for run in others]
-            rounds = [_ratio(_ok_rps(a), _ok_rps(b)) for a, b in zip(ours, theirs, strict=True)]
+            rounds = [_ratio(ok_rps(a), ok_rps(b)) for a, b in zip(ours, theirs, strict=True)]
             ratios[users] = {
                 "throughput": _median(rounds, digits=2),
                 "throughput_rounds": rounds,
@@ -783,7 +783,7 @@ def _median(values: Iterable[float | None], digits: int = 1) -> float | None:
     return round(statistics.median(known), digits) if known else None
 
 
-def _ok_rps(stats: dict[str, Any]) -> float:
+def ok_rps(stats: dict[str, Any]) -> float:
     """Successful requests per second (a fast error must not count as throughput)."""
     if not stats["requests"]:
         return 0.0

@@ -4,6 +4,7 @@ Numbers are never asserted, only that the run works and what it records is sound
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -39,3 +40,27 @@ def test_percentiles_and_rss_profile() -> None:
     assert flat["every_10s_mb"] == [200.0, 200.0]
     growing = overload.rss_profile([(200 + i) * mb for i in range(40)], interval=0.5)
     assert growing["second_half_growth_mb"] == 19.0  # 239 MB at the end against 220 MB at half time
+
+
+def test_a_saturation_run_of_errors_alone_is_no_saturation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from benchmarks import weights
+
+    # A server answering every request with a fast error: 1000 "requests" a second, none of them served.
+    errors = {"Aggregated": {"requests": 5000, "failures": 5000, "rps": 1000.0}}
+    monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
+    monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
+    monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
+    monkeypatch.setattr(overload, "stop", lambda proc: None)
+    monkeypatch.setattr(overload, "warm", lambda base: None)
+    monkeypatch.setattr(overload, "locust", lambda *args: (errors, {}))
+
+    def paced_locust(base: str, rate: float, users: int, *args: object) -> None:
+        raise AssertionError(f"{users} users offered {rate * users:.0f} req/s")
+
+    monkeypatch.setattr(overload, "paced_locust", paced_locust)
+    with pytest.raises(overload.BenchError, match="the saturation run served nothing"):
+        overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", log=lambda line: None)
