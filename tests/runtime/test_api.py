@@ -736,6 +736,16 @@ def test_page_ranges_follow_rfc_9110(client: TestClient) -> None:
     assert answer.status_code == 200 and answer.content == whole
 
 
+def test_open_ended_and_suffix_ranges_of_a_set_are_kept_beside_one_past_the_end(client: TestClient) -> None:
+    whole = client.get("/app.js").content
+    for mixed, expected in (
+        (f"bytes={len(whole)}-,-10", whole[-10:]),  # the last 10 bytes
+        (f"bytes=10-,{len(whole)}-", whole[10:]),  # from byte 10 to the end
+    ):
+        answer = client.get("/app.js", headers={"range": mixed})
+        assert answer.status_code == 206 and answer.content == expected, mixed
+
+
 def test_inference_failure_is_a_generic_500_logged_with_the_request_id(
     tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
