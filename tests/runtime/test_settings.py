@@ -62,6 +62,17 @@ def test_the_largest_values_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_pixels == 89_478_485
 
 
+def test_the_smallest_size_limit_is_one_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_MAX_IMAGE_MB", "0.00000096")  # 1.007 bytes
+    assert Settings.from_env().max_image_bytes == 1
+
+
+def test_the_callers_bundle_is_taken_over_skin_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKIN_BUNDLE", "from-env")
+    assert Settings.from_env().bundle == "from-env"
+    assert Settings.from_env(bundle="from-cli").bundle == "from-cli"  # skin-serve --bundle
+
+
 def test_good_values_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     given = {
         "SKIN_TOP_K": "3",
