@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import classification_report, precision_recall_fscore_support
 
-from training.report import classification_summary, epoch_metrics, top_k_accuracy
+from training.report import classification_summary, epoch_metrics, plain, top_k_accuracy
 
 NAMES = ["a", "b", "c"]
 
@@ -77,3 +77,11 @@ def test_the_loss_is_the_cross_entropy_of_the_true_labels() -> None:
     labels = np.array([1, 2])  # the first one wrong
     loss = epoch_metrics(np.log(probs), labels)["loss"]
     assert loss == pytest.approx(-(np.log(0.2) + np.log(0.8)) / 2)
+
+
+def test_numpy_values_become_python_types() -> None:
+    # report.json is written with json, and the checkpoint's copy read with torch.load(weights_only=True),
+    # which refuses numpy scalars.
+    value = plain({1: np.int64(2), "b": (np.float32(0.5), np.arange(2))})
+    assert value == {"1": 2, "b": [0.5, [0, 1]]}
+    assert (type(value["1"]), type(value["b"][0]), type(value["b"][1][0])) == (int, float, int)
