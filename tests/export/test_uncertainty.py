@@ -107,6 +107,29 @@ def test_a_target_never_reached_leaves_every_prediction_low() -> None:
     assert unc.at_threshold(CONF, wrong, chosen["min_probability"])["coverage"] == 0.0
 
 
+def test_at_threshold_accepts_a_confidence_equal_to_it_as_the_runtime_does() -> None:
+    at = unc.at_threshold(CONF, RIGHT, 0.9)  # the runtime's "ok" is >= min_probability
+    assert (at["n"], at["coverage"], at["precision"]) == (len(CONF), 0.5, 1.0)
+    nothing = unc.at_threshold(CONF, RIGHT, CONF.max() + 1)
+    assert (nothing["coverage"], nothing["precision"]) == (0.0, None)
+    assert nothing["accuracy_all"] == pytest.approx(RIGHT.mean())
+
+
+def test_class_means_are_each_class_own() -> None:
+    features, labels = np.array([[0.0, 1.0], [2.0, 0.0], [10.0, 10.0], [12.0, 14.0]]), np.array([0, 0, 1, 1])
+    means, _ = unc.fit_mahalanobis(features, labels)
+    np.testing.assert_allclose(means, [[1.0, 0.5], [11.0, 12.0]])
+
+
+def test_inputs_that_cannot_make_a_curve_or_a_covariance_are_refused() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        unc.risk_coverage(np.array([0.9, 0.8]), np.array([True]))
+    with pytest.raises(ValueError, match="at least two training images"):
+        unc.fit_mahalanobis(np.ones((1, 3)), np.array([0]))
+    means, whitening = unc.fit_mahalanobis(np.array([[0.0], [2.0]]), np.array([0, 0]))  # two are enough
+    np.testing.assert_allclose((means, whitening), ([[1.0]], [[1.0]]))
+
+
 def test_softmax_divides_the_logits_by_the_temperature_as_the_graph_does() -> None:
     from scipy.special import softmax
 
