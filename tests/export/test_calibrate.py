@@ -22,6 +22,14 @@ def test_ece_is_zero_when_confidence_matches_accuracy() -> None:
     assert calibrate.ece(probs, labels) == pytest.approx(0.0)
 
 
+def test_ece_keeps_each_bin_apart() -> None:
+    # Bins 13 (0.9), 14 (1.0) and 8 (0.6); 25 % right at 0.775 mean confidence, so merged bins would differ.
+    probs = np.array([[0.9, 0.1], [1.0, 0.0], [0.6, 0.4], [0.6, 0.4]])
+    labels = np.array([0, 1, 1, 1])
+    expected = 0.25 * abs(1.0 - 0.9) + 0.25 * abs(0.0 - 1.0) + 0.5 * abs(0.0 - 0.6)
+    assert calibrate.ece(probs, labels) == pytest.approx(expected)
+
+
 def test_nll_matches_scipy_free_formula() -> None:
     logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     labels = np.array([0, 1])
