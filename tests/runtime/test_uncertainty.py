@@ -199,3 +199,16 @@ def test_policy_needs_nothing_extra_for_max_prob() -> None:
         {"ood": {"score": "max_prob", "min_score": 0.5}}, outputs={"probabilities"}
     )
     assert policy.needs == [] and dataclasses.asdict(policy)["threshold"] == 0.5
+
+
+def test_a_max_score_is_inclusive_and_info_names_each_side() -> None:
+    policy = Policy.from_thresholds(
+        {"ood": {"score": "mahalanobis", "max_score": 10.0}}, outputs={"ood_score"}
+    )
+    rows = policy.judge({"probabilities": OUTPUTS["probabilities"], "ood_score": np.array([10.0, 10.5])})
+    assert [row["in_distribution"] for row in rows] == [True, False]  # "past the threshold" is out (README)
+    assert policy.describe()["ood_score"]["in_distribution_when"] == "<= 10.0"
+    higher = Policy.from_thresholds(
+        {"ood": {"score": "max_prob", "min_score": 0.5}}, outputs={"probabilities"}
+    )
+    assert higher.describe()["ood_score"]["in_distribution_when"] == ">= 0.5"
