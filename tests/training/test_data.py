@@ -72,6 +72,10 @@ def _break_class_sets(root: Path) -> None:
     shutil.rmtree(root / "test" / "Moles")
 
 
+def _break_test_only_class(root: Path) -> None:
+    shutil.copytree(root / "test" / "Moles", root / "test" / "Warts")
+
+
 def _break_missing_test(root: Path) -> None:
     shutil.rmtree(root / "test")
 
@@ -85,6 +89,7 @@ def _break_both_spellings(root: Path) -> None:
     [
         pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class-folder"),
         pytest.param(_break_class_sets, "only in train: Moles", id="train-test-classes-differ"),
+        pytest.param(_break_test_only_class, "different classes (only in test: Warts)", id="test-only-class"),
         pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
     ],
