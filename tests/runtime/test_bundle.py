@@ -38,6 +38,8 @@ def test_metadata_round_trip() -> None:
     ("overrides", "message"),
     [
         pytest.param({"class_names": []}, "non-empty", id="no-classes"),
+        pytest.param({"class_names": ["A", ""]}, "non-empty list of strings", id="empty-class-name"),
+        pytest.param({"class_names": ["A", 5]}, "non-empty list of strings", id="class-name-not-a-string"),
         pytest.param({"class_names": ["A", "A"]}, "unique", id="duplicate-classes"),
         pytest.param({"display_names": ["A"]}, "display names", id="display-count"),
         pytest.param({"input_size": (4, 4)}, "out of range", id="tiny-input"),
