@@ -62,6 +62,13 @@ def test_the_largest_values_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_pixels == 89_478_485
 
 
+def test_an_empty_environment_gives_the_documented_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.from_env() == Settings()  # the dataclass's defaults are what the README lists
+    assert Settings().memory_arena
+    monkeypatch.setenv("SKIN_ORT_MEMORY_ARENA", "false")
+    assert not Settings.from_env().memory_arena
+
+
 def test_the_smallest_size_limit_is_one_byte(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SKIN_MAX_IMAGE_MB", "0.00000096")  # 1.007 bytes
     assert Settings.from_env().max_image_bytes == 1
