@@ -76,6 +76,18 @@ def _break_test_only_class(root: Path) -> None:
     shutil.copytree(root / "test" / "Moles", root / "test" / "Warts")
 
 
+def _break_one_class(root: Path) -> None:
+    for split in ("train", "test"):
+        for name in ("Eczema", "Moles"):
+            shutil.rmtree(root / split / name)
+
+
+def _break_no_classes(root: Path) -> None:
+    for split in ("train", "test"):
+        shutil.rmtree(root / split)
+        (root / split).mkdir()
+
+
 def _break_missing_test(root: Path) -> None:
     shutil.rmtree(root / "test")
 
@@ -90,6 +102,8 @@ def _break_both_spellings(root: Path) -> None:
         pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class-folder"),
         pytest.param(_break_class_sets, "only in train: Moles", id="train-test-classes-differ"),
         pytest.param(_break_test_only_class, "different classes (only in test: Warts)", id="test-only-class"),
+        pytest.param(_break_one_class, "has 'Acne' only", id="one-class"),
+        pytest.param(_break_no_classes, "has no class folders", id="no-classes"),
         pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
     ],
@@ -102,6 +116,26 @@ def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, mess
         load_splits(root)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_stray_files_and_hidden_folders_beside_the_classes_are_not_classes(
+    tmp_path: Path, dataset: Path
+) -> None:
+    shutil.copytree(dataset, tmp_path / "copy")
+    (tmp_path / "copy" / "train" / "README.txt").write_text("not a class")
+    shutil.copytree(dataset / "train" / "Acne", tmp_path / "copy" / "train" / ".Trash")
+    assert load_splits(tmp_path / "copy").class_names == CLASSES
+
+
+def test_an_unreadable_image_is_skipped_and_named_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(b"not a jpeg")
+    with caplog.at_level("WARNING", logger="training.data"):
+        assert data.load_image(path, 32) is None
+        assert data.load_image(path, 32) is None
+    assert [str(path) in r.getMessage() for r in caplog.records] == [True]
 
 
 def test_missing_root() -> None:
