@@ -740,6 +740,7 @@ def test_open_ended_and_suffix_ranges_of_a_set_are_kept_beside_one_past_the_end(
     whole = client.get("/app.js").content
     for mixed, expected in (
         (f"bytes={len(whole)}-,-10", whole[-10:]),  # the last 10 bytes
+        (f"bytes={len(whole)}-,-1", whole[-1:]),  # the last byte
         (f"bytes=10-,{len(whole)}-", whole[10:]),  # from byte 10 to the end
     ):
         answer = client.get("/app.js", headers={"range": mixed})
