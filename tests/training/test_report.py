@@ -85,3 +85,19 @@ def test_numpy_values_become_python_types() -> None:
     value = plain({1: np.int64(2), "b": (np.float32(0.5), np.arange(2))})
     assert value == {"1": 2, "b": [0.5, [0, 1]]}
     assert (type(value["1"]), type(value["b"][0]), type(value["b"][1][0])) == (int, float, int)
+
+
+def test_a_split_without_images_gives_no_numbers_and_large_logits_a_finite_loss() -> None:
+    # A validation split whose every image was unreadable: nan, not a crash ("no macro-F1" for that epoch).
+    empty = epoch_metrics(np.zeros((0, 3), np.float32), np.zeros(0, np.int64))
+    assert set(empty) == {"loss", "accuracy", "precision", "recall", "f1"}
+    assert all(np.isnan(v) for v in empty.values())
+    loss = epoch_metrics(np.array([[1000.0, 0.0], [0.0, 1000.0]], np.float32), np.array([0, 0]))["loss"]
+    assert loss == pytest.approx(500.0)  # exp(1000) would overflow without the max subtracted
+
+
+def test_a_predicted_class_without_images_has_a_recall_of_0_in_the_macro_average() -> None:
+    labels, names = np.array([0, 0, 1, 1]), [*NAMES, "d"]  # "c" predicted once, "d" not even that
+    report = classification_summary(_one_hot([0, 2, 1, 1], 4), labels, names, skipped=2)
+    assert report["macro avg"]["recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)  # over a, b and c
+    assert (report["class_names"], report["skipped_images"]) == (names, 2)
