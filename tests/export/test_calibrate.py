@@ -30,6 +30,14 @@ def test_ece_keeps_each_bin_apart() -> None:
     assert calibrate.ece(probs, labels) == pytest.approx(expected)
 
 
+def test_the_before_numbers_are_those_of_the_plain_softmax() -> None:
+    logits, labels = np.array([[3.0, 0.0], [2.0, 1.0], [0.0, 1.0]]), np.array([0, 1, 1])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # temperature 1
+    measured = calibrate.measure(logits, labels, 2.0)
+    assert measured["nll_before"] == pytest.approx(-np.log(probs[[0, 1, 2], labels]).mean())
+    assert measured["ece_before"] == pytest.approx(calibrate.ece(probs, labels))
+
+
 def test_nll_matches_scipy_free_formula() -> None:
     logits = np.array([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
     labels = np.array([0, 1])
