@@ -100,7 +100,7 @@ def check_parity(
         gap = float(np.abs(got - want).max())
         limit = relative * max(1.0, float(np.abs(want).max()))
         result[f"{output}_max_abs_diff"] = gap
-        if gap > limit:
+        if not gap <= limit:  # a NaN anywhere fails too (NaN > limit would be False)
             raise ExportError(
                 f"parity failed on {len(chosen)} images: max |Δ{what}| = {gap:.3g} (limit {limit:.3g})"
             )

@@ -425,6 +425,19 @@ def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], da
     # The same answers from a feature map twice as strong: only the heatmap can tell.
     with pytest.raises(ExportError, match="Δcam"):
         parity.check_parity(Changed(scale=2.0), model, files, **options)
+
+    class NanMap(Changed):
+        """Right answers from a feature map with a NaN in it: a difference of NaN must fail, not pass."""
+
+        def forward_features(self, x: Any) -> Any:
+            self.clean = self.inner.forward_features(x)
+            return self.clean.index_put((torch.tensor([0]),), torch.tensor(float("nan")))
+
+        def forward_head(self, features: Any) -> Any:
+            return self.inner.forward_head(self.clean)
+
+    with pytest.raises(ExportError, match=r"Δcam\| = nan"):
+        parity.check_parity(NanMap(), model, files, **options)
     assert exported["report"]["parity"]["logits_max_abs_diff"] < 1e-4
     assert exported["report"]["parity"]["cam_max_abs_diff"] < 1e-4
 
