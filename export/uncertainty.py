@@ -177,7 +177,13 @@ def fit_mahalanobis(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarra
     means = np.stack([x[y == c].mean(axis=0) for c in classes])
     centred = x - means[np.searchsorted(classes, y)]
     precision = LedoitWolf(assume_centered=True).fit(centred).precision_
-    return means, np.linalg.cholesky((precision + precision.T) / 2)
+    try:
+        return means, np.linalg.cholesky((precision + precision.T) / 2)
+    except np.linalg.LinAlgError:  # no spread at all around the means: numpy's words would not say why
+        raise ValueError(
+            "the training images' features do not vary around their class means (one image per class?), "
+            "so no covariance can be fitted"
+        ) from None
 
 
 def mahalanobis(features: np.ndarray, means: np.ndarray, whitening: np.ndarray) -> np.ndarray:

@@ -128,6 +128,8 @@ def test_inputs_that_cannot_make_a_curve_or_a_covariance_are_refused() -> None:
         unc.fit_mahalanobis(np.ones((1, 3)), np.array([0]))
     means, whitening = unc.fit_mahalanobis(np.array([[0.0], [2.0]]), np.array([0, 0]))  # two are enough
     np.testing.assert_allclose((means, whitening), ([[1.0]], [[1.0]]))
+    with pytest.raises(ValueError, match="do not vary around their class means"):  # one image per class
+        unc.fit_mahalanobis(np.array([[0.0, 1.0], [2.0, 3.0]]), np.array([0, 1]))
 
 
 def test_softmax_divides_the_logits_by_the_temperature_as_the_graph_does() -> None:
