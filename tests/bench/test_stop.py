@@ -132,7 +132,7 @@ def test_sigterm_mid_run_stops_the_servers_and_locust(
     left: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 180
-        while not any("locust" in " ".join(c.cmdline()) for c in _children_of(bench.pid)):
+        while not any("locust" in _command(c) for c in _children_of(bench.pid)):
             assert bench.poll() is None and time.monotonic() < deadline, "Locust never started"
             time.sleep(0.2)
         left += _children_of(bench.pid)
@@ -154,3 +154,10 @@ def _children_of(pid: int) -> list[psutil.Process]:
     with contextlib.suppress(psutil.Error):
         return psutil.Process(pid).children(recursive=True)
     return []
+
+
+def _command(proc: psutil.Process) -> str:
+    """Its command line, or "" if it has just ended (a child can go between listing and asking)."""
+    with contextlib.suppress(psutil.Error):
+        return " ".join(proc.cmdline())
+    return ""
