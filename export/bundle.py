@@ -182,11 +182,7 @@ def _build(
             f"NLL {calibration['nll_before']:.4f} → {calibration['nll_after']:.4f} (validation)"
         )
         if calibration["degenerate"]:
-            note = (
-                f"temperature {calibration['temperature']:.3g} is no real fit: the validation NLL keeps "
-                "falling towards a bound (every validation image right?), so the probabilities are likely "
-                "overconfident on new images; more or harder validation images would fix it"
-            )
+            note = degenerate_note(calibration["temperature"])
             say(f"note: {note}")
             notes.append(note)
         val_images = uncertainty.Images(
@@ -660,6 +656,21 @@ def _check_graph_score(
             f"the graph's ood_score is off the distances its threshold was set on ({worst:.2e} relative)"
         )
     return {"n": len(kept), "max_rel_diff": worst}
+
+
+def degenerate_note(temperature: float) -> str:
+    """What a temperature at a bound of its search means: it depends on which bound."""
+    if temperature > 1:  # flatter was always better: the model's top class is mostly wrong on these images
+        return (
+            f"temperature {temperature:.3g} is no real fit: the validation NLL keeps falling as the "
+            "probabilities flatten towards uniform (the model is rarely right on the validation images?), so "
+            "they say little; a better-trained model would fix it"
+        )
+    return (
+        f"temperature {temperature:.3g} is no real fit: the validation NLL keeps falling towards a bound "
+        "(every validation image right?), so the probabilities are likely overconfident on new images; more "
+        "or harder validation images would fix it"
+    )
 
 
 def _threshold_line(thresholds: dict[str, Any]) -> str:

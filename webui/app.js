@@ -1120,8 +1120,11 @@
       $("calibration-stats").replaceChildren(...tiles);
       $("calibration-note").textContent =
         "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking." +
-        (cal.degenerate ? " Here the fit found no minimum (the validation images were too easy), so the probabilities " +
-          "are likely overconfident on new images." : "") +
+        (!cal.degenerate ? "" : cal.temperature > 1
+          ? " Here the fit found no minimum (the model was rarely right on the validation images), so the probabilities " +
+            "are flattened towards equal and say little."
+          : " Here the fit found no minimum (the validation images were too easy), so the probabilities " +
+            "are likely overconfident on new images.") +
         (cal.test && typeof cal.test.ece_after === "number" ? " On the test split, which the fit never saw: ECE " +
           pct(cal.test.ece_before) + " → " + pct(cal.test.ece_after) + ", NLL " + fixed(cal.test.nll_before, 3) + " → " +
           fixed(cal.test.nll_after, 3) + "." : "");

@@ -122,6 +122,16 @@ def test_a_fit_without_a_minimum_is_flagged_and_the_split_named() -> None:
     assert calibrate.calibrate(mixed, np.array([0, 1, 1, 0]))["degenerate"] is False
 
 
+def test_a_fit_at_either_bound_is_explained_by_that_bound() -> None:
+    from export.bundle import degenerate_note
+
+    # Every validation image wrong: flatter is always better, and T runs to the upper bound.
+    result = calibrate.calibrate(np.array([[4.0, 0.0], [0.0, 4.0], [5.0, 1.0]]), np.array([1, 0, 1]))
+    assert result["degenerate"] is True and result["temperature"] > 50
+    assert "rarely right" in degenerate_note(result["temperature"])
+    assert "every validation image right?" in degenerate_note(0.05)
+
+
 def test_a_search_that_ends_worse_than_t_1_keeps_t_1(monkeypatch: pytest.MonkeyPatch) -> None:
     import scipy.optimize
 

@@ -521,6 +521,20 @@ def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
     )
 
 
+def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -> None:
+    def flattened(route: Any) -> None:
+        report = route.fetch().json()
+        calibration = {**report["calibration"], "degenerate": True, "temperature": 100.0}
+        route.fulfill(json={**report, "calibration": calibration})
+
+    page.route("**/api/report", flattened)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    note = page.locator("#calibration-note")
+    expect(note).to_contain_text("the model was rarely right on the validation images")
+    expect(note).not_to_contain_text("too easy")
+
+
 def test_model_tab_without_a_report(page: Any, console: Console) -> None:
     console.allow(r"status of 404")
     page.route(
