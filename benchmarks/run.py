@@ -360,9 +360,13 @@ def start(
         raise
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
+def stop(*procs: subprocess.Popen[bytes]) -> None:
+    # Every one is sent SIGTERM before any is waited for: a second Ctrl-C or SIGTERM during the wait (up to
+    # 30 s each) then leaves none of them running.
+    running = [proc for proc in procs if proc.poll() is None]
+    for proc in running:
         proc.terminate()
+    for proc in running:
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -604,8 +608,7 @@ def bench_servers(
                     )
                     results[name]["runs"].setdefault(str(users), []).append(run)
     finally:
-        for proc, _ in running.values():
-            stop(proc)
+        stop(*(proc for proc, _ in running.values()))
     return results
 
 

@@ -161,3 +161,18 @@ def _command(proc: psutil.Process) -> str:
     with contextlib.suppress(psutil.Error):
         return " ".join(proc.cmdline())
     return ""
+
+
+def test_a_second_stop_signal_while_servers_stop_leaves_none_running(no_leftovers: set[int]) -> None:
+    # The first server does not exit on SIGTERM, and a second Ctrl-C comes while it is waited for: the others
+    # must have had their SIGTERM already (stopped one at a time, they were left running).
+    stubborn = "import signal as s, time; s.signal(s.SIGTERM, s.SIG_IGN); print(flush=True); time.sleep(99)"
+    first = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE)
+    assert first.stdout is not None and first.stdout.readline()  # its handler is in place
+    others = [subprocess.Popen(SLEEPER) for _ in range(2)]
+    with pytest.raises(KeyboardInterrupt), interrupted_after(0.5):
+        run.stop(first, *others)
+    first.kill()
+    first.communicate()
+    for proc in others:
+        assert proc.wait(timeout=10) == -signal.SIGTERM
