@@ -7,6 +7,7 @@ Normalization is not done here: it lives in the ONNX graph (and in training's te
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -106,13 +107,36 @@ class _CappedReads(io.BytesIO):
 
 
 def _check_scans(img: Image.Image, data: bytes) -> None:
-    # FF DA starts a scan; entropy-coded data never holds it (an FF there is followed by 00 or a restart
-    # marker), so only metadata could add to the count, by chance, far below the limit.
-    scans = data.count(b"\xff\xda")
-    if scans > MAX_JPEG_SCANS:
+    if _too_many_scans(data):
         img.close()
-        message = f"the JPEG has {scans:,} scans (decoding passes); at most {MAX_JPEG_SCANS} are read"
+        message = (
+            f"the JPEG has more than {MAX_JPEG_SCANS} scans (decoding passes), or is cut into too many pieces"
+        )
         raise ImageError("corrupt_image", message)
+
+
+# A marker: FF and a code other than 00 (an FF in the entropy-coded data), D0-D7 (restarts) or FF (fill).
+_JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
+
+
+def _too_many_scans(data: bytes) -> bool:
+    """The first image's scans (SOS markers) are counted up to its EOI, segments skipped by their length: a
+    thumbnail in EXIF, bytes in metadata, the next picture of an MPO and what follows the image (a motion
+    photo's video, by chance FF DA once per 64 KB) are not scans libjpeg decodes for it."""
+    scans, pos = 0, 2  # after SOI
+    for _ in range(MAX_READS):  # libjpeg reads markers in C; a real file has tens, past this is hostile
+        marker = _JPEG_MARKER.search(data, pos)
+        if marker is None or marker[1] == b"\xd9":  # the end of the file, or of the image (EOI)
+            return False
+        pos = marker.end()
+        if marker[1] in (b"\x01", b"\xd8"):  # TEM, SOI: no length follows
+            continue
+        if marker[1] == b"\xda":
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                return True
+        pos += int.from_bytes(data[pos : pos + 2], "big")  # the length counts itself, not the marker
+    return True
 
 
 def decode_rgb(

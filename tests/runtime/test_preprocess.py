@@ -153,7 +153,21 @@ def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path, from_path
     with pytest.raises(ImageError) as info:
         preprocess(source(501), (16, 16))
     assert (info.value.code, info.value.status) == ("corrupt_image", 400)
-    assert "501 scans" in info.value.message
+    assert "more than 500 scans" in info.value.message
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(lambda scan: b"\0" * 7 + scan * 600, id="after-the-image"),  # a motion photo's video
+        pytest.param(lambda scan: b"\xff\xd8" + scan * 600 + b"\xff\xd9", id="second-picture"),  # an MPO's
+    ],
+)
+def test_scan_markers_after_the_image_are_not_its_scans(extra) -> None:  # type: ignore[no-untyped-def]
+    # libjpeg stops at the first image's EOI: 40 MB of video after it holds FF DA ~600 times by chance.
+    data = encode(Image.new("L", (64, 64), 128), "JPEG", progressive=True)
+    scan = data[data.rindex(b"\xff\xda") : -2]
+    assert preprocess(data + extra(scan), (16, 16)).shape == (16, 16, 3)
 
 
 def _png_with_empty_chunks(count: int) -> bytes:
