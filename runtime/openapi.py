@@ -11,7 +11,14 @@ _ERROR = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 # Any route: 404 for a path that is none, 405 (with Allow) for a method it does not take.
-_OTHER = {**_ERROR, "description": "Any other error: 404 not_found, 405 method_not_allowed, ..."}
+_OTHER = {
+    **_ERROR,
+    "description": "Any other error: 404 not_found, 405 method_not_allowed, ...",
+    "headers": {
+        **_REQUEST_ID,
+        "Allow": {"schema": {"type": "string"}, "description": "with a 405: the methods the path takes"},
+    },
+}
 _LABEL = {
     "type": "object",
     "properties": {
@@ -52,11 +59,11 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
     }
 
 
-def _status(value: str) -> dict[str, Any]:
+def _status(value: str, **fields: Any) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"status": {"type": "string", "enum": [value]}},
-        "required": ["status"],
+        "properties": {"status": {"type": "string", "enum": [value]}, **fields},
+        "required": ["status", *fields],
     }
 
 
@@ -184,14 +191,20 @@ def spec(
             "/healthz": {
                 "get": {
                     "summary": "Process is alive",
-                    "responses": {"200": _json({"type": "object"}), "default": _OTHER},
+                    "responses": {"200": _json(_status("ok")), "default": _OTHER},
                 }
             },
             "/readyz": {
                 "get": {
                     "summary": "Model loaded and warmed up (the port opens only then)",
                     "responses": {
-                        "200": _json(_status("ready")),
+                        "200": _json(
+                            _status(
+                                "ready",
+                                model={"type": "string", "description": "the served model's name"},
+                                version={"type": "string"},
+                            )
+                        ),
                         # Not the error shape: a probe reads {"status"} either way (only in-process: the port
                         # opens after the warm-up).
                         "503": _json(_status("starting"), "Not ready yet"),

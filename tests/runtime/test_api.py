@@ -614,6 +614,17 @@ def test_answers_fit_the_openapi_description(client: TestClient) -> None:
     )
 
 
+def test_probe_answers_and_the_405_header_are_all_described(client: TestClient) -> None:
+    spec = client.get("/api/openapi.json").json()
+    for path in ("/healthz", "/readyz"):
+        answer = client.get(path).json()
+        schema = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert set(answer) == set(schema["properties"]) == set(schema["required"]), path
+    refused = client.put("/api/predict")
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+    assert "Allow" in spec["paths"]["/api/predict"]["post"]["responses"]["default"]["headers"]
+
+
 def test_openapi_follows_the_settings_and_describes_the_busy_answer(tiny_bundle: Path) -> None:
     with _client(tiny_bundle, top_k=2) as c:
         spec = c.get("/api/openapi.json").json()
