@@ -96,13 +96,13 @@ async def predict_batch(request: Request) -> JSONResponse:
 async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatmap: bool) -> JSONResponse:
     state = request.app.state
     results: list[dict[str, Any]] = []
-    images, slots = [], []
+    images, slots, refused = [], [], []
     for part in parts:
         try:
             _check_size(part, state.settings)
             image, size = await _decode(request, part)
         except ApiError as exc:
-            state.metrics.rejected.labels(exc.code).inc()  # the answer is a 200: the middleware cannot see it
+            refused.append(exc.code)
             results.append({"filename": part.filename, "error": {"code": exc.code, "message": exc.message}})
             continue
         results.append({"filename": part.filename, "image": size})
@@ -114,6 +114,10 @@ async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatma
             cam = None if output.cam is None else output.cam[row]
             probs, judged = output.probabilities[row], output.uncertainty[row]
             results[slot].update(_result(state.engine, probs, cam, top_k, heatmap, judged))
+    # Counted here, where the 200 that carries them is sure: the middleware cannot see inside it, and a run
+    # that fails (500) or a client that left (499) sends none of these entries.
+    for code in refused:
+        state.metrics.rejected.labels(code).inc()
     return JSONResponse({"results": results, "model": _model_summary(state.engine)})
 
 

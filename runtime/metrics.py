@@ -44,7 +44,7 @@ class Metrics:
         self.in_flight = Gauge("skin_in_flight_requests", "Requests being served now", registry=r)
         self.rejected = Counter(
             "skin_rejected",
-            "Error answers (an error code in the body) by code; in a batch, each refused file counts once",
+            "Error answers (an error code in the body) by code, and each refused file of a batch's 200",
             ["reason"],
             registry=r,
         )

@@ -418,6 +418,16 @@ def test_batch_refusals_are_counted(tiny_bundle: Path) -> None:
         assert c.post("/api/predict/batch", files=files).status_code == 200
         assert 'skin_rejected_total{reason="empty_file"} 1.0' in c.get("/metrics").text
 
+        def broken(images):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no model")
+
+        # A batch whose run fails answers one 500: its refused file's entry is never sent, so not counted.
+        c.app.state.engine.run = broken  # type: ignore[attr-defined]
+        _error(c.post("/api/predict/batch", files=files), 500, "inference_failed")
+        text = c.get("/metrics").text
+        assert 'skin_rejected_total{reason="empty_file"} 1.0' in text
+        assert 'skin_rejected_total{reason="inference_failed"} 1.0' in text
+
 
 def test_batch_limits(client: TestClient) -> None:
     files = [("files", (f"{i}.jpg", solid(), "image/jpeg")) for i in range(4)]
