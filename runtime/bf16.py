@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from runtime import bundle, cpuflags
+from runtime import bundle, cpuflags, int8
 
 REPORT_KEY = "openvino_bf16"  # written by export/bf16.py
 
@@ -40,13 +40,17 @@ def concern(check: Any) -> str | None:
     return None
 
 
-def choose(bundle_dir: str | Path) -> tuple[str, str]:
+def choose(bundle_dir: str | Path, variant: str = "auto") -> tuple[str, str]:
     """SKIN_OPENVINO=auto: ("bf16", why) where OpenVINO is installed, this CPU has bf16 units and export
-    measured bf16 safe for this bundle's model; else ("off", why not): onnxruntime fp32."""
+    measured bf16 safe for this bundle's model; else ("off", why not): onnxruntime, on the graph
+    SKIN_MODEL_VARIANT (``variant``) takes there."""
+    off = f"onnxruntime {_fallback(bundle_dir, variant)}, not bf16"
+    if variant == "int8":  # on every machine alike: OpenVINO runs only the fp32 graph
+        return "off", f"{off}: SKIN_MODEL_VARIANT=int8 asks for the int8 graph, which OpenVINO does not run"
     if importlib.util.find_spec("openvino") is None:
-        return "off", "onnxruntime fp32, not bf16: the openvino extra is not installed"
+        return "off", f"{off}: the openvino extra is not installed"
     if cpu_has_bf16() is not True:
-        return "off", "onnxruntime fp32, not bf16: this CPU has no AVX-512 BF16 or AMX units"
+        return "off", f"{off}: this CPU has no AVX-512 BF16 or AMX units"
     try:
         report = bundle.load_report(bundle_dir) if str(bundle_dir) else None
     except bundle.BundleError:
@@ -54,8 +58,19 @@ def choose(bundle_dir: str | Path) -> tuple[str, str]:
     found = (report or {}).get(REPORT_KEY)
     check: dict[str, Any] = found if isinstance(found, dict) else {}
     if (why := concern(check)) is not None:
-        return "off", f"onnxruntime fp32, not bf16: {why}"
+        return "off", f"{off}: {why}"
     agreement, speed = check.get("agreement"), check.get("speedup_batch1")
     measured = f" {agreement:.4f}" if isinstance(agreement, int | float) else ""
     faster = f", {speed:.2f}x fp32's speed on the export machine" if isinstance(speed, int | float) else ""
     return "bf16", f"OpenVINO bf16: export measured top-1 agreement{measured} with fp32 on this model{faster}"
+
+
+def _fallback(bundle_dir: str | Path, variant: str) -> str:
+    """The graph onnxruntime serves when auto does not take bf16, as the engine picks it: the bundle's int8
+    graph where export shipped one and this CPU runs it (runtime/int8.py), else fp32."""
+    try:
+        path = bundle.model_path(bundle_dir, variant) if str(bundle_dir) else None
+    except bundle.BundleError:
+        return "fp32"  # the engine refuses the bundle itself, in one line
+    served = path is not None and path.name == bundle.INT8_MODEL_FILE and int8.serve_int8(variant)[0]
+    return "int8" if served else "fp32"

@@ -185,7 +185,8 @@ class Engine:
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
         """SKIN_OPENVINO=auto is settled in Settings.from_env; settings built in code may still carry it."""
-        openvino = bf16.choose(settings.bundle)[0] if settings.openvino == "auto" else settings.openvino
+        auto = settings.openvino == "auto"
+        openvino = bf16.choose(settings.bundle, settings.model_variant)[0] if auto else settings.openvino
         return cls(
             settings.bundle,
             threads=settings.threads,

@@ -73,6 +73,7 @@ class Settings:
         if bundle is None:
             bundle = config("SKIN_BUNDLE", cast=str, default="")
         openvino, chosen = _choice(config, "SKIN_OPENVINO", "off", OPENVINO_SETTINGS), ""
+        variant = _choice(config, "SKIN_MODEL_VARIANT", "auto", MODEL_VARIANTS)
         providers = tuple(
             p.strip()
             for p in config("SKIN_PROVIDERS", cast=str, default="CPUExecutionProvider").split(",")
@@ -83,7 +84,7 @@ class Settings:
                 raise ValueError("set SKIN_OPENVINO or SKIN_PROVIDERS, not both")
             from runtime.bf16 import choose
 
-            openvino, chosen = choose(bundle)
+            openvino, chosen = choose(bundle, variant)
         _available(providers)
         concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
         return cls(
@@ -110,7 +111,7 @@ class Settings:
             cors_origins=tuple(
                 o.strip() for o in config("SKIN_CORS_ORIGINS", cast=str, default="").split(",") if o.strip()
             ),
-            model_variant=_choice(config, "SKIN_MODEL_VARIANT", "auto", MODEL_VARIANTS),
+            model_variant=variant,
             memory_arena=config("SKIN_ORT_MEMORY_ARENA", cast=bool, default=True),
             spinning=config("SKIN_ORT_SPINNING", cast=bool, default=concurrency == 1),
             openvino=openvino,

@@ -4,6 +4,7 @@ Tests that need OpenVINO run where `make test` installs the `openvino` extra (x8
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -196,6 +197,33 @@ def test_auto_serves_bf16_only_where_export_measured_it_safe(
     assert (chosen.inference_concurrency, chosen.spinning) == ((1, True) if mode == "bf16" else (2, False))
     monkeypatch.setenv("SKIN_INFERENCE_CONCURRENCY", "3")
     assert Settings.from_env(bundle=str(tmp_path / "model")).inference_concurrency == 3
+
+
+@pytest.mark.parametrize(
+    ("vnni", "variant", "said", "served"),
+    [
+        pytest.param(True, "auto", "onnxruntime int8, not bf16", bundle.INT8_MODEL_FILE, id="vnni-auto-int8"),
+        pytest.param(False, "auto", "onnxruntime fp32, not bf16", bundle.MODEL_FILE, id="no-vnni-auto-fp32"),
+        pytest.param(False, "fp32", "onnxruntime fp32, not bf16", bundle.MODEL_FILE, id="fp32-asked"),
+        pytest.param(False, "int8", "onnxruntime int8, not bf16", bundle.INT8_MODEL_FILE, id="int8-asked"),
+    ],
+)
+def test_auto_names_the_graph_onnxruntime_serves_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vnni: bool, variant: str, said: str, served: str
+) -> None:
+    directory = _bundle_with_bf16_check(tmp_path, SAFE)
+    (directory / bundle.INT8_MODEL_FILE).write_bytes((directory / bundle.MODEL_FILE).read_bytes())
+    monkeypatch.setattr(int8, "clips_sums", lambda: not vnni)
+    # a CPU where auto would take bf16 unless the operator asked for int8
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: variant == "int8")
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    monkeypatch.setenv("SKIN_MODEL_VARIANT", variant)
+    settings = Settings.from_env(bundle=str(directory))
+    assert settings.openvino == "off" and settings.openvino_auto.startswith(said), settings.openvino_auto
+    # int8 asked for: refused by OpenVINO on every machine alike, so auto serves it on onnxruntime
+    assert ("SKIN_MODEL_VARIANT=int8" in settings.openvino_auto) == (variant == "int8")
+    engine = Engine.from_settings(dataclasses.replace(settings, openvino="auto", threads=1))
+    assert engine.model_file == served
 
 
 def test_auto_and_providers_together_are_refused_on_any_machine(monkeypatch: pytest.MonkeyPatch) -> None:
