@@ -27,7 +27,10 @@ def concern(check: Any) -> str | None:
     if cpu_has_bf16() is False:
         return "this CPU lacks AVX-512 BF16 and AMX: OpenVINO runs f32 or emulates bf16"
     if not isinstance(check, dict) or not check.get("measured"):
-        return "export did not measure its agreement with fp32 on this model"
+        reason = check.get("reason") if isinstance(check, dict) else None
+        return "export did not measure its agreement with fp32 on this model" + (
+            f" ({reason[:200]})" if isinstance(reason, str) and reason else ""
+        )
     if check.get("safe") is not True:
         flags = check.get("flag_agreement")
         scores = {"top-1": check.get("agreement"), **(flags if isinstance(flags, dict) else {})}
@@ -38,6 +41,19 @@ def concern(check: Any) -> str | None:
             f"({worst}see report.json {REPORT_KEY})"
         )
     return None
+
+
+def entry(report: Any, model_sha256: str | None) -> Any:
+    """report.json's openvino_bf16 entry for the model.onnx with this sha256. A report that export wrote for
+    another model.onnx (a new model copied over an old bundle's) measured that one, not this."""
+    if not isinstance(report, dict):
+        return None
+    export = report.get("export")
+    recorded = export.get("onnx_sha256") if isinstance(export, dict) else None
+    if isinstance(recorded, str) and model_sha256 is not None and recorded != model_sha256:
+        why = f"{bundle.REPORT_FILE} describes another {bundle.MODEL_FILE}, sha256 {recorded[:12]}"
+        return {"measured": False, "reason": why}
+    return report.get(REPORT_KEY)
 
 
 def choose(bundle_dir: str | Path, variant: str = "auto") -> tuple[str, str]:
@@ -55,7 +71,11 @@ def choose(bundle_dir: str | Path, variant: str = "auto") -> tuple[str, str]:
         report = bundle.load_report(bundle_dir) if str(bundle_dir) else None
     except bundle.BundleError:
         report = None  # the engine reports the unreadable file itself, in one line
-    found = (report or {}).get(REPORT_KEY)
+    try:
+        sha256 = bundle.sha256_file(Path(bundle_dir) / bundle.MODEL_FILE) if report else None
+    except OSError:
+        sha256 = None  # no model.onnx: the engine refuses the bundle itself
+    found = entry(report, sha256)
     check: dict[str, Any] = found if isinstance(found, dict) else {}
     if (why := concern(check)) is not None:
         return "off", f"{off}: {why}"

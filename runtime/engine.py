@@ -212,7 +212,7 @@ class Engine:
     @property
     def bf16_check(self) -> Any:
         """When bf16 is served: what export measured it to change here (report.json openvino_bf16)."""
-        return (self.report or {}).get(bf16.REPORT_KEY) if self.openvino == "bf16" else None
+        return bf16.entry(self.report, self.sha256) if self.openvino == "bf16" else None
 
     def bf16_warning(self) -> str | None:
         """Why serving bf16 may change answers on this model, or None when export measured it to be safe."""

@@ -5,6 +5,7 @@ Tests that need OpenVINO run where `make test` installs the `openvino` extra (x8
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 import sys
@@ -224,6 +225,36 @@ def test_auto_names_the_graph_onnxruntime_serves_instead(
     assert ("SKIN_MODEL_VARIANT=int8" in settings.openvino_auto) == (variant == "int8")
     engine = Engine.from_settings(dataclasses.replace(settings, openvino="auto", threads=1))
     assert engine.model_file == served
+
+
+@pytest.mark.parametrize(
+    "same", [pytest.param(True, id="this-model"), pytest.param(False, id="another-model")]
+)
+def test_a_report_of_another_model_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, same: bool
+) -> None:
+    # a new model.onnx copied over an old bundle's: report.json still says bf16 was safe, for the old one
+    directory = _bundle_with_bf16_check(tmp_path, SAFE)
+    report = json.loads((directory / bundle.REPORT_FILE).read_text())
+    sha = bundle.sha256_file(directory / bundle.MODEL_FILE) if same else "0" * 64
+    report["export"] = {"onnx_sha256": sha}
+    (directory / bundle.REPORT_FILE).write_text(json.dumps(report))
+    installed, real = importlib.util.find_spec("openvino") is not None, importlib.util.find_spec
+    monkeypatch.setattr(  # as if openvino were installed, whatever this machine has
+        importlib.util, "find_spec", lambda name, *a: object() if name == "openvino" else real(name, *a)
+    )
+    monkeypatch.setattr(bf16, "cpu_has_bf16", lambda: True)
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")
+    settings = Settings.from_env(bundle=str(directory))
+    assert settings.openvino == ("bf16" if same else "off"), settings.openvino_auto
+    if not same:
+        assert "did not measure" in settings.openvino_auto
+        assert "report.json describes another model.onnx, sha256 000000000000" in settings.openvino_auto
+    if same or not installed:
+        return
+    served = Engine(directory, threads=1, openvino="bf16")  # asked for by name: served, with the warning
+    assert served.bf16_check["measured"] is False
+    assert "describes another model.onnx" in (served.bf16_warning() or "")
 
 
 def test_auto_and_providers_together_are_refused_on_any_machine(monkeypatch: pytest.MonkeyPatch) -> None:
