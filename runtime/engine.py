@@ -32,17 +32,38 @@ def available_cpus() -> int:
 
 
 def _cgroup_quota() -> float | None:
-    try:  # cgroup v2: "max 100000" or "150000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
+    quotas, found = [], False
+    for path in _cpu_max_files():
+        try:  # cgroup v2: "max 100000" or "150000 100000"
+            quota, period = Path(path).read_text().split()[:2]
+            found = True
+            if quota != "max":
+                quotas.append(int(quota) / int(period))
+        except (OSError, ValueError, ZeroDivisionError):
+            pass
+    if found:
+        return min(quotas, default=None)
     try:  # cgroup v1
         quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
         period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
         return None if quota_us <= 0 else quota_us / period_us
     except (OSError, ValueError):
         return None
+
+
+def _cpu_max_files() -> list[str]:
+    """cgroup v2's cpu.max of this process's cgroup and of each one above it: the tightest limits. A container
+    sees its own cgroup as the root; a systemd service (CPUQuota=) or a container sharing the host's cgroup
+    namespace has its limit further down, where the root's file (there is none on a host) says nothing."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        own = next(line[3:] for line in lines if line.startswith("0::"))
+    except (OSError, StopIteration):
+        own = "/"
+    parts = [part for part in own.strip().split("/") if part]
+    if ".." in parts or "." in parts:  # outside this namespace's root: only the root's file can be read
+        parts = []
+    return ["/".join(["/sys/fs/cgroup", *parts[:depth], "cpu.max"]) for depth in range(len(parts), -1, -1)]
 
 
 def openvino_session(model: str | bytes, *, threads: int, precision: str) -> Any:

@@ -106,6 +106,39 @@ def test_threads_follow_the_cgroup_quota_not_the_host(
     assert engine_module.available_cpus() == cpus
 
 
+SERVICE = "system.slice/skin.service"
+
+
+@pytest.mark.parametrize(
+    ("own", "files", "cpus"),
+    [
+        pytest.param(SERVICE, {SERVICE: "150000 100000\n"}, 1, id="systemd-cpuquota-150%"),
+        pytest.param(
+            SERVICE, {SERVICE: "max 100000\n", "system.slice": "300000 100000\n"}, 3, id="parent-limit"
+        ),
+        pytest.param(SERVICE, {SERVICE: "500000 100000\n", "": "200000 100000\n"}, 2, id="tightest-wins"),
+        pytest.param(SERVICE, {SERVICE: "max 100000\n"}, 8, id="no-quota"),
+        pytest.param("", {"": "300000 100000\n"}, 3, id="container-root"),
+        pytest.param(
+            "../elsewhere", {"": "200000 100000\n", "elsewhere": "100000 100000\n"}, 2, id="outside-ns"
+        ),
+        pytest.param(SERVICE, {SERVICE: "150000 0\n"}, 8, id="malformed-period"),
+    ],
+)
+def test_threads_follow_the_quota_of_this_process_own_cgroup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, own: str, files: dict[str, str], cpus: int
+) -> None:
+    # cgroup v2 on a host: no cpu.max at the root; the limit sits on the service's cgroup or above it
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(f"0::/{own}\n")
+    for directory, text in files.items():
+        (tmp_path / "sys/fs/cgroup" / directory).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "sys/fs/cgroup" / directory / "cpu.max").write_text(text)
+    monkeypatch.setattr(engine_module, "Path", lambda path: tmp_path / str(path).lstrip("/"))
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert engine_module.available_cpus() == cpus
+
+
 def test_session_options_run_one_graph_at_a_time_on_the_threads_given() -> None:
     options = session_options(threads=3, memory_arena=False)
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
