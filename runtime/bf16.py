@@ -90,7 +90,9 @@ def _fallback(bundle_dir: str | Path, variant: str) -> str:
     graph where export shipped one and this CPU runs it (runtime/int8.py), else fp32."""
     try:
         path = bundle.model_path(bundle_dir, variant) if str(bundle_dir) else None
-    except bundle.BundleError:
+        if path is None or path.name != bundle.INT8_MODEL_FILE:
+            return "fp32"
+        stale = int8.stale(bundle.load_report(bundle_dir), path)
+    except (bundle.BundleError, OSError):
         return "fp32"  # the engine refuses the bundle itself, in one line
-    served = path is not None and path.name == bundle.INT8_MODEL_FILE and int8.serve_int8(variant)[0]
-    return "int8" if served else "fp32"
+    return "int8" if int8.serve_int8(variant, stale)[0] else "fp32"

@@ -153,9 +153,13 @@ class Engine:
                 )
             variant = "fp32"
         path = bundle.model_path(bundle_dir, variant)
+        self.report = bundle.load_report(bundle_dir)
         self.int8_note: str | None = None  # why int8 was passed over, or is served where it is slow
         if path.name == bundle.INT8_MODEL_FILE:
-            served, self.int8_note = int8.serve_int8(variant)
+            stale = int8.stale(self.report, path)
+            if stale is not None and variant == "int8":
+                raise bundle.BundleError(f"{path.name} is not this model's: {stale}")
+            served, self.int8_note = int8.serve_int8(variant, stale)
             if not served:
                 path = bundle.model_path(bundle_dir, "fp32")
         self.bundle_dir = Path(bundle_dir)
@@ -198,7 +202,6 @@ class Engine:
         self.policy = uncertainty.Policy.from_thresholds(self.meta.thresholds, outputs=set(outputs))
         self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
         self._fetch += self.policy.needs
-        self.report = bundle.load_report(bundle_dir)
         self.sha256 = bundle.sha256_file(path)
         self.providers = self.session.get_providers()
         self.ready = False

@@ -5,14 +5,16 @@ products in 16 bits and clip the sum (``vpmaddubsw``). A model's int8 graph then
 one export measured: on the benchmark's B3 it agreed with fp32 on 50 % of the top-1 classes, the same graph
 computed exactly on 63 %. ``session.x64quantprecision`` makes onnxruntime use its exact uint8 x uint8 kernels
 there instead, which are slower than fp32 on such a CPU. VNNI and AMX sum in 32 bits: exact and fast. ARM's
-kernels are exact too. Stdlib only: the engine's session options use it.
+kernels are exact too. Stdlib and runtime/bundle.py only: the engine's session options use it.
 """
 
 from __future__ import annotations
 
 import platform
+from pathlib import Path
+from typing import Any
 
-from runtime import cpuflags
+from runtime import bundle, cpuflags
 
 PRECISION_OPTION = "session.x64quantprecision"  # onnxruntime: exact u8 x u8 kernels where u8 x s8 clips
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}  # /proc/cpuinfo: int8 dot products summed in 32 bits
@@ -33,10 +35,26 @@ def clips_sums() -> bool | None:
     return None if vnni is None else not vnni
 
 
-def serve_int8(variant: str) -> tuple[bool, str | None]:
+def stale(report: Any, path: Path) -> str | None:
+    """Why ``path`` (the bundle's int8 graph) is not the one export shipped beside this report.json: a file
+    left from an earlier export under a new model.onnx and report; None: it is, or the report cannot say."""
+    entry = report.get("int8") if isinstance(report, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    decision, recorded = entry.get("decision"), entry.get("sha256")
+    if isinstance(decision, str) and decision != "shipped":
+        return f"{bundle.REPORT_FILE} says export did not ship one with this model ({decision})"
+    if isinstance(recorded, str) and recorded != bundle.sha256_file(path):
+        return f"{bundle.REPORT_FILE} records another one (sha256 {recorded[:12]})"
+    return None
+
+
+def serve_int8(variant: str, stale: str | None = None) -> tuple[bool, str | None]:
     """The bundle ships an int8 graph and ``variant`` (``auto`` or ``int8``) would serve it: whether to, and
-    why the choice needs saying (else None). ``auto`` takes fp32 where int8 would only be slower; ``int8`` is
-    served as asked, exactly."""
+    why the choice needs saying (else None). ``auto`` takes fp32 where int8 would only be slower, or is not
+    this model's (``stale``: why); ``int8`` is served as asked, exactly."""
+    if stale is not None and variant != "int8":
+        return False, f"fp32, not the bundle's int8 graph: {stale}"
     if clips_sums() is not True:
         return True, None
     if variant == "int8":

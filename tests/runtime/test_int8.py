@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,42 @@ def test_auto_serves_int8_only_where_it_is_fast(
     assert engine.model_file == served and engine.info()["model_file"] == served
     said = engine.info()["onnxruntime"]["int8"]
     assert said == engine.int8_note and (said is None if note is None else said.startswith(note)), said
+
+
+@pytest.mark.parametrize(
+    ("entry", "stale"),
+    [
+        pytest.param(
+            {"decision": "not shipped", "file": None}, "did not ship one", id="report-says-not-shipped"
+        ),
+        pytest.param({"decision": "shipped", "sha256": "0" * 64}, "records another one", id="sha-mismatch"),
+        pytest.param({"decision": "shipped", "sha256": None}, None, id="this-one"),
+        pytest.param(None, None, id="report-without-int8"),
+    ],
+)
+def test_an_int8_graph_left_from_another_export_is_not_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, entry: dict[str, object] | None, stale: str | None
+) -> None:
+    # a new model.onnx and report.json copied over an old bundle that had model.int8.onnx
+    monkeypatch.setattr(int8, "clips_sums", lambda: False)  # a CPU with VNNI: auto would serve int8
+    root = _with_int8(tmp_path)
+    report = json.loads((root / bundle.REPORT_FILE).read_text())
+    if entry is not None:
+        report["int8"] = {
+            **entry,
+            "sha256": entry.get("sha256") or bundle.sha256_file(root / bundle.INT8_MODEL_FILE),
+        }
+    (root / bundle.REPORT_FILE).write_text(json.dumps(report))
+    engine = Engine(root, threads=1)
+    assert engine.model_file == (bundle.INT8_MODEL_FILE if stale is None else bundle.MODEL_FILE)
+    assert (engine.int8_note is None) if stale is None else (stale in (engine.int8_note or ""))
+    monkeypatch.setenv("SKIN_OPENVINO", "auto")  # what auto says onnxruntime serves instead agrees
+    said = Settings.from_env(bundle=str(root)).openvino_auto
+    assert said.startswith("onnxruntime fp32" if stale else "onnxruntime int8"), said
+    if stale is None:
+        return
+    with pytest.raises(bundle.BundleError, match=f"model.int8.onnx is not this model's: .*{stale}"):
+        Engine(root, threads=1, variant="int8")  # asked for by name: refused in one line
 
 
 @pytest.mark.parametrize(("variant", "level"), [("auto", "INFO"), ("int8", "WARNING")])
