@@ -409,6 +409,8 @@ class RequestMiddleware:
             if path.startswith("/api/")
             else "static"
         )
+        if scope["method"] == "OPTIONS":  # a browser's CORS preflight is no prediction: kept apart
+            route = "options"
         request_id = take_request_id(scope)
         status = 500
         started = False

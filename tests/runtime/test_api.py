@@ -378,6 +378,11 @@ def test_cors_lets_clients_send_and_read_the_request_id(tiny_bundle: Path) -> No
         answer = cors.get("/api/info", headers={"origin": origin, "x-request-id": "abc"})
         assert "x-request-id" in answer.headers["access-control-expose-headers"]
         assert answer.headers["x-request-id"] == "abc"
+        # Preflights are not counted as predictions.
+        metrics = cors.get("/metrics").text
+        assert 'skin_requests_total{route="options",status="200"} 1.0' in metrics
+        assert 'skin_requests_total{route="options",status="400"} 1.0' in metrics
+        assert 'route="/api/predict"' not in metrics
 
 
 def test_without_the_web_page_the_api_still_serves(tiny_bundle: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
