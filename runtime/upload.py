@@ -69,11 +69,10 @@ class BodyLimitMiddleware:
         received = 0
         deadline: float | None = None
         has_body = bool(length and length != b"0") or b"transfer-encoding" in headers
-        body_read = not has_body
         ended = False  # the body's last message has come (with HTTP/2, a body need not declare its length)
 
         async def limited_receive() -> Message:
-            nonlocal received, deadline, body_read, ended
+            nonlocal received, deadline, ended
             if ended:  # nothing more is owed: what comes now is the client hanging up, whenever it does
                 return await receive()
             # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
@@ -90,7 +89,7 @@ class BodyLimitMiddleware:
                 raise ApiError(408, "body_timeout", slow) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                body_read = ended = not message.get("more_body", False)
+                ended = not message.get("more_body", False)
                 if received > limit:
                     raise ApiError(
                         413, "body_too_large", f"the request body is larger than {megabytes(limit)} MB"
@@ -100,7 +99,7 @@ class BodyLimitMiddleware:
         async def closing_send(message: Message) -> None:
             # A 408, 413, 503 or 400 sent before the body is read: uvicorn would keep the connection and read
             # and drop the rest, for as long as the client sends it (no timer runs then). Close it instead.
-            if message["type"] == "http.response.start" and not body_read:
+            if message["type"] == "http.response.start" and has_body and not ended:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
