@@ -395,6 +395,7 @@
     state.requestError = null;
     $("announce").textContent = "";
     renderAll();
+    for (const item of state.items) showUpright(item);
   }
 
   function showInputError(problems) {
@@ -812,9 +813,8 @@
     const size = info.input_size || [1, 1]; // [height, width]
     const box = { left: 0, top: 0, width: 100, height: 100 };
     if (mode === "center_crop") {
-      if (!preview.naturalWidth) {
-        preview.addEventListener("load", placeHeatmap, { once: true });
-      } else {
+      // Not loaded yet: the preview's load event places it again.
+      if (preview.naturalWidth) {
         const photo = preview.naturalWidth / preview.naturalHeight;
         const input = size[1] / size[0];
         if (photo > input) box.width = (100 * input) / photo;
@@ -846,6 +846,8 @@
   }
 
   function setupHeatmapControls() {
+    // A new photo (another image chosen, or its upright copy) can have another shape than the last.
+    $("preview").addEventListener("load", placeHeatmap);
     $("preview").addEventListener("error", () => {
       if ($("preview").getAttribute("src")) $("viewer").classList.add("unreadable");
     });
@@ -856,6 +858,109 @@
     });
     $("heatmap-opacity").addEventListener("input", applyOpacity);
     applyOpacity();
+  }
+
+  // ---- orientation ----
+
+  // The server turns an image upright by its EXIF orientation before the model sees it, so the heatmap is drawn
+  // for the upright image. Browsers turn JPEG and PNG too, but Chromium shows a WebP as stored: for such a file
+  // the page shows an upright copy (the upload stays the original file).
+  const TURNED_WEBP = // 2×1 pixels, EXIF orientation 6 ("turn 90° clockwise"): shown 1×2 where WebP is turned
+    "UklGRlAAAABXRUJQVlA4WAoAAAAIAAAAAQAAAAAAVlA4TA8AAAAvAQAAAAcQ/Y/+ByKi/wEARVhJRhoAAABNTQAqAAAACAABARIAAwAAAAEABgAAAAAAAA==";
+  let browserTurnsWebp = null;
+
+  function turnsWebp() {
+    if (!browserTurnsWebp) {
+      browserTurnsWebp = new Promise((resolve) => {
+        const probe = new Image();
+        probe.onload = () => resolve(probe.naturalWidth === 1);
+        probe.onerror = () => resolve(true); // no WebP at all: nothing to turn
+        probe.src = "data:image/webp;base64," + TURNED_WEBP;
+      });
+    }
+    return browserTurnsWebp;
+  }
+
+  async function showUpright(item) {
+    let blob = null;
+    try {
+      blob = await uprightWebp(item.file);
+    } catch (e) {
+      return; // the photo as the browser shows it
+    }
+    if (!blob || !state.items.includes(item)) return;
+    URL.revokeObjectURL(item.url);
+    item.url = URL.createObjectURL(blob);
+    renderViewer();
+    renderBatch();
+  }
+
+  // A PNG of the WebP `file` turned upright, or null when it needs no turning (or the browser does it).
+  async function uprightWebp(file) {
+    const head = new Uint8Array(await file.slice(0, 16).arrayBuffer());
+    if (text(head, 0) !== "RIFF" || text(head, 8) !== "WEBP") return null;
+    const orientation = webpOrientation(new DataView(await file.arrayBuffer()));
+    if (orientation === 1 || (await turnsWebp())) return null;
+    const bitmap = await createImageBitmap(file);
+    // A copy for the screen: past 2048 px a side it is scaled down (the PNG of a 12 MP photo takes seconds).
+    const scale = Math.min(1, 2048 / Math.max(bitmap.width, bitmap.height));
+    const w = Math.max(1, Math.round(bitmap.width * scale));
+    const h = Math.max(1, Math.round(bitmap.height * scale));
+    const canvas = document.createElement("canvas");
+    canvas.width = orientation >= 5 ? h : w;
+    canvas.height = orientation >= 5 ? w : h;
+    const ctx = canvas.getContext("2d");
+    // EXIF orientations 2..8 as canvas transforms (mirrors, then turns), as Pillow's exif_transpose applies them.
+    const transforms = {
+      2: [-1, 0, 0, 1, w, 0],
+      3: [-1, 0, 0, -1, w, h],
+      4: [1, 0, 0, -1, 0, h],
+      5: [0, 1, 1, 0, 0, 0],
+      6: [0, 1, -1, 0, h, 0],
+      7: [0, -1, -1, 0, h, w],
+      8: [0, -1, 1, 0, 0, w],
+    };
+    ctx.setTransform(...transforms[orientation]);
+    ctx.drawImage(bitmap, 0, 0, w, h);
+    bitmap.close();
+    return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+  }
+
+  function text(bytes, at) {
+    return String.fromCharCode(...bytes.subarray(at, at + 4));
+  }
+
+  // The orientation (1..8) in a WebP's EXIF chunk, read as libwebp (and so Pillow) does: only in the extended
+  // format (a VP8X chunk first) that flags EXIF. 1 when there is none or it cannot be read.
+  function webpOrientation(view) {
+    const bytes = new Uint8Array(view.buffer);
+    if (view.byteLength < 30 || text(bytes, 12) !== "VP8X" || !(bytes[20] & 0x08)) return 1;
+    for (let at = 12; at + 8 <= view.byteLength; ) {
+      const size = view.getUint32(at + 4, true);
+      if (text(bytes, at) === "EXIF") return tiffOrientation(view, at + 8, Math.min(at + 8 + size, view.byteLength));
+      at += 8 + size + (size % 2);
+    }
+    return 1;
+  }
+
+  function tiffOrientation(view, start, end) {
+    const bytes = new Uint8Array(view.buffer);
+    if (text(bytes, start) === "Exif") start += 6; // some writers keep JPEG's "Exif\0\0" before the TIFF header
+    if (start + 8 > end) return 1;
+    const order = view.getUint16(start);
+    if (order !== 0x4949 && order !== 0x4d4d) return 1;
+    const little = order === 0x4949;
+    const ifd = start + view.getUint32(start + 4, little);
+    if (ifd + 2 > end) return 1;
+    const count = view.getUint16(ifd, little);
+    for (let i = 0; i < count && ifd + 14 + i * 12 <= end; i += 1) {
+      const entry = ifd + 2 + i * 12;
+      if (view.getUint16(entry, little) === 0x0112) {
+        const value = view.getUint16(entry + 8, little);
+        return value >= 1 && value <= 8 ? value : 1;
+      }
+    }
+    return 1;
   }
 
   // ---- export ----
