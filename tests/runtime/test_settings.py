@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -184,3 +186,36 @@ def test_library_warnings_are_json_and_multipart_parser_chatter_is_off() -> None
     assert json.loads(handlers[0].format(record))["logger"] == "py.warnings"
     # python-multipart puts bytes of the (health-data) body into its warnings; the client gets a 400 anyway.
     assert logging.getLogger("python_multipart").getEffectiveLevel() >= logging.ERROR
+
+
+def _readme_settings() -> dict[str, str]:
+    """The README's Configuration table: variable → its default cell."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Configuration (environment)", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([A-Z_0-9]+)` \| ([^|]*) \|", section, flags=re.MULTILINE))
+
+
+def test_the_readme_lists_every_setting_the_code_reads() -> None:
+    tree = ast.parse((ROOT / "runtime" / "settings.py").read_text(encoding="utf-8"))
+    read = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"SKIN_[A-Z_0-9]+|WEB_CONCURRENCY", node.value)
+    }
+    assert read == set(_readme_settings())
+
+
+def test_the_readmes_defaults_are_the_codes(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = []
+    for name, cell in _readme_settings().items():
+        # A plain value, perhaps explained ("0 = CPU quota", "2 (1 with …)"); "–" and conditions are words.
+        plain = re.fullmatch(r"`?([^` ]+)`?(?: = .*| \(.*\))?", cell.strip())
+        if plain is None or plain.group(1) == "–":
+            continue
+        with monkeypatch.context() as env:
+            env.setenv(name, plain.group(1))
+            assert Settings.from_env() == Settings(), f"{name}={plain.group(1)} is not the default"
+        checked.append(name)
+    assert len(checked) > len(_readme_settings()) // 2  # the table was read
