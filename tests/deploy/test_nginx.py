@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import shutil
 import ssl
@@ -51,6 +52,20 @@ def test_upstream_is_the_images_port_and_metrics_stay_private() -> None:
     assert _directives("ssl_protocols") == ["TLSv1.2 TLSv1.3"]
 
 
+def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
+    text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8"))
+    pages = dict(reversed(d.split()) for d in _directives("error_page"))  # location -> status
+    assert {"404", "413", "429", "502", "504"} <= set(pages.values())
+    for location, status in pages.items():
+        block = re.search(rf"location {location} \{{(.*?)^\s*\}}", text, flags=re.DOTALL | re.MULTILINE)
+        assert block is not None, location
+        (answer,) = re.findall(r"return (\d+) '(.*)';", block.group(1))
+        assert answer[0] == status
+        assert set(json.loads(answer[1])["error"]) == {"code", "message"}
+    # the app's message for the same refusal, so a client sees one wording whichever answered
+    assert f"larger than {Settings().max_body_bytes // MB} MB" in text
+
+
 def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) -> Path:
     """The shipped file with test ports and a throw-away certificate (IPv6 listeners dropped)."""
     text = CONF.read_text(encoding="utf-8")
@@ -59,6 +74,8 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
     text = re.sub(r"listen 80;", f"listen 127.0.0.1:{http_port};", text)
     text = re.sub(r"listen 443 ", f"listen 127.0.0.1:{https_port} ", text)
     text = text.replace("/etc/nginx/tls/", f"{tmp}/")
+    # one request a minute past the burst: the 429 comes after a known number of requests, however slow
+    text = re.sub(r"rate=\d+r/s", "rate=1r/m", text)
     site = tmp / "site.conf"
     site.write_text(text)
     main = tmp / "nginx.conf"
@@ -141,12 +158,16 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         conn.putheader("content-type", f"multipart/form-data; boundary={boundary}")
         conn.putheader("content-length", str(Settings().max_body_bytes + MB))
         conn.endheaders()
-        assert conn.getresponse().status == 413
+        refused = conn.getresponse()
+        assert refused.status == 413
+        assert json.loads(refused.read())["error"]["code"] == "body_too_large"  # the app's shape and code
         conn.close()
         # metrics: public side 404, the app itself still serves them to Prometheus
         conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
         conn.request("GET", "/metrics")
-        assert conn.getresponse().status == 404
+        hidden = conn.getresponse()
+        assert hidden.status == 404 and hidden.headers["content-type"] == "application/json"
+        assert json.loads(hidden.read())["error"]["code"] == "not_found"
         conn.close()
         with urllib.request.urlopen(app_url + "/metrics", timeout=5) as response:
             assert b"skin_requests" in response.read()
@@ -156,6 +177,25 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         redirect = plain.getresponse()
         assert redirect.status == 301 and redirect.headers["location"].startswith("https://")
         plain.close()
+        # past the burst: 429 in JSON, with Retry-After (and HSTS still)
+        for _ in range(25):
+            conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+            conn.request("GET", "/api/predict")
+            answer = conn.getresponse()
+            body = answer.read()
+            conn.close()
+            if answer.status != 405:
+                break
+        assert answer.status == 429 and answer.headers["retry-after"] == "1"
+        assert answer.headers["strict-transport-security"].startswith("max-age=")
+        assert json.loads(body)["error"]["code"] == "rate_limited"
+        # the app gone: 502 in JSON, not nginx's HTML page
+        stop_server(app)
+        conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+        conn.request("GET", "/api/info")
+        gone = conn.getresponse()
+        assert gone.status == 502 and json.loads(gone.read())["error"]["code"] == "bad_gateway"
+        conn.close()
     finally:
         proxy.terminate()
         proxy.wait(timeout=10)
