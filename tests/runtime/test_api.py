@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -656,6 +657,16 @@ def test_openapi_follows_the_settings_and_describes_the_busy_answer(tiny_bundle:
 
 def batch_schema(spec: dict) -> dict:  # type: ignore[type-arg]
     return spec["components"]["schemas"]["Batch"]  # type: ignore[no-any-return]
+
+
+def test_the_readme_names_every_metric_the_app_exports(client: TestClient) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    families = {
+        line.split()[2]
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("# TYPE skin_") and not line.split()[2].endswith("_created")
+    }
+    assert families == set(re.findall(r"`(skin_[a-z_]+)", readme))
 
 
 def test_metrics(client: TestClient) -> None:
