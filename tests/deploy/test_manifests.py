@@ -178,3 +178,14 @@ def test_kustomize_renders_every_resource() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"{image['newName']}:{image['newTag']}"
     assert _container()["image"].split(":")[0] == image["name"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [ROOT / "Dockerfile.runtime", ROOT / "Dockerfile.train", *sorted((ROOT / "deploy").rglob("*.*"))],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_runtime_setting_a_deploy_file_names_is_one_the_runtime_reads(path: Path) -> None:
+    # A misspelt SKIN_ variable is ignored without a word: the setting would silently keep its default.
+    read = set(re.findall(r'"(SKIN_[A-Z_0-9]+)"', (ROOT / "runtime" / "settings.py").read_text()))
+    assert set(re.findall(r"SKIN_[A-Z_0-9]+", path.read_text(encoding="utf-8"))) <= read
