@@ -1274,7 +1274,7 @@
     { key: "precision", title: "Precision", short: "Prec.", numeric: true },
     { key: "recall", title: "Recall", short: "Recall", numeric: true },
     { key: "f1-score", title: "F1", short: "F1", numeric: true },
-    { key: "support", title: "Support", short: "n", numeric: true },
+    { key: "support", title: "Support", short: "n", name: "Support (n)", numeric: true },
   ];
 
   function heatCell(value, isScore) {
@@ -1293,10 +1293,11 @@
     for (const col of METRIC_COLUMNS) {
       const th = el("th", col.numeric ? "num" : "");
       th.scope = "col";
-      // Phones show the short title; the accessible name is always the full one.
+      // Phones show the short title. The accessible name is the full one and contains what is shown (WCAG 2.5.3,
+      // so "click n" works by voice); the header's aria-sort says how the table is sorted (WAI-ARIA sortable table).
       const button = el("button", "sort");
       button.append(el("span", "long", col.title), el("span", "short", col.short));
-      button.setAttribute("aria-label", "Sort by " + col.title.toLowerCase());
+      button.setAttribute("aria-label", col.name || col.title);
       button.type = "button";
       button.addEventListener("click", () => {
         const same = state.sort.key === col.key;

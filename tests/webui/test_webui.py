@@ -450,7 +450,13 @@ def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
         return str(button.evaluate("e => getComputedStyle(e, '::after').content"))
 
     assert arrow("f1-score") == arrow("precision") == '" ↕"'  # nothing sorted yet
-    page.get_by_role("button", name="Sort by f1", exact=True).click()
+    # What a sort button shows is part of its name (WCAG 2.5.3 label in name), at desktop and phone widths.
+    for width in (320, 1280):
+        page.set_viewport_size({"width": width, "height": 900})
+        for button in page.locator("#metrics-table .sort").all():
+            shown = re.sub(r"\W", "", button.inner_text()).lower()
+            assert shown and shown in re.sub(r"\W", "", button.get_attribute("aria-label") or "").lower()
+    page.get_by_role("button", name="F1", exact=True).click()
     expect(page.locator('#metrics-table th[data-key="f1-score"]')).to_have_attribute(
         "aria-sort", "descending"
     )
