@@ -184,6 +184,13 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
     """Explicit options > the resumed checkpoint's config > the YAML file > defaults."""
     explicit = check_keys({k.replace("-", "_"): v for k, v in kwargs.items()}, "the arguments")
     from_yaml = load_yaml(explicit["config"]) if explicit.get("config") else {}
+    written_out = from_yaml.get("out")
+    if written_out and Path(str(written_out)).resolve() == Path(explicit["config"]).resolve().parent:
+        # The config.yaml a run wrote in its folder, used as a recipe: the new run is another model, so its
+        # version is its own (a hand-written file's model_version, or --model-version, is still used), and it
+        # does not continue the run the file came from (that is --resume).
+        from_yaml.pop("model_version", None)
+        from_yaml.pop("resume", None)
     resume = explicit.get("resume", from_yaml.get("resume"))
     ckpt = None
     saved: dict[str, Any] = {}

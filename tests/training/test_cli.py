@@ -192,6 +192,25 @@ def test_given_names_are_kept_and_an_empty_config_file_sets_nothing(tmp_path: Pa
     assert cfg.epochs == DEFAULTS.epochs
 
 
+def test_a_runs_own_config_as_a_recipe_gives_the_new_run_its_own_version(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    run.mkdir()
+    written = run / "config.yaml"  # as a run writes it: its own folder as out
+    # A resumed run's file also names the last.pt it continued from.
+    written.write_text(
+        f"data: d\nout: {run}\nmodel_version: 2026.01.01-0000\nepochs: 3\nresume: {run / 'last.pt'}\n"
+    )
+    cfg, ckpt = resolve_options({"config": str(written), "out": str(tmp_path / "new")})
+    assert cfg.epochs == 3 and cfg.model_version != "2026.01.01-0000" and cfg.model_version[:2] == "20"
+    assert ckpt is None and cfg.resume is None and cfg.out == str(tmp_path / "new")
+    cfg, _ = resolve_options({"config": str(written), "out": str(tmp_path / "new"), "model_version": "9"})
+    assert cfg.model_version == "9"
+    mine = tmp_path / "mine.yaml"  # hand-written: its model_version is meant
+    mine.write_text(f"data: d\nout: {tmp_path / 'new'}\nmodel_version: 2026.01.01-0000\n")
+    cfg, _ = resolve_options({"config": str(mine)})
+    assert cfg.model_version == "2026.01.01-0000"
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
