@@ -164,6 +164,37 @@
     return body;
   }
 
+  // A proxy, a cache or a server of another version can answer 200 with JSON of another shape: the page
+  // draws only an answer it can read in full, never half of one over the previous result.
+  const MAX_HEATMAP_CELLS = 256 * 256;
+
+  function isProbability(p) {
+    return typeof p === "number" && p >= 0 && p <= 1;
+  }
+
+  function isClassScore(score) {
+    return Boolean(score) && typeof score.label === "string" && isProbability(score.probability);
+  }
+
+  function isHeatmap(map) {
+    const { width, height, values } = map;
+    return typeof map.label === "string" && Number.isInteger(width) && Number.isInteger(height) &&
+      width > 0 && height > 0 && width * height <= MAX_HEATMAP_CELLS &&
+      Array.isArray(values) && values.length === height &&
+      values.every((row) => Array.isArray(row) && row.length === width && row.every((v) => typeof v === "number" && isFinite(v)));
+  }
+
+  function isResult(result) {
+    if (!result || typeof result !== "object") return false;
+    const predictions = result.predictions;
+    return isClassScore(result.primary) && Array.isArray(result.top) && result.top.length > 0 &&
+      result.top.every(isClassScore) && Boolean(predictions) && typeof predictions === "object" &&
+      !Array.isArray(predictions) && Object.values(predictions).every(isProbability) &&
+      (result.heatmap === undefined || result.heatmap === null || isHeatmap(result.heatmap));
+  }
+
+  const BAD_RESULT = "The server's answer is not an analysis this page can read; try again, or reload the page.";
+
   // Until /api/info answers, nothing can be analysed: ask again with a growing pause (a server restarting
   // answers within seconds), so the page recovers without a reload.
   const INFO_RETRY_MS = [2000, 4000, 8000, 15000, 30000];
@@ -466,17 +497,22 @@
         const form = new FormData();
         form.append("file", items[0].file, items[0].file.name || "image");
         const result = await request("/api/predict" + query, { method: "POST", body: form });
+        if (!isResult(result)) throw new ApiError(BAD_RESULT, "bad_response", 200);
         Object.assign(items[0], { result: result, error: null, analysedAt: new Date() });
       } else {
         const form = new FormData();
         for (const item of items) form.append("files", item.file, item.file.name || "image");
         const body = await request("/api/predict/batch" + query, { method: "POST", body: form });
+        // One entry per image, in order: with any other count no entry can be matched to its image.
+        if (!Array.isArray(body.results) || body.results.length !== items.length) {
+          throw new ApiError(BAD_RESULT, "bad_response", 200);
+        }
         const now = new Date();
         body.results.forEach((entry, i) => {
-          const item = items[i];
-          if (!item) return;
-          if (entry.error) Object.assign(item, { result: null, error: sentence(entry.error.message), analysedAt: now });
-          else Object.assign(item, { result: Object.assign({ model: body.model }, entry), error: null, analysedAt: now });
+          const refused = entry && entry.error && typeof entry.error.message === "string" && entry.error.message;
+          if (refused) Object.assign(items[i], { result: null, error: sentence(refused), analysedAt: now });
+          else if (isResult(entry)) Object.assign(items[i], { result: Object.assign({ model: body.model }, entry), error: null, analysedAt: now });
+          else Object.assign(items[i], { result: null, error: BAD_RESULT, analysedAt: now });
         });
       }
     } catch (err) {

@@ -299,6 +299,60 @@ def test_a_new_analysis_replaces_the_old_result_even_when_it_fails(page: Any, co
     expect(page.locator("#heatmap-controls")).to_be_hidden()
 
 
+UNREADABLE = "The server's answer is not an analysis this page can read; try again, or reload the page."
+BAD_ANSWER = "The analysis failed: " + UNREADABLE
+
+
+def _reshaped(change: str, answer: dict[str, Any]) -> Any:
+    if change == "no-top":
+        del answer["top"]
+    elif change == "string-probabilities":
+        for score in answer["top"]:
+            score["probability"] = str(score["probability"])
+    elif change == "heatmap-short-of-rows":
+        answer["heatmap"]["values"] = answer["heatmap"]["values"][:2]
+    elif change == "a-list":
+        return [answer]
+    return answer
+
+
+@pytest.mark.parametrize("change", ["no-top", "string-probabilities", "heatmap-short-of-rows", "a-list"])
+def test_an_answer_of_the_wrong_shape_is_said_not_drawn(page: Any, change: str) -> None:
+    open_page(page)
+    good = analyse(page, [png("red")])
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    bad = _reshaped(change, json.loads(json.dumps(good)))
+    page.route(PREDICT, lambda route: route.fulfill(status=200, json=bad))
+    page.click("#analyse")
+    expect(page.locator("#result-error")).to_have_text(BAD_ANSWER)
+    # Neither the earlier result nor a half-drawn new one, and the page is not left busy.
+    expect(page.locator("#result")).to_be_hidden()
+    expect(page.locator("#heatmap-controls")).to_be_hidden()
+    expect(page.locator("#analyse-label")).to_have_text("Analyse")
+    expect(page.locator("#export")).to_be_disabled()
+
+
+def test_a_batch_answer_that_cannot_be_matched_to_its_images_is_said(page: Any) -> None:
+    open_page(page)
+    page.set_input_files("#file-input", files=[png("red"), png("green")])
+    with page.expect_response(re.compile(r"/api/predict/batch")) as answer:
+        page.click("#analyse")
+    body = answer.value.json()
+    short = dict(body, results=body["results"][:1])  # two images, one entry: which image is it for?
+    page.route(re.compile(r"/api/predict/batch"), lambda route: route.fulfill(status=200, json=short))
+    page.click("#analyse")
+    expect(page.locator("#result-error")).to_have_text(BAD_ANSWER)
+    expect(page.locator(".batch-item .hint")).to_have_text(["Not analysed yet"] * 2)
+    # A malformed entry is that image's failure; the others keep their results.
+    broken = dict(body, results=[body["results"][0], {"filename": "green.png"}])
+    page.unroute(re.compile(r"/api/predict/batch"))
+    page.route(re.compile(r"/api/predict/batch"), lambda route: route.fulfill(status=200, json=broken))
+    page.click("#analyse")
+    expect(page.locator(".batch-item").nth(0)).to_contain_text("Acne")
+    expect(page.locator(".batch-item").nth(1).locator(".batch-error")).to_have_text(UNREADABLE)
+    expect(page.locator("#result-error")).to_be_hidden()
+
+
 def test_batch_tiles_say_analysing_while_the_request_runs(page: Any) -> None:
     open_page(page)
     held: list[Any] = []
