@@ -193,6 +193,18 @@
       (result.heatmap === undefined || result.heatmap === null || isHeatmap(result.heatmap));
   }
 
+  function isLimits(lim) {
+    return Boolean(lim) && ["max_image_bytes", "max_body_bytes", "max_batch_files"].every((k) => typeof lim[k] === "number" && lim[k] > 0) &&
+      ["allowed_formats", "allowed_types"].every((k) => Array.isArray(lim[k]));
+  }
+
+  // What the page reads from /api/info before it lets anything be analysed.
+  function isInfo(info) {
+    return Boolean(info) && typeof info.model_name === "string" && typeof info.model_version === "string" &&
+      Array.isArray(info.classes) && info.classes.length > 0 && info.classes.every((c) => c && typeof c.label === "string") &&
+      (info.limits === undefined || isLimits(info.limits));
+  }
+
   const BAD_RESULT = "The server's answer is not an analysis this page can read; try again, or reload the page.";
 
   // Until /api/info answers, nothing can be analysed: ask again with a growing pause (a server restarting
@@ -203,6 +215,7 @@
     const tries = attempt || 0;
     try {
       const info = await request("/api/info");
+      if (!isInfo(info)) throw new ApiError("Its description of the model is not one this page can read.", "bad_response", 200);
       state.info = info;
       state.names = new Map((info.classes || []).map((c) => [c.label, c.display_name]));
       $("service-error").hidden = true;

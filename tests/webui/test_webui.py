@@ -217,6 +217,35 @@ def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) 
     assert len(calls) == 2
 
 
+def _info(ui_server: str) -> dict[str, Any]:
+    with urllib.request.urlopen(ui_server + "/api/info") as response:
+        info: dict[str, Any] = json.load(response)
+    return info
+
+
+@pytest.mark.parametrize("change", ["empty", "no-classes", "limits-without-types"])
+def test_a_model_description_the_page_cannot_read_is_said(page: Any, ui_server: str, change: str) -> None:
+    info = _info(ui_server)
+    if change == "empty":
+        info = {}
+    elif change == "no-classes":
+        info.update(classes=[], num_classes=0)
+    else:
+        del info["limits"]["allowed_types"]
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    page.goto("/")
+    expect(page.locator("#service-error")).to_have_text(
+        "The model service is not available: "
+        "Its description of the model is not one this page can read. Trying again…"
+    )
+    expect(page.locator("#model-line")).to_have_text("Model service unavailable")
+    page.set_input_files("#file-input", files=[png("red")])  # checked against the page's own limits
+    expect(page.locator("#viewer")).to_be_visible()
+    expect(page.locator("#analyse")).to_be_disabled()
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#model-facts")).to_have_text("ModelThe model service is not available.")
+
+
 def test_wrong_type_and_oversized_file_are_refused_in_words(page: Any) -> None:
     open_page(page)
     page.set_input_files(
