@@ -157,11 +157,32 @@
     if (!response.ok) {
       const error = body && body.error;
       if (error && error.message) throw new ApiError(sentence(error.message), error.code, response.status);
-      const words = ("The server answered " + response.status + " " + response.statusText).trim();
-      throw new ApiError(sentence(words), "http_" + response.status, response.status);
+      throw new ApiError(statusWords(response), "http_" + response.status, response.status);
     }
     if (body === null) throw new ApiError("The server's answer is not JSON.", "bad_response", response.status);
     return body;
+  }
+
+  // This server says what went wrong in JSON; an answer without it came from a proxy in front of it (nginx's
+  // 1 MB default body limit, a gateway timeout) and has only its status. HTTP/2 has no status text.
+  function statusWords(response) {
+    const status = response.status;
+    const code = " (HTTP " + status + ")";
+    const later = "try again " + retryWords(response.headers.get("retry-after")) + ".";
+    if (status === 413) return "The upload is too large for the server or a proxy in front of it" + code + "; try fewer or smaller images.";
+    if (status === 429) return "The server has had too many requests" + code + "; " + later;
+    if (status === 502 || status === 503) return "The server is unavailable or busy" + code + "; " + later;
+    if (status === 504) return "The server took too long to answer" + code + "; try again in a moment.";
+    return sentence(("The server answered " + status + " " + response.statusText).trim());
+  }
+
+  // Retry-After is seconds or an HTTP date.
+  function retryWords(value) {
+    const given = /^\s*\d+\s*$/.test(value || "") ? Number(value) : (Date.parse(value || "") - Date.now()) / 1000;
+    if (!(given > 1)) return "in a moment";
+    const seconds = Math.ceil(given);
+    if (seconds < 120) return "in " + seconds + " seconds";
+    return "in " + Math.ceil(seconds / 60) + " minutes";
   }
 
   // A proxy, a cache or a server of another version can answer 200 with JSON of another shape: the page

@@ -286,6 +286,54 @@ def test_server_error_is_shown_in_words(page: Any, console: Console) -> None:
     expect(page.locator("#results-empty")).to_be_hidden()  # not "choose an image": one was, and it failed
 
 
+NGINX_PAGE = "<html><head><title>{0}</title></head><body><center><h1>{0}</h1></center><hr>nginx</body></html>"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "words"),
+    [
+        pytest.param(
+            413,
+            {},
+            "The upload is too large for the server or a proxy in front of it (HTTP 413); "
+            "try fewer or smaller images.",
+            id="413",
+        ),
+        pytest.param(
+            429,
+            {"Retry-After": "60"},
+            "The server has had too many requests (HTTP 429); try again in 60 seconds.",
+            id="429",
+        ),
+        pytest.param(
+            502, {}, "The server is unavailable or busy (HTTP 502); try again in a moment.", id="502"
+        ),
+        pytest.param(
+            503,
+            {"Retry-After": "300"},
+            "The server is unavailable or busy (HTTP 503); try again in 5 minutes.",
+            id="503",
+        ),
+        pytest.param(
+            504, {}, "The server took too long to answer (HTTP 504); try again in a moment.", id="504"
+        ),
+    ],
+)
+def test_a_proxy_error_page_is_said_in_words(
+    page: Any, console: Console, status: int, headers: dict[str, str], words: str
+) -> None:
+    console.allow(rf"status of {status}")
+    open_page(page)
+    html = NGINX_PAGE.format(f"{status} Error")
+    page.route(
+        PREDICT,
+        lambda route: route.fulfill(status=status, headers=headers, content_type="text/html", body=html),
+    )
+    page.set_input_files("#file-input", files=[png("red")])
+    page.click("#analyse")
+    expect(page.locator("#result-error")).to_have_text("The analysis failed: " + words)
+
+
 def test_a_failed_batch_request_stays_on_screen(page: Any, console: Console) -> None:
     console.allow(r"net::ERR_FAILED|Failed to load resource")
     open_page(page)
