@@ -556,6 +556,8 @@
       renderAll();
       announce();
     }
+    // Not awaited: a slow /api/info must not hold back the result; it is redrawn when the description comes.
+    if (items.some((item) => item.result && fromAnotherModel(item.result))) reloadInfo();
     if (state.items !== items) return;
     const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
     const behavior = still ? "auto" : "smooth";
@@ -570,6 +572,20 @@
       const box = focused.getBoundingClientRect();
       if (box.bottom > window.innerHeight || box.top < 0) focused.scrollIntoView({ block: "nearest", behavior: behavior });
     }
+  }
+
+  // The server can be given another model while the page is open: its answers then carry classes, a
+  // temperature and checks that the page's /api/info does not describe, so the page reads it again.
+  function fromAnotherModel(result) {
+    const model = result.model || {};
+    return model.name !== state.info.model_name || model.version !== state.info.model_version ||
+      Object.keys(result.predictions).some((label) => !state.names.has(label));
+  }
+
+  async function reloadInfo() {
+    state.reportRequested = false; // the report, too, is the new model's
+    await loadInfo();
+    if ($("tab-model").getAttribute("aria-selected") === "true") showModelTab();
   }
 
   function setBusy(busy) {
@@ -1136,8 +1152,11 @@
       return;
     }
     try {
-      renderReport(await request("/api/report"));
+      const report = await request("/api/report");
+      if (state.info !== info) return; // the server changed models meanwhile: this report is the old one's
+      renderReport(report);
     } catch (err) {
+      if (state.info !== info) return;
       state.reportRequested = false; // try again next time the tab opens
       showReportMissing(
         err.status === 404 ? "This model bundle has no evaluation report." : "The report could not be loaded: " + err.message

@@ -430,6 +430,63 @@ def test_a_batch_answer_that_cannot_be_matched_to_its_images_is_said(page: Any) 
     expect(page.locator("#result-error")).to_be_hidden()
 
 
+def test_an_answer_from_a_new_model_brings_its_description(page: Any, ui_server: str) -> None:
+    """The server was given another model while the page was open: the page must not describe the old one."""
+    open_page(page)
+    answer = analyse(page, [png("red")])
+    expect(page.locator("#prob-kind")).to_have_text("calibrated probability")
+    info = _info(ui_server)
+    info.update(model_name="skin-next", model_version="0.4.0", temperature=1.0)
+    info["classes"][0] = {"label": "Acne_Vulgaris", "display_name": "Acne vulgaris"}
+    answer["model"] = {"name": "skin-next", "version": "0.4.0", "demo": True}
+    answer["predictions"]["Acne_Vulgaris"] = answer["predictions"].pop("Acne")
+    for score in [answer["primary"], *answer["top"]]:
+        if score["label"] == "Acne":
+            score.update(label="Acne_Vulgaris", display_name="Acne vulgaris")
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    page.route(PREDICT, lambda route: route.fulfill(status=200, json=answer))
+    page.click("#analyse")
+    expect(page.locator("#model-line .model-name")).to_have_text("skin-next 0.4.0")
+    expect(page.locator("#prob-kind")).to_have_text("model probability (not calibrated)")
+    page.click("#toggle-all")
+    expect(page.locator("#all-list li").first.locator(".bar-name")).to_have_text("Acne vulgaris")
+
+
+def test_a_late_report_of_the_old_model_does_not_replace_the_new_ones(
+    page: Any, ui_server: str, ui_bundle: Path
+) -> None:
+    old_report = json.loads((ui_bundle / "report.json").read_text())
+    new_report = dict(old_report, demo_note="The new model's report.")
+    held: list[Any] = []
+
+    def report(route: Any) -> None:
+        if not held:
+            held.append(route)  # the old model's report, slow to come
+        else:
+            route.fulfill(status=200, json=new_report)
+
+    page.route("**/api/report", report)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    while not held:
+        page.wait_for_timeout(20)
+    page.get_by_role("tab", name="Analyse").click()
+    answer = analyse(page, [png("red")])
+    info = dict(_info(ui_server), model_version="0.4.0")
+    answer["model"]["version"] = "0.4.0"
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    page.route(PREDICT, lambda route: route.fulfill(status=200, json=answer))
+    page.click("#analyse")
+    expect(page.locator("#model-line .model-name")).to_have_text("skin-demo-b3 0.4.0")
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#report-note")).to_have_text("The new model's report.")
+    with page.expect_response("**/api/report"):
+        held[0].fulfill(status=200, json=old_report)
+    page.get_by_role("tab", name="Analyse").click()  # round trips through the page: the old answer is read
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#report-note")).to_have_text("The new model's report.")
+
+
 def test_batch_tiles_say_analysing_while_the_request_runs(page: Any) -> None:
     open_page(page)
     held: list[Any] = []
