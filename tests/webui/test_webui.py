@@ -915,6 +915,23 @@ def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
     assert page.evaluate(width) <= 390
 
 
+def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any) -> None:
+    page = new_page(viewport={"width": 320, "height": 640}, is_mobile=True, has_touch=True)
+    open_page(page)
+    page.set_input_files("#file-input", files=[png("red"), png("green")])
+    with page.expect_response(re.compile(r"/api/predict/batch")) as answer:
+        page.click("#analyse")
+    body = answer.value.json()
+    word = "Hautkrebsvorstufenerkrankungsverdachtsdiagnose"  # a display name a German bundle could carry
+    for entry in body["results"]:
+        entry["primary"]["display_name"] = entry["top"][0]["display_name"] = word
+    page.route(re.compile(r"/api/predict/batch"), lambda route: route.fulfill(status=200, json=body))
+    page.click("#analyse")
+    expect(page.locator("#primary-name")).to_have_text(word)
+    expect(page.locator(".batch-item strong")).to_have_text([word, word])
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 320
+
+
 def _rgba(css: str) -> tuple[float, ...]:
     """'rgb(1, 2, 3)' or 'rgba(1, 2, 3, 0.5)' (getComputedStyle's forms) -> (r, g, b, alpha)."""
     values = [float(v) for v in re.findall(r"[\d.]+", css)]
