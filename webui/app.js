@@ -78,6 +78,12 @@
     state.infoReady = loadInfo();
     renderAll();
     if (window.location.hash === "#model") selectTab($("tab-model"));
+    // A #model link followed, or Back and Forward, while the page is open: the tab follows the address.
+    // Other fragments ("#main", the skip link's) leave the tab as it is.
+    window.addEventListener("hashchange", () => {
+      const hash = window.location.hash;
+      if (hash === "#model" || hash === "#analyse" || hash === "") selectTab($(hash === "#model" ? "tab-model" : "tab-analyse"));
+    });
   }
 
   // ---- formatting ----

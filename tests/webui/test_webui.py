@@ -590,6 +590,21 @@ def test_drop_and_paste_choose_an_image(page: Any) -> None:
     expect(page.locator("#primary-name")).to_have_text("Benign Tumors")
 
 
+def test_the_tab_follows_the_address_while_the_page_is_open(page: Any) -> None:
+    open_page(page)
+    page.goto("/#model")  # a link to the model tab, followed from the open page: no reload
+    expect(page.locator("#panel-model")).to_be_visible()
+    expect(page.get_by_role("tab", name="Model")).to_have_attribute("aria-selected", "true")
+    page.go_back()
+    expect(page.locator("#panel-analyse")).to_be_visible()
+    page.go_forward()
+    expect(page.locator("#panel-model")).to_be_visible()
+    page.focus(".skip-link")  # its own fragment (#main) must not change the tab
+    page.keyboard.press("Enter")
+    assert page.url.endswith("#main")
+    expect(page.locator("#panel-model")).to_be_visible()
+
+
 def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
     report = json.loads((ui_bundle / "report.json").read_text())
     names = report["class_names"]
