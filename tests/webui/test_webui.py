@@ -930,20 +930,25 @@ def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
     assert page.evaluate(width) <= 390
 
 
-def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any) -> None:
+def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any, ui_server: str) -> None:
+    word = "Hautkrebsvorstufenerkrankungsverdachtsdiagnose"  # a display name a German bundle could carry
+    info = _info(ui_server)
+    info["classes"][0]["display_name"] = word
     page = new_page(viewport={"width": 320, "height": 640}, is_mobile=True, has_touch=True)
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
     open_page(page)
     page.set_input_files("#file-input", files=[png("red"), png("green")])
     with page.expect_response(re.compile(r"/api/predict/batch")) as answer:
         page.click("#analyse")
     body = answer.value.json()
-    word = "Hautkrebsvorstufenerkrankungsverdachtsdiagnose"  # a display name a German bundle could carry
     for entry in body["results"]:
         entry["primary"]["display_name"] = entry["top"][0]["display_name"] = word
+    body["results"][0]["heatmap"] = {"label": "Acne", "height": 2, "width": 2, "values": [[0, 1], [0.5, 0]]}
     page.route(re.compile(r"/api/predict/batch"), lambda route: route.fulfill(status=200, json=body))
     page.click("#analyse")
     expect(page.locator("#primary-name")).to_have_text(word)
     expect(page.locator(".batch-item strong")).to_have_text([word, word])
+    expect(page.locator("#heatmap-caption")).to_contain_text(word)
     assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 320
 
 
