@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,11 @@ MAX_JPEG_SCANS = 500
 # or of empty APP1 segments took ~18 s to open (and +310 MB), a PNG of 786,000 empty chunks ~10 s. Real files
 # take tens of reads to open and one per 64 KB to decode (a PNG 3 or so per chunk).
 MAX_READS = 100_000
+# libwebp decodes only at full size, and Pillow holds the frame about four times over (its decoder's canvas,
+# the bytes it hands over, the image): ~15 bytes a pixel, 0.6 GB at 40 MP. Two such decodes at once took a
+# server with the 2 GiB of deploy/k8s past its limit (2.2 GB RSS), so WebPs above this many pixels take turns.
+BIG_WEBP_PIXELS = 16_000_000
+_BIG_WEBP = threading.Lock()
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -152,9 +159,11 @@ def decode_rgb(
         if draft_size is not None and img.format in ("JPEG", "MPO"):
             # DCT scaling: decodes at 1/2, 1/4 or 1/8 while staying at least draft_size; ~4x faster on 12 MP.
             img.draft("RGB" if img.mode == "RGB" else None, draft_size)
-        img.load()  # animated PNG/WebP: the first frame
-        if draft_size is not None:
-            img = shrink(img, draft_size)
+        big = img.format == "WEBP" and img.width * img.height > BIG_WEBP_PIXELS
+        with _BIG_WEBP if big else nullcontext():
+            img.load()  # animated PNG/WebP: the first frame
+            if draft_size is not None:
+                img = shrink(img, draft_size)
         img = ImageOps.exif_transpose(img) or img
         return to_rgb(img)
     except ImageError:

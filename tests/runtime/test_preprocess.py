@@ -479,3 +479,48 @@ def test_a_long_narrow_16_bit_image_is_converted_in_small_pieces() -> None:
         tracemalloc.stop()
     assert out.size == img.size and out.getpixel((0, 0)) == (156, 156, 156)
     assert peak < 64 * 2**20, peak  # whole-image copies: over 300 MB
+
+
+def _overlap(monkeypatch: pytest.MonkeyPatch, files: list[bytes]) -> int:
+    """Decode `files` at once in threads; the most decodes that were inside shrink() together."""
+    import contextlib
+    import threading
+
+    from runtime import preprocess as module
+
+    inside, most, lock = [0], [0], threading.Lock()
+    both = threading.Barrier(len(files))
+    real = module.shrink
+
+    def slow_shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both.wait(timeout=1)  # meets the other decode here unless it is kept out
+        with lock:
+            inside[0] -= 1
+        return real(img, size)
+
+    monkeypatch.setattr(module, "shrink", slow_shrink)
+    threads = [threading.Thread(target=preprocess, args=(data, (8, 8))) for data in files]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return most[0]
+
+
+def test_big_webps_are_decoded_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each holds ~15 bytes a pixel while decoded (0.6 GB at the 40 MP cap): two at once could exhaust a pod.
+    monkeypatch.setattr("runtime.preprocess.BIG_WEBP_PIXELS", 60 * 60)
+    big = encode(Image.new("RGB", (80, 60), (200, 30, 30)), "WEBP")
+    assert _overlap(monkeypatch, [big, big]) == 1
+
+
+def test_small_webps_and_other_formats_decode_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("runtime.preprocess.BIG_WEBP_PIXELS", 60 * 60)
+    small = encode(Image.new("RGB", (60, 50), (200, 30, 30)), "WEBP")
+    png = encode(Image.new("RGB", (80, 60), (200, 30, 30)), "PNG")
+    assert _overlap(monkeypatch, [small, small]) == 2
+    assert _overlap(monkeypatch, [png, png]) == 2
