@@ -390,10 +390,11 @@
           .map((item) => item.getAsFile())
           .filter(Boolean);
       }
-      if (!files.length) return;
       event.preventDefault();
       selectTab($("tab-analyse"));
-      setFiles(files);
+      // The page has no text field: a paste of text or a link is a try at an image, and must not go unanswered.
+      if (!files.length) showInputError(["There is no image on the clipboard; copy the image itself (not its link), or choose a file."]);
+      else setFiles(files);
     });
   }
 

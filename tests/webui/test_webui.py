@@ -605,6 +605,21 @@ def test_the_tab_follows_the_address_while_the_page_is_open(page: Any) -> None:
     expect(page.locator("#panel-model")).to_be_visible()
 
 
+def test_a_paste_without_an_image_is_answered(page: Any) -> None:
+    open_page(page)
+    page.set_input_files("#file-input", files=[png("red")])
+    page.evaluate("""() => {
+        const transfer = new DataTransfer();
+        transfer.setData("text/plain", "https://example.org/rash.jpg");
+        const paste = {clipboardData: transfer, bubbles: true, cancelable: true};
+        document.dispatchEvent(new ClipboardEvent("paste", paste));
+    }""")
+    expect(page.locator("#input-error")).to_have_text(
+        "There is no image on the clipboard; copy the image itself (not its link), or choose a file."
+    )
+    expect(page.locator("#preview-caption")).to_contain_text("red.png")  # what was chosen stays
+
+
 def test_model_tab_renders_the_report(page: Any, ui_bundle: Path) -> None:
     report = json.loads((ui_bundle / "report.json").read_text())
     names = report["class_names"]
