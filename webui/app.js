@@ -165,7 +165,14 @@
       if (error && error.message) throw new ApiError(sentence(error.message), error.code, response.status);
       throw new ApiError(statusWords(response), "http_" + response.status, response.status);
     }
-    if (body === null) throw new ApiError("The server's answer is not JSON.", "bad_response", response.status);
+    if (body === null) {
+      // A web page where data was due: an expired sign-in in front of the service, or a captive portal.
+      const page = (response.headers.get("content-type") || "").includes("text/html");
+      const words = page
+        ? "The server answered with a web page, not data (a sign-in page?); reload the page, then try again."
+        : "The server's answer is cut off or not JSON; try again.";
+      throw new ApiError(words, "bad_response", response.status);
+    }
     return body;
   }
 

@@ -409,6 +409,34 @@ def test_an_answer_of_the_wrong_shape_is_said_not_drawn(page: Any, change: str) 
     expect(page.locator("#export")).to_be_disabled()
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body", "words"),
+    [
+        pytest.param(
+            "text/html",
+            "<html><body><form action='/oauth2/sign_in'>Sign in</form></body></html>",
+            "The server answered with a web page, not data (a sign-in page?); "
+            "reload the page, then try again.",
+            id="sign-in-page",
+        ),
+        pytest.param(
+            "application/json",
+            '{"predictions": {"Acne": 0.8',
+            "The server's answer is cut off or not JSON; try again.",
+            id="cut-off",
+        ),
+    ],
+)
+def test_an_answer_that_is_not_json_is_said_for_what_it_is(
+    page: Any, content_type: str, body: str, words: str
+) -> None:
+    open_page(page)
+    page.route(PREDICT, lambda route: route.fulfill(status=200, content_type=content_type, body=body))
+    page.set_input_files("#file-input", files=[png("red")])
+    page.click("#analyse")
+    expect(page.locator("#result-error")).to_have_text("The analysis failed: " + words)
+
+
 def test_a_batch_answer_that_cannot_be_matched_to_its_images_is_said(page: Any) -> None:
     open_page(page)
     page.set_input_files("#file-input", files=[png("red"), png("green")])
