@@ -995,6 +995,16 @@ def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any, ui_server:
     assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 320
 
 
+def test_text_follows_the_readers_own_font_size(page: Any) -> None:
+    # The browser's font-size setting (Settings > Appearance), not zoom: it moves only rem and em sizes.
+    page.context.new_cdp_session(page).send("Page.setFontSizes", {"fontSizes": {"standard": 24}})
+    open_page(page)
+    size = "s => parseFloat(getComputedStyle(document.querySelector(s)).fontSize)"
+    assert page.evaluate(size, "html") == 24
+    for selector in ["#choose", "#analyse-label", "#tab-model", ".drop-title", "#model-line"]:
+        assert page.evaluate(size, selector) >= 20, selector  # 15 px at the default 16 px, so 22.5 px here
+
+
 def _rgba(css: str) -> tuple[float, ...]:
     """'rgb(1, 2, 3)' or 'rgba(1, 2, 3, 0.5)' (getComputedStyle's forms) -> (r, g, b, alpha)."""
     values = [float(v) for v in re.findall(r"[\d.]+", css)]
