@@ -384,7 +384,12 @@
       depth = 0;
       zone.classList.remove("dragging");
       selectTab($("tab-analyse")); // a drop on the model tab must not change images out of sight
-      setFiles(event.dataTransfer.files);
+      // A dropped folder arrives as a file with no type; only its entry, read now or never, says it is a folder.
+      const folders = Array.from(event.dataTransfer.items || [])
+        .map((item) => item.webkitGetAsEntry && item.webkitGetAsEntry())
+        .filter((entry) => entry && entry.isDirectory)
+        .map((entry) => entry.name);
+      setFiles(event.dataTransfer.files, folders);
     });
 
     document.addEventListener("paste", (event) => {
@@ -411,9 +416,10 @@
   }
 
   /** Why the server would refuse this file, in words, or null. Same limits as the server's. */
-  function checkFile(file) {
+  function checkFile(file, folders) {
     const lim = limits();
     const name = file.name || "The pasted image";
+    if (folders.includes(file.name)) return name + " is a folder; open it and drop or choose the images inside.";
     const type = fileType(file);
     if (!lim.allowed_types.includes(type)) {
       const what = type ? " (it is " + type + ")" : "";
@@ -427,7 +433,7 @@
     return null;
   }
 
-  function setFiles(fileList) {
+  function setFiles(fileList, folders) {
     const files = Array.from(fileList || []);
     if (!files.length) return;
     if (state.busy) {
@@ -439,7 +445,7 @@
     const problems = [];
     let accepted = [];
     for (const file of files) {
-      const problem = checkFile(file);
+      const problem = checkFile(file, folders || []);
       if (problem) problems.push(problem);
       else accepted.push(file);
     }

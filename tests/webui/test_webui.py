@@ -633,6 +633,23 @@ def test_the_tab_follows_the_address_while_the_page_is_open(page: Any) -> None:
     expect(page.locator("#panel-model")).to_be_visible()
 
 
+def test_a_dropped_folder_is_named_as_a_folder(page: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "Holiday photos"
+    folder.mkdir()
+    (folder / "red.png").write_bytes(solid("red", fmt="PNG"))
+    (tmp_path / "green.png").write_bytes(solid("green", fmt="PNG"))
+    open_page(page)
+    # A real drag from the file manager (a script's DataTransfer cannot hold a folder).
+    drag = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(folder), str(tmp_path / "green.png")], "dragOperationsMask": 1}
+    for kind in ["dragEnter", "dragOver", "drop"]:
+        drag.send("Input.dispatchDragEvent", {"type": kind, "x": 300, "y": 300, "data": data})
+    expect(page.locator("#input-error")).to_have_text(
+        "Holiday photos is a folder; open it and drop or choose the images inside."
+    )
+    expect(page.locator("#preview-caption")).to_contain_text("green.png")
+
+
 def test_a_paste_without_an_image_is_answered(page: Any) -> None:
     open_page(page)
     page.set_input_files("#file-input", files=[png("red")])
