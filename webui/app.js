@@ -376,7 +376,8 @@
     window.addEventListener("dragover", (event) => {
       if (!hasFiles(event)) return;
       event.preventDefault();
-      event.dataTransfer.dropEffect = state.busy ? "none" : "copy";
+      // "copy" while busy too: with "none" the drop never fires, and the page could not say why it took nothing.
+      event.dataTransfer.dropEffect = "copy";
     });
     window.addEventListener("drop", (event) => {
       if (!hasFiles(event)) return;

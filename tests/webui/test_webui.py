@@ -650,6 +650,28 @@ def test_a_dropped_folder_is_named_as_a_folder(page: Any, tmp_path: Path) -> Non
     expect(page.locator("#preview-caption")).to_contain_text("green.png")
 
 
+def test_a_real_drop_during_an_analysis_is_answered(page: Any, tmp_path: Path) -> None:
+    (tmp_path / "late.png").write_bytes(solid("blue", fmt="PNG"))
+    open_page(page)
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))
+    page.set_input_files("#file-input", files=[png("red")])
+    page.click("#analyse")
+    while not held:
+        page.wait_for_timeout(20)
+    # The browser's own drag (a script's drop event skips the dragover that decides whether a drop happens).
+    drag = page.context.new_cdp_session(page)
+    data = {"items": [], "files": [str(tmp_path / "late.png")], "dragOperationsMask": 1}
+    for kind in ["dragEnter", "dragOver", "drop"]:
+        drag.send("Input.dispatchDragEvent", {"type": kind, "x": 300, "y": 300, "data": data})
+    expect(page.locator("#input-error")).to_have_text(
+        "Wait for the analysis to finish, then add the new images again."
+    )
+    held[0].continue_()
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    expect(page.locator("#preview-caption")).to_contain_text("red.png")
+
+
 def test_a_paste_without_an_image_is_answered(page: Any) -> None:
     open_page(page)
     page.set_input_files("#file-input", files=[png("red")])
