@@ -1,10 +1,13 @@
-"""uvicorn's HTTP/1.1 protocol, with two changes for a server that may face clients directly (no nginx):
+"""uvicorn's HTTP/1.1 protocol, with three changes for a server that may face clients directly (no nginx):
 
 - malformed HTTP (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn answers 400
   itself, in plain text; here the body is JSON, like every other error of the API;
 - a request head that does not arrive in full within ``head_timeout_s`` closes the connection. uvicorn has no
   such limit: a client that sends half a header line, or nothing, held its connection open for ever (the body
-  has its own limit, SKIN_BODY_TIMEOUT_S, in the app).
+  has its own limit, SKIN_BODY_TIMEOUT_S, in the app);
+- a chunked body in more than ``MAX_SMALL_CHUNKS`` chunks under 1 KiB is refused as malformed HTTP. h11 takes
+  ~15 us per chunk on the event loop: a 380 KB body of 1-byte chunks stalled every other request (/healthz
+  included) for 2 s, so a few such clients could fail a liveness probe.
 
 skin-serve uses it with SKIN_BODY_TIMEOUT_S for both limits; with plain uvicorn:
 ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
@@ -22,10 +25,43 @@ from uvicorn.protocols.http import h11_impl
 from runtime.app import SECURITY_HEADERS, take_request_id
 from runtime.upload import BAD_HTTP, error_body
 
+# Real clients send chunks of a buffer (4 to 64 KiB); browsers never chunk an upload.
+MAX_SMALL_CHUNKS = 1024
+SMALL_CHUNK = 1024
+
+
+class _Connection(h11.Connection):
+    """h11's connection, counting the current request body's small chunks."""
+
+    refusal = ""  # why it raised RemoteProtocolError, for the 400's message
+    _small = 0
+    _chunk = 0  # bytes of the chunk being read
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            self._small = self._chunk = 0
+        elif isinstance(event, h11.Data):  # a chunk may come in several pieces, as its bytes arrive
+            self._chunk = len(event.data) + (0 if event.chunk_start else self._chunk)
+            if event.chunk_end and self._chunk < SMALL_CHUNK:
+                self._small += 1
+                if self._small > MAX_SMALL_CHUNKS:
+                    self.refusal = (
+                        f"the body came in more than {MAX_SMALL_CHUNKS} chunks under {SMALL_CHUNK} bytes; "
+                        "send it with a Content-Length or in larger chunks"
+                    )
+                    raise h11.RemoteProtocolError(self.refusal)
+        return event
+
 
 class H11Protocol(h11_impl.H11Protocol):
     head_timeout_s = 30.0
     _head_timer: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The same connection as uvicorn's (its size limit on an incomplete head), counting small chunks.
+        self.conn = _Connection(h11.SERVER, self.conn._max_incomplete_event_size)
 
     @classmethod
     def with_head_timeout(cls, seconds: float) -> type[H11Protocol]:
@@ -74,7 +110,8 @@ class H11Protocol(h11_impl.H11Protocol):
             scope = cast("dict[str, Any]", self.cycle.scope)
             scope[BAD_HTTP] = True
             request_id = take_request_id(scope)
-        body = error_body("bad_http", msg)  # "Invalid HTTP request received." and the like
+        # uvicorn's msg is "Invalid HTTP request received." whatever h11 refused; a limit of ours says which.
+        body = error_body("bad_http", getattr(self.conn, "refusal", "") or msg)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
