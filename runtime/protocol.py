@@ -4,12 +4,13 @@
   itself, in plain text; here the body is JSON, like every other error of the API;
 - a request head that does not arrive in full within ``head_timeout_s`` closes the connection. uvicorn has no
   such limit: a client that sends half a header line, or nothing, held its connection open for ever (the body
-  has its own limit, SKIN_BODY_TIMEOUT_S, in the app);
+  has its own limit, SKIN_BODY_TIMEOUT_S, in the app). A client that leaves its answer unread as long (its
+  socket full: pipelined requests never read) is cut off too: uvicorn held such a connection for ever;
 - a chunked body in more than ``MAX_SMALL_CHUNKS`` chunks under 1 KiB is refused as malformed HTTP. h11 takes
   ~15 us per chunk on the event loop: a 380 KB body of 1-byte chunks stalled every other request (/healthz
   included) for 2 s, so a few such clients could fail a liveness probe.
 
-skin-serve uses it with SKIN_BODY_TIMEOUT_S for both limits; with plain uvicorn:
+skin-serve uses it with SKIN_BODY_TIMEOUT_S for every time limit; with plain uvicorn:
 ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
 """
 
@@ -55,8 +56,9 @@ class _Connection(h11.Connection):
 
 
 class H11Protocol(h11_impl.H11Protocol):
-    head_timeout_s = 30.0
+    head_timeout_s = 30.0  # also how long an answer may sit unread
     _head_timer: asyncio.TimerHandle | None = None
+    _write_timer: asyncio.TimerHandle | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -77,7 +79,24 @@ class H11Protocol(h11_impl.H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client reads none of what is sent (the transport's buffer is full): timed, as a head is."""
+        super().pause_writing()
+        if self._write_timer is None:
+            # abort, not close: close() would wait to send what the client does not read
+            self._write_timer = self.loop.call_later(self.head_timeout_s, self.transport.abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_write_timer()
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
     def _watch_head(self) -> None:
         """Timed while the client owes a request head (h11 waits in IDLE); between requests uvicorn's own

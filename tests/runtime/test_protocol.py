@@ -16,7 +16,7 @@ from runtime.protocol import H11Protocol
 class _Transport(asyncio.Transport):
     def __init__(self) -> None:
         super().__init__()
-        self.closed, self.written = False, b""
+        self.closed, self.aborted, self.written = False, False, b""
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
@@ -26,6 +26,9 @@ class _Transport(asyncio.Transport):
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -78,6 +81,25 @@ def test_the_head_timer_stops_once_a_head_arrives() -> None:
     written, closed = asyncio.run(scenario())
     assert written.startswith(b"HTTP/1.1 200") and written.endswith(b"ok")
     assert not closed
+
+
+def test_a_client_that_reads_none_of_its_answer_is_cut_off_after_the_timeout() -> None:
+    # Pipelined requests whose answers are never read: the socket fills, and uvicorn held it for ever.
+    async def scenario() -> tuple[bool, bool, bool]:
+        protocol, stuck = await _connect(0.5)
+        protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol.pause_writing()  # what the transport says when its buffer is full
+        reader, reading = await _connect(0.5)
+        reader.pause_writing()
+        await asyncio.sleep(0.02)
+        reader.resume_writing()  # the client read some: it may take its time
+        early = stuck.aborted
+        await asyncio.sleep(0.8)
+        protocol.connection_lost(None)  # as the transport does once aborted: the app's send returns
+        reader.connection_lost(None)
+        return early, stuck.aborted, reading.aborted
+
+    assert asyncio.run(scenario()) == (False, True, False)
 
 
 def test_malformed_http_is_a_json_400_that_closes_the_connection() -> None:
