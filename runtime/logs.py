@@ -56,6 +56,9 @@ def uvicorn_config(level: str = "info") -> dict[str, Any]:
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
         },
+        # Any other library's warnings and errors (asyncio's "socket.accept() out of system resource" when the
+        # process is out of file descriptors) went to Python's last-resort handler: plain-text tracebacks.
+        "root": {"handlers": ["stderr"], "level": "WARNING"},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"level": level.upper()},

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+import subprocess
 import sys
 import warnings
 
@@ -14,6 +15,7 @@ from PIL import Image
 from runtime import logs
 from runtime.preprocess import preprocess
 from tests.images import encode
+from tests.server import ROOT
 
 
 def _record(exc_info: object = None, **fields: object) -> logging.LogRecord:
@@ -74,3 +76,22 @@ def test_uvicorn_logs_json_without_its_own_access_log() -> None:
     assert loggers["uvicorn"]["level"] == "DEBUG" and loggers["uvicorn"]["handlers"] == ["stderr"]
     assert loggers["uvicorn.access"] == {"handlers": [], "level": "WARNING", "propagate": False}
     assert config["formatters"]["json"]["()"] is logs.JsonFormatter
+
+
+def test_other_libraries_errors_are_json_lines_too() -> None:
+    # asyncio logs a traceback whenever accept() fails (out of file descriptors): 10,000 plain-text in 4 s.
+    code = (
+        "import logging.config, logging\n"
+        "from runtime import logs\n"
+        "logging.config.dictConfig(logs.uvicorn_config('info'))\n"
+        "try:\n"
+        "    raise OSError(24, 'Too many open files')\n"
+        "except OSError:\n"
+        "    logging.getLogger('asyncio').error('socket.accept() out of system resource', exc_info=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    entry = json.loads(lines[0])
+    assert entry["logger"] == "asyncio" and entry["level"] == "error"
+    assert "Too many open files" in entry["exception"]
