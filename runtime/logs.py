@@ -46,6 +46,26 @@ def setup(level: str | int = "info") -> None:
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
+class OncePerSecond(logging.Filter):
+    """asyncio's "out of system resource" (no file descriptor left for a new connection) once a second, not
+    ~3,000 times: CPython's accept loop goes on after the error, logging it up to the listen backlog (2048
+    under uvicorn) times per try."""
+
+    message = "socket.accept() out of system resource"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.message):
+            return True
+        if record.created - self.last < 1.0:
+            return False
+        self.last = record.created
+        return True
+
+
 def uvicorn_config(level: str = "info") -> dict[str, Any]:
     """uvicorn's own messages as JSON lines too (logging.config.dictConfig form). Its access log stays off:
     the runtime writes one line per request itself, with the request id."""
@@ -53,6 +73,7 @@ def uvicorn_config(level: str = "info") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
+        "filters": {"once_per_second": {"()": OncePerSecond}},
         "handlers": {
             "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
         },
@@ -63,5 +84,6 @@ def uvicorn_config(level: str = "info") -> dict[str, Any]:
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"level": level.upper()},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "asyncio": {"filters": ["once_per_second"]},
         },
     }

@@ -95,3 +95,23 @@ def test_other_libraries_errors_are_json_lines_too() -> None:
     entry = json.loads(lines[0])
     assert entry["logger"] == "asyncio" and entry["level"] == "error"
     assert "Too many open files" in entry["exception"]
+
+
+def test_running_out_of_file_descriptors_is_logged_once_a_second_not_thousands_of_times() -> None:
+    # CPython's accept loop goes on after the error: one try logged it 2048 times (uvicorn's backlog), each
+    # with its traceback, ~3,000 a second while the process was out of descriptors.
+    code = (
+        "import logging.config, logging\n"
+        "from runtime import logs\n"
+        "logging.config.dictConfig(logs.uvicorn_config('info'))\n"
+        "try:\n"
+        "    raise OSError(24, 'Too many open files')\n"
+        "except OSError:\n"
+        "    for _ in range(2048):\n"
+        "        logging.getLogger('asyncio').error('socket.accept() out of system resource', exc_info=1)\n"
+        "logging.getLogger('asyncio').error('Task exception was never retrieved')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    messages = [json.loads(line)["message"] for line in done.stderr.splitlines()]
+    # Other errors are not held back.
+    assert messages == ["socket.accept() out of system resource", "Task exception was never retrieved"]
