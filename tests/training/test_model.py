@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,48 @@ def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_
     model = model_from_checkpoint(ckpt)
     assert model.training is False
     assert torch.equal(model.state_dict()["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_checkpoint_the_disk_has_no_room_for_is_an_oserror_and_the_old_one_stays(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model=_tiny(), meta=META, epoch=1)
+    before = path.read_bytes()
+    with _file_size_limit(len(before) // 2), pytest.raises(OSError) as error:
+        save_checkpoint(path, model=_tiny(), meta=META, epoch=2)
+    assert error.value.filename == str(path) and error.value.strerror  # the CLI's one line
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no half-written file holds the space
+
+
+def test_a_stop_during_a_checkpoint_write_leaves_the_old_one_and_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, model=_tiny(), meta=META, epoch=1)
+    before = path.read_bytes()
+
+    def stopped_midway(payload: Any, file: Any) -> None:  # Ctrl-C or SIGTERM while torch.save writes
+        with open(file, "wb") if isinstance(file, str | Path) else contextlib.nullcontext(file) as fh:
+            fh.write(before[:1000])
+            fh.flush()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model=_tiny(), meta=META, epoch=2)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
 def test_checkpoint_meta_must_name_arch_size_and_classes(tmp_path: Path) -> None:
