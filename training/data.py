@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,15 @@ def scan_split(folder: Path) -> dict[str, list[Path]]:
         classes[class_dir.name] = files
     if not classes:
         raise DataError(f"{str(folder)!r} has no class folders")
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # its undecodable bytes, kept by Python as surrogates
+            # The folder name is the label the model serves (ONNX metadata, JSON): found at the end of a run,
+            # the plots failed and export refused it.
+            raw = repr(os.fsencode(name))[2:-1]
+            why = "has a name that is not UTF-8; rename it"
+            raise DataError(f"class folder '{raw}' in {str(folder)!r} {why}") from None
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DataError(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -96,6 +97,11 @@ def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
 
+def _break_class_name_not_utf8(root: Path) -> None:
+    for split in ("train", "test"):  # a Latin-1 name, as old zip tools on Windows write it
+        (root / split / "Moles").rename(root / split / os.fsdecode(b"Mol\xe9s"))
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
@@ -106,6 +112,7 @@ def _break_both_spellings(root: Path) -> None:
         pytest.param(_break_no_classes, "has no class folders", id="no-classes"),
         pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
+        pytest.param(_break_class_name_not_utf8, "class folder 'Mol\\xe9s' in ", id="class-name-not-utf8"),
     ],
 )
 def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, message: str) -> None:
