@@ -290,6 +290,27 @@ def test_resume_continues_in_the_run_folder_wherever_it_moved(tmp_path: Path, da
     assert (other / "last.pt").read_bytes() == kept
 
 
+def test_a_resume_after_images_were_removed_from_train_is_refused_one_repaired_in_place_is_not(
+    tmp_path: Path, dataset: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    run = train(**TINY, data=str(data), out=str(tmp_path / "run"), epochs=1)
+    # A class's validation images are drawn from its file list: one file fewer reshuffles them, and images
+    # trained on would be validated on (best.pt, and export's temperature and thresholds, chosen on them).
+    removed = data / "train" / "Acne" / "0003.png"
+    saved = removed.read_bytes()
+    removed.unlink()
+    kept = (run / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="images were added to or removed from the train folder"):
+        train(resume=str(run), epochs=2)
+    assert (run / "last.pt").read_bytes() == kept
+    # Put back, or repaired in place (another size, the same name): the split is the same, resume goes on.
+    removed.write_bytes(saved + b"\0")
+    train(resume=str(run), epochs=2)
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
 @pytest.fixture(scope="module")
 def one_epoch(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(**TINY, data=str(dataset), out=str(tmp_path_factory.mktemp("one") / "run"), epochs=1)
