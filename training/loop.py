@@ -44,7 +44,7 @@ from training.data import (
 )
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
 from training.report import classes_without, classification_summary, epoch_metrics, plain
-from training.stop import Interrupted, sigterm_stops
+from training.stop import Interrupted, signals_deferred, sigterm_stops
 
 METRIC_COLUMNS = (
     "epoch",
@@ -546,25 +546,27 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             else:
                 state.stale += 1
             if cluster.main:
-                if replacing:
-                    for name in RUN_FILES:
-                        (run_dir / name).unlink(missing_ok=True)
-                    write_yaml(run_dir / "config.yaml", cfg.as_dict())
-                    replacing = False
-                epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
-                if improved:
-                    save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
-                save_checkpoint(
-                    run_dir / "last.pt",
-                    model=model,
-                    meta=epoch_meta,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    sampler={"seed": cfg.seed, "epoch": epoch + 1},
-                    state=plain(asdict(state)),
-                )
-                write_metrics(run_dir / "metrics.csv", state.history)
+                # From the earlier run's removal to this run's last.pt a stop would leave neither: it waits.
+                with signals_deferred() if replacing else contextlib.nullcontext():
+                    if replacing:
+                        for name in RUN_FILES:
+                            (run_dir / name).unlink(missing_ok=True)
+                        write_yaml(run_dir / "config.yaml", cfg.as_dict())
+                        replacing = False
+                    epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
+                    if improved:
+                        save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
+                    save_checkpoint(
+                        run_dir / "last.pt",
+                        model=model,
+                        meta=epoch_meta,
+                        optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(),
+                        scaler=scaler.state_dict() if scaler is not None else None,
+                        sampler={"seed": cfg.seed, "epoch": epoch + 1},
+                        state=plain(asdict(state)),
+                    )
+                    write_metrics(run_dir / "metrics.csv", state.history)
                 if tracker is not None:
                     tracker.log_epoch(row)
             say(

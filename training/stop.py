@@ -36,6 +36,28 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, earlier if earlier is not None else signal.SIG_DFL)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait for the block to end, then stop as they would have (in the main thread; a
+    signal mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        caught.append(signum)
+
+    earlier = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in earlier.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    if caught:
+        raise Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt
+
+
 def how(stop: KeyboardInterrupt) -> tuple[str, int]:
     """Interrupted or stopped by SIGTERM, in words, and the exit status (128 + the signal, as shells give)."""
     signum = int(getattr(stop, "signum", signal.SIGINT))

@@ -255,6 +255,24 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
     assert load_checkpoint(old / "last.pt")["config"]["seed"] == 7
 
 
+def test_a_stop_while_an_overwrite_run_replaces_the_earlier_one_waits_for_its_last_pt(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    real_save = loop.save_checkpoint
+
+    def stopped_while_saving(path: Path, **kwargs: Any) -> None:
+        if path.name == "best.pt":  # the earlier run's files are gone by now, the new last.pt not yet there
+            os.kill(os.getpid(), signal.SIGTERM)  # docker stop
+        real_save(path, **kwargs)
+
+    monkeypatch.setattr(loop, "save_checkpoint", stopped_while_saving)
+    assert main(_argv(dataset, old, "--epochs", "2", "--overwrite", "--seed", "7")) == 143
+    assert capsys.readouterr().err == f"skin-train: stopped by SIGTERM; continue with --resume {old}\n"
+    ckpt = load_checkpoint(old / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["seed"] == 7  # the new run's first epoch, resumable
+
+
 def test_a_run_stopped_in_its_first_epoch_can_be_started_again(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
