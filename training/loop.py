@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -831,7 +832,7 @@ def finish(
             "val_macro_f1": state.best_f1 if best else None,
         }
     )
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_whole(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
     if cfg.plots:
         write_plots(run_dir, state.history, report, splits, ev, cfg.img_size, cfg.label_smoothing)
     macro = report["macro avg"]
@@ -939,16 +940,30 @@ def _config_for(run_dir: Path) -> bool:
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
     import yaml
 
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    write_whole(path, yaml.safe_dump(data, sort_keys=False))
 
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
+    writer.writeheader()
+    writer.writerows(history)
+    write_whole(path, text.getvalue())
+
+
+def write_whole(path: Path, text: str) -> None:
+    """All of ``text`` or the file as it was: a full disk left an empty config.yaml, which then refused the
+    same command (as a folder holding another run's file). OSError names the file for the CLI's one line."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        writer.writerows(history)
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            fh.write(text)
+        tmp.replace(path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+        raise
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
