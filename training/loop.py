@@ -547,8 +547,9 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             else:
                 state.stale += 1
             if cluster.main:
-                # From the earlier run's removal to this run's last.pt a stop would leave neither: it waits.
-                with signals_deferred() if replacing else contextlib.nullcontext():
+                # A stop waits for last.pt: one between best.pt and last.pt left a first epoch's best.pt that
+                # refused the same command, and one after an --overwrite's removals left neither run.
+                with signals_deferred():
                     if replacing:
                         for name in RUN_FILES:
                             (run_dir / name).unlink(missing_ok=True)

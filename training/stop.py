@@ -38,17 +38,21 @@ def sigterm_stops() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait for the block to end, then stop as they would have (in the main thread; a
-    signal mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
+    """Ctrl-C and SIGTERM wait for the block to end, then stop as they would have; a second one stops at once
+    (a write that hangs). In the main thread; a signal mask would not do: the kernel hands a blocked signal
+    to another of the process's threads."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
+        if caught:
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         caught.append(signum)
 
-    earlier = {signum: signal.signal(signum, hold) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    earlier = {signum: signal.signal(signum, hold) for signum in stops}  # an ignored one stays ignored
     try:
         yield
     finally:

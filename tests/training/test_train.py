@@ -255,22 +255,48 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_an_epoch(
     assert load_checkpoint(old / "last.pt")["config"]["seed"] == 7
 
 
-def test_a_stop_while_an_overwrite_run_replaces_the_earlier_one_waits_for_its_last_pt(
-    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("overwrite", [pytest.param(False, id="new"), pytest.param(True, id="overwrite")])
+def test_a_stop_while_the_first_checkpoints_are_written_waits_for_last_pt(
+    tmp_path: Path,
+    dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    overwrite: bool,
 ) -> None:
-    old = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    out = tmp_path / "run"
+    if overwrite:
+        train(**TINY, data=str(dataset), out=str(out), epochs=1)
     real_save = loop.save_checkpoint
 
     def stopped_while_saving(path: Path, **kwargs: Any) -> None:
-        if path.name == "best.pt":  # the earlier run's files are gone by now, the new last.pt not yet there
+        # best.pt comes first: a stop here left it without last.pt (the same command then refused the folder),
+        # and after an --overwrite had removed the earlier run's files, neither run.
+        if path.name == "best.pt":
             os.kill(os.getpid(), signal.SIGTERM)  # docker stop
         real_save(path, **kwargs)
 
     monkeypatch.setattr(loop, "save_checkpoint", stopped_while_saving)
-    assert main(_argv(dataset, old, "--epochs", "2", "--overwrite", "--seed", "7")) == 143
-    assert capsys.readouterr().err == f"skin-train: stopped by SIGTERM; continue with --resume {old}\n"
-    ckpt = load_checkpoint(old / "last.pt")
-    assert ckpt["epoch"] == 1 and ckpt["config"]["seed"] == 7  # the new run's first epoch, resumable
+    argv = _argv(dataset, out, "--epochs", "2", "--seed", "7", *(["--overwrite"] if overwrite else []))
+    assert main(argv) == 143
+    assert capsys.readouterr().err == f"skin-train: stopped by SIGTERM; continue with --resume {out}\n"
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["epoch"] == 1 and ckpt["config"]["seed"] == 7  # this run's first epoch, resumable
+
+
+def test_a_second_stop_while_a_checkpoint_is_written_stops_at_once(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_save = loop.save_checkpoint
+
+    def hangs(path: Path, **kwargs: Any) -> None:  # a write that never ends (a dead network disk)
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(path, **kwargs)
+        raise AssertionError("the second SIGTERM did not stop the write")
+
+    monkeypatch.setattr(loop, "save_checkpoint", hangs)
+    assert main(_argv(dataset, tmp_path / "run", "--epochs", "1")) == 143
+    assert not (tmp_path / "run" / "best.pt").exists()
 
 
 def test_a_run_stopped_in_its_first_epoch_can_be_started_again(
