@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,13 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))
+        for a in only_train:
+            b = next((b for b in only_test if _spelling(b) == _spelling(a)), None)
+            if b is not None:  # the two names print alike: say how they differ
+                raise DataError(
+                    f"train's class folder {a!r} and test's {b!r} differ only in spaces or in how an "
+                    "accented letter is encoded (a copy made on macOS?); rename one to match the other"
+                )
         parts = [
             f"only in train: {', '.join(only_train)}" if only_train else "",
             f"only in test: {', '.join(only_test)}" if only_test else "",
@@ -122,6 +130,11 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         val += [(p, index) for p in held]
     test = [(p, index) for index, name in enumerate(class_names) for p in test_classes[name]]
     return Splits(root=base, class_names=class_names, train=train, val=val, test=test)
+
+
+def _spelling(name: str) -> str:
+    """A class folder name as people read it: accents composed (macOS decomposes them), no edge spaces."""
+    return unicodedata.normalize("NFC", name).strip()
 
 
 def split_class(files: list[Path], fraction: float, seed: int, index: int) -> tuple[list[Path], list[Path]]:

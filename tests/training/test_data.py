@@ -97,6 +97,15 @@ def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
 
+def _break_class_name_decomposed(root: Path) -> None:
+    (root / "train" / "Moles").rename(root / "train" / "Mole\u0301s")  # macOS: e + a combining accent
+    (root / "test" / "Moles").rename(root / "test" / "Mol\u00e9s")
+
+
+def _break_class_name_trailing_space(root: Path) -> None:
+    (root / "test" / "Moles").rename(root / "test" / "Moles ")
+
+
 def _break_class_name_not_utf8(root: Path) -> None:
     for split in ("train", "test"):  # a Latin-1 name, as old zip tools on Windows write it
         (root / split / "Moles").rename(root / split / os.fsdecode(b"Mol\xe9s"))
@@ -112,6 +121,16 @@ def _break_class_name_not_utf8(root: Path) -> None:
         pytest.param(_break_no_classes, "has no class folders", id="no-classes"),
         pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
+        pytest.param(
+            _break_class_name_decomposed,
+            "train's class folder 'Mole\u0301s' and test's 'Mol\u00e9s' differ only in spaces or in how",
+            id="class-name-accent-encoded-otherwise",
+        ),
+        pytest.param(
+            _break_class_name_trailing_space,
+            "train's class folder 'Moles' and test's 'Moles ' differ only in spaces",
+            id="class-name-trailing-space",
+        ),
         pytest.param(_break_class_name_not_utf8, "class folder 'Mol\\xe9s' in ", id="class-name-not-utf8"),
     ],
 )
