@@ -450,6 +450,10 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
             return restored
 
         state = _restore(cfg, restore)
+        if cluster.main:  # the run's last line says their paths are above: also those found before it
+            # Read again: named (and why) if still unreadable, not counted if repaired in place since.
+            bad = [i for i in state.bad_train if 0 <= i < len(splits.train)]
+            state.bad_train = [i for i in bad if load_image(splits.train[i][0], 32) is None]
     net: torch.nn.Module = model
     if cluster.distributed:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

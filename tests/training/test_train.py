@@ -21,7 +21,7 @@ from PIL import Image
 
 from runtime.bundle import fingerprint_files
 from tests.training.helpers import CLASSES, TINY, truncated_jpeg
-from training import loop
+from training import data, loop
 from training.cli import main
 from training.config import ConfigError
 from training.data import load_splits
@@ -148,6 +148,29 @@ def test_report_and_unreadable_images(run: Path) -> None:
     assert report["skipped_images"] == 1
     assert report["skipped_by_split"] == {"train": 1, "val": 0, "test": 1}
     assert {r["train_skipped"] for r in read_metrics(run / "metrics.csv")} == {1}
+
+
+def test_a_resumed_run_names_the_unreadable_images_found_before_it_was_resumed(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    for name in ("zz-broken.jpg", "zy-broken.jpg", "zx-broken.jpg"):  # sorted last; some land in training
+        truncated_jpeg(root / "train" / "Acne" / "0001.jpg", root / "train" / "Acne" / name)
+    bad = [p for p, _ in load_splits(root, val_fraction=0.2).train if p.name.endswith("-broken.jpg")]
+    assert len(bad) >= 2
+    options = {**TINY, "sampler": "shuffle", "val_fraction": 0.2}  # every training image read each epoch
+    run = train(**options, data=str(root), out=str(tmp_path / "run"), epochs=1)
+    assert load_checkpoint(run / "last.pt")["state"]["bad_train"]
+    repaired, *still_bad = bad
+    shutil.copyfile(root / "train" / "Acne" / "0001.jpg", repaired)  # fixed in place: the split stays
+    monkeypatch.setattr(data, "_reported", set())  # a new process: nothing named yet
+    caplog.clear()
+    train(resume=str(run))  # finished: only the report, which says their paths are in the warnings above
+    named = {r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")}
+    assert named == {f"skipping unreadable image {p} (corrupt_image)" for p in still_bad}
+    report = json.loads((run / "report.json").read_text())
+    assert report["skipped_by_split"]["train"] == len(still_bad)
 
 
 def test_an_image_whose_file_name_is_not_utf8_trains(tmp_path: Path, dataset: Path) -> None:
