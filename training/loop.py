@@ -151,8 +151,9 @@ def train(**kwargs: Any) -> Path:
         cluster = setup_cluster(cfg.device)
         last = Path(cfg.out) / "last.pt"
         before = _stamp(last)
+        lock = FolderLock()
         try:
-            return _run(cfg, resumed, cluster)
+            return _run(cfg, resumed, cluster, lock)
         except KeyboardInterrupt as exc:
             signum = int(getattr(exc, "signum", signal.SIGINT))
             if cfg.overwrite and resumed is None and before is not None and _stamp(last) == before:
@@ -161,6 +162,7 @@ def train(**kwargs: Any) -> Path:
                 raise Interrupted(None, signum=signum, previous=last.parent) from None
             raise Interrupted(last.parent if last.is_file() else None, signum=signum) from None
         finally:
+            lock.release()
             if cluster.owned and dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -171,6 +173,55 @@ def worker_own_group(worker_id: int) -> None:
     tracebacks in the main process. Now it reaches the run alone, which stops as for Ctrl-C and shuts them
     down; terminate() still ends a worker that hangs, and they exit if the run dies."""
     os.setpgid(0, 0)
+
+
+class FolderLock:
+    """One skin-train writes a run folder at a time: a second one on the same --out (started twice, a retry
+    while the first still ran) passed its checks during the first's first epoch, or with --resume, and the
+    two wrote over each other's checkpoints, both saying "outputs in" the folder."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def take(self, folder: Path) -> None:
+        import fcntl
+
+        try:
+            fd = os.open(folder, os.O_RDONLY)  # the folder itself: no lock file to leave behind
+        except OSError:
+            return  # a folder that can be written but not listed: run unguarded, as before
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go when the process ends, however it ends
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another skin-train is writing to {folder}; wait for it to end, or pass another --out"
+            ) from None
+        except OSError:  # a file system without locks (ENOLCK on some NFS mounts): the run still goes on
+            os.close(fd)
+            return
+        self.fd = fd
+        _held.add(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _held.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+_held: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """A forked DataLoader worker inherits the lock; it must not hold the folder once the run has ended."""
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -363,7 +414,7 @@ def epoch_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> Path:
+def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, lock: FolderLock) -> Path:
     device = cluster.device
     amp_dtype, scaler = amp_setup(cfg.amp, device)
     if cfg.mlflow:
@@ -465,6 +516,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster) -> 
     replacing = resumed is None and any((run_dir / name).exists() for name in RUN_FILES)
     if cluster.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.take(run_dir)
         if not replacing:
             write_yaml(run_dir / "config.yaml", cfg.as_dict())
     cluster.barrier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -608,6 +609,58 @@ def test_a_full_disk_when_the_run_starts_leaves_no_file_that_refuses_the_same_co
     assert capsys.readouterr().err == f"skin-train: error: File too large: {out / 'config.yaml'}\n"
     assert sorted(p.name for p in out.iterdir()) == []  # not an empty config.yaml "held" by another run
     assert main(argv) == 0  # space freed: the same command
+
+
+def test_a_second_skin_train_on_a_folder_being_written_is_one_line(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    first = os.open(out, os.O_RDONLY)  # as a run in its first epoch holds it (it has written no last.pt yet)
+    fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    argv = _argv(dataset, out, "--epochs", "1")
+    try:
+        assert main(argv) == 2
+    finally:
+        os.close(first)
+    why = "wait for it to end, or pass another --out"
+    assert capsys.readouterr().err == f"skin-train: error: another skin-train is writing to {out}; {why}\n"
+    assert list(out.iterdir()) == []  # nothing of the first run's was written over
+    assert main(argv) == 0  # once it has ended
+
+
+def test_a_file_system_without_locks_does_not_stop_a_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")  # some NFS mounts
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    lock = loop.FolderLock()
+    lock.take(tmp_path)  # no error: the run goes on unguarded, as before there was a lock
+    assert lock.fd is None
+
+
+def test_the_folder_is_let_go_when_the_run_ends_though_its_loader_workers_live_on(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stop(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # after the training loader's workers have started
+
+    monkeypatch.setattr(loop, "evaluate_sharded", stop)
+    out = tmp_path / "run"
+    lock = loop.FolderLock()
+    try:
+        train(**{**TINY, "workers": 1}, data=str(dataset), out=str(out), epochs=2)
+    except KeyboardInterrupt:  # the exception being handled keeps the loaders, so their workers, alive
+        assert multiprocessing.active_children()
+        lock.take(out)  # the workers (forked holding the lock) do not hold it: --resume may start
+    lock.release()
 
 
 def _comparable(rows: list[dict[str, float]]) -> list[dict[str, float]]:
