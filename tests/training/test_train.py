@@ -94,11 +94,14 @@ def test_run_directory(run: Path) -> None:
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config == load_checkpoint(run / "last.pt")["config"]
     assert config["epochs"] == EPOCHS and config["seed"] == 42 and config["out"] == str(run)
-    # The written configuration repeats the run: fed back as --config it resolves to the same options.
+    # The written configuration repeats the run: fed back as --config it resolves to the same options, but
+    # for the version (the new run is another model: it gets its own).
     again, _ = resolve_options({"config": str(run / "config.yaml")})
-    assert {k: v for k, v in again.as_dict().items() if k != "config"} == {
-        k: v for k, v in config.items() if k != "config"
+    own = ("config", "model_version")
+    assert {k: v for k, v in again.as_dict().items() if k not in own} == {
+        k: v for k, v in config.items() if k not in own
     }
+    assert config["model_version"] == "test-1" and again.model_version not in ("", "test-1")
 
 
 def test_checkpoints_describe_themselves(run: Path, bad_data: Path) -> None:
