@@ -276,17 +276,20 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
     """The graph to serve: ``auto`` takes the int8 graph when export shipped one, else fp32 (the engine then
     asks runtime/int8.py whether this CPU computes it fast)."""
     directory = Path(bundle_dir)
-    if not directory.is_dir():
-        why = "is a file, not a directory" if directory.exists() else "does not exist"
-        raise BundleError(f"bundle directory {str(directory)!r} {why}")
     if variant not in MODEL_VARIANTS:
         raise BundleError(f"model variant {variant!r} is not one of {', '.join(MODEL_VARIANTS)}")
-    if not (directory / MODEL_FILE).is_file():
+    try:  # is_file() raises, not answers False, where a folder on the way may not be searched
+        if not directory.is_dir():
+            why = "is a file, not a directory" if directory.exists() else "does not exist"
+            raise BundleError(f"bundle directory {str(directory)!r} {why}")
+        has_model, has_int8 = (directory / MODEL_FILE).is_file(), (directory / INT8_MODEL_FILE).is_file()
+    except OSError as exc:
+        raise BundleError(f"bundle directory {str(directory)!r} cannot be read: {exc.strerror}") from None
+    if not has_model:
         raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
-    int8 = directory / INT8_MODEL_FILE
-    if variant == "int8" and not int8.is_file():
+    if variant == "int8" and not has_int8:
         raise BundleError(f"bundle {str(directory)!r} has no {INT8_MODEL_FILE} (export did not ship int8)")
-    return int8 if variant != "fp32" and int8.is_file() else directory / MODEL_FILE
+    return directory / (INT8_MODEL_FILE if variant != "fp32" and has_int8 else MODEL_FILE)
 
 
 def sha256_file(path: str | Path) -> str:
