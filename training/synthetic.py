@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    # Never into a folder that holds something: generated images mixed into a dataset cannot be told apart.
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        parser.error(f"{str(out)!r} exists and is not an empty folder; give a new one")
-    try:
+    try:  # from the first look: exists() raises on a folder that may not be searched, or a name too long
+        # Never into a folder that holds something: generated images mixed into a dataset look the same.
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            parser.error(f"{str(out)!r} exists and is not an empty folder; give a new one")
         root = generate(out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
     except OSError as exc:
         print(f"{prog}: error: {exc.strerror or exc}: {exc.filename or out}", file=sys.stderr)

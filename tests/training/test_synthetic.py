@@ -113,6 +113,17 @@ def test_command_line_into_a_file_is_one_line(tmp_path: Path, capsys: pytest.Cap
     assert exit_.value.code == 2 and "is not an empty folder" in capsys.readouterr().err
 
 
+def test_command_line_into_a_name_too_long_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.synthetic import main
+
+    # stat() fails on it, as on a folder that may not be searched: pathlib raises, not answers False
+    assert main([str(tmp_path / ("a" * 300))]) == 2
+    assert capsys.readouterr().err.startswith("python -m training.synthetic: error: File name too long: ")
+    assert not any(tmp_path.iterdir())
+
+
 def test_class_order_is_the_sorted_names_whatever_order_they_come_in(tmp_path: Path) -> None:
     kw = {"train_per_class": 1, "test_per_class": 1, "size_range": (40, 48)}
     a = generate(tmp_path / "a", class_names=["Moles", "Acne", "Eczema"], **kw)
