@@ -331,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as exc:
         print(f"skin-demo: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the checks' first look at a folder that may not be searched, or a name too long
+        print(f"skin-demo: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        return 2
     except StepError as exc:
         print(f"skin-demo: {exc}", file=sys.stderr)
         return 2

@@ -296,6 +296,9 @@ def test_demo_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
         ),
         pytest.param(["--bundle-dir", "{tmp}/w/run/b"], "must not overlap", id="bundle-in-run"),
         pytest.param(["--bundle-dir", "{tmp}/notes"], "is not a bundle folder", id="bundle-not-a-bundle"),
+        # stat() fails on these, as on a folder that may not be searched: pathlib raises, not answers False
+        pytest.param(["--bundle-dir", "{tmp}/" + "b" * 300], "File name too long", id="bundle-name-too-long"),
+        pytest.param(["--work-dir", "{tmp}/" + "w" * 300], "File name too long", id="work-name-too-long"),
     ],
 )
 def test_demo_checks_arguments_and_folders_before_any_work(
