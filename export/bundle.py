@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
 FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 TEXT_FIELDS = ("resize", "resize_filter", "model_name", "model_version", "trained_on", "data_fingerprint")
 
 
@@ -425,7 +427,11 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
             f"{where}: display_names must be a list of {len(names)} display names, one per class, "
             f"not {_brief(display)}"
         )
-    text = {key: _field(ckpt, key, str, "text", where) or "" for key in TEXT_FIELDS}
+    # A path's bytes that are not UTF-8 (a dataset folder named in Latin-1) come as lone surrogates, which the
+    # ONNX metadata cannot hold: trained_on quotes the path, so they become U+FFFD.
+    text = {
+        key: LONE_SURROGATE.sub("\ufffd", _field(ckpt, key, str, "text", where) or "") for key in TEXT_FIELDS
+    }
     epoch = _field(ckpt, "epoch", int, "a whole number", where)
     info = {
         "arch": ckpt["arch"],

@@ -346,6 +346,18 @@ def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_pat
     assert engine.run(np.zeros((1, TINY_SIZE, TINY_SIZE, 3), np.uint8)).uncertainty == [{}]
 
 
+def test_text_quoting_a_path_that_is_not_utf8_gets_replacement_characters(tmp_path: Path) -> None:
+    import onnx
+
+    from export.bundle import _load, _meta
+
+    # Python hands such a path's bytes on as lone surrogates; the ONNX metadata (protobuf) takes only UTF-8.
+    trained_on = "SkinDisease ImageFolder at /data/Ecz\udce9ma"
+    _, _, info = _load(write_checkpoint(tmp_path / "best.pt", data=None, trained_on=trained_on))
+    assert info["trained_on"] == "SkinDisease ImageFolder at /data/Ecz\ufffdma"
+    onnx.helper.set_model_props(onnx.ModelProto(), _meta(info, temperature=1.0, created="").to_metadata())
+
+
 def test_the_dataset_must_have_the_checkpoints_classes_in_the_same_order(dataset: Path) -> None:
     from export.bundle import _splits
     from tests.export.conftest import VAL_FRACTION
