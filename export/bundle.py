@@ -80,6 +80,8 @@ def export_bundle(
         raise ExportError(f"{str(out)!r} exists and is not a directory")
     if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:
         raise ExportError(f"{files[0]!r} is a file: the bundle folder {str(out)!r} cannot be made under it")
+    if LONE_SURROGATE.search(str(out.absolute())):  # bytes that are not UTF-8, which onnxruntime cannot open
+        raise ExportError(f"{str(out)!r} is not a UTF-8 path, which onnxruntime cannot open; rename it")
     if out.exists():
         check_replaceable(out, Path(checkpoint))
     if no_data and data is not None:

@@ -316,6 +316,13 @@ def test_an_out_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
         export_bundle(tmp_path / "missing.pt", tmp_path / "afile" / "b")  # before the checkpoint is read
 
 
+def test_an_out_path_that_is_not_utf8_is_refused_before_any_work(tmp_path: Path) -> None:
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/Ecz\xe9ma"))  # a Latin-1 name; onnxruntime opens only UTF-8
+    with pytest.raises(ExportError, match="is not a UTF-8 path, which onnxruntime cannot open"):
+        export_bundle(tmp_path / "missing.pt", out)  # before the checkpoint is read
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_opset_onnx_does_not_know_is_refused_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="opset 99 is newer than this onnx knows"):
         export_bundle(tmp_path / "missing.pt", tmp_path / "b", opset=99)  # before the checkpoint is read
