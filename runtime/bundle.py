@@ -287,6 +287,10 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
         raise BundleError(f"bundle directory {str(directory)!r} cannot be read: {exc.strerror}") from None
     if not has_model:
         raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
+    if any("\ud800" <= c <= "\udfff" for c in str(directory.absolute())):  # bytes that are not UTF-8
+        raise BundleError(
+            f"bundle directory {str(directory)!r} is not a UTF-8 path, which onnxruntime cannot open"
+        )
     if variant == "int8" and not has_int8:
         raise BundleError(f"bundle {str(directory)!r} has no {INT8_MODEL_FILE} (export did not ship int8)")
     return directory / (INT8_MODEL_FILE if variant != "fp32" and has_int8 else MODEL_FILE)

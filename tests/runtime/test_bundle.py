@@ -389,3 +389,12 @@ def test_int8_variant_missing_is_one_line(tmp_path: Path) -> None:
     make_bundle(tmp_path)
     with pytest.raises(bundle.BundleError, match="did not ship int8"):
         Engine(tmp_path, threads=1, variant="int8")
+
+
+def test_a_bundle_path_that_is_not_utf8_is_one_line_naming_it(tmp_path: Path) -> None:
+    import os
+
+    directory = make_bundle(os.fsdecode(bytes(tmp_path) + b"/Ecz\xe9ma"))  # a Latin-1 folder name
+    # onnxruntime takes only UTF-8 paths: its own error blamed the model ("not a loadable ONNX model")
+    with pytest.raises(bundle.BundleError, match="is not a UTF-8 path, which onnxruntime cannot open"):
+        Engine(directory, threads=1)
