@@ -187,6 +187,8 @@ def validate(meta: BundleMeta) -> None:
         raise BundleError("class names must be a non-empty list of strings")
     if len(set(names)) != len(names):
         raise BundleError("class names must be unique")
+    if odd := [n for n in names if any("\ud800" <= c <= "\udfff" for c in n)]:  # a folder named in Latin-1
+        raise BundleError(f"class name {odd[0]!r} is not UTF-8 text")
     display = meta.display_names
     if (
         not isinstance(display, list)

@@ -41,6 +41,8 @@ def test_metadata_round_trip() -> None:
         pytest.param({"class_names": ["A", ""]}, "non-empty list of strings", id="empty-class-name"),
         pytest.param({"class_names": ["A", 5]}, "non-empty list of strings", id="class-name-not-a-string"),
         pytest.param({"class_names": ["A", "A"]}, "unique", id="duplicate-classes"),
+        # a folder named in Latin-1: the metadata was written, then could not be read back as JSON
+        pytest.param({"class_names": ["A", "B\udce9"]}, "is not UTF-8 text", id="class-name-not-utf8"),
         pytest.param({"display_names": ["A"]}, "display names", id="display-count"),
         pytest.param({"input_size": (4, 4)}, "out of range", id="tiny-input"),
         pytest.param({"temperature": 0.0}, "temperature", id="zero-temperature"),
