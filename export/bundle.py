@@ -67,6 +67,8 @@ def export_bundle(
     """
     say = log or (lambda _: None)
     out = Path(out)
+    if out.name in ("", ".."):  # "." or "..": the staging folder beside it needs the folder's own name
+        out = Path(os.path.abspath(out))
     if int8 not in INT8_MODES:
         raise ExportError(f"int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
     if parity_images < 1:

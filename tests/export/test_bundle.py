@@ -255,6 +255,21 @@ def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: 
     assert any("fingerprint mismatch" in note for note in report["export"]["notes"])
 
 
+def test_overwrite_of_the_current_folder_replaces_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import bundle as exporter
+    from tests.bundle_factory import make_bundle
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    out = make_bundle(tmp_path / "bundle", report=False)
+    old = (out / bundle.MODEL_FILE).read_bytes()
+    # Writing the graph itself is not what is tested here: a valid bundle stands in for it.
+    monkeypatch.setattr(exporter, "_build", lambda staging, *a, **kw: make_bundle(staging, temperature=2.0))
+    monkeypatch.chdir(out)  # cd bundles/b && skin-export … --out . --overwrite: "." was staged inside itself
+    assert export_bundle(checkpoint, ".", overwrite=True, no_data=True) == out
+    assert (out / bundle.MODEL_FILE).read_bytes() != old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "run"]  # no staging or old folder left
+
+
 def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
     (tmp_path / "run" / "last.pt").write_bytes(b"the run's other checkpoint")
