@@ -194,6 +194,17 @@ def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
 
 
+@pytest.mark.parametrize("out", ["train/Acne/run", "test"])
+def test_a_run_inside_the_datasets_splits_is_refused(tmp_path: Path, dataset: Path, out: str) -> None:
+    # Its plots there would be read as images of a class (and its own folder as a class) by the next run.
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    before = sorted(data.rglob("*"))
+    with pytest.raises(ConfigError, match=f"is inside the dataset's {out.split('/')[0]}/ folder"):
+        train(**TINY, data=str(data), out=str(data / out), epochs=1)
+    assert sorted(data.rglob("*")) == before
+
+
 @pytest.mark.parametrize("held", ["report.json", "config.yaml"])
 def test_a_folder_with_run_files_but_no_run_is_not_written_into(
     tmp_path: Path, dataset: Path, held: str
