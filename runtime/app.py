@@ -556,6 +556,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             await app.state.gather.close()
 
     webui = Path(cfg.webui_dir)
+    try:  # a page folder or index.html that cannot be read: every visit would be a 500, so start-up stops
+        if webui.is_dir():
+            with contextlib.suppress(FileNotFoundError):
+                (webui / "index.html").open("rb").close()
+    except OSError as exc:  # is_dir() raises too, where a folder on the way may not be searched
+        raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} cannot be read: {exc.strerror}") from None
     if not webui.is_dir() and webui != DEFAULT_WEBUI:
         raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} is not a folder")
     routes: list[BaseRoute] = [

@@ -397,6 +397,9 @@ def test_without_the_web_page_the_api_still_serves(tiny_bundle: Path, tmp_path: 
     # Set explicitly to a folder that is not there: a start-up error naming the setting.
     with pytest.raises(ValueError, match="SKIN_WEBUI_DIR"):
         create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / "typo")))
+    # One that cannot be read (no permission, a name too long): every visit would be a 500, or a traceback
+    with pytest.raises(ValueError, match="SKIN_WEBUI_DIR .* cannot be read: File name too long"):
+        create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / ("w" * 300))))
 
 
 def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:
