@@ -84,6 +84,11 @@ def scan_split(folder: Path) -> dict[str, list[Path]]:
             why = "has a name that is not UTF-8; rename it"
             raise DataError(f"class folder '{raw}' in {str(folder)!r} {why}") from None
     empty = [name for name, files in classes.items() if not files]
+    for name in empty:  # rglob() passes over a folder it may not read: say so, not "holds no images"
+        try:
+            os.listdir(folder / name)
+        except OSError as exc:
+            raise DataError(f"class folder {str(folder / name)!r} cannot be read: {exc.strerror}") from None
     if empty:
         raise DataError(
             f"class folder {str(folder / empty[0])!r} holds no {'/'.join(IMAGE_EXTENSIONS)} images"

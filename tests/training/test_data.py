@@ -144,6 +144,28 @@ def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, mess
     assert "\n" not in str(info.value)
 
 
+def test_a_class_folder_that_cannot_be_read_says_so(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.data
+
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    locked = root / "train" / "Acne"
+    shutil.rmtree(locked)
+    locked.mkdir()  # as rglob() sees a folder it may not read (root reads anything, so not by chmod)
+    real = os.listdir
+
+    def listdir(path: str) -> list[str]:
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path)
+
+    monkeypatch.setattr(training.data.os, "listdir", listdir)
+    with pytest.raises(DataError, match="Acne' cannot be read: Permission denied$"):  # not "holds no images"
+        load_splits(root)
+
+
 def test_stray_files_and_hidden_folders_beside_the_classes_are_not_classes(
     tmp_path: Path, dataset: Path
 ) -> None:
