@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -217,3 +218,10 @@ def _check(cfg: TrainConfig) -> None:
     for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p"):
         value = getattr(cfg, name)
         need(0.0 <= value <= 1.0, f"--{name.replace('_', '-')} is a probability, got {value}")
+    for f in dataclasses.fields(cfg):  # past it, torch and Python's slicing fail with a traceback mid-run
+        value = getattr(cfg, f.name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            need(
+                value <= sys.maxsize,
+                f"--{f.name.replace('_', '-')} must be at most {sys.maxsize}, got {value}",
+            )

@@ -122,6 +122,7 @@ def test_bad_options_are_one_line(
         pytest.param({"label_smoothing": 0.0}, id="no-smoothing"),
         pytest.param({"batch_size": 1, "img_size": 33}, id="batch-1-above-32-px"),
         pytest.param({"seed": 2**32 - 1}, id="largest-seed"),
+        pytest.param({"batch_size": 2**63 - 1, "accum_steps": 2**63 - 1}, id="largest-counts"),
         pytest.param({"jitter_hue": 0.5}, id="most-hue"),
         pytest.param({"translate": 1.0}, id="most-translate"),
         pytest.param({"rotate": 180.0}, id="most-rotate"),
@@ -175,6 +176,10 @@ def test_options_at_the_edge_of_their_range_are_accepted(options: dict[str, obje
             for name in ("hflip", "vflip", "rotate_p", "jitter_p", "affine_p")
         ),
         pytest.param({"hflip": -0.01}, "--hflip is a probability", id="negative-p"),
+        # past sys.maxsize: Python's islice() and torch failed mid-run with a traceback
+        pytest.param({"batch_size": 2**63}, "--batch-size must be at most", id="batch-size-2-63"),
+        pytest.param({"accum_steps": 2**63}, "--accum-steps must be at most", id="accum-steps-2-63"),
+        pytest.param({"epochs": 10**20}, "--epochs must be at most", id="epochs-10-20"),
     ],
 )
 def test_options_just_outside_their_range_are_refused(options: dict[str, object], message: str) -> None:
