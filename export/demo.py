@@ -254,7 +254,7 @@ def _made_by_demo(folder: Path, work_dir: Path) -> bool:
     run = work_dir / "run"
     try:
         config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # RecursionError: nested too deeply
         return False
     if not isinstance(config, dict) or config.get("demo") is not True:
         return False

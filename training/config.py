@@ -105,6 +105,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML ({type(exc).__name__})") from None
+    except RecursionError:  # PyYAML builds nested lists and mappings recursively
+        raise ConfigError(f"config file {str(path)!r} is nested too deeply") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -997,7 +997,7 @@ def _config_for(run_dir: Path) -> bool:
     try:
         written = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
         return isinstance(written, dict) and Path(str(written.get("out"))).resolve() == run_dir.resolve()
-    except (OSError, ValueError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
+    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
         return False
 
 

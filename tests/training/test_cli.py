@@ -59,6 +59,7 @@ def test_yaml_sets_defaults_and_flags_win(tmp_path: Path) -> None:
         pytest.param("epochz: 3\n", "unknown option 'epochz'", id="unknown-key"),
         pytest.param("- 1\n- 2\n", "must hold a mapping", id="not-a-mapping"),
         pytest.param("epochs: [\n", "is not valid YAML", id="bad-yaml"),
+        pytest.param("epochs: " + "[" * 5000 + "]" * 5000, "is nested too deeply", id="too-deep"),
     ],
 )
 def test_bad_yaml_is_one_line(

@@ -194,6 +194,11 @@ def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
 
 
+def test_a_config_yaml_nested_too_deeply_is_not_a_runs_own(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("[" * 5000 + "]" * 5000)  # PyYAML recurses: not a traceback
+    assert loop._config_for(tmp_path) is False
+
+
 @pytest.mark.parametrize("out", ["train/Acne/run", "test"])
 def test_a_run_inside_the_datasets_splits_is_refused(tmp_path: Path, dataset: Path, out: str) -> None:
     # Its plots there would be read as images of a class (and its own folder as a class) by the next run.
