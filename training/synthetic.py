@@ -254,6 +254,7 @@ def foreign_images(
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.cli import OneLineParser
+    from training.stop import how, sigterm_stops
 
     prog = "python -m training.synthetic"
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
@@ -263,16 +264,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    existed: bool | None = None  # set once all that out holds is this run's
     try:  # from the first look: exists() raises on a folder that may not be searched, or a name too long
         # Never into a folder that holds something: generated images mixed into a dataset look the same.
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             parser.error(f"{str(out)!r} exists and is not an empty folder; give a new one")
-        root = generate(out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
-    except OSError as exc:
+        existed = out.exists()
+        with sigterm_stops():
+            root = generate(out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
+    except (OSError, KeyboardInterrupt) as exc:
+        if existed is not None:  # a part of a dataset would pass for one (and block the next try)
+            _remove_written(out, keep_folder=existed)
+        if isinstance(exc, KeyboardInterrupt):
+            line, status = how(exc)
+            print(f"{prog}: {line}; nothing was written", file=sys.stderr)
+            return status
         print(f"{prog}: error: {exc.strerror or exc}: {exc.filename or out}", file=sys.stderr)
         return 2
     print(f"wrote a synthetic dataset to {root}")
     return 0
+
+
+def _remove_written(out: Path, *, keep_folder: bool) -> None:
+    import shutil
+
+    if not keep_folder:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir() if out.is_dir() else ():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _count(value: str) -> int:

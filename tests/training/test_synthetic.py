@@ -124,6 +124,45 @@ def test_command_line_into_a_name_too_long_is_one_line(
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("error", "status", "line"),
+    [
+        pytest.param(
+            OSError(28, "No space left on device"), 2, "error: No space left on device", id="disk-full"
+        ),
+        pytest.param(KeyboardInterrupt(), 130, "interrupted; nothing was written", id="ctrl-c"),
+    ],
+)
+@pytest.mark.parametrize("existed", [False, True])
+def test_a_failed_or_stopped_run_leaves_no_part_of_a_dataset(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: BaseException,
+    status: int,
+    line: str,
+    existed: bool,
+) -> None:
+    import training.synthetic
+    from training.synthetic import main
+
+    def failing(root: Path, **kwargs: object) -> Path:
+        (root / "train" / "Acne").mkdir(parents=True)
+        (root / "train" / "Acne" / "0000.png").write_bytes(b"half")
+        raise error
+
+    out = tmp_path / "d"
+    if existed:
+        out.mkdir()  # an empty folder given: it stays, empty
+    monkeypatch.setattr(training.synthetic, "generate", failing)
+    assert main([str(out)]) == status
+    assert (
+        capsys.readouterr().err
+        == f"python -m training.synthetic: {line}" + (f": {out}" * (status == 2)) + "\n"
+    )
+    assert (list(out.iterdir()) == []) if existed else not out.exists()
+
+
 def test_class_order_is_the_sorted_names_whatever_order_they_come_in(tmp_path: Path) -> None:
     kw = {"train_per_class": 1, "test_per_class": 1, "size_range": (40, 48)}
     a = generate(tmp_path / "a", class_names=["Moles", "Acne", "Eczema"], **kw)
