@@ -44,6 +44,7 @@ from training.data import (
     load_image,
     load_splits,
 )
+from training.files import write_atomically
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
 from training.report import classes_without, classification_summary, epoch_metrics, plain
 from training.stop import Interrupted, signals_deferred, sigterm_stops
@@ -896,7 +897,7 @@ def finish(
             "val_macro_f1": state.best_f1 if best else None,
         }
     )
-    write_whole(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomically(run_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     if cfg.plots:
         write_plots(run_dir, state.history, report, splits, ev, cfg.img_size, cfg.label_smoothing)
     macro = report["macro avg"]
@@ -1004,7 +1005,7 @@ def _config_for(run_dir: Path) -> bool:
 def write_yaml(path: Path, data: dict[str, Any]) -> None:
     import yaml
 
-    write_whole(path, yaml.safe_dump(data, sort_keys=False))
+    write_atomically(path, yaml.safe_dump(data, sort_keys=False).encode("utf-8"))
 
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
@@ -1012,22 +1013,7 @@ def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS)
     writer.writeheader()
     writer.writerows(history)
-    write_whole(path, text.getvalue())
-
-
-def write_whole(path: Path, text: str) -> None:
-    """All of ``text`` or the file as it was: a full disk left an empty config.yaml, which then refused the
-    same command (as a folder holding another run's file). OSError names the file for the CLI's one line."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            fh.write(text)
-        tmp.replace(path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-        raise
+    write_atomically(path, text.getvalue().encode("utf-8"))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, float]]:

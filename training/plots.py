@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from training.files import write_atomically
+
+
+def _save(fig: Any, path: Path, *, dpi: int) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    write_atomically(path, buffer.getvalue())  # a full disk leaves no cut-off PNG
 
 
 def _figure(width: float, height: float) -> Any:
@@ -39,7 +48,7 @@ def training_curves(history: Sequence[dict[str, float]], path: Path, *, label_sm
         title="learning rate (epoch's first step)", xlabel="epoch", ylabel="learning rate", yscale="log"
     )
     ax_lr.legend()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
 
 
 def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str], path: Path) -> None:
@@ -52,7 +61,7 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], names: Sequence[str], path
         ax=ax, xticks_rotation="vertical", colorbar=False, cmap="Blues"
     )
     ax.set_title("confusion matrix (test split)")
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
 
 
 def mistake_confidence(probs: np.ndarray, labels: np.ndarray, path: Path) -> None:
@@ -66,7 +75,7 @@ def mistake_confidence(probs: np.ndarray, labels: np.ndarray, path: Path) -> Non
     ax.hist([top[~wrong], top[wrong]], bins=bins, label=legend)  # two datasets: bars side by side
     ax.set(title="confidence of predictions (test split)", xlabel="top probability", ylabel="images")
     ax.legend()
-    fig.savefig(path, dpi=100)
+    _save(fig, path, dpi=100)
 
 
 def mistake_grid(
@@ -82,4 +91,4 @@ def mistake_grid(
         ax.imshow(image)
         ax.set_title(caption, fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=90)
+    _save(fig, path, dpi=90)

@@ -47,3 +47,14 @@ def test_right_and_wrong_confidence_bars_do_not_cover_each_other(tmp_path: Path,
             overlap = min(a.get_x() + a.get_width(), b.get_x() + b.get_width()) - max(a.get_x(), b.get_x())
             assert overlap <= 1e-9
     assert drawn == 2
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_full_disk_leaves_no_cut_off_plot_and_names_it(tmp_path: Path) -> None:
+    history = [{**dict.fromkeys(METRIC_COLUMNS, 0.5), "epoch": 1}]
+    path = tmp_path / "curves.png"
+    (tmp_path / "curves.png.tmp").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    with pytest.raises(OSError, match="No space left") as raised:
+        plots.training_curves(history, path)
+    assert raised.value.filename == str(path)  # the CLI's one line names it
+    assert list(tmp_path.iterdir()) == []  # no part of a PNG that would pass for the plot
