@@ -38,7 +38,15 @@ FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-TEXT_FIELDS = ("resize", "resize_filter", "model_name", "model_version", "trained_on", "data_fingerprint")
+TEXT_FIELDS = (
+    "resize",
+    "resize_filter",
+    "model_name",
+    "model_version",
+    "trained_on",
+    "data_fingerprint",
+    "train_fingerprint",
+)
 
 
 def export_bundle(
@@ -451,6 +459,7 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         "trained_on": text["trained_on"],
         "demo": bool(_field(ckpt, "demo", bool, "true or false", where)),
         "data_fingerprint": text["data_fingerprint"],
+        "train_fingerprint": text["train_fingerprint"],  # absent (empty) in checkpoints of earlier versions
         "epoch": epoch,
         "config": _field(ckpt, "config", dict, "a mapping of training options", where) or {},
     }
@@ -757,9 +766,25 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
         )
     if not splits.val or not splits.test:
         raise ExportError(f"the dataset at {str(root)!r} yields an empty validation or test split")
+    trained = info.get("train_fingerprint", "")
+    if trained and trained != splits.train_fingerprint():
+        raise ExportError(
+            f"images were added to or removed from the train folder of {str(root)!r} since the checkpoint "
+            "was trained, so the validation split rebuilt from it would hold images the model trained on "
+            "(the temperature and thresholds fitted there would be overconfident); put them back, or pass "
+            "--data with the dataset as it was, or --no-data to export without it"
+        )
     fingerprint = info["data_fingerprint"]
     if fingerprint and fingerprint != contract.fingerprint_files(splits.root, splits.files()):
-        notes.append("the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)")
+        notes.append(
+            "the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)"
+            + (
+                ": in its test folder or in an image changed in place; the validation split is the one "
+                "training held out"
+                if trained
+                else ""
+            )
+        )
     return splits
 
 

@@ -6,6 +6,7 @@ does it; training adds augmentations that keep the size, then both convert to a 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -47,6 +48,15 @@ class Splits:
     def files(self) -> list[Path]:
         """Every image file of the dataset (train folder and test folder)."""
         return [p for p, _ in self.train + self.val + self.test]
+
+    def train_fingerprint(self) -> str:
+        """The names of the files the validation split is carved from (under train/, whatever its spelling):
+        one added or removed reshuffles its class's split; a file repaired in place does not. Training keeps
+        it in the checkpoint; resume and export compare it."""
+        digest = hashlib.sha256()
+        for path in sorted(path.relative_to(self.root) for path, _ in self.train + self.val):
+            digest.update(Path(*path.parts[1:]).as_posix().encode("utf-8", "surrogateescape") + b"\0")
+        return digest.hexdigest()[:16]
 
 
 def find_split_dir(root: Path, name: str) -> Path:

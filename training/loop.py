@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import math
@@ -436,7 +435,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             raise ConfigError(f"cannot resume: the run used --scheduler {before}, not {cfg.scheduler}")
         _check_kept(cfg, resumed.get("config", {}))
         saved_files = resumed.get("train_fingerprint")  # absent in checkpoints of earlier versions
-        if saved_files is not None and saved_files != train_fingerprint(splits):
+        if saved_files is not None and saved_files != splits.train_fingerprint():
             raise ConfigError(
                 f"cannot resume: images were added to or removed from the train folder of {cfg.data} since "
                 "the run began, which moves images between its training and validation splits; put them "
@@ -973,22 +972,13 @@ def checkpoint_meta(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
         "resize_filter": RESIZE_FILTER,
         "config": cfg.as_dict(),
         "data_fingerprint": fingerprint_files(splits.root, splits.files()),
-        "train_fingerprint": train_fingerprint(splits),
+        "train_fingerprint": splits.train_fingerprint(),
         "model_name": cfg.model_name,
         "model_version": cfg.model_version,
         "trained_on": cfg.trained_on,
         "demo": cfg.demo,
         "versions": {"torch": str(torch.__version__), "timm": str(timm.__version__)},
     }
-
-
-def train_fingerprint(splits: Splits) -> str:
-    """The names of the files the validation split is carved from (under train/, whatever its spelling): one
-    added or removed reshuffles its class's split; a file repaired in place does not."""
-    digest = hashlib.sha256()
-    for path in sorted(path.relative_to(splits.root) for path, _ in splits.train + splits.val):
-        digest.update(Path(*path.parts[1:]).as_posix().encode("utf-8", "surrogateescape") + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def _config_for(run_dir: Path) -> bool:

@@ -392,6 +392,83 @@ def test_the_dataset_must_have_the_checkpoints_classes_in_the_same_order(dataset
             _splits({**info, "class_names": names}, None, [])
 
 
+def _trained_on(root: Path) -> dict[str, Any]:
+    """What _splits reads of a checkpoint trained on ``root`` as it is now (its fingerprints included)."""
+    from tests.export.conftest import VAL_FRACTION
+    from training.data import load_splits
+
+    splits = load_splits(root, val_fraction=VAL_FRACTION, seed=7)
+    return {
+        "config": {"data": str(root), "val_fraction": VAL_FRACTION, "seed": 7},
+        "class_names": CLASSES,
+        "data_fingerprint": bundle.fingerprint_files(splits.root, splits.files()),
+        "train_fingerprint": splits.train_fingerprint(),
+        "val": splits.val,
+    }
+
+
+@pytest.mark.parametrize("change", ["added", "removed", "renamed"])
+def test_a_train_folder_changed_since_training_is_refused(dataset: Path, tmp_path: Path, change: str) -> None:
+    import shutil
+
+    from export.bundle import _splits
+
+    root = Path(shutil.copytree(dataset, tmp_path / "data"))
+    info = _trained_on(root)
+    first = sorted((root / "train" / "Acne").iterdir())[0]
+    if change == "added":  # the rebuilt validation split would hold images the model trained on
+        shutil.copy(first, first.with_name("new" + first.suffix))
+    elif change == "removed":
+        first.unlink()
+    else:
+        first.rename(first.with_name("renamed" + first.suffix))
+    with pytest.raises(ExportError, match="added to or removed from the train folder .* --no-data") as caught:
+        _splits(info, None, [])
+    assert "\n" not in str(caught.value)
+    # Older checkpoints carry no train fingerprint: the change is only a note, as before.
+    notes: list[str] = []
+    _splits({**info, "train_fingerprint": ""}, None, notes)
+    assert notes == ["the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)"]
+
+
+def test_a_changed_test_folder_is_a_note_and_keeps_the_validation_split(
+    dataset: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from export.bundle import _splits
+
+    root = Path(shutil.copytree(dataset, tmp_path / "data"))
+    info = _trained_on(root)
+    notes: list[str] = []
+    assert _splits(info, None, notes).val == info["val"] and notes == []
+    extra = sorted((root / "test" / "Moles").iterdir())[0]
+    shutil.copy(extra, extra.with_name("new" + extra.suffix))
+    assert _splits(info, None, notes).val == info["val"]
+    assert len(notes) == 1 and "fingerprint mismatch): in its test folder" in notes[0]
+
+
+def test_an_export_against_a_changed_train_folder_writes_nothing(dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(shutil.copytree(dataset, tmp_path / "data"))
+    info = _trained_on(root)
+    checkpoint = write_checkpoint(
+        tmp_path / "run" / "best.pt", data=root, net=_tiny_net(), train_fingerprint=info["train_fingerprint"]
+    )
+    sorted((root / "train" / "Eczema").iterdir())[0].unlink()
+    with pytest.raises(ExportError, match="added to or removed from the train folder"):
+        export_bundle(checkpoint, tmp_path / "bundle", int8="off")
+    assert not (tmp_path / "bundle").exists()
+
+
+def _tiny_net() -> Any:
+    from tests.export.conftest import TINY_ARCH
+    from training.model import build_model
+
+    return build_model(TINY_ARCH, len(CLASSES), drop_rate=0.0)
+
+
 def test_parity_failure_stops_the_export(dataset: Path, tmp_path: Path) -> None:
     # The checkpoint claims centre-cropping while training evaluated stretched images: the paths disagree.
     checkpoint = write_checkpoint(tmp_path / "best.pt", data=dataset, resize="center_crop")
