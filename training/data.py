@@ -114,7 +114,8 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
     """
     base = Path(root).expanduser()
     if not base.is_dir():
-        raise DataError(f"dataset folder {str(root)!r} does not exist")
+        problem = "is a file, not a folder" if base.exists() else "does not exist"
+        raise DataError(f"dataset folder {str(root)!r} {problem}")
     base = base.resolve()
     train_classes = scan_split(find_split_dir(base, "train"))
     test_classes = scan_split(find_split_dir(base, "test"))

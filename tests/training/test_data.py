@@ -191,6 +191,13 @@ def test_missing_root() -> None:
         load_splits("/nonexistent/dataset")
 
 
+def test_a_root_that_is_a_file_is_not_said_to_be_missing(tmp_path: Path) -> None:
+    archive = tmp_path / "SkinDisease.zip"  # not unpacked yet
+    archive.write_bytes(b"PK")
+    with pytest.raises(DataError, match=f"^dataset folder '{archive}' is a file, not a folder$"):
+        load_splits(archive)
+
+
 def test_evaluation_uses_the_runtime_preprocessing(dataset: Path) -> None:
     assert data.preprocess is runtime.preprocess.preprocess  # one implementation of decode + resize
     path = dataset / "test" / "Eczema" / "0001.jpg"
