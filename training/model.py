@@ -52,9 +52,15 @@ def build_model(
         raise
     if init_weights:
         path = Path(init_weights)
-        if not path.is_file():
+        if path.is_dir():
             raise ModelError(
-                f"--init-weights file {str(path)!r} does not exist; pass a local weights file "
+                f"--init-weights {str(path)!r} is a folder; pass the weights file in it (.pth, .pt or "
+                ".safetensors)"
+            )
+        if not path.is_file():
+            problem = "is not a regular file" if path.exists() else "does not exist"  # a device, a FIFO
+            raise ModelError(
+                f"--init-weights file {str(path)!r} {problem}; pass a local weights file "
                 "or use --pretrained when the hub is reachable"
             )
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,18 +75,26 @@ def test_init_weights_leave_the_head_fresh_and_skip_tensors_of_another_shape(
     assert own["bn1.weight"].shape == donor.state_dict()["bn1.weight"].shape
 
 
-@pytest.mark.parametrize("case", ["missing", "other-network", "counters-only", "pickled-code", "both"])
+@pytest.mark.parametrize(
+    "case", ["missing", "folder", "fifo", "other-network", "counters-only", "pickled-code", "both"]
+)
 def test_unusable_init_weights_are_one_line(tmp_path: Path, case: str) -> None:
     path = tmp_path / "w.pt"
     pretrained = False
     expected = {
         "missing": "does not exist",
+        "folder": "'.*w.pt' is a folder; pass the weights file in it",
+        "fifo": "'.*w.pt' is not a regular file",  # and not read: that would wait for a writer forever
         "other-network": "do not fit",
         "counters-only": "do not fit",
         "pickled-code": "could not read weights",
         "both": "not both",
     }[case]
-    if case == "other-network":
+    if case == "folder":  # a download unpacked into a folder of its own
+        path.mkdir()
+    elif case == "fifo":
+        os.mkfifo(path)
+    elif case == "other-network":
         torch.save({"encoder.layer.0.weight": torch.zeros(4, 4), "conv_stem.weight": torch.zeros(1)}, path)
     elif case == "counters-only":  # another network's BatchNorm step counter fits any name-alike
         torch.save({"bn1.num_batches_tracked": torch.tensor(7), "layer1.0.conv1.weight": torch.ones(1)}, path)
