@@ -808,7 +808,10 @@ def _base_report(
         return {}
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except OSError as exc:  # a permission, not the file's contents
+        reason = exc.strerror or type(exc).__name__
+        raise ExportError(f"report {str(path)!r} cannot be read: {reason}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ExportError(f"report {str(path)!r} is not readable JSON ({exc})") from None
     if not isinstance(loaded, dict):
         raise ExportError(f"report {str(path)!r} must hold a JSON object")

@@ -783,3 +783,22 @@ def test_a_report_nested_too_deeply_to_parse_is_one_line(tmp_path: Path) -> None
     (tmp_path / "report.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ExportError, match="is not readable JSON"):
         _base_report(tmp_path / "best.pt", tmp_path / "report.json", epoch=3, notes=[])
+
+
+def test_a_report_it_may_not_read_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export.bundle import _base_report
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(TRAINING_REPORT))
+    real = Path.read_text
+
+    def read_text(self: Path, *args: Any, **kwargs: Any) -> str:
+        if self == report:  # as a user other than root sees a file of mode 600 (root reads anything)
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    for given in (report, None):  # with --report, and found beside the checkpoint
+        with pytest.raises(ExportError) as caught:
+            _base_report(tmp_path / "best.pt", given, epoch=3, notes=[])
+        assert str(caught.value) == f"report {str(report)!r} cannot be read: Permission denied"  # no errno
