@@ -801,11 +801,12 @@ def _base_report(
     it is left out, with a note: its test numbers would be shown as this model's. Given with --report, it is
     kept, with a note saying which epoch its numbers are from.
     """
-    if report is not None and not Path(report).is_file():
-        raise ExportError(f"report {str(report)!r} does not exist")
     path = Path(report) if report is not None else checkpoint.parent / contract.REPORT_FILE
-    if not path.is_file():
+    if report is None and not path.exists():  # a checkpoint without its run's report: none is attached
         return {}
+    if not path.is_file():  # a folder or a FIFO named report.json is no run's report, nor a missing one
+        what = "does not exist" if not path.exists() else "is a folder" if path.is_dir() else "is not a file"
+        raise ExportError(f"report {str(path)!r} {what}; pass --report with the run's report.json file")
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:  # a permission, not the file's contents

@@ -802,3 +802,19 @@ def test_a_report_it_may_not_read_says_so(tmp_path: Path, monkeypatch: pytest.Mo
         with pytest.raises(ExportError) as caught:
             _base_report(tmp_path / "best.pt", given, epoch=3, notes=[])
         assert str(caught.value) == f"report {str(report)!r} cannot be read: Permission denied"  # no errno
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_report_that_is_no_file_is_named_not_skipped(tmp_path: Path, kind: str) -> None:
+    from export.bundle import _base_report
+
+    report = tmp_path / "report.json"
+    if kind == "folder":
+        report.mkdir()
+    else:
+        os.mkfifo(report)  # never opened: that would wait for a writer
+    what = "is a folder" if kind == "folder" else "is not a file"
+    for given in (report, None):  # with --report, and found beside the checkpoint (was: no report, silently)
+        with pytest.raises(ExportError, match=f"^report '{report}' {what}; pass --report"):
+            _base_report(tmp_path / "best.pt", given, epoch=3, notes=[])
+    assert _base_report(tmp_path / "other" / "best.pt", None, epoch=3, notes=[]) == {}  # none there: fine
