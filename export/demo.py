@@ -251,10 +251,12 @@ def _made_by_demo(folder: Path, work_dir: Path) -> bool:
         return True
     import yaml
 
+    from training.config import ConfigError, read_config
+
     run = work_dir / "run"
     try:
-        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # RecursionError: nested too deeply
+        config = yaml.safe_load(read_config(run / "config.yaml"))
+    except (OSError, ValueError, RecursionError, yaml.YAMLError, ConfigError):  # Recursion: nested too deeply
         return False
     if not isinstance(config, dict) or config.get("demo") is not True:
         return False

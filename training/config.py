@@ -90,6 +90,20 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 SEEDS = range(2**32)  # what numpy's and torch's generators take; export rebuilds splits from the same seed
 DEFAULTS = TrainConfig()
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen lines
+
+
+def read_config(path: Path) -> str:
+    """A YAML config file's text. Only a regular file (a FIFO would wait for a writer) of at most
+    MAX_CONFIG_BYTES (/dev/zero, or a dataset archive given by mistake, would fill the memory); OSError and
+    UnicodeDecodeError are the caller's to word."""
+    if path.exists() and not path.is_file() and not path.is_dir():  # a folder: open() says so
+        raise ConfigError(f"config file {str(path)!r} is not a regular file")
+    with path.open("rb") as fh:
+        data = fh.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {str(path)!r} is over {MAX_CONFIG_BYTES >> 20} MB: not a config file")
+    return data.decode("utf-8")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -98,7 +112,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_config(path))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:

@@ -30,7 +30,16 @@ from torch.utils.data import DataLoader, Subset
 from runtime.bundle import fingerprint_files
 from training import plots
 from training.augment import build_transform
-from training.config import FIELDS, ConfigError, TrainConfig, check_keys, load_yaml, resolve, typed
+from training.config import (
+    FIELDS,
+    ConfigError,
+    TrainConfig,
+    check_keys,
+    load_yaml,
+    read_config,
+    resolve,
+    typed,
+)
 from training.data import (
     RESIZE_FILTER,
     RESIZE_MODE,
@@ -986,9 +995,10 @@ def _config_for(run_dir: Path) -> bool:
     import yaml
 
     try:
-        written = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        written = yaml.safe_load(read_config(run_dir / "config.yaml"))
         return isinstance(written, dict) and Path(str(written.get("out"))).resolve() == run_dir.resolve()
-    except (OSError, ValueError, RecursionError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; ConfigError: a FIFO, or a file far too big to be a config
+    except (OSError, ValueError, RecursionError, yaml.YAMLError, ConfigError):
         return False
 
 

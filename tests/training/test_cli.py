@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -70,6 +71,26 @@ def test_bad_yaml_is_one_line(
     assert main(["--config", str(config), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.timeout(60)  # a FIFO opened for reading waits for a writer: without the check, forever
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_config_that_is_no_config_file_is_one_line_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    from training.config import MAX_CONFIG_BYTES
+
+    config = tmp_path / "c.yaml"
+    if kind == "fifo":
+        os.mkfifo(config)
+    elif kind == "device":  # /dev/zero would never end; /dev/null stands in for it (no memory at stake)
+        config = Path("/dev/null")
+    else:  # a valid YAML mapping, but the size of no config (a dataset archive given by mistake, say)
+        config.write_text("epochs: 3\n" + "#" * MAX_CONFIG_BYTES + "\n")
+    assert main(["--config", str(config), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    expected = "is over 1 MB: not a config file" if kind == "huge" else "is not a regular file"
+    assert f"config file '{config}' {expected}" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

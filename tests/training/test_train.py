@@ -199,6 +199,12 @@ def test_a_config_yaml_nested_too_deeply_is_not_a_runs_own(tmp_path: Path) -> No
     assert loop._config_for(tmp_path) is False
 
 
+@pytest.mark.timeout(60)  # without the check, reading a FIFO waits for a writer forever
+def test_a_config_yaml_that_is_a_fifo_is_not_a_runs_own_and_not_read(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "config.yaml")
+    assert loop._config_for(tmp_path) is False
+
+
 @pytest.mark.parametrize("out", ["train/Acne/run", "test"])
 def test_a_run_inside_the_datasets_splits_is_refused(tmp_path: Path, dataset: Path, out: str) -> None:
     # Its plots there would be read as images of a class (and its own folder as a class) by the next run.
