@@ -285,6 +285,8 @@ def _usable(bundle_dir: Path) -> bool:
 
 
 def _label_report(bundle_dir: Path) -> None:
+    from training.files import write_atomically
+
     path = bundle_dir / "report.json"
     report = json.loads(path.read_text())
     chance = _chance(report)
@@ -292,7 +294,8 @@ def _label_report(bundle_dir: Path) -> None:
         f"This is {DEMO_LABEL}. Test accuracy {report['accuracy']:.1%} on generated images "
         f"(chance is {chance:.1%}); it says nothing about skin disease."
     )
-    path.write_text(json.dumps(report, indent=2))
+    # Whole or not at all: cut off by a full disk, it would break the bundle just exported.
+    write_atomically(path, json.dumps(report, indent=2).encode("utf-8"))
 
 
 def _chance(report: dict[str, Any]) -> float:

@@ -46,6 +46,25 @@ def test_a_runs_config_yaml_that_is_a_fifo_is_not_read(tmp_path: Path) -> None:
     assert not demo._made_by_demo(tmp_path / "data", tmp_path)
 
 
+def test_a_full_disk_while_labelling_the_report_leaves_the_exported_one_whole(tmp_path: Path) -> None:
+    import json
+    import resource
+
+    exported = json.dumps({"accuracy": 0.5, "class_names": ["a", "b"], "export": {"files": ["model.onnx"]}})
+    (tmp_path / "report.json").write_text(exported)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(exported) + 20, hard))  # as a disk that fills up meanwhile
+    try:
+        with pytest.raises(OSError, match="File too large"):
+            demo._label_report(tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (tmp_path / "report.json").read_text() == exported  # not cut off: the bundle still opens
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    demo._label_report(tmp_path)  # space again
+    assert "demo_note" in json.loads((tmp_path / "report.json").read_text())
+
+
 @pytest.mark.parametrize(
     ("error", "code", "line"),
     [
