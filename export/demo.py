@@ -311,6 +311,8 @@ def _step(name: str, log: Any) -> Iterator[None]:
         yield
     except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if isinstance(exc, OSError) and exc.strerror:  # "No space left on device: path", not "[Errno 28] …"
+            reason = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
         raise StepError(f"step '{name}' failed: {reason}") from exc
     log(f"    done in {time.monotonic() - started:.0f} s")
 

@@ -66,6 +66,24 @@ def test_a_full_disk_while_labelling_the_report_leaves_the_exported_one_whole(tm
 
 
 @pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        pytest.param(
+            OSError(28, "No space left on device", "/b/report.json"),
+            "No space left on device: /b/report.json",
+            id="full-disk",
+        ),
+        pytest.param(PermissionError(13, "Permission denied"), "Permission denied", id="no-file"),
+        pytest.param(ValueError("bad\nmore"), "bad", id="other"),
+    ],
+)
+def test_a_failing_step_names_the_os_error_without_its_number(error: Exception, reason: str) -> None:
+    with pytest.raises(demo.StepError) as caught, demo._step("export the ONNX bundle", lambda _: None):
+        raise error
+    assert str(caught.value) == f"step 'export the ONNX bundle' failed: {reason}"
+
+
+@pytest.mark.parametrize(
     ("error", "code", "line"),
     [
         pytest.param(KeyboardInterrupt(), 130, "skin-demo: interrupted", id="ctrl-c"),
