@@ -261,7 +261,8 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
         path = Path(resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
-            raise ConfigError(f"nothing to resume: {str(path)!r} does not exist")
+            problem = "is not a regular file" if path.exists() else "does not exist"  # a FIFO, a device
+            raise ConfigError(f"nothing to resume: {str(path)!r} {problem}")
         ckpt = load_checkpoint(path)
         if "optimizer" not in ckpt or "state" not in ckpt:
             raise ConfigError(f"{str(path)!r} holds no training state; resume from a run's last.pt")

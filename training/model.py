@@ -155,8 +155,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run's folder instead of a file in it
         raise ModelError(f"checkpoint {str(path)!r} is a folder; pass the checkpoint file in it (best.pt)")
-    if not path.is_file():
-        raise ModelError(f"checkpoint {str(path)!r} does not exist")
+    if not path.is_file():  # a FIFO or a device is not read: torch.load would wait, or never end
+        problem = "is not a regular file" if path.exists() else "does not exist"
+        raise ModelError(f"checkpoint {str(path)!r} {problem}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

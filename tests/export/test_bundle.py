@@ -593,6 +593,7 @@ def bad_checkpoints(tmp_path: Path, dataset: Path) -> dict[str, tuple[Path, str]
     return {
         "missing": (tmp_path / "nope.pt", "does not exist"),
         "folder": (tmp_path, "is a folder; pass the checkpoint file in it"),
+        "device": (Path("/dev/null"), "checkpoint '/dev/null' is not a regular file"),
         "corrupt": (corrupt, "not readable"),
         "truncated": (truncated, "not readable"),
         "pickled-code": (pickled, "not readable"),

@@ -107,6 +107,7 @@ def test_a_config_that_is_no_config_file_is_one_line_not_read(
             ["--data", "x", "--amp", "fp16", "--device", "cpu"], "needs a CUDA device", id="fp16-cpu"
         ),
         pytest.param(["--resume", "/nonexistent/run"], "nothing to resume", id="resume-missing"),
+        pytest.param(["--resume", "/dev/null"], "'/dev/null' is not a regular file", id="resume-device"),
         pytest.param(["--data", "x", "--weight-decay", "-1"], "--weight-decay must not be", id="decay"),
         pytest.param(["--data", "x", "--plateau-factor", "2"], "--plateau-factor must be", id="factor"),
         pytest.param(["--data", "x", "--drop-rate", "2"], "--drop-rate must be in", id="drop"),
