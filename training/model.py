@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
+
+from training.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -122,30 +123,10 @@ def save_checkpoint(path: str | Path, *, model: Any, meta: dict[str, Any], **ext
         raise ValueError(f"checkpoint meta lacks {missing}")
     net = getattr(model, "module", model)  # unwrap DDP
     payload = {"format": CHECKPOINT_FORMAT, **meta, "model": net.state_dict(), **extra}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        # A file object, not a path: Python's writes raise the OSError (ENOSPC, EFBIG) that the CLI says in
-        # one line; torch's own writer only said "unexpected pos", a RuntimeError and a traceback.
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())  # on disk before the rename, or a crash could leave an empty last.pt
-        tmp.replace(path)
-    except BaseException as exc:  # also Ctrl-C and SIGTERM: the earlier checkpoint stays either way
-        tmp.unlink(missing_ok=True)  # a half-written file would hold the space a retry needs
-        cause = _write_error(exc)
-        if cause is None:
-            raise
-        raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
-
-
-def _write_error(exc: BaseException | None) -> OSError | None:
-    """The OSError behind a failed save: torch ends the zip file even after a failed write, and the
-    RuntimeError that raises hides the OSError (as its __context__)."""
-    while exc is not None and not isinstance(exc, OSError):
-        exc = exc.__context__
-    return exc
+    # A file object, not a path: Python's writes raise the OSError (ENOSPC, EFBIG) that the CLI says in one
+    # line; torch's own writer only said "unexpected pos", a RuntimeError and a traceback.
+    with atomic_file(Path(path)) as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
