@@ -680,11 +680,11 @@ def test_the_folder_is_let_go_when_the_run_ends_though_its_loader_workers_live_o
     monkeypatch.setattr(loop, "evaluate_sharded", stop)
     out = tmp_path / "run"
     lock = loop.FolderLock()
-    try:
+    with pytest.raises(KeyboardInterrupt) as stopped:
         train(**{**TINY, "workers": 1}, data=str(dataset), out=str(out), epochs=2)
-    except KeyboardInterrupt:  # the exception being handled keeps the loaders, so their workers, alive
-        assert multiprocessing.active_children()
-        lock.take(out)  # the workers (forked holding the lock) do not hold it: --resume may start
+    assert stopped.traceback and multiprocessing.active_children()  # its frames keep the loaders' workers
+    lock.take(out)  # the workers (forked holding the lock) do not hold it: --resume may start
+    assert lock.fd is not None
     lock.release()
 
 
