@@ -455,7 +455,8 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
     for split in (find_split_dir(splits.root, "train"), find_split_dir(splits.root, "test")):
-        if run_dir.resolve().is_relative_to(split):  # a folder there is a class, a plot in a class an image
+        # A folder there is a class, a plot in a class an image; resolved, as train/ may be a link elsewhere.
+        if run_dir.resolve().is_relative_to(split.resolve()):
             raise ConfigError(
                 f"--out {str(run_dir)!r} is inside the dataset's {split.name}/ folder, where the run's plots "
                 "would be read as images (and its folder as a class); pick another --out"

@@ -216,6 +216,17 @@ def test_a_run_inside_the_datasets_splits_is_refused(tmp_path: Path, dataset: Pa
     assert sorted(data.rglob("*")) == before
 
 
+def test_a_run_inside_a_split_that_links_elsewhere_is_refused(tmp_path: Path, dataset: Path) -> None:
+    data, images = tmp_path / "data", tmp_path / "images"
+    shutil.copytree(dataset / "train", images)
+    data.mkdir()
+    (data / "train").symlink_to(images)  # train/ kept on another disk
+    shutil.copytree(dataset / "test", data / "test")
+    with pytest.raises(ConfigError, match="is inside the dataset's train/ folder"):
+        train(**TINY, data=str(data), out=str(images / "Acne" / "run"), epochs=1)
+    assert not (images / "Acne" / "run").exists()
+
+
 @pytest.mark.parametrize("held", ["report.json", "config.yaml"])
 def test_a_folder_with_run_files_but_no_run_is_not_written_into(
     tmp_path: Path, dataset: Path, held: str
