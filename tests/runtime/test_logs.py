@@ -78,20 +78,23 @@ def test_uvicorn_logs_json_without_its_own_access_log() -> None:
     assert config["formatters"]["json"]["()"] is logs.JsonFormatter
 
 
+def _stderr_under_skin_serve(code: str) -> list[str]:
+    """The stderr lines of ``code`` run in a fresh interpreter with skin-serve's logging configuration."""
+    setup = "import logging.config, logging\nfrom runtime import logs\n"
+    setup += "logging.config.dictConfig(logs.uvicorn_config('info'))\n"
+    run = [sys.executable, "-c", setup + code]
+    return subprocess.run(run, capture_output=True, text=True, timeout=60, cwd=ROOT).stderr.splitlines()
+
+
 def test_other_libraries_errors_are_json_lines_too() -> None:
     # asyncio logs a traceback whenever accept() fails (out of file descriptors): 10,000 plain-text in 4 s.
-    code = (
-        "import logging.config, logging\n"
-        "from runtime import logs\n"
-        "logging.config.dictConfig(logs.uvicorn_config('info'))\n"
+    lines = _stderr_under_skin_serve(
         "try:\n"
         "    raise OSError(24, 'Too many open files')\n"
         "except OSError:\n"
         "    logging.getLogger('asyncio').error('socket.accept() out of system resource', exc_info=True)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1, done.stderr
+    assert len(lines) == 1, lines
     entry = json.loads(lines[0])
     assert entry["logger"] == "asyncio" and entry["level"] == "error"
     assert "Too many open files" in entry["exception"]
@@ -100,10 +103,7 @@ def test_other_libraries_errors_are_json_lines_too() -> None:
 def test_running_out_of_file_descriptors_is_logged_once_a_second_not_thousands_of_times() -> None:
     # CPython's accept loop goes on after the error: one try logged it 2048 times (uvicorn's backlog), each
     # with its traceback, ~3,000 a second while the process was out of descriptors.
-    code = (
-        "import logging.config, logging\n"
-        "from runtime import logs\n"
-        "logging.config.dictConfig(logs.uvicorn_config('info'))\n"
+    lines = _stderr_under_skin_serve(
         "try:\n"
         "    raise OSError(24, 'Too many open files')\n"
         "except OSError:\n"
@@ -111,7 +111,6 @@ def test_running_out_of_file_descriptors_is_logged_once_a_second_not_thousands_o
         "        logging.getLogger('asyncio').error('socket.accept() out of system resource', exc_info=1)\n"
         "logging.getLogger('asyncio').error('Task exception was never retrieved')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    messages = [json.loads(line)["message"] for line in done.stderr.splitlines()]
+    messages = [json.loads(line)["message"] for line in lines]
     # Other errors are not held back.
     assert messages == ["socket.accept() out of system resource", "Task exception was never retrieved"]
