@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import sys
@@ -37,7 +36,6 @@ FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
 FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 TEXT_FIELDS = (
     "resize",
     "resize_filter",
@@ -90,7 +88,7 @@ def export_bundle(
         raise ExportError(f"{str(out)!r} exists and is not a directory")
     if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:
         raise ExportError(f"{files[0]!r} is a file: the bundle folder {str(out)!r} cannot be made under it")
-    if LONE_SURROGATE.search(str(out.absolute())):  # bytes that are not UTF-8, which onnxruntime cannot open
+    if contract.LONE_SURROGATE.search(str(out.absolute())):  # bytes that are not UTF-8
         raise ExportError(f"{str(out)!r} is not a UTF-8 path, which onnxruntime cannot open; rename it")
     if out.exists():
         check_replaceable(out, Path(checkpoint))
@@ -441,9 +439,8 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         )
     # A path's bytes that are not UTF-8 (a dataset folder named in Latin-1) come as lone surrogates, which the
     # ONNX metadata cannot hold: trained_on quotes the path, so they become U+FFFD.
-    text = {
-        key: LONE_SURROGATE.sub("\ufffd", _field(ckpt, key, str, "text", where) or "") for key in TEXT_FIELDS
-    }
+    fields = {key: _field(ckpt, key, str, "text", where) or "" for key in TEXT_FIELDS}
+    text = {key: contract.LONE_SURROGATE.sub("\ufffd", value) for key, value in fields.items()}
     epoch = _field(ckpt, "epoch", int, "a whole number", where)
     info = {
         "arch": ckpt["arch"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ CAM_OUTPUT = "cam"  # optional, float32 [batch, num_classes, h, w]
 LOGITS_OUTPUT = "logits"  # optional, float32 [batch, num_classes], before temperature
 OOD_OUTPUT = "ood_score"  # optional, float32 [batch]: out-of-distribution score (runtime/uncertainty.py)
 
+# A str's bytes that were not UTF-8 (a file or folder named in Latin-1), kept by Python as lone surrogates:
+# JSON and onnxruntime's paths cannot carry them.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 RESIZE_MODES = ("stretch", "center_crop")
 RESIZE_FILTERS = ("bilinear", "bicubic")
 
@@ -187,7 +191,7 @@ def validate(meta: BundleMeta) -> None:
         raise BundleError("class names must be a non-empty list of strings")
     if len(set(names)) != len(names):
         raise BundleError("class names must be unique")
-    if odd := [n for n in names if any("\ud800" <= c <= "\udfff" for c in n)]:  # a folder named in Latin-1
+    if odd := [n for n in names if LONE_SURROGATE.search(n)]:  # a folder named in Latin-1
         raise BundleError(f"class name {odd[0]!r} is not UTF-8 text")
     display = meta.display_names
     if (
@@ -289,7 +293,7 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
         raise BundleError(f"bundle directory {str(directory)!r} cannot be read: {exc.strerror}") from None
     if not has_model:
         raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
-    if any("\ud800" <= c <= "\udfff" for c in str(directory.absolute())):  # bytes that are not UTF-8
+    if LONE_SURROGATE.search(str(directory.absolute())):
         raise BundleError(
             f"bundle directory {str(directory)!r} is not a UTF-8 path, which onnxruntime cannot open"
         )
