@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from tests.training.helpers import file_size_limit
 from training.model import (
     CHECKPOINT_FORMAT,
     ModelError,
@@ -126,22 +125,11 @@ def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_
     assert torch.equal(model.state_dict()["conv_stem.weight"], net.state_dict()["conv_stem.weight"])
 
 
-@contextlib.contextmanager
-def _file_size_limit(limit: int) -> Iterator[None]:
-    """Writes past ``limit`` bytes fail with EFBIG, as on a full disk (Python ignores SIGXFSZ)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-
-
 def test_a_checkpoint_the_disk_has_no_room_for_is_an_oserror_and_the_old_one_stays(tmp_path: Path) -> None:
     path = tmp_path / "last.pt"
     save_checkpoint(path, model=_tiny(), meta=META, epoch=1)
     before = path.read_bytes()
-    with _file_size_limit(len(before) // 2), pytest.raises(OSError) as error:
+    with file_size_limit(len(before) // 2), pytest.raises(OSError) as error:
         save_checkpoint(path, model=_tiny(), meta=META, epoch=2)
     assert error.value.filename == str(path) and error.value.strerror  # the CLI's one line
     assert path.read_bytes() == before

@@ -21,7 +21,7 @@ import yaml
 from PIL import Image
 
 from runtime.bundle import fingerprint_files
-from tests.training.helpers import CLASSES, TINY, truncated_jpeg
+from tests.training.helpers import CLASSES, TINY, file_size_limit, truncated_jpeg
 from training import data, loop
 from training.cli import main
 from training.config import ConfigError
@@ -631,17 +631,10 @@ def test_unwritable_out_is_one_line(
 def test_a_full_disk_when_the_run_starts_leaves_no_file_that_refuses_the_same_command_again(
     tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import resource
-
     out = tmp_path / "run"
     argv = _argv(dataset, out, "--epochs", "1")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (200, hard))  # writes past 200 bytes fail, as on a full disk
-    try:
-        status = main(argv)
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    assert status == 2
+    with file_size_limit(200):
+        assert main(argv) == 2
     assert capsys.readouterr().err == f"skin-train: error: File too large: {out / 'config.yaml'}\n"
     assert sorted(p.name for p in out.iterdir()) == []  # not an empty config.yaml "held" by another run
     assert main(argv) == 0  # space freed: the same command
