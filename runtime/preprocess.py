@@ -34,7 +34,7 @@ MAX_JPEG_SCANS = 500
 MAX_READS = 100_000
 # libwebp decodes only at full size, and Pillow holds the frame about four times over (its decoder's canvas,
 # the bytes it hands over, the image): ~15 bytes a pixel, 0.6 GB at 40 MP. Two such decodes at once took a
-# server with the 2 GiB of deploy/k8s past its limit (2.2 GB RSS), so WebPs above this many pixels take turns.
+# server past the 2 GiB deploy/k8s then had (2.2 GB RSS), so WebPs above this many pixels take turns.
 BIG_WEBP_PIXELS = 16_000_000
 _BIG_WEBP = threading.Lock()
 
