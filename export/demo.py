@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skin-demo: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the checks' first look at a folder that may not be searched, or a name too long
-        print(f"skin-demo: error: {exc.strerror or exc}: {exc.filename}", file=sys.stderr)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"skin-demo: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except StepError as exc:
         print(f"skin-demo: {exc}", file=sys.stderr)

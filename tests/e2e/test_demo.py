@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -312,6 +313,17 @@ def test_demo_checks_arguments_and_folders_before_any_work(
     code, err = run_demo(capsys, *defaults, *[a.format(tmp=tmp_path) for a in args])
     assert code == 2 and err.count("\n") == 1 and expected.format(tmp=tmp_path) in err, err
     assert err.startswith("skin-demo: error:") and sorted(tmp_path.rglob("*")) == before  # nothing made
+
+
+def test_demo_names_no_file_for_an_error_without_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(**_: object) -> Path:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr("export.demo.build", failing)
+    code, err = run_demo(capsys, "--no-serve", "--work-dir", tmp_path / "w", "--bundle-dir", tmp_path / "b")
+    assert code == 2 and err == "skin-demo: error: Input/output error\n"
 
 
 @pytest.mark.usefixtures("no_building")
