@@ -11,7 +11,7 @@ import pytest
 
 from tests.bundle_factory import make_bundle
 from tests.images import solid
-from tests.server import ROOT, post_file, server_output, start_server, stop_server
+from tests.server import ROOT, free_port, post_file, server_output, start_server, stop_server
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -38,7 +38,8 @@ def test_help() -> None:
     ],
 )
 def test_bad_bundle_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    out = _run(*args)
+    # A free port: the default 8000 may be taken (a demo running), which is said before the bundle is read.
+    out = _run(*args, *([] if "--port" in args else ["--port", str(free_port())]))
     assert out.returncode == 2
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
@@ -55,7 +56,7 @@ def test_a_model_that_fails_its_warm_up_is_one_line_and_exit_2(tmp_path: Path) -
     # It loads and keeps the contract, then answers NaN (logits / 1e-45 overflow, as damaged weights would):
     # warmed up in uvicorn's lifespan, that was two log lines and exit 3.
     make_bundle(tmp_path, temperature=1e-45)
-    out = _run("--bundle", str(tmp_path), "--port", str(_free_port()))
+    out = _run("--bundle", str(tmp_path), "--port", str(free_port()))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == (
         "skin-serve: the model fails on a blank image: the model returned malformed probabilities"
@@ -279,7 +280,7 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     monkeypatch.setenv("SKIN_THREADS", "2")
     monkeypatch.setenv("SKIN_BODY_TIMEOUT_S", "7")
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
-    cli.serve(bundle=str(tiny_bundle), host="127.0.0.1", port=_free_port(), threads=1, log_level="warning")
+    cli.serve(bundle=str(tiny_bundle), host="127.0.0.1", port=free_port(), threads=1, log_level="warning")
     assert served["engine"].threads == 1  # --threads over SKIN_THREADS
     assert served["http"].head_timeout_s == 7.0  # the head's limit too
     assert (served["workers"], served["access_log"]) == (1, False)
@@ -291,14 +292,6 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     assert stopped.value.code == 0
     err = capsys.readouterr().err
     assert "WEB_CONCURRENCY=4" in err and "runs one process" in err
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_ctrl_c_is_a_clean_exit(monkeypatch: pytest.MonkeyPatch) -> None:
