@@ -30,6 +30,11 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
 
 
+def not_a_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) cannot be read as one: a FIFO would wait, a device not end."""
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     with atomic_file(path) as fh:
         fh.write(data)

@@ -52,7 +52,7 @@ from training.data import (
     load_image,
     load_splits,
 )
-from training.files import write_atomically
+from training.files import not_a_file, write_atomically
 from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
 from training.report import classes_without, classification_summary, epoch_metrics, plain
 from training.stop import Interrupted, signals_deferred, sigterm_stops
@@ -261,8 +261,7 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
         path = Path(resume).expanduser()
         path = path / "last.pt" if path.is_dir() else path
         if not path.is_file():
-            problem = "is not a regular file" if path.exists() else "does not exist"  # a FIFO, a device
-            raise ConfigError(f"nothing to resume: {str(path)!r} {problem}")
+            raise ConfigError(f"nothing to resume: {str(path)!r} {not_a_file(path)}")
         ckpt = load_checkpoint(path)
         if "optimizer" not in ckpt or "state" not in ckpt:
             raise ConfigError(f"{str(path)!r} holds no training state; resume from a run's last.pt")

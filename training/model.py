@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from training.files import atomic_file
+from training.files import atomic_file, not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,8 @@ def build_model(
                 ".safetensors)"
             )
         if not path.is_file():
-            problem = "is not a regular file" if path.exists() else "does not exist"  # a device, a FIFO
             raise ModelError(
-                f"--init-weights file {str(path)!r} {problem}; pass a local weights file "
+                f"--init-weights file {str(path)!r} {not_a_file(path)}; pass a local weights file "
                 "or use --pretrained when the hub is reachable"
             )
         try:
@@ -137,8 +136,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if path.is_dir():  # a run's folder instead of a file in it
         raise ModelError(f"checkpoint {str(path)!r} is a folder; pass the checkpoint file in it (best.pt)")
     if not path.is_file():  # a FIFO or a device is not read: torch.load would wait, or never end
-        problem = "is not a regular file" if path.exists() else "does not exist"
-        raise ModelError(f"checkpoint {str(path)!r} {problem}")
+        raise ModelError(f"checkpoint {str(path)!r} {not_a_file(path)}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
