@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 _LOGS: dict[int, Path] = {}  # server pid → the file its stdout and stderr go to
+# One folder for every server's log, removed when the test run ends (a folder per server was left in /tmp).
+_LOG_DIR = tempfile.TemporaryDirectory(prefix="skin-server-")
 
 
 def free_port() -> int:
@@ -48,8 +50,9 @@ def start_server(
     )
     full_env = {**os.environ, "SKIN_BUNDLE": str(bundle_dir), "SKIN_THREADS": "1", **(env or {})}
     # A file, not a pipe: a chatty server must never block on a full pipe.
-    log_path = Path(tempfile.mkdtemp(prefix="skin-server-")) / "server.log"
-    with open(log_path, "wb") as log:
+    fd, name = tempfile.mkstemp(prefix="server-", suffix=".log", dir=_LOG_DIR.name)
+    log_path = Path(name)
+    with os.fdopen(fd, "wb") as log:
         proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
     _LOGS[proc.pid] = log_path
     url = f"http://127.0.0.1:{port}"

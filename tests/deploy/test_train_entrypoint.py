@@ -26,6 +26,7 @@ def _entrypoint(*args: str, nproc: str, cwd: Path, timeout: float = 60) -> subpr
     env = {**os.environ, **stage.env(), "NPROC": nproc, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env["XDG_CACHE_HOME"] = str(cwd / "cache")
     env["MPLCONFIGDIR"] = str(cwd / "mpl")
+    env["TMPDIR"] = str(cwd)  # torchrun leaves a torchelastic_* folder there on every run
     env.pop("PYTHONPATH", None)
     return subprocess.run(
         ["/bin/sh", str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

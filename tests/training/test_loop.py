@@ -122,7 +122,8 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset
     for key in ("arch", "img_size", "batch_size", "workers", "lr", "backbone_lr_scale", "device"):
         command += [f"--{key.replace('_', '-')}", str(TINY[key])]
     command.append("--no-pretrained")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # TMPDIR: torchrun leaves a torchelastic_* folder there on every run.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "device cpu x2" in done.stdout
