@@ -556,12 +556,16 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
             await app.state.gather.close()
 
     webui = Path(cfg.webui_dir)
-    try:  # a page folder or index.html that cannot be read: every visit would be a 500, so start-up stops
+    try:  # a page folder or one of its files that cannot be read: start-up stops
         if webui.is_dir():
-            with contextlib.suppress(FileNotFoundError):
-                (webui / "index.html").open("rb").close()
+            # Every file, not only index.html: StaticFiles finds a file by its stat alone, so an app.js that
+            # could not be opened was answered 200 and its connection then dropped, a page without its script.
+            for page_file in webui.iterdir():
+                if page_file.is_file():
+                    page_file.open("rb").close()
     except OSError as exc:  # is_dir() raises too, where a folder on the way may not be searched
-        raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} cannot be read: {exc.strerror}") from None
+        which = f" ({Path(exc.filename).name})" if exc.filename and Path(exc.filename).parent == webui else ""
+        raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} cannot be read: {exc.strerror}{which}") from None
     if not webui.is_dir() and webui != DEFAULT_WEBUI:
         raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} is not a folder")
     routes: list[BaseRoute] = [

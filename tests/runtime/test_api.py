@@ -402,6 +402,24 @@ def test_without_the_web_page_the_api_still_serves(tiny_bundle: Path, tmp_path: 
         create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / ("w" * 300))))
 
 
+def test_a_page_file_that_cannot_be_read_stops_start_up(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # StaticFiles finds a file by its stat alone: an app.js it could not open was a 200 cut off at once.
+    for name in ("index.html", "app.js"):
+        (tmp_path / name).write_text("page")
+    opened = Path.open
+
+    def refuse_app_js(self: Path, *args: object, **kwargs: object) -> object:
+        if self.name == "app.js":  # as a file mode 600 of another user is (root reads anything, so patched)
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(Path, "open", refuse_app_js)
+    with pytest.raises(ValueError, match=r"SKIN_WEBUI_DIR .* cannot be read: Permission denied \(app\.js\)"):
+        create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path)))
+
+
 def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:
     files = [
         ("files", ("red.jpg", solid("red"), "image/jpeg")),
