@@ -38,7 +38,7 @@ from runtime.page import PageFiles
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
 from runtime.slots import Slots
-from runtime.upload import ApiError, BodyLimitMiddleware, Part, error_body, megabytes, read_files
+from runtime.upload import BAD_HTTP, ApiError, BodyLimitMiddleware, Part, error_body, megabytes, read_files
 
 log = logging.getLogger("runtime")
 access_log = logging.getLogger("runtime.access")
@@ -450,6 +450,8 @@ class RequestMiddleware:
             )
             await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
+            if scope.get(BAD_HTTP):  # runtime/protocol.py answered 400 mid-body: the app's own went nowhere
+                status, error = 400, "bad_http"
             elapsed = time.perf_counter() - start
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, str(status)).inc()

@@ -123,10 +123,11 @@ class H11Protocol(h11_impl.H11Protocol):
             self.transport.close()
             return
         request_id = uuid.uuid4().hex  # no request yet: the head itself was bad
-        if self.cycle is not None and not self.cycle.response_complete:
+        cycle = self.cycle if self.cycle is not None and not self.cycle.response_complete else None
+        if cycle is not None:
             # Mid-body: the app sees only the connection close; this lets it log the 400, not a 499, under
             # the id this answer carries.
-            scope = cast("dict[str, Any]", self.cycle.scope)
+            scope = cast("dict[str, Any]", cycle.scope)
             scope[BAD_HTTP] = True
             request_id = take_request_id(scope)
         # uvicorn's msg is "Invalid HTTP request received." whatever h11 refused; a limit of ours says which.
@@ -139,10 +140,18 @@ class H11Protocol(h11_impl.H11Protocol):
             (b"x-request-id", request_id.encode()),
             (b"cache-control", b"no-store"),
         ]
-        for event in (
+        events = [
             h11.Response(status_code=400, headers=headers, reason=h11_impl.STATUS_PHRASES[400]),
             h11.Data(data=body),
             h11.EndOfMessage(),
-        ):
+        ]
+        if cycle is not None and cycle.scope["method"] == "HEAD":
+            del events[1]  # an answer to HEAD has no body: h11 raises at one, and asyncio logs a traceback
+        for event in events:
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+        if cycle is not None:
+            # The app may not have answered yet (a GET, a 405: neither reads the body). What it sends now goes
+            # nowhere, as after a hang-up, not into h11, which raised: two server-error tracebacks in the log.
+            cycle.disconnected = True
+            cycle.message_event.set()

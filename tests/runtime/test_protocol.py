@@ -7,10 +7,14 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
+from runtime.app import RequestMiddleware
+from runtime.metrics import Metrics
 from runtime.protocol import H11Protocol
+from runtime.upload import BAD_HTTP
 
 
 class _Transport(asyncio.Transport):
@@ -45,10 +49,10 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def _connect(head_timeout_s: float) -> tuple[H11Protocol, _Transport]:
+async def _connect(head_timeout_s: float, app: Any = _ok) -> tuple[H11Protocol, _Transport]:
     # No log_config or log_level: uvicorn would set its loggers' levels for the rest of the test session (and
     # the app's loggers follow uvicorn.error's level).
-    config = Config(app=_ok, timeout_keep_alive=5, log_config=None)
+    config = Config(app=app, timeout_keep_alive=5, log_config=None)
     protocol = H11Protocol.with_head_timeout(head_timeout_s)(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
     )
@@ -146,6 +150,57 @@ def test_framing_that_breaks_after_the_answer_only_closes_the_connection() -> No
     transport, errors = asyncio.run(scenario())
     assert transport.written.startswith(b"HTTP/1.1 200") and transport.written.endswith(b"ok")
     assert transport.closed and errors == []
+
+
+@pytest.mark.parametrize("method", [pytest.param("GET", id="get"), pytest.param("HEAD", id="head")])
+def test_framing_that_breaks_before_the_app_answers_leaves_the_400_alone(method: str) -> None:
+    # The bad chunk comes in the head's own read, so the 400 goes out before the app runs; a GET (or a 405)
+    # then answers without reading the body. Its answer went into h11, which raised: two logged tracebacks.
+    async def scenario() -> tuple[_Transport, list[Any]]:
+        raised: list[Any] = []
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: raised.append(context))
+
+        async def answer(scope: Any, receive: Any, send: Any) -> None:
+            try:
+                await _ok(scope, receive, send)
+            except Exception as exc:
+                raised.append(exc)
+
+        protocol, transport = await _connect(30, answer)
+        wire = f"{method} /api/info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        protocol.data_received(wire.encode())
+        for _ in range(5):
+            await asyncio.sleep(0)  # the app's task answers
+        protocol.connection_lost(None)
+        return transport, raised
+
+    transport, raised = asyncio.run(scenario())
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and transport.closed and raised == []
+    if method == "HEAD":  # the headers only, as for any answer to HEAD
+        assert body == b""
+    else:
+        assert json.loads(body)["error"]["code"] == "bad_http"  # and nothing after it
+
+
+def test_a_request_answered_bad_http_mid_body_is_logged_and_counted_as_that() -> None:
+    # Whatever the app answered after runtime/protocol.py's 400 went nowhere: the log and metrics say 400.
+    metrics = Metrics()
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        scope[BAD_HTTP] = True  # as the protocol marks the request before the app answers
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def nowhere(message: Any) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/api/info", "headers": []}
+    asyncio.run(RequestMiddleware(answer, metrics)(scope, nowhere, nowhere))
+    sample = metrics.registry.get_sample_value
+    assert sample("skin_requests_total", {"route": "/api/info", "status": "400"}) == 1
+    assert sample("skin_requests_total", {"route": "/api/info", "status": "200"}) is None
+    assert sample("skin_rejected_total", {"reason": "bad_http"}) == 1
 
 
 async def _read_body(scope: Any, receive: Any, send: Any) -> None:
