@@ -179,6 +179,7 @@ async def openapi_json(request: Request) -> JSONResponse:
             default_top_k=state.settings.top_k,
             num_classes=state.engine.meta.num_classes,
             max_files=state.settings.max_batch_files,
+            formats=state.settings.allowed_formats,
         )
     )
 

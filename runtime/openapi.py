@@ -121,8 +121,19 @@ def _prediction(**extra: Any) -> dict[str, Any]:
     }
 
 
+def _format_words(formats: tuple[str, ...]) -> str:
+    """("JPEG", "PNG", "WEBP") -> "JPEG, PNG or WebP", as the page names them."""
+    names = [{"WEBP": "WebP"}.get(f, f) for f in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
 def spec(
-    version: str, *, default_top_k: int = 5, num_classes: int | None = None, max_files: int = 16
+    version: str,
+    *,
+    default_top_k: int = 5,
+    num_classes: int | None = None,
+    max_files: int = 16,
+    formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP"),
 ) -> dict[str, Any]:
     # What either upload route can answer besides 200; a batch reports a bad file's format in its own entry.
     common = {str(code): _ERROR for code in (400, 408, 413, 422, 500)}
@@ -149,7 +160,7 @@ def spec(
         "paths": {
             "/api/predict": {
                 "post": {
-                    "summary": "Classify one image (JPEG, PNG or WebP)",
+                    "summary": f"Classify one image ({_format_words(formats)})",
                     "parameters": [top_k, _HEATMAP],
                     "requestBody": _upload("file"),
                     "responses": {

@@ -676,6 +676,23 @@ def test_openapi_follows_the_settings_and_describes_the_busy_answer(tiny_bundle:
     assert spec["components"]["headers"]["RequestId"]["schema"]["maxLength"] == 64
 
 
+@pytest.mark.parametrize(
+    ("formats", "words"),
+    [
+        pytest.param(("JPEG", "PNG", "WEBP"), "JPEG, PNG or WebP", id="default"),
+        pytest.param(("JPEG", "PNG"), "JPEG or PNG", id="no-webp"),
+        pytest.param(("JPEG",), "JPEG", id="jpeg-only"),
+    ],
+)
+def test_openapi_names_the_formats_this_server_takes(
+    tiny_bundle: Path, formats: tuple[str, ...], words: str
+) -> None:
+    # The README's advice where memory is tight (WebP left out): the description still offered WebP, a 415.
+    with _client(tiny_bundle, allowed_formats=formats) as c:
+        summary = c.get("/api/openapi.json").json()["paths"]["/api/predict"]["post"]["summary"]
+    assert summary == f"Classify one image ({words})"
+
+
 def batch_schema(spec: dict) -> dict:  # type: ignore[type-arg]
     return spec["components"]["schemas"]["Batch"]  # type: ignore[no-any-return]
 
