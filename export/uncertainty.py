@@ -84,8 +84,9 @@ def confidence_threshold(
     """The lowest ``min_probability`` whose accepted predictions reach ``target_precision``.
 
     When no threshold reaches it (the most confident predictions are already too often wrong), the threshold
-    sits just above the highest confidence seen, so every prediction is reported as low confidence. The
-    threshold lies just below the last accepted confidence (``between``).
+    sits just above 1, so every prediction is reported as low confidence: also a new image more confident than
+    any validation image, which nothing says would be right more often. Otherwise the threshold lies just
+    below the last accepted confidence (``between``).
     """
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must be in (0, 1], not {target_precision}")
@@ -94,8 +95,7 @@ def confidence_threshold(
         raise ValueError("no predictions to choose a confidence threshold from")
     good = np.flatnonzero(curve.precision >= target_precision)
     if len(good) == 0:
-        top = float(curve.thresholds[0])
-        return {"min_probability": between(top, None, higher_is_familiar=False), "reached": False}
+        return {"min_probability": between(1.0, None, higher_is_familiar=False), "reached": False}
     best = good[-1]  # the lowest threshold, i.e. the largest coverage, that still meets the target
     below = float(curve.thresholds[best + 1]) if best + 1 < len(curve.thresholds) else None
     return {

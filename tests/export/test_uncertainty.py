@@ -105,6 +105,9 @@ def test_a_target_never_reached_leaves_every_prediction_low() -> None:
     chosen = unc.confidence_threshold(CONF, wrong, 0.5)
     assert chosen["reached"] is False and chosen["min_probability"] > CONF.max()
     assert unc.at_threshold(CONF, wrong, chosen["min_probability"])["coverage"] == 0.0
+    # New images more confident than every validation one (up to a probability of 1) are low as well.
+    served = np.array([CONF.max() + 0.005, 1.0], dtype=np.float32)
+    assert unc.at_threshold(served, np.ones(2, bool), chosen["min_probability"])["coverage"] == 0.0
 
 
 def test_at_threshold_accepts_a_confidence_equal_to_it_as_the_runtime_does() -> None:
