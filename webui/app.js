@@ -1371,7 +1371,7 @@
     const missing = report.classes_without_images;
     if (Array.isArray(missing) && missing.length) {
       extra.unshift(["Classes without test images", missing.map((label) => displayName(String(label))).join(", ") +
-        " (support 0; the macro averages leave them out)"]);
+        " (support 0; the macro averages leave out those the model never predicted)"]);
     }
     $("report-note").hidden = !report.demo_note;
     $("report-note").textContent = report.demo_note ? String(report.demo_note) : "";

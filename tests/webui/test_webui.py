@@ -788,7 +788,7 @@ def test_model_tab_names_classes_the_test_split_lacked(page: Any) -> None:
     page.get_by_role("tab", name="Model").click()
     row = page.locator("#extra-facts .fact", has_text="Classes without test images")
     expect(row.locator("dd")).to_have_text(
-        "Sun/Sunlight Damage, Warts (support 0; the macro averages leave them out)"
+        "Sun/Sunlight Damage, Warts (support 0; the macro averages leave out those the model never predicted)"
     )
 
 
