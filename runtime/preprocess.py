@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
 DEFAULT_MAX_PIXELS = 40_000_000  # a 12 MP phone photo passes; decompression bombs do not
@@ -164,12 +164,41 @@ def decode_rgb(
             img.load()  # animated PNG/WebP: the first frame
             if draft_size is not None:
                 img = shrink(img, draft_size)
-        img = ImageOps.exif_transpose(img) or img
+        img = upright(img)
         return to_rgb(img)
     except ImageError:
         raise
     except Exception:
         raise ImageError("corrupt_image", "the image data is corrupt or truncated") from None
+
+
+# EXIF orientation (2..8) -> the transpose that turns the stored image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """Turned by the orientation in the file's EXIF block (JPEG APP1, PNG eXIf, WebP EXIF), the one browsers
+    read. Pillow's exif_transpose also takes an XMP orientation and a PNG's text-chunk copy of EXIF, which
+    browsers ignore: the page would show such a photo unturned under a heatmap of the turned one. A block
+    that cannot be parsed turns nothing, as in browsers (and as Pillow reads one in a JPEG)."""
+    raw = img.info.get("exif")
+    if not raw:
+        return img
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except Exception:
+        return img
+    method = _UPRIGHT.get(exif.get(0x0112, 1))  # 0x0112: Orientation
+    return img.transpose(method) if method is not None else img
 
 
 def shrink(img: Image.Image, size: tuple[int, int]) -> Image.Image:

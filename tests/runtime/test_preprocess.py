@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,6 +109,40 @@ def test_exif_orientation_quarter_turns(orientation: int) -> None:
     exif[0x0112] = orientation
     out = decode_rgb(encode(_arrow(), "JPEG", exif=exif))
     assert out.size == (80, 120)  # width and height swap
+
+
+_XMP_TURNED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/>'
+    b"</rdf:RDF></x:xmpmeta>"
+)
+
+
+def _png_with_exif_text_chunk() -> bytes:
+    """EXIF (orientation 6) in ImageMagick's 'Raw profile type exif' text chunk, not in an eXIf chunk."""
+    from PIL import PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = (b"Exif\0\0" + exif.tobytes()).hex()
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw) // 2:8d}\n{raw}\n")
+    return encode(_arrow(), "PNG", pnginfo=info)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda: encode(_arrow(), "JPEG", xmp=_XMP_TURNED), id="jpeg-xmp"),
+        pytest.param(lambda: encode(_arrow(), "WEBP", xmp=_XMP_TURNED), id="webp-xmp"),
+        pytest.param(_png_with_exif_text_chunk, id="png-exif-text-chunk"),
+    ],
+)
+def test_an_orientation_outside_the_exif_block_is_not_applied(make: Any) -> None:
+    # Browsers (Chromium) show these files as stored: the page draws the heatmap over what the model saw.
+    out = decode_rgb(make())
+    assert out.size == (120, 80)
+    assert np.asarray(out)[:, :10].reshape(-1, 3).mean(axis=0)[0] > 150  # red still on the left
 
 
 def test_phone_photo_rotation_reaches_model_input() -> None:
