@@ -1331,10 +1331,13 @@
       if (typeof cal.nll_after === "number") {
         tiles.push(stat("NLL", fixed(cal.nll_after, 3), "negative log-likelihood on the validation split; " + fixed(cal.nll_before, 3) + " before"));
       }
-      if (typeof cal.temperature === "number") tiles.push(stat("Temperature", fixed(cal.temperature, 3), "fitted on the validation split"));
+      // Exported without data (--no-data): T = 1 was never fitted, and the probabilities are the model's own.
+      const fitted = cal.skipped === undefined;
+      if (typeof cal.temperature === "number") tiles.push(stat("Temperature", fixed(cal.temperature, 3), fitted ? "fitted on the validation split" : "not fitted"));
       $("calibration-stats").replaceChildren(...tiles);
-      $("calibration-note").textContent =
-        "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking." +
+      $("calibration-note").textContent = !fitted
+        ? "The probabilities are not calibrated: export had no validation images to fit a temperature on."
+        : "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking." +
         (!cal.degenerate ? "" : cal.temperature > 1
           ? " Here the fit found no minimum (the model was rarely right on the validation images), so the probabilities " +
             "are flattened towards equal and say little."

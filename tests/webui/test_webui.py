@@ -826,6 +826,21 @@ def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -
     expect(note).not_to_contain_text("too easy")
 
 
+def test_model_tab_does_not_call_an_unfitted_temperature_calibrated(page: Any) -> None:
+    # skin-export --no-data: T = 1, never fitted (report.json → calibration has only these two keys).
+    def no_data(route: Any) -> None:
+        skipped = "no dataset (--no-data): temperature not fitted (T = 1), parity on generated images"
+        route.fulfill(json={**route.fetch().json(), "calibration": {"temperature": 1.0, "skipped": skipped}})
+
+    page.route("**/api/report", no_data)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    expect(page.locator("#calibration-stats .stat")).to_have_text(["Temperature1.000not fitted"])
+    expect(page.locator("#calibration-note")).to_have_text(
+        "The probabilities are not calibrated: export had no validation images to fit a temperature on."
+    )
+
+
 def test_model_tab_without_a_report(page: Any, console: Console) -> None:
     console.allow(r"status of 404")
     page.route(
