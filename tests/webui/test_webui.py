@@ -1059,6 +1059,23 @@ def test_text_follows_the_readers_own_font_size(page: Any) -> None:
         assert page.evaluate(size, selector) >= 20, selector  # 15 px at the default 16 px, so 22.5 px here
 
 
+def test_class_names_are_shown_in_full_on_a_phone_at_a_large_text_size(new_page: Any) -> None:
+    # 412 px (a common Android phone) with the reader's text at twice the default: a name cut with "…"
+    # ("Seborrheic Kerat…") could not be read, a touch screen having no tooltip.
+    page = new_page(viewport={"width": 412, "height": 800}, is_mobile=True, has_touch=True)
+    page.context.new_cdp_session(page).send("Page.setFontSizes", {"fontSizes": {"standard": 32}})
+    open_page(page)
+    analyse(page, [png("red")])
+    page.click("#toggle-all")
+    names = page.locator("#top-list .bar-name, #all-list .bar-name")
+    expect(names).to_have_count(5 + 22)
+    cut = names.evaluate_all(
+        "names => names.filter(e => e.scrollWidth > e.clientWidth).map(e => e.textContent)"
+    )
+    assert cut == []
+    assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 412
+
+
 def _rgba(css: str) -> tuple[float, ...]:
     """'rgb(1, 2, 3)' or 'rgba(1, 2, 3, 0.5)' (getComputedStyle's forms) -> (r, g, b, alpha)."""
     values = [float(v) for v in re.findall(r"[\d.]+", css)]
