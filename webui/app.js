@@ -141,13 +141,23 @@
   // A request the server never answers must not leave the page busy for ever.
   const REQUEST_TIMEOUT_MS = 120000;
 
+  // AbortSignal.timeout came with Safari 16 and Chrome 103: without it every request threw, and the page said
+  // the server could not be reached (iOS 15, where older iPhones and iPads stay). A timer of its own there.
+  function timeoutSignal(ms) {
+    if (typeof AbortSignal.timeout === "function") return AbortSignal.timeout(ms);
+    const controller = new AbortController();
+    window.setTimeout(() => controller.abort(), ms);
+    return controller.signal;
+  }
+
   async function request(path, options) {
     let response;
     try {
-      const base = { headers: { Accept: "application/json" }, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) };
+      const base = { headers: { Accept: "application/json" }, signal: timeoutSignal(REQUEST_TIMEOUT_MS) };
       response = await fetch(path, Object.assign(base, options));
     } catch (err) {
-      if (err && err.name === "TimeoutError") {
+      // The timer's abort is an AbortError where the browser has no AbortSignal.timeout; nothing else aborts.
+      if (err && (err.name === "TimeoutError" || err.name === "AbortError")) {
         throw new ApiError("The server did not answer within " + REQUEST_TIMEOUT_MS / 60000 + " minutes; try again.", "timeout", 0);
       }
       throw new ApiError("The server could not be reached; check the connection.", "network", 0);

@@ -334,6 +334,26 @@ def test_a_proxy_error_page_is_said_in_words(
     expect(page.locator("#result-error")).to_have_text("The analysis failed: " + words)
 
 
+def test_a_browser_without_abortsignal_timeout_analyses_and_still_times_out(page: Any) -> None:
+    # Safari before 16 (iOS 15, where older iPhones and iPads stay) and Chrome before 103 have no
+    # AbortSignal.timeout: every request threw there, and the page said the server could not be reached.
+    page.clock.install()
+    page.add_init_script("delete AbortSignal.timeout")  # after the clock's, which fakes it too
+    open_page(page)
+    analyse(page, [png("red")])
+    expect(page.locator("#primary-name")).to_have_text("Acne")
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))  # a server that never answers
+    page.click("#analyse")
+    while not held:
+        page.wait_for_timeout(20)
+    page.clock.fast_forward(120_000)
+    expect(page.locator("#result-error")).to_have_text(
+        "The analysis failed: The server did not answer within 2 minutes; try again."
+    )
+    expect(page.locator("#busy")).to_be_hidden()
+
+
 def test_a_failed_batch_request_stays_on_screen(page: Any, console: Console) -> None:
     console.allow(r"net::ERR_FAILED|Failed to load resource")
     open_page(page)
