@@ -960,6 +960,7 @@
     const value = Number($("heatmap-opacity").value);
     $("heatmap").style.opacity = String(value / 100);
     $("opacity-value").textContent = value + "\u00a0%";
+    $("heatmap-opacity").setAttribute("aria-valuetext", value + "\u00a0%"); // "55 %", not a bare "55"
   }
 
   function setupHeatmapControls() {

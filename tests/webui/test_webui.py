@@ -161,6 +161,19 @@ def test_heatmap_overlays_the_image_and_toggles(page: Any) -> None:
     assert canvas.evaluate("c => c.style.opacity") == "0.2"
 
 
+def test_the_heatmap_opacity_is_said_once_with_its_unit(page: Any) -> None:
+    # The <output> beside the slider is a live region: each step was said twice, "60" and "60 %".
+    open_page(page)
+    analyse(page, [corner_image()])
+    slider = page.get_by_role("slider", name="Opacity")
+    expect(slider).to_have_attribute("aria-valuetext", "55\u00a0%")
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    expect(slider).to_have_attribute("aria-valuetext", "60\u00a0%")
+    expect(page.locator("#opacity-value")).to_have_text("60\u00a0%")  # still shown
+    expect(page.locator("#heatmap-controls").get_by_role("status")).to_have_count(0)
+
+
 def test_a_flat_heatmap_is_said_in_words_not_drawn(page: Any) -> None:
     open_page(page)
     result = analyse(page, [png("red")])  # one colour all over: every cell of the map scales to 0
