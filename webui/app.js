@@ -106,6 +106,11 @@
     return n + "\u00a0bytes";
   }
 
+  // "1 image", not "1 images": a server can take one image at a time (SKIN_MAX_BATCH_FILES=1).
+  function images(n) {
+    return n + (n === 1 ? " image" : " images");
+  }
+
   function formatList(words) {
     if (words.length <= 1) return words.join("");
     return words.slice(0, -1).join(", ") + " or " + words[words.length - 1];
@@ -461,8 +466,9 @@
       else accepted.push(file);
     }
     if (accepted.length > lim.max_batch_files) {
-      problems.push("At most " + lim.max_batch_files + " images can be analysed at once; the first " +
-        lim.max_batch_files + " were kept.");
+      const most = lim.max_batch_files;
+      problems.push("At most " + images(most) + " can be analysed at once; " +
+        (most === 1 ? "the first was kept." : "the first " + most + " were kept."));
       accepted = accepted.slice(0, lim.max_batch_files);
     }
     // A few KB per file for the multipart headers, so the request stays under the server's body limit.
@@ -470,8 +476,9 @@
     for (let i = 0; i < accepted.length; i += 1) {
       total += accepted[i].size + 4096;
       if (total > lim.max_body_bytes) {
+        const left = accepted.length - i;
         problems.push("Together the images exceed " + formatBytes(lim.max_body_bytes) + "; " +
-          (accepted.length - i) + " of them were left out.");
+          (left === 1 ? "1 of them was" : left + " of them were") + " left out.");
         accepted = accepted.slice(0, i);
         break;
       }
@@ -1161,7 +1168,7 @@
   function renderLimits() {
     const lim = limits();
     $("limits-hint").textContent = formatsInWords() + ", up to " + formatBytes(lim.max_image_bytes) +
-      " each; up to " + lim.max_batch_files + " images at once.";
+      " each; up to " + images(lim.max_batch_files) + " at once.";
     // The pickers offer only what this server takes (SKIN_ALLOWED_FORMATS), by type and by extension.
     const extensions = lim.allowed_formats.flatMap((f) => FORMAT_EXTENSIONS[f] || []);
     $("file-input").accept = lim.allowed_types.concat(extensions).join(",");

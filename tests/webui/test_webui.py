@@ -964,6 +964,26 @@ def test_the_pickers_offer_only_the_formats_the_server_takes(page: Any) -> None:
     expect(page.locator("#camera-input")).to_have_attribute("accept", "image/png")
 
 
+def test_a_server_that_takes_one_image_at_a_time_is_described_in_the_singular(page: Any) -> None:
+    def one_at_a_time(route: Any) -> None:  # as SKIN_MAX_BATCH_FILES=1 serves it
+        response = route.fetch()
+        body = response.json()
+        body["limits"]["max_batch_files"] = 1
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(r"/api/info$"), one_at_a_time)
+    open_page(page)
+    expect(page.locator("#limits-hint")).to_have_text(
+        "JPEG, PNG or WebP, up to 1\u00a0MB each; up to 1 image at once."
+    )
+    page.set_input_files("#file-input", files=[png("red"), png("green")])
+    expect(page.locator("#input-error")).to_have_text(
+        "At most 1 image can be analysed at once; the first was kept."
+    )
+    expect(page.locator("#preview-caption")).to_contain_text("red.png")
+    expect(page.locator("#batch")).to_be_hidden()
+
+
 def test_without_javascript_the_page_says_it_needs_it(new_page: Any) -> None:
     page = new_page(java_script_enabled=False)
     page.goto("/")
