@@ -1080,6 +1080,15 @@ def test_phone_width_has_no_sideways_scrolling(new_page: Any) -> None:
     assert page.evaluate(width) <= 390
 
 
+def test_a_narrow_desktop_window_offers_no_camera(new_page: Any) -> None:
+    # A desktop browser ignores `capture`: at 500 px (a narrow window, or 1280 px zoomed to 256 %) "Take a
+    # photo" opened the ordinary file picker.
+    page = new_page(viewport={"width": 500, "height": 800})
+    open_page(page)
+    expect(page.locator("#choose")).to_be_visible()
+    expect(page.locator("#camera")).to_be_hidden()
+
+
 def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any, ui_server: str) -> None:
     word = "Hautkrebsvorstufenerkrankungsverdachtsdiagnose"  # a display name a German bundle could carry
     info = _info(ui_server)
