@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -115,6 +115,26 @@ class Cluster:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def shared_outcome(self) -> Iterator[None]:
+        """Around what rank 0 does alone (the folder's lock, the run's files): when that fails, the other
+        ranks stop too, quietly (rank 0 says why), rather than die in their next collective with gloo's
+        "Connection closed by peer" traceback under rank 0's one line."""
+        try:
+            yield
+        except Exception:
+            self._tell(failed=True)
+            raise
+        self._tell(failed=False)
+
+    def _tell(self, *, failed: bool) -> None:
+        if not self.distributed:
+            return
+        news = [failed]
+        dist.broadcast_object_list(news, src=0)
+        if news[0] and not self.main:
+            raise ConfigError("rank 0 stopped the run")  # only rank 0 speaks (training.cli)
 
 
 @dataclass
@@ -531,12 +551,12 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     # --overwrite: the earlier run's files go only once this run has finished its first epoch (a run that
     # fails or is stopped before that loses nothing); then none of them may pass for this run's.
     replacing = resumed is None and any((run_dir / name).exists() for name in RUN_FILES)
-    if cluster.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock.take(run_dir)
-        if not replacing:
-            write_yaml(run_dir / "config.yaml", cfg.as_dict())
-    cluster.barrier()
+    with cluster.shared_outcome():
+        if cluster.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.take(run_dir)
+            if not replacing:
+                write_yaml(run_dir / "config.yaml", cfg.as_dict())
     tracker = MlflowTracker(cfg, run_dir) if cfg.mlflow and cluster.main else None
     say = _printer(cluster.main)
     say(
@@ -619,31 +639,32 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                 state.best_f1, state.best_epoch, state.stale = val["f1"], epoch + 1, 0
             else:
                 state.stale += 1
-            if cluster.main:
-                # A stop waits for last.pt: one between best.pt and last.pt left a first epoch's best.pt that
-                # refused the same command, and one after an --overwrite's removals left neither run.
-                with signals_deferred():
-                    if replacing:
-                        for name in RUN_FILES:
-                            (run_dir / name).unlink(missing_ok=True)
-                        write_yaml(run_dir / "config.yaml", cfg.as_dict())
-                        replacing = False
-                    epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
-                    if improved:
-                        save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
-                    save_checkpoint(
-                        run_dir / "last.pt",
-                        model=model,
-                        meta=epoch_meta,
-                        optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(),
-                        scaler=scaler.state_dict() if scaler is not None else None,
-                        sampler={"seed": cfg.seed, "epoch": epoch + 1},
-                        state=plain(asdict(state)),
-                    )
-                    write_metrics(run_dir / "metrics.csv", state.history)
-                if tracker is not None:
-                    tracker.log_epoch(row)
+            with cluster.shared_outcome():
+                if cluster.main:
+                    # A stop waits for last.pt: one between best.pt and last.pt left a first epoch's best.pt
+                    # that refused the same command, and one after an --overwrite's removals left neither run.
+                    with signals_deferred():
+                        if replacing:
+                            for name in RUN_FILES:
+                                (run_dir / name).unlink(missing_ok=True)
+                            write_yaml(run_dir / "config.yaml", cfg.as_dict())
+                            replacing = False
+                        epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
+                        if improved:
+                            save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
+                        save_checkpoint(
+                            run_dir / "last.pt",
+                            model=model,
+                            meta=epoch_meta,
+                            optimizer=optimizer.state_dict(),
+                            scheduler=scheduler.state_dict(),
+                            scaler=scaler.state_dict() if scaler is not None else None,
+                            sampler={"seed": cfg.seed, "epoch": epoch + 1},
+                            state=plain(asdict(state)),
+                        )
+                        write_metrics(run_dir / "metrics.csv", state.history)
+                    if tracker is not None:
+                        tracker.log_epoch(row)
             say(
                 f"epoch {epoch + 1}/{cfg.epochs}: train loss {stats['loss']:.4f} acc {stats['acc']:.3f} | "
                 f"val loss {val['loss']:.4f} acc {val['accuracy']:.3f} macro-F1 {val['f1']:.3f}"
@@ -651,21 +672,21 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             )
         epochs.close()
         cluster.barrier()
-        if cluster.main:
-            finish(
-                cfg,
-                splits,
-                model,
-                state,
-                run_dir,
-                amp_dtype=amp_dtype,
-                channels_last=channels_last,
-                val_skipped=int(state.history[-1]["val_skipped"]) if state.history else 0,
-                say=say,
-            )
-            if tracker is not None:
-                tracker.finish(run_dir)
-        cluster.barrier()
+        with cluster.shared_outcome():
+            if cluster.main:
+                finish(
+                    cfg,
+                    splits,
+                    model,
+                    state,
+                    run_dir,
+                    amp_dtype=amp_dtype,
+                    channels_last=channels_last,
+                    val_skipped=int(state.history[-1]["val_skipped"]) if state.history else 0,
+                    say=say,
+                )
+                if tracker is not None:
+                    tracker.finish(run_dir)
     finally:
         if tracker is not None:
             tracker.close()

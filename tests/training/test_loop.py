@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import subprocess
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.helpers import TINY, truncated_jpeg
+from tests.training.helpers import TINY, file_size_limit, truncated_jpeg
 from training.config import TrainConfig
 from training.data import load_splits
 from training.loop import (
@@ -114,17 +115,22 @@ def test_mixed_precision_and_channels_last_paths_run(tmp_path: Path, dataset: Pa
     assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
 
 
+def _torchrun(dataset: Path, out: Path, epochs: int) -> subprocess.CompletedProcess[str]:
+    """skin-train in two CPU processes (gloo) on the tiny model."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "training", "--data", str(dataset), "--out", str(out), "--epochs", str(epochs)]
+    for key in ("arch", "img_size", "batch_size", "workers", "lr", "backbone_lr_scale", "device"):
+        command += [f"--{key.replace('_', '-')}", str(TINY[key])]
+    command += ["--no-pretrained", "--no-plots"]
+    # TMPDIR: torchrun leaves a torchelastic_* folder there on every run.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(out.parent)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    command += ["-m", "training", "--data", str(dataset), "--out", str(out), "--epochs", "2", "--no-plots"]
-    for key in ("arch", "img_size", "batch_size", "workers", "lr", "backbone_lr_scale", "device"):
-        command += [f"--{key.replace('_', '-')}", str(TINY[key])]
-    command.append("--no-pretrained")
-    # TMPDIR: torchrun leaves a torchelastic_* folder there on every run.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    done = _torchrun(dataset, out, epochs=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "device cpu x2" in done.stdout
     assert done.stdout.count("test: accuracy") == 1  # only rank 0 speaks and writes
@@ -143,6 +149,35 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset
     again = epoch_metrics(ev.logits, ev.labels)
     assert (again["accuracy"], again["f1"]) == (best["metrics"]["accuracy"], best["metrics"]["f1"])
     assert again["loss"] == pytest.approx(best["metrics"]["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "failure", [pytest.param("locked", id="folder-being-written"), pytest.param("full", id="full-disk")]
+)
+def test_under_torchrun_what_rank_0_alone_fails_at_is_its_one_line(
+    tmp_path: Path, dataset: Path, failure: str
+) -> None:
+    # Rank 0 alone takes the folder's lock and writes the files: the other rank used to die in its next
+    # collective, with gloo's "Connection closed by peer" traceback under rank 0's line.
+    out = tmp_path / "run"
+    out.mkdir()
+    if failure == "locked":
+        held = os.open(out, os.O_RDONLY)  # as another skin-train on this folder holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            done = _torchrun(dataset, out, epochs=1)
+        finally:
+            os.close(held)
+        line = f"another skin-train is writing to {out}; wait for it to end, or pass another --out"
+    else:
+        with file_size_limit(100_000):  # config.yaml fits, the first best.pt does not
+            done = _torchrun(dataset, out, epochs=1)
+        line = f"File too large: {out / 'best.pt'}"
+    assert done.returncode != 0
+    ours = [text for text in done.stderr.splitlines() if "skin-train" in text]
+    assert ours == [f"skin-train: error: {line}"]
+    assert "[rank" not in done.stderr and "Connection closed" not in done.stderr
 
 
 @pytest.mark.slow
