@@ -203,6 +203,16 @@ def worker_own_group(worker_id: int) -> None:
     tracebacks in the main process. Now it reaches the run alone, which stops as for Ctrl-C and shuts them
     down; terminate() still ends a worker that hangs, and they exit if the run dies."""
     os.setpgid(0, 0)
+    sys.excepthook = _quiet_resource_sharer
+
+
+def _quiet_resource_sharer(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    """A worker hands each batch's tensors to the run over a socket (multiprocessing's resource sharer, in a
+    thread that reports its errors through sys.excepthook). A run stopped mid-handover closes that socket, and
+    the worker printed a BrokenPipeError traceback under the run's one line; a handover that fails while the
+    run goes on fails in the run too, which says so. Anything else a worker reports here is still printed."""
+    if tb is None or tb.tb_frame.f_globals.get("__name__") != "multiprocessing.resource_sharer":
+        sys.__excepthook__(kind, exc, tb)
 
 
 class FolderLock:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.server import ROOT
 from tests.training.helpers import TINY, file_size_limit, truncated_jpeg
 from training.config import TrainConfig
 from training.data import load_splits
@@ -178,6 +179,36 @@ def test_under_torchrun_what_rank_0_alone_fails_at_is_its_one_line(
     ours = [text for text in done.stderr.splitlines() if "skin-train" in text]
     assert ours == [f"skin-train: error: {line}"]
     assert "[rank" not in done.stderr and "Connection closed" not in done.stderr
+
+
+# A DataLoader worker whose handover of a batch's tensors fails because the run stopped mid-handover:
+# multiprocessing's resource sharer reports it through sys.excepthook, from its own thread.
+_HUNG_UP_WORKER = """
+import os, sys, time
+from multiprocessing import connection, current_process, resource_sharer
+from training.loop import worker_own_group
+
+worker_own_group(0)
+def send(conn, pid):
+    raise BrokenPipeError(32, "Broken pipe")
+address, key = resource_sharer._resource_sharer.register(send, lambda: None)
+with connection.Client(address, authkey=current_process().authkey) as client:
+    client.send((key, os.getpid()))
+    try:
+        client.recv()
+    except EOFError:  # the sharer closed the connection: its report follows
+        time.sleep(0.5)
+sys.excepthook(ValueError, ValueError("anything else"), None)
+"""
+
+
+def test_a_worker_stopped_mid_handover_prints_no_traceback() -> None:
+    # Ctrl-C or SIGTERM to a run with --workers: a traceback ended up under the run's one line.
+    done = subprocess.run(
+        [sys.executable, "-c", _HUNG_UP_WORKER], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "ValueError: anything else\n"
 
 
 @pytest.mark.slow
