@@ -567,8 +567,11 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             lock.take(run_dir)
             if not replacing:
                 write_yaml(run_dir / "config.yaml", cfg.as_dict())
-    tracker = MlflowTracker(cfg, run_dir) if cfg.mlflow and cluster.main else None
     say = _printer(cluster.main)
+    tracker: MlflowTracker | None = None
+    with cluster.shared_outcome():
+        if cfg.mlflow and cluster.main:
+            tracker = MlflowTracker(cfg, run_dir, say)
     say(
         f"{cfg.arch} @ {cfg.img_size}px, {len(names)} classes: {len(splits.train)} train / "
         f"{len(splits.val)} val / {len(splits.test)} test images; device {device}"
@@ -697,9 +700,12 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                 )
                 if tracker is not None:
                     tracker.finish(run_dir)
-    finally:
+    except BaseException as exc:
         if tracker is not None:
-            tracker.close()
+            tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.close("FINISHED")
     return run_dir
 
 
@@ -1064,24 +1070,49 @@ def _printer(enabled: bool) -> Any:
 
 
 class MlflowTracker:
-    """Optional MLflow logging (rank 0 only): parameters, per-epoch metrics, the run's files at the end."""
+    """Optional MLflow logging (rank 0 only): parameters, per-epoch metrics, the run's files at the end.
+    A tracking server that cannot start a run stops skin-train before it trains, in one line; one that fails
+    later (down, full) ends the logging with a warning, never the run: its files have everything."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, run_dir: Path, say: Callable[[str], None]) -> None:
         import mlflow
 
         self.mlflow = mlflow
-        mlflow.set_experiment(cfg.mlflow_experiment)
-        self.run = mlflow.start_run(run_name=run_dir.name)
-        mlflow.log_params({k: str(v)[:500] for k, v in cfg.as_dict().items()})
+        self.say = say
+        self.on = True
+        try:
+            mlflow.set_experiment(cfg.mlflow_experiment)
+            mlflow.start_run(run_name=run_dir.name)
+            mlflow.log_params({k: str(v)[:500] for k, v in cfg.as_dict().items()})
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                mlflow.end_run("FAILED")
+            raise ConfigError(f"MLflow could not start a run: {_first_line(exc)}") from None
 
     def log_epoch(self, row: dict[str, float]) -> None:
         step = int(row["epoch"])
-        self.mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
+        self._call(self.mlflow.log_metrics, {k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
 
     def finish(self, run_dir: Path) -> None:
         for path in sorted(run_dir.iterdir()):
             if path.suffix in (".json", ".csv", ".yaml", ".png"):
-                self.mlflow.log_artifact(str(path))
+                self._call(self.mlflow.log_artifact, str(path))
 
-    def close(self) -> None:
-        self.mlflow.end_run()
+    def close(self, status: str) -> None:
+        """status: MLflow's FINISHED, FAILED or KILLED (stopped by Ctrl-C or SIGTERM)."""
+        self._call(self.mlflow.end_run, status)
+
+    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not self.on:
+            return
+        try:
+            method(*args, **kwargs)
+        except Exception as exc:
+            self.on = False
+            why = _first_line(exc)
+            self.say(f"warning: MLflow logging stopped ({why}); the run goes on, its files have it all")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

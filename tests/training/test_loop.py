@@ -7,6 +7,7 @@ import subprocess
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -266,7 +267,7 @@ def test_early_stop_and_mlflow_logging(
     fake.log_params = lambda params: calls.append(("params", params))  # type: ignore[attr-defined]
     fake.log_metrics = lambda metrics, step: calls.append(("metrics", step))  # type: ignore[attr-defined]
     fake.log_artifact = lambda path: calls.append(("artifact", Path(path).name))  # type: ignore[attr-defined]
-    fake.end_run = lambda: calls.append(("end", None))  # type: ignore[attr-defined]
+    fake.end_run = lambda status: calls.append(("end", status))  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mlflow", fake)
     # An lr this small hardly moves the weights (only BatchNorm statistics): the macro-F1 soon stalls.
     options = {**TINY, "lr": 1e-12, "early_stop": 1, "mlflow": True, "mlflow_experiment": "exp"}
@@ -278,7 +279,52 @@ def test_early_stop_and_mlflow_logging(
     assert calls[:2] == [("experiment", "exp"), ("start", "run")]
     assert [step for kind, step in calls if kind == "metrics"] == list(range(1, len(f1) + 1))
     assert ("artifact", "report.json") in calls and ("artifact", "metrics.csv") in calls
-    assert calls[-1] == ("end", None)
+    assert calls[-1] == ("end", "FINISHED")
+
+
+def _failing_mlflow(monkeypatch: pytest.MonkeyPatch, fails: str) -> list[str]:
+    """An MLflow stand-in whose ``fails`` call raises, as one whose tracking server is down does."""
+    calls: list[str] = []
+
+    def call(name: str) -> Any:
+        def method(*args: object, **kwargs: object) -> None:
+            calls.append(name)
+            if name == fails:
+                raise RuntimeError("API request to http://mlflow:5000 failed\nMax retries exceeded")
+
+        return method
+
+    fake = types.ModuleType("mlflow")
+    for name in ("set_experiment", "start_run", "log_params", "log_metrics", "log_artifact", "end_run"):
+        setattr(fake, name, call(name))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    return calls
+
+
+def test_a_tracking_server_that_cannot_start_a_run_stops_before_training(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.config import ConfigError
+
+    calls = _failing_mlflow(monkeypatch, "set_experiment")
+    line = "MLflow could not start a run: API request to http://mlflow:5000 failed"
+    with pytest.raises(ConfigError, match=f"^{line}$"):
+        train(**TINY, mlflow=True, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert calls == ["set_experiment", "end_run"]
+
+
+def test_a_tracking_server_that_fails_mid_run_ends_the_logging_not_the_run(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = _failing_mlflow(monkeypatch, "log_metrics")
+    run = train(**TINY, mlflow=True, data=str(dataset), out=str(tmp_path / "run"), epochs=2)
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1, 2]
+    assert (run / "report.json").is_file()
+    out = capsys.readouterr().out
+    warning = "warning: MLflow logging stopped (API request to http://mlflow:5000 failed); the run goes on"
+    assert out.count(warning) == 1
+    assert calls == ["set_experiment", "start_run", "log_params", "log_metrics"]  # then left alone
 
 
 def test_one_image_per_step_at_a_small_size_is_refused_before_training(dataset: Path) -> None:
