@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.preprocess import ImageError, decode_rgb, preprocess
+from runtime.preprocess import ImageError, decode_rgb, open_image, preprocess
 from tests.images import encode
 
 
@@ -189,6 +189,29 @@ def test_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path, from_path
         preprocess(source(501), (16, 16))
     assert (info.value.code, info.value.status) == ("corrupt_image", 400)
     assert "more than 500 scans" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("size", "limit"),
+    [
+        pytest.param((8000, 5000), 50, id="40-mp"),  # at the default pixel cap: 500 scans took 15 s of CPU
+        pytest.param((4000, 3000), 166, id="12-mp"),
+        pytest.param((2000, 2000), 500, id="4-mp"),
+    ],
+)
+def test_larger_jpegs_may_have_fewer_scans(size: tuple[int, int], limit: int) -> None:
+    # Each scan is a pass over every pixel, whatever the draft scale: the budget is scans x pixels.
+    data = encode(Image.new("L", size, 128), "JPEG", progressive=True, quality=10)
+    last = data.rindex(b"\xff\xda")
+
+    def scans(count: int) -> bytes:
+        return data[:-2] + data[last:-2] * (count - data.count(b"\xff\xda")) + b"\xff\xd9"
+
+    open_image(scans(limit)).close()  # the header and the scan count only: nothing is decoded
+    with pytest.raises(ImageError) as info:
+        open_image(scans(limit + 1))
+    assert (info.value.code, info.value.status) == ("corrupt_image", 400)
+    assert f"more than {limit} scans" in info.value.message
 
 
 @pytest.mark.parametrize(
