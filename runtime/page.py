@@ -7,6 +7,8 @@ ranges inside the file gets those, and one with none is a 416 in the API's JSON 
 
 from __future__ import annotations
 
+import math
+
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
@@ -68,5 +70,14 @@ def _inside(part: str, size: int) -> bool:
     """Whether one range of a set starts inside a file of ``size`` bytes ("-N", the last N, when N > 0)."""
     start, _, end = (text.strip() for text in part.strip().partition("-"))
     if not start:
-        return end.isdigit() and int(end) > 0 and size > 0
-    return start.isdigit() and int(start) < size
+        return _number(end) > 0 and size > 0
+    return 0 <= _number(start) < size
+
+
+def _number(text: str) -> float:
+    """ASCII digits as a number, -1 for anything else: str.isdigit() also takes "²" (Latin-1 in a header),
+    which int() refuses, as it does 4,300 digits or more. Past 18 digits, infinity: past any file's end."""
+    if not (text.isascii() and text.isdigit()):
+        return -1
+    digits = text.lstrip("0")
+    return int(digits or "0") if len(digits) <= 18 else math.inf

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import Iterator
@@ -8,9 +9,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from starlette.testclient import TestClient
+from starlette.types import Message
 
 from runtime.app import create_app
-from runtime.settings import Settings
+from runtime.page import PageFiles
+from runtime.settings import DEFAULT_WEBUI, Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
 from tests.images import encode, solid
 
@@ -820,6 +823,44 @@ def test_open_ended_and_suffix_ranges_of_a_set_are_kept_beside_one_past_the_end(
     ):
         answer = client.get("/app.js", headers={"range": mixed})
         assert answer.status_code == 206 and answer.content == expected, mixed
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        pytest.param("9" * 5000 + "-", 416, id="start"),  # int() refuses 4,300 digits and more
+        pytest.param("-" + "9" * 5000, 200, id="suffix"),  # the last 10^5000 bytes: the whole file
+    ],
+)
+def test_a_range_set_with_a_5000_digit_number_is_no_server_error(
+    client: TestClient, extra: str, status: int
+) -> None:
+    # Beside a range past the end, so that the page's own code sorts the set.
+    whole = client.get("/app.js").content
+    answer = client.get("/app.js", headers={"range": f"bytes={len(whole)}-,{extra}"})
+    assert answer.status_code == status, answer.text[:200]
+    if status == 416:
+        _error(answer, 416, "range_not_satisfiable")
+    else:
+        assert answer.content == whole
+
+
+@pytest.mark.parametrize("extra", [pytest.param(b"\xb2-", id="start"), pytest.param(b"-\xb9", id="suffix")])
+def test_a_range_in_latin_1_superscript_digits_is_no_server_error(extra: bytes) -> None:
+    # A header is Latin-1, and str.isdigit() takes "²", which int() refuses. Sent raw: httpx would send UTF-8.
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        await asyncio.Event().wait()  # the client stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"range", b"bytes=99999999-," + extra)]
+    scope = {"type": "http", "method": "GET", "path": "/app.js", "root_path": "", "headers": headers}
+    asyncio.run(PageFiles(directory=DEFAULT_WEBUI)(scope, receive, send))
+    assert sent[0]["status"] == 416 and b"range_not_satisfiable" in sent[1]["body"]
 
 
 def test_inference_failure_is_a_generic_500_logged_with_the_request_id(
