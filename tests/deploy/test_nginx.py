@@ -52,6 +52,14 @@ def test_upstream_is_the_images_port_and_metrics_stay_private() -> None:
     assert _directives("ssl_protocols") == ["TLSv1.2 TLSv1.3"]
 
 
+def test_one_client_cannot_hold_every_upload_place() -> None:
+    # The app holds SKIN_MAX_UPLOADS uploads at once, each up to its body deadline: as many idle ones from one
+    # address would shut every other client out.
+    (limit,) = _directives("limit_conn")
+    assert int(limit.split()[1]) < Settings().max_uploads
+    assert _directives("limit_conn_status") == ["429"]
+
+
 def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
     text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8"))
     pages = dict(reversed(d.split()) for d in _directives("error_page"))  # location -> status
@@ -177,6 +185,27 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         redirect = plain.getresponse()
         assert redirect.status == 301 and redirect.headers["location"].startswith("https://")
         plain.close()
+        # four uploads at once from one address, however slowly they come: a fifth is 429
+        held = []
+        for _ in range(4):
+            conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+            conn.putrequest("POST", "/api/predict")
+            conn.putheader("content-type", f"multipart/form-data; boundary={boundary}")
+            conn.putheader("content-length", "100000")
+            conn.endheaders(head.encode())  # and no more of the body
+            held.append(conn)
+        for _ in range(10):  # until nginx has taken the four (each try counts towards the rate limit's burst)
+            conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
+            conn.request("GET", "/api/predict")
+            answer = conn.getresponse()
+            answer.read()
+            conn.close()
+            if answer.status == 429:
+                break
+        for conn in held:
+            conn.close()
+        assert answer.status == 429 and answer.headers["retry-after"] == "1"
+        assert 'limiting connections by zone "skin_uploads"' in (tmp_path / "error.log").read_text()
         # past the burst: 429 in JSON, with Retry-After (and HSTS still)
         for _ in range(25):
             conn = http.client.HTTPSConnection("127.0.0.1", https_port, context=context, timeout=10)
