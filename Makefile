@@ -35,12 +35,14 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The serving image's dependency set alone (no torch): proves the runtime and its tests need nothing more.
-$(RUNTIME_VENV)/.installed: pyproject.toml
+# The serving image's dependency set alone (no torch), at the image's pinned versions: proves the runtime and
+# its tests need nothing more, and tests the versions the image ships (runtime/protocol.py extends uvicorn's).
+$(RUNTIME_VENV)/.installed: pyproject.toml deploy/runtime-constraints.txt
 	@echo "==> environment: $(RUNTIME_VENV) with the runtime extra only (no torch) …"
 	@$(PYTHON) -m venv $(RUNTIME_VENV) || $(call STEP_FAILED,$(PYTHON) -m venv $(RUNTIME_VENV))
 	@$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip || $(call STEP_FAILED,upgrading pip)
-	@$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) -e ".[$(RUNTIME_EXTRAS)]" || $(call STEP_FAILED,pip install -e .[$(RUNTIME_EXTRAS)])
+	@$(RUNTIME_VENV)/bin/python -m pip install $(PIP_FLAGS) -c deploy/runtime-constraints.txt -e ".[$(RUNTIME_EXTRAS)]" \
+		|| $(call STEP_FAILED,pip install -c deploy/runtime-constraints.txt -e .[$(RUNTIME_EXTRAS)])
 	@touch $@
 
 runtime-venv: $(RUNTIME_VENV)/.installed
