@@ -89,7 +89,7 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
     main = tmp / "nginx.conf"
     temp = "\n".join(f"    {kind}_temp_path {tmp}/{kind};" for kind in ("proxy", "fastcgi", "uwsgi", "scgi"))
     main.write_text(
-        f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
+        f"daemon off;\nworker_processes 1;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log warn;\n"
         f"events {{}}\nhttp {{\n    access_log off;\n    client_body_temp_path {tmp}/body;\n{temp}\n"
         f"    include {site};\n}}\n"
     )
