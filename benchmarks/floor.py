@@ -177,7 +177,7 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
     spent = ", ".join(f"{op} {ms:.1f}" for op, ms in top) + (f", the rest {rest:.1f}" if rest > 0.05 else "")
     timed = (
         f"; onnxruntime fp32 took {fp32_ms} ms at batch 1 above, {fp32_ms / floor['floor_ms']:.1f}× the floor"
-        if fp32_ms
+        if fp32_ms and floor["floor_ms"]  # a tiny model's floor rounds to 0.00 ms: no ratio to it
         else ""
     )
     convs = (

@@ -110,6 +110,14 @@ def test_the_floor_is_the_multiply_adds_at_the_measured_peak(tiny_bundle: Path) 
     assert list(found["conv_by_kind"]) == ["1x1 conv"]
 
 
+def test_a_floor_that_rounds_to_zero_gets_no_ratio(tiny_bundle: Path) -> None:
+    # 960 multiply-adds: 0.00 ms at any speed; model_bench wrote nothing, a ZeroDivisionError after minutes.
+    found = floor.measure(tiny_bundle / contract.MODEL_FILE, np.zeros((1, 64, 64, 3), np.uint8), threads=1)
+    assert found["floor_ms"] == 0
+    line = floor.markdown(found, 0.05)
+    assert "takes 0.0 ms. A profiled" in line and "the floor" not in line
+
+
 def test_the_profiled_convolutions_are_split_by_kind(tmp_path: Path) -> None:
     model = graph(tmp_path / "g.onnx", bundle_io=True)
     found = floor.measure(model, np.zeros((1, 32, 32, 3), np.uint8), threads=1)
