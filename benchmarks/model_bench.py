@@ -92,8 +92,10 @@ def probabilities(session: Any) -> Runner:
     return lambda x: session.run([contract.PROBS_OUTPUT], {contract.INPUT_NAME: x})[0]
 
 
-def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
-    """The reference's way: eager fp32, normalization in torch, softmax of the logits (T = 1)."""
+def torch_runner(checkpoint: Path, *, threads: int, temperature: float = 1.0) -> Runner:
+    """The reference's way: eager fp32, normalization in torch, softmax of the logits. ``temperature``: the
+    bundle's, as its graph applies it (the reference's T = 1 costs the same): without it, max |Δp| against
+    onnxruntime measured calibration (0.3 on the demo model), not the engines."""
     import torch
 
     from training.model import load_checkpoint, model_from_checkpoint
@@ -107,7 +109,7 @@ def torch_runner(checkpoint: Path, *, threads: int) -> Runner:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             t = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - mean) / std
-            return torch.softmax(net(t), dim=1).numpy()
+            return torch.softmax(net(t) / temperature, dim=1).numpy()
 
     return run
 
@@ -201,7 +203,9 @@ def candidates(
     kernels = {True: "; exact u8 x u8 kernels (no VNNI here)", None: "; exact u8 x u8 kernels"}.get(clips, "")
     found = [
         Candidate(
-            "torch eager fp32", "what the reference serves", lambda: torch_runner(checkpoint, threads=threads)
+            "torch eager fp32",
+            "what the reference serves",
+            lambda: torch_runner(checkpoint, threads=threads, temperature=meta.temperature),
         ),
         Candidate(
             "onnxruntime fp32",

@@ -172,6 +172,30 @@ def test_a_model_of_your_own_is_used_as_given(bench_bundle: Path, checkpoint: Pa
     assert got == (checkpoint, bench_bundle)
 
 
+def test_torch_eager_applies_the_bundles_temperature(
+    bench_bundle: Path, checkpoint: Path, tmp_path: Path
+) -> None:
+    # The graph's probabilities are softmax(logits / T); torch's at T = 1 differed from them by 0.3 in max
+    # |Δp| on the demo model, though both engines computed the same logits.
+    import dataclasses
+
+    import torch
+
+    from runtime.engine import Engine
+    from training.model import load_checkpoint, model_from_checkpoint
+
+    meta = dataclasses.replace(Engine(bench_bundle, threads=1).meta, temperature=2.0)
+    found = model_bench.candidates(checkpoint, bench_bundle / "model.onnx", tmp_path, [], meta, 1)
+    (torch_eager,) = [c for c in found if c.name == "torch eager fp32"]
+    x = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    ckpt = load_checkpoint(checkpoint)
+    mean, std = (torch.tensor(ckpt[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    with torch.inference_mode():
+        logits = model_from_checkpoint(ckpt)((torch.from_numpy(x).permute(0, 3, 1, 2) / 255 - mean) / std)
+    expected = torch.softmax(logits / 2.0, dim=1).numpy()
+    np.testing.assert_allclose(torch_eager.make()(x), expected, atol=1e-6)
+
+
 def test_a_run_that_measures_no_path_fails_in_one_line(
     bench_bundle: Path,
     checkpoint: Path,
