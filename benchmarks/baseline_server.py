@@ -25,6 +25,7 @@ from fastapi import (
 )  # module level: FastAPI resolves annotations here
 
 from runtime.cli import OneLineParser, check_port
+from training.files import not_a_file
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # albumentations asks the network for a newer release
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for path in (args.checkpoint, args.report):
         if path and not Path(path).is_file():
-            print(f"baseline_server: {path} does not exist", file=sys.stderr)
+            print(f"baseline_server: {path} {not_a_file(Path(path))}", file=sys.stderr)  # or a folder
             return 2
     try:  # before loading: a busy port or unknown host is the commonest start-up failure
         check_port(args.host, args.port)

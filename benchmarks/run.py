@@ -704,6 +704,7 @@ def model_files(
     from benchmarks.weights import prepare
     from runtime.bundle import MODEL_FILE, BundleError
     from runtime.engine import Engine
+    from training.files import not_a_file
     from training.model import ModelError, load_checkpoint
 
     if (bundle is None) != (checkpoint is None):
@@ -713,7 +714,7 @@ def model_files(
     if not (Path(bundle) / MODEL_FILE).is_file():
         raise BenchError(f"--bundle {bundle}: no {MODEL_FILE} there")
     if not Path(checkpoint).is_file():
-        raise BenchError(f"--checkpoint {checkpoint}: no such file")
+        raise BenchError(f"--checkpoint {checkpoint} {not_a_file(Path(checkpoint))}")  # a folder is no file
     try:  # opened as the runtime opens it, so a broken bundle is one line now, not a traceback later
         names = list(Engine(bundle, threads=1).meta.class_names)
     except BundleError as exc:

@@ -44,6 +44,15 @@ def test_baseline_cli_refuses_a_missing_checkpoint(
     assert "does not exist" in err and len(err.strip().splitlines()) == 1
 
 
+def test_baseline_cli_refuses_a_folder_as_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.baseline_server import main
+
+    assert main(["--checkpoint", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"baseline_server: {tmp_path} is not a regular file\n"
+
+
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     """uvicorn.run recorded, not run: every check must come before it."""

@@ -123,7 +123,8 @@ def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
     [
         (["--bundle", "BUNDLE"], "pass both --bundle and --checkpoint, or neither"),
         (["--bundle", "EMPTY", "--checkpoint", "CKPT"], "no model.onnx there"),
-        (["--bundle", "BUNDLE", "--checkpoint", "MISSING"], "no such file"),
+        (["--bundle", "BUNDLE", "--checkpoint", "MISSING"], "does not exist"),
+        (["--bundle", "BUNDLE", "--checkpoint", "EMPTY"], "is not a regular file"),
         (["--bundle", "CORRUPT", "--checkpoint", "CKPT"], "not a loadable ONNX model"),
         (
             ["--bundle", "BUNDLE", "--checkpoint", "CKPT"],
