@@ -34,6 +34,23 @@ def test_baseline_serves_the_reference_api(checkpoint: Path, tmp_path: Path) -> 
         assert bad.status_code == 400
 
 
+@pytest.mark.slow
+def test_baseline_ignores_exif_orientation_as_the_reference_does(checkpoint: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from benchmarks.baseline_server import create_app
+
+    # The same pixels stored sideways (orientation 6, as phones write) and upright: the reference turns none.
+    answers = []
+    with TestClient(create_app(checkpoint)) as client:
+        for orientation in (6, 1):
+            data = images.encode(images.Kind("photo", (120, 90), "JPEG", 1, orientation=orientation))
+            body, content_type = images.multipart(data, "x.jpg", "image/jpeg")
+            answer = client.post("/api/predict", content=body, headers={"content-type": content_type})
+            answers.append(answer.json()["predictions"])
+    assert answers[0] == answers[1]
+
+
 def test_baseline_cli_refuses_a_missing_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
