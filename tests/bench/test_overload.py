@@ -64,3 +64,32 @@ def test_a_saturation_run_of_errors_alone_is_no_saturation(
     monkeypatch.setattr(overload, "paced_locust", paced_locust)
     with pytest.raises(overload.BenchError, match="the saturation run served nothing"):
         overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", log=lambda line: None)
+
+
+def test_served_predictions_are_set_against_the_saturations_predictions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from benchmarks import weights
+
+    # 30 req/s at saturation, 3 of them /api/info and /api/report: 9 predictions/s served is a third of 27.
+    saturation = {
+        "Aggregated": {"requests": 300, "failures": 0, "rps": 30.0},
+        "predict thumb 300x220 jpeg": {"requests": 270, "failures": 0, "rps": 27.0},
+        "info": {"requests": 30, "failures": 0, "rps": 3.0},
+    }
+    monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
+    monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
+    monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
+    monkeypatch.setattr(overload, "stop", lambda proc: None)
+    monkeypatch.setattr(overload, "warm", lambda base: None)
+    monkeypatch.setattr(overload, "locust", lambda *args: (saturation, {}))
+    latencies = {"200": [100.0] * 90, "503": [5.0] * 400}
+    monkeypatch.setattr(overload, "paced_locust", lambda *args: (latencies, 0.1))
+    summary = overload.run_overload(
+        work=tmp_path / "work", out=tmp_path / "out", duration=10, log=lambda line: None
+    )
+    assert summary["served_rps"] == 9.0 and summary["saturation_predictions_rps"] == 27.0
+    md = (tmp_path / "out" / "overload.md").read_text()
+    assert "Served: 9.0 predictions/s (at saturation 27.0)." in md
