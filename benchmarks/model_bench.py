@@ -47,6 +47,7 @@ from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
 from runtime.engine import first_line, openvino_session, session_options
+from runtime.settings import MAX_THREADS
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
@@ -752,8 +753,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.threads < 0:
-        print("benchmarks.model_bench: --threads must be at least 0 (0: the CPU quota)", file=sys.stderr)
+    if not 0 <= args.threads <= MAX_THREADS:  # --threads 100000: 16 GB of threads, deaf to Ctrl-C and SIGTERM
+        print(
+            f"benchmarks.model_bench: --threads must be from 0 to {MAX_THREADS} (0: the CPU quota)",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     return run_cli(

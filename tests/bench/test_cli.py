@@ -72,12 +72,17 @@ def test_the_library_refuses_nan_factor_too(no_model: None) -> None:
             overload.run_overload(factor=factor)
 
 
-def test_threads_below_zero_are_refused(no_model: None, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "threads", [pytest.param("-1", id="negative"), pytest.param("1025", id="over-max-threads")]
+)
+def test_threads_out_of_range_are_refused(
+    no_model: None, capsys: pytest.CaptureFixture[str], threads: str
+) -> None:
     from benchmarks import model_bench
 
-    assert model_bench.main(["--threads", "-1"]) == 2
+    assert model_bench.main(["--threads", threads]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["benchmarks.model_bench: --threads must be at least 0 (0: the CPU quota)"]
+    assert err == ["benchmarks.model_bench: --threads must be from 0 to 1024 (0: the CPU quota)"]
 
 
 @pytest.mark.parametrize("cli", ["model_bench", "run", "overload"])
