@@ -42,21 +42,28 @@ def test_percentiles_and_rss_profile() -> None:
     assert growing["second_half_growth_mb"] == 19.0  # 239 MB at the end against 220 MB at half time
 
 
-def test_a_saturation_run_of_errors_alone_is_no_saturation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _without_servers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, saturation: dict[str, dict[str, float]]
 ) -> None:
+    """run_overload with no model, server or Locust: the saturation run answers ``saturation``."""
     from types import SimpleNamespace
 
     from benchmarks import weights
 
-    # A server answering every request with a fast error: 1000 "requests" a second, none of them served.
-    errors = {"Aggregated": {"requests": 5000, "failures": 5000, "rps": 1000.0}}
     monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
     monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
     monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
     monkeypatch.setattr(overload, "stop", lambda proc: None)
     monkeypatch.setattr(overload, "warm", lambda base: None)
-    monkeypatch.setattr(overload, "locust", lambda *args: (errors, {}))
+    monkeypatch.setattr(overload, "locust", lambda *args: (saturation, {}))
+
+
+def test_a_saturation_run_of_errors_alone_is_no_saturation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server answering every request with a fast error: 1000 "requests" a second, none of them served.
+    errors = {"Aggregated": {"requests": 5000, "failures": 5000, "rps": 1000.0}}
+    _without_servers(monkeypatch, tmp_path, saturation=errors)
 
     def paced_locust(base: str, rate: float, users: int, *args: object) -> None:
         raise AssertionError(f"{users} users offered {rate * users:.0f} req/s")
@@ -69,22 +76,13 @@ def test_a_saturation_run_of_errors_alone_is_no_saturation(
 def test_served_predictions_are_set_against_the_saturations_predictions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from types import SimpleNamespace
-
-    from benchmarks import weights
-
     # 30 req/s at saturation, 3 of them /api/info and /api/report: 9 predictions/s served is a third of 27.
     saturation = {
         "Aggregated": {"requests": 300, "failures": 0, "rps": 30.0},
         "predict thumb 300x220 jpeg": {"requests": 270, "failures": 0, "rps": 27.0},
         "info": {"requests": 30, "failures": 0, "rps": 3.0},
     }
-    monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
-    monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
-    monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
-    monkeypatch.setattr(overload, "stop", lambda proc: None)
-    monkeypatch.setattr(overload, "warm", lambda base: None)
-    monkeypatch.setattr(overload, "locust", lambda *args: (saturation, {}))
+    _without_servers(monkeypatch, tmp_path, saturation=saturation)
     latencies = {"200": [100.0] * 90, "503": [5.0] * 400}
     monkeypatch.setattr(overload, "paced_locust", lambda *args: (latencies, 0.1))
     summary = overload.run_overload(
