@@ -335,6 +335,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The servers run on 127.0.0.1: urlopen sent these requests to an http_proxy from the environment unless
+# no_proxy named 127.0.0.1, and a ready server read as "not ready within 180 s".
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def start(
     server: Server, port: int, log_path: Path, timeout: float = 180.0
 ) -> tuple[subprocess.Popen[bytes], float]:
@@ -349,7 +354,7 @@ def start(
             if proc.poll() is not None:
                 raise BenchError(f"{server.name} exited with {proc.returncode}; see {log_path}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as response:
+                with LOCAL.open(url, timeout=2) as response:
                     if response.status == 200:
                         return proc, time.perf_counter() - t0
             except OSError:
@@ -378,7 +383,7 @@ def served_by(base: str) -> dict[str, Any] | None:
     """What a runtime server says it runs (GET /api/info → onnxruntime): with SKIN_OPENVINO=auto it decides at
     start-up, so the result records what it chose. None for servers that do not say (the baseline)."""
     try:
-        with urllib.request.urlopen(base + "/api/info", timeout=30) as response:
+        with LOCAL.open(base + "/api/info", timeout=30) as response:
             info = json.load(response)
     except (OSError, ValueError):
         return None
@@ -409,7 +414,7 @@ def warm(base: str, rounds: int = 2) -> None:
             request = urllib.request.Request(
                 base + "/api/predict", data=body, headers={"content-type": content_type}
             )
-            with urllib.request.urlopen(request, timeout=120) as response:
+            with LOCAL.open(request, timeout=120) as response:
                 response.read()
 
 
