@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.bundle_factory import make_bundle
+
+# Every server the tests start listens on 127.0.0.1: an http_proxy from the environment (a corporate machine)
+# would get the tests' requests, and servers that are up would read as not ready.
+for _name in ("no_proxy", "NO_PROXY"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
 
 
 @pytest.fixture(scope="session")
