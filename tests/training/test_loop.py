@@ -185,11 +185,16 @@ def test_under_torchrun_what_rank_0_alone_fails_at_is_its_one_line(
 # A DataLoader worker whose handover of a batch's tensors fails because the run stopped mid-handover:
 # multiprocessing's resource sharer reports it through sys.excepthook, from its own thread.
 _HUNG_UP_WORKER = """
-import os, sys, time
+import os, sys, threading
 from multiprocessing import connection, current_process, resource_sharer
 from training.loop import worker_own_group
 
 worker_own_group(0)
+reported, hook = threading.Event(), sys.excepthook
+def spy(*args):
+    hook(*args)
+    reported.set()
+sys.excepthook = spy
 def send(conn, pid):
     raise BrokenPipeError(32, "Broken pipe")
 address, key = resource_sharer._resource_sharer.register(send, lambda: None)
@@ -197,8 +202,11 @@ with connection.Client(address, authkey=current_process().authkey) as client:
     client.send((key, os.getpid()))
     try:
         client.recv()
-    except EOFError:  # the sharer closed the connection: its report follows
-        time.sleep(0.5)
+    except EOFError:  # the sharer closed the connection: its report follows, in its own thread
+        pass
+if not reported.wait(30):  # not a sleep: under load a report still to come would print nothing yet
+    sys.exit("the sharer never reported")
+reported.clear()
 sys.excepthook(ValueError, ValueError("anything else"), None)
 """
 
