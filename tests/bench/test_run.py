@@ -140,32 +140,13 @@ def test_ratios_against_a_baseline_that_answered_nothing_right_are_dashes() -> N
 
 
 def test_requests_to_the_servers_bypass_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import http.server
-    import threading
+    from tests.server import answering, free_port
 
-    from tests.server import free_port
-
-    class Info(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            backend = {"openvino": "off", "providers": ["CPU"], "threads": 2}
-            body = json.dumps({"onnxruntime": backend}).encode()
-            self.send_response(200)
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Info)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    backend = {"openvino": "off", "providers": ["CPU"], "threads": 2}
+    with answering("/api/info", json.dumps({"onnxruntime": backend}).encode()) as base:
         # A proxy nobody listens on, and no no_proxy: a corporate machine's environment.
         monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
         monkeypatch.delenv("no_proxy", raising=False)
         monkeypatch.delenv("NO_PROXY", raising=False)
-        served = run.served_by(f"http://127.0.0.1:{server.server_port}")
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert served == {"openvino": "off", "providers": ["CPU"], "threads": 2}
+        served = run.served_by(base)
+    assert served == backend

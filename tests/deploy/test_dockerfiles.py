@@ -139,6 +139,27 @@ def test_runtime_image_serves_healthchecks_and_stops_cleanly() -> None:
     assert stop is not None and stop.args == "SIGTERM"
 
 
+def test_the_runtime_images_healthcheck_ignores_a_proxy_from_the_environment() -> None:
+    # Docker hands a client's configured proxies to its containers as HTTP_PROXY: the check of the
+    # container's own 127.0.0.1 went to the proxy, and a healthy server read as unhealthy.
+    import subprocess
+    import sys
+
+    from tests.server import answering, free_port
+
+    final = dockerfile.stages(RUNTIME)[-1]
+    expose, health = final.last("EXPOSE"), final.last("HEALTHCHECK")
+    assert expose is not None and health is not None
+    program, flag, code = health.exec_form()
+    assert (program, flag) == ("python", "-c")
+    with answering("/readyz", b"") as base:
+        code = code.replace(f"http://127.0.0.1:{expose.args.split('/')[0]}", base)
+        proxy = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+        env = {"PATH": "/usr/bin:/bin", "http_proxy": proxy, "HTTP_PROXY": proxy}
+        done = subprocess.run([sys.executable, "-I", "-c", code], env=env, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr.decode()[-500:]
+
+
 def test_runtime_image_points_the_app_at_its_bundle_and_web_page() -> None:
     final = dockerfile.stages(RUNTIME)[-1]
     env = final.env()
