@@ -1099,8 +1099,13 @@ class MlflowTracker:
                 self._call(self.mlflow.log_artifact, str(path))
 
     def close(self, status: str) -> None:
-        """status: MLflow's FINISHED, FAILED or KILLED (stopped by Ctrl-C or SIGTERM)."""
-        self._call(self.mlflow.end_run, status)
+        """status: MLflow's FINISHED, FAILED or KILLED (stopped by Ctrl-C or SIGTERM). Tried even once the
+        logging has stopped (quietly then): a run left open is ended at exit by MLflow's hook, as FINISHED."""
+        if self.on:
+            self._call(self.mlflow.end_run, status)
+            return
+        with contextlib.suppress(Exception):
+            self.mlflow.end_run(status)
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         if not self.on:
