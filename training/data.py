@@ -10,6 +10,7 @@ import hashlib
 import logging
 import math
 import os
+import random
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -240,8 +241,12 @@ class TrainDataset(torch.utils.data.Dataset):
         if image is None:
             return torch.zeros(3, self.img_size, self.img_size), -1, index
         if self.transform is not None:
-            state = np.random.SeedSequence([self.seed, epoch, draw]).generate_state(1)[0]
-            self.transform.set_random_seed(int(state))  # type: ignore[attr-defined]
+            state = int(np.random.SeedSequence([self.seed, epoch, draw]).generate_state(1)[0])
+            # One stream that the transforms draw from in turn: set_random_seed gives each its own generator
+            # seeded alike, so all drew the same numbers (both flips and the affine always came together).
+            self.transform.set_random_state(  # type: ignore[attr-defined]
+                np.random.default_rng(state), random.Random(state)
+            )
             image = self.transform(image=image)["image"]
         return to_tensor(image, self.mean, self.std), label, index
 

@@ -4,6 +4,7 @@ import os
 import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 import runtime.preprocess
 from tests.training.helpers import CLASSES, truncated_jpeg
 from training import data
-from training.config import TrainConfig
+from training.config import DEFAULTS, TrainConfig
 from training.data import (
     DataError,
     EvalDataset,
@@ -258,6 +259,59 @@ def test_augmentation_keeps_size_and_is_seeded_by_key(dataset: Path) -> None:
     plain = TrainDataset(samples, 40, IMAGENET_MEAN, IMAGENET_STD, None)[(0, 5, 0)][0]
     assert torch.equal(plain, EvalDataset(samples, 40, IMAGENET_MEAN, IMAGENET_STD)[0][0])
     assert build_transform(TrainConfig(augment=False)) is None
+
+
+class _Recorder:
+    """The recipe's Compose, keeping what each call applied (name → parameters)."""
+
+    def __init__(self, compose: Any) -> None:
+        compose.save_applied_params = True
+        self.compose = compose
+        self.applied: list[dict[str, Any]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.compose, name)
+
+    def __call__(self, **data: Any) -> dict[str, Any]:
+        out = self.compose(**data)
+        self.applied.append(dict(out["applied_transforms"]))
+        return out
+
+
+def test_each_augmentation_fires_on_its_own_at_its_documented_rate(dataset: Path) -> None:
+    """Sampled as training draws them: every transform at its probability, independently of the others (the
+    flips and the affine had all come together, a jitter always with a rotation), over its documented
+    range."""
+    from training.augment import build_transform
+
+    recorder = _Recorder(build_transform(DEFAULTS))
+    samples = [(dataset / "train" / "Moles" / "0000.png", 2)]
+    ds = TrainDataset(samples, 32, IMAGENET_MEAN, IMAGENET_STD, recorder, seed=42)
+    n = 1500
+    for draw in range(n):
+        ds[(0, draw, 0)]
+
+    def rate(*names: str, without: str = "") -> float:
+        hits = [all(k in a for k in names) and without not in a for a in recorder.applied]
+        return sum(hits) / n
+
+    # ±0.05 is over four standard deviations of a rate measured on 1500 draws
+    rates = {"HorizontalFlip": 0.5, "VerticalFlip": 0.5, "Rotate": 0.7, "ColorJitter": 0.3, "Affine": 0.5}
+    for name, p in rates.items():
+        assert rate(name) == pytest.approx(p, abs=0.05), name
+    assert rate("HorizontalFlip", without="VerticalFlip") == pytest.approx(0.25, abs=0.05)
+    assert rate("HorizontalFlip", "Affine") == pytest.approx(0.25, abs=0.05)
+    assert rate("ColorJitter", without="Rotate") == pytest.approx(0.09, abs=0.04)
+    angles = [
+        np.degrees(np.arctan2(a["Rotate"]["matrix"][1, 0], a["Rotate"]["matrix"][0, 0]))
+        for a in recorder.applied
+        if "Rotate" in a
+    ]
+    assert -30.0 <= min(angles) < -27.0 and 27.0 < max(angles) <= 30.0
+    jitters = [a["ColorJitter"] for a in recorder.applied if "ColorJitter" in a]
+    assert all(0.8 <= j["brightness"] <= 1.2 and -0.05 <= j["hue"] <= 0.05 for j in jitters)
+    scales = [s for a in recorder.applied if "Affine" in a for s in a["Affine"]["scale"].values()]
+    assert 0.9 <= min(scales) < 0.92 and 1.08 < max(scales) <= 1.1
 
 
 @pytest.mark.parametrize("world_size", [pytest.param(1, id="one-rank"), pytest.param(3, id="three-ranks")])
