@@ -772,6 +772,8 @@ def train_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         y = y.clamp(min=0).to(device, non_blocking=True)
         update = (i + 1) % cfg.accum_steps == 0 or i + 1 == steps
+        # The epoch's last update may gather fewer batches: it is taken all the same, as their mean.
+        group = min(cfg.accum_steps, steps - (i - i % cfg.accum_steps))
         sync = contextlib.nullcontext()
         if isinstance(net, DistributedDataParallel) and not update:
             sync = net.no_sync()  # type: ignore[assignment]  # all-reduce gradients once per update only
@@ -780,7 +782,7 @@ def train_epoch(
                 logits = net(x)
             per_sample = criterion(logits.float(), y)
             loss = (per_sample * weight).sum() / weight.sum().clamp(min=1.0)
-            scaled = loss / cfg.accum_steps
+            scaled = loss / group  # the mean over the update's batches
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if update:
             if scaler is not None:

@@ -63,6 +63,50 @@ def test_backbone_learns_slower_than_the_head() -> None:
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.get_classifier().parameters()}
 
 
+class _NoBar:
+    disable = True
+
+    def update(self, n: int) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("batches", "accum_steps"),
+    [
+        pytest.param(5, 2, id="five-batches-in-twos"),
+        pytest.param(5, 3, id="five-batches-in-threes"),
+        pytest.param(4, 2, id="no-short-group"),
+    ],
+)
+def test_each_update_takes_the_mean_gradient_of_its_batches(batches: int, accum_steps: int) -> None:
+    """Gradient accumulation: every update steps on the mean loss of the batches it gathered, also the
+    epoch's last one when fewer are left than --accum-steps (it was divided by --accum-steps all the same)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    n = 2 * batches
+    data = torch.utils.data.TensorDataset(torch.randn(n, 4), torch.arange(n) % 3, torch.arange(n))
+    loader = torch.utils.data.DataLoader(data, batch_size=2)  # (image, label, index) as training's
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # the weights stay put: gradients compare
+    seen: list[torch.Tensor] = []
+    optimizer.register_step_pre_hook(lambda *_: seen.append(net.weight.grad.clone()))  # type: ignore[union-attr]
+    criterion = torch.nn.CrossEntropyLoss(reduction="none")
+    cfg = TrainConfig(accum_steps=accum_steps, clip_grad=0.0)
+    cpu = torch.device("cpu")
+    train_epoch(
+        net, loader, optimizer, None, criterion, cfg=cfg, device=cpu, amp_dtype=None, scaler=None,
+        channels_last=False, cluster=Cluster(0, 1, cpu, False), bar=_NoBar(),
+    )  # fmt: skip
+    expected = []
+    for start in range(0, batches, accum_steps):
+        group = list(loader)[start : start + accum_steps]
+        net.zero_grad()
+        (sum(criterion(net(x), y).mean() for x, y, _ in group) / len(group)).backward()
+        expected.append(net.weight.grad.clone())  # type: ignore[union-attr]
+    assert len(seen) == len(expected) == math.ceil(batches / accum_steps)
+    for got, want in zip(seen, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
 def test_cosine_warms_up_then_decays() -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
