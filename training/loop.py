@@ -53,7 +53,14 @@ from training.data import (
     load_splits,
 )
 from training.files import not_a_file, write_atomically
-from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, load_checkpoint, save_checkpoint
+from training.model import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_model,
+    check_input_size,
+    load_checkpoint,
+    save_checkpoint,
+)
 from training.report import classes_without, classification_summary, epoch_metrics, plain
 from training.stop import Interrupted, signals_deferred, sigterm_stops
 
@@ -518,6 +525,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     if timm_cfg.get("fixed_input_size") and fixed != (cfg.img_size, cfg.img_size):  # ViTs and the like
         size = f"{fixed[0]}x{fixed[1]}"
         raise ConfigError(f"--arch {cfg.arch} takes only {size} images: pass --img-size {fixed[0]}")
+    check_input_size(model, cfg.arch, cfg.img_size)
     if resumed is not None:
         _restore(cfg, lambda: model.load_state_dict(resumed["model"]))
     model.to(device, memory_format=memory_format)

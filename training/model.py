@@ -97,6 +97,25 @@ def build_model(
     return model
 
 
+def check_input_size(model: Any, arch: str, img_size: int) -> None:
+    """One blank image through the network before any epoch: a size too small for its strides fails here in
+    one line, not as a traceback from the first training step."""
+    import torch
+
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, img_size, img_size))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelError(
+            f"--arch {arch} cannot take --img-size {img_size} images ({type(exc).__name__}: {first}); "
+            "pick another --img-size"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def _load_weights_file(path: Path, torch: Any) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -35,7 +35,7 @@ from training.loop import (
     resolve_options,
     train,
 )
-from training.model import load_checkpoint, model_from_checkpoint
+from training.model import ModelError, load_checkpoint, model_from_checkpoint
 from training.report import epoch_metrics
 
 EPOCHS = 8
@@ -277,6 +277,20 @@ def test_an_arch_with_a_fixed_input_size_needs_that_size(tmp_path: Path, dataset
     with pytest.raises(ConfigError, match="takes only 224x224 images: pass --img-size 224"):
         train(
             **{**TINY, "arch": "vit_tiny_patch16_224"}, data=str(dataset), out=str(tmp_path / "r"), epochs=1
+        )
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_img_size_too_small_for_the_arch_is_refused_before_any_epoch(
+    tmp_path: Path, dataset: Path
+) -> None:
+    # ConvNeXt downsamples by 32: at 16 px its last stage's 2x2 convolution meets a 1x1 map.
+    with pytest.raises(ModelError, match="--arch test_convnext cannot take --img-size 16 images"):
+        train(
+            **{**TINY, "arch": "test_convnext", "img_size": 16},
+            data=str(dataset),
+            out=str(tmp_path / "r"),
+            epochs=1,
         )
     assert not (tmp_path / "r").exists()
 
