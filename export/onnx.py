@@ -9,7 +9,9 @@ export/uncertainty.py). While exporting, the core graph also returns pooled feat
 
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -158,21 +160,22 @@ def export_core(
     outputs += [name for name, _ in pools]
     # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
-    try:
-        program = torch.onnx.export(
-            wrapped,
-            (example,),
-            dynamo=True,
-            external_data=False,  # one self-contained file
-            opset_version=opset,
-            input_names=[bundle.INPUT_NAME],
-            output_names=outputs,
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            verbose=False,
-        )
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None
+    with _unfused_attention(net):
+        try:
+            program = torch.onnx.export(
+                wrapped,
+                (example,),
+                dynamo=True,
+                external_data=False,  # one self-contained file
+                opset_version=opset,
+                input_names=[bundle.INPUT_NAME],
+                output_names=outputs,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
+            )
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
@@ -189,6 +192,23 @@ def export_core(
     for output in simplified.graph.output:  # say what each pooled feature is, for the report
         output.doc_string = dict(pools).get(output.name, output.doc_string)
     return simplified
+
+
+@contextlib.contextmanager
+def _unfused_attention(net: Any) -> Iterator[None]:
+    """timm's attention written out (matmul, softmax, matmul) instead of scaled_dot_product_attention.
+
+    The exporter's decomposition of SDPA with a bias (MaxViT, relative-position ViTs) gives its output strides
+    that the next reshape cannot view under a dynamic batch; ONNX has no fused attention at this opset anyway.
+    """
+    fused = [m for m in net.modules() if getattr(m, "fused_attn", None) is True]
+    for module in fused:
+        module.fused_attn = False
+    try:
+        yield
+    finally:
+        for module in fused:
+            module.fused_attn = True
 
 
 def add_temperature(core: Any, temperature: float) -> Any:

@@ -121,6 +121,30 @@ def test_heads_that_are_not_pool_plus_linear_get_no_cam() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "arch",
+    [pytest.param("test_maxvit", id="maxvit"), pytest.param("test_vit_relpos", id="vit-relpos")],
+)
+def test_attention_with_a_bias_exports_with_a_dynamic_batch(arch: str) -> None:
+    """The exporter's fused attention with a bias (relative positions) could not be reshaped under a dynamic
+    batch; the graph matches torch at two batch sizes, and the net keeps its own attention afterwards."""
+    import timm
+    import torch
+
+    from export.infer import session
+
+    torch.manual_seed(0)
+    net = timm.create_model(arch, num_classes=3).eval()
+    attention = [m for m in net.modules() if getattr(m, "fused_attn", None) is not None]
+    before = [m.fused_attn for m in attention]
+    sess = session(export_onnx.to_bytes(export_onnx.export_core(net, size=(160, 160), mean=MEAN, std=STD)))
+    for batch in (1, 3):
+        images = np.random.default_rng(batch).integers(0, 256, (batch, 160, 160, 3), dtype=np.uint8)
+        (logits,) = sess.run([bundle.LOGITS_OUTPUT], {bundle.INPUT_NAME: images})
+        np.testing.assert_allclose(logits, torch_logits(net, images), atol=1e-4)
+    assert attention and [m.fused_attn for m in attention] == before
+
+
 def test_old_opsets_are_refused(tiny: tuple[Any, Any]) -> None:
     net, _ = tiny
     with pytest.raises(ExportError, match="opset 16"):
