@@ -384,7 +384,9 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW with two groups: the classifier head at ``lr``, the backbone at ``lr * backbone_lr_scale``."""
-    head_ids = {id(p) for p in model.get_classifier().parameters()}  # type: ignore[operator]
+    classifier = model.get_classifier()  # type: ignore[operator]
+    heads = classifier if isinstance(classifier, tuple) else (classifier,)  # distilled: (head, head_dist)
+    head_ids = {id(p) for head in heads for p in head.parameters()}
     head = [p for p in model.parameters() if id(p) in head_ids]
     backbone = [p for p in model.parameters() if id(p) not in head_ids]
     groups = [

@@ -107,6 +107,15 @@ def test_each_update_takes_the_mean_gradient_of_its_batches(batches: int, accum_
         torch.testing.assert_close(got, want)
 
 
+def test_a_distilled_arch_has_both_its_heads_in_the_head_group() -> None:
+    # DeiT and LeViT distilled: get_classifier() is (head, head_dist), a tuple, not a module.
+    model = build_model("deit_tiny_distilled_patch16_224", 3)
+    groups = make_optimizer(model, TrainConfig()).param_groups
+    heads = {id(p) for head in (model.head, model.head_dist) for p in head.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == heads
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+
+
 def test_cosine_warms_up_then_decays() -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
