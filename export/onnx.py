@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -174,8 +175,9 @@ def export_core(
                 verbose=False,
             )
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise ExportError(f"torch.onnx.export failed ({type(exc).__name__}): {first}") from None
+            raise ExportError(
+                f"torch.onnx.export failed ({type(exc).__name__}): {_exporter_cause(exc)}"
+            ) from None
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
@@ -192,6 +194,17 @@ def export_core(
     for output in simplified.graph.output:  # say what each pooled feature is, for the report
         output.doc_string = dict(pools).get(output.name, output.doc_string)
     return simplified
+
+
+def _exporter_cause(exc: Exception) -> str:
+    """One line: torch.onnx's errors open with advice in terminal colours; the cause follows its summary."""
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines() if line.strip()]
+    if "## Exception summary" not in lines[:-1]:
+        return (lines or [""])[0][:200]
+    step = lines[0].split(". ")[0].rstrip(".")  # "Failed to decompose the FX graph for ONNX compatibility"
+    cause = lines[lines.index("## Exception summary") + 1]
+    cause = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>", r"\1", cause)  # "<class 'a.b.ValueError'>" -> ValueError
+    return f"{step}: {cause}"[:300]
 
 
 @contextlib.contextmanager

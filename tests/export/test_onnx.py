@@ -145,6 +145,30 @@ def test_attention_with_a_bias_exports_with_a_dynamic_batch(arch: str) -> None:
     assert attention and [m.fused_attn for m in attention] == before
 
 
+def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
+    """torch.onnx's own message opens with advice in terminal colours; the cause is what is said."""
+    import torch
+
+    class Branching(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.fc = torch.nn.Linear(4, 3)
+
+        def forward_features(self, x: Any) -> Any:
+            y = self.conv(x)
+            return y * 2 if y.sum() > 0 else y  # a branch on the data: torch.export cannot trace it
+
+        def forward_head(self, features: Any, pre_logits: bool = False) -> Any:
+            pooled = features.mean(dim=(2, 3))
+            return pooled if pre_logits else self.fc(pooled)
+
+    with pytest.raises(ExportError) as caught:
+        export_onnx.export_core(Branching().eval(), size=(32, 32), mean=MEAN, std=STD)
+    message = str(caught.value)
+    assert "data-dependent" in message and "\x1b" not in message and "\n" not in message, message
+
+
 def test_old_opsets_are_refused(tiny: tuple[Any, Any]) -> None:
     net, _ = tiny
     with pytest.raises(ExportError, match="opset 16"):
