@@ -25,6 +25,11 @@ class ConfigError(Exception):
     """Options that cannot work together; the message is one line for people."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception from a library (timm, torch, MLflow) as the one line a message quotes of it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
 @dataclass
 class TrainConfig:
     # data

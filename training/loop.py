@@ -35,6 +35,7 @@ from training.config import (
     ConfigError,
     TrainConfig,
     check_keys,
+    first_line,
     load_yaml,
     read_config,
     resolve,
@@ -1099,7 +1100,7 @@ class MlflowTracker:
         except Exception as exc:
             with contextlib.suppress(Exception):
                 mlflow.end_run("FAILED")
-            raise ConfigError(f"MLflow could not start a run: {_first_line(exc)}") from None
+            raise ConfigError(f"MLflow could not start a run: {first_line(exc)}") from None
 
     def log_epoch(self, row: dict[str, float]) -> None:
         step = int(row["epoch"])
@@ -1126,10 +1127,5 @@ class MlflowTracker:
             method(*args, **kwargs)
         except Exception as exc:
             self.on = False
-            why = _first_line(exc)
+            why = first_line(exc)
             self.say(f"warning: MLflow logging stopped ({why}); the run goes on, its files have it all")
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from training.config import first_line
 from training.files import atomic_file, not_a_file
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,9 @@ def check_input_size(model: Any, arch: str, img_size: int) -> None:
         with torch.no_grad():
             model.eval()(torch.zeros(1, 3, img_size, img_size))
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        why = f"{type(exc).__name__}: {first_line(exc)}"
         raise ModelError(
-            f"--arch {arch} cannot take --img-size {img_size} images ({type(exc).__name__}: {first}); "
-            "pick another --img-size"
+            f"--arch {arch} cannot take --img-size {img_size} images ({why}); pick another --img-size"
         ) from None
     finally:
         model.train(was_training)
