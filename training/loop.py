@@ -60,6 +60,7 @@ from training.model import (
     build_model,
     check_input_size,
     load_checkpoint,
+    normalization,
     save_checkpoint,
 )
 from training.report import classes_without, classification_summary, epoch_metrics, plain
@@ -483,6 +484,14 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
         if before != cfg.scheduler:  # its saved state belongs to the other kind of scheduler
             raise ConfigError(f"cannot resume: the run used --scheduler {before}, not {cfg.scheduler}")
         _check_kept(cfg, resumed.get("config", {}))
+        mean, std = normalization(cfg.arch)
+        if [resumed.get("mean"), resumed.get("std")] != [list(mean), list(std)]:
+            # A run of a 0.5/0.5 arch begun before training fed each arch its own (it got ImageNet's).
+            was = f"mean {resumed.get('mean')}, std {resumed.get('std')}"
+            raise ConfigError(
+                f"cannot resume: the run's inputs were normalized with {was}, and {cfg.arch} now takes "
+                f"mean {list(mean)}, std {list(std)} (those of its timm weights); start a new run"
+            )
         saved_files = resumed.get("train_fingerprint")  # absent in checkpoints of earlier versions
         if saved_files is not None and saved_files != splits.train_fingerprint():
             raise ConfigError(
@@ -724,7 +733,7 @@ def make_loaders(
     cfg: TrainConfig, splits: Splits, cluster: Cluster
 ) -> tuple[DataLoader, WeightedSampler, DataLoader]:
     """Training loader (augmented, class-balanced, sharded by rank) and this rank's validation shard."""
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    mean, std = normalization(cfg.arch)
     train_set = TrainDataset(splits.train, cfg.img_size, mean, std, build_transform(cfg), seed=cfg.seed)
     labels = [y for _, y in splits.train]
     weights = balanced_weights(labels, len(splits.class_names)) if cfg.sampler == "weighted" else None
@@ -935,7 +944,10 @@ def finish(
     else:
         say("no epoch produced a validation macro-F1; reporting the last weights")
     device = next(model.parameters()).device
-    loader = eval_loader(splits.test, cfg.img_size, batch_size=cfg.batch_size * 2, workers=cfg.workers)
+    mean, std = normalization(cfg.arch)
+    loader = eval_loader(
+        splits.test, cfg.img_size, mean=mean, std=std, batch_size=cfg.batch_size * 2, workers=cfg.workers
+    )
     ev = evaluate(model, loader, device, amp_dtype=amp_dtype, channels_last=channels_last)
     if len(ev.labels) == 0:
         raise ConfigError("no test image could be read; nothing to report")
@@ -1021,13 +1033,14 @@ def checkpoint_meta(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
     """What makes a checkpoint describe itself (see training.model.save_checkpoint)."""
     import timm
 
+    mean, std = normalization(cfg.arch)
     return {
         "arch": cfg.arch,
         "img_size": cfg.img_size,
         "class_names": list(splits.class_names),
         "display_names": splits.display_names,
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
+        "mean": list(mean),
+        "std": list(std),
         "resize": RESIZE_MODE,
         "resize_filter": RESIZE_FILTER,
         "config": cfg.as_dict(),

@@ -98,6 +98,20 @@ def build_model(
     return model
 
 
+def normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std the arch's timm weights were trained with: ImageNet's for most CNNs, 0.5/0.5 for ViTs,
+    Inception, MaxViT and others, which fine-tuned on ImageNet's saw inputs twice as large as in pretraining.
+    The same for a run from scratch: one arch is always fed alike. The checkpoint records them (export uses
+    what it records)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if not (isinstance(mean, tuple | list) and isinstance(std, tuple | list) and len(mean) == len(std) == 3):
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(float(m) for m in mean), tuple(float(v) for v in std)
+
+
 def check_input_size(model: Any, arch: str, img_size: int) -> None:
     """One blank image through the network before any epoch: a size too small for its strides fails here in
     one line, not as a traceback from the first training step."""

@@ -926,3 +926,43 @@ def test_mlflow_is_optional(tmp_path: Path, dataset: Path, capsys: pytest.Captur
     argv = ["--data", str(dataset), "--out", str(tmp_path / "o"), "--arch", "test_efficientnet", "--mlflow"]
     assert main(argv) == 2
     assert "needs the mlflow package" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arch", "mean", "std"),
+    [
+        pytest.param("test_efficientnet", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), id="imagenet"),
+        pytest.param("test_vit", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), id="vit-half"),
+        pytest.param("vit_tiny_patch16_224.augreg_in21k", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), id="with-tag"),
+    ],
+)
+def test_each_arch_is_fed_as_its_weights_were_trained(
+    tmp_path: Path, dataset: Path, arch: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    # ViTs (and Inception, MaxViT, …) were pretrained on (x - 0.5) / 0.5: with ImageNet's mean and std, a
+    # fine-tuned one saw inputs about twice as large as in pretraining.
+    from training.config import TrainConfig
+    from training.model import normalization
+
+    assert normalization(arch) == (mean, std)
+    cfg = TrainConfig(data=str(dataset), arch=arch, workers=0)
+    splits = load_splits(dataset)
+    meta = loop.checkpoint_meta(cfg, splits)
+    assert (meta["mean"], meta["std"]) == (list(mean), list(std))
+    train_loader, _, val_loader = loop.make_loaders(
+        cfg, splits, loop.Cluster(0, 1, torch.device("cpu"), False)
+    )
+    assert (train_loader.dataset.mean, train_loader.dataset.std) == (mean, std)
+    assert (val_loader.dataset.dataset.mean, val_loader.dataset.dataset.std) == (mean, std)  # rank's Subset
+
+
+def test_a_run_normalized_otherwise_than_its_arch_now_is_is_not_resumed(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    half = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # as if the arch's weights had been trained on 0.5/0.5
+    monkeypatch.setattr(loop, "normalization", lambda arch: half)
+    with pytest.raises(
+        ConfigError, match=r"cannot resume: the run's inputs were normalized with mean \[0\.485"
+    ):
+        train(resume=str(run), epochs=2)
