@@ -859,6 +859,39 @@ def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -
     expect(note).not_to_contain_text("too easy")
 
 
+@pytest.mark.parametrize(
+    ("ece_after", "said"),
+    [pytest.param(0.088, True, id="ece-rose"), pytest.param(0.05, False, id="ece-fell")],
+)
+def test_model_tab_says_when_the_temperature_did_not_lower_the_ece(
+    page: Any, ece_after: float, said: bool
+) -> None:
+    # The fit minimises the NLL: on the demo model the ECE rose (8.3 % → 8.8 %) under "makes the shown
+    # probabilities match how often the model is right".
+    def fitted(route: Any) -> None:
+        report = route.fetch().json()
+        calibration = {
+            **report["calibration"],
+            "degenerate": False,
+            "ece_before": 0.083,
+            "ece_after": ece_after,
+        }
+        route.fulfill(json={**report, "calibration": calibration})
+
+    page.route("**/api/report", fitted)
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    note = page.locator("#calibration-note")
+    expect(note).to_contain_text("it does not change the ranking.")
+    words = (
+        "Here it did not lower the calibration error on the validation split (ECE 8.3\u00a0% → 8.8\u00a0%)"
+    )
+    if said:
+        expect(note).to_contain_text(words)
+    else:
+        expect(note).not_to_contain_text("did not lower")
+
+
 def test_model_tab_does_not_call_an_unfitted_temperature_calibrated(page: Any) -> None:
     # skin-export --no-data: T = 1, never fitted (report.json → calibration has only these two keys).
     def no_data(route: Any) -> None:
