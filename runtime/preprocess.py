@@ -131,7 +131,7 @@ def _check_scans(img: Image.Image, data: bytes) -> None:
 _JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
 
 
-def _too_many_scans(data: bytes, limit: int = MAX_JPEG_SCANS) -> bool:
+def _too_many_scans(data: bytes, limit: int) -> bool:
     """The first image's scans (SOS markers) are counted up to its EOI, segments skipped by their length: a
     thumbnail in EXIF, bytes in metadata, the next picture of an MPO and what follows the image (a motion
     photo's video, by chance FF DA once per 64 KB) are not scans libjpeg decodes for it."""

@@ -581,17 +581,16 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     # --overwrite: the earlier run's files go only once this run has finished its first epoch (a run that
     # fails or is stopped before that loses nothing); then none of them may pass for this run's.
     replacing = resumed is None and any((run_dir / name).exists() for name in RUN_FILES)
+    say = _printer(cluster.main)
+    tracker: MlflowTracker | None = None
     with cluster.shared_outcome():
         if cluster.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.take(run_dir)
             if not replacing:
                 write_yaml(run_dir / "config.yaml", cfg.as_dict())
-    say = _printer(cluster.main)
-    tracker: MlflowTracker | None = None
-    with cluster.shared_outcome():
-        if cfg.mlflow and cluster.main:
-            tracker = MlflowTracker(cfg, run_dir, say)
+            if cfg.mlflow:
+                tracker = MlflowTracker(cfg, run_dir, say)
     say(
         f"{cfg.arch} @ {cfg.img_size}px, {len(names)} classes: {len(splits.train)} train / "
         f"{len(splits.val)} val / {len(splits.test)} test images; device {device}"

@@ -845,16 +845,21 @@ def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
     )
 
 
-def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -> None:
-    def flattened(route: Any) -> None:
-        report = route.fetch().json()
-        calibration = {**report["calibration"], "degenerate": True, "temperature": 100.0}
-        route.fulfill(json={**report, "calibration": calibration})
+def _calibration_note(page: Any, **changes: object) -> Any:
+    """The Model tab's calibration note, for the served report with ``changes`` to its calibration."""
 
-    page.route("**/api/report", flattened)
+    def changed(route: Any) -> None:
+        report = route.fetch().json()
+        route.fulfill(json={**report, "calibration": {**report["calibration"], **changes}})
+
+    page.route("**/api/report", changed)
     open_page(page)
     page.get_by_role("tab", name="Model").click()
-    note = page.locator("#calibration-note")
+    return page.locator("#calibration-note")
+
+
+def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -> None:
+    note = _calibration_note(page, degenerate=True, temperature=100.0)
     expect(note).to_contain_text("the model was rarely right on the validation images")
     expect(note).not_to_contain_text("too easy")
 
@@ -868,20 +873,7 @@ def test_model_tab_says_when_the_temperature_did_not_lower_the_ece(
 ) -> None:
     # The fit minimises the NLL: on the demo model the ECE rose (8.3 % → 8.8 %) under "makes the shown
     # probabilities match how often the model is right".
-    def fitted(route: Any) -> None:
-        report = route.fetch().json()
-        calibration = {
-            **report["calibration"],
-            "degenerate": False,
-            "ece_before": 0.083,
-            "ece_after": ece_after,
-        }
-        route.fulfill(json={**report, "calibration": calibration})
-
-    page.route("**/api/report", fitted)
-    open_page(page)
-    page.get_by_role("tab", name="Model").click()
-    note = page.locator("#calibration-note")
+    note = _calibration_note(page, degenerate=False, ece_before=0.083, ece_after=ece_after)
     expect(note).to_contain_text("it does not change the ranking.")
     words = (
         "Here it did not lower the calibration error on the validation split (ECE 8.3\u00a0% → 8.8\u00a0%)"
