@@ -156,7 +156,7 @@ def _build(
 ) -> None:
     import torch
 
-    from export import bf16, calibrate, infer, onnx, parity, quantize, uncertainty
+    from export import bf16, calibrate, cam, infer, onnx, parity, quantize, uncertainty
 
     img_size = info["img_size"]
     size = (img_size, img_size)
@@ -168,8 +168,11 @@ def _build(
         net, size=size, mean=info["mean"], std=info["std"], opset=opset, pooled=splits is not None
     )
     has_cam = any(o.name == contract.CAM_OUTPUT for o in core.graph.output)
+    grid = cam.cam_grid(net.forward_features, net, size) if has_cam else None
     if not has_cam:
         notes.append("no CAM output: the head is not global-average-pool + linear")
+    elif grid is None:
+        notes.append("the CAM's cell layout could not be traced: the heatmap spreads its cells evenly")
     pools = {o.name: o.doc_string for o in core.graph.output if o.name.startswith(onnx.POOL_PREFIX)}
 
     analysis = None
@@ -234,7 +237,7 @@ def _build(
     temperature = float(calibration["temperature"])
 
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    meta = _meta(info, temperature=temperature, created=created, thresholds=thresholds)
+    meta = _meta(info, temperature=temperature, created=created, thresholds=thresholds, cam_grid=grid)
     scored = core
     if analysis is not None and analysis.graph_score is not None:
         scored = onnx.add_mahalanobis(core, *analysis.graph_score)
@@ -361,6 +364,7 @@ def _build(
                 "created": created,
                 "checkpoint_epoch": info["epoch"],
                 "cam": cam_shape,
+                "cam_grid": grid,
                 "files": files,
                 "notes": notes,
             },
@@ -705,7 +709,12 @@ def _threshold_line(thresholds: dict[str, Any]) -> str:
 
 
 def _meta(
-    info: dict[str, Any], *, temperature: float, created: str, thresholds: dict[str, Any] | None = None
+    info: dict[str, Any],
+    *,
+    temperature: float,
+    created: str,
+    thresholds: dict[str, Any] | None = None,
+    cam_grid: dict[str, Any] | None = None,
 ) -> contract.BundleMeta:
     meta = contract.BundleMeta(
         class_names=info["class_names"],
@@ -724,6 +733,7 @@ def _meta(
         mean=info["mean"],
         std=info["std"],
         thresholds=thresholds or {},
+        cam_grid=cam_grid or {},
     )
     contract.validate(meta)
     return meta

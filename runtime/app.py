@@ -296,21 +296,24 @@ def _result(
         "heatmap": None,
     }
     if heatmap and cam is not None:
-        result["heatmap"] = _heatmap(cam[order[0]], meta.class_names[order[0]])
+        result["heatmap"] = _heatmap(cam[order[0]], meta.class_names[order[0]], meta)
     # "confidence" / "in_distribution" / "ood_score", only when the bundle has those thresholds.
     result.update(uncertainty or {})
     return result
 
 
-def _heatmap(values: np.ndarray, label: str) -> dict[str, Any]:
-    """The CAM of one class scaled to 0..1 (its own min→0, max→1), rows top to bottom."""
+def _heatmap(values: np.ndarray, label: str, meta: bundle.BundleMeta) -> dict[str, Any]:
+    """The CAM of one class scaled to 0..1 (its own min→0, max→1), rows top to bottom, and where its cells lie
+    on the image the model saw."""
     low, high = float(values.min()), float(values.max())
     scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
+    height, width = int(values.shape[0]), int(values.shape[1])
     return {
         "label": label,
-        "height": int(values.shape[0]),
-        "width": int(values.shape[1]),
+        "height": height,
+        "width": width,
         "values": np.round(scaled, 3).tolist(),
+        "extent": bundle.cam_extent(meta, height, width),
     }
 
 

@@ -51,6 +51,7 @@ K_DEMO = "skin.demo"
 K_MEAN = "skin.mean"
 K_STD = "skin.std"
 K_THRESHOLDS = "skin.thresholds"
+K_CAM_GRID = "skin.cam_grid"
 
 # Folder names of the dataset mapped to names for people; unknown names fall back to underscores → spaces.
 DISPLAY_NAMES = {
@@ -106,6 +107,10 @@ class BundleMeta:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # Decision thresholds (e.g. confidence, out-of-distribution); empty when the bundle has none.
     thresholds: dict[str, Any] = field(default_factory=dict)
+    # Where the CAM's cells sit on the input, traced at export (export/cam.py): {"stride": [sy, sx], "offset":
+    # [oy, ox]} in input pixels, cell (r, c) centred at (oy + sy * r, ox + sx * c). Empty: not known, and
+    # the cells are taken as spread evenly over the input.
+    cam_grid: dict[str, Any] = field(default_factory=dict)
     contract_version: int = CONTRACT_VERSION
 
     @property
@@ -132,6 +137,7 @@ class BundleMeta:
             K_MEAN: json.dumps(list(self.mean)),
             K_STD: json.dumps(list(self.std)),
             K_THRESHOLDS: json.dumps(self.thresholds, sort_keys=True),
+            K_CAM_GRID: json.dumps(self.cam_grid, sort_keys=True),
         }
 
     @classmethod
@@ -159,6 +165,7 @@ class BundleMeta:
         if display is None and isinstance(classes, list):
             display = [display_name(str(c)) for c in classes]
         thresholds = _json(props, K_THRESHOLDS, {})
+        cam_grid = _json(props, K_CAM_GRID, {})
         meta = cls(
             class_names=classes,
             display_names=display,
@@ -176,6 +183,7 @@ class BundleMeta:
             mean=_vector(props, K_MEAN, (0.485, 0.456, 0.406)),
             std=_vector(props, K_STD, (0.229, 0.224, 0.225)),
             thresholds=thresholds if isinstance(thresholds, dict) else {},
+            cam_grid=cam_grid,
             contract_version=CONTRACT_VERSION,
         )
         validate(meta)
@@ -217,6 +225,45 @@ def validate(meta: BundleMeta) -> None:
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in vec
         ):
             raise BundleError(f"{label} must be three numbers, got {str(vec)[:60]}")
+    if meta.cam_grid != {} and not _is_grid(meta.cam_grid):
+        raise BundleError(
+            f'metadata {K_CAM_GRID} must be {{}} or {{"stride": [y, x], "offset": [y, x]}} with positive '
+            f"strides, got {str(meta.cam_grid)[:80]}"
+        )
+
+
+def _is_grid(grid: Any) -> bool:
+    def pair(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value
+            )
+        )
+
+    return (
+        isinstance(grid, dict)
+        and set(grid) == {"stride", "offset"}
+        and pair(grid["stride"])
+        and pair(grid["offset"])
+        and min(grid["stride"]) > 0
+    )
+
+
+def cam_extent(meta: BundleMeta, height: int, width: int) -> dict[str, float]:
+    """Where a height x width CAM lies, as fractions of the image the model saw: equal cells covering
+    ``left``..``left + width`` (and ``top``..), which may reach past the image's edges."""
+    if not meta.cam_grid:
+        return {"left": 0.0, "top": 0.0, "width": 1.0, "height": 1.0}
+    (sy, sx), (oy, ox) = meta.cam_grid["stride"], meta.cam_grid["offset"]
+    h, w = meta.input_size
+    return {
+        "left": round((ox - sx / 2) / w, 6),
+        "top": round((oy - sy / 2) / h, 6),
+        "width": round(width * sx / w, 6),
+        "height": round(height * sy / h, 6),
+    }
 
 
 def check_graph(

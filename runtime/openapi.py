@@ -86,8 +86,17 @@ def _prediction(**extra: Any) -> dict[str, Any]:
                 "width": {"type": "integer"},
                 "height": {"type": "integer"},
                 "values": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
+                "extent": {
+                    "type": "object",
+                    "description": "where the equal cells lie, as fractions of the image the model saw "
+                    "(the whole image, or its central crop: /api/info resize): the grid spans "
+                    "left..left+width and top..top+height and may reach past the image's edges, since the "
+                    "network centres its cells on its strides, not on an even division of the image",
+                    "properties": {k: {"type": "number"} for k in ("left", "top", "width", "height")},
+                    "required": ["left", "top", "width", "height"],
+                },
             },
-            "required": ["label", "width", "height", "values"],
+            "required": ["label", "width", "height", "values", "extent"],
         },
         "confidence": {
             "type": "string",

@@ -99,6 +99,8 @@ def make_model(
         mean=MEAN,
         std=STD,
         thresholds=thresholds or {},
+        # Average pooling tiles the input: cell c covers [pool c, pool (c + 1)), centred half a cell in.
+        cam_grid={"stride": [pool, pool], "offset": [pool / 2, pool / 2]} if with_cam else {},
     )
     props = meta.to_metadata()
     for key, value in (meta_overrides or {}).items():

@@ -230,7 +230,14 @@
     return typeof map.label === "string" && Number.isInteger(width) && Number.isInteger(height) &&
       width > 0 && height > 0 && width * height <= MAX_HEATMAP_CELLS &&
       Array.isArray(values) && values.length === height &&
-      values.every((row) => Array.isArray(row) && row.length === width && row.every((v) => typeof v === "number" && isFinite(v)));
+      values.every((row) => Array.isArray(row) && row.length === width && row.every((v) => typeof v === "number" && isFinite(v))) &&
+      (map.extent === undefined || isExtent(map.extent));
+  }
+
+  // Where the map's cells lie on what the model saw (fractions; it may reach past the edges).
+  function isExtent(extent) {
+    return Boolean(extent) && ["left", "top", "width", "height"].every((k) => typeof extent[k] === "number" && isFinite(extent[k])) &&
+      extent.width > 0 && extent.height > 0;
   }
 
   function isResult(result) {
@@ -914,16 +921,26 @@
     }
     smallCtx.putImageData(pixels, 0, 0);
     placeHeatmap();
-    // Smooth upsampling here; CSS stretches the canvas over the part of the photo the model saw.
+    // Smooth upsampling here; CSS stretches the canvas over the part of the photo the model saw. The cells go
+    // where the network centres them (the answer's extent: B3's first cells sit on the image's first pixels, so
+    // its grid reaches past the edges); the canvas cuts off what lies outside.
+    const extent = heatmap.extent || { left: 0, top: 0, width: 1, height: 1 };
     const scale = Math.max(1, Math.ceil(480 / Math.max(w, h)));
     const canvas = $("heatmap");
-    canvas.width = w * scale;
-    canvas.height = h * scale;
+    const side = (cells, part) => Math.max(1, Math.min(2048, Math.round((cells * scale) / part)));
+    canvas.width = side(w, extent.width);
+    canvas.height = side(h, extent.height);
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, canvas.width, canvas.height);
     ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
-    ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
+    ctx.drawImage(
+      small,
+      extent.left * canvas.width,
+      extent.top * canvas.height,
+      extent.width * canvas.width,
+      extent.height * canvas.height,
+    );
     applyOpacity();
   }
 

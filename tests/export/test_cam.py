@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from export.bundle import export_bundle
+from runtime.bundle import cam_extent
 from runtime.preprocess import preprocess
 from tests.export.conftest import write_checkpoint
 from training.synthetic import generate
@@ -64,7 +65,11 @@ def test_cam_peak_of_the_true_class_falls_inside_the_planted_pattern(tmp_path: P
     out = engine.run(np.stack([preprocess(p, (SIZE, SIZE)) for p in tests]))
     assert out.cam is not None and out.cam.shape == (len(tests), len(CLASSES), 8, 8)
 
-    hits, correct = 0, 0
+    # Where the bundle says the cells lie (export/cam.py traced them): the net pads symmetrically, so cell c
+    # is centred on input pixel 32 c, not 32 c + 16 as an even division would put it.
+    extent = cam_extent(engine.meta, 8, 8)
+    assert extent["left"] == pytest.approx(-15.5 / SIZE, abs=1e-6) and extent["width"] == pytest.approx(1.0)
+    hits, correct, placed, even = 0, 0, [], []
     for i, path in enumerate(tests):
         label = CLASSES.index(path.parent.name)
         correct += int(out.probabilities[i].argmax() == label)
@@ -73,8 +78,15 @@ def test_cam_peak_of_the_true_class_falls_inside_the_planted_pattern(tmp_path: P
         # The stretch resize maps the image onto the square input: cell centre → original pixel.
         with Image.open(path) as img:
             width, height = img.size
-        x, y = (col + 0.5) / cam.shape[1] * width, (row + 0.5) / cam.shape[0] * height
+        x = (extent["left"] + (col + 0.5) * extent["width"] / cam.shape[1]) * width
+        y = (extent["top"] + (row + 0.5) * extent["height"] / cam.shape[0]) * height
         x0, y0, x1, y1 = boxes[path.relative_to(root).as_posix()]
         hits += int(x0 <= x < x1 and y0 <= y < y1)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        placed.append(np.hypot((x - cx) / width, (y - cy) / height))
+        ex, ey = (col + 0.5) / cam.shape[1] * width, (row + 0.5) / cam.shape[0] * height
+        even.append(np.hypot((ex - cx) / width, (ey - cy) / height))
     assert correct / len(tests) >= 0.9
     assert hits / len(tests) >= 0.9, f"CAM peak inside the pattern for {hits} of {len(tests)} images"
+    # The traced placement puts the peak nearer the pattern's centre than an even spread of the cells does.
+    assert np.mean(placed) < np.mean(even), (np.mean(placed), np.mean(even))

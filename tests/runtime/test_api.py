@@ -12,6 +12,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from runtime.app import create_app
+from runtime.bundle import K_CAM_GRID
 from runtime.page import PageFiles
 from runtime.settings import DEFAULT_WEBUI, Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
@@ -62,6 +63,17 @@ def test_predict_returns_the_right_class(client: TestClient, colour: str, label:
     heat = body["heatmap"]
     assert heat["label"] == label and (heat["height"], heat["width"]) == (8, 8)
     assert len(heat["values"]) == 8 and all(0 <= v <= 1 for row in heat["values"] for v in row)
+    # The factory's average pooling tiles the image: its cells cover it exactly.
+    assert heat["extent"] == {"left": 0.0, "top": 0.0, "width": 1.0, "height": 1.0}
+
+
+def test_heatmap_extent_follows_the_bundles_cam_grid(tmp_path: Path) -> None:
+    grid = {"stride": [8, 8], "offset": [0.5, 4]}  # rows centred on their first pixel, columns as tiles
+    with _client(make_bundle(tmp_path, meta_overrides={K_CAM_GRID: grid})) as client:
+        body = client.post(
+            "/api/predict", files={"file": ("x.png", solid("red", fmt="PNG"), "image/png")}
+        ).json()
+    assert body["heatmap"]["extent"] == {"left": 0.0, "top": -0.054688, "width": 1.0, "height": 1.0}
 
 
 def test_heatmap_peaks_where_the_colour_is(client: TestClient) -> None:

@@ -28,7 +28,13 @@ def _meta(**overrides: object) -> bundle.BundleMeta:
 
 
 def test_metadata_round_trip() -> None:
-    meta = _meta(temperature=1.7, demo=True, thresholds={"confidence": 0.6}, resize="center_crop")
+    meta = _meta(
+        temperature=1.7,
+        demo=True,
+        thresholds={"confidence": 0.6},
+        resize="center_crop",
+        cam_grid={"stride": [32.0, 32.0], "offset": [0.5, 11.5]},
+    )
     props = meta.to_metadata()
     assert all(isinstance(v, str) for v in props.values())
     assert bundle.BundleMeta.from_metadata(props) == meta
@@ -78,6 +84,23 @@ def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str)
         pytest.param({bundle.K_MEAN: "[NaN, 0.4, 0.4]"}, "three numbers", id="mean-nan"),
         pytest.param({bundle.K_STD: "[true, 0.2, 0.2]"}, "three numbers", id="std-boolean"),
         pytest.param({bundle.K_RESIZE: "[1]"}, "JSON object", id="resize-not-an-object"),
+        pytest.param({bundle.K_CAM_GRID: "[32, 0.5]"}, "skin.cam_grid", id="cam-grid-not-an-object"),
+        pytest.param({bundle.K_CAM_GRID: '{"stride": [32, 32]}'}, "skin.cam_grid", id="cam-grid-no-offset"),
+        pytest.param(
+            {bundle.K_CAM_GRID: '{"stride": [0, 32], "offset": [0.5, 0.5]}'},
+            "positive",
+            id="cam-grid-stride-0",
+        ),
+        pytest.param(
+            {bundle.K_CAM_GRID: '{"stride": [32, 32], "offset": [NaN, 0.5]}'},
+            "skin.cam_grid",
+            id="cam-grid-nan",
+        ),
+        pytest.param(
+            {bundle.K_CAM_GRID: '{"stride": [32, true], "offset": [0.5, 0.5]}'},
+            "skin.cam_grid",
+            id="cam-grid-bool",
+        ),
     ],
 )
 def test_bad_metadata_strings(change: dict[str, str], message: str) -> None:
@@ -113,6 +136,29 @@ def test_input_size_limits_are_inclusive(size: tuple[int, int], ok: bool) -> Non
 def test_demo_flag_is_read_case_insensitively(value: str, demo: bool) -> None:
     props = _meta().to_metadata() | {bundle.K_DEMO: value}
     assert bundle.BundleMeta.from_metadata(props).demo is demo
+
+
+def test_a_bundle_without_a_cam_grid_spreads_the_cells_evenly() -> None:
+    props = _meta().to_metadata()
+    del props[bundle.K_CAM_GRID]  # written before the layout was traced
+    meta = bundle.BundleMeta.from_metadata(props)
+    assert meta.cam_grid == {}
+    assert bundle.cam_extent(meta, 10, 10) == {"left": 0.0, "top": 0.0, "width": 1.0, "height": 1.0}
+
+
+def test_cam_extent_places_the_cells_where_the_network_centres_them() -> None:
+    # B3 at 300 px: 10 cells 32 px apart, the first centred on the first pixel (export/cam.py).
+    meta = _meta(input_size=(300, 300), cam_grid={"stride": [32.0, 32.0], "offset": [0.5, 0.5]})
+    extent = bundle.cam_extent(meta, 10, 10)
+    assert extent == {"left": -0.051667, "top": -0.051667, "width": 1.066667, "height": 1.066667}
+    # Cell c's centre, as a fraction of the image: left + (c + 0.5) * width / 10 = (32 c + 0.5) / 300.
+    for c in range(10):
+        assert extent["left"] + (c + 0.5) * extent["width"] / 10 == pytest.approx(
+            (32 * c + 0.5) / 300, abs=1e-5
+        )
+    # Per axis: rows and columns may differ (a non-square input, TF-style padding).
+    wide = _meta(input_size=(200, 400), cam_grid={"stride": [16.0, 32.0], "offset": [8.0, 11.5]})
+    assert bundle.cam_extent(wide, 12, 12) == {"left": -0.01125, "top": 0.0, "width": 0.96, "height": 0.96}
 
 
 def test_thresholds_that_are_not_an_object_are_dropped() -> None:

@@ -206,6 +206,53 @@ def test_heatmap_covers_only_the_centre_crop_when_the_bundle_crops(page: Any) ->
     assert overlay["x"] == pytest.approx(image["x"] + image["width"] / 4, abs=1)
 
 
+@pytest.mark.parametrize(
+    ("extent", "hot", "clear"),
+    [
+        # Cells only over the right half: the first column lands at the middle, the left half stays clear.
+        pytest.param({"left": 0.5, "top": 0.0, "width": 0.5, "height": 1.0}, 0.53, 0.2, id="right-half"),
+        # B3-like: the grid starts before the image's edge, so its first column falls outside and is cut off.
+        pytest.param({"left": -0.5, "top": 0.0, "width": 1.5, "height": 1.0}, None, None, id="past-the-edge"),
+    ],
+)
+def test_heatmap_cells_go_where_the_answer_places_them(
+    page: Any, extent: dict[str, float], hot: float | None, clear: float | None
+) -> None:
+    open_page(page)
+    answer = analyse(page, [corner_image()])
+    heatmap = answer["heatmap"]
+    assert heatmap["extent"] == {"left": 0.0, "top": 0.0, "width": 1.0, "height": 1.0}
+    # Only the first column hot: where it lands on the canvas says where the grid was drawn.
+    heatmap["values"] = [[1.0] + [0.0] * (heatmap["width"] - 1) for _ in range(heatmap["height"])]
+    heatmap["extent"] = extent
+    page.route(PREDICT, lambda route: route.fulfill(status=200, json=answer))
+    page.click("#analyse")
+    canvas = page.locator("#heatmap")
+    expect(canvas).to_be_visible()
+    # The canvas still covers exactly what the model saw; the grid is placed inside it.
+    image_box, canvas_box = page.locator("#preview").bounding_box(), canvas.bounding_box()
+    for key in ("x", "y", "width", "height"):
+        assert canvas_box[key] == pytest.approx(image_box[key], abs=1)
+
+    def alpha(x: float) -> int:
+        return int(
+            canvas.evaluate(
+                "(c, x) => c.getContext('2d')"
+                ".getImageData(Math.floor(x * c.width), c.height >> 1, 1, 1).data[3]",
+                x,
+            )
+        )
+
+    # Spread evenly (as before), the hot column would be the canvas's left edge.
+    assert alpha(0.03) < 100
+    if hot is not None:
+        assert alpha(hot) > 200
+    if clear is not None:
+        assert alpha(clear) == 0
+    if extent["left"] < 0:
+        assert max(alpha(x / 10) for x in range(10)) < 100
+
+
 def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) -> None:
     console.allow(r"status of 503")
     calls: list[int] = []
