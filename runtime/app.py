@@ -38,7 +38,17 @@ from runtime.page import PageFiles
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
 from runtime.slots import Slots
-from runtime.upload import BAD_HTTP, ApiError, BodyLimitMiddleware, Part, error_body, megabytes, read_files
+from runtime.upload import (
+    BAD_HTTP,
+    ApiError,
+    BodyLimitMiddleware,
+    Part,
+    UploadBudget,
+    error_body,
+    megabytes,
+    overloaded,
+    read_files,
+)
 
 log = logging.getLogger("runtime")
 access_log = logging.getLogger("runtime.access")
@@ -64,12 +74,11 @@ async def predict(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     state.admission.check()  # shed load before parsing an upload we would refuse anyway
-    async with state.admission.upload():
-        part = (await read_files(request, "file", max_files=1))[0]
-        _check_size(part, state.settings)
-        async with state.admission.slot():
-            image, size = await _decode(request, part)
-            output = await _infer(request, image[None])
+    part = (await read_files(request, "file", max_files=1))[0]
+    _check_size(part, state.settings)
+    async with state.admission.slot():
+        image, size = await _decode(request, part)
+        output = await _infer(request, image[None])
     result = _result(
         state.engine,
         output.probabilities[0],
@@ -87,10 +96,9 @@ async def predict_batch(request: Request) -> JSONResponse:
     state = request.app.state
     top_k, heatmap = _query_options(request, state.engine.meta.num_classes, state.settings.top_k)
     state.admission.check()
-    async with state.admission.upload():
-        parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
-        async with state.admission.slot():
-            return await _predict_parts(request, parts, top_k, heatmap)
+    parts = await read_files(request, "files", max_files=state.settings.max_batch_files)
+    async with state.admission.slot():
+        return await _predict_parts(request, parts, top_k, heatmap)
 
 
 async def _predict_parts(request: Request, parts: list[Part], top_k: int, heatmap: bool) -> JSONResponse:
@@ -351,38 +359,21 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return Response(INTERNAL_ERROR, 500, media_type="application/json")
 
 
-def _busy() -> ApiError:
-    return ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
-
-
 class Admission:
     """Bounded work: ``running`` runs on the model at once (a multi-image run counts one per image, see
-    runtime/slots.py), ``queued`` more requests wait; the rest get 503."""
+    runtime/slots.py), ``queued`` more requests wait; the rest get 503. Upload memory is bounded apart, by the
+    bytes that have arrived (runtime/upload.py, UploadBudget)."""
 
-    def __init__(self, running: int, queued: int, uploads: int = 16) -> None:
+    def __init__(self, running: int, queued: int) -> None:
         self.running = Slots(running)
         self.capacity = running + queued
         self.active = 0
-        self.max_uploads = uploads
-        self.uploads = 0
 
     def check(self) -> None:
         """503 now if no slot is free. The slot is taken only after the upload is read (``slot``), so a slow
         client never holds one while it trickles its body."""
         if self.active >= self.capacity:
-            raise _busy()
-
-    @contextlib.asynccontextmanager
-    async def upload(self) -> AsyncIterator[None]:
-        """A request's upload held in memory, from its first byte to its answer. Past ``max_uploads`` of them,
-        503 before reading: upload memory stays under max_uploads x the body limit, however many connect."""
-        if self.uploads >= self.max_uploads:
-            raise _busy()
-        self.uploads += 1
-        try:
-            yield
-        finally:
-            self.uploads -= 1
+            raise overloaded()
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -529,9 +520,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         served = engine or Engine.from_settings(cfg)
         app.state.settings = cfg
         app.state.engine = served
-        app.state.admission = Admission(
-            max(1, cfg.inference_concurrency), max(0, cfg.max_queue), max(1, cfg.max_uploads)
-        )
+        app.state.admission = Admission(max(1, cfg.inference_concurrency), max(0, cfg.max_queue))
         # Decoding is CPU-bound and briefly holds a full-size image (~160 MB at the pixel cap): no more
         # decodes at once than there are CPUs, however many requests are admitted.
         app.state.decoding = asyncio.Semaphore(available_cpus())
@@ -587,11 +576,15 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     ]
     if webui.is_dir():
         routes.append(Mount("/", PageFiles(directory=webui, html=True), name="webui"))
+    # The worst case of SKIN_MAX_UPLOADS full bodies, counted in bytes as they arrive, not in requests: a
+    # connection that sent a head and no body holds no memory, so it must not hold a place.
+    uploads = UploadBudget(max(1, cfg.max_uploads) * cfg.max_body_bytes)
     middleware = [
         Middleware(RequestMiddleware, metrics=metrics),
         Middleware(
             BodyLimitMiddleware,
             max_body_bytes=cfg.max_body_bytes,
+            budget=uploads,
             timeout_s=cfg.body_timeout_s,
         ),
     ]
@@ -613,6 +606,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: server_error},
     )
     app.state.metrics = metrics
+    app.state.uploads = uploads
     return app
 
 

@@ -31,7 +31,7 @@ class Settings:
     inference_concurrency: int = 2
     gather: int = 1  # single-image requests that wait for the model run together, up to this many (1: off)
     max_queue: int = 8  # requests that may wait beyond the running ones; past that, 503 at once
-    max_uploads: int = 16  # uploads held in memory at once (arriving, queued, running); past that, 503
+    max_uploads: int = 16  # upload memory: this x max_body_bytes of body bytes held at once; past it, 503
     body_timeout_s: float = 30.0  # a client that trickles its upload longer than this gets 408
     max_image_bytes: int = 10 * MB
     max_body_bytes: int = 40 * MB

@@ -27,6 +27,27 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def overloaded() -> ApiError:
+    return ApiError(503, "overloaded", "the server is busy; retry in a moment", {"retry-after": "1"})
+
+
+class UploadBudget:
+    """Upload bytes held in memory by all requests together, taken as they arrive and given back when their
+    request ends: a connection that has sent no body holds nothing, so idle ones shut nobody out."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.capacity:
+            raise overloaded()
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
 # Set in the request's scope by runtime.protocol when the HTTP framing breaks during the body: uvicorn has
 # answered 400 and closed the connection, and the app would otherwise see only a client that went away.
 BAD_HTTP = "skin.bad_http"
@@ -38,11 +59,15 @@ def error_body(code: str, message: str) -> bytes:
 
 class BodyLimitMiddleware:
     """413 from Content-Length before reading, and while streaming when there is none (chunked); 408 past the
-    body's deadline. An answer sent before the body has all arrived closes the connection."""
+    body's deadline; 503 when the body's next bytes would overflow ``budget``, which holds them until the
+    request ends. An answer sent before the body has all arrived closes the connection."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, budget: UploadBudget, timeout_s: float = 30.0
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.budget = budget
         self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -66,13 +91,13 @@ class BodyLimitMiddleware:
                 )
                 await _send_json(send, status, error_body(code, message))
                 return
-        received = 0
+        received = held = 0
         deadline: float | None = None
         has_body = bool(length and length != b"0") or b"transfer-encoding" in headers
         ended = False  # the body's last message has come (with HTTP/2, a body need not declare its length)
 
         async def limited_receive() -> Message:
-            nonlocal received, deadline, ended
+            nonlocal received, held, deadline, ended
             if ended:  # nothing more is owed: what comes now is the client hanging up, whenever it does
                 return await receive()
             # One deadline for the whole body: a client trickling a byte at a time cannot hold a slot forever.
@@ -88,12 +113,15 @@ class BodyLimitMiddleware:
                 )
                 raise ApiError(408, "body_timeout", slow) from None
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
+                size = len(message.get("body", b""))
+                received += size
                 ended = not message.get("more_body", False)
                 if received > limit:
                     raise ApiError(
                         413, "body_too_large", f"the request body is larger than {megabytes(limit)} MB"
                     )
+                self.budget.take(size)
+                held += size
             return message
 
         async def closing_send(message: Message) -> None:
@@ -103,7 +131,10 @@ class BodyLimitMiddleware:
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
             await send(message)
 
-        await self.app(scope, limited_receive, closing_send)
+        try:
+            await self.app(scope, limited_receive, closing_send)
+        finally:  # the request's parts are gone with it, whether it was answered, refused or cut off
+            self.budget.give(held)
 
 
 def megabytes(size: int) -> str:

@@ -53,8 +53,8 @@ def test_upstream_is_the_images_port_and_metrics_stay_private() -> None:
 
 
 def test_one_client_cannot_hold_every_upload_place() -> None:
-    # The app holds SKIN_MAX_UPLOADS uploads at once, each up to its body deadline: as many idle ones from one
-    # address would shut every other client out.
+    # The app holds SKIN_MAX_UPLOADS full bodies at once, each up to its body deadline: as many slow full-size
+    # uploads from one address would shut every other client out.
     (limit,) = _directives("limit_conn")
     assert int(limit.split()[1]) < Settings().max_uploads
     assert _directives("limit_conn_status") == ["429"]

@@ -9,9 +9,12 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +23,7 @@ from starlette.testclient import TestClient
 from runtime.app import create_app
 from runtime.settings import Settings
 from tests.images import encode, solid
-from tests.server import start_server, stop_server
+from tests.server import post_file, start_server, stop_server
 
 
 def _slow_down(client: TestClient, wait: Callable[[], object]) -> None:
@@ -148,27 +151,139 @@ def test_slow_client_gets_408_without_holding_the_server(tiny_bundle: Path) -> N
         assert stop_server(proc) in (0, -15)
 
 
-def test_uploads_held_at_once_are_bounded(tiny_bundle: Path) -> None:
-    # Memory for uploads is bounded by max_uploads x the body limit: past it, 503 before a byte is read.
-    settings = Settings(bundle=str(tiny_bundle), threads=1, max_uploads=2)
+@pytest.mark.slow
+def test_connections_that_sent_no_body_hold_no_upload_place(tiny_bundle: Path) -> None:
+    # Past SKIN_MAX_UPLOADS (16), POST heads with no body each held a place until its body deadline, renewable
+    # for ever: every other client got 503. They hold no memory, so they block nobody.
+    url, proc = start_server(tiny_bundle)
+    host, port = url.removeprefix("http://").split(":")
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+            idle[-1].sendall(
+                b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 1000000\r\n\r\n"
+            )
+        deadline = time.monotonic() + 10
+        while (
+            _in_flight(url) < 21 and time.monotonic() < deadline
+        ):  # the 20 wait for their bodies, + this one
+            time.sleep(0.05)
+        assert "primary" in post_file(url + "/api/predict", solid())  # urlopen raises at a 503
+        for sock in idle:  # and none of them was refused either
+            sock.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                sock.recv(1)
+    finally:
+        for sock in idle:
+            sock.close()
+        assert stop_server(proc) in (0, -15)
+
+
+def _in_flight(url: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return next(float(line.split()[-1]) for line in lines if line.startswith("skin_in_flight_requests "))
+
+
+def test_upload_memory_is_bounded_by_the_bytes_held(tiny_bundle: Path) -> None:
+    # SKIN_MAX_UPLOADS x SKIN_MAX_BODY_MB of body bytes at once: a request whose next bytes would overflow it
+    # gets 503, and every request gives its bytes back when it ends, however it ends.
+    noise = np.random.default_rng(0).integers(0, 256, (100, 100, 3), dtype=np.uint8)
+    png = encode(Image.fromarray(noise), "PNG")
+    image = _multipart(png)
+    limit = 48 * 1024
+    assert limit // 2 < len(image) < limit
+    settings = Settings(
+        bundle=str(tiny_bundle), threads=1, max_uploads=1, max_body_bytes=limit, body_timeout_s=1.0
+    )
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
-        admission = client.app.state.admission  # type: ignore[attr-defined]
-        assert admission.max_uploads == 2
-        admission.uploads = 2
-        busy = client.post("/api/predict", files={"file": ("a.jpg", solid())})
-        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
-        assert busy.json()["error"]["code"] == "overloaded"
-        assert busy.headers["connection"] == "close"  # answered before its body was read: the body is not
-        admission.uploads = 0
-        served = client.post("/api/predict", files={"file": ("a.jpg", solid())})
-        assert served.status_code == 200 and "connection" not in served.headers  # read: keep-alive stays
+        uploads = client.app.state.uploads  # type: ignore[attr-defined]
+        assert uploads.capacity == limit
+        # One upload half sent, then stalled: it holds its half until its 408.
+        filler = _multipart(b"\0" * 2 * limit)  # a file that never ends, for uploads cut short
+        stalled, stalled_sent = _raw_post(client, [filler[: limit // 2 + 1]], length=limit, more=True)
+        deadline = time.monotonic() + 5
+        while uploads.held == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert uploads.held == limit // 2 + 1
+        first = limit // 2  # more than is left
+        refused, sent = _raw_post(client, [image[:first], image[first:]], length=len(image))
+        refused.result(10)
+        head = dict(sent[0]["headers"])  # type: ignore[arg-type]
+        assert sent[0]["status"] == 503 and head[b"retry-after"] == b"1"
+        assert json.loads(sent[1]["body"])["error"]["code"] == "overloaded"  # type: ignore[arg-type]
+        assert head[b"connection"] == b"close"  # its body was not all read: the connection goes
+        assert uploads.held == limit // 2 + 1  # the refused request gave back what it had taken
+        stalled.result(10)
+        assert stalled_sent[0]["status"] == 408 and uploads.held == 0
+        assert client.post("/api/predict", files={"file": ("a.png", png)}).status_code == 200
+        assert client.post("/api/predict/batch", files={"files": ("a.png", png)}).status_code == 200
         assert (
-            client.post("/api/predict", content=b"x", headers={"content-type": "image/jpeg"}).status_code
+            client.post("/api/predict", content=b"x", headers={"content-type": "image/png"}).status_code
             == 400
         )
-        files = [("files", ("a.jpg", solid(), "image/jpeg"))]
-        assert client.post("/api/predict/batch", files=files).status_code == 200
-        assert admission.uploads == 0 and admission.active == 0  # released after answers and errors alike
+        assert uploads.held == 0
+        cut_off, cut_sent = _raw_post(client, [filler[:1000]], length=limit, more=True, then_hang_up=True)
+        cut_off.result(10)
+        assert cut_sent[0]["status"] == 499 and uploads.held == 0
+        thirds = [filler[i : i + limit // 2] for i in range(0, 3 * limit // 2, limit // 2)]
+        chunked, chunked_sent = _raw_post(client, thirds, length=None)
+        chunked.result(10)
+        assert chunked_sent[0]["status"] == 413 and uploads.held == 0
+
+
+def _multipart(data: bytes) -> bytes:
+    head = b'--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    return head + data + b"\r\n--b0undary--\r\n"
+
+
+def _raw_post(
+    client: TestClient,
+    chunks: list[bytes],
+    *,
+    length: int | None,
+    more: bool = False,
+    then_hang_up: bool = False,
+) -> tuple[Any, list[dict[str, object]]]:
+    """POST /api/predict into the client's app, its body in ``chunks``; ``more``: the client then sends
+    nothing (or hangs up). Returns the running request and the messages it sends back."""
+    headers = [(b"host", b"testserver"), (b"content-type", b"multipart/form-data; boundary=b0undary")]
+    headers.append(
+        (b"content-length", str(length).encode()) if length else (b"transfer-encoding", b"chunked")
+    )
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/api/predict",
+        "raw_path": b"/api/predict",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    messages = [
+        {"type": "http.request", "body": c, "more_body": more or i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        if messages:
+            return messages.pop(0)
+        if more and not then_hang_up:
+            await anyio.sleep(60)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    return client.portal.start_task_soon(client.app, scope, receive, send), sent  # type: ignore[union-attr]
 
 
 def test_uploads_over_a_megabyte_never_touch_the_disk(
@@ -232,7 +347,7 @@ def test_body_over_the_limit_is_not_read_further() -> None:
     # Chunked upload with no Content-Length: reading stops at the limit, so memory stays at the limit.
     import asyncio
 
-    from runtime.upload import ApiError, BodyLimitMiddleware
+    from runtime.upload import ApiError, BodyLimitMiddleware, UploadBudget
 
     chunk = b"0" * 65536
     calls = 0
@@ -246,7 +361,7 @@ def test_body_over_the_limit_is_not_read_further() -> None:
         while True:
             await receive()
 
-    limited = BodyLimitMiddleware(app, max_body_bytes=1024 * 1024)
+    limited = BodyLimitMiddleware(app, max_body_bytes=1024 * 1024, budget=UploadBudget(1 << 30))
     scope = {"type": "http", "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
     with pytest.raises(ApiError) as info:
         asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
@@ -258,7 +373,7 @@ def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
     # A byte every 0.1 s never waits a whole timeout for the next: the 408 comes from the body's total time.
     import asyncio
 
-    from runtime.upload import ApiError, BodyLimitMiddleware
+    from runtime.upload import ApiError, BodyLimitMiddleware, UploadBudget
 
     calls = 0
 
@@ -272,7 +387,7 @@ def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
         while (await receive())["more_body"]:
             pass
 
-    limited = BodyLimitMiddleware(app, max_body_bytes=1024, timeout_s=0.5)
+    limited = BodyLimitMiddleware(app, max_body_bytes=1024, budget=UploadBudget(1 << 30), timeout_s=0.5)
     scope = {"type": "http", "headers": [(b"content-type", b"multipart/form-data; boundary=b")]}
     with pytest.raises(ApiError) as info:
         asyncio.run(limited(scope, receive, None))  # type: ignore[arg-type]
