@@ -408,14 +408,13 @@ class RequestMiddleware:
             route = "options"
         request_id = take_request_id(scope)
         status = 500
-        started = False
         error = ""
         start = time.perf_counter()
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, started, error
+            nonlocal status, error
             if message["type"] == "http.response.start":
-                status, started = message["status"], True
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers += SECURITY_HEADERS
                 headers.append((b"x-request-id", request_id.encode()))
@@ -430,20 +429,6 @@ class RequestMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_wrapper)
-        except Exception:
-            # A bug, not a client error: logged here with the request id (as a JSON line), answered as generic
-            # JSON with the same headers as every other answer. Never the exception text: it may hold data.
-            log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
-            if started:
-                raise  # too late for a clean answer; uvicorn closes the connection
-            await send_wrapper(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send_wrapper({"type": "http.response.body", "body": INTERNAL_ERROR})
         finally:
             if scope.get(BAD_HTTP):  # runtime/protocol.py answered 400 mid-body: the app's own went nowhere
                 status, error = 400, "bad_http"
@@ -458,6 +443,37 @@ class RequestMiddleware:
                 fields["error"] = error
             fields["ms"] = round(elapsed * 1000, 1)
             access_log.info("request", extra={"fields": fields})
+
+
+class ServerErrors:
+    """A bug, not a client error: logged with the request id (as a JSON line), answered as generic JSON.
+    Inside the CORS middleware, so that a page on an allowed origin can read this 500 like any other answer
+    (Starlette's own handler sits outside every middleware); RequestMiddleware adds the usual headers. Never
+    the exception text: it may hold data."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
+            if started:
+                raise  # too late for a clean answer; uvicorn closes the connection
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": INTERNAL_ERROR})
 
 
 def take_request_id(scope: Scope) -> str:
@@ -581,6 +597,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     uploads = UploadBudget(max(1, cfg.max_uploads) * cfg.max_body_bytes)
     middleware = [
         Middleware(RequestMiddleware, metrics=metrics),
+        Middleware(ServerErrors),
         Middleware(
             BodyLimitMiddleware,
             max_body_bytes=cfg.max_body_bytes,

@@ -399,7 +399,8 @@ def test_a_trickled_body_gets_one_deadline_not_one_per_chunk() -> None:
 def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id(
     tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(bundle=str(tiny_bundle), threads=1)
+    origin = "https://app.example"
+    settings = Settings(bundle=str(tiny_bundle), threads=1, cors_origins=(origin,))
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         engine = client.app.state.engine  # type: ignore[attr-defined]
 
@@ -408,8 +409,11 @@ def test_unhandled_error_is_generic_json_with_headers_and_logged_with_request_id
 
         engine.info = broken
         with runtime_log.at_level(logging.INFO, logger="runtime"):
-            response = client.get("/api/info", headers={"x-request-id": "req-500"})
+            response = client.get("/api/info", headers={"x-request-id": "req-500", "origin": origin})
     assert response.status_code == 500
+    # A page on an allowed origin can read the error, not only a network failure.
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "x-request-id" in response.headers["access-control-expose-headers"]
     assert response.json() == {
         "error": {"code": "internal_error", "message": "internal error; it has been logged"}
     }
