@@ -156,9 +156,14 @@ class ApiFallback:
     answers. An ASGI endpoint rather than a function, so that the route matches every method (OPTIONS, …)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for route in scope["app"].routes:
-            if isinstance(route, Route) and route.path == scope["path"] and route.methods:
+        routes = [route for route in scope["app"].routes if isinstance(route, Route)]
+        for route in routes:
+            if route.path == scope["path"] and route.methods:
                 raise HTTPException(405, headers={"allow": ", ".join(sorted(route.methods))})
+        # A trailing slash gets a 404 that names the endpoint, not a redirect: the client would upload again.
+        meant = scope["path"].rstrip("/")
+        if meant != scope["path"] and any(route.path == meant for route in routes):
+            raise ApiError(404, "not_found", f"no such endpoint; did you mean {meant}?")
         raise HTTPException(404)
 
 

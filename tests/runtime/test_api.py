@@ -316,6 +316,23 @@ def test_other_methods_on_an_api_route_name_the_allowed_one(client: TestClient, 
     _error(client.request(method, "/api/nothing-here"), 404, "not_found")
 
 
+@pytest.mark.parametrize(
+    ("path", "meant"),
+    [
+        pytest.param("/api/predict/", "/api/predict", id="predict"),
+        pytest.param("/api/predict/batch/", "/api/predict/batch", id="batch"),
+        pytest.param("/api/info//", "/api/info", id="info-two-slashes"),
+    ],
+)
+def test_a_trailing_slash_gets_a_404_naming_the_endpoint_meant(
+    client: TestClient, path: str, meant: str
+) -> None:
+    # Not a redirect: a client would upload its image a second time.
+    response = client.post(path, files={"file": ("a.jpg", solid())}, follow_redirects=False)
+    _error(response, 404, "not_found")
+    assert response.json()["error"]["message"] == f"no such endpoint; did you mean {meant}?"
+
+
 def test_body_refused_early_is_counted_and_names_fractional_limits(tiny_bundle: Path) -> None:
     with _client(tiny_bundle, max_body_bytes=MB // 2) as small:
         response = small.post("/api/predict", content=b"0" * 10, headers={"content-length": str(MB)})
