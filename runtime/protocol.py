@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol, with three changes for a server that may face clients directly (no nginx):
+"""uvicorn's HTTP/1.1 protocol, with four changes for a server that may face clients directly (no nginx):
 
 - malformed HTTP (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn answers 400
   itself, in plain text; here the body is JSON, like every other error of the API;
@@ -8,7 +8,9 @@
   socket full: pipelined requests never read) is cut off too: uvicorn held such a connection for ever;
 - a chunked body in more than ``MAX_SMALL_CHUNKS`` chunks under 1 KiB is refused as malformed HTTP. h11 takes
   ~15 us per chunk on the event loop: a 380 KB body of 1-byte chunks stalled every other request (/healthz
-  included) for 2 s, so a few such clients could fail a liveness probe.
+  included) for 2 s, so a few such clients could fail a liveness probe;
+- an Upgrade request (``Upgrade: websocket`` from any scanner) is an ordinary request, answered by the app.
+  The app has no WebSocket route; uvicorn, even with ``ws="none"``, logged two warnings for each.
 
 skin-serve uses it with SKIN_BODY_TIMEOUT_S for every time limit; with plain uvicorn:
 ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
@@ -115,6 +117,9 @@ class H11Protocol(h11_impl.H11Protocol):
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()  # no request to answer: h11 cannot send a response before one
+
+    def _should_upgrade(self) -> bool:
+        return False  # uvicorn's check, which warns "Unsupported upgrade request" when it says no
 
     def send_400_response(self, msg: str) -> None:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
