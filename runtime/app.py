@@ -501,14 +501,15 @@ def _error_code(body: bytes) -> str:
 
 
 class JsonCORSMiddleware(CORSMiddleware):
-    """Starlette's CORS, with a refused preflight answered in the API's JSON error shape."""
+    """Starlette's CORS, with a refused preflight answered in the API's JSON error shape and an allowed one
+    with an empty body (Starlette's is a text/plain "OK", in an API whose every answer is JSON)."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
-        if response.status_code != 400:
-            return response
-        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")  # "origin, headers"
         headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        if response.status_code != 400:
+            return Response(b"", response.status_code, headers)
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")  # "origin, headers"
         body = error_body("cors_refused", f"cross-origin request refused (not allowed: {refused})")
         return Response(body, 400, headers, media_type="application/json")
 

@@ -405,6 +405,7 @@ def test_cors_lets_clients_send_and_read_the_request_id(tiny_bundle: Path) -> No
             "/api/predict", headers={**preflight, "access-control-request-headers": "x-request-id"}
         )
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == origin
+        assert ok.content == b"" and "content-type" not in ok.headers  # not Starlette's text/plain "OK"
         refused = cors.options("/api/predict", headers={**preflight, "origin": "https://elsewhere.example"})
         _error(refused, 400, "cors_refused")
         assert "origin" in refused.json()["error"]["message"]
