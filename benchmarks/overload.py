@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmarks.run import (
     LOCUSTFILE,
+    MAX_USERS,
     MB,
     ROOT,
     BenchError,
@@ -45,12 +46,16 @@ from benchmarks.run import (
     wait_locust,
     wait_until_quiet,
     warm,
+    whole,
 )
 from runtime.cli import OneLineParser
 
 # Per user at most one request a second: an accepted answer can take ~(running + queued) / S seconds, and a
 # user waiting on it cannot keep its pace.
 USER_RATE = 1.0
+# Ten times saturation is answered almost all 503 already; more only multiplies Locust's users (one per
+# request/s offered): --factor 100000 started millions of them on a 2-core machine.
+MAX_FACTOR = 10.0
 
 
 def paced_locust(
@@ -120,6 +125,8 @@ def run_overload(
     # not 0 < factor < inf: nan passes a `factor <= 0` check and fails only after the saturation run
     if not 0 < factor < math.inf or duration < 1 or saturation_users < 1 or saturation_time < 1:
         raise BenchError("factor, duration, saturation users and time must be positive")
+    if factor > MAX_FACTOR or saturation_users > MAX_USERS:
+        raise BenchError(f"factor must be at most {MAX_FACTOR:g}, saturation users at most {MAX_USERS}")
     work, out = Path(work), Path(out)
     check_out(out)
     checkpoint, bundle = prepare(work, log=log)
@@ -230,10 +237,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--work", default="runs/bench", help="benchmark model, logs and Locust output")
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
-    parser.add_argument("--factor", type=finite(0), default=2.0, help="offered load / saturation (2)")
+    parser.add_argument(
+        "--factor",
+        type=finite(0, maximum=MAX_FACTOR),
+        default=2.0,
+        help=f"offered load / saturation, at most {MAX_FACTOR:g} (2)",
+    )
     parser.add_argument("--duration", type=int, default=60, help="seconds of overload (60)")
     parser.add_argument(
-        "--saturation-users", type=int, default=4, help="closed-loop users to find saturation"
+        "--saturation-users",
+        type=whole(1, MAX_USERS),
+        default=4,
+        help=f"closed-loop users to find saturation, at most {MAX_USERS} (4)",
     )
     parser.add_argument("--saturation-time", type=int, default=20, help="seconds of the saturation run (20)")
     parser.add_argument(

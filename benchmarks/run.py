@@ -44,6 +44,9 @@ GOALS = {
     "rss_under_load_mb": 350.0,
 }
 MB = 1024 * 1024
+# One Locust process (one core) drives a few hundred users at most: past that it measures itself, and
+# --concurrency 100000 took minutes and GBs before the first request.
+MAX_USERS = 256
 
 
 class BenchError(Exception):
@@ -641,6 +644,8 @@ def run_benchmark(
         raise BenchError(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
     if not concurrency or min(concurrency) < 1 or run_time < 1 or rounds < 1 or cold_starts < 1:
         raise BenchError("concurrency, rounds, run time and cold starts must be at least 1")
+    if max(concurrency) > MAX_USERS:
+        raise BenchError(f"concurrency must be at most {MAX_USERS}")
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
     check_out(out)
@@ -900,18 +905,38 @@ def _runs(summary: dict[str, Any], *, by_round: bool) -> Iterable[tuple[list[Any
                 yield [name, users, *([i] if by_round else [])], run
 
 
-def finite(minimum: float, *, inclusive: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number above ``minimum`` (at least it, ``inclusive``). float() takes
-    "nan" and "inf", which pass every ``<=`` check and fail much later, in round() or in sleep()."""
+def finite(minimum: float, *, inclusive: bool = False, maximum: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number above ``minimum`` (at least it, ``inclusive``) and at most
+    ``maximum``. float() takes "nan" and "inf", which pass every ``<=`` check and fail much later, in
+    round() or in sleep()."""
 
     def parse(value: str) -> float:
         try:
             number = float(value)
         except ValueError:
             number = math.nan
-        if not (math.isfinite(number) and (number >= minimum if inclusive else number > minimum)):
+        low = number >= minimum if inclusive else number > minimum
+        if not (math.isfinite(number) and low and number <= maximum):
             bound = "at least" if inclusive else "above"
-            raise argparse.ArgumentTypeError(f"want a finite number {bound} {minimum:g}, not {value!r}")
+            most = f" and at most {maximum:g}" if maximum < math.inf else ""
+            raise argparse.ArgumentTypeError(f"want a finite number {bound} {minimum:g}{most}, not {value!r}")
+        return number
+
+    return parse
+
+
+def whole(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``minimum`` to ``maximum``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = minimum - 1
+        if not minimum <= number <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"want a whole number from {minimum} to {maximum}, not {value!r}"
+            )
         return number
 
     return parse
@@ -968,7 +993,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
     parser.add_argument("--servers", nargs="+", default=["runtime", "baseline"], choices=SERVERS)
-    parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 8], help="users per run (1 4 8)")
+    parser.add_argument(
+        "--concurrency",
+        nargs="+",
+        type=whole(1, MAX_USERS),
+        default=[1, 4, 8],
+        help=f"users per run, each at most {MAX_USERS} (1 4 8)",
+    )
     parser.add_argument(
         "--rounds",
         type=int,

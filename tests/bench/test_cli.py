@@ -73,6 +73,42 @@ def test_the_library_refuses_nan_factor_too(no_model: None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("cli", "argv", "message"),
+    [
+        pytest.param(
+            "run", ["--concurrency", "1", "100000"], "want a whole number from 1 to 256", id="concurrency"
+        ),
+        pytest.param("run", ["--concurrency", "0"], "want a whole number from 1 to 256", id="concurrency-0"),
+        pytest.param(
+            "overload", ["--factor", "1e6"], "want a finite number above 0 and at most 10", id="factor"
+        ),
+        pytest.param(
+            "overload",
+            ["--saturation-users", "100000"],
+            "want a whole number from 1 to 256",
+            id="saturation-users",
+        ),
+    ],
+)
+def test_load_settings_past_what_one_locust_can_drive_are_refused(
+    no_model: None, capsys: pytest.CaptureFixture[str], cli: str, argv: list[str], message: str
+) -> None:
+    line = _one_line_exit_2(capsys, cli, argv)
+    assert f"argument {argv[0]}: {message}, not {argv[-1]!r}" in line
+
+
+def test_the_library_caps_the_load_too(no_model: None, tmp_path: Path) -> None:
+    from benchmarks import overload, run
+
+    with pytest.raises(run.BenchError, match="concurrency must be at most 256"):
+        run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", concurrency=[1, 100000])
+    for kwargs in ({"factor": 1e6}, {"saturation_users": 100000}):
+        with pytest.raises(overload.BenchError, match="at most"):
+            overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", **kwargs)
+    assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
     "threads", [pytest.param("-1", id="negative"), pytest.param("1025", id="over-max-threads")]
 )
 def test_threads_out_of_range_are_refused(
