@@ -70,14 +70,17 @@ def build_model(
             raise ModelError(f"could not read weights from {str(path)!r}: {type(exc).__name__}") from None
         # The classifier head has another class count: keep the backbone, leave the head fresh.
         pretrained_cfg: dict[str, Any] = getattr(model, "pretrained_cfg", {})  # a plain dict on timm models
-        head = str(pretrained_cfg.get("classifier", "classifier")) + "."
+        classifier = pretrained_cfg.get("classifier", "classifier")
+        # A distilled arch (deit_*_distilled) has two heads, named as a tuple: both start fresh.
+        names = classifier if isinstance(classifier, tuple | list) else (classifier,)
+        heads = tuple(f"{name}." for name in names)
         own = model.state_dict()
         usable = {
-            k: v for k, v in state.items() if k in own and not k.startswith(head) and own[k].shape == v.shape
+            k: v for k, v in state.items() if k in own and not k.startswith(heads) and own[k].shape == v.shape
         }
         # Another architecture's weights fit a few tensors by chance (BatchNorm's step counters always do):
         # most of the backbone must come from the file, and what stays random is said, never silent.
-        backbone = [k for k in own if not k.startswith(head) and not k.endswith("num_batches_tracked")]
+        backbone = [k for k in own if not k.startswith(heads) and not k.endswith("num_batches_tracked")]
         missing = [k for k in backbone if k not in usable]
         if 2 * len(missing) > len(backbone):
             raise ModelError(

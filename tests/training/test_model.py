@@ -74,6 +74,22 @@ def test_init_weights_leave_the_head_fresh_and_skip_tensors_of_another_shape(
     assert own["bn1.weight"].shape == donor.state_dict()["bn1.weight"].shape
 
 
+def test_init_weights_leave_both_heads_of_a_distilled_arch_fresh_and_unsaid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    arch = "deit_tiny_distilled_patch16_224"  # classifier ("head", "head_dist"): two heads
+    torch.save(build_model(arch, 5, drop_rate=0.0).state_dict(), tmp_path / "other-classes.pt")
+    with caplog.at_level("WARNING", logger="training.model"):
+        build_model(arch, 3, init_weights=tmp_path / "other-classes.pt")
+    assert [r.getMessage() for r in caplog.records] == []  # the heads are new by design, not "left random"
+    donor = build_model(arch, 3, drop_rate=0.0).state_dict()  # the same class count: the heads would fit
+    torch.save(donor, tmp_path / "donor.pt")
+    own = build_model(arch, 3, init_weights=tmp_path / "donor.pt").state_dict()
+    assert torch.equal(own["cls_token"], donor["cls_token"])
+    for head in ("head.weight", "head_dist.weight"):
+        assert not torch.equal(own[head], donor[head]), head
+
+
 @pytest.mark.parametrize(
     "case", ["missing", "folder", "fifo", "other-network", "counters-only", "pickled-code", "both"]
 )
