@@ -160,8 +160,10 @@ def _train(args: argparse.Namespace) -> int:
         if _rank0():
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # an --out that cannot be written (read-only, no space)
-        print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+    except OSError as exc:  # an --out that cannot be written (read-only, no space), a path too long
+        # Every rank checks the same paths (and only rank 0 writes): said once, by rank 0.
+        if _rank0():
+            print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
         return 2
     return 0
 

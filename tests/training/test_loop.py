@@ -235,6 +235,17 @@ def test_under_torchrun_what_rank_0_alone_fails_at_is_its_one_line(
     assert "[rank" not in done.stderr and "Connection closed" not in done.stderr
 
 
+@pytest.mark.slow
+def test_under_torchrun_an_os_error_every_rank_meets_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    # Every rank checks --out before training: a name too long for the file system failed on each, and each
+    # printed the same line.
+    out = tmp_path / ("x" * 300) / "run"
+    done = _torchrun(dataset, out, epochs=1)
+    assert done.returncode != 0
+    ours = [text for text in done.stderr.splitlines() if "skin-train" in text]
+    assert ours == [f"skin-train: error: File name too long: {out}"]
+
+
 # A DataLoader worker whose handover of a batch's tensors fails because the run stopped mid-handover:
 # multiprocessing's resource sharer reports it through sys.excepthook, from its own thread.
 _HUNG_UP_WORKER = """

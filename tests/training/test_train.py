@@ -614,6 +614,17 @@ def test_under_torchrun_only_rank_0_says_what_was_wrong(
     assert err.startswith("skin-train: error: ") if rank == "0" else err == ""
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_only_rank_0_says_an_os_error_every_rank_meets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str
+) -> None:
+    monkeypatch.setenv("RANK", rank)  # every rank checks the same --data: one line in all
+    data = tmp_path / ("x" * 300)  # a name too long for the file system: OSError, not "missing"
+    assert main(["--data", str(data), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"skin-train: error: File name too long: {data}\n" if rank == "0" else "")
+
+
 @pytest.mark.parametrize(
     ("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")]
 )
