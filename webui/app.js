@@ -1123,6 +1123,21 @@
     };
     if ("confidence" in result) out.confidence = result.confidence;
     if ("in_distribution" in result) out.in_distribution = result.in_distribution;
+    out.checks = checksRecord();
+    return out;
+  }
+
+  // Which checks the model has, as the page says under the result: without them no flag is ever raised, and
+  // a record without one must not read as "confident, and a skin photo".
+  function checksRecord() {
+    const u = (state.info && state.info.uncertainty) || {};
+    const out = { confidence: Boolean(u.confidence), in_distribution: Boolean(u.ood) };
+    const off = checksOff(u);
+    if (off.length) {
+      const why = (u.notes || []).join("; ");
+      out.note = "This model does not flag " + off.join(" or ") +
+        ", so the absence of a flag in this record says nothing about either." + (why ? " (" + why + ")" : "");
+    }
     return out;
   }
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,6 +73,10 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
             )
             expect(page.locator("#top-list li").first).to_be_visible()
             expect(page.locator("#warnings .checks-off")).to_have_count(0)  # both checks are on
+        with page.expect_download() as download:
+            page.click("#export")
+        data = json.loads(Path(download.value.path()).read_text())
+        assert data["checks"] == {"confidence": True, "in_distribution": True}  # no note: nothing missing
         page.get_by_role("tab", name="Model").click()
         checks = page.locator("#model-facts .fact", has_text="Uncertainty checks").locator("li")
         expect(checks).to_have_text(

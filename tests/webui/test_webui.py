@@ -1008,6 +1008,15 @@ def test_export_downloads_the_analysis_as_json(page: Any) -> None:
     assert data["model"] == {"name": info["model_name"], "version": info["model_version"], "demo": True}
     assert "not a medical device" in data["disclaimer"] and "not a diagnosis" in data["disclaimer"]
     assert "confidence" not in data
+    # This bundle has no thresholds: the record says no check exists, not merely that no flag was raised.
+    assert data["checks"] == {
+        "confidence": False,
+        "in_distribution": False,
+        "note": "This model does not flag low confidence or images unlike the photos it learned from, so the "
+        "absence of a flag in this record says nothing about either. ("
+        + "; ".join(info["uncertainty"]["notes"])
+        + ")",
+    }
 
 
 def test_export_file_names_keep_letters_of_any_script(page: Any) -> None:
