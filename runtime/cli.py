@@ -132,8 +132,9 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         log_config=logs.uvicorn_config(log_level),
         access_log=False,
         timeout_graceful_shutdown=30,
-        # JSON when h11 cannot parse a request, and a time limit on the request head as on the body
-        http=H11Protocol.with_head_timeout(settings.body_timeout_s),
+        # JSON when h11 cannot parse a request, a time limit on the request head as on the body, and a
+        # lingering close after an answer sent before the body was read, bounded by both limits
+        http=H11Protocol.with_head_timeout(settings.body_timeout_s, linger_bytes=4 * settings.max_body_bytes),
         workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
         ws="none",  # no WebSocket route: an Upgrade request is an ordinary one (not a bare 403 from wsproto)
     )

@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol, with four changes for a server that may face clients directly (no nginx):
+"""uvicorn's HTTP/1.1 protocol, with five changes for a server that may face clients directly (no nginx):
 
 - malformed HTTP (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn answers 400
   itself, in plain text; here the body is JSON, like every other error of the API;
@@ -10,7 +10,10 @@
   ~15 us per chunk on the event loop: a 380 KB body of 1-byte chunks stalled every other request (/healthz
   included) for 2 s, so a few such clients could fail a liveness probe;
 - an Upgrade request (``Upgrade: websocket`` from any scanner) is an ordinary request, answered by the app.
-  The app has no WebSocket route; uvicorn, even with ``ws="none"``, logged two warnings for each.
+  The app has no WebSocket route; uvicorn, even with ``ws="none"``, logged two warnings for each;
+- an answer sent before the request's body was all read (413, 503, 408, 405, 404, a 400) is followed by
+  nginx's "lingering close": uvicorn closed at once, with the client's bytes unread, so the kernel reset the
+  connection and clients reported "connection reset by peer" or "broken pipe" instead of the answer.
 
 skin-serve uses it with SKIN_BODY_TIMEOUT_S for every time limit; with plain uvicorn:
 ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
@@ -31,6 +34,8 @@ from runtime.upload import BAD_HTTP, error_body
 # Real clients send chunks of a buffer (4 to 64 KiB); browsers never chunk an upload.
 MAX_SMALL_CHUNKS = 1024
 SMALL_CHUNK = 1024
+# A lingering close ends after head_timeout_s in all, or this long without a byte (nginx: 30 s and 5 s).
+LINGER_IDLE_S = 5.0
 
 
 class _Connection(h11.Connection):
@@ -57,10 +62,31 @@ class _Connection(h11.Connection):
         return event
 
 
+class _Transport:
+    """The transport as uvicorn and the app see it: its close() is the protocol's, which may linger."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: H11Protocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def close(self) -> None:
+        self._protocol.close_transport()
+
+    def is_closing(self) -> bool:  # lingering is closing: no keep-alive timer, no next request
+        return self._protocol.lingering or self._transport.is_closing()
+
+
 class H11Protocol(h11_impl.H11Protocol):
-    head_timeout_s = 30.0  # also how long an answer may sit unread
+    head_timeout_s = 30.0  # also how long an answer may sit unread, and a lingering close may last
+    linger_bytes = 4 * 40 * 1024 * 1024  # the most a lingering close drops: 4 bodies of the default limit
+    lingering = False
     _head_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
+    _linger_timer: asyncio.TimerHandle | None = None
+    _stopping = False  # the server shuts down: nothing lingers
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,21 +94,74 @@ class H11Protocol(h11_impl.H11Protocol):
         self.conn = _Connection(h11.SERVER, self.conn._max_incomplete_event_size)
 
     @classmethod
-    def with_head_timeout(cls, seconds: float) -> type[H11Protocol]:
-        return type(cls.__name__, (cls,), {"head_timeout_s": seconds})
+    def with_head_timeout(cls, seconds: float, linger_bytes: int | None = None) -> type[H11Protocol]:
+        limits = {"head_timeout_s": seconds, "linger_bytes": linger_bytes or cls.linger_bytes}
+        return type(cls.__name__, (cls,), limits)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        self.raw_transport = transport
+        super().connection_made(cast("asyncio.Transport", _Transport(transport, self)))
         self._watch_head()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            # The rest of a body already answered: dropped unparsed, neither kept nor counted as an upload.
+            self._linger_bytes_left -= len(data)
+            self._linger_last = self.loop.time()
+            if self._linger_bytes_left < 0:
+                self.raw_transport.close()
+            return
         super().data_received(data)
         self._watch_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_write_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def close_transport(self) -> None:
+        """Every close of the connection (uvicorn's, after an answer with ``Connection: close``, or ours).
+
+        With the client still sending its body, a plain close leaves its bytes unread and the kernel answers
+        them with a reset, which may reach the client before it reads the answer. As nginx does: the answer
+        goes out with a FIN after it, what the client still sends is read and dropped, and the connection
+        closes once the client closes it, after LINGER_IDLE_S without a byte, head_timeout_s in all, or past
+        linger_bytes."""
+        raw = self.raw_transport
+        if (
+            self.lingering
+            or self._stopping
+            or raw.is_closing()
+            or self.conn.their_state not in (h11.SEND_BODY, h11.ERROR)  # nothing more to come
+            or not raw.can_write_eof()  # TLS cannot half-close
+        ):
+            raw.close()
+            return
+        self.lingering = True
+        raw.write_eof()  # once the answer is written
+        self.flow.resume_reading()  # paused while the unread body piled up
+        self._linger_bytes_left = self.linger_bytes
+        self._linger_last = self.loop.time()
+        self._linger_until = self._linger_last + self.head_timeout_s
+        self._linger_timer = self.loop.call_later(min(LINGER_IDLE_S, self.head_timeout_s), self._linger_check)
+
+    def _linger_check(self) -> None:
+        # One timer, moved on when it fires rather than at every read: a read costs no timer.
+        until = min(self._linger_last + LINGER_IDLE_S, self._linger_until)
+        if self.loop.time() >= until:
+            self._linger_timer = None
+            self.raw_transport.close()  # the client's EOF (eof_received) closes it sooner
+        else:
+            self._linger_timer = self.loop.call_later(until - self.loop.time(), self._linger_check)
+
+    def shutdown(self) -> None:
+        self._stopping = True  # uvicorn waits for every connection to close: a lingering one must not hold it
+        if self.lingering:
+            self.raw_transport.close()
+        else:
+            super().shutdown()
 
     def pause_writing(self) -> None:
         """The client reads none of what is sent (the transport's buffer is full): timed, as a head is."""

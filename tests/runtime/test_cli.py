@@ -283,10 +283,12 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     monkeypatch.setattr(Engine, "from_settings", load)
     monkeypatch.setenv("SKIN_THREADS", "2")
     monkeypatch.setenv("SKIN_BODY_TIMEOUT_S", "7")
+    monkeypatch.setenv("SKIN_MAX_BODY_MB", "2")
     monkeypatch.setenv("WEB_CONCURRENCY", "4")
     cli.serve(bundle=str(tiny_bundle), host="127.0.0.1", port=free_port(), threads=1, log_level="warning")
     assert served["engine"].threads == 1  # --threads over SKIN_THREADS
     assert served["http"].head_timeout_s == 7.0  # the head's limit too
+    assert served["http"].linger_bytes == 4 * 2 * 1024 * 1024  # an early answer's lingering close: 4 bodies
     assert (served["workers"], served["access_log"]) == (1, False)
     assert served["log_level"] == "warning"
     assert served["log_config"]["loggers"]["uvicorn"]["level"] == "WARNING"  # JSON lines at that level

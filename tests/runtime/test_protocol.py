@@ -1,10 +1,18 @@
 """The HTTP protocol skin-serve runs (runtime/protocol.py), driven in-process: a request head has a time
-limit of its own, and malformed HTTP gets the API's JSON error shape."""
+limit of its own, and malformed HTTP gets the API's JSON error shape; and through a real server, an answer
+sent before the body was read reaches the client (a lingering close)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +23,7 @@ from runtime.app import RequestMiddleware
 from runtime.metrics import Metrics
 from runtime.protocol import H11Protocol
 from runtime.upload import BAD_HTTP
+from tests.server import start_server, stop_server
 
 
 class _Transport(asyncio.Transport):
@@ -36,6 +45,9 @@ class _Transport(asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self.closed
+
+    def can_write_eof(self) -> bool:
+        return False  # as TLS: no lingering close (the real server's is tested below), a close is at once
 
     def pause_reading(self) -> None:
         pass
@@ -254,3 +266,170 @@ def test_chunked_bodies_in_buffer_sized_chunks_are_read() -> None:
     written, closed = _chunked_upload(chunks)
     assert written.startswith(b"HTTP/1.1 200") and not closed
     assert written.endswith(str(sum(map(len, chunks))).encode())
+
+
+class _HalfClosing(_Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.eof = False
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+
+async def _refuse_unread(scope: Any, receive: Any, send: Any) -> None:
+    body = b'{"error": {"code": "body_too_large"}}'
+    headers = [(b"content-length", b"%d" % len(body)), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _lingering(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Awaitable[tuple[H11Protocol, _HalfClosing]]]:
+    """Connects a client whose 413 went out before its body was read: lingering 1 s, 0.4 s idle, 1000 B."""
+    monkeypatch.setattr("runtime.protocol.LINGER_IDLE_S", 0.4)
+
+    async def connect() -> tuple[H11Protocol, _HalfClosing]:
+        config = Config(app=_refuse_unread, timeout_keep_alive=5, log_config=None)
+        protocol = H11Protocol.with_head_timeout(1.0, linger_bytes=1000)(
+            config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+        )
+        transport = _HalfClosing()
+        protocol.connection_made(transport)
+        protocol.data_received(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)  # the app's task answers
+        return protocol, transport
+
+    return connect
+
+
+def test_a_body_sent_after_its_answer_is_read_and_dropped_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Closing with the body unread made the kernel reset the connection: clients saw that, not the 413.
+    connect = _lingering(monkeypatch)
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        protocol, transport = await connect()
+        seen["answer"] = transport.written
+        seen["at_answer"] = (transport.eof, transport.closed)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not transport.closed and loop.time() - started < 3:  # never idle: the total bound (1 s) ends it
+            protocol.data_received(b"x" * 10)
+            await asyncio.sleep(0.1)
+        seen["closed_after"] = loop.time() - started
+        protocol.connection_lost(None)
+
+        protocol, idle = await connect()
+        await asyncio.sleep(0.7)
+        seen["idle"] = idle.closed
+        protocol.connection_lost(None)
+
+        protocol, flood = await connect()
+        protocol.data_received(b"x" * 900)
+        seen["under_the_cap"] = flood.closed
+        protocol.data_received(b"x" * 200)
+        seen["over_the_cap"] = flood.closed
+        protocol.connection_lost(None)
+
+        protocol, stopping = await connect()
+        protocol.shutdown()
+        seen["shutdown"] = stopping.closed
+        protocol.connection_lost(None)
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen.pop("answer").startswith(b"HTTP/1.1 413")
+    assert 0.9 < seen.pop("closed_after") < 1.6
+    assert seen == {
+        "at_answer": (True, False),  # the answer, then a FIN; still reading
+        "idle": True,
+        "under_the_cap": False,
+        "over_the_cap": True,
+        "shutdown": True,
+    }
+
+
+def _skin_serve(tiny_bundle: Path, **env: str) -> tuple[str, Any]:
+    command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
+    return start_server(tiny_bundle, command=command, env={"SKIN_MAX_BODY_MB": "4", **env})
+
+
+def _head(url: str, path: str, length: int) -> tuple[socket.socket, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    return sock, f"{head}Content-Length: {length}\r\n\r\n".encode()
+
+
+def test_an_answer_before_the_body_reaches_the_client_not_a_reset(tiny_bundle: Path) -> None:
+    # 12 MB, 3x the 4 MB limit: more than the sockets' buffers hold, so the server's close came mid-upload.
+    url, proc = _skin_serve(tiny_bundle)
+    body = b"x" * (12 * 1024 * 1024)
+    try:
+        request = urllib.request.Request(
+            url + "/api/predict", data=body, headers={"content-type": "image/jpeg"}
+        )
+        with pytest.raises(
+            urllib.error.HTTPError
+        ) as refused:  # not URLError: "connection reset", "broken pipe"
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 413
+        assert json.loads(refused.value.read())["error"]["code"] == "body_too_large"
+        # A raw client that writes all of its body first, for a 413 and for an early answer of the app's own.
+        for path, length, status in (
+            ("/api/predict", len(body), b"413"),
+            ("/api/info", 3 * 1024 * 1024, b"405"),
+        ):
+            sock, head = _head(url, path, length)
+            with sock:
+                sock.sendall(head + body[:length])
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            top, _, content = answer.partition(b"\r\n\r\n")
+            assert top.split(b" ")[1] == status and b"\r\nconnection: close" in top.lower()
+            assert json.loads(content)["error"]["code"] in ("body_too_large", "method_not_allowed")
+    finally:
+        assert stop_server(proc) == 0
+
+
+@pytest.mark.slow
+def test_a_lingering_close_is_bounded_and_holds_up_neither_others_nor_a_shutdown(tiny_bundle: Path) -> None:
+    url, proc = _skin_serve(tiny_bundle, SKIN_BODY_TIMEOUT_S="3")
+    try:
+        sock, head = _head(url, "/api/predict", 10**12)
+        with sock:
+            sock.sendall(head)
+            answer = b""
+            while chunk := sock.recv(65536):  # the answer, then the server's FIN
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 413")
+            started = time.monotonic()
+            # A byte every 0.2 s, never idle for long: the server drops them until its bound (3 s in all).
+            closed = False
+            while not closed and time.monotonic() - started < 10:
+                try:
+                    sock.sendall(b"x")
+                except OSError:  # reset: the server has closed
+                    closed = True
+                # others are served meanwhile
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as other:
+                    assert other.status == 200
+                time.sleep(0.2)
+            assert closed and 2.5 < time.monotonic() - started < 5
+        # A server told to stop waits for no lingering client (uvicorn waits for every connection).
+        sock, head = _head(url, "/api/predict", 10**12)
+        with sock:
+            sock.sendall(head)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413")
+            started = time.monotonic()
+            assert stop_server(proc) == 0
+            assert time.monotonic() - started < 2.5
+    finally:
+        stop_server(proc)
