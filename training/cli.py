@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime.cli import OneLineParser
@@ -147,6 +148,16 @@ def _rank0() -> bool:
     return os.environ.get("RANK", "0") == "0"  # torchrun's; a single process has none
 
 
+def _given(filename: object, args: argparse.Namespace) -> bool:
+    """Whether ``filename`` is a path of the command line (--data, --out, --resume, --init-weights) or a
+    folder on its way."""
+    if not isinstance(filename, str | os.PathLike):
+        return False
+    path = Path(filename)
+    given = [Path(v) for k in ("data", "out", "resume", "init_weights") if (v := getattr(args, k, None))]
+    return any(path == p or path in p.parents for p in given)
+
+
 def _train(args: argparse.Namespace) -> int:
     # Heavy imports only now, so --help stays quick.
     from training.config import ConfigError
@@ -161,9 +172,12 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an --out that cannot be written (read-only, no space), a path too long
-        # Every rank checks the same paths (and only rank 0 writes): said once, by rank 0.
-        if _rank0():
-            print(f"{PROG}: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        # A path named on the command line fails alike on every rank: rank 0 says it. Any other file may be
+        # one node's own (an image missing from its disk): each rank says its own, naming itself.
+        if _rank0() or not _given(exc.filename, args):
+            where = "" if _rank0() else f" (rank {os.environ['RANK']})"
+            line = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            print(f"{PROG}: error{where}: {line}", file=sys.stderr)
         return 2
     return 0
 

@@ -625,6 +625,24 @@ def test_under_torchrun_only_rank_0_says_an_os_error_every_rank_meets(
     assert err == (f"skin-train: error: File name too long: {data}\n" if rank == "0" else "")
 
 
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_under_torchrun_an_os_error_of_a_rank_own_file_is_said_by_that_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], rank: str
+) -> None:
+    # Not a path of the command line: it may fail on one node alone (an image missing from its disk), and a
+    # rank that kept quiet would leave only its peers' "connection closed" to go by.
+    monkeypatch.setenv("RANK", rank)
+    image = tmp_path / "data" / "train" / "Acne" / "a.jpg"
+
+    def fails(**_: object) -> None:
+        raise OSError(5, "Input/output error", str(image))
+
+    monkeypatch.setattr(loop, "train", fails)
+    assert main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "r")]) == 2
+    where = "" if rank == "0" else " (rank 1)"
+    assert capsys.readouterr().err == f"skin-train: error{where}: Input/output error: {image}\n"
+
+
 @pytest.mark.parametrize(
     ("rank", "err"), [("0", "skin-train: interrupted before training started\n"), ("1", "")]
 )
