@@ -473,7 +473,11 @@ class ServerErrors:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
+            # With SKIN_CORS_ORIGINS one sits on each side of CORS: an error past the answer's start passes
+            # both, and is logged once.
+            if not scope.get("skin.error_logged"):
+                scope["skin.error_logged"] = True
+                log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
             if started:
                 raise  # too late for a clean answer; uvicorn closes the connection
             headers = [(b"content-type", b"application/json")]
@@ -612,8 +616,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         ),
     ]
     if cfg.cors_origins:  # no CORS unless configured: the page comes from the same origin
-        middleware.insert(
-            1,
+        middleware[1:1] = [
+            # Outside CORS too: an error in CORS itself fell through to Starlette's bare 500 (no request id,
+            # no security headers, no log line).
+            Middleware(ServerErrors),
             Middleware(
                 JsonCORSMiddleware,
                 allow_origins=list(cfg.cors_origins),
@@ -621,7 +627,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
                 allow_headers=["x-request-id"],  # clients may send their own id (README: HTTP API)
                 expose_headers=["x-request-id", "retry-after"],  # and read ours back
             ),
-        )
+        ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,

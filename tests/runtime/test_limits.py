@@ -589,3 +589,58 @@ def test_a_request_whose_client_left_while_queued_never_runs(tiny_bundle: Path, 
         assert len(runs) == 1  # only the first request's image went through the model
         assert sent[0]["status"] == 499
         assert 'skin_rejected_total{reason="client_closed"} 1.0' in client.get("/metrics").text
+
+
+def test_an_error_in_the_cors_layer_is_answered_and_logged_like_any_other(
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The CORS middleware sits outside the catch that answers the app's errors: one of its own must not fall
+    # through to Starlette's bare 500 (no request id, no security headers, no log line of ours).
+    from runtime.app import JsonCORSMiddleware
+
+    def broken(self: object, request_headers: object) -> None:
+        raise RuntimeError("secret detail /data/patient-jane.jpg")
+
+    monkeypatch.setattr(JsonCORSMiddleware, "preflight_response", broken)
+    origin = "https://app.example"
+    settings = Settings(bundle=str(tiny_bundle), threads=1, cors_origins=(origin,))
+    preflight = {"origin": origin, "access-control-request-method": "POST", "x-request-id": "req-cors"}
+    app = create_app(settings)
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        runtime_log.at_level(logging.INFO, "runtime"),
+    ):
+        response = client.options("/api/predict", headers=preflight)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error" and "jane" not in response.text
+    assert response.headers["x-request-id"] == "req-cors" and response.headers["x-frame-options"] == "DENY"
+    errors = [r for r in runtime_log.records if r.levelno == logging.ERROR]
+    assert errors and errors[0].fields["request_id"] == "req-cors"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("cors", [(), ("https://app.example",)], ids=["no-cors", "cors"])
+def test_an_error_after_the_answer_started_is_logged_once(
+    tiny_bundle: Path,
+    runtime_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    cors: tuple[str, ...],
+) -> None:
+    from runtime.upload import BodyLimitMiddleware
+
+    served = BodyLimitMiddleware.__call__
+
+    async def late(self: BodyLimitMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await served(self, scope, receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("after the start")
+
+    monkeypatch.setattr(BodyLimitMiddleware, "__call__", late)
+    settings = Settings(bundle=str(tiny_bundle), threads=1, cors_origins=cors)
+    app = create_app(settings)
+    with (
+        TestClient(app, raise_server_exceptions=False) as client,
+        runtime_log.at_level(logging.INFO, "runtime"),
+    ):
+        client.get("/api/info")
+    assert [r.getMessage() for r in runtime_log.records if r.levelno == logging.ERROR] == ["unhandled error"]
