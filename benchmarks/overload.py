@@ -149,6 +149,11 @@ def run_overload(
         saturation_predictions = sum(ok_rps(s) for name, s in stats.items() if name.startswith("predict"))
         offered = factor * saturation
         users = max(2, round(offered / USER_RATE))
+        if users > MAX_USERS:  # a fast server: the factor cap alone does not bound the users
+            raise BenchError(
+                f"offering {offered:.0f} req/s takes {users} Locust users, past the {MAX_USERS} one Locust "
+                "drives; lower --factor"
+            )
         rate = offered / users
         log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({users} users × {rate:.2f}/s)")
         other = OtherCpu()

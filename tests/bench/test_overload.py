@@ -58,18 +58,33 @@ def _without_servers(
     monkeypatch.setattr(overload, "locust", lambda *args: (saturation, {}))
 
 
-def test_a_saturation_run_of_errors_alone_is_no_saturation(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("saturation", "message"),
+    [
+        # A server answering every request with a fast error: 1000 "requests" a second, none of them served.
+        pytest.param(
+            {"Aggregated": {"requests": 5000, "failures": 5000, "rps": 1000.0}},
+            "the saturation run served nothing",
+            id="errors-alone",
+        ),
+        # A fast server: --factor is capped at 10, yet its saturation times it asks for thousands of users.
+        pytest.param(
+            {"Aggregated": {"requests": 3000, "failures": 0, "rps": 300.0}},
+            "takes 600 Locust users, past the 256 one Locust drives",
+            id="past-one-locust",
+        ),
+    ],
+)
+def test_an_offer_it_cannot_make_is_refused_before_the_paced_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, saturation: dict[str, dict[str, float]], message: str
 ) -> None:
-    # A server answering every request with a fast error: 1000 "requests" a second, none of them served.
-    errors = {"Aggregated": {"requests": 5000, "failures": 5000, "rps": 1000.0}}
-    _without_servers(monkeypatch, tmp_path, saturation=errors)
+    _without_servers(monkeypatch, tmp_path, saturation=saturation)
 
     def paced_locust(base: str, rate: float, users: int, *args: object) -> None:
         raise AssertionError(f"{users} users offered {rate * users:.0f} req/s")
 
     monkeypatch.setattr(overload, "paced_locust", paced_locust)
-    with pytest.raises(overload.BenchError, match="the saturation run served nothing"):
+    with pytest.raises(overload.BenchError, match=message):
         overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", log=lambda line: None)
 
 
