@@ -798,6 +798,12 @@
     return off;
   }
 
+  // One check off is "it", not "either": a model may have its confidence threshold and no OOD score.
+  function checksOffSentence(off, absence) {
+    return "This model does not flag " + off.join(" or ") + ", so the absence of " + absence +
+      " says nothing about " + (off.length > 1 ? "either" : "it") + ".";
+  }
+
   function renderWarnings(box, result) {
     box.replaceChildren(
       ...warningsOf(result).map((w) => {
@@ -809,8 +815,7 @@
     );
     const off = checksOff((state.info && state.info.uncertainty) || {});
     if (off.length) {
-      box.append(el("p", "hint checks-off", "This model does not flag " + off.join(" or ") +
-        ", so the absence of a warning here says nothing about either."));
+      box.append(el("p", "hint checks-off", checksOffSentence(off, "a warning here")));
     }
   }
 
@@ -1135,8 +1140,7 @@
     const off = checksOff(u);
     if (off.length) {
       const why = (u.notes || []).join("; ");
-      out.note = "This model does not flag " + off.join(" or ") +
-        ", so the absence of a flag in this record says nothing about either." + (why ? " (" + why + ")" : "");
+      out.note = checksOffSentence(off, "a flag in this record") + (why ? " (" + why + ")" : "");
     }
     return out;
   }

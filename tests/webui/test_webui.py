@@ -1019,6 +1019,31 @@ def test_export_downloads_the_analysis_as_json(page: Any) -> None:
     }
 
 
+def test_one_check_missing_is_said_as_it_not_either(page: Any) -> None:
+    # A model with its confidence threshold and no out-of-distribution score: one check is off, not two.
+    def confidence_only(route: Any) -> None:
+        info = route.fetch().json()
+        info["uncertainty"] = {**info["uncertainty"], "confidence": True, "ood": False, "notes": []}
+        route.fulfill(json=info)
+
+    page.route("**/api/info", confidence_only)
+    open_page(page)
+    analyse(page, [png("red")])
+    expect(page.locator("#warnings .checks-off")).to_have_text(
+        "This model does not flag images unlike the photos it learned from, "
+        "so the absence of a warning here says nothing about it."
+    )
+    with page.expect_download() as download:
+        page.click("#export")
+    data = json.loads(Path(download.value.path()).read_text())
+    assert data["checks"] == {
+        "confidence": True,
+        "in_distribution": False,
+        "note": "This model does not flag images unlike the photos it learned from, so the absence of a flag "
+        "in this record says nothing about it.",
+    }
+
+
 def test_export_file_names_keep_letters_of_any_script(page: Any) -> None:
     open_page(page)
     analyse(page, [png("red", name="Фото родинки 1.png")])
