@@ -541,44 +541,9 @@ def test_a_request_whose_client_left_while_queued_never_runs(tiny_bundle: Path, 
         while not runs:
             time.sleep(0.01)
         # The second client uploads in full, then hangs up while the first holds the model.
-        boundary = "b0undary"
-        body = (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="b.jpg"\r\n'
-                f"Content-Type: image/jpeg\r\n\r\n"
-            ).encode()
-            + solid()
-            + f"\r\n--{boundary}--\r\n".encode()
-        )
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": "/api/predict",
-            "raw_path": b"/api/predict",
-            "root_path": "",
-            "query_string": b"",
-            "headers": [
-                (b"host", b"testserver"),
-                (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-            "client": ("127.0.0.1", 5000),
-            "server": ("testserver", 80),
-        }
-        messages = iter([{"type": "http.request", "body": body, "more_body": False}])
-        sent: list[dict[str, object]] = []
-
-        async def receive() -> dict[str, object]:
-            return next(messages, {"type": "http.disconnect"})
-
-        async def send(message: dict[str, object]) -> None:
-            sent.append(message)
-
+        body = _multipart(solid())
         admission = client.app.state.admission  # type: ignore[attr-defined]
-        second = client.portal.start_task_soon(client.app, scope, receive, send)  # type: ignore[union-attr]
+        second, sent = _raw_post(client, [body], length=len(body))
         deadline = time.monotonic() + 10
         while admission.active < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
