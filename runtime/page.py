@@ -3,12 +3,17 @@
 Starlette answers a Range it cannot parse (``bytes=abc``, ``items=0-1``) 400 and one with any range past the
 end 416, both in plain text. Here the first is ignored (the whole file, as RFC 9110 allows), a set with some
 ranges inside the file gets those, and one with none is a 416 in the API's JSON error shape.
+
+A folder asked for without its trailing slash (``/.``, ``/%2e``) is redirected to a path on this server, never
+to a URL that names a host: Starlette builds that from the request's Host header, which a client can forge,
+and a cache in front would then send everyone to the forged host.
 """
 
 from __future__ import annotations
 
 import math
 
+from starlette.responses import RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
@@ -16,6 +21,16 @@ from runtime.upload import error_body
 
 
 class PageFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if isinstance(response, RedirectResponse):  # the only redirect: a folder without its trailing slash
+            # ``path`` is normalised and relative ("." or "a/b"): no Location starting "//" (another host).
+            location = f"{scope.get('root_path', '')}/{'' if path == '.' else path + '/'}"
+            query = scope.get("query_string", b"").decode("latin-1")
+            location = f"{location}?{query}" if query else location
+            return RedirectResponse(location, status_code=response.status_code)
+        return response
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not any(name == b"range" for name, _ in scope["headers"]):
             await super().__call__(scope, receive, send)

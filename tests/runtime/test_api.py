@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 from starlette.types import Message
 
@@ -816,6 +818,32 @@ def test_no_path_traversal_through_static_files(client: TestClient, path: str) -
 def test_page_is_served(client: TestClient) -> None:
     response = client.get("/")
     assert response.status_code == 200 and "<html" in response.text.lower()
+
+
+def test_the_page_folder_redirect_names_no_host(client: TestClient) -> None:
+    # Starlette built the Location from the Host header: a forged one, behind a cache, redirected everyone.
+    answer = client.get("/%2e", headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 307 and answer.headers["location"] == "/"
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "location"),
+    [
+        pytest.param("/docs", "", "/docs/", id="folder"),
+        pytest.param("/docs?lang=de", "", "/docs/?lang=de", id="query"),
+        pytest.param("/x/%2e%2e/docs", "", "/docs/", id="dots"),
+        pytest.param("/docs", "/skin", "/skin/docs/", id="root-path"),
+    ],
+)
+def test_a_folder_without_its_slash_redirects_to_a_path_only(
+    tmp_path: Path, path: str, root_path: str, location: str
+) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "index.html").write_text("<html></html>")
+    app = Starlette(routes=[Mount("/", PageFiles(directory=tmp_path, html=True))])
+    with TestClient(app, root_path=root_path) as c:
+        answer = c.get(root_path + path, headers={"host": "evil.example"}, follow_redirects=False)
+    assert answer.status_code == 307 and answer.headers["location"] == location
 
 
 def test_page_ranges_follow_rfc_9110(client: TestClient) -> None:
