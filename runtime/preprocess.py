@@ -77,8 +77,12 @@ def open_image(
             img = Image.open(fp, formats=allowed_formats)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError("image_too_large", "the image has too many pixels", 413) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Past Pillow's own limit open() refuses before it returns a size: Pillow's message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found[1]):,} pixels" if found else "too many pixels"
+        message = f"the image has {size}; the limit is {max_pixels:,} pixels"
+        raise ImageError("image_too_large", message, 413) from None
     except Image.UnidentifiedImageError:
         raise _unidentified(fp, allowed_formats) from None
     except Exception:  # Pillow raises many kinds of errors on hostile headers

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 from PIL import Image
 
@@ -17,3 +19,13 @@ def encode(img: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
 
 def solid(colour: str = "red", size: tuple[int, int] = (96, 80), fmt: str = "JPEG") -> bytes:
     return encode(Image.new("RGB", size, COLOURS[colour]), fmt)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG with a header claiming ``width`` x ``height`` and no pixel data: enough for a size check."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")

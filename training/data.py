@@ -179,13 +179,17 @@ _reported: set[str] = set()
 
 
 def load_image(path: Path, img_size: int) -> np.ndarray | None:
-    """The runtime's preprocessing; None (logged once per process) when the file is not a usable image."""
+    """The runtime's preprocessing; None (logged once per process, with why) when the file is not a usable
+    image: unreadable, or over the runtime's pixel cap."""
     try:
         return preprocess(path, (img_size, img_size), resize_mode=RESIZE_MODE, resize_filter=RESIZE_FILTER)
     except ImageError as exc:
         if str(path) not in _reported:
             _reported.add(str(path))
-            log.warning("skipping unreadable image %s (%s)", path, exc.code)
+            if exc.code == "image_too_large":  # a fine photo, only bigger than the runtime would take
+                log.warning("skipping image %s: too large (%s)", path, exc.message)
+            else:
+                log.warning("skipping unreadable image %s (%s)", path, exc.code)
         return None
 
 

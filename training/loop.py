@@ -978,8 +978,8 @@ def finish(
     )
     if any(skipped.values()):
         say(
-            f"skipped {sum(skipped.values())} unreadable images (train {skipped['train']}, "
-            f"val {skipped['val']}, test {skipped['test']}); their paths are in the warnings above"
+            f"skipped {sum(skipped.values())} unreadable or too large images (train {skipped['train']}, "
+            f"val {skipped['val']}, test {skipped['test']}); their paths, and why, are in the warnings above"
         )
     if any(missing.values()):
         where = "; ".join(f"{split}: {', '.join(names)}" for split, names in missing.items() if names)

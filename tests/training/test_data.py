@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import runtime.preprocess
+from tests.images import png_header
 from tests.training.helpers import CLASSES, truncated_jpeg
 from training import data
 from training.config import DEFAULTS, TrainConfig
@@ -185,6 +186,25 @@ def test_an_unreadable_image_is_skipped_and_named_once(
         assert data.load_image(path, 32) is None
         assert data.load_image(path, 32) is None
     assert [str(path) in r.getMessage() for r in caplog.records] == [True]
+
+
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [
+        pytest.param((8000, 6000), "8000x6000 pixels", id="48mp"),
+        pytest.param((12000, 9000), "108,000,000 pixels", id="108mp"),  # past Pillow's own bomb limit
+    ],
+)
+def test_an_image_over_the_pixel_cap_is_said_to_be_too_large(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, size: tuple[int, int], said: str
+) -> None:
+    path = tmp_path / "huge.png"
+    path.write_bytes(png_header(*size))
+    with caplog.at_level("WARNING", logger="training.data"):
+        assert data.load_image(path, 32) is None
+    [message] = [r.getMessage() for r in caplog.records]
+    cap = "the limit is 40,000,000 pixels"
+    assert message == f"skipping image {path}: too large (the image has {said}; {cap})"
 
 
 def test_missing_root() -> None:
