@@ -11,6 +11,7 @@ import contextlib
 import csv
 import io
 import json
+import logging
 import math
 import os
 import signal
@@ -65,6 +66,8 @@ from training.model import (
 )
 from training.report import classes_without, classification_summary, epoch_metrics, plain
 from training.stop import Interrupted, signals_deferred, sigterm_stops
+
+log = logging.getLogger(__name__)
 
 METRIC_COLUMNS = (
     "epoch",
@@ -597,6 +600,16 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
         f"{f' x{cluster.world_size}' if cluster.distributed else ''}, amp {amp_dtype or 'off'}"
         + (f"; resuming after epoch {state.epoch}" if resumed is not None else "")
     )
+    if resumed is not None and state.epoch >= cfg.epochs and cluster.main:  # said, not only done
+        source = "best.pt" if (run_dir / "best.pt").is_file() else "the last weights (there is no best.pt)"
+        log.warning(
+            "nothing left to train: the run has trained %d epoch%s and --epochs is %d; only the test report "
+            "is rebuilt, from %s (a larger --epochs trains on)",
+            state.epoch,
+            "" if state.epoch == 1 else "s",
+            cfg.epochs,
+            source,
+        )
 
     from tqdm.auto import tqdm
 

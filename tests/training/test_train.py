@@ -455,6 +455,23 @@ def test_a_resumed_run_refuses_options_its_saved_state_keeps(
     assert (one_epoch / "last.pt").read_bytes() == kept
 
 
+@pytest.mark.slow  # a fresh interpreter: pytest's log capture would take the line from stderr
+def test_a_resume_with_no_epoch_left_says_it_rebuilds_only_the_report(
+    tmp_path: Path, one_epoch: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    kept = (run / "last.pt").read_bytes()
+    command = [sys.executable, "-m", "training", "--resume", str(run), "--epochs", "1"]
+    done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0
+    assert done.stderr == (
+        "nothing left to train: the run has trained 1 epoch and --epochs is 1; only the test report is "
+        "rebuilt, from best.pt (a larger --epochs trains on)\n"
+    )
+    assert (run / "last.pt").read_bytes() == kept and (run / "report.json").is_file()
+
+
 def test_a_resumed_run_takes_the_same_options_given_again(tmp_path: Path, dataset: Path) -> None:
     run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
     train(**TINY, data=str(dataset), resume=str(run), epochs=2)  # the first command again, plus --resume
