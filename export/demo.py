@@ -26,6 +26,9 @@ DEFAULT_WORK_DIR = Path("runs") / "demo"
 # the same time, which is what a from-scratch network needs most (measured: 4 epochs reach 25 % test accuracy
 # in 9 minutes, 3 epochs 22 % in about 7; lr 1e-2 instead of 3e-3 does not learn).
 TRAIN_PER_CLASS, TEST_PER_CLASS, EPOCHS, BATCH_SIZE = 12, 6, 3, 8
+# The most each size flag takes: generated images fill the disk (~0.1 MB each), a step holds its batch's
+# activations (B3 at 300 px, from scratch on the CPU), and an epoch at the most images takes hours already.
+MAX_PER_CLASS, MAX_EPOCHS, MAX_BATCH_SIZE = 1000, 100, 64
 PATCH_RANGE = (0.45, 0.8)  # bigger class patches than the tests' default: more signal per image
 # Written into the data and run folders the demo makes: only such folders does it ever delete or train over.
 MARKER = ".skin-demo"
@@ -202,6 +205,14 @@ def _check_options(options: dict[str, Any], *, train_per_class: int, test_per_cl
         raise DemoError(f"--train-per-class must be at least 2, not {train_per_class}")
     if test_per_class < 1:
         raise DemoError(f"--test-per-class must be at least 1, not {test_per_class}")
+    for flag, value, most in (
+        ("--train-per-class", train_per_class, MAX_PER_CLASS),
+        ("--test-per-class", test_per_class, MAX_PER_CLASS),
+        ("--epochs", options["epochs"], MAX_EPOCHS),
+        ("--batch-size", options["batch_size"], MAX_BATCH_SIZE),
+    ):
+        if value > most:
+            raise DemoError(f"{flag} must be at most {most}, not {value}")
     try:
         resolve(options)
     except ConfigError as exc:

@@ -17,6 +17,11 @@ Number = TypeVar("Number", int, float)
 MB = 1024 * 1024
 MAX_MB = 1024 * 1024  # 1 TiB: any size limit above it is a typo (and 1e305 MB overflowed to infinity)
 MAX_THREADS = 1024  # onnxruntime starts every thread it is told to: 100,000 took GBs and never listened
+# Counts that hold memory per unit: past these, a typo (100000) is refused at start-up rather than met as an
+# out-of-memory kill under the first load.
+MAX_CONCURRENCY = 64  # images on the model at once, each run with its own buffers
+MAX_BATCH = 64  # images in one run (SKIN_GATHER, SKIN_MAX_BATCH_FILES): 16 B3 images peaked near 1 GB
+MAX_WAITING = 1024  # SKIN_MAX_QUEUE requests (each holds its decoded images), SKIN_MAX_UPLOADS bodies
 OPENVINO_MODES = ("off", "f32", "bf16")  # off: onnxruntime's own CPU kernels (fp32)
 OPENVINO_SETTINGS = (*OPENVINO_MODES, "auto")  # auto: bf16 where export measured it safe (runtime/bf16.py)
 
@@ -58,8 +63,9 @@ class Settings:
         divide the CPUs. ``bundle``: the caller's bundle directory, instead of SKIN_BUNDLE."""
         config = Config(env_file)
 
-        def whole(name: str, default: int, low: int) -> int:
-            return _at_least(name, config(name, cast=int, default=default), low)
+        def whole(name: str, default: int, low: int, high: int | None = None) -> int:
+            value = _at_least(name, config(name, cast=int, default=default), low)
+            return value if high is None else _at_most(name, value, high)
 
         unset = single_process or not config("WEB_CONCURRENCY", default="").strip()
         workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
@@ -86,23 +92,21 @@ class Settings:
 
             openvino, chosen = choose(bundle, variant)
         _available(providers)
-        concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1)
+        concurrency = whole("SKIN_INFERENCE_CONCURRENCY", 2 if openvino == "off" else 1, 1, MAX_CONCURRENCY)
         return cls(
             bundle=bundle,
-            threads=_threads(_at_most("SKIN_THREADS", whole("SKIN_THREADS", 0, 0), MAX_THREADS), workers),
+            threads=_threads(whole("SKIN_THREADS", 0, 0, MAX_THREADS), workers),
             inference_concurrency=concurrency,
-            gather=whole("SKIN_GATHER", 1, 1),
-            max_queue=whole("SKIN_MAX_QUEUE", 8, 0),
-            max_uploads=whole("SKIN_MAX_UPLOADS", 16, 1),
+            gather=whole("SKIN_GATHER", 1, 1, MAX_BATCH),
+            max_queue=whole("SKIN_MAX_QUEUE", 8, 0, MAX_WAITING),
+            max_uploads=whole("SKIN_MAX_UPLOADS", 16, 1, MAX_WAITING),
             body_timeout_s=_positive(
                 "SKIN_BODY_TIMEOUT_S", config("SKIN_BODY_TIMEOUT_S", cast=float, default=30.0)
             ),
             max_image_bytes=megabytes("SKIN_MAX_IMAGE_MB", 10),
             max_body_bytes=megabytes("SKIN_MAX_BODY_MB", 40),
-            max_batch_files=whole("SKIN_MAX_BATCH_FILES", 16, 1),
-            max_pixels=_at_most(
-                "SKIN_MAX_PIXELS", whole("SKIN_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1), MAX_PIXELS
-            ),
+            max_batch_files=whole("SKIN_MAX_BATCH_FILES", 16, 1, MAX_BATCH),
+            max_pixels=whole("SKIN_MAX_PIXELS", DEFAULT_MAX_PIXELS, 1, MAX_PIXELS),
             allowed_formats=_formats(
                 config("SKIN_ALLOWED_FORMATS", cast=str, default=",".join(ALLOWED_FORMATS))
             ),

@@ -96,6 +96,9 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 SEEDS = range(2**32)  # what numpy's and torch's generators take; export rebuilds splits from the same seed
 DEFAULTS = TrainConfig()
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen lines
+# A loader worker is a process, and the training and validation loaders each start --workers of them (per
+# torchrun rank): a typo's 100000 would fork until the machine gives out, before the first step.
+MAX_WORKERS = 64
 
 
 def read_config(path: Path) -> str:
@@ -201,6 +204,10 @@ def _check(cfg: TrainConfig) -> None:
     need(0.0 < cfg.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     need(16 <= cfg.img_size <= 4096, f"--img-size must be 16..4096, got {cfg.img_size}")
     need(cfg.workers >= 0, "--workers must be 0 or more")
+    need(
+        cfg.workers <= MAX_WORKERS,
+        f"--workers must be at most {MAX_WORKERS} (each is a process), got {cfg.workers}",
+    )
     need(cfg.epochs >= 1, "--epochs must be at least 1")
     need(cfg.batch_size >= 1, "--batch-size must be at least 1")
     need(cfg.accum_steps >= 1, "--accum-steps must be at least 1")

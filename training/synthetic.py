@@ -5,7 +5,7 @@ colour, drawn as a square patch (by default 30–60 % of the short side) at a ra
 background. Image sizes, aspect and file formats vary. ``ROOT/boxes.json`` maps each image's relative path
 to the patch box [x0, y0, x1, y1] (pixels, x1/y1 exclusive) so CAM tests can check where the model looks.
 
-    python -m training.synthetic OUT_DIR [--train N] [--test N]   # OUT_DIR: a new or empty folder
+    python -m training.synthetic OUT_DIR [--train N] [--test N]   # a new or empty folder; N up to 1000
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from runtime.bundle import DISPLAY_NAMES
 
 SKIN_TONES = ((224, 172, 140), (198, 134, 96), (241, 194, 167), (160, 110, 80), (232, 185, 150))
 EXTENSIONS = (".png", ".jpg", ".jpeg")
+# Images per class and split from the command line: noisy pixels hardly compress (~0.1 MB a PNG), so 1000 of
+# each of 22 classes in both splits is already ~4 GB of disk; a typo's 100000 would fill it.
+MAX_PER_CLASS = 1000
 
 # A pattern maps patch coordinates u, v in [0, 1) to a boolean mask; k is the number of periods.
 Pattern = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -259,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     prog = "python -m training.synthetic"
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("out", help="dataset root to write: a new or empty folder")
-    parser.add_argument("--train", type=_count, default=8, help="training images per class (default: 8)")
-    parser.add_argument("--test", type=_count, default=4, help="test images per class (default: 4)")
+    parser.add_argument("--train", type=_per_class, default=8, help="training images per class (default: 8)")
+    parser.add_argument("--test", type=_per_class, default=4, help="test images per class (default: 4)")
     parser.add_argument("--seed", type=_count, default=0, help="random seed (default: 0)")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -305,6 +308,13 @@ def _count(value: str) -> int:
         number = -1
     if number < 0:
         raise argparse.ArgumentTypeError(f"want a whole number, at least 0, not {value!r}")
+    return number
+
+
+def _per_class(value: str) -> int:
+    number = _count(value)
+    if number > MAX_PER_CLASS:
+        raise argparse.ArgumentTypeError(f"want a whole number from 0 to {MAX_PER_CLASS}, not {value!r}")
     return number
 
 

@@ -288,6 +288,17 @@ def test_demo_bad_flag_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
             ["--train-per-class", "1"], "--train-per-class must be at least 2", id="train-per-class"
         ),
         pytest.param(["--test-per-class", "0"], "--test-per-class must be at least 1", id="test-per-class"),
+        # Past these: the disk filled with generated images, or a step's memory, before any training.
+        pytest.param(
+            ["--train-per-class", "100000"],
+            "--train-per-class must be at most 1000",
+            id="train-per-class-most",
+        ),
+        pytest.param(
+            ["--test-per-class", "1001"], "--test-per-class must be at most 1000", id="test-per-class-most"
+        ),
+        pytest.param(["--epochs", "101"], "--epochs must be at most 100", id="epochs-most"),
+        pytest.param(["--batch-size", "65"], "--batch-size must be at most 64", id="batch-size-most"),
         pytest.param(["--seed", "-1"], "--seed must be", id="negative-seed"),
         pytest.param(["--arch", "no_such_architecture"], "'no_such_architecture' is not a timm", id="arch"),
         pytest.param(

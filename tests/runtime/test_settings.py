@@ -28,6 +28,7 @@ from tests.server import ROOT, start_server, stop_server
         ("SKIN_MAX_QUEUE", "-1"),
         ("SKIN_MAX_UPLOADS", "0"),
         ("SKIN_MAX_BATCH_FILES", "0"),
+        ("SKIN_GATHER", "0"),
         ("SKIN_MAX_PIXELS", "0"),
         ("SKIN_MAX_PIXELS", "89478486"),  # Pillow refuses larger images as decompression bombs
         ("SKIN_MAX_IMAGE_MB", "0"),
@@ -53,6 +54,28 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=name):
         Settings.from_env()
+
+
+@pytest.mark.parametrize(
+    ("name", "most"),
+    [
+        ("SKIN_THREADS", "1,024"),
+        ("SKIN_INFERENCE_CONCURRENCY", "64"),
+        ("SKIN_GATHER", "64"),
+        ("SKIN_MAX_BATCH_FILES", "64"),
+        ("SKIN_MAX_QUEUE", "1,024"),
+        ("SKIN_MAX_UPLOADS", "1,024"),
+    ],
+)
+def test_counts_past_their_bound_are_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, most: str
+) -> None:
+    # Each unit holds memory (a run's buffers, a decoded image, a body): a typo would be met only under load.
+    monkeypatch.setenv(name, "100000")
+    with pytest.raises(ValueError, match=f"^{name} must be at most {most}, not 100000$"):
+        Settings.from_env()
+    monkeypatch.setenv(name, most.replace(",", ""))
+    Settings.from_env()  # the bound itself is taken
 
 
 def test_the_largest_values_are_taken(monkeypatch: pytest.MonkeyPatch) -> None:

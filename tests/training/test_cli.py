@@ -121,6 +121,7 @@ def test_a_config_that_is_no_config_file_is_one_line_not_read(
         pytest.param(["--data", "x", "--seed", str(2**70)], "--seed must be in 0..", id="seed-huge"),
         pytest.param(["--data", "x", "--device", "meta"], "is not supported", id="device-meta"),
         pytest.param(["--data", "x", "--device", "mps"], "is not supported", id="device-mps"),
+        pytest.param(["--data", "x", "--workers", "100000"], "--workers must be at most 64", id="workers"),
     ],
 )
 def test_bad_options_are_one_line(
@@ -142,6 +143,7 @@ def test_bad_options_are_one_line(
         pytest.param({"val_fraction": 0.001}, id="val-fraction-small"),
         pytest.param({"img_size": 16}, id="img-size-16"),
         pytest.param({"workers": 0}, id="no-workers"),
+        pytest.param({"workers": 64}, id="most-workers"),
         pytest.param({"label_smoothing": 0.0}, id="no-smoothing"),
         pytest.param({"batch_size": 1, "img_size": 33}, id="batch-1-above-32-px"),
         pytest.param({"seed": 2**32 - 1}, id="largest-seed"),
@@ -171,6 +173,7 @@ def test_options_at_the_edge_of_their_range_are_accepted(options: dict[str, obje
         pytest.param({"val_fraction": 1.0}, "--val-fraction", id="val-fraction-1"),
         pytest.param({"img_size": 15}, "--img-size", id="img-size-15"),
         pytest.param({"workers": -1}, "--workers", id="workers"),
+        pytest.param({"workers": 65}, "--workers must be at most 64 ", id="workers-65"),  # each a process
         pytest.param({"epochs": 0}, "--epochs", id="epochs"),
         pytest.param({"batch_size": 0, "img_size": 64}, "--batch-size", id="batch-size"),
         pytest.param({"accum_steps": 0}, "--accum-steps", id="accum-steps"),

@@ -83,6 +83,7 @@ def test_command_line(tmp_path: Path) -> None:
     ("args", "message"),
     [
         pytest.param(["--train", "-1"], "at least 0", id="negative-count"),
+        pytest.param(["--test", "1001"], "from 0 to 1000, not '1001'", id="past-the-disk"),
         pytest.param(["--seed", "x"], "at least 0", id="not-a-number"),
         pytest.param([], "is not an empty folder", id="into-a-dataset"),
     ],
