@@ -72,7 +72,7 @@ def choose(bundle_dir: str | Path, variant: str = "auto") -> tuple[str, str]:
     except bundle.BundleError:
         report = None  # the engine reports the unreadable file itself, in one line
     try:
-        sha256 = bundle.sha256_file(Path(bundle_dir) / bundle.MODEL_FILE) if report else None
+        sha256 = bundle.model_sha256(Path(bundle_dir) / bundle.MODEL_FILE) if report else None
     except OSError:
         sha256 = None  # no model.onnx: the engine refuses the bundle itself
     found = entry(report, sha256)

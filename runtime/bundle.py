@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 CONTRACT_VERSION = 1
 MODEL_FILE = "model.onnx"  # fp32, the graph that passed the parity check
@@ -350,11 +351,31 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
 
 
 def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+        return _sha256(fh)
+
+
+def _sha256(fh: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: fh.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+_digests: dict[tuple[int, ...], str] = {}
+
+
+def model_sha256(path: str | Path) -> str:
+    """sha256_file, read once per process: start-up wanted the same graph's digest up to three times
+    (SKIN_OPENVINO=auto's choice, the int8 graph's check, the served model's). Keyed by the file itself and
+    its size and times, so a file replaced or rewritten since is read again. For the runtime, which writes
+    no model: export rewrites files it has just hashed, maybe within one tick of the file times."""
+    with open(path, "rb") as fh:  # the file read is the one whose identity keys it
+        st = os.fstat(fh.fileno())
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in _digests:
+            _digests[key] = _sha256(fh)
+    return _digests[key]
 
 
 def fingerprint_files(root: str | Path, files: list[Path]) -> str:

@@ -202,7 +202,7 @@ class Engine:
         self.policy = uncertainty.Policy.from_thresholds(self.meta.thresholds, outputs=set(outputs))
         self._fetch = [bundle.PROBS_OUTPUT] + ([bundle.CAM_OUTPUT] if self.has_cam else [])
         self._fetch += self.policy.needs
-        self.sha256 = bundle.sha256_file(path)
+        self.sha256 = bundle.model_sha256(path)  # read once, also by int8.stale() and SKIN_OPENVINO=auto
         self.providers = self.session.get_providers()
         self.ready = False
 

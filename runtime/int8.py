@@ -44,7 +44,7 @@ def stale(report: Any, path: Path) -> str | None:
     decision, recorded = entry.get("decision"), entry.get("sha256")
     if isinstance(decision, str) and decision != "shipped":
         return f"{bundle.REPORT_FILE} says export did not ship one with this model ({decision})"
-    if isinstance(recorded, str) and recorded != bundle.sha256_file(path):
+    if isinstance(recorded, str) and recorded != bundle.model_sha256(path):
         return f"{bundle.REPORT_FILE} records another one (sha256 {recorded[:12]})"
     return None
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from collections import Counter
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnxruntime as ort
@@ -157,6 +161,41 @@ def test_an_int8_graph_left_from_another_export_is_not_served(
         return
     with pytest.raises(bundle.BundleError, match=f"model.int8.onnx is not this model's: .*{stale}"):
         Engine(root, threads=1, variant="int8")  # asked for by name: refused in one line
+
+
+@pytest.mark.parametrize("auto", [pytest.param(False, id="engine"), pytest.param(True, id="openvino-auto")])
+def test_start_up_reads_each_graph_once_for_its_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auto: bool
+) -> None:
+    # int8.stale() hashed model.int8.onnx and the engine hashed it again for /api/info; SKIN_OPENVINO=auto
+    # hashed it a third time before the engine was built (and model.onnx, with OpenVINO and bf16 units).
+    monkeypatch.setattr(int8, "clips_sums", lambda: False)  # auto serves int8
+    root = _with_int8(tmp_path)
+    report = json.loads((root / bundle.REPORT_FILE).read_text())
+    report["int8"] = {"decision": "shipped", "sha256": bundle.sha256_file(root / bundle.INT8_MODEL_FILE)}
+    (root / bundle.REPORT_FILE).write_text(json.dumps(report))
+    read: Counter[str] = Counter()
+    real = bundle._sha256
+
+    def counted(fh: BinaryIO) -> str:
+        read[Path(fh.name).name] += 1
+        return real(fh)
+
+    monkeypatch.setattr(bundle, "_sha256", counted)
+    if auto:
+        monkeypatch.setenv("SKIN_OPENVINO", "auto")
+        engine = Engine.from_settings(Settings.from_env(bundle=str(root), single_process=True))
+    else:
+        engine = Engine(root, threads=1)
+    assert engine.model_file == bundle.INT8_MODEL_FILE
+    assert engine.sha256 == report["int8"]["sha256"]
+    assert read[bundle.INT8_MODEL_FILE] == 1 and max(read.values()) == 1, read
+    # A graph replaced since is read again: the digest is of the file served, never of the one before.
+    new = (root / bundle.MODEL_FILE).read_bytes() + b"\0"
+    (root / "new.onnx").write_bytes(new)
+    os.replace(root / "new.onnx", root / bundle.INT8_MODEL_FILE)
+    assert bundle.model_sha256(root / bundle.INT8_MODEL_FILE) == hashlib.sha256(new).hexdigest()
+    assert read[bundle.INT8_MODEL_FILE] == 2
 
 
 @pytest.mark.parametrize(("variant", "level"), [("auto", "INFO"), ("int8", "WARNING")])
