@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol, with five changes for a server that may face clients directly (no nginx):
+"""uvicorn's HTTP/1.1 protocol, with six changes for a server that may face clients directly (no nginx):
 
 - malformed HTTP (two Content-Length headers, a bad chunk size, …) never reaches the app: uvicorn answers 400
   itself, in plain text; here the body is JSON, like every other error of the API;
@@ -13,7 +13,9 @@
   The app has no WebSocket route; uvicorn, even with ``ws="none"``, logged two warnings for each;
 - an answer sent before the request's body was all read (413, 503, 408, 405, 404, a 400) is followed by
   nginx's "lingering close": uvicorn closed at once, with the client's bytes unread, so the kernel reset the
-  connection and clients reported "connection reset by peer" or "broken pipe" instead of the answer.
+  connection and clients reported "connection reset by peer" or "broken pipe" instead of the answer;
+- a client that closes its sending side once its request is out (``shutdown(SHUT_WR)``, ``nc -N``, some
+  HTTP/1.0 tools) gets its answer: uvicorn closed the connection at the client's FIN, answer unsent.
 
 skin-serve uses it with SKIN_BODY_TIMEOUT_S for every time limit; with plain uvicorn:
 ``uvicorn runtime.app:app --http runtime.protocol:H11Protocol`` (30 s).
@@ -87,6 +89,7 @@ class H11Protocol(h11_impl.H11Protocol):
     _write_timer: asyncio.TimerHandle | None = None
     _linger_timer: asyncio.TimerHandle | None = None
     _stopping = False  # the server shuts down: nothing lingers
+    _client_done = False  # the client sent its FIN after a whole request: answer, then close
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -102,6 +105,22 @@ class H11Protocol(h11_impl.H11Protocol):
         self.raw_transport = transport
         super().connection_made(cast("asyncio.Transport", _Transport(transport, self)))
         self._watch_head()
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
+        """The client will send no more. With its request all in and unanswered, the connection stays open for
+        the answer (True: asyncio keeps the socket's sending side), then ends as an idle keep-alive one does.
+        Otherwise (nothing asked, a body cut short, a lingering close) it closes now, as uvicorn's did."""
+        answering = self.cycle is not None and not self.cycle.response_complete
+        if not self.lingering and answering and self.conn.their_state is h11.DONE:
+            self._client_done = True
+            return True
+        return None
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # starts the next pipelined request, if the client sent one
+        idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
+        if self._client_done and idle and not self.transport.is_closing():
+            self.transport.close()  # all it sent is answered: its FIN now, not the keep-alive timeout's
 
     def data_received(self, data: bytes) -> None:
         if self.lingering:

@@ -23,6 +23,7 @@ from runtime.app import RequestMiddleware
 from runtime.metrics import Metrics
 from runtime.protocol import H11Protocol
 from runtime.upload import BAD_HTTP
+from tests.images import solid
 from tests.server import start_server, stop_server
 
 
@@ -433,3 +434,42 @@ def test_a_lingering_close_is_bounded_and_holds_up_neither_others_nor_a_shutdown
             assert time.monotonic() - started < 2.5
     finally:
         stop_server(proc)
+
+
+def test_a_client_that_half_closes_after_its_request_gets_its_answer(tiny_bundle: Path) -> None:
+    # shutdown(SHUT_WR) once the request is out (nc -N, some HTTP/1.0 tools): uvicorn closed at the client's
+    # FIN, its answer unsent. Two pipelined requests: both answered, then the server closes at once.
+    url, proc = _skin_serve(tiny_bundle)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        upload = solid("red", fmt="PNG")
+        head = (
+            "POST /api/predict?heatmap=false HTTP/1.1\r\nHost: x\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+        )
+        part = (
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + upload + b"\r\n--b--\r\n"
+        )
+        requests = [
+            f"{head}Content-Length: {len(part)}\r\n\r\n".encode() + part,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        for sent in (requests[:1], requests):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(b"".join(sent))
+                sock.shutdown(socket.SHUT_WR)
+                started, answer = time.monotonic(), b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                closed_after = time.monotonic() - started
+            assert answer.count(b"HTTP/1.1 200 OK") == len(sent), answer[:300]
+            assert b'"primary"' in answer
+            assert closed_after < 2  # closed once answered, not at the 5 s keep-alive timeout
+        # A FIN before the request is whole still just closes (nothing to answer).
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(requests[0][:-10])
+            sock.shutdown(socket.SHUT_WR)
+            assert sock.recv(65536) == b""
+    finally:
+        assert stop_server(proc) == 0
