@@ -590,7 +590,9 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
         if cluster.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             lock.take(run_dir)
-            if not replacing:
+            # A resume with no epoch left trains nothing: the run's config.yaml stays its own (an --epochs
+            # below what it trained would otherwise be recorded as its recipe).
+            if not replacing and not (resumed is not None and state.epoch >= cfg.epochs):
                 write_yaml(run_dir / "config.yaml", cfg.as_dict())
             if cfg.mlflow:
                 tracker = MlflowTracker(cfg, run_dir, say)

@@ -472,6 +472,14 @@ def test_a_resume_with_no_epoch_left_says_it_rebuilds_only_the_report(
     assert (run / "last.pt").read_bytes() == kept and (run / "report.json").is_file()
 
 
+def test_a_resume_with_no_epoch_left_keeps_the_runs_config(tmp_path: Path, dataset: Path) -> None:
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=2)
+    config = (run / "config.yaml").read_bytes()
+    train(**TINY, data=str(dataset), resume=str(run), epochs=1)  # nothing to train: only the report
+    assert (run / "config.yaml").read_bytes() == config  # still epochs: 2, what the run trained
+    assert yaml.safe_load(config)["epochs"] == 2
+
+
 def test_a_resumed_run_takes_the_same_options_given_again(tmp_path: Path, dataset: Path) -> None:
     run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
     train(**TINY, data=str(dataset), resume=str(run), epochs=2)  # the first command again, plus --resume
