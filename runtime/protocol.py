@@ -108,8 +108,9 @@ class H11Protocol(h11_impl.H11Protocol):
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol allows True
         """The client will send no more. With its request all in and unanswered, the connection stays open for
-        the answer (True: asyncio keeps the socket's sending side), then ends as an idle keep-alive one does.
-        Otherwise (nothing asked, a body cut short, a lingering close) it closes now, as uvicorn's did."""
+        the answer (True: asyncio keeps the socket's sending side) and closes once all it sent is answered
+        (on_response_complete). Otherwise (nothing asked, a body cut short, a lingering close) it closes now,
+        as uvicorn's did."""
         answering = self.cycle is not None and not self.cycle.response_complete
         if not self.lingering and answering and self.conn.their_state is h11.DONE:
             self._client_done = True
