@@ -118,6 +118,11 @@ class H11Protocol(h11_impl.H11Protocol):
         return None
 
     def on_response_complete(self) -> None:
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            # Answered with the body unread and no "Connection: close" (a CORS preflight, answered by its
+            # middleware): uvicorn kept the connection and dropped that body for as long as it came, no timer
+            # running. Closed as any early answer is: lingering, bounded.
+            self.transport.close()
         super().on_response_complete()  # starts the next pipelined request, if the client sent one
         idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
         if self._client_done and idle and not self.transport.is_closing():

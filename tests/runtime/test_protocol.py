@@ -288,12 +288,20 @@ async def _refuse_unread(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _lingering(monkeypatch: pytest.MonkeyPatch) -> Callable[[], Awaitable[tuple[H11Protocol, _HalfClosing]]]:
+async def _preflight(scope: Any, receive: Any, send: Any) -> None:
+    # As Starlette's CORS middleware answers one: neither the body read nor "Connection: close".
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def _lingering(
+    monkeypatch: pytest.MonkeyPatch, app: Any = _refuse_unread
+) -> Callable[[], Awaitable[tuple[H11Protocol, _HalfClosing]]]:
     """Connects a client whose 413 went out before its body was read: lingering 1 s, 0.4 s idle, 1000 B."""
     monkeypatch.setattr("runtime.protocol.LINGER_IDLE_S", 0.4)
 
     async def connect() -> tuple[H11Protocol, _HalfClosing]:
-        config = Config(app=_refuse_unread, timeout_keep_alive=5, log_config=None)
+        config = Config(app=app, timeout_keep_alive=5, log_config=None)
         protocol = H11Protocol.with_head_timeout(1.0, linger_bytes=1000)(
             config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
         )
@@ -354,6 +362,26 @@ def test_a_body_sent_after_its_answer_is_read_and_dropped_within_bounds(
         "over_the_cap": True,
         "shutdown": True,
     }
+
+
+def test_an_answer_kept_alive_with_its_body_unread_closes_as_an_early_answer_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvicorn kept such a connection and dropped the body (an endless chunked one: for ever, no timer).
+    connect = _lingering(monkeypatch, app=_preflight)
+
+    async def scenario() -> tuple[bytes, bool, bool]:
+        protocol, transport = await connect()
+        for _ in range(8):  # the body keeps coming, never idle for long
+            protocol.data_received(b"x" * 10)
+            await asyncio.sleep(0.1)
+        lingering = transport.eof and not transport.closed  # the answer, a FIN; the body read and dropped
+        await asyncio.sleep(0.6)  # idle past 0.4 s
+        protocol.connection_lost(None)
+        return transport.written, lingering, transport.closed
+
+    written, lingering, closed = asyncio.run(scenario())
+    assert written.startswith(b"HTTP/1.1 200") and lingering and closed
 
 
 def _skin_serve(tiny_bundle: Path, **env: str) -> tuple[str, Any]:
