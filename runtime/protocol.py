@@ -88,6 +88,7 @@ class H11Protocol(h11_impl.H11Protocol):
     _head_timer: asyncio.TimerHandle | None = None
     _write_timer: asyncio.TimerHandle | None = None
     _linger_timer: asyncio.TimerHandle | None = None
+    _close_timer: asyncio.TimerHandle | None = None
     _stopping = False  # the server shuts down: nothing lingers
     _client_done = False  # the client sent its FIN after a whole request: answer, then close
 
@@ -115,6 +116,7 @@ class H11Protocol(h11_impl.H11Protocol):
         if not self.lingering and answering and self.conn.their_state is h11.DONE:
             self._client_done = True
             return True
+        self._time_close()  # asyncio closes it now
         return None
 
     def on_response_complete(self) -> None:
@@ -134,7 +136,7 @@ class H11Protocol(h11_impl.H11Protocol):
             self._linger_bytes_left -= len(data)
             self._linger_last = self.loop.time()
             if self._linger_bytes_left < 0:
-                self.raw_transport.close()
+                self._close_raw()
             return
         super().data_received(data)
         self._watch_head()
@@ -142,8 +144,9 @@ class H11Protocol(h11_impl.H11Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_write_timer()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
+        for timer in (self._linger_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
 
     def close_transport(self) -> None:
@@ -162,7 +165,7 @@ class H11Protocol(h11_impl.H11Protocol):
             or self.conn.their_state not in (h11.SEND_BODY, h11.ERROR)  # nothing more to come
             or not raw.can_write_eof()  # TLS cannot half-close
         ):
-            raw.close()
+            self._close_raw()
             return
         self.lingering = True
         raw.write_eof()  # once the answer is written
@@ -172,19 +175,30 @@ class H11Protocol(h11_impl.H11Protocol):
         self._linger_until = self._linger_last + self.head_timeout_s
         self._linger_timer = self.loop.call_later(min(LINGER_IDLE_S, self.head_timeout_s), self._linger_check)
 
+    def _close_raw(self) -> None:
+        self.raw_transport.close()
+        self._time_close()
+
+    def _time_close(self) -> None:
+        """A closed socket stays open until what was written has gone out: for ever, where the client reads
+        none of it and it is too little to fill the transport's buffer (no pause_writing, so no write timer;
+        pipelined requests never read, then the keep-alive timeout's close). Cut off as that timer cuts."""
+        if self._close_timer is None:
+            self._close_timer = self.loop.call_later(self.head_timeout_s, self.raw_transport.abort)
+
     def _linger_check(self) -> None:
         # One timer, moved on when it fires rather than at every read: a read costs no timer.
         until = min(self._linger_last + LINGER_IDLE_S, self._linger_until)
         if self.loop.time() >= until:
             self._linger_timer = None
-            self.raw_transport.close()  # the client's EOF (eof_received) closes it sooner
+            self._close_raw()  # the client's EOF (eof_received) closes it sooner
         else:
             self._linger_timer = self.loop.call_later(until - self.loop.time(), self._linger_check)
 
     def shutdown(self) -> None:
         self._stopping = True  # uvicorn waits for every connection to close: a lingering one must not hold it
         if self.lingering:
-            self.raw_transport.close()
+            self._close_raw()
         else:
             super().shutdown()
 

@@ -119,6 +119,32 @@ def test_a_client_that_reads_none_of_its_answer_is_cut_off_after_the_timeout() -
     assert asyncio.run(scenario()) == (False, True, False)
 
 
+async def _closing(scope: Any, receive: Any, send: Any) -> None:
+    headers = [(b"content-length", b"2"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def test_a_closed_connection_whose_answer_is_never_read_is_cut_off_after_the_timeout() -> None:
+    # A socket closes once what was written has gone out: uvicorn held one for ever when the client read none
+    # of it and it was too little to fill the transport's buffer (no pause_writing, so no write timer).
+    async def scenario() -> tuple[bool, bool, bool]:
+        protocol, closed = await _connect(0.5, app=_closing)  # closed after its answer, as uvicorn does
+        protocol.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        half, hung_up = await _connect(0.5)
+        half.data_received(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.02)
+        assert half.eof_received() is None  # the client's FIN, all answered: asyncio closes it
+        hung_up.close()
+        early = closed.aborted or hung_up.aborted
+        await asyncio.sleep(0.8)  # the transports never report the connection lost: their answers sit unsent
+        protocol.connection_lost(None)
+        half.connection_lost(None)
+        return early, closed.aborted, hung_up.aborted
+
+    assert asyncio.run(scenario()) == (False, True, True)
+
+
 def test_malformed_http_is_a_json_400_that_closes_the_connection() -> None:
     async def scenario() -> tuple[_Transport, bool]:
         protocol, transport = await _connect(30)
