@@ -38,6 +38,9 @@ MAX_SMALL_CHUNKS = 1024
 SMALL_CHUNK = 1024
 # A lingering close ends after head_timeout_s in all, or this long without a byte (nginx: 30 s and 5 s).
 LINGER_IDLE_S = 5.0
+# h11's states for a client whose request is all in: MUST_CLOSE after an HTTP/1.0 or "Connection: close" one,
+# MIGHT_SWITCH_PROTOCOL after an Upgrade one (answered as plain HTTP, see _should_upgrade).
+REQUEST_WHOLE = (h11.DONE, h11.MUST_CLOSE, h11.MIGHT_SWITCH_PROTOCOL)
 
 
 class _Connection(h11.Connection):
@@ -113,7 +116,7 @@ class H11Protocol(h11_impl.H11Protocol):
         (on_response_complete). Otherwise (nothing asked, a body cut short, a lingering close) it closes now,
         as uvicorn's did."""
         answering = self.cycle is not None and not self.cycle.response_complete
-        if not self.lingering and answering and self.conn.their_state is h11.DONE:
+        if not self.lingering and answering and self.conn.their_state in REQUEST_WHOLE:
             self._client_done = True
             return True
         self._time_close()  # asyncio closes it now

@@ -254,6 +254,39 @@ async def _read_body(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _read_body_slowly(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await asyncio.sleep(0.1)  # the client's FIN comes while the model runs
+    await _ok(scope, receive, send)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.0\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n",
+    ],
+    ids=["http-1.0", "connection-close", "upgrade"],
+)
+def test_a_client_that_half_closes_after_a_last_request_gets_its_answer(head: bytes) -> None:
+    # h11 has such a client in MUST_CLOSE (or MIGHT_SWITCH_PROTOCOL), not DONE, once its request is whole:
+    # its FIN closed the connection, the answer unsent (printf 'POST … HTTP/1.0 …' | nc -N got nothing).
+    async def scenario() -> tuple[bool | None, bytes, bool]:
+        protocol, transport = await _connect(5, app=_read_body_slowly)
+        protocol.data_received(head + b"Content-Length: 2\r\n\r\nhi")
+        await asyncio.sleep(0.02)
+        kept = protocol.eof_received()
+        if not kept:  # what asyncio does then
+            transport.close()
+            protocol.connection_lost(None)
+        await asyncio.sleep(0.2)
+        return kept, transport.written, transport.closed
+
+    kept, written, closed = asyncio.run(scenario())
+    assert kept and written.startswith(b"HTTP/1.1 200") and written.endswith(b"ok") and closed
+
+
 def _chunked_upload(chunks: list[bytes]) -> tuple[bytes, bool]:
     """What the server writes for a chunked POST of ``chunks``, fed in 64 KiB reads; and whether it closed."""
 
