@@ -26,9 +26,9 @@ DEFAULT_WORK_DIR = Path("runs") / "demo"
 # the same time, which is what a from-scratch network needs most (measured: 4 epochs reach 25 % test accuracy
 # in 9 minutes, 3 epochs 22 % in about 7; lr 1e-2 instead of 3e-3 does not learn).
 TRAIN_PER_CLASS, TEST_PER_CLASS, EPOCHS, BATCH_SIZE = 12, 6, 3, 8
-# The most each size flag takes: generated images fill the disk (~0.1 MB each), a step holds its batch's
+# The most each size flag takes (images per class: training.synthetic's): a step holds its batch's
 # activations (B3 at 300 px, from scratch on the CPU), and an epoch at the most images takes hours already.
-MAX_PER_CLASS, MAX_EPOCHS, MAX_BATCH_SIZE = 1000, 100, 64
+MAX_EPOCHS, MAX_BATCH_SIZE = 100, 64
 PATCH_RANGE = (0.45, 0.8)  # bigger class patches than the tests' default: more signal per image
 # Written into the data and run folders the demo makes: only such folders does it ever delete or train over.
 MARKER = ".skin-demo"
@@ -200,6 +200,7 @@ def build(
 def _check_options(options: dict[str, Any], *, train_per_class: int, test_per_class: int) -> None:
     """The training options as training itself checks them, and the image counts export needs."""
     from training.config import ConfigError, resolve
+    from training.synthetic import MAX_PER_CLASS
 
     if train_per_class < 2:  # one image of each class is held out for validation
         raise DemoError(f"--train-per-class must be at least 2, not {train_per_class}")

@@ -584,6 +584,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     # --overwrite: the earlier run's files go only once this run has finished its first epoch (a run that
     # fails or is stopped before that loses nothing); then none of them may pass for this run's.
     replacing = resumed is None and any((run_dir / name).exists() for name in RUN_FILES)
+    nothing_left = resumed is not None and state.epoch >= cfg.epochs  # only the report is rebuilt
     say = _printer(cluster.main)
     tracker: MlflowTracker | None = None
     with cluster.shared_outcome():
@@ -592,7 +593,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             lock.take(run_dir)
             # A resume with no epoch left trains nothing: the run's config.yaml stays its own (an --epochs
             # below what it trained would otherwise be recorded as its recipe).
-            if not replacing and not (resumed is not None and state.epoch >= cfg.epochs):
+            if not replacing and not nothing_left:
                 write_yaml(run_dir / "config.yaml", cfg.as_dict())
             if cfg.mlflow:
                 tracker = MlflowTracker(cfg, run_dir, say)
@@ -602,7 +603,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
         f"{f' x{cluster.world_size}' if cluster.distributed else ''}, amp {amp_dtype or 'off'}"
         + (f"; resuming after epoch {state.epoch}" if resumed is not None else "")
     )
-    if resumed is not None and state.epoch >= cfg.epochs and cluster.main:  # said, not only done
+    if nothing_left and cluster.main:  # said, not only done
         source = "best.pt" if (run_dir / "best.pt").is_file() else "the last weights (there is no best.pt)"
         log.warning(
             "nothing left to train: the run has trained %d epoch%s and --epochs is %d; only the test report "
