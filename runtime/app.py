@@ -472,14 +472,14 @@ class ServerErrors:
 
         try:
             await self.app(scope, receive, send_wrapper)
+        except logs.Logged:
+            raise  # from the ServerErrors inside CORS (SKIN_CORS_ORIGINS puts one on each side)
         except Exception:
-            # With SKIN_CORS_ORIGINS one sits on each side of CORS: an error past the answer's start passes
-            # both, and is logged once.
-            if not scope.get("skin.error_logged"):
-                scope["skin.error_logged"] = True
-                log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
+            log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
             if started:
-                raise  # too late for a clean answer; uvicorn closes the connection
+                # Too late for a clean answer: uvicorn closes the connection, the client sees the answer cut
+                # short, and uvicorn's own line with the same traceback is dropped (logs.NotLoggedTwice).
+                raise logs.Logged from None
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 500, "headers": headers})
             await send({"type": "http.response.body", "body": INTERNAL_ERROR})

@@ -24,8 +24,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class Logged(Exception):
+    """Raised in place of an error the runtime has logged, where only the server can end the answer (it had
+    started): the server closes the connection, and its own line for it is dropped (``setup``)."""
+
+
+class NotLoggedTwice(logging.Filter):
+    """uvicorn logs every exception out of the app ("Exception in ASGI application", with a traceback): the
+    same error a second time, where the runtime's line has it already."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], Logged))
+
+
 def setup(level: str | int = "info") -> None:
-    """JSON lines on stderr for the runtime's loggers and for Python warnings (idempotent)."""
+    """JSON lines on stderr for the runtime's loggers and for Python warnings, and no second line from uvicorn
+    for an error the runtime logged (idempotent)."""
     logger = logging.getLogger("runtime")
     logger.setLevel(level.upper() if isinstance(level, str) else level)
     # Library warnings as JSON lines too, not bare text on stderr.
@@ -41,6 +55,9 @@ def setup(level: str | int = "info") -> None:
             handler._skin_json = True  # type: ignore[attr-defined]
             target.addHandler(handler)
             target.propagate = False
+    server = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, NotLoggedTwice) for f in server.filters):
+        server.addFilter(NotLoggedTwice())
     # python-multipart warns about malformed bodies with bytes of the body in the message: uploads are health
     # data, and the client already gets a 400 for it.
     logging.getLogger("python_multipart").setLevel(logging.ERROR)

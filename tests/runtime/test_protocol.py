@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sys
 import time
@@ -17,12 +18,13 @@ from typing import Any
 
 import pytest
 from uvicorn.config import Config
-from uvicorn.server import ServerState
+from uvicorn.server import Server, ServerState
 
-from runtime.app import RequestMiddleware
+from runtime.app import RequestMiddleware, create_app
 from runtime.metrics import Metrics
 from runtime.protocol import H11Protocol
-from runtime.upload import BAD_HTTP
+from runtime.settings import Settings
+from runtime.upload import BAD_HTTP, BodyLimitMiddleware
 from tests.images import solid
 from tests.server import start_server, stop_server
 
@@ -560,3 +562,51 @@ def test_a_client_that_half_closes_after_its_request_gets_its_answer(tiny_bundle
             assert sock.recv(65536) == b""
     finally:
         assert stop_server(proc) == 0
+
+
+async def _in_uvicorn(app: Any, request: bytes, **config: Any) -> bytes:
+    """What a client that sends ``request`` reads, until the server closes, from ``app`` served in-process by
+    uvicorn with skin-serve's protocol."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = Server(Config(app=app, http=H11Protocol, log_config=None, **config))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection(*sock.getsockname())
+        writer.write(request)
+        answer = await asyncio.wait_for(reader.read(), 10)  # not a hang: the server closes
+        writer.close()
+        return answer
+    finally:
+        server.should_exit = True
+        await serving
+
+
+def test_an_error_after_the_answer_started_is_logged_once_and_cuts_the_answer_short(
+    tiny_bundle: Path,
+    runtime_log: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvicorn logged it a second time, "Exception in ASGI application" with the same traceback.
+    served = BodyLimitMiddleware.__call__
+
+    async def late(self: BodyLimitMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await served(self, scope, receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+        raise RuntimeError("after the start")
+
+    monkeypatch.setattr(BodyLimitMiddleware, "__call__", late)
+    app = create_app(Settings(bundle=str(tiny_bundle), threads=1))
+    server_log = logging.getLogger("uvicorn.error")  # skin-serve's config stops it propagating to caplog
+    server_log.addHandler(runtime_log.handler)
+    try:
+        answer = asyncio.run(_in_uvicorn(app, b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n"))
+    finally:
+        server_log.removeHandler(runtime_log.handler)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n12345")  # 5 of 10 bytes
+    errors = [r for r in runtime_log.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [("runtime", "unhandled error")]
