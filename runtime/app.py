@@ -358,6 +358,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 INTERNAL_ERROR = error_body("internal_error", "internal error; it has been logged")
+SHUTTING_DOWN = error_body("shutting_down", "the server is shutting down; send the request again")
 
 
 async def server_error(request: Request, exc: Exception) -> Response:
@@ -454,7 +455,7 @@ class ServerErrors:
     """A bug, not a client error: logged with the request id (as a JSON line), answered as generic JSON.
     Inside the CORS middleware, so that a page on an allowed origin can read this 500 like any other answer
     (Starlette's own handler sits outside every middleware); RequestMiddleware adds the usual headers. Never
-    the exception text: it may hold data."""
+    the exception text: it may hold data. A request the server cancels as it stops gets a 503 here too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -474,8 +475,23 @@ class ServerErrors:
             await self.app(scope, receive, send_wrapper)
         except logs.Logged:
             raise  # from the ServerErrors inside CORS (SKIN_CORS_ORIGINS puts one on each side)
+        except asyncio.CancelledError:
+            # uvicorn cancels what still runs when its shutdown grace ends (skin-serve: 30 s). Its own answer
+            # was a plain-text 500 and a traceback; this server is going away, so retrying elsewhere is right.
+            # Not raised on: uvicorn would log it as a crash; the request's task ends here, answered.
+            if started:
+                log.warning("answer cut short: the server is shutting down", extra=_request_fields(scope))
+                raise logs.Logged from None
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(SHUTTING_DOWN)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": SHUTTING_DOWN})
         except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": take_request_id(scope)}})
+            log.exception("unhandled error", extra=_request_fields(scope))
             if started:
                 # Too late for a clean answer: uvicorn closes the connection, the client sees the answer cut
                 # short, and uvicorn's own line with the same traceback is dropped (logs.NotLoggedTwice).
@@ -483,6 +499,10 @@ class ServerErrors:
             headers = [(b"content-type", b"application/json")]
             await send({"type": "http.response.start", "status": 500, "headers": headers})
             await send({"type": "http.response.body", "body": INTERNAL_ERROR})
+
+
+def _request_fields(scope: Scope) -> dict[str, Any]:
+    return {"fields": {"request_id": take_request_id(scope)}}
 
 
 def take_request_id(scope: Scope) -> str:

@@ -93,8 +93,17 @@ def preflight(host: str, port: int, bundle: str) -> Settings:
     return Settings.from_env(single_process=True, bundle=bundle)
 
 
-def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_level: str = "info") -> None:
-    """Check the bundle first (one clear line if it is bad), then run uvicorn until Ctrl-C or SIGTERM."""
+def serve(
+    *,
+    bundle: str,
+    host: str,
+    port: int,
+    threads: int | None = None,
+    log_level: str = "info",
+    grace_s: int = 30,
+) -> None:
+    """Check the bundle first (one clear line if it is bad), then run uvicorn until Ctrl-C or SIGTERM, which
+    waits ``grace_s`` for running requests before it cancels them (answered 503 shutting_down)."""
     import uvicorn
 
     from runtime import logs
@@ -131,7 +140,7 @@ def serve(*, bundle: str, host: str, port: int, threads: int | None = None, log_
         log_level=log_level,
         log_config=logs.uvicorn_config(log_level),
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=grace_s,
         # JSON when h11 cannot parse a request, a time limit on the request head as on the body, and a
         # lingering close after an answer sent before the body was read, bounded by both limits
         http=H11Protocol.with_head_timeout(settings.body_timeout_s, linger_bytes=4 * settings.max_body_bytes),

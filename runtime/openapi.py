@@ -148,7 +148,7 @@ def spec(
     common = {str(code): _ERROR for code in (400, 408, 413, 422, 500)}
     common["503"] = {
         **_ERROR,
-        "description": "Busy: try again (Retry-After: 1)",
+        "description": "Busy, or shutting down: try again (Retry-After: 1)",
         "headers": {**_REQUEST_ID, "Retry-After": {"schema": {"type": "integer"}, "description": "seconds"}},
     }
     common["default"] = _OTHER

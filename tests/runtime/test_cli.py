@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -308,3 +310,45 @@ def test_ctrl_c_is_a_clean_exit(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(cli, "serve", interrupted)
     assert cli.main(["--bundle", "anywhere"]) == 0
+
+
+def test_a_request_still_running_when_the_shutdown_grace_ends_gets_a_json_503(tiny_bundle: Path) -> None:
+    # uvicorn cancels it: a plain-text "500 Internal Server Error" (no request id, no security headers), and
+    # "Exception in ASGI application" with a CancelledError traceback in the log.
+    serving = "import sys; from runtime.cli import serve; "
+    serving += "serve(bundle=sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]), grace_s=1)"
+    url, proc = start_server(tiny_bundle, command=[sys.executable, "-c", serving, str(tiny_bundle), "{port}"])
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            # An upload that stalls: its body never all arrives within the grace.
+            head = (
+                "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            )
+            head += "X-Request-ID: stalled\r\nContent-Length: 100000\r\n\r\n"
+            sock.sendall(head.encode() + b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nPIXELS')
+            time.sleep(0.5)
+            proc.terminate()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert proc.wait(timeout=15) == 0
+    finally:
+        stop_server(proc)
+    top, _, body = answer.partition(b"\r\n\r\n")
+    headers = top.lower().split(b"\r\n")
+    assert headers[0] == b"http/1.1 503 service unavailable"
+    assert {
+        b"retry-after: 1",
+        b"x-request-id: stalled",
+        b"x-frame-options: deny",
+        b"connection: close",
+    } <= set(headers)
+    assert json.loads(body)["error"]["code"] == "shutting_down"
+    # Logged once, in its access line; no traceback, and nothing of the upload.
+    output = server_output(proc)
+    entries = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    assert not [e for e in entries if "exception" in e or e["level"] == "error" and "ASGI" in e["message"]]
+    mine = [e for e in entries if e.get("request_id") == "stalled"]
+    assert [(e["message"], e["status"], e["error"]) for e in mine] == [("request", 503, "shutting_down")]
+    assert b"PIXELS" not in output.encode()

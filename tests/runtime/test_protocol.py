@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,6 +22,7 @@ from uvicorn.config import Config
 from uvicorn.server import Server, ServerState
 
 from runtime.app import RequestMiddleware, create_app
+from runtime.engine import Engine
 from runtime.metrics import Metrics
 from runtime.protocol import H11Protocol
 from runtime.settings import Settings
@@ -564,9 +566,9 @@ def test_a_client_that_half_closes_after_its_request_gets_its_answer(tiny_bundle
         assert stop_server(proc) == 0
 
 
-async def _in_uvicorn(app: Any, request: bytes, **config: Any) -> bytes:
+async def _in_uvicorn(app: Any, request: bytes, stop_after_s: float | None = None, **config: Any) -> bytes:
     """What a client that sends ``request`` reads, until the server closes, from ``app`` served in-process by
-    uvicorn with skin-serve's protocol."""
+    uvicorn with skin-serve's protocol; told to stop ``stop_after_s`` after the request, if given."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = Server(Config(app=app, http=H11Protocol, log_config=None, **config))
@@ -576,6 +578,9 @@ async def _in_uvicorn(app: Any, request: bytes, **config: Any) -> bytes:
             await asyncio.sleep(0.01)
         reader, writer = await asyncio.open_connection(*sock.getsockname())
         writer.write(request)
+        if stop_after_s is not None:
+            await asyncio.sleep(stop_after_s)
+            server.should_exit = True
         answer = await asyncio.wait_for(reader.read(), 10)  # not a hang: the server closes
         writer.close()
         return answer
@@ -610,3 +615,63 @@ def test_an_error_after_the_answer_started_is_logged_once_and_cuts_the_answer_sh
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n12345")  # 5 of 10 bytes
     errors = [r for r in runtime_log.records if r.levelno >= logging.ERROR]
     assert [(r.name, r.getMessage()) for r in errors] == [("runtime", "unhandled error")]
+
+
+@pytest.mark.parametrize("gather", [pytest.param(1, id="alone"), pytest.param(2, id="gathered")])
+def test_a_request_cancelled_at_shutdown_while_its_image_is_classified_gets_a_json_503(
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, gather: int
+) -> None:
+    settings = Settings(bundle=str(tiny_bundle), threads=1, gather=gather)
+    engine = Engine.from_settings(settings)
+    engine.warmup()
+    release, run = threading.Event(), engine.run
+
+    def stuck(images: Any) -> Any:  # a model run that outlasts the shutdown grace
+        release.wait(10)
+        return run(images)
+
+    monkeypatch.setattr(engine, "run", stuck)
+    part = (
+        b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        + solid("red", fmt="PNG")
+        + b"\r\n--b--\r\n"
+    )
+    head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    request = head + b"Content-Length: %d\r\n\r\n" % len(part) + part
+    app = create_app(settings, engine=engine)
+    try:
+        answer = asyncio.run(_in_uvicorn(app, request, stop_after_s=0.5, timeout_graceful_shutdown=1))
+    finally:
+        release.set()
+    top, _, body = answer.partition(b"\r\n\r\n")
+    assert top.startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 1" in top
+    assert json.loads(body)["error"]["code"] == "shutting_down"
+    assert [
+        r.getMessage() for r in runtime_log.records if r.name == "runtime" and r.levelno >= logging.WARNING
+    ] == []
+
+
+def test_an_answer_cancelled_at_shutdown_after_its_start_is_cut_short_and_logged_once(
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served = BodyLimitMiddleware.__call__
+
+    async def stalled(self: BodyLimitMiddleware, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await served(self, scope, receive, send)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"10")]})
+        await send({"type": "http.response.body", "body": b"12345", "more_body": True})
+        await asyncio.Event().wait()  # the rest never comes within the grace
+
+    monkeypatch.setattr(BodyLimitMiddleware, "__call__", stalled)
+    app = create_app(Settings(bundle=str(tiny_bundle), threads=1))
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(runtime_log.handler)
+    try:
+        request = b"GET /api/info HTTP/1.1\r\nHost: x\r\n\r\n"
+        answer = asyncio.run(_in_uvicorn(app, request, stop_after_s=0.3, timeout_graceful_shutdown=1))
+    finally:
+        server_log.removeHandler(runtime_log.handler)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\n12345")
+    assert not [r for r in runtime_log.records if r.exc_info]  # no traceback, uvicorn's or ours
+    assert "answer cut short: the server is shutting down" in runtime_log.messages
