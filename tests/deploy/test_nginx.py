@@ -6,11 +6,14 @@ import http.client
 import json
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,9 @@ from tests.images import solid
 from tests.server import ROOT, free_port, start_server, stop_server
 
 CONF = ROOT / "deploy" / "nginx" / "skin-runtime.conf"
+TLS = ssl.create_default_context()  # for the throw-away certificate: not verified
+TLS.check_hostname = False
+TLS.verify_mode = ssl.CERT_NONE
 
 
 def _directives(name: str) -> list[str]:
@@ -62,14 +68,26 @@ def test_one_client_cannot_hold_every_upload_place() -> None:
 
 def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
     text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8"))
-    pages = dict(reversed(d.split()) for d in _directives("error_page"))  # location -> status
-    assert {"404", "413", "429", "502", "504"} <= set(pages.values())
-    for location, status in pages.items():
-        block = re.search(rf"location {location} \{{(.*?)^\s*\}}", text, flags=re.DOTALL | re.MULTILINE)
-        assert block is not None, location
+    table = re.findall(
+        r"^\| (\d{3}) \| ([^|]*) \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE
+    )
+    documented = {(status, code) for status, codes in table for code in re.findall(r"`(\w+)`", codes)}
+    pages: dict[str, tuple[str, str]] = {}  # status nginx refuses with -> (status it answers, the page's URI)
+    for directive in _directives("error_page"):
+        *statuses, uri = directive.split()
+        answered = statuses.pop().lstrip("=") if statuses[-1].startswith("=") else ""
+        pages.update({status: (answered or status, uri) for status in statuses})
+    assert {"400", "404", "413", "414", "429", "494", "497", "500", "501", "502", "504", "505"} <= set(pages)
+    for status, (answered, uri) in pages.items():
+        block = re.search(rf"location = {uri} \{{(.*?)^\s*\}}", text, flags=re.DOTALL | re.MULTILINE)
+        assert block is not None, uri
+        assert "internal;" in block.group(1), uri  # no page of its own for the public
         (answer,) = re.findall(r"return (\d+) '(.*)';", block.group(1))
-        assert answer[0] == status
-        assert set(json.loads(answer[1])["error"]) == {"code", "message"}
+        # nginx answers with the status it refused with, or error_page's =status, whatever return says
+        assert answer[0] == answered, status
+        error = json.loads(answer[1])["error"]
+        assert set(error) == {"code", "message"}
+        assert (answered, error["code"]) in documented, "README's error table lacks it"
     # the app's message for the same refusal, so a client sees one wording whichever answered
     assert f"larger than {Settings().max_body_bytes // MB} MB" in text
 
@@ -84,6 +102,10 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
     text = text.replace("/etc/nginx/tls/", f"{tmp}/")
     # one request a minute past the burst: the 429 comes after a known number of requests, however slow
     text = re.sub(r"rate=\d+r/s", "rate=1r/m", text)
+    # nginx's own 500 (a bug, a full disk) cannot be caused from outside: this stands in for it
+    text = text.replace(
+        "    location / {", "    location = /_test/500 {\n        return 500;\n    }\n    location / {"
+    )
     site = tmp / "site.conf"
     site.write_text(text)
     main = tmp / "nginx.conf"
@@ -96,43 +118,126 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
     return main
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed (apt-get install nginx)")
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
-def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:
+@contextmanager
+def _nginx(tmp: Path, app_port: int) -> Iterator[tuple[int, int]]:
+    """The shipped file served by a real nginx in front of ``app_port``; yields its HTTP and HTTPS ports."""
     nginx = shutil.which("nginx")
     assert nginx is not None
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"]
-        + ["-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
+        + ["-keyout", str(tmp / "tls.key"), "-out", str(tmp / "tls.crt")],
         check=True,
         capture_output=True,
         timeout=60,
     )
-    command = [sys.executable, "-m", "uvicorn", "runtime.app:app", "--host", "127.0.0.1", "--port", "{port}"]
-    app_url, app = start_server(tiny_bundle, command=command)
     http_port, https_port = free_port(), free_port()
-    main = _site_for_test(tmp_path, int(app_url.rsplit(":", 1)[1]), http_port, https_port)
+    main = _site_for_test(tmp, app_port, http_port, https_port)
     check = subprocess.run([nginx, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     proxy = subprocess.Popen([nginx, "-c", str(main)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    base = f"https://127.0.0.1:{https_port}"
     try:
         deadline = time.monotonic() + 15
         while True:
             try:
-                with urllib.request.urlopen(base + "/readyz", context=context, timeout=2) as response:
-                    assert response.status == 200
-                    assert response.headers["strict-transport-security"].startswith("max-age=")
-                    assert response.headers["x-request-id"]
+                socket.create_connection(("127.0.0.1", https_port), timeout=1).close()
                 break
             except OSError:
                 if time.monotonic() > deadline or proxy.poll() is not None:
                     raise
-                time.sleep(0.1)
+                time.sleep(0.05)
+        yield http_port, https_port
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
+
+
+def _raw(port: int, request: bytes, *, tls: bool = True) -> tuple[http.client.HTTPResponse, bytes]:
+    """Send ``request`` as it is (http.client cannot send a broken one) and read the answer."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    with TLS.wrap_socket(sock) if tls else sock as conn:
+        conn.sendall(request)
+        answer = http.client.HTTPResponse(conn)
+        answer.begin()
+        return answer, answer.read()
+
+
+needs_nginx = pytest.mark.skipif(
+    shutil.which("nginx") is None or shutil.which("openssl") is None,
+    reason="nginx and openssl are not installed (apt-get install nginx)",
+)
+
+
+@pytest.fixture(scope="module")
+def nginx_alone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """A real nginx with nothing behind it: what it answers itself. Yields its HTTP and HTTPS ports."""
+    with _nginx(tmp_path_factory.mktemp("nginx"), free_port()) as ports:
+        yield ports
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "tls", "status", "code"),
+    [
+        pytest.param(b"GET\x01 / HTTP/1.1\r\nHost: x\r\n\r\n", True, 400, "bad_http", id="bad-request-line"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", True, 400, "bad_http", id="bad-host"),
+        pytest.param(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            True,
+            400,
+            "bad_http",
+            id="gzip-te",
+        ),
+        pytest.param(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n", True, 400, "bad_http", id="http-9.9"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 9000 + b"\r\n\r\n",
+            True,
+            431,
+            "headers_too_large",
+            id="cookie-9kb",
+        ),
+        pytest.param(
+            b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", True, 414, "uri_too_long", id="uri-9kb"
+        ),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", False, 400, "https_required", id="plain-http"),
+        pytest.param(
+            b"GET /_nginx/bad_http HTTP/1.1\r\nHost: x\r\n\r\n", True, 404, "not_found", id="page-uri"
+        ),
+        pytest.param(b"GET /_test/500 HTTP/1.1\r\nHost: x\r\n\r\n", True, 500, "internal_error", id="500"),
+    ],
+)
+@needs_nginx
+def test_nginx_refuses_broken_requests_in_json(
+    nginx_alone: tuple[int, int], request_bytes: bytes, tls: bool, status: int, code: str
+) -> None:
+    answer, body = _raw(nginx_alone[1], request_bytes, tls=tls)
+    assert answer.status == status
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["strict-transport-security"].startswith("max-age=")
+    assert json.loads(body)["error"]["code"] == code
+
+
+@contextmanager
+def _app(bundle: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    command = [sys.executable, "-m", "uvicorn", "runtime.app:app", "--host", "127.0.0.1", "--port", "{port}"]
+    url, app = start_server(bundle, command=command)
+    try:
+        yield url, app
+    finally:
+        stop_server(app)
+
+
+@pytest.mark.slow
+@needs_nginx
+def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:
+    context = TLS
+    with (
+        _app(tiny_bundle) as (app_url, app),
+        _nginx(tmp_path, int(app_url.rsplit(":", 1)[1])) as (http_port, https_port),
+    ):
+        base = f"https://127.0.0.1:{https_port}"
+        with urllib.request.urlopen(base + "/readyz", context=context, timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["strict-transport-security"].startswith("max-age=")
+            assert response.headers["x-request-id"]
         # the client's own request id reaches the app and comes back (to find the request in the logs)
         mine = urllib.request.Request(base + "/healthz", headers={"X-Request-ID": "client-id-42"})
         with urllib.request.urlopen(mine, context=context, timeout=5) as response:
@@ -225,7 +330,3 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         gone = conn.getresponse()
         assert gone.status == 502 and json.loads(gone.read())["error"]["code"] == "bad_gateway"
         conn.close()
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=10)
-        stop_server(app)
