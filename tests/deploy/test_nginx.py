@@ -39,6 +39,11 @@ def test_body_cap_matches_the_apps_limit() -> None:
     assert cap.endswith("m") and int(cap[:-1]) * MB == Settings().max_body_bytes
 
 
+def test_a_stalled_upload_meets_the_apps_deadline_before_nginxs() -> None:
+    (timeout,) = _directives("client_body_timeout")
+    assert timeout.endswith("s") and int(timeout[:-1]) > Settings().body_timeout_s
+
+
 def test_idle_upstream_connections_close_before_uvicorn_closes_them() -> None:
     # Else a request sent on a connection uvicorn is closing as idle is a 502 (a POST is never retried).
     from uvicorn.config import Config
@@ -92,7 +97,7 @@ def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
     assert f"larger than {Settings().max_body_bytes // MB} MB" in text
 
 
-def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) -> Path:
+def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int, body_timeout_s: int) -> Path:
     """The shipped file with test ports and a throw-away certificate (IPv6 listeners dropped)."""
     text = CONF.read_text(encoding="utf-8")
     text = text.replace("127.0.0.1:8000", f"127.0.0.1:{app_port}")
@@ -102,6 +107,7 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
     text = text.replace("/etc/nginx/tls/", f"{tmp}/")
     # one request a minute past the burst: the 429 comes after a known number of requests, however slow
     text = re.sub(r"rate=\d+r/s", "rate=1r/m", text)
+    text = re.sub(r"client_body_timeout \d+s", f"client_body_timeout {body_timeout_s}s", text)
     # nginx's own 500 (a bug, a full disk) cannot be caused from outside: this stands in for it
     text = text.replace(
         "    location / {", "    location = /_test/500 {\n        return 500;\n    }\n    location / {"
@@ -119,8 +125,11 @@ def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int) ->
 
 
 @contextmanager
-def _nginx(tmp: Path, app_port: int) -> Iterator[tuple[int, int]]:
-    """The shipped file served by a real nginx in front of ``app_port``; yields its HTTP and HTTPS ports."""
+def _nginx(tmp: Path, app_port: int, app_body_timeout_s: int = 30) -> Iterator[tuple[int, int]]:
+    """The shipped file served by a real nginx in front of ``app_port``, its client_body_timeout as far past
+    the app's SKIN_BODY_TIMEOUT_S as the shipped one is past the default; yields its HTTP and HTTPS ports."""
+    (shipped,) = _directives("client_body_timeout")
+    body_timeout_s = int(shipped.removesuffix("s")) - int(Settings().body_timeout_s) + app_body_timeout_s
     nginx = shutil.which("nginx")
     assert nginx is not None
     subprocess.run(
@@ -131,7 +140,7 @@ def _nginx(tmp: Path, app_port: int) -> Iterator[tuple[int, int]]:
         timeout=60,
     )
     http_port, https_port = free_port(), free_port()
-    main = _site_for_test(tmp, app_port, http_port, https_port)
+    main = _site_for_test(tmp, app_port, http_port, https_port, body_timeout_s)
     check = subprocess.run([nginx, "-t", "-c", str(main)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     proxy = subprocess.Popen([nginx, "-c", str(main)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -216,9 +225,9 @@ def test_nginx_refuses_broken_requests_in_json(
 
 
 @contextmanager
-def _app(bundle: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def _app(bundle: Path, body_timeout_s: int = 30) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     command = [sys.executable, "-m", "uvicorn", "runtime.app:app", "--host", "127.0.0.1", "--port", "{port}"]
-    url, app = start_server(bundle, command=command)
+    url, app = start_server(bundle, command=command, env={"SKIN_BODY_TIMEOUT_S": str(body_timeout_s)})
     try:
         yield url, app
     finally:
@@ -330,3 +339,19 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         gone = conn.getresponse()
         assert gone.status == 502 and json.loads(gone.read())["error"]["code"] == "bad_gateway"
         conn.close()
+
+
+@pytest.mark.slow
+@needs_nginx
+def test_a_stalled_upload_gets_the_apps_408_through_nginx(tiny_bundle: Path, tmp_path: Path) -> None:
+    # nginx's own 408 is no answer at all, just a closed connection: the app's deadline has to come first.
+    with (
+        _app(tiny_bundle, body_timeout_s=1) as (app_url, _),
+        _nginx(tmp_path, int(app_url.rsplit(":", 1)[1]), app_body_timeout_s=1) as (_, https_port),
+    ):
+        head = b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        answer, body = _raw(https_port, head + b"Content-Length: 100000\r\n\r\n--b\r\n")  # and no more
+    assert answer.status == 408
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.headers["strict-transport-security"].startswith("max-age=")
+    assert json.loads(body)["error"]["code"] == "body_timeout"
