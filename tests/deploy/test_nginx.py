@@ -224,6 +224,19 @@ def test_nginx_refuses_broken_requests_in_json(
     assert json.loads(body)["error"]["code"] == code
 
 
+@needs_nginx
+def test_plain_http_redirects_to_the_configured_name_whatever_the_host_header(
+    nginx_alone: tuple[int, int],
+) -> None:
+    name = _directives("server_name")[0].split()[0]  # what $server_name is
+    for host in (name, "evil.example"):
+        answer, _ = _raw(
+            nginx_alone[0], f"GET /api/info?x=1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), tls=False
+        )
+        assert answer.status == 301
+        assert answer.headers["location"] == f"https://{name}/api/info?x=1"
+
+
 @contextmanager
 def _app(bundle: Path, body_timeout_s: int = 30) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     command = [sys.executable, "-m", "uvicorn", "runtime.app:app", "--host", "127.0.0.1", "--port", "{port}"]
