@@ -71,18 +71,28 @@ def test_one_client_cannot_hold_every_upload_place() -> None:
     assert _directives("limit_conn_status") == ["429"]
 
 
-def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
-    text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8"))
+@pytest.mark.parametrize(
+    ("server", "refused"),
+    [
+        pytest.param(0, {"400", "414", "494", "501", "505"}, id="plain-http"),
+        pytest.param(
+            1, {"400", "404", "413", "414", "429", "494", "497", "500", "501", "502", "504", "505"}, id="tls"
+        ),
+    ],
+)
+def test_nginx_answers_its_own_refusals_in_the_apps_json_shape(server: int, refused: set[str]) -> None:
+    text = re.sub(r"#.*", "", CONF.read_text(encoding="utf-8")).split("\nserver {")[1 + server]
     table = re.findall(
         r"^\| (\d{3}) \| ([^|]*) \|", (ROOT / "README.md").read_text(encoding="utf-8"), re.MULTILINE
     )
     documented = {(status, code) for status, codes in table for code in re.findall(r"`(\w+)`", codes)}
     pages: dict[str, tuple[str, str]] = {}  # status nginx refuses with -> (status it answers, the page's URI)
-    for directive in _directives("error_page"):
+    for directive in re.findall(r"^\s*error_page\s+([^;]*);", text, flags=re.MULTILINE):
         *statuses, uri = directive.split()
         answered = statuses.pop().lstrip("=") if statuses[-1].startswith("=") else ""
-        pages.update({status: (answered or status, uri) for status in statuses})
-    assert {"400", "404", "413", "414", "429", "494", "497", "500", "501", "502", "504", "505"} <= set(pages)
+        if not uri.startswith("https://"):  # not a redirect
+            pages.update({status: (answered or status, uri) for status in statuses})
+    assert refused <= set(pages)
     for status, (answered, uri) in pages.items():
         block = re.search(rf"location = {uri} \{{(.*?)^\s*\}}", text, flags=re.DOTALL | re.MULTILINE)
         assert block is not None, uri
@@ -94,7 +104,7 @@ def test_nginx_answers_its_own_refusals_in_the_apps_json_shape() -> None:
         assert set(error) == {"code", "message"}
         assert (answered, error["code"]) in documented, "README's error table lacks it"
     # the app's message for the same refusal, so a client sees one wording whichever answered
-    assert f"larger than {Settings().max_body_bytes // MB} MB" in text
+    assert server == 0 or f"larger than {Settings().max_body_bytes // MB} MB" in text
 
 
 def _site_for_test(tmp: Path, app_port: int, http_port: int, https_port: int, body_timeout_s: int) -> Path:
@@ -224,17 +234,43 @@ def test_nginx_refuses_broken_requests_in_json(
     assert json.loads(body)["error"]["code"] == code
 
 
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        pytest.param(b"GET\x01 / HTTP/1.1\r\nHost: x\r\n\r\n", 400, "bad_http", id="bad-request-line"),
+        pytest.param(
+            b"GET / HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 9000 + b"\r\n\r\n",
+            431,
+            "headers_too_large",
+            id="cookie",
+        ),
+        pytest.param(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "uri_too_long", id="uri"),
+    ],
+)
+@needs_nginx
+def test_the_plain_http_port_refuses_broken_requests_in_json(
+    nginx_alone: tuple[int, int], request_bytes: bytes, status: int, code: str
+) -> None:
+    answer, body = _raw(nginx_alone[0], request_bytes, tls=False)
+    assert answer.status == status
+    assert answer.headers["content-type"] == "application/json"
+    assert json.loads(body)["error"]["code"] == code
+
+
 @needs_nginx
 def test_plain_http_redirects_to_the_configured_name_whatever_the_host_header(
     nginx_alone: tuple[int, int],
 ) -> None:
     name = _directives("server_name")[0].split()[0]  # what $server_name is
-    for host in (name, "evil.example"):
-        answer, _ = _raw(
-            nginx_alone[0], f"GET /api/info?x=1 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), tls=False
-        )
+    # the error pages' own URIs too: asked for, they redirect as any other
+    for host, path in (
+        (name, "/api/info?x=1"),
+        ("evil.example", "/api/info?x=1"),
+        (name, "/_nginx/bad_http"),
+    ):
+        answer, _ = _raw(nginx_alone[0], f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode(), tls=False)
         assert answer.status == 301
-        assert answer.headers["location"] == f"https://{name}/api/info?x=1"
+        assert answer.headers["location"] == f"https://{name}{path}"
 
 
 @contextmanager
