@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from export import infer
+from export import heatmap, infer
 from runtime import bundle
 
-MIN_AGREEMENT = 0.99  # top-1 and flags, as for int8
+MIN_AGREEMENT = 0.99  # top-1, heatmap and flags, as for int8
 PACKAGE = "openvino"
 
 
@@ -32,8 +32,9 @@ def measure(
     resize_filter: str,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
-    """Top-1 agreement, largest probability difference, flag agreement (``flags(fp32_session, bf16_session)``
-    when the bundle has thresholds) and batch-1 latency of bf16 against fp32."""
+    """Top-1 agreement, largest probability difference, heatmap agreement (export/heatmap.py) when the graph
+    has a CAM, flag agreement (``flags(fp32_session, bf16_session)`` when the bundle has thresholds) and
+    batch-1 latency of bf16 against fp32."""
     if importlib.util.find_spec(PACKAGE) is None:
         return {"measured": False, "reason": "openvino is not installed (the openvino extra)"}
     from runtime.bf16 import cpu_has_bf16
@@ -70,11 +71,14 @@ def _measure(
     log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
     size, resize, resize_filter = view
     fetch = [bundle.PROBS_OUTPUT]
+    if bundle.CAM_OUTPUT in {o.name for o in s32.get_outputs()}:
+        fetch.append(bundle.CAM_OUTPUT)
     a, kept = infer.run_many(s32, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
     b, _ = infer.run_many(s16, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
     if not kept:
         return {"measured": False, "reason": "no test image could be read"}
     p32, p16 = a[bundle.PROBS_OUTPUT], b[bundle.PROBS_OUTPUT]
+    heatmaps = heatmap.agreement(p32, a[bundle.CAM_OUTPUT], b[bundle.CAM_OUTPUT]) if len(fetch) > 1 else {}
     one = infer.pixels([test[kept[0]]], size, resize, resize_filter)
     latency = {"fp32": infer.latency_ms(s32, one), "bf16": infer.latency_ms(s16, one)}
     entry: dict[str, Any] = {
@@ -82,16 +86,19 @@ def _measure(
         "n_test": len(kept),
         "agreement": float(np.mean(p32.argmax(1) == p16.argmax(1))),
         "max_abs_diff": float(np.abs(p32 - p16).max()),
+        **heatmaps,
         "latency_batch1_ms": {k: round(v, 3) for k, v in latency.items()},
         "speedup_batch1": round(latency["fp32"] / latency["bf16"], 3),
         "min_agreement": MIN_AGREEMENT,
     }
     if flags is not None:  # on the test images and generated foreign ones
         entry["flag_agreement"] = flags(s32, s16)
-    worst = min([entry["agreement"], *entry.get("flag_agreement", {}).values()])
+    agreements = [entry["agreement"], *([heatmaps["heatmap_agreement"]] if heatmaps else [])]
+    worst = min([*agreements, *entry.get("flag_agreement", {}).values()])
     entry["safe"] = worst >= MIN_AGREEMENT
+    heat = f", heatmap agreement {heatmaps['heatmap_agreement']:.4f}" if heatmaps else ""
     log(
-        f"bf16: top-1 agreement {entry['agreement']:.4f}, {entry['speedup_batch1']:.2f}x fp32's speed at "
-        f"batch 1 ({'within' if entry['safe'] else 'outside'} the {MIN_AGREEMENT} agreement bound)"
+        f"bf16: top-1 agreement {entry['agreement']:.4f}{heat}, {entry['speedup_batch1']:.2f}x fp32's speed "
+        f"at batch 1 ({'within' if entry['safe'] else 'outside'} the {MIN_AGREEMENT} agreement bound)"
     )
     return entry

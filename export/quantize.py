@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from export import infer
+from export import heatmap, infer
 from export.errors import ExportError
 from runtime import bundle
 from runtime import int8 as kernels  # the CPU's int8 kernels; `int8` here names graphs
 
 INT8_FILE = bundle.INT8_MODEL_FILE
-MIN_AGREEMENT = 0.99  # top-1 agreement with fp32 on the test split
+MIN_AGREEMENT = 0.99  # top-1 and heatmap agreement with fp32 on the test split (and flags: bundle.py)
 MIN_SPEEDUP = 1.10  # fp32 / int8 median latency at batch 1: "measurably faster"
 CALIBRATION_IMAGES = 128
 # The temperature step and softmax stay float: they are cheap, and quantizing them only costs precision.
@@ -27,15 +27,20 @@ KEEP_FLOAT = ["skin_temperature_div", "skin_softmax"]
 KEEP_FLOAT_PREFIX = "skin_ood_"
 
 
-def decide(agreement: float, speedup: float) -> tuple[bool, str]:
+def decide(agreement: float, speedup: float, heatmap_agreement: float | None = None) -> tuple[bool, str]:
+    """``heatmap_agreement``: share of test images whose heatmap int8 draws as fp32 does (export/heatmap.py);
+    None for a graph without one."""
     if agreement < MIN_AGREEMENT:
         return False, f"top-1 agreement {agreement:.4f} is below {MIN_AGREEMENT}"
+    if heatmap_agreement is not None and heatmap_agreement < MIN_AGREEMENT:
+        return False, f"heatmap agreement {heatmap_agreement:.4f} is below {MIN_AGREEMENT}"
     if speedup < MIN_SPEEDUP:
         return (
             False,
             f"int8 is {speedup:.2f}x the speed of fp32 at batch 1; it must be {MIN_SPEEDUP}x to ship",
         )
-    return True, f"top-1 agreement {agreement:.4f}, {speedup:.2f}x faster at batch 1"
+    heatmaps = "" if heatmap_agreement is None else f", heatmap agreement {heatmap_agreement:.4f}"
+    return True, f"top-1 agreement {agreement:.4f}{heatmaps}, {speedup:.2f}x faster at batch 1"
 
 
 def quantize(
@@ -103,19 +108,18 @@ def evaluate(
     resize: str,
     resize_filter: str,
 ) -> dict[str, Any]:
-    """Top-1 agreement on the test files and median latency of both graphs at batch 1 and 8."""
+    """Top-1 and heatmap agreement on the test files and median latency of both graphs at batch 1 and 8."""
     s32, s8 = infer.session(fp32), infer.session(int8)
-    agree, kept = [], []
-    for start in range(0, len(test), infer.BATCH):
-        x, idx = infer.readable(test[start : start + infer.BATCH], size, resize, resize_filter)
-        if len(x):
-            feed = {bundle.INPUT_NAME: x}
-            top32 = s32.run([bundle.PROBS_OUTPUT], feed)[0].argmax(1)
-            top8 = s8.run([bundle.PROBS_OUTPUT], feed)[0].argmax(1)
-            agree.append(top32 == top8)
-            kept += [start + i for i in idx]
+    fetch = [bundle.PROBS_OUTPUT]
+    if bundle.CAM_OUTPUT in {o.name for o in s32.get_outputs()}:
+        fetch.append(bundle.CAM_OUTPUT)
+    view: dict[str, Any] = {"size": size, "resize": resize, "resize_filter": resize_filter}
+    ours, kept = infer.run_many(s32, test, fetch, **view)
+    theirs, _ = infer.run_many(s8, test, fetch, **view)
     if not kept:
         raise ExportError("int8: no test image could be read")
+    p32, c32 = ours[bundle.PROBS_OUTPUT], ours.get(bundle.CAM_OUTPUT)
+    heatmaps = {} if c32 is None else heatmap.agreement(p32, c32, theirs[bundle.CAM_OUTPUT])
     one = infer.pixels([test[kept[0]]], size, resize, resize_filter)
     eight = infer.pixels([test[kept[i % len(kept)]] for i in range(8)], size, resize, resize_filter)
     latency = {
@@ -126,7 +130,8 @@ def evaluate(
         for name, sess in (("fp32", s32), ("int8", s8))
     }
     return {
-        "agreement": float(np.concatenate(agree).mean()),
+        "agreement": float(np.mean(p32.argmax(1) == theirs[bundle.PROBS_OUTPUT].argmax(1))),
+        **heatmaps,
         "n_test": len(kept),
         "latency": latency,
         "speedup_batch1": round(latency["fp32"]["batch1_ms"] / latency["int8"]["batch1_ms"], 3),
@@ -165,7 +170,7 @@ def try_int8(
         log(f"int8: {kernels.SLOWER}; timed with the exact kernels the runtime would use here")
     log(f"int8: comparing with fp32 on {len(test)} test images")
     result = evaluate(fp32, int8, test=test, size=size, resize=resize, resize_filter=resize_filter)
-    ship, reason = decide(result["agreement"], result["speedup_batch1"])
+    ship, reason = decide(result["agreement"], result["speedup_batch1"], result.get("heatmap_agreement"))
     entry = {
         "decision": "shipped" if ship else "not shipped",
         "reason": reason,

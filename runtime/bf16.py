@@ -33,7 +33,12 @@ def concern(check: Any) -> str | None:
         )
     if check.get("safe") is not True:
         flags = check.get("flag_agreement")
-        scores = {"top-1": check.get("agreement"), **(flags if isinstance(flags, dict) else {})}
+        # heatmap_agreement: absent from reports written before export compared heatmaps
+        scores = {
+            "top-1": check.get("agreement"),
+            "heatmap": check.get("heatmap_agreement"),
+            **(flags if isinstance(flags, dict) else {}),
+        }
         numbers = [(v, k) for k, v in scores.items() if isinstance(v, int | float)]
         worst = f"{min(numbers)[1]} {min(numbers)[0]:.4f}; " if numbers else ""
         return (

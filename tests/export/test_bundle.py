@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export import bf16, cli, quantize
+from export import bf16, cli, heatmap, quantize
 from export.bundle import export_bundle
 from export.errors import ExportError
 from runtime import bundle, int8
@@ -100,7 +100,9 @@ def test_int8_decision_is_recorded_and_followed(exported: dict[str, Any]) -> Non
     assert set(entry["latency"]) == {"fp32", "int8"} and entry["latency"]["int8"]["batch1_ms"] > 0
     # where it was measured: without VNNI, on onnxruntime's exact int8 kernels (runtime/int8.py)
     assert entry["cpu"] == {"machine": platform.machine(), "vnni": int8.cpu_has_vnni()}
-    ship, reason = quantize.decide(entry["agreement"], entry["speedup_batch1"])
+    # the tiny graph has a heatmap: int8's is compared with fp32's on the same test images
+    assert 0.0 <= entry["heatmap_agreement"] <= 1.0 and entry["heatmap_tolerance"] == heatmap.TOLERANCE
+    ship, reason = quantize.decide(entry["agreement"], entry["speedup_batch1"], entry["heatmap_agreement"])
     flags = entry.get("flag_agreement")
     if ship:  # then the uncertainty flags of both graphs were compared too, and they must agree as well
         assert set(flags) == {"confidence", "in_distribution"}
@@ -132,7 +134,8 @@ def test_bf16_is_measured_recorded_and_shown_by_the_runtime(
     assert 0.0 <= entry["agreement"] <= 1.0 and 0.0 <= entry["max_abs_diff"] <= 1.0
     assert set(entry["latency_batch1_ms"]) == {"fp32", "bf16"} and entry["speedup_batch1"] > 0
     assert set(entry["flag_agreement"]) == {"confidence", "in_distribution"}
-    worst = min([entry["agreement"], *entry["flag_agreement"].values()])
+    assert 0.0 <= entry["heatmap_agreement"] <= 1.0
+    worst = min([entry["agreement"], entry["heatmap_agreement"], *entry["flag_agreement"].values()])
     assert entry["safe"] is (worst >= bf16.MIN_AGREEMENT) and entry["min_agreement"] == bf16.MIN_AGREEMENT
     assert any(m.startswith("bf16: top-1 agreement") for m in exported["messages"])
     engine = Engine(exported["out"], threads=1, openvino="bf16")
@@ -177,6 +180,52 @@ def test_a_failing_bf16_check_never_costs_the_export(
     view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
     entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]
     assert entry == {"measured": False, "reason": "the bf16 check failed: openvino exploded"}
+
+
+@pytest.mark.parametrize(
+    "moved", [pytest.param(False, id="same-heatmaps"), pytest.param(True, id="one-moved")]
+)
+def test_bf16_that_draws_another_heatmap_is_not_safe(
+    exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch, moved: bool
+) -> None:
+    """bf16 cannot run on a CPU without bf16 units: a stand-in answers as fp32 does, with the heatmap of the
+    first test image turned inside out (its hottest cell the coldest) when ``moved``."""
+    import importlib.util
+
+    import runtime.bf16
+    import runtime.engine
+    from export import infer
+
+    class Session:
+        def __init__(self, model: bytes, **kwargs: object) -> None:
+            self.session = infer.session(model)
+
+        def get_inputs(self) -> Any:
+            return self.session.get_inputs()
+
+        def run(self, outputs: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            results = self.session.run(outputs, feed)
+            if moved and outputs and bundle.CAM_OUTPUT in outputs:
+                results[outputs.index(bundle.CAM_OUTPUT)][0] *= -1
+            return results
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(  # as if openvino were installed, whatever this machine has
+        importlib.util, "find_spec", lambda name, *a: object() if name == bf16.PACKAGE else real(name, *a)
+    )
+    monkeypatch.setattr(runtime.bf16, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(runtime.engine, "openvino_session", Session)
+    fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
+    view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
+    entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]
+    assert entry["measured"] is True and entry["agreement"] == 1.0 and entry["n_test"] == 12
+    assert entry["heatmap_agreement"] == (11 / 12 if moved else 1.0)
+    assert entry["heatmap_tolerance"] == heatmap.TOLERANCE
+    assert entry["safe"] is not moved
+    # the runtime reads the verdict, and says which agreement fell short
+    assert (runtime.bf16.concern(entry) is None) is not moved
+    if moved:
+        assert "heatmap 0.9167" in (runtime.bf16.concern(entry) or "")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,22 @@ def _graph() -> Any:
 
 
 @pytest.mark.parametrize(
-    ("agreement", "speedup", "ship"),
-    [(1.0, 1.5, True), (0.98, 2.0, False), (1.0, 1.0, False)],
+    ("agreement", "speedup", "heatmaps", "ship"),
+    [
+        (1.0, 1.5, 1.0, True),
+        (0.98, 2.0, 1.0, False),
+        (1.0, 1.0, 1.0, False),
+        pytest.param(1.0, 1.5, 0.98, False, id="another-heatmap-on-2-percent"),
+        pytest.param(1.0, 1.5, None, True, id="a-graph-without-heatmap"),
+    ],
 )
 def test_try_int8_hands_back_the_graph_only_when_it_ships(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, agreement: float, speedup: float, ship: bool
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    agreement: float,
+    speedup: float,
+    heatmaps: float | None,
+    ship: bool,
 ) -> None:
     seen: dict[str, Any] = {}
 
@@ -36,7 +48,8 @@ def test_try_int8_hands_back_the_graph_only_when_it_ships(
         return _graph()
 
     def fake_evaluate(fp32: bytes, int8: bytes, **kwargs: Any) -> dict[str, Any]:
-        return {"agreement": agreement, "n_test": 3, "latency": {}, "speedup_batch1": speedup}
+        result = {"agreement": agreement, "n_test": 3, "latency": {}, "speedup_batch1": speedup}
+        return result if heatmaps is None else {**result, "heatmap_agreement": heatmaps}
 
     monkeypatch.setattr(quantize, "quantize", fake_quantize)
     monkeypatch.setattr(quantize, "evaluate", fake_evaluate)
@@ -49,6 +62,9 @@ def test_try_int8_hands_back_the_graph_only_when_it_ships(
     assert entry["file"] == (quantize.INT8_FILE if ship else None)
     assert (graph is not None) is ship
     assert entry["agreement"] == agreement and entry["speedup_batch1"] == speedup
+    assert entry.get("heatmap_agreement") == heatmaps
+    if heatmaps is not None and heatmaps < quantize.MIN_AGREEMENT:
+        assert entry["reason"] == f"heatmap agreement {heatmaps:.4f} is below {quantize.MIN_AGREEMENT}"
     # A seeded sample of distinct images, in their original order.
     chosen = seen["calibration"]
     assert entry["calibration_images"] == len(chosen) == quantize.CALIBRATION_IMAGES
@@ -62,12 +78,21 @@ def test_evaluate_speedup_is_fp32_time_over_int8_time(
         def __init__(self, model: bytes) -> None:
             self.model = model
 
+        def get_inputs(self) -> list[Any]:
+            return [SimpleNamespace(name=bundle.INPUT_NAME)]
+
+        def get_outputs(self) -> list[Any]:
+            return [SimpleNamespace(name=bundle.PROBS_OUTPUT), SimpleNamespace(name=bundle.CAM_OUTPUT)]
+
         def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
             n = len(feed[bundle.INPUT_NAME])
             probs = np.tile([0.7, 0.3], (n, 1))
+            cam = np.tile(np.eye(2), (n, 2, 1, 1))  # [n, 2 classes, 2, 2]
             if self.model == b"int8":
                 probs[0] = [0.3, 0.7]  # the first image of every batch disagrees
-            return [probs]
+                cam[1, 0] = np.fliplr(np.eye(2))  # the second one's heatmap of class 0 is another
+            results = {bundle.PROBS_OUTPUT: probs, bundle.CAM_OUTPUT: cam}
+            return [results[name] for name in outputs]
 
     monkeypatch.setattr(infer, "session", Session)
     monkeypatch.setattr(
@@ -83,6 +108,7 @@ def test_evaluate_speedup_is_fp32_time_over_int8_time(
     )
     assert result["n_test"] == 20
     assert result["agreement"] == pytest.approx(18 / 20)
+    assert result["heatmap_agreement"] == pytest.approx(18 / 20) and result["heatmap_max_diff"] == 1.0
     assert result["speedup_batch1"] == 2.5
     assert result["latency"]["int8"] == {"batch1_ms": 4.0, "batch8_ms": 4.0}
 

@@ -172,6 +172,14 @@ def _bundle_with_bf16_check(directory: Path, entry: dict[str, object] | None) ->
             "top-1 0.9727",
             id="unsafe",
         ),
+        pytest.param(  # top-1 the same, but another heatmap on 5 % of the test images
+            {"measured": True, "safe": False, "agreement": 1.0, "heatmap_agreement": 0.95},
+            True,
+            True,
+            "off",
+            "heatmap 0.9500",
+            id="unsafe-heatmap",
+        ),
     ],
 )
 def test_auto_serves_bf16_only_where_export_measured_it_safe(
