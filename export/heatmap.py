@@ -3,7 +3,8 @@
 The page shows one class's CAM scaled to 0..1 (its own min → 0, max → 1) in a colour map (runtime/app.py).
 So each image's map of the class fp32 predicts is scaled that way in both graphs, and the picture counts as
 the same when no cell moves by more than TOLERANCE of that scale (about a step of hue in the page's colours).
-Images where the top class itself differs are the top-1 agreement's to count, not this one's.
+Every image counts, those whose top class differs too (top-1 agreement counts those already): the map
+compared is always fp32's top class, so a variant that keeps the class but moves the picture is caught.
 """
 
 from __future__ import annotations
