@@ -81,12 +81,15 @@ def check_parity(
         torch_probs = torch.softmax(logits / temperature, dim=1).double().numpy()
 
     diff = float(np.abs(ort_probs - torch_probs).max())
-    agree = float((ort_probs.argmax(1) == torch_probs.argmax(1)).mean())
+    # Classes within the tolerance of torch's top one are tied as far as parity can tell: which of them
+    # float32 kernels rank first is noise (a barely trained net's two top logits, 2e-8 apart, failed export).
+    graph_top = torch_probs[np.arange(len(torch_probs)), ort_probs.argmax(1)]
+    agree = float((graph_top >= torch_probs.max(1) - tol).mean())
     result: dict[str, Any] = {"n": len(chosen), "max_abs_diff": diff, "top1_agree": agree, "tolerance": tol}
     if not (diff <= tol and agree == 1.0):
         raise ExportError(
             f"parity failed on {len(chosen)} images: max |Δp| = {diff:.3g} (limit {tol:g}), "
-            f"top-1 agreement {agree:.3f} (must be 1)"
+            f"top-1 agreement {agree:.3f} (must be 1; classes within the limit of the top one count as tied)"
         )
     compared = [(bundle.LOGITS_OUTPUT, "logit", logits.double().numpy(), MAX_LOGIT_DIFF)]
     if bundle.CAM_OUTPUT in ort_out:
