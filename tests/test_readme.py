@@ -1,4 +1,4 @@
-"""README.md against the repository: the flags its command lines give, the files its Layout names."""
+"""README.md against the repository: the flags its command lines give, the files its Layout and lists name."""
 
 from __future__ import annotations
 
@@ -90,6 +90,12 @@ def test_the_layout_names_every_module() -> None:
         named = set(re.findall(r"[\w.]+\.py", row[1]))
         modules = {p.name for p in (ROOT / package).glob("*.py") if not p.name.startswith("__")}
         assert named == modules, package
+    tests = re.search(r"^tests/ (.*)$", layout, flags=re.MULTILINE)
+    assert tests is not None
+    named = set(re.findall(r"(\w+)/", tests[1])) | set(re.findall(r"\w+\.py", tests[1]))
+    found = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    helpers = {p.name for p in (ROOT / "tests").glob("*.py") if p.name not in ("__init__.py", "conftest.py")}
+    assert named == found | helpers
     webui = re.search(r"^webui/ (.*)$", layout, flags=re.MULTILINE)
     assert webui is not None
     assert set(webui[1].split()) == {p.name for p in (ROOT / "webui").iterdir() if p.is_file()}
