@@ -99,6 +99,10 @@ MAX_CONFIG_BYTES = 1 << 20  # a config is a few dozen lines
 # A loader worker is a process, and the training and validation loaders each start --workers of them (per
 # torchrun rank): a typo's 100000 would fork until the machine gives out, before the first step.
 MAX_WORKERS = 64
+# The loader decodes a whole batch and the model runs it at once: a typo's 100000000 read the whole training
+# split into one tensor (20,000 images at 300 px: 22 GB) before failing, and evaluation's batch of twice that
+# overflowed Python's slicing past 2**62 with a traceback. A batch above the split takes the whole split.
+MAX_BATCH_SIZE = 4096
 
 
 def read_config(path: Path) -> str:
@@ -210,6 +214,10 @@ def _check(cfg: TrainConfig) -> None:
     )
     need(cfg.epochs >= 1, "--epochs must be at least 1")
     need(cfg.batch_size >= 1, "--batch-size must be at least 1")
+    need(
+        cfg.batch_size <= MAX_BATCH_SIZE,
+        f"--batch-size must be at most {MAX_BATCH_SIZE} (images per step and GPU), got {cfg.batch_size}",
+    )
     need(cfg.accum_steps >= 1, "--accum-steps must be at least 1")
     need(
         cfg.lr > 0 and cfg.backbone_lr_scale >= 0,
