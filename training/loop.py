@@ -408,7 +408,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
             optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr
         )
     total = max(1, cfg.epochs * steps_per_epoch)
-    warm = min(total - 1, round(cfg.warmup_epochs * steps_per_epoch))
+    # Capped in epochs first: 1e308 warm-up epochs times the steps is infinity, which round() refuses.
+    warm = min(total - 1, round(min(cfg.warmup_epochs, cfg.epochs) * steps_per_epoch))
 
     def schedule(start: float) -> Callable[[int], float]:
         # Each group ends at min_lr. One that starts at or below it (a small --backbone-lr-scale) keeps its

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import math
 import os
@@ -129,6 +130,12 @@ def test_cosine_warms_up_then_decays() -> None:
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert lrs[-1] == pytest.approx(0.01, abs=0.01)
+
+
+def test_a_warm_up_longer_than_the_run_warms_up_the_whole_run() -> None:
+    # 1e308 epochs times the steps is infinity: round() failed with a traceback before the first step.
+    cfg = TrainConfig(scheduler="cosine", epochs=2, warmup_epochs=1e308)
+    assert _rates_after(cfg, 5) == _rates_after(dataclasses.replace(cfg, warmup_epochs=2), 5)
 
 
 def _rates_after(cfg: TrainConfig, steps_per_epoch: int) -> list[list[float]]:
