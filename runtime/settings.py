@@ -22,6 +22,7 @@ MAX_THREADS = 1024  # onnxruntime starts every thread it is told to: 100,000 too
 MAX_CONCURRENCY = 64  # images on the model at once, each run with its own buffers
 MAX_BATCH = 64  # images in one run (SKIN_GATHER, SKIN_MAX_BATCH_FILES): 16 B3 images peaked near 1 GB
 MAX_WAITING = 1024  # SKIN_MAX_QUEUE requests (each holds its decoded images), SKIN_MAX_UPLOADS bodies
+MAX_WORKERS = 64  # WEB_CONCURRENCY: uvicorn worker processes, each with its own model
 OPENVINO_MODES = ("off", "f32", "bf16")  # off: onnxruntime's own CPU kernels (fp32)
 OPENVINO_SETTINGS = (*OPENVINO_MODES, "auto")  # auto: bf16 where export measured it safe (runtime/bf16.py)
 
@@ -67,8 +68,11 @@ class Settings:
             value = _at_least(name, config(name, cast=int, default=default), low)
             return value if high is None else _at_most(name, value, high)
 
-        unset = single_process or not config("WEB_CONCURRENCY", default="").strip()
-        workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1)
+        # Checked for skin-serve too, which runs one process: the same environment may start uvicorn.
+        unset = not config("WEB_CONCURRENCY", default="").strip()
+        workers = 1 if unset else whole("WEB_CONCURRENCY", 1, 1, MAX_WORKERS)
+        if single_process:
+            workers = 1
 
         def megabytes(name: str, default: float) -> int:
             size = _at_most(name, _positive(name, config(name, cast=float, default=default)), MAX_MB)

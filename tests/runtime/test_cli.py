@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -52,6 +53,30 @@ def test_bad_threads_is_one_line_and_exit_2(tiny_bundle: Path, threads: str) -> 
     out = _run("--bundle", str(tiny_bundle), "--threads", threads)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "--threads" in out.stderr and "from 0 to 1024" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("100000", "WEB_CONCURRENCY must be at most 64, not 100000", id="huge"),
+        pytest.param("-1", "WEB_CONCURRENCY must be at least 1, not -1", id="negative"),
+        pytest.param("abc", "WEB_CONCURRENCY", id="not-a-number"),
+    ],
+)
+def test_a_bad_web_concurrency_is_one_line_and_exit_2(tiny_bundle: Path, value: str, message: str) -> None:
+    # skin-serve runs one process, but the same environment may start uvicorn's workers: it was taken as
+    # a worker count "for uvicorn --workers N" and served.
+    out = subprocess.run(
+        [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={**os.environ, "WEB_CONCURRENCY": value},
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("skin-serve: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_a_model_that_fails_its_warm_up_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -65,6 +65,7 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, name: str
         ("SKIN_MAX_BATCH_FILES", "64"),
         ("SKIN_MAX_QUEUE", "1,024"),
         ("SKIN_MAX_UPLOADS", "1,024"),
+        ("WEB_CONCURRENCY", "64"),  # uvicorn's workers, each with its own model
     ],
 )
 def test_counts_past_their_bound_are_refused_in_one_line(
