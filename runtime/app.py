@@ -664,7 +664,7 @@ _from_env: ASGIApp | None = None
 
 def __getattr__(name: str) -> ASGIApp:
     """``runtime.app:app`` for uvicorn and gunicorn, built from the environment on first use (not on import:
-    skin-serve imports this module with its own settings). A bad setting is one line and exit 2."""
+    skin-serve imports this module with its own settings). A bad setting is one line and exit 3."""
     global _from_env
     if name != "app":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -673,5 +673,7 @@ def __getattr__(name: str) -> ASGIApp:
             _from_env = OneLineStartupErrors(create_app())
         except ValueError as exc:
             print(f"runtime.app: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            # uvicorn's (and gunicorn's) status for an app that cannot start, as for a bad bundle: with any
+            # other, uvicorn --workers N restarted each worker for ever, failing the same way every time.
+            raise SystemExit(3) from None
     return _from_env

@@ -14,7 +14,7 @@ import pytest
 
 from runtime import logs
 from runtime.settings import MB, Settings
-from tests.server import ROOT, start_server, stop_server
+from tests.server import ROOT, free_port, start_server, stop_server
 
 
 @pytest.mark.parametrize(
@@ -188,8 +188,23 @@ def test_uvicorn_app_reads_the_environment_only_when_served() -> None:
         text=True,
         timeout=60,
     )
-    assert served.returncode == 2 and "Traceback" not in served.stderr
+    assert served.returncode == 3 and "Traceback" not in served.stderr  # uvicorn's: the app cannot start
     assert served.stderr.strip().splitlines() == ["runtime.app: SKIN_TOP_K must be at least 1, not 0"]
+
+
+def test_uvicorn_workers_with_a_bad_setting_stop_instead_of_restarting() -> None:
+    # Exit 2 was a worker that "died": uvicorn started another, for ever (5 rounds in 15 s, still going).
+    env = {"SKIN_TOP_K": "0", "WEB_CONCURRENCY": "2", "PATH": "/usr/bin:/bin"}
+    served = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "runtime.app:app", "--port", str(free_port())],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert "Traceback" not in served.stderr and "died" not in served.stderr
+    assert "runtime.app: SKIN_TOP_K must be at least 1, not 0" in served.stderr
 
 
 @pytest.mark.slow
