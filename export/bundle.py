@@ -35,6 +35,9 @@ FOREIGN_PICK_SEED, FOREIGN_CHECK_SEED = 1, 2
 # The score is chosen on four kinds; the check set adds two it never saw (grey stripes, clip-art shapes).
 FOREIGN_PICK_KINDS = ("text", "solid", "gradient", "noise")
 OOD_GRAPH_TOLERANCE = 1e-3  # relative: float32 in the graph, float64 when the threshold was set
+# Parity images: --no-data generates them (~0.1 MB each, in the temporary folder) before the first is
+# compared, so a typo's 100000000 filled the disk for hours; from the dataset, the validation split's first.
+MAX_PARITY_IMAGES = 1000
 MAX_FIT_IMAGES = 2000  # training images the Mahalanobis means and covariance are fitted on (a seeded sample)
 TEXT_FIELDS = (
     "resize",
@@ -79,6 +82,8 @@ def export_bundle(
         raise ExportError(f"int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
     if parity_images < 1:
         raise ExportError("parity needs at least one image (parity_images >= 1)")
+    if parity_images > MAX_PARITY_IMAGES:
+        raise ExportError(f"parity takes at most {MAX_PARITY_IMAGES} images, not {parity_images}")
     for label, value in (("target precision", target_precision), ("ood acceptance", ood_acceptance)):
         if not 0.0 < value <= 1.0:
             raise ExportError(f"{label} must be above 0 and at most 1, not {value}")

@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--report", help="training report.json to extend (default: report.json next to the checkpoint)"
     )
     parser.add_argument(
-        "--parity-images", type=int, default=16, help="images compared with torch (default: 16)"
+        "--parity-images", type=int, default=16, help="images compared with torch, at most 1000 (default: 16)"
     )
     parser.add_argument(
         "--int8",

@@ -733,6 +733,10 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     checkpoint = tmp_path / "x.pt"
     assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "0"]) == 2
     assert "parity needs at least one image" in capsys.readouterr().err
+    # --no-data generated every one of them first: 100000000 filled the disk, with nothing on screen
+    assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "100000000"]) == 2
+    err = capsys.readouterr().err
+    assert err == "skin-export: error: parity takes at most 1000 images, not 100000000\n"
 
 
 def test_cli_exports_a_bundle_the_runtime_serves(
