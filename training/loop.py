@@ -658,6 +658,11 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                     cluster=cluster,
                     bar=bar,
                 )
+            if stats["diverged"]:  # NaN weights predict one class: saved as best.pt, reported as a model
+                raise ConfigError(
+                    f"training diverged in epoch {epoch + 1} (training loss {stats['loss']}): lower --lr, "
+                    "--backbone-lr-scale or --weight-decay; this epoch was not saved"
+                )
             ev = evaluate_sharded(
                 model, val_loader, cluster, amp_dtype=amp_dtype, channels_last=channels_last
             )
@@ -850,7 +855,12 @@ def train_epoch(
         bad = [i for part in gathered for i in part]
     loss_sum, right_sum, seen = totals.tolist()
     nan = float("nan")
-    return {"loss": loss_sum / seen if seen else nan, "acc": right_sum / seen if seen else nan, "bad": bad}
+    return {
+        "loss": loss_sum / seen if seen else nan,
+        "acc": right_sum / seen if seen else nan,
+        "bad": bad,
+        "diverged": seen > 0 and not math.isfinite(loss_sum),
+    }
 
 
 @torch.inference_mode()
