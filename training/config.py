@@ -227,6 +227,13 @@ def _check(cfg: TrainConfig) -> None:
         value = getattr(cfg, f.name)
         if isinstance(value, float):
             need(math.isfinite(value), f"--{f.name.replace('_', '-')} must be a finite number, got {value}")
+    # AdamW moves each weight by about its rate every step: above 1 a run only diverges, and past float32's
+    # range (--lr 1e308) its first step failed with a traceback.
+    need(
+        cfg.lr <= 1 and cfg.lr * cfg.backbone_lr_scale <= 1,
+        f"--lr and the backbone's rate (--lr x --backbone-lr-scale) must be at most 1, got {cfg.lr:g} and "
+        f"{cfg.lr * cfg.backbone_lr_scale:g}",
+    )
     need(0.0 <= cfg.label_smoothing < 1.0, "--label-smoothing must be in [0, 1)")
     need(0.0 <= cfg.drop_rate < 1.0, f"--drop-rate must be in [0, 1), got {cfg.drop_rate}")
     need(cfg.weight_decay >= 0, f"--weight-decay must not be negative, got {cfg.weight_decay}")

@@ -148,6 +148,7 @@ def test_bad_options_are_one_line(
         pytest.param({"workers": 0}, id="no-workers"),
         pytest.param({"workers": 64}, id="most-workers"),
         pytest.param({"label_smoothing": 0.0}, id="no-smoothing"),
+        pytest.param({"lr": 1.0, "backbone_lr_scale": 1.0}, id="largest-lr"),
         pytest.param({"batch_size": 1, "img_size": 33}, id="batch-1-above-32-px"),
         pytest.param({"seed": 2**32 - 1}, id="largest-seed"),
         pytest.param({"batch_size": 4096, "accum_steps": 2**63 - 1}, id="largest-counts"),
@@ -184,6 +185,10 @@ def test_options_at_the_edge_of_their_range_are_accepted(options: dict[str, obje
         pytest.param(
             {"backbone_lr_scale": -0.1}, "--lr must be positive and --backbone-lr-scale", id="backbone-lr"
         ),
+        # AdamW's first step failed with a traceback (a float32 overflow); above 1 a run only diverges
+        pytest.param({"lr": 1e308}, "--lr and the backbone's rate", id="lr-huge"),
+        pytest.param({"lr": 1.01}, "--lr and the backbone's rate", id="lr-above-1"),
+        pytest.param({"backbone_lr_scale": 1e308}, "--lr and the backbone's rate", id="backbone-lr-huge"),
         pytest.param({"label_smoothing": 1.0}, "--label-smoothing", id="smoothing-1"),
         pytest.param({"plateau_factor": 1.0}, "--plateau-factor", id="factor-1"),
         pytest.param({"plateau_patience": -1}, "--plateau-patience", id="patience"),

@@ -1022,18 +1022,9 @@ def test_a_run_normalized_otherwise_than_its_arch_now_is_is_not_resumed(
         train(resume=str(run), epochs=2)
 
 
-@pytest.mark.parametrize(
-    "options",
-    [
-        pytest.param({"lr": 1e30}, id="lr"),
-        pytest.param({"weight_decay": 1e308}, id="weight-decay"),
-    ],
-)
-def test_a_run_that_diverges_stops_in_one_line_and_keeps_no_nan_model(
-    tmp_path: Path, dataset: Path, options: dict[str, float]
-) -> None:
+def test_a_run_that_diverges_stops_in_one_line_and_keeps_no_nan_model(tmp_path: Path, dataset: Path) -> None:
     # Its NaN weights predict one class: saved as best.pt and reported (accuracy 0.333, exit 0) as a model.
     out = tmp_path / "run"
     with pytest.raises(ConfigError, match=r"^training diverged in epoch 1 \(training loss nan\): lower --lr"):
-        train(**{**TINY, **options}, data=str(dataset), out=str(out), epochs=2)
+        train(**TINY, data=str(dataset), out=str(out), epochs=2, weight_decay=1e308)
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
