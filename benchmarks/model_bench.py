@@ -48,6 +48,7 @@ from runtime import int8
 from runtime.cli import OneLineParser
 from runtime.engine import first_line, openvino_session, session_options
 from runtime.settings import MAX_THREADS
+from training.synthetic import MAX_PER_CLASS
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
 BATCHING_GAIN = 1.10  # batching is worth building only if it raises img/s by at least this factor
@@ -739,7 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="rounds of batch-1 timing, every path in each, and of the batching check (5)",
     )
-    parser.add_argument("--test-per-class", type=int, default=10, help="generated test images per class (10)")
+    parser.add_argument(
+        "--test-per-class", type=int, default=10, help="generated test images per class, at most 1000 (10)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="threads per path (default 0: the CPU quota)")
     parser.add_argument(
         "--bundle", help="measure this bundle instead of the benchmark's own (with --checkpoint)"
@@ -756,6 +759,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.threads <= MAX_THREADS:  # --threads 100000: 16 GB of threads, deaf to Ctrl-C and SIGTERM
         print(
             f"benchmarks.model_bench: --threads must be from 0 to {MAX_THREADS} (0: the CPU quota)",
+            file=sys.stderr,
+        )
+        return 2
+    if args.test_per_class > MAX_PER_CLASS:  # generated first (~0.1 MB each): 100000000 filled the disk
+        print(
+            "benchmarks.model_bench: --test-per-class must be at most "
+            f"{MAX_PER_CLASS}, not {args.test_per_class}",
             file=sys.stderr,
         )
         return 2

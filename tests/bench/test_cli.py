@@ -121,6 +121,17 @@ def test_threads_out_of_range_are_refused(
     assert err == ["benchmarks.model_bench: --threads must be from 0 to 1024 (0: the CPU quota)"]
 
 
+def test_more_generated_images_than_synthetic_makes_are_refused(
+    no_model: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import model_bench
+
+    # They were generated before anything was measured (~0.1 MB each): 100000000 filled the disk.
+    assert model_bench.main(["--test-per-class", "100000000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["benchmarks.model_bench: --test-per-class must be at most 1000, not 100000000"]
+
+
 @pytest.mark.parametrize("cli", ["model_bench", "run", "overload"])
 @pytest.mark.parametrize("below", [pytest.param("", id="a-file"), pytest.param("sub", id="under-a-file")])
 def test_an_out_that_cannot_take_the_summary_is_refused_before_measuring(
