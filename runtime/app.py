@@ -609,6 +609,9 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} cannot be read: {exc.strerror}{which}") from None
     if not webui.is_dir() and webui != DEFAULT_WEBUI:
         raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} is not a folder")
+    if webui.is_dir() and webui != DEFAULT_WEBUI and not (webui / "index.html").is_file():
+        # The folder above the page's (/app for /app/webui), an empty one: it served, and / was a 404.
+        raise ValueError(f"SKIN_WEBUI_DIR {cfg.webui_dir!r} has no index.html (the page at /)")
     routes: list[BaseRoute] = [
         Route("/api/predict", predict, methods=["POST"]),
         Route("/api/predict/batch", predict_batch, methods=["POST"]),

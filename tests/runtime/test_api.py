@@ -432,6 +432,11 @@ def test_without_the_web_page_the_api_still_serves(tiny_bundle: Path, tmp_path: 
     # Set explicitly to a folder that is not there: a start-up error naming the setting.
     with pytest.raises(ValueError, match="SKIN_WEBUI_DIR"):
         create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / "typo")))
+    # One without the page (the folder above it, an empty one): it served, and / was a 404
+    (tmp_path / "webui").mkdir()
+    (tmp_path / "webui" / "app.js").write_text("")
+    with pytest.raises(ValueError, match=r"SKIN_WEBUI_DIR .* has no index\.html \(the page at /\)$"):
+        create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path)))
     # One that cannot be read (no permission, a name too long): every visit would be a 500, or a traceback
     with pytest.raises(ValueError, match="SKIN_WEBUI_DIR .* cannot be read: File name too long"):
         create_app(Settings(bundle=str(tiny_bundle), webui_dir=str(tmp_path / ("w" * 300))))
