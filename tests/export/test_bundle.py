@@ -511,6 +511,19 @@ def test_an_export_against_a_changed_train_folder_writes_nothing(dataset: Path, 
     assert not (tmp_path / "bundle").exists()
 
 
+@pytest.mark.parametrize("inside", ["train/Eczema/bundle", "test/bundle"])
+def test_an_out_inside_the_dataset_is_refused(dataset: Path, tmp_path: Path, inside: str) -> None:
+    # Its risk_coverage.png was then a training image of Eczema (or its folder a class of its own).
+    import shutil
+
+    root = Path(shutil.copytree(dataset, tmp_path / "data"))
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=root)
+    before = sorted(root.rglob("*"))
+    with pytest.raises(ExportError, match=r"^--out .* is inside the dataset's (train|test)/ folder"):
+        export_bundle(checkpoint, root / inside, int8="off", parity_images=1)
+    assert sorted(root.rglob("*")) == before
+
+
 def _tiny_net() -> Any:
     from tests.export.conftest import TINY_ARCH
     from training.model import build_model
