@@ -411,7 +411,10 @@ def verify(directory: Path) -> contract.BundleMeta:
             raise ExportError(f"the written {name} breaks the bundle contract: {exc}") from None
         if probs.shape != (2, meta.num_classes) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-4):
             raise ExportError(f"the written {name} does not return probabilities for a batch of 2")
-    contract.load_report(directory)
+    try:
+        contract.load_report(directory)
+    except contract.BundleError as exc:  # one line, as the graph's own checks above
+        raise ExportError(f"the written {contract.REPORT_FILE} breaks the bundle contract: {exc}") from None
     assert meta is not None
     return meta
 
@@ -843,6 +846,7 @@ def _base_report(
         raise ExportError(f"report {str(path)!r} is not readable JSON ({exc})") from None
     if not isinstance(loaded, dict):
         raise ExportError(f"report {str(path)!r} must hold a JSON object")
+    loaded = _valid_text(loaded)
     best = loaded.get("best_epoch")
     if isinstance(best, int) and not isinstance(best, bool) and isinstance(epoch, int) and best != epoch:
         if report is None:
@@ -855,6 +859,18 @@ def _base_report(
             f"the attached report's test numbers are epoch {best}'s; this checkpoint is epoch {epoch}"
         )
     return loaded
+
+
+def _valid_text(value: Any) -> Any:
+    """``value`` with lone surrogates as U+FFFD, as in the metadata: a run's --model-name given in bytes
+    that are not UTF-8 is kept so in its report.json, which the runtime refuses to send on."""
+    if isinstance(value, str):
+        return contract.LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
 
 
 def check_replaceable(out: Path, checkpoint: Path) -> None:

@@ -844,6 +844,19 @@ def test_a_run_report_about_another_epoch_is_not_attached_as_this_checkpoints(tm
     assert notes == ["the attached report's test numbers are epoch 3's; this checkpoint is epoch 5"]
 
 
+def test_a_run_report_with_a_name_that_is_not_utf8_is_exported(
+    dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # skin-train --model-name $'m\xff' keeps the lone surrogate in report.json (as "m\udcff"); copied into
+    # the bundle's, the runtime's check of it failed export's verification with a traceback.
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    (tmp_path / "run" / "report.json").write_text(json.dumps({**TRAINING_REPORT, "model_name": "m\udcff"}))
+    out = tmp_path / "bundle"
+    args = [str(checkpoint), "--out", str(out), "--no-data", "--parity-images", "1", "--quiet"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert json.loads((out / bundle.REPORT_FILE).read_text())["model_name"] == "m\ufffd"
+
+
 def test_a_report_nested_too_deeply_to_parse_is_one_line(tmp_path: Path) -> None:
     from export.bundle import _base_report
 
