@@ -160,6 +160,8 @@ def _given(filename: object, args: argparse.Namespace) -> bool:
 
 def _train(args: argparse.Namespace) -> int:
     # Heavy imports only now, so --help stays quick.
+    import torch
+
     from training.config import ConfigError
     from training.data import DataError
     from training.loop import train
@@ -170,6 +172,14 @@ def _train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, ModelError) as exc:  # the same on every rank: said once, by rank 0
         if _rank0():
             print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:  # a batch (or image size) too large for the GPU: each rank says its own
+        where = "" if _rank0() else f" (rank {os.environ['RANK']})"
+        print(
+            f"{PROG}: error{where}: out of GPU memory: lower --batch-size or --img-size "
+            "(--resume takes another --batch-size)",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:  # an --out that cannot be written (read-only, no space), a path too long
         # A path named on the command line fails alike on every rank: rank 0 says it. Any other file may be

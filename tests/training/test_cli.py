@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.cli import build_parser, main
 from training.config import DEFAULTS, ConfigError, TrainConfig, resolve
@@ -380,6 +381,22 @@ def test_switches_parse_both_ways_and_paths_stay_text() -> None:
             2,
             "skin-train: error: No space left on device: /out\n",
             id="os-error",
+        ),
+        pytest.param(
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.1 GiB total)"),
+            "0",
+            2,
+            "skin-train: error: out of GPU memory: lower --batch-size or --img-size "
+            "(--resume takes another --batch-size)\n",
+            id="gpu-out-of-memory",  # a traceback, as any --batch-size too large for the GPU was
+        ),
+        pytest.param(
+            torch.OutOfMemoryError("CUDA out of memory."),
+            "1",
+            2,
+            "skin-train: error (rank 1): out of GPU memory: lower --batch-size or --img-size "
+            "(--resume takes another --batch-size)\n",
+            id="gpu-out-of-memory-rank-1",
         ),
         pytest.param(
             KeyboardInterrupt(), "0", 130, "skin-train: interrupted before training started\n", id="ctrl-c"
