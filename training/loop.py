@@ -660,8 +660,9 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                 )
             if stats["diverged"]:  # NaN weights predict one class: saved as best.pt, reported as a model
                 raise ConfigError(
-                    f"training diverged in epoch {epoch + 1} (training loss {stats['loss']}): lower --lr, "
-                    "--backbone-lr-scale or --weight-decay; this epoch was not saved"
+                    f"training diverged in epoch {epoch + 1}: its weights are no longer finite (training "
+                    f"loss {stats['loss']}); lower --lr, --backbone-lr-scale or --weight-decay; this epoch "
+                    "was not saved"
                 )
             ev = evaluate_sharded(
                 model, val_loader, cluster, amp_dtype=amp_dtype, channels_last=channels_last
@@ -859,7 +860,9 @@ def train_epoch(
         "loss": loss_sum / seen if seen else nan,
         "acc": right_sum / seen if seen else nan,
         "bad": bad,
-        "diverged": seen > 0 and not math.isfinite(loss_sum),
+        # The weights, not the loss: under fp16 the scaler skips a step whose activations overflowed (a NaN
+        # loss) and the weights stay as they were. One check for all of them: one wait for the GPU.
+        "diverged": not torch.stack([p.isfinite().all() for p in net.parameters()]).all().item(),
     }
 
 

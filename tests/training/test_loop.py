@@ -117,6 +117,29 @@ def test_a_distilled_arch_has_both_its_heads_in_the_head_group() -> None:
     assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
 
 
+def test_an_epoch_diverged_when_its_weights_are_no_longer_finite_not_its_loss() -> None:
+    # Under fp16 the scaler skips a step whose activations overflowed: a NaN loss, the weights as they were.
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    x = torch.randn(4, 4)
+    x[0, 0] = float("nan")
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, torch.arange(4) % 3, torch.arange(4))
+    )
+    skipped = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # steps none of the net's weights
+    cpu = torch.device("cpu")
+    run = {
+        "scheduler": None, "criterion": torch.nn.CrossEntropyLoss(reduction="none"),
+        "cfg": TrainConfig(accum_steps=1, clip_grad=0.0), "device": cpu, "amp_dtype": None, "scaler": None,
+        "channels_last": False, "cluster": Cluster(0, 1, cpu, False), "bar": _NoBar(),
+    }  # fmt: skip
+    stats = train_epoch(net, loader, skipped, **run)
+    assert math.isnan(stats["loss"]) and not stats["diverged"]
+    with torch.no_grad():
+        net.weight[0, 0] = float("inf")
+    assert train_epoch(net, loader, skipped, **run)["diverged"]
+
+
 def test_cosine_warms_up_then_decays() -> None:
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
