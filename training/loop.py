@@ -861,9 +861,15 @@ def train_epoch(
         "acc": right_sum / seen if seen else nan,
         "bad": bad,
         # The weights, not the loss: under fp16 the scaler skips a step whose activations overflowed (a NaN
-        # loss) and the weights stay as they were. One check for all of them: one wait for the GPU.
-        "diverged": not torch.stack([p.isfinite().all() for p in net.parameters()]).all().item(),
+        # loss) and the weights stay as they were. BatchNorm's statistics too: NaN there stays for good.
+        "diverged": not finite([*net.parameters(), *net.buffers()]),
     }
+
+
+def finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every floating-point value is finite: one wait for the GPU, not one per tensor."""
+    checks = [t.isfinite().all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
 
 
 @torch.inference_mode()

@@ -135,6 +135,11 @@ def test_an_epoch_diverged_when_its_weights_are_no_longer_finite_not_its_loss() 
     }  # fmt: skip
     stats = train_epoch(net, loader, skipped, **run)
     assert math.isnan(stats["loss"]) and not stats["diverged"]
+    net.register_buffer("running_mean", torch.zeros(3))  # as BatchNorm's: a NaN there stays for good
+    with torch.no_grad():
+        net.running_mean[0] = float("nan")
+    assert train_epoch(net, loader, skipped, **run)["diverged"]
+    net.running_mean.zero_()
     with torch.no_grad():
         net.weight[0, 0] = float("inf")
     assert train_epoch(net, loader, skipped, **run)["diverged"]
