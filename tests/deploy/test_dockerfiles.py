@@ -96,6 +96,12 @@ def test_runtime_image_installs_the_runtime_extra_only_and_no_torch() -> None:
         assert not re.search(r"\b(gcc|build-essential|apt-get)\b", inst.args), inst
 
 
+def test_uvicorn_is_one_that_stops_workers_that_cannot_start() -> None:
+    # runtime.app exits 3 on a bad setting (README); uvicorn before 0.50 restarted such a worker for ever.
+    (uvicorn,) = [r for r in _extra("runtime") if r.name == "uvicorn"]
+    assert "0.49.9" not in uvicorn.specifier and "0.50.0" in uvicorn.specifier
+
+
 def test_runtime_constraints_pin_every_runtime_requirement_within_its_range() -> None:
     pins = _constraints()
     for requirement in _extra("runtime"):
