@@ -107,8 +107,12 @@ def export_bundle(
     notes: list[str] = []
     base_report = _base_report(Path(checkpoint), report, epoch=info["epoch"], notes=notes)
     splits = None if no_data else _splits(info, data, notes)
-    if splits is not None:
-        _check_outside_dataset(out, splits.root)
+    if splits is not None and (split := splits.folder_holding(out)) is not None:
+        # Its risk_coverage.png an image of the class it is in (or its folder a class): other data next time
+        raise ExportError(
+            f"--out {str(out)!r} is inside the dataset's {split.name}/ folder, where the bundle's plot would "
+            "be read as an image (and its folder as a class); pick another --out"
+        )
     for note in notes:
         say(f"note: {note}")
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
@@ -747,19 +751,6 @@ def _meta(
     )
     contract.validate(meta)
     return meta
-
-
-def _check_outside_dataset(out: Path, root: Path) -> None:
-    """A bundle in train/ or test/ is part of the dataset: its risk_coverage.png an image of the class it is
-    in (or, as a folder of its own, a class), which changes the data the next run and export see."""
-    from training.data import find_split_dir
-
-    for split in (find_split_dir(root, "train"), find_split_dir(root, "test")):
-        if out.resolve().is_relative_to(split.resolve()):  # resolved: train/ may be a link elsewhere
-            raise ExportError(
-                f"--out {str(out)!r} is inside the dataset's {split.name}/ folder, where the bundle's plot "
-                "would be read as an image (and its folder as a class); pick another --out"
-            )
 
 
 def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> Any:

@@ -59,6 +59,14 @@ class Splits:
             digest.update(Path(*path.parts[1:]).as_posix().encode("utf-8", "surrogateescape") + b"\0")
         return digest.hexdigest()[:16]
 
+    def folder_holding(self, path: Path) -> Path | None:
+        """The dataset's train/ or test/ folder that ``path`` is in, or None: a folder there is read as a
+        class, a file in a class as an image. Resolved, as train/ may be a link elsewhere."""
+        for split in (find_split_dir(self.root, "train"), find_split_dir(self.root, "test")):
+            if path.resolve().is_relative_to(split.resolve()):
+                return split
+        return None
+
 
 def find_split_dir(root: Path, name: str) -> Path:
     """``root/name`` or ``root/Name`` (both spellings occur in copies of the dataset)."""

@@ -50,7 +50,6 @@ from training.data import (
     TrainDataset,
     WeightedSampler,
     balanced_weights,
-    find_split_dir,
     load_image,
     load_splits,
 )
@@ -506,13 +505,11 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
-    for split in (find_split_dir(splits.root, "train"), find_split_dir(splits.root, "test")):
-        # A folder there is a class, a plot in a class an image; resolved, as train/ may be a link elsewhere.
-        if run_dir.resolve().is_relative_to(split.resolve()):
-            raise ConfigError(
-                f"--out {str(run_dir)!r} is inside the dataset's {split.name}/ folder, where the run's plots "
-                "would be read as images (and its folder as a class); pick another --out"
-            )
+    if (split := splits.folder_holding(run_dir)) is not None:
+        raise ConfigError(
+            f"--out {str(run_dir)!r} is inside the dataset's {split.name}/ folder, where the run's plots "
+            "would be read as images (and its folder as a class); pick another --out"
+        )
     if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
         raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
     # A bundle's report.json, a hand-written config.yaml: not a new run's to replace. The config.yaml a run
