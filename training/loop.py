@@ -656,10 +656,11 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                     bar=bar,
                 )
             if stats["diverged"]:  # NaN weights predict one class: saved as best.pt, reported as a model
+                # A new run: --resume refuses another --lr, --backbone-lr-scale or --weight-decay
                 raise ConfigError(
                     f"training diverged in epoch {epoch + 1}: its weights are no longer finite (training "
-                    f"loss {stats['loss']}); lower --lr, --backbone-lr-scale or --weight-decay; this epoch "
-                    "was not saved"
+                    f"loss {stats['loss']:.4g}); this epoch was not saved; start a new run with a lower "
+                    "--lr, --backbone-lr-scale or --weight-decay (a resumed run keeps them)"
                 )
             ev = evaluate_sharded(
                 model, val_loader, cluster, amp_dtype=amp_dtype, channels_last=channels_last

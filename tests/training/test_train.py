@@ -1025,6 +1025,11 @@ def test_a_run_normalized_otherwise_than_its_arch_now_is_is_not_resumed(
 def test_a_run_that_diverges_stops_in_one_line_and_keeps_no_nan_model(tmp_path: Path, dataset: Path) -> None:
     # Its NaN weights predict one class: saved as best.pt and reported (accuracy 0.333, exit 0) as a model.
     out = tmp_path / "run"
-    with pytest.raises(ConfigError, match=r"^training diverged in epoch 1: its weights are no longer finite"):
+    diverged = r"^training diverged in epoch 1: its weights are no longer finite"
+    with pytest.raises(ConfigError, match=diverged) as e:
         train(**TINY, data=str(dataset), out=str(out), epochs=2, weight_decay=1e308)
+    # The options to lower are those a resumed run refuses to change: the message said only "lower --lr, ...".
+    assert str(e.value).endswith(
+        "start a new run with a lower --lr, --backbone-lr-scale or --weight-decay (a resumed run keeps them)"
+    )
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
