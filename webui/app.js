@@ -1322,10 +1322,16 @@
     if (ort.openvino === "bf16") {
       const check = ort.bf16_check || {};
       line += check.measured && typeof check.agreement === "number"
-        ? " · same top class as fp32 on " + pct(check.agreement) + " of the test images"
+        ? " · same top class as fp32 on " + pct(check.agreement) + " of the test images" + heatmapWords(check)
         : " · its agreement with fp32 was not measured";
     }
     return line;
+  }
+
+  // Bundles exported before the heatmap check have no heatmap_agreement: nothing said of it then.
+  function heatmapWords(check) {
+    if (typeof check.heatmap_agreement !== "number") return "";
+    return ", the same heatmap on " + pct(check.heatmap_agreement);
   }
 
   function showReportMissing(message) {

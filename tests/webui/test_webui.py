@@ -980,6 +980,16 @@ def test_model_tab_says_which_runtime_serves_and_what_bf16_changes(page: Any, ui
     measured = {"measured": True, "safe": True, "agreement": 0.998}
     serve(openvino="bf16", providers=["OpenVINO CPU"], threads=2, bf16_check=measured)
     expect(facts).to_contain_text("OpenVINO bf16 · 2 threads · same top class as fp32 on " + pct(0.998))
+    expect(facts).not_to_contain_text("heatmap")  # a report from before the heatmap check
+    serve(
+        openvino="bf16",
+        providers=["OpenVINO CPU"],
+        threads=2,
+        bf16_check={**measured, "heatmap_agreement": 0.995},
+    )
+    expect(facts).to_contain_text(
+        "same top class as fp32 on " + pct(0.998) + " of the test images, the same heatmap on " + pct(0.995)
+    )
     serve(openvino="bf16", providers=["OpenVINO CPU"], threads=1, bf16_check=None)
     expect(facts).to_contain_text("OpenVINO bf16 · 1 thread · its agreement with fp32 was not measured")
     serve(openvino="f32", providers=["OpenVINO CPU"], threads=2, bf16_check=None)
