@@ -70,15 +70,13 @@ def _measure(
         return {"measured": False, "reason": str(exc)}
     log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
     size, resize, resize_filter = view
-    fetch = [bundle.PROBS_OUTPUT]
-    if bundle.CAM_OUTPUT in {o.name for o in s32.get_outputs()}:
-        fetch.append(bundle.CAM_OUTPUT)
+    fetch = heatmap.outputs(s32)
     a, kept = infer.run_many(s32, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
     b, _ = infer.run_many(s16, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
     if not kept:
         return {"measured": False, "reason": "no test image could be read"}
     p32, p16 = a[bundle.PROBS_OUTPUT], b[bundle.PROBS_OUTPUT]
-    heatmaps = heatmap.agreement(p32, a[bundle.CAM_OUTPUT], b[bundle.CAM_OUTPUT]) if len(fetch) > 1 else {}
+    heatmaps = heatmap.compare(a, b)
     one = infer.pixels([test[kept[0]]], size, resize, resize_filter)
     latency = {"fp32": infer.latency_ms(s32, one), "bf16": infer.latency_ms(s16, one)}
     entry: dict[str, Any] = {

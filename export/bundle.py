@@ -458,7 +458,7 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     # A path's bytes that are not UTF-8 (a dataset folder named in Latin-1) come as lone surrogates, which the
     # ONNX metadata cannot hold: trained_on quotes the path, so they become U+FFFD.
     fields = {key: _field(ckpt, key, str, "text", where) or "" for key in TEXT_FIELDS}
-    text = {key: contract.LONE_SURROGATE.sub("\ufffd", value) for key, value in fields.items()}
+    text = _valid_text(fields)
     epoch = _field(ckpt, "epoch", int, "a whole number", where)
     info = {
         "arch": ckpt["arch"],
@@ -853,8 +853,8 @@ def _base_report(
 
 
 def _valid_text(value: Any) -> Any:
-    """``value`` with lone surrogates as U+FFFD, as in the metadata: a run's --model-name given in bytes
-    that are not UTF-8 is kept so in its report.json, which the runtime refuses to send on."""
+    """``value`` with lone surrogates as U+FFFD (the metadata's text fields; a run's report.json, which keeps
+    a --model-name given in bytes that are not UTF-8 so, and which the runtime refuses to send on)."""
     if isinstance(value, str):
         return contract.LONE_SURROGATE.sub("\ufffd", value)
     if isinstance(value, dict):

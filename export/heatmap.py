@@ -13,7 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from runtime import bundle
+
 TOLERANCE = 0.1  # on the 0..1 scale: bf16 rounding moved B3's maps up to 0.08, its int8 up to 0.67 (README)
+
+
+def outputs(session: Any) -> list[str]:
+    """What a variant check runs on both graphs: the probabilities, and the CAM where the graph has one."""
+    has_cam = bundle.CAM_OUTPUT in {o.name for o in session.get_outputs()}
+    return [bundle.PROBS_OUTPUT, *([bundle.CAM_OUTPUT] if has_cam else [])]
+
+
+def compare(fp32: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """``agreement`` of two graphs' ``outputs`` (infer.run_many), or nothing for a graph without a CAM."""
+    if bundle.CAM_OUTPUT not in fp32:
+        return {}
+    return agreement(fp32[bundle.PROBS_OUTPUT], fp32[bundle.CAM_OUTPUT], other[bundle.CAM_OUTPUT])
 
 
 def agreement(probabilities: Any, cam: Any, other_cam: Any) -> dict[str, float]:

@@ -110,16 +110,13 @@ def evaluate(
 ) -> dict[str, Any]:
     """Top-1 and heatmap agreement on the test files and median latency of both graphs at batch 1 and 8."""
     s32, s8 = infer.session(fp32), infer.session(int8)
-    fetch = [bundle.PROBS_OUTPUT]
-    if bundle.CAM_OUTPUT in {o.name for o in s32.get_outputs()}:
-        fetch.append(bundle.CAM_OUTPUT)
+    fetch = heatmap.outputs(s32)
     view: dict[str, Any] = {"size": size, "resize": resize, "resize_filter": resize_filter}
     ours, kept = infer.run_many(s32, test, fetch, **view)
     theirs, _ = infer.run_many(s8, test, fetch, **view)
     if not kept:
         raise ExportError("int8: no test image could be read")
-    p32, c32 = ours[bundle.PROBS_OUTPUT], ours.get(bundle.CAM_OUTPUT)
-    heatmaps = {} if c32 is None else heatmap.agreement(p32, c32, theirs[bundle.CAM_OUTPUT])
+    heatmaps = heatmap.compare(ours, theirs)
     one = infer.pixels([test[kept[0]]], size, resize, resize_filter)
     eight = infer.pixels([test[kept[i % len(kept)]] for i in range(8)], size, resize, resize_filter)
     latency = {
@@ -130,7 +127,9 @@ def evaluate(
         for name, sess in (("fp32", s32), ("int8", s8))
     }
     return {
-        "agreement": float(np.mean(p32.argmax(1) == theirs[bundle.PROBS_OUTPUT].argmax(1))),
+        "agreement": float(
+            np.mean(ours[bundle.PROBS_OUTPUT].argmax(1) == theirs[bundle.PROBS_OUTPUT].argmax(1))
+        ),
         **heatmaps,
         "n_test": len(kept),
         "latency": latency,

@@ -158,6 +158,11 @@ def _given(filename: object, args: argparse.Namespace) -> bool:
     return any(path == p or path in p.parents for p in given)
 
 
+def _rank_tag() -> str:
+    """For an error one rank meets alone: which rank says it (nothing on rank 0)."""
+    return "" if _rank0() else f" (rank {os.environ['RANK']})"
+
+
 def _train(args: argparse.Namespace) -> int:
     # Heavy imports only now, so --help stays quick.
     import torch
@@ -174,9 +179,8 @@ def _train(args: argparse.Namespace) -> int:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     except torch.OutOfMemoryError:  # a batch (or image size) too large for the GPU: each rank says its own
-        where = "" if _rank0() else f" (rank {os.environ['RANK']})"
         print(
-            f"{PROG}: error{where}: out of GPU memory: lower --batch-size or --img-size "
+            f"{PROG}: error{_rank_tag()}: out of GPU memory: lower --batch-size or --img-size "
             "(--resume takes another --batch-size)",
             file=sys.stderr,
         )
@@ -185,9 +189,8 @@ def _train(args: argparse.Namespace) -> int:
         # A path named on the command line fails alike on every rank: rank 0 says it. Any other file may be
         # one node's own (an image missing from its disk): each rank says its own, naming itself.
         if _rank0() or not _given(exc.filename, args):
-            where = "" if _rank0() else f" (rank {os.environ['RANK']})"
             line = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
-            print(f"{PROG}: error{where}: {line}", file=sys.stderr)
+            print(f"{PROG}: error{_rank_tag()}: {line}", file=sys.stderr)
         return 2
     return 0
 
