@@ -51,6 +51,7 @@
     selected: 0,
     busy: false,
     requestError: null, // why the last Analyse failed as a whole, until the next one or new images
+    cancel: null, // the running analysis's AbortController
     showAll: false,
     reportRequested: false,
     sort: { key: null, descending: false },
@@ -155,12 +156,27 @@
     return controller.signal;
   }
 
+  // One signal for a request: it ends when the time is up, or when the person cancels (`cancel`, optional).
+  function requestSignal(cancel) {
+    const timeout = timeoutSignal(REQUEST_TIMEOUT_MS);
+    if (!cancel) return timeout;
+    const controller = new AbortController();
+    const stop = () => controller.abort();
+    timeout.addEventListener("abort", stop);
+    cancel.addEventListener("abort", stop);
+    return controller.signal;
+  }
+
+  const CANCELLED = new ApiError("The analysis was cancelled.", "cancelled", 0);
+
   async function request(path, options) {
+    const { cancel, ...rest } = options || {};
     let response;
     try {
-      const base = { headers: { Accept: "application/json" }, signal: timeoutSignal(REQUEST_TIMEOUT_MS) };
-      response = await fetch(path, Object.assign(base, options));
+      const base = { headers: { Accept: "application/json" }, signal: requestSignal(cancel) };
+      response = await fetch(path, Object.assign(base, rest));
     } catch (err) {
+      if (cancel && cancel.aborted) throw CANCELLED;
       // The timer's abort is an AbortError where the browser has no AbortSignal.timeout; nothing else aborts.
       if (err && (err.name === "TimeoutError" || err.name === "AbortError")) {
         throw new ApiError("The server did not answer within " + REQUEST_TIMEOUT_MS / 60000 + " minutes; try again.", "timeout", 0);
@@ -175,6 +191,7 @@
         body = null;
       }
     }
+    if (cancel && cancel.aborted) throw CANCELLED; // while the answer was being read
     if (!response.ok) {
       const error = body && body.error;
       if (error && error.message) throw new ApiError(sentence(error.message), error.code, response.status);
@@ -461,7 +478,7 @@
     if (!files.length) return;
     if (state.busy) {
       // The images in the request stay; dropped or pasted ones would otherwise vanish without a word.
-      showInputError(["Wait for the analysis to finish, then add the new images again."]);
+      showInputError(["Wait for the analysis to finish (or cancel it), then add the new images again."]);
       return;
     }
     const lim = limits();
@@ -549,6 +566,12 @@
 
   function setupResults() {
     $("analyse").addEventListener("click", analyse);
+    // A slow upload or a server that takes long must not hold the page (and the photo) for two minutes.
+    $("cancel").addEventListener("click", () => {
+      if (!state.cancel) return;
+      $("analyse").focus(); // Cancel hides as the request ends: focus stays on the next step
+      state.cancel.abort();
+    });
     $("toggle-all").addEventListener("click", () => {
       state.showAll = !state.showAll;
       renderResult();
@@ -569,19 +592,21 @@
     state.requestError = null;
     showInputError([]);
     $("announce").textContent = "";
+    const cancel = new AbortController();
+    state.cancel = cancel;
     setBusy(true);
     const query = "?top_k=" + TOP_K + "&heatmap=true";
     try {
       if (items.length === 1) {
         const form = new FormData();
         form.append("file", items[0].file, items[0].file.name || "image");
-        const result = await request("/api/predict" + query, { method: "POST", body: form });
+        const result = await request("/api/predict" + query, { method: "POST", body: form, cancel: cancel.signal });
         if (!isResult(result)) throw new ApiError(BAD_RESULT, "bad_response", 200);
         Object.assign(items[0], { result: result, error: null, analysedAt: new Date() });
       } else {
         const form = new FormData();
         for (const item of items) form.append("files", item.file, item.file.name || "image");
-        const body = await request("/api/predict/batch" + query, { method: "POST", body: form });
+        const body = await request("/api/predict/batch" + query, { method: "POST", body: form, cancel: cancel.signal });
         // One entry per image, in order: with any other count no entry can be matched to its image.
         if (!Array.isArray(body.results) || body.results.length !== items.length) {
           throw new ApiError(BAD_RESULT, "bad_response", 200);
@@ -595,11 +620,16 @@
         });
       }
     } catch (err) {
-      state.requestError = "The analysis failed: " + err.message;
+      if (err !== CANCELLED) state.requestError = "The analysis failed: " + err.message;
     } finally {
+      state.cancel = null;
       setBusy(false);
       renderAll();
       announce();
+    }
+    if (cancel.signal.aborted) {
+      $("announce").textContent = "Analysis cancelled; choose other images or press Analyse again.";
+      return;
     }
     // Not awaited: a slow /api/info must not hold back the result; it is redrawn when the description comes.
     if (items.some((item) => item.result && fromAnotherModel(item.result))) reloadInfo();
@@ -639,6 +669,7 @@
     $("result").setAttribute("aria-busy", String(busy));
     $("analyse").classList.toggle("is-busy", busy);
     $("busy").hidden = !busy;
+    $("cancel").hidden = !busy;
     const n = state.items.length;
     $("busy-text").textContent = n > 1 ? "Analysing " + n + " images…" : "Analysing…";
     renderAll();

@@ -456,6 +456,36 @@ def test_a_new_analysis_replaces_the_old_result_even_when_it_fails(page: Any, co
     expect(page.locator("#heatmap-controls")).to_be_hidden()
 
 
+def test_a_slow_analysis_can_be_cancelled_and_other_images_chosen(page: Any, console: Console) -> None:
+    console.allow(r"net::ERR_FAILED|Failed to load resource")
+    open_page(page)
+    expect(page.locator("#cancel")).to_be_hidden()
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))  # a slow upload, or a slow server
+    page.set_input_files("#file-input", files=[png("red")])
+    page.focus("#analyse")
+    page.keyboard.press("Enter")
+    while not held:
+        page.wait_for_timeout(20)
+    # Without Cancel the page held the photo (and every control) until the 2-minute timeout.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "cancel"
+    page.keyboard.press("Enter")
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#cancel")).to_be_hidden()
+    # Not a failure: no alert, the prompt again, and focus on the next step rather than lost with the button.
+    expect(page.locator("#result-error")).to_be_hidden()
+    expect(page.locator("#results-empty")).to_be_visible()
+    expect(page.locator("#announce")).to_have_text(
+        "Analysis cancelled; choose other images or press Analyse again."
+    )
+    assert page.evaluate("document.activeElement.id") == "analyse"
+    expect(page.locator("#choose")).to_be_enabled()
+    page.unroute(PREDICT)
+    analyse(page, [png("green")])
+    expect(page.locator("#primary-name")).to_have_text("Actinic Keratosis")
+
+
 UNREADABLE = "The server's answer is not an analysis this page can read; try again, or reload the page."
 BAD_ANSWER = "The analysis failed: " + UNREADABLE
 
@@ -689,7 +719,7 @@ def test_drop_and_paste_choose_an_image(page: Any) -> None:
     expect(page.locator("#busy")).to_be_visible()
     page.evaluate(send, ["paste", "late.png", data])  # while busy: kept out, and the user is told
     expect(page.locator("#input-error")).to_have_text(
-        "Wait for the analysis to finish, then add the new images again."
+        "Wait for the analysis to finish (or cancel it), then add the new images again."
     )
     expect(page.locator("#preview-caption")).to_contain_text("pasted.png")
     while not held:
@@ -745,7 +775,7 @@ def test_a_real_drop_during_an_analysis_is_answered(page: Any, tmp_path: Path) -
     for kind in ["dragEnter", "dragOver", "drop"]:
         drag.send("Input.dispatchDragEvent", {"type": kind, "x": 300, "y": 300, "data": data})
     expect(page.locator("#input-error")).to_have_text(
-        "Wait for the analysis to finish, then add the new images again."
+        "Wait for the analysis to finish (or cancel it), then add the new images again."
     )
     held[0].continue_()
     expect(page.locator("#primary-name")).to_have_text("Acne")
