@@ -1587,8 +1587,10 @@
     matrix.forEach((row, i) => {
       const total = row.reduce((a, b) => a + b, 0);
       const r = el("tr");
-      const th = el("th", "row-head", displayName(labels[i]));
+      const th = el("th", "row-head");
       th.scope = "row";
+      th.title = displayName(labels[i]);
+      th.append(el("span", null, displayName(labels[i])));
       r.append(th);
       row.forEach((count, j) => {
         const share = total ? count / total : 0;

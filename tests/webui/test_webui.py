@@ -1257,6 +1257,31 @@ def test_a_class_name_of_one_long_word_wraps_at_320_px(new_page: Any, ui_server:
     assert page.evaluate("() => document.scrollingElement.scrollWidth") <= 320
 
 
+def test_long_class_names_keep_the_model_tab_numbers_in_view_on_a_phone(
+    new_page: Any, ui_server: str
+) -> None:
+    word = "Hautkrebsvorstufenerkrankungsverdachtsdiagnose"
+    words = "Actinic keratosis and other premalignant lesions of sun-damaged skin (Bowen disease)"
+    info = _info(ui_server)
+    info["classes"][0]["display_name"] = word
+    info["classes"][1]["display_name"] = words
+    page = new_page(viewport={"width": 360, "height": 800}, is_mobile=True, has_touch=True)
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    page.goto("/#model")
+    expect(page.locator("#metrics-table tbody th").first).to_have_text(word)
+    # The one-word name pushed precision, recall, F1 and support past the phone's edge.
+    wrap = page.locator("#per-class .table-wrap")
+    assert wrap.evaluate("e => e.scrollWidth <= e.clientWidth"), "the metrics table scrolls sideways"
+    # The matrix is wider than a phone (it scrolls); its headings are cut, not its counts pushed away.
+    head = page.locator("#confusion-table thead tr").bounding_box()
+    assert head["height"] < 200, head
+    first = page.locator("#confusion-table tbody th").nth(1)
+    expect(first).to_have_text(words)  # the accessible name is whole; the title shows it too
+    expect(first).to_have_attribute("title", words)
+    assert first.bounding_box()["width"] < 220
+    expect(page.locator("#confusion-table thead th.col-head").first).to_have_attribute("title", word)
+
+
 def test_text_follows_the_readers_own_font_size(page: Any) -> None:
     # The browser's font-size setting (Settings > Appearance), not zoom: it moves only rem and em sizes.
     page.context.new_cdp_session(page).send("Page.setFontSizes", {"fontSizes": {"standard": 24}})
