@@ -402,6 +402,12 @@
     const zone = $("dropzone");
     let depth = 0;
     const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes("Files");
+    // A link or text dragged in from elsewhere (an address bar, a mail) is a try at an image too, and is answered
+    // as a paste of one is. A drag that starts on the page (selected text) is left to the browser.
+    let fromPage = false;
+    document.addEventListener("dragstart", () => (fromPage = true));
+    document.addEventListener("dragend", () => (fromPage = false));
+    const isLink = (event) => !fromPage && !hasFiles(event) && event.dataTransfer && event.dataTransfer.types.length > 0;
     // The whole page accepts a drop, so a near miss never opens the image in place of the app.
     window.addEventListener("dragenter", (event) => {
       if (!hasFiles(event)) return;
@@ -413,12 +419,18 @@
       if (depth === 0) zone.classList.remove("dragging");
     });
     window.addEventListener("dragover", (event) => {
-      if (!hasFiles(event)) return;
+      if (!hasFiles(event) && !isLink(event)) return;
       event.preventDefault();
       // "copy" while busy too: with "none" the drop never fires, and the page could not say why it took nothing.
       event.dataTransfer.dropEffect = "copy";
     });
     window.addEventListener("drop", (event) => {
+      if (isLink(event)) {
+        event.preventDefault();
+        selectTab($("tab-analyse"));
+        showInputError(["That is a link or text, not an image file; save the image, then drop or choose the file."]);
+        return;
+      }
       if (!hasFiles(event)) return;
       event.preventDefault();
       depth = 0;

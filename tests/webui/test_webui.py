@@ -782,6 +782,23 @@ def test_a_real_drop_during_an_analysis_is_answered(page: Any, tmp_path: Path) -
     expect(page.locator("#preview-caption")).to_contain_text("red.png")
 
 
+@pytest.mark.parametrize("kind", ["text/uri-list", "text/plain"])
+def test_a_dragged_link_or_text_is_answered(page: Any, kind: str) -> None:
+    open_page(page)
+    page.set_input_files("#file-input", files=[png("red")])
+    # The browser's own drag, as from another window (a link from an address bar, a line of a mail): the page
+    # took no drop of it and said nothing.
+    drag = page.context.new_cdp_session(page)
+    data = {"items": [{"mimeType": kind, "data": "https://example.org/rash.jpg"}], "dragOperationsMask": 1}
+    for event in ["dragEnter", "dragOver", "drop"]:
+        drag.send("Input.dispatchDragEvent", {"type": event, "x": 300, "y": 300, "data": data})
+    expect(page.locator("#input-error")).to_have_text(
+        "That is a link or text, not an image file; save the image, then drop or choose the file."
+    )
+    expect(page.locator("#preview-caption")).to_contain_text("red.png")  # what was chosen stays
+    assert page.url.endswith("/#analyse") or page.url.endswith("/")
+
+
 def test_a_paste_without_an_image_is_answered(page: Any) -> None:
     open_page(page)
     page.set_input_files("#file-input", files=[png("red")])
