@@ -1209,6 +1209,25 @@ def test_theme_follows_the_system_and_the_toggle_is_remembered(new_page: Any) ->
     expect(fresh.locator("#theme-toggle")).to_have_attribute("aria-label", "Switch to light theme")
 
 
+@pytest.mark.parametrize("chosen", [False, True], ids=["system-dark", "chosen-dark"])
+def test_a_dark_theme_prints_dark_on_white(new_page: Any, chosen: bool) -> None:
+    page = new_page(color_scheme="light" if chosen else "dark")
+    open_page(page)
+    if chosen:
+        page.click("#theme-toggle")
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+    analyse(page, [png("red")])
+    colour = "s => getComputedStyle(document.querySelector(s)).color"
+    on_screen = page.evaluate(colour, "#primary-name")
+    page.emulate_media(media="print")
+    # Printing leaves backgrounds out: the dark theme's text (rgb(228, 234, 240)) went on white paper.
+    for selector in ["#primary-name", ".bar-name", ".disclaimer p", "#result-note"]:
+        r, g, b = map(int, re.findall(r"\d+", page.evaluate(colour, selector))[:3])
+        assert 0.2126 * r + 0.7152 * g + 0.0722 * b < 110, (selector, r, g, b)
+    page.emulate_media(media="screen")
+    assert page.evaluate(colour, "#primary-name") == on_screen  # the screen keeps its dark theme
+
+
 @pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 1366, "height": 768}])
 def test_the_focused_button_stays_in_view_when_the_heatmap_controls_appear(
     new_page: Any, viewport: dict[str, int]
