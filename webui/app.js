@@ -306,7 +306,8 @@
 
   function showServiceError(message) {
     const box = $("service-error");
-    box.textContent = message;
+    // An alert's new text is read out: the same words again at each retry (every 30 s) would be too.
+    if (box.textContent !== message) box.textContent = message;
     box.hidden = false;
   }
 

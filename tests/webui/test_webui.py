@@ -277,6 +277,29 @@ def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) 
     assert len(calls) == 2
 
 
+def test_a_service_that_stays_down_is_said_once_not_at_every_retry(page: Any, console: Console) -> None:
+    console.allow(r"status of 503")
+    page.clock.install()
+    body = {"error": {"code": "starting", "message": "the model is loading"}}
+    page.route("**/api/info", lambda route: route.fulfill(status=503, json=body))
+    page.goto("/")
+    alert = page.locator("#service-error")
+    expect(alert).to_contain_text("The model is loading")
+    expect(alert).to_have_attribute("role", "alert")
+    page.evaluate("""() => {
+        window.changes = 0;
+        const count = () => { window.changes += 1; };
+        new MutationObserver(count).observe(document.getElementById("service-error"),
+                                            {childList: true, characterData: true, subtree: true});
+    }""")
+    for pause in [2_000, 4_000, 8_000]:  # three more tries, each answered as the first
+        with page.expect_response("**/api/info"):
+            page.clock.run_for(pause)
+    # Its text was replaced by the same words each time, and a screen reader read the alert again.
+    assert page.evaluate("window.changes") == 0
+    expect(alert).to_contain_text("The model is loading")
+
+
 def _info(ui_server: str) -> dict[str, Any]:
     with urllib.request.urlopen(ui_server + "/api/info") as response:
         info: dict[str, Any] = json.load(response)
