@@ -1251,6 +1251,47 @@ def test_a_dark_theme_prints_dark_on_white(new_page: Any, chosen: bool) -> None:
     assert page.evaluate(colour, "#primary-name") == on_screen  # the screen keeps its dark theme
 
 
+def test_a_printed_result_keeps_its_bars_and_leaves_out_the_controls(page: Any) -> None:
+    open_page(page)
+    analyse(page, [corner_image()])
+    expect(page.locator("#heatmap")).to_be_visible()
+    page.emulate_media(media="print")
+    for control in [
+        "#theme-toggle",
+        "#tab-analyse",
+        "#choose",
+        "#analyse",
+        "#export",
+        "#clear",
+        "#toggle-all",
+    ]:
+        expect(page.locator(control)).to_be_hidden()
+    expect(page.locator("#heatmap-opacity")).to_be_hidden()
+    for kept in ["#preview", "#heatmap", "#heatmap-caption", "#primary-name", "#top-list", "#result-note"]:
+        expect(page.locator(kept)).to_be_visible()
+    # The bars are backgrounds, which print leaves out unless asked: the top 5 printed as bare numbers.
+    adjust = "e => getComputedStyle(e).printColorAdjust"
+    assert page.locator("#top-list .bar-fill").first.evaluate(adjust) == "exact"
+    assert page.locator("#primary-bar").evaluate(adjust) == "exact"
+    # With the heatmap turned off, its caption and legend do not describe an overlay that is not there.
+    page.emulate_media(media="screen")
+    page.locator("label.switch").click()
+    page.emulate_media(media="print")
+    expect(page.locator("#heatmap")).to_be_hidden()
+    expect(page.locator("#heatmap-caption")).to_be_hidden()
+    # The Model tab's shading is what its legends describe.
+    page.emulate_media(media="screen")
+    page.click("#tab-model")
+    expect(page.locator("#metrics-table tbody td.heat").first).to_be_visible()
+    page.emulate_media(media="print")
+    assert page.locator("#metrics-table tbody td.heat").first.evaluate(adjust) == "exact"
+    assert page.locator("#confusion-table td.cm").first.evaluate(adjust) == "exact"
+    # Paper does not scroll: on an A4 page (about 718 px inside its margins) the matrix fits, not cut off.
+    page.set_viewport_size({"width": 718, "height": 1000})
+    table, card = page.locator("#confusion-table").bounding_box(), page.locator("#confusion").bounding_box()
+    assert table["x"] + table["width"] <= card["x"] + card["width"], (table, card)
+
+
 @pytest.mark.parametrize("viewport", [{"width": 1280, "height": 900}, {"width": 1366, "height": 768}])
 def test_the_focused_button_stays_in_view_when_the_heatmap_controls_appear(
     new_page: Any, viewport: dict[str, int]
