@@ -1270,6 +1270,8 @@
       showReportMissing("This model bundle has no evaluation report.");
       return;
     }
+    // A slow server left the Evaluation card empty, with nothing to say that anything was coming.
+    showReportMissing("Loading the evaluation report…");
     try {
       const report = await request("/api/report");
       if (state.info !== info) return; // the server changed models meanwhile: this report is the old one's

@@ -918,6 +918,19 @@ def _display(label: str) -> str:
     return display_name(label)
 
 
+def test_a_slow_report_is_said_to_be_loading(page: Any) -> None:
+    held: list[Any] = []
+    page.route("**/api/report", lambda route: held.append(route))
+    open_page(page)
+    page.click("#tab-model")
+    while not held:
+        page.wait_for_timeout(20)
+    expect(page.locator("#report-missing")).to_have_text("Loading the evaluation report…")
+    held[0].continue_()
+    expect(page.locator("#report-missing")).to_be_hidden()
+    expect(page.locator("#report-stats .stat").first).to_be_visible()
+
+
 def test_each_region_of_the_model_tab_has_a_name_of_its_own(page: Any) -> None:
     # A screen reader lists landmarks by name: a section and the scrolling table inside it must differ.
     page.goto("/#model")
