@@ -170,8 +170,12 @@ class H11Protocol(h11_impl.H11Protocol):
         ):
             self._close_raw()
             return
+        try:
+            raw.write_eof()  # once the answer is written
+        except OSError:  # the client reset the connection (ENOTCONN): nothing left to linger for
+            self._close_raw()
+            return
         self.lingering = True
-        raw.write_eof()  # once the answer is written
         self.flow.resume_reading()  # paused while the unread body piled up
         self._linger_bytes_left = self.linger_bytes
         self._linger_last = self.loop.time()

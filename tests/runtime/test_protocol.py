@@ -447,6 +447,38 @@ def test_an_answer_kept_alive_with_its_body_unread_closes_as_an_early_answer_doe
     assert written.startswith(b"HTTP/1.1 200") and lingering and closed
 
 
+def test_a_client_that_resets_as_its_early_answer_ends_is_no_server_error() -> None:
+    # Its RST came between the answer's last write and the FIN after it: shutdown() raised ENOTCONN into the
+    # app's send, logged as an "unhandled error" with a traceback (5 in 300 PUTs with a body, reset at once).
+    class _Reset(_HalfClosing):
+        def write_eof(self) -> None:
+            raise OSError(107, "Transport endpoint is not connected")
+
+    raised: list[BaseException] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await _refuse_unread(scope, receive, send)
+        except BaseException as exc:
+            raised.append(exc)
+
+    async def scenario() -> _Reset:
+        config = Config(app=app, timeout_keep_alive=5, log_config=None)
+        protocol = H11Protocol(
+            config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+        )
+        transport = _Reset()
+        protocol.connection_made(transport)
+        protocol.data_received(b"PUT /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(5):
+            await asyncio.sleep(0)  # the app's task answers
+        protocol.connection_lost(None)
+        return transport
+
+    transport = asyncio.run(scenario())
+    assert raised == [] and transport.written.startswith(b"HTTP/1.1 413") and transport.closed
+
+
 def _skin_serve(tiny_bundle: Path, **env: str) -> tuple[str, Any]:
     command = [sys.executable, "-m", "runtime", "--bundle", str(tiny_bundle), "--port", "{port}"]
     return start_server(tiny_bundle, command=command, env={"SKIN_MAX_BODY_MB": "4", **env})
