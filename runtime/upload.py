@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -161,8 +162,13 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
     content_type = request.headers.get("content-type", "").lower()  # media types are case-insensitive
     if content_type.partition(";")[0].strip() != "multipart/form-data":
         raise ApiError(400, "not_multipart", f"send the image as multipart/form-data in the field '{field}'")
-    parser = MultiPartParser(
-        request.headers, request.stream(), max_files=max_files + 4, max_fields=32, max_part_size=64 * 1024
+    parser = _Parser(
+        field,
+        request.headers,
+        request.stream(),
+        max_files=max_files + 4,
+        max_fields=32,
+        max_part_size=64 * 1024,
     )
     # Never roll over to disk: the body limit already bounds every part.
     parser.spool_max_size = 1 << 62
@@ -201,7 +207,7 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         parts = []
         for value in values:
             if not isinstance(value, UploadFile):
-                raise ApiError(400, "missing_file", f"the field '{field}' holds text, not a file")
+                raise _text_in(field)
             data = await value.read()
             await value.close()  # its in-memory copy goes now: a request holds about one body, not two
             parts.append(
@@ -213,6 +219,26 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         # A file part cut off before its boundary is in no form: Starlette's parser keeps it only here.
         for file in getattr(parser, "_files_to_close_on_error", []):
             file.close()
+
+
+class _Parser(MultiPartParser):
+    """Starlette's parser, refusing a part of ``field`` without a filename (curl -F 'file=<photo.jpg') once
+    its headers are read: it would be kept as text, and one over 64 KB, any real photo, was refused as "Part
+    exceeded maximum size of 64KB", not as the small ones were (missing_file)."""
+
+    def __init__(self, field: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.field = field
+
+    def on_headers_finished(self) -> None:
+        super().on_headers_finished()
+        if self._current_part.file is None and self._current_part.field_name == self.field:
+            raise _text_in(self.field)
+
+
+def _text_in(field: str) -> ApiError:
+    message = f"the field '{field}' holds text, not a file: send the image as a file (a part with a filename)"
+    return ApiError(400, "missing_file", message)
 
 
 def _too_many(field: str, max_files: int) -> ApiError:

@@ -227,6 +227,21 @@ def test_predict_errors(client: TestClient, kwargs: dict[str, object], status: i
     _error(client.post("/api/predict", **kwargs), status, code)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("path", ["/api/predict", "/api/predict/batch"])
+@pytest.mark.parametrize("size", [100, 400], ids=["small", "over-64-KB"])
+def test_a_file_part_without_a_filename_is_missing_file_at_any_size(
+    client: TestClient, path: str, size: int
+) -> None:
+    # curl -F 'file=<photo.jpg' sends no filename: a photo over 64 KB got "Part exceeded maximum size…".
+    field = "file" if path == "/api/predict" else "files"
+    image = encode(Image.effect_noise((size, size), 64).convert("RGB"), "PNG")
+    head = f'--B\r\nContent-Disposition: form-data; name="{field}"\r\nContent-Type: image/png\r\n\r\n'
+    body = head.encode() + image + b"\r\n--B--\r\n"
+    response = client.post(path, content=body, headers={"content-type": "multipart/form-data; boundary=B"})
+    _error(response, 400, "missing_file")
+    assert "a part with a filename" in response.json()["error"]["message"]
+
+
 def test_file_over_the_image_limit_is_413(client: TestClient) -> None:
     big = b"\xff\xd8" + b"0" * (1 * MB + 10)
     _error(client.post("/api/predict", files={"file": ("x.jpg", big, "image/jpeg")}), 413, "file_too_large")

@@ -351,7 +351,8 @@ def test_a_request_still_running_when_the_shutdown_grace_ends_gets_a_json_503(ti
                 "POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
             )
             head += "X-Request-ID: stalled\r\nContent-Length: 100000\r\n\r\n"
-            sock.sendall(head.encode() + b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\nPIXELS')
+            part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\nPIXELS'
+            sock.sendall(head.encode() + part)
             time.sleep(0.5)
             proc.terminate()
             answer = b""
