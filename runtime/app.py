@@ -201,6 +201,11 @@ async def openapi_json(request: Request) -> JSONResponse:
 
 
 def _query_options(request: Request, num_classes: int, default_top_k: int) -> tuple[int, bool]:
+    # A repeated option would be read as its last value, so "top_k=abc&top_k=2" passed and the reverse failed.
+    if len(request.query_params.getlist("top_k")) > 1:
+        raise ApiError(422, "bad_top_k", "top_k is given more than once; give it once")
+    if len(request.query_params.getlist("heatmap")) > 1:
+        raise ApiError(422, "bad_heatmap", "heatmap is given more than once; give it once")
     raw = request.query_params.get("top_k")
     top_k = default_top_k
     if raw is not None:

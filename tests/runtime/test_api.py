@@ -127,7 +127,12 @@ def test_probabilities_keep_their_precision(client: TestClient) -> None:
 
 
 @pytest.mark.parametrize(
-    "query", ["top_k=0", "top_k=abc", "top_k=-1", "top_k=%C2%B2", "top_k=", "top_k=1.5", "heatmap=maybe"]
+    "query",
+    [
+        *["top_k=0", "top_k=abc", "top_k=-1", "top_k=%C2%B2", "top_k=", "top_k=1.5", "heatmap=maybe"],
+        # Given twice, whichever comes last: "top_k=abc&top_k=2" was read as 2, the reverse refused.
+        *["top_k=abc&top_k=2", "top_k=2&top_k=3", "heatmap=maybe&heatmap=true"],
+    ],
 )
 def test_bad_query_is_422(client: TestClient, query: str) -> None:
     _error(
