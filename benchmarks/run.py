@@ -4,8 +4,8 @@ For each server: cold start (process start → ready answer, several times) and 
 servers then stay up, and at each concurrency each one gets a Locust run in turn (closed loop, no think time,
 the image mix of benchmarks/images.py) while its RSS and CPU are sampled, ``--rounds`` times, the order
 reversed every other round. Writes Locust's CSV and HTML under WORK/locust/ and a summary with the ratios
-(JSON + markdown) under OUT. Measures only when the machine is quiet (1-minute load average), and records the
-load it saw.
+(JSON + markdown) under OUT; stopped part-way, the runs it finished as OUT/serving-stopped.*. Measures only
+when the machine is quiet (1-minute load average), and records the load it saw.
 
     python -m benchmarks.run --concurrency 1 4 8 --run-time 30 --rounds 3
 """
@@ -33,6 +33,7 @@ from typing import Any
 
 from benchmarks import images
 from runtime.cli import OneLineParser
+from training.stop import how, sigterm_stops
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -577,13 +578,14 @@ def bench_servers(
     max_other: float,
     max_wait_s: float,
     log: Callable[[str], None],
-) -> dict[str, dict[str, Any]]:
+    results: dict[str, dict[str, Any]],
+) -> None:
     """Every server started (cold starts timed) and left up; then, at each concurrency, ``rounds`` rounds of
     one Locust run per server, the order reversed every other round (A B, B A, A B, ...). A run's neighbours
     in time are the other servers' runs at the same concurrency, so a slow or fast spell of the machine
-    falls on both sides of a ratio rather than on one server."""
+    falls on both sides of a ratio rather than on one server. Each result goes into ``results`` as it
+    comes, so a benchmark stopped part-way still has the runs it finished."""
     running: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    results: dict[str, dict[str, Any]] = {}
     try:
         for name in names:
             proc, base, results[name] = start_measured(
@@ -617,7 +619,6 @@ def bench_servers(
                     results[name]["runs"].setdefault(str(users), []).append(run)
     finally:
         stop(*(proc for proc, _ in running.values()))
-    return results
 
 
 def run_benchmark(
@@ -672,26 +673,54 @@ def run_benchmark(
             "checkpoint": str(checkpoint),
         },
     }
-    summary["servers"] = bench_servers(
-        list(servers_to_run),
-        checkpoint=checkpoint,
-        bundle=bundle,
-        concurrency=concurrency,
-        rounds=rounds,
-        run_time=run_time,
-        cold_starts=cold_starts,
-        work=work,
-        max_other=max_other,
-        max_wait_s=max_wait_s,
-        log=log,
-    )
+    summary["servers"] = {}
+    try:
+        bench_servers(
+            list(servers_to_run),
+            checkpoint=checkpoint,
+            bundle=bundle,
+            concurrency=concurrency,
+            rounds=rounds,
+            run_time=run_time,
+            cold_starts=cold_starts,
+            work=work,
+            max_other=max_other,
+            max_wait_s=max_wait_s,
+            log=log,
+            results=summary["servers"],
+        )
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a server that died: the runs finished are kept
+        done = finished_runs(summary)
+        if done:
+            planned = len(servers_to_run) * len(concurrency) * rounds
+            why = how(exc)[0] if isinstance(exc, KeyboardInterrupt) else str(exc)
+            summary["stopped"] = {"why": why, "runs_finished": done, "runs_planned": planned}
+            try:  # under another name: a complete summary from an earlier run stays as it is
+                write_summary(summary, out, log, name="serving-stopped")
+            except OSError as error:
+                log(f"the {done} runs finished could not be kept: {error}")
+        raise
+    write_summary(summary, out, log)
+    return summary
+
+
+def finished_runs(summary: dict[str, Any]) -> int:
+    return sum(len(runs) for server in summary["servers"].values() for runs in server["runs"].values())
+
+
+def write_summary(
+    summary: dict[str, Any], out: Path, log: Callable[[str], None], name: str = "serving"
+) -> None:
+    """OUT/NAME.json and OUT/NAME.md, with the ratios and goals of the runs in ``summary``."""
     summary["load_at_end"] = load1()
     summary["comparison"] = compare(summary)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "serving.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "serving.md").write_text(markdown(summary))
-    log(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
-    return summary
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(summary))
+    kept = ""
+    if stopped := summary.get("stopped"):
+        kept = f" ({stopped['runs_finished']} of {stopped['runs_planned']} runs, then {stopped['why']})"
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{kept}")
 
 
 def check_out(out: Path) -> None:
@@ -755,7 +784,8 @@ def compare(summary: dict[str, Any]) -> dict[str, Any]:
                 continue
             ours = [run["stats"]["Aggregated"] for run in runs]
             theirs = [run["stats"]["Aggregated"] for run in others]
-            rounds = [_ratio(ok_rps(a), ok_rps(b)) for a, b in zip(ours, theirs, strict=True)]
+            # Paired by round; a benchmark stopped part-way can have one more run on one side.
+            rounds = [_ratio(ok_rps(a), ok_rps(b)) for a, b in zip(ours, theirs, strict=False)]
             ratios[users] = {
                 "throughput": _median(rounds, digits=2),
                 "throughput_rounds": rounds,
@@ -830,9 +860,19 @@ def markdown(summary: dict[str, Any]) -> str:
         if rounds > 1
         else ""
     )
+    stopped = summary.get("stopped")
     lines = [
         f"# Serving benchmark ({summary['date']})",
         "",
+        *(
+            [
+                f"**Stopped part-way ({stopped['why']}) after {stopped['runs_finished']} of "
+                f"{stopped['runs_planned']} runs**: the tables, ratios and goals below are those runs' only.",
+                "",
+            ]
+            if stopped
+            else []
+        ),
         f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({isa}), {m['memory_gb']} GB; "
         f"Python {m['python']}, {versions}.",
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
@@ -967,7 +1007,6 @@ def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
     from export.errors import ExportError
     from runtime.bundle import BundleError
     from training.model import ModelError
-    from training.stop import how, sigterm_stops
 
     try:
         with sigterm_stops():  # SIGTERM's default would end this process alone, its children left running

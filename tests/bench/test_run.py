@@ -70,6 +70,51 @@ def test_bad_settings_are_refused_before_anything_is_built(
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize(
+    ("stop", "why"),
+    [
+        pytest.param(KeyboardInterrupt(), "interrupted", id="ctrl-c"),
+        pytest.param(run.BenchError("baseline exited with 9"), "baseline exited with 9", id="server-died"),
+    ],
+)
+def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, why: str
+) -> None:
+    # Two servers, two rounds at concurrency 1 and 2: it stops in the fourth run of eight. The summary was
+    # written only at the end, so an hour of runs was lost to a Ctrl-C or to one server dying.
+    recorded = json.loads((run.ROOT / "benchmarks/results/amd-avx2/serving.json").read_text())["servers"]
+    done: list[str] = []
+
+    def start_measured(name: str, **kwargs: object) -> tuple[object, str, dict[str, object]]:
+        result = {k: recorded[name][k] for k in ("note", "env", "cold_start_s", "idle")}
+        return SimpleNamespace(poll=lambda: 0), "http://127.0.0.1:1", {**result, "runs": {}}
+
+    def load_run(name: str, proc: object, base: str, *, users: int, **kwargs: object) -> object:
+        if len(done) == 3:
+            raise stop
+        done.append(name)
+        return recorded[name]["runs"][str(users)][0]
+
+    monkeypatch.setattr(run, "model_files", lambda work, **kwargs: (tmp_path / "m.pt", tmp_path / "b"))
+    monkeypatch.setattr(run, "start_measured", start_measured)
+    monkeypatch.setattr(run, "load_run", load_run)
+    out = tmp_path / "out"
+    with pytest.raises(type(stop)):
+        run.run_benchmark(
+            work=tmp_path / "work", out=out, concurrency=(1, 2), rounds=2, max_load=100.0, log=print
+        )
+    assert done == ["runtime", "baseline", "baseline"]  # round 1, then round 2 in reverse
+    kept = json.loads((out / "serving-stopped.json").read_text())
+    assert kept["stopped"] == {"why": why, "runs_finished": 3, "runs_planned": 8}
+    assert [len(kept["servers"][name]["runs"]["1"]) for name in ("runtime", "baseline")] == [1, 2]
+    ours, theirs = (recorded[name]["runs"]["1"][0]["stats"]["Aggregated"] for name in ("runtime", "baseline"))
+    ratio = kept["comparison"]["runtime"]["vs_baseline"]["1"]
+    assert ratio["throughput_rounds"] == [round(run.ok_rps(ours) / run.ok_rps(theirs), 2)]  # round 1's pair
+    md = (out / "serving-stopped.md").read_text()
+    assert f"**Stopped part-way ({why}) after 3 of 8 runs**" in md
+    assert not (out / "serving.json").exists()  # an earlier complete summary there would stay
+
+
 def test_server_cpu_is_per_second_of_the_run_not_of_locusts_whole_life(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
