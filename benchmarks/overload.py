@@ -32,6 +32,7 @@ from benchmarks.run import (
     BenchError,
     OtherCpu,
     Sampler,
+    because,
     check_out,
     finite,
     free_port,
@@ -77,7 +78,10 @@ def paced_locust(
             wait_locust(proc, run_time + 120, prefix)
     cpu = sampler.summary()["cpu_cores"]
     if not by_status.is_file():
-        raise BenchError(f"Locust wrote no per-status latencies (exit {proc.returncode}; see {prefix}.log)")
+        raise BenchError(
+            f"Locust exited with {proc.returncode} and wrote no per-status latencies"
+            f"{because(f'{prefix}.log')}; see {prefix}.log"
+        )
     return {k: [float(v) for v in vs] for k, vs in json.loads(by_status.read_text()).items()}, cpu
 
 

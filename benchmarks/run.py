@@ -356,7 +356,9 @@ def start(
     try:  # Ctrl-C or SIGTERM while it starts: stopped too, not left holding the port
         while time.perf_counter() - t0 < timeout:
             if proc.poll() is not None:
-                raise BenchError(f"{server.name} exited with {proc.returncode}; see {log_path}")
+                raise BenchError(
+                    f"{server.name} exited with {proc.returncode}{because(log_path)}; see {log_path}"
+                )
             try:
                 with LOCAL.open(url, timeout=2) as response:
                     if response.status == 200:
@@ -367,6 +369,19 @@ def start(
     except BaseException:
         stop(proc)
         raise
+
+
+def because(log_path: str | Path) -> str:
+    """ ": REASON" from a log's last line (a command's one-line error, or a traceback's last line), so that a
+    failure says why without opening the log; "" for an empty or missing log."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f": {last[:300].rstrip('.')}" if last else ""
 
 
 def stop(*procs: subprocess.Popen[bytes]) -> None:
@@ -438,6 +453,11 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
         proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         with Sampler(proc.pid) as sampler:
             wait_locust(proc, run_time + 120, prefix)
+    if not stats_csv.is_file():
+        raise BenchError(
+            f"Locust exited with {proc.returncode} and wrote no statistics{because(f'{prefix}.log')}; "
+            f"see {prefix}.log"
+        )
     stats = read_stats(stats_csv)
     return stats, {"cpu_cores": sampler.summary()["cpu_cores"], "exit_code": proc.returncode}
 

@@ -69,6 +69,13 @@ def test_a_locust_that_fails_before_writing_is_not_read_from_an_earlier_run(
         "Type,Name,Request Count,Failure Count,Average Response Time,Requests/s,50%,95%,99%\n"
         ",Aggregated,10,0,21.5,5.0,20,35,40\n"
     )
-    monkeypatch.setattr(run, "LOCUSTFILE", tmp_path / "missing.py")  # Locust exits before any statistics
-    with pytest.raises(run.BenchError, match="Locust wrote no statistics"):
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise ValueError('no images here')\n")  # Locust exits before any statistics
+    monkeypatch.setattr(run, "LOCUSTFILE", broken)
+    with pytest.raises(run.BenchError) as error:
         run.locust("http://127.0.0.1:1", 1, 60, tmp_path / "runtime-c1")
+    # Why, in the line itself: it said only "Locust wrote no statistics (...); see its log beside it".
+    log = tmp_path / "runtime-c1.log"
+    assert str(error.value) == (
+        f"Locust exited with 1 and wrote no statistics: ValueError: no images here; see {log}"
+    )

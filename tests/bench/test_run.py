@@ -136,6 +136,16 @@ def test_a_server_that_died_during_a_run_ends_the_benchmark_in_one_line(
     assert str(error.value) == f"runtime exited with 9 during the run at concurrency 1; see {log}"
 
 
+def test_a_server_that_fails_to_start_says_why_in_the_line(tmp_path: Path) -> None:
+    # It said only "runtime exited with 2; see WORK/runtime.log".
+    says = "skin-serve: cannot listen on 127.0.0.1:8000: Address already in use"
+    server = run.Server("runtime", [sys.executable, "-c", f"import sys; sys.exit({says!r})"], "/readyz")
+    log = tmp_path / "runtime.log"
+    with pytest.raises(run.BenchError) as error:
+        run.start(server, run.free_port(), log)
+    assert str(error.value) == f"runtime exited with 1: {says}; see {log}"
+
+
 def _load_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: object) -> dict[str, object]:
     """One load_run against ``proc``, Locust's statistics and the server's use made up, no wait for a quiet
     machine."""
