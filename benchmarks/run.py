@@ -449,8 +449,10 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
     ]  # fmt: skip
     stats_csv = Path(f"{prefix}_stats.csv")
     stats_csv.unlink(missing_ok=True)  # an earlier run's would pass for this one's if Locust failed early
+    # Closed loop: the overload run's pacing, left in the environment, would pace these users too.
+    env = {k: v for k, v in os.environ.items() if k not in ("SKIN_LOCUST_RATE", "SKIN_LOCUST_BY_STATUS")}
     with open(f"{prefix}.log", "wb") as out:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         with Sampler(proc.pid) as sampler:
             wait_locust(proc, run_time + 120, prefix)
     if not stats_csv.is_file():

@@ -79,3 +79,15 @@ def test_a_locust_that_fails_before_writing_is_not_read_from_an_earlier_run(
     assert str(error.value) == (
         f"Locust exited with 1 and wrote no statistics: ValueError: no images here; see {log}"
     )
+
+
+def test_the_overload_pacing_left_in_the_environment_does_not_reach_a_closed_loop_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exported for benchmarks.overload, it paced the serving benchmark's users too: no longer a closed loop.
+    by_status = tmp_path / "by_status.json"
+    monkeypatch.setenv("SKIN_LOCUST_RATE", "0.1")  # a request per user every 10 s
+    monkeypatch.setenv("SKIN_LOCUST_BY_STATUS", str(by_status))
+    stats, _ = run.locust(f"http://127.0.0.1:{run.free_port()}", 1, 2, tmp_path / "x")
+    assert stats["Aggregated"]["requests"] > 10  # nothing listens there: refused at once, again and again
+    assert not by_status.exists()
