@@ -34,6 +34,7 @@ from benchmarks.run import (
     BenchError,
     OtherCpu,
     check_out,
+    describe_model,
     load1,
     machine,
     model_files,
@@ -545,12 +546,7 @@ def model_benchmark(
             "test_images": len(test),
             "calibration_images": len(calibration),
             "reference": "onnxruntime fp32 (the runtime's graph) on the same images",
-            "model": f"{meta.architecture} at {meta.input_size[0]} px, {meta.num_classes} classes "
-            + (
-                "(benchmark weights: see benchmarks/weights.py)"
-                if bundle is None
-                else f"({meta.model_name} {meta.model_version}, the bundle at {bundle_dir})"
-            ),
+            "model": describe_model(meta, bundle_dir, own=bundle is None),
         },
         "paths": results,
         "batching": batching,

@@ -672,7 +672,9 @@ def run_benchmark(
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
     check_out(out)
+    own = bundle is None
     checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
+    model = served_model(bundle, own=own)
     (work / "locust").mkdir(parents=True, exist_ok=True)
 
     quiet = wait_until_quiet(max_load, max_wait_s, log)
@@ -691,6 +693,7 @@ def run_benchmark(
                 k.name: {"weight": k.weight, "size": list(k.size), "format": k.fmt} for k in images.KINDS
             },
             "other_requests": {"info": 1, "report": 1},
+            "model": model,
             "bundle": str(bundle),
             "checkpoint": str(checkpoint),
         },
@@ -789,6 +792,22 @@ def model_files(
     return Path(checkpoint), Path(bundle)
 
 
+def describe_model(meta: Any, bundle: Path, *, own: bool) -> str:
+    """What the summaries say was served: a BundleMeta's model, and whether it is the benchmark's own."""
+    which = (
+        "benchmark weights: see benchmarks/weights.py"
+        if own
+        else f"{meta.model_name} {meta.model_version}, the bundle at {bundle}"
+    )
+    return f"{meta.architecture} at {meta.input_size[0]} px, {meta.num_classes} classes ({which})"
+
+
+def served_model(bundle: Path, *, own: bool) -> str:
+    from runtime.engine import Engine
+
+    return describe_model(Engine(bundle, threads=1).meta, bundle, own=own)
+
+
 def compare(summary: dict[str, Any]) -> dict[str, Any]:
     """Ratios against the baseline, and the issue's goals next to what was measured. A round's throughput
     ratio is taken between the two servers' runs of that round, next to each other in time; the median of
@@ -875,6 +894,9 @@ def markdown(summary: dict[str, Any]) -> str:
     versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
     mix = ", ".join(f"{name} ×{v['weight']}" for name, v in s["mix"].items())
     rounds = s.get("rounds", 1)
+    baseline = (
+        f"; the baseline serves its checkpoint, {s['checkpoint']}" if "baseline" in summary["servers"] else ""
+    )
     order = (
         f" At each concurrency, {rounds} rounds of one run per server, all servers up, the order reversed "
         "every other round; a round's ratio compares that round's runs, and the goals take the median of "
@@ -897,6 +919,7 @@ def markdown(summary: dict[str, Any]) -> str:
         ),
         f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({isa}), {m['memory_gb']} GB; "
         f"Python {m['python']}, {versions}.",
+        *([f"Model: {s['model']}{baseline}."] if "model" in s else []),  # older summaries do not say
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
         f"{summary['load_at_end']:.2f} at the end. Server and Locust share the same CPUs; each run starts "
         f"once other processes use < {s['max_other_cpu_cores']} cores; what they used during it is shown.",

@@ -48,6 +48,9 @@ def test_rounds_interleave_the_servers_and_ratios_pair_neighbouring_runs(
     assert json.loads((tmp_path / "out" / "serving.json").read_text())["settings"]["rounds"] == 3
     md = (tmp_path / "out" / "serving.md").read_text()
     assert "3 rounds of one run per server" in md
+    # Which model was served: serving.md did not say (the record's rounds-demo ran the demo model).
+    model = f"tiny_cam at 64 px, 3 classes (tiny-test-model 0.0.1, the bundle at {bench_bundle})"
+    assert f"Model: {model}; the baseline serves its checkpoint, {checkpoint}." in md
     assert " / ".join(f"{x}×" for x in each) in md
     assert sorted(p.name for p in (tmp_path / "work" / "locust").glob("*_stats.csv")) == [
         f"{name}-c1-r{i}_stats.csv" for name in ("baseline", "runtime") for i in (1, 2, 3)
@@ -96,6 +99,7 @@ def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
         return recorded[name]["runs"][str(users)][0]
 
     monkeypatch.setattr(run, "model_files", lambda work, **kwargs: (tmp_path / "m.pt", tmp_path / "b"))
+    monkeypatch.setattr(run, "served_model", lambda bundle, own: "a model")
     monkeypatch.setattr(run, "start_measured", start_measured)
     monkeypatch.setattr(run, "load_run", load_run)
     out = tmp_path / "out"
