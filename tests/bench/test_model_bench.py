@@ -96,6 +96,25 @@ def test_one_slow_spell_on_batch_1_is_not_read_as_a_gain_from_batching(
     }
 
 
+def test_a_batch_holds_as_many_images_as_it_says_with_fewer_test_images(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 3-class model at --test-per-class 1 has 3 test images: "batch 8" ran 3, its img/s 8/3 too high.
+    timed: list[int] = []
+
+    def latency_ms(run: object, x: np.ndarray, repeats: int, warmup: int = 3) -> float:
+        timed.append(len(x))
+        return 10.0 * len(x)
+
+    monkeypatch.setattr(model_bench, "latency_ms", latency_ms)
+    monkeypatch.setattr(model_bench, "parallel_img_s", lambda *a, **k: 100.0)
+    x = np.arange(3 * 12, dtype=np.uint8).reshape(3, 2, 2, 3)
+    found = batching_check(lambda: print, lambda: print, x, 30, print)
+    assert timed == [1, 2, 4, 8]
+    assert found["img_s_by_batch"] == {"1": 100.0, "2": 100.0, "4": 100.0, "8": 100.0}
+    assert model_bench.batch_of(x, 8)[3:6].tolist() == x.tolist()  # the first images again
+
+
 def test_a_path_timed_per_image_is_ranked_by_its_mean() -> None:
     paths = {
         "fp32": {"batch1_ms": 30.0, "top1_agreement": 1.0},
