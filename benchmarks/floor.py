@@ -3,6 +3,9 @@
 The floor is the model's multiply-adds at this CPU's fp32 matrix-multiply peak through onnxruntime (the same
 MLAS kernels the convolutions use, set up as the runtime sets them up): the time the arithmetic alone
 takes, which no fp32 path gets far under. A profiled batch-1 run says where the time above the floor goes.
+
+    python -m benchmarks.floor                       # the benchmark's model (runs/bench), nothing else
+    python -m benchmarks.floor --bundle bundles/demo --threads 1
 """
 
 from __future__ import annotations
@@ -200,3 +203,45 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
         f"takes {floor['floor_ms']:.1f} ms{timed}. A profiled onnxruntime fp32 run, "
         f"{floor['profiled_run_ms']:.1f} ms by op type: {spent} ms{convs}."
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.images import pixels
+    from benchmarks.run import BenchError, OtherCpu, load1, run_cli, threads_or_cpus
+    from runtime.cli import OneLineParser
+    from runtime.engine import Engine
+
+    parser = OneLineParser(
+        prog="python -m benchmarks.floor",
+        description="The model's multiply-adds at this CPU's fp32 matrix speed, and where a profiled "
+        "onnxruntime fp32 run spends its time (the model benchmark's floor, alone).",
+    )
+    parser.add_argument(
+        "--work", default="runs/bench", help="the benchmark's model, made if missing (runs/bench)"
+    )
+    parser.add_argument("--bundle", help="measure this bundle instead of the benchmark's own")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="at most the CPUs this process may use (0: all of them)"
+    )
+    args = parser.parse_args(argv)
+
+    def floor(log: Any) -> None:
+        from benchmarks.weights import prepare
+
+        threads = threads_or_cpus(args.threads)
+        bundle = Path(args.bundle) if args.bundle else prepare(args.work, log=log)[1]
+        if not (bundle / contract.MODEL_FILE).is_file():
+            raise BenchError(f"--bundle {bundle}: no {contract.MODEL_FILE} there")
+        meta = Engine(bundle, threads=1).meta  # the bundle checked as the runtime checks it: one line if not
+        height, width = meta.input_size
+        image = pixels((width, height))[None]
+        load, other = load1(), OtherCpu()
+        found = measure(bundle / contract.MODEL_FILE, image, threads=threads)
+        print(markdown(found, None))  # its numbers are this machine's only when nothing else runs on it:
+        print(f"Load average (1 min) {load:.2f} at the start; other processes used {other.cores()} cores.")
+
+    return run_cli("benchmarks.floor", floor)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

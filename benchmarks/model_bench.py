@@ -41,13 +41,14 @@ from benchmarks.run import (
     quiet_machine_options,
     row,
     run_cli,
+    threads_or_cpus,
     wait_for_cpu,
     wait_until_quiet,
 )
 from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
-from runtime.engine import available_cpus, first_line, openvino_session, session_options
+from runtime.engine import first_line, openvino_session, session_options
 from training.synthetic import MAX_PER_CLASS
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
@@ -402,19 +403,12 @@ def model_benchmark(
     model of your own (the same weights twice) instead of the benchmark's."""
     from runtime.preprocess import preprocess
 
-    cpus = available_cpus()
-    # More threads than CPUs time the cores' sharing, not the paths (and 100000 took 16 GB, deaf to Ctrl-C).
-    if not 0 <= threads <= cpus:
-        raise BenchError(
-            f"--threads must be from 0 to {cpus}, the CPUs this process may use (0: all of them), "
-            f"not {threads}"
-        )
+    threads = threads_or_cpus(threads)
     work, out = Path(work), Path(out)
     check_out(out)
     checkpoint, bundle_dir = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
     meta, outputs = _graph(fp32)
-    threads = threads or cpus
     scratch = work / "model_bench"
     scratch.mkdir(parents=True, exist_ok=True)
     names = list(meta.class_names)

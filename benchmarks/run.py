@@ -792,6 +792,20 @@ def model_files(
     return Path(checkpoint), Path(bundle)
 
 
+def threads_or_cpus(threads: int) -> int:
+    """--threads checked against the CPUs this process may use (affinity, cgroup quota), 0 meaning all of
+    them: more threads than CPUs time the cores' sharing, not the model (and 100000 took 16 GB)."""
+    from runtime.engine import available_cpus
+
+    cpus = available_cpus()
+    if not 0 <= threads <= cpus:
+        raise BenchError(
+            f"--threads must be from 0 to {cpus}, the CPUs this process may use (0: all of them), "
+            f"not {threads}"
+        )
+    return threads or cpus
+
+
 def describe_model(meta: Any, bundle: Path, *, own: bool) -> str:
     """What the summaries say was served: a BundleMeta's model, and whether it is the benchmark's own."""
     which = (

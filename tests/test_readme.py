@@ -23,7 +23,7 @@ def _section(title: str) -> str:
 
 
 def _help(command: str) -> str:
-    from benchmarks import model_bench, overload, run, weights
+    from benchmarks import floor, model_bench, overload, run, weights
     from export import cli as export_cli
     from export import demo
     from runtime import cli as runtime_cli
@@ -39,6 +39,7 @@ def _help(command: str) -> str:
         "python -m benchmarks.model_bench": model_bench.main,
         "python -m benchmarks.overload": overload.main,
         "python -m benchmarks.weights": weights.main,
+        "python -m benchmarks.floor": floor.main,
     }
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):

@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import weights
 
-CLIS = ["model_bench", "run", "overload", "weights", "baseline_server"]
+CLIS = ["model_bench", "run", "overload", "weights", "baseline_server", "floor"]
 
 
 @pytest.fixture
@@ -116,8 +116,9 @@ def test_threads_out_of_range_are_refused(
 ) -> None:
     # The bound was 1024 by hand: 64 threads on 2 CPUs were taken, and timed the cores' sharing.
     from benchmarks import model_bench
+    from runtime import engine
 
-    monkeypatch.setattr(model_bench, "available_cpus", lambda: 4)
+    monkeypatch.setattr(engine, "available_cpus", lambda: 4)
     assert model_bench.main(["--threads", threads]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
@@ -130,8 +131,9 @@ def test_threads_up_to_the_cpus_are_taken(
     no_model: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from benchmarks import model_bench
+    from runtime import engine
 
-    monkeypatch.setattr(model_bench, "available_cpus", lambda: 4)
+    monkeypatch.setattr(engine, "available_cpus", lambda: 4)
     with pytest.raises(AssertionError, match="reached the benchmark"):
         model_bench.main(["--threads", "4", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
 

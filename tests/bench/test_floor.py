@@ -208,3 +208,20 @@ def test_a_graph_without_convolutions_and_a_floor_not_measured(tmp_path: Path) -
     assert "convolutions reach" not in line and "took" not in line
     assert line.endswith(" ms.")
     assert floor.markdown({"error": "BundleError: x"}, 30.0) == "Floor: not measured (BundleError: x)."
+
+
+def test_the_floor_alone_from_the_command_line(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `python -m benchmarks.floor` ran nothing and exited 0: floor.py had no main.
+    assert floor.main(["--bundle", str(tiny_bundle), "--threads", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("Floor (fp32, 1 threads): the model is ") and "GFLOP/s" in out[0]
+    assert out[1].startswith("Load average (1 min) ") and out[1].endswith(" cores.")
+
+
+def test_the_floor_refuses_a_folder_without_a_model_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert floor.main(["--bundle", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"benchmarks.floor: --bundle {tmp_path}: no model.onnx there"
+    ]
