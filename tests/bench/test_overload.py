@@ -18,13 +18,16 @@ def test_paced_locust_records_prediction_latencies_by_status(tiny_bundle: Path, 
     # No queue: anything beyond the one running inference is refused, so 503s may appear; nothing else may.
     url, proc = start_server(tiny_bundle, env={"SKIN_MAX_QUEUE": "0", "SKIN_THREADS": "1"})
     try:
-        latencies, cpu = overload.paced_locust(url, rate=4.0, users=6, run_time=3, prefix=tmp_path / "o")
+        latencies, cpu, stats = overload.paced_locust(
+            url, rate=4.0, users=6, run_time=3, prefix=tmp_path / "o"
+        )
     finally:
         stop_server(proc)
     assert latencies.get("200"), (tmp_path / "o.log").read_text()
     assert set(latencies) <= {"200", "503"}, {k: len(v) for k, v in latencies.items()}
     assert all(v > 0 for values in latencies.values() for v in values)
     assert cpu >= 0
+    assert stats["Aggregated"]["requests"] > 0
     # Paced: 6 users at 4/s for 3 s cannot send much more than 72 tasks (a few are info/report).
     assert sum(len(v) for v in latencies.values()) <= 6 * 4 * 3 + 6
 
@@ -98,11 +101,19 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
         "info": {"requests": 30, "failures": 0, "rps": 3.0},
     }
     _without_servers(monkeypatch, tmp_path, saturation=saturation)
-    latencies = {"200": [100.0] * 90, "503": [5.0] * 400}
-    monkeypatch.setattr(overload, "paced_locust", lambda *args: (latencies, 0.1))
+    # 100 answered 200 in Locust's 11.1 s (the 10 s, then the answers still coming in): 9 a second. Counted
+    # as 100 over the 10 s, "served" read 10, and a short run served more than its saturation.
+    latencies = {"200": [100.0] * 100, "503": [5.0] * 400}
+    paced = {
+        "Aggregated": {"requests": 520, "failures": 400, "rps": 46.8},
+        "predict thumb 300x220 jpeg": {"requests": 500, "failures": 400, "rps": 45.0},
+        "info": {"requests": 20, "failures": 0, "rps": 1.8},
+    }
+    monkeypatch.setattr(overload, "paced_locust", lambda *args: (latencies, 0.1, paced))
     summary = overload.run_overload(
         work=tmp_path / "work", out=tmp_path / "out", duration=10, log=lambda line: None
     )
     assert summary["served_rps"] == 9.0 and summary["saturation_predictions_rps"] == 27.0
+    assert summary["predictions"] == 500
     md = (tmp_path / "out" / "overload.md").read_text()
     assert "Served: 9.0 predictions/s (at saturation 27.0)." in md
