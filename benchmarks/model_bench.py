@@ -406,6 +406,7 @@ def model_benchmark(
     threads = threads_or_cpus(threads)
     work, out = Path(work), Path(out)
     check_out(out)
+    check_out(work, "--work")
     checkpoint, bundle_dir = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
     meta, outputs = _graph(fp32)

@@ -140,6 +140,7 @@ def run_overload(
         raise BenchError(f"factor must be at most {MAX_FACTOR:g}, saturation users at most {MAX_USERS}")
     work, out = Path(work), Path(out)
     check_out(out)
+    check_out(work, "--work")
     checkpoint, bundle = prepare(work, log=log)
     (work / "locust").mkdir(parents=True, exist_ok=True)
     quiet = wait_until_quiet(max_load, max_wait_s, log)

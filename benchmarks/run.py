@@ -672,6 +672,7 @@ def run_benchmark(
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
     check_out(out)
+    check_out(work, "--work")
     own = bundle is None
     checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     model = served_model(bundle, own=own)
@@ -748,13 +749,15 @@ def write_summary(
     log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{kept}")
 
 
-def check_out(out: Path) -> None:
-    """BenchError now if OUT cannot take the summary: found only when writing it, the runs would be lost."""
+def check_out(out: Path, flag: str = "--out") -> None:
+    """BenchError now if OUT (or WORK, ``flag``) cannot take what is written there: found only when writing
+    the summary, the runs would be lost; WORK as a file was an OSError's '[Errno 17] File exists'."""
+    out = Path(out)
     folder = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
     if not folder.is_dir():
-        raise BenchError(f"--out {out}: {folder} is not a folder")
+        raise BenchError(f"{flag} {out}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise BenchError(f"--out {out}: {folder} is not writable")
+        raise BenchError(f"{flag} {out}: {folder} is not writable")
 
 
 def model_files(

@@ -114,12 +114,14 @@ def prepare(work: str | Path, *, log: Callable[[str], None] = print) -> tuple[Pa
     """``WORK/model.pt`` and ``WORK/bundle`` (exported with the project's exporter), made once and reused.
     A reused file that cannot be loaded is an error (ModelError, BundleError), not remade: remaking takes
     minutes, and the file may be one someone put there."""
+    from benchmarks.run import check_out
     from runtime.bundle import BundleError
     from runtime.engine import Engine
     from training.model import ModelError, load_checkpoint
 
     work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)  # fails now, not after minutes of making the model
+    check_out(work, "--work")  # one line now, not an OSError after minutes of making the model
+    work.mkdir(parents=True, exist_ok=True)
     checkpoint, bundle_dir = work / "model.pt", work / "bundle"
     again = "delete it and run again to make it anew"
     if checkpoint.is_file():

@@ -162,3 +162,18 @@ def test_an_out_that_cannot_take_the_summary_is_refused_before_measuring(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"benchmarks.{cli}: --out {out}: {taken} is not a folder"]
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("cli", ["model_bench", "run", "overload", "weights", "floor"])
+def test_a_work_folder_that_is_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli: str
+) -> None:
+    # It was "[Errno 17] File exists: '...'" (or "[Errno 20] Not a directory" with --bundle).
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    argv = ["--work", str(taken)] + (
+        ["--out", str(tmp_path / "out")] if cli not in ("weights", "floor") else []
+    )
+    assert importlib.import_module(f"benchmarks.{cli}").main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"benchmarks.{cli}: --work {taken}: {taken} is not a folder"]
