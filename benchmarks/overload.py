@@ -39,9 +39,11 @@ from benchmarks.run import (
     load1,
     locust,
     machine,
+    machine_line,
     ok_rps,
     read_stats,
     run_cli,
+    served_model,
     servers,
     start,
     stop,
@@ -142,6 +144,7 @@ def run_overload(
     check_out(out)
     check_out(work, "--work")
     checkpoint, bundle = prepare(work, log=log)
+    model = served_model(bundle, own=True)
     (work / "locust").mkdir(parents=True, exist_ok=True)
     quiet = wait_until_quiet(max_load, max_wait_s, log)
     port = free_port()
@@ -188,6 +191,7 @@ def run_overload(
         "load_at_start": quiet,
         "server": {"note": server.note, "ready_s": round(ready_s, 2), **used, "rss": rss},
         "settings": {
+            "model": model,
             "factor": factor,
             "duration_s": duration,
             "saturation_users": saturation_users,
@@ -219,8 +223,9 @@ def markdown(s: dict[str, Any]) -> str:
     lines = [
         f"# Overload run ({s['date']})",
         "",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs; load average "
-        f"{s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
+        machine_line(m),
+        *([f"Model: {s['settings']['model']}."] if "model" in s["settings"] else []),  # older runs: none
+        f"Load average {s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
         f"Server: {srv['note']}.",
         "",
         f"Saturation (closed loop, {s['settings']['saturation_users']} users): "

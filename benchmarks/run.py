@@ -907,8 +907,6 @@ def row(*cells: object) -> str:
 
 def markdown(summary: dict[str, Any]) -> str:
     m, s = summary["machine"], summary["settings"]
-    isa = ", ".join(m.get("isa", []))
-    versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
     mix = ", ".join(f"{name} ×{v['weight']}" for name, v in s["mix"].items())
     rounds = s.get("rounds", 1)
     baseline = (
@@ -934,8 +932,7 @@ def markdown(summary: dict[str, Any]) -> str:
             if stopped
             else []
         ),
-        f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({isa}), {m['memory_gb']} GB; "
-        f"Python {m['python']}, {versions}.",
+        machine_line(m),
         *([f"Model: {s['model']}{baseline}."] if "model" in s else []),  # older summaries do not say
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
         f"{summary['load_at_end']:.2f} at the end. Server and Locust share the same CPUs; each run starts "
@@ -997,6 +994,16 @@ def markdown(summary: dict[str, Any]) -> str:
             met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
             lines.append(row(key, g["measured"], g["goal"], met))
     return "\n".join(lines) + "\n"
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """machine()'s record in one line: the CPU's name alone does not tell an AVX2 EPYC from an AVX-512 one."""
+    isa = ", ".join(m.get("isa", []))
+    versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
+    return (
+        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs ({isa}), {m.get('memory_gb', '?')} GB; "
+        f"Python {m.get('python', '?')}, {versions}."
+    )
 
 
 def _runs(summary: dict[str, Any], *, by_round: bool) -> Iterable[tuple[list[Any], dict[str, Any]]]:

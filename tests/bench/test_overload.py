@@ -55,6 +55,7 @@ def _without_servers(
 
     monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
     monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
+    monkeypatch.setattr(overload, "served_model", lambda bundle, own: "efficientnet_b3 at 300 px")
     monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
     monkeypatch.setattr(overload, "stop", lambda proc: None)
     monkeypatch.setattr(overload, "warm", lambda base: None)
@@ -117,3 +118,7 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     assert summary["predictions"] == 500
     md = (tmp_path / "out" / "overload.md").read_text()
     assert "Served: 9.0 predictions/s (at saturation 27.0)." in md
+    # It said "Machine: AMD EPYC, 2 CPUs", the same for the AVX2 and the AVX-512 machine.
+    m = summary["machine"]
+    assert f"\nMachine: {m['cpu']}, {m['cpus']} CPUs ({', '.join(m['isa'])}), {m['memory_gb']} GB; " in md
+    assert "\nModel: efficientnet_b3 at 300 px.\n" in md
