@@ -10,6 +10,7 @@ SKIN_OPENVINO=bf16: the measurement behind SKIN_GATHER. And how near onnxruntime
 fp32 floor (benchmarks/floor.py).
 
     python -m benchmarks.model_bench                 # writes benchmarks/results/model.json and model.md
+                                                     # (stopped part-way: what it measured, model-stopped.*)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
 from runtime.engine import first_line, openvino_session, session_options
+from training.stop import how
 from training.synthetic import MAX_PER_CLASS
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
@@ -434,111 +436,10 @@ def model_benchmark(
     log(f"load average {quiet['load1']:.2f} at the start; {len(test)} test images, {threads} threads")
     reference = predict_all(ort_runner(fp32, threads=threads), test)
     results: dict[str, Any] = {}
-    timed: dict[str, Runner] = {}  # the paths timed at batch 1 in rounds, once all are loaded
-    for cand in found:
-        wait_for_cpu(max_other, max_wait_s, log)
-        load_before = load1()
-        try:
-            start = time.perf_counter()
-            run = cand.make()
-            load_s = time.perf_counter() - start
-        except Exception as exc:  # a path this machine cannot take is reported, not fatal
-            results[cand.name] = {"note": cand.note, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-            log(f"{cand.name}: not available ({results[cand.name]['error']})")
-            continue
-        probs = predict_all(run, test)
-        extra: dict[str, Any] = {}
-        note = cand.note
-        other = OtherCpu()
-        if isinstance(run, Recheck):  # its cost depends on the image: batch 1 timed over every test image
-            share = run.rechecked / run.images
-            extra = {"recheck_margin": round(run.margin, 4), "rechecked_share": round(share, 4)}
-            note += f"; gap ≤ {run.margin:.3f} re-run: {share:.0%} of the test images"
-            b1, mean = per_image_ms(run, test)
-            extra["batch1_ms"] = round(b1, 2)
-            extra["batch1_mean_ms"] = round(mean, 2)
-            extra["batch1_img_s"] = round(1000 / mean, 1)
-            note += f"; batch 1 is the median over the test images, mean {mean:.1f} ms"
-        else:
-            timed[cand.name] = run
-        b8 = latency_ms(run, eight, max(5, repeats // 4))
-        results[cand.name] = {
-            "note": note,
-            "load_s": round(load_s, 3),
-            "batch8_ms": round(b8, 2),
-            "batch8_img_s": round(8000 / b8, 1),
-            "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4),
-            "max_abs_diff": float(np.abs(probs - reference).max()),
-            "load1_before": load_before,
-            "other_cpu_cores": other.cores(),
-            **extra,
-        }
-        r = results[cand.name]
-        log(
-            f"{cand.name}: batch 8 {r['batch8_ms']} ms ({r['batch8_img_s']} img/s), agreement "
-            f"{r['top1_agreement']:.2%}, load {r['load_s']} s, others {r['other_cpu_cores']} cores; {note}"
-        )
-        del run
-
-    if all("error" in r for r in results.values()):  # nothing measured: a failure, not a table of gaps
-        name, r = next(iter(results.items()))
-        first = (r["error"].splitlines() or [""])[0]
-        raise BenchError(f"no path could be measured ({name}: {first})")
-    if timed:
-        log(f"batch 1: {rounds} rounds over {len(timed)} paths")
-        per_round = batch1_rounds(
-            timed,
-            one,
-            repeats=max(3, repeats // rounds),
-            rounds=rounds,
-            before_round=lambda: wait_for_cpu(max_other, max_wait_s, log),
-        )
-        for name, each in per_round.items():
-            b1 = float(np.median(each))
-            results[name].update(
-                batch1_ms=round(b1, 2),
-                batch1_ms_rounds=[round(v, 2) for v in each],
-                batch1_img_s=round(1000 / b1, 1),
-            )
-            log(f"{name}: batch 1 {b1:.2f} ms (rounds: {', '.join(f'{v:.1f}' for v in each)})")
-        timed.clear()  # the sessions go before the batching checks load their own
-
-    wait_for_cpu(max_other, max_wait_s, log)
-    batching = batching_check(
-        lambda: ort_runner(fp32, threads=threads),
-        lambda: ort_runner(fp32, threads=1),
-        test,
-        repeats,
-        log,
-        make_shared=lambda: ort_runner(fp32, threads=threads, spinning=False),  # as the runtime serves
-        rounds=rounds,
-    )
-    wait_for_cpu(max_other, max_wait_s, log)
-    try:
-        bound = floor.measure(fp32, one, threads=threads)
-    except Exception as exc:  # reported, not fatal: the paths above are measured already
-        bound = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    log(floor.markdown(bound, results.get("onnxruntime fp32", {}).get("batch1_ms")))
-    batching_bf16 = None
-    if _importable("openvino") and (not only or any("bf16" in o for o in only)):
-        wait_for_cpu(max_other, max_wait_s, log)
-        try:
-            batching_bf16 = batching_check(
-                lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
-                lambda: openvino_runner(fp32, threads=1, precision="bf16"),
-                test,
-                repeats,
-                log,
-                make_shared=lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
-                rounds=rounds,
-            )
-        except contract.BundleError as exc:  # OpenVINO could not compile the model here: nothing to measure
-            log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
-    summary = {
+    summary: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
         "load_at_start": quiet,
-        "load_at_end": load1(),
         "settings": {
             "threads": threads,
             "repeats_batch1": repeats,
@@ -549,17 +450,136 @@ def model_benchmark(
             "reference": "onnxruntime fp32 (the runtime's graph) on the same images",
             "model": describe_model(meta, bundle_dir, own=bundle is None),
         },
-        "paths": results,
-        "batching": batching,
-        "batching_bf16": batching_bf16,  # the same question for SKIN_OPENVINO=bf16, when openvino is here
-        "best": best_path(results),
-        "floor": bound,  # the model's multiply-adds at this CPU's fp32 matrix speed, and a profiled run
+        "paths": results,  # filled path by path: a run stopped part-way keeps the paths it measured
+        "batching": None,
+        "batching_bf16": None,  # the same question for SKIN_OPENVINO=bf16, when openvino is here
+        "floor": None,  # the model's multiply-adds at this CPU's fp32 matrix speed, and a profiled run
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "model.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "model.md").write_text(markdown(summary))
-    log(f"wrote {out / 'model.json'} and {out / 'model.md'}")
+    try:
+        timed: dict[str, Runner] = {}  # the paths timed at batch 1 in rounds, once all are loaded
+        for cand in found:
+            wait_for_cpu(max_other, max_wait_s, log)
+            load_before = load1()
+            try:
+                start = time.perf_counter()
+                run = cand.make()
+                load_s = time.perf_counter() - start
+            except Exception as exc:  # a path this machine cannot take is reported, not fatal
+                results[cand.name] = {"note": cand.note, "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                log(f"{cand.name}: not available ({results[cand.name]['error']})")
+                continue
+            probs = predict_all(run, test)
+            extra: dict[str, Any] = {}
+            note = cand.note
+            other = OtherCpu()
+            if isinstance(run, Recheck):  # its cost depends on the image: batch 1 timed over every test image
+                share = run.rechecked / run.images
+                extra = {"recheck_margin": round(run.margin, 4), "rechecked_share": round(share, 4)}
+                note += f"; gap ≤ {run.margin:.3f} re-run: {share:.0%} of the test images"
+                b1, mean = per_image_ms(run, test)
+                extra["batch1_ms"] = round(b1, 2)
+                extra["batch1_mean_ms"] = round(mean, 2)
+                extra["batch1_img_s"] = round(1000 / mean, 1)
+                note += f"; batch 1 is the median over the test images, mean {mean:.1f} ms"
+            else:
+                timed[cand.name] = run
+            b8 = latency_ms(run, eight, max(5, repeats // 4))
+            results[cand.name] = {
+                "note": note,
+                "load_s": round(load_s, 3),
+                "batch8_ms": round(b8, 2),
+                "batch8_img_s": round(8000 / b8, 1),
+                "top1_agreement": round(float((probs.argmax(1) == reference.argmax(1)).mean()), 4),
+                "max_abs_diff": float(np.abs(probs - reference).max()),
+                "load1_before": load_before,
+                "other_cpu_cores": other.cores(),
+                **extra,
+            }
+            r = results[cand.name]
+            log(
+                f"{cand.name}: batch 8 {r['batch8_ms']} ms ({r['batch8_img_s']} img/s), agreement "
+                f"{r['top1_agreement']:.2%}, load {r['load_s']} s, others {r['other_cpu_cores']} cores; "
+                f"{note}"
+            )
+            del run
+
+        if all("error" in r for r in results.values()):  # nothing measured: a failure, not a table of gaps
+            name, r = next(iter(results.items()))
+            first = (r["error"].splitlines() or [""])[0]
+            raise BenchError(f"no path could be measured ({name}: {first})")
+        if timed:
+            log(f"batch 1: {rounds} rounds over {len(timed)} paths")
+            per_round = batch1_rounds(
+                timed,
+                one,
+                repeats=max(3, repeats // rounds),
+                rounds=rounds,
+                before_round=lambda: wait_for_cpu(max_other, max_wait_s, log),
+            )
+            for name, each in per_round.items():
+                b1 = float(np.median(each))
+                results[name].update(
+                    batch1_ms=round(b1, 2),
+                    batch1_ms_rounds=[round(v, 2) for v in each],
+                    batch1_img_s=round(1000 / b1, 1),
+                )
+                log(f"{name}: batch 1 {b1:.2f} ms (rounds: {', '.join(f'{v:.1f}' for v in each)})")
+            timed.clear()  # the sessions go before the batching checks load their own
+
+        wait_for_cpu(max_other, max_wait_s, log)
+        summary["batching"] = batching_check(
+            lambda: ort_runner(fp32, threads=threads),
+            lambda: ort_runner(fp32, threads=1),
+            test,
+            repeats,
+            log,
+            make_shared=lambda: ort_runner(fp32, threads=threads, spinning=False),  # as the runtime serves
+            rounds=rounds,
+        )
+        wait_for_cpu(max_other, max_wait_s, log)
+        try:
+            summary["floor"] = floor.measure(fp32, one, threads=threads)
+        except Exception as exc:  # reported, not fatal: the paths above are measured already
+            summary["floor"] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        log(floor.markdown(summary["floor"], results.get("onnxruntime fp32", {}).get("batch1_ms")))
+        if _importable("openvino") and (not only or any("bf16" in o for o in only)):
+            wait_for_cpu(max_other, max_wait_s, log)
+            try:
+                summary["batching_bf16"] = batching_check(
+                    lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
+                    lambda: openvino_runner(fp32, threads=1, precision="bf16"),
+                    test,
+                    repeats,
+                    log,
+                    make_shared=lambda: openvino_runner(fp32, threads=threads, precision="bf16"),
+                    rounds=rounds,
+                )
+            # OpenVINO could not compile the model here: nothing to measure
+            except contract.BundleError as exc:
+                log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a path that failed mid-way: the paths measured are kept
+        if any("error" not in r for r in results.values()):
+            why = how(exc)[0] if isinstance(exc, KeyboardInterrupt) else first_line(exc)
+            summary["stopped"] = {"why": why}
+            try:  # under another name: a complete summary from an earlier run stays as it is
+                write_summary(summary, out, log, name="model-stopped")
+            except OSError as error:
+                log(f"the paths measured could not be kept: {error}")
+        raise
+    write_summary(summary, out, log)
     return summary
+
+
+def write_summary(
+    summary: dict[str, Any], out: Path, log: Callable[[str], None], name: str = "model"
+) -> None:
+    summary["load_at_end"] = load1()
+    summary["best"] = best_path(summary["paths"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(summary))
+    stopped = f" (stopped part-way: {summary['stopped']['why']})" if "stopped" in summary else ""
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped}")
 
 
 def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:
@@ -646,9 +666,15 @@ def best_path(results: dict[str, Any]) -> dict[str, Any] | None:
 
 def markdown(summary: dict[str, Any]) -> str:
     m, s = summary["machine"], summary["settings"]
+    stopped = summary.get("stopped")
     lines = [
         f"# Model benchmark ({summary['date']})",
         "",
+        *(
+            [f"**Stopped part-way ({stopped['why']})**: only what was measured before it is below.", ""]
+            if stopped
+            else []
+        ),
         f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({', '.join(m.get('isa', []))}); "
         f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; {s['threads']} threads.",
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
@@ -681,7 +707,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(
             row(
                 name,
-                r["batch1_ms"],
+                r.get("batch1_ms"),  # stopped part-way, before the batch-1 rounds: none
                 " · ".join(f"{v}" for v in r.get("batch1_ms_rounds", [])) or None,
                 r["batch8_ms"],
                 r["batch8_img_s"],

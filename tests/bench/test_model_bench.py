@@ -238,6 +238,39 @@ def test_a_run_that_measures_no_path_fails_in_one_line(
     assert not (tmp_path / "out").exists()  # no table of gaps written as if it were a result
 
 
+def test_a_run_stopped_part_way_keeps_the_paths_it_measured(
+    bench_bundle: Path, checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C in the batch-1 rounds, after every path's load, agreement and batch 8: all of it was lost.
+    def batch1_rounds(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model_bench, "batch1_rounds", batch1_rounds)
+    monkeypatch.setattr(model_bench, "wait_for_cpu", lambda *args, **kwargs: 0.0)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        model_bench.model_benchmark(
+            work=tmp_path / "work",
+            out=out,
+            only=["1 thread"],
+            repeats=3,
+            rounds=1,
+            test_per_class=1,
+            bundle=bench_bundle,
+            checkpoint=checkpoint,
+            max_load=100.0,
+            log=print,
+        )
+    kept = json.loads((out / "model-stopped.json").read_text())
+    assert kept["stopped"] == {"why": "interrupted"}
+    (path,) = kept["paths"].values()
+    assert path["top1_agreement"] == 1.0 and "batch8_ms" in path and "batch1_ms" not in path
+    assert kept["best"] is None and kept["batching"] is None
+    md = (out / "model-stopped.md").read_text()
+    assert "**Stopped part-way (interrupted)**" in md and "| onnxruntime fp32, 1 thread | – | – | " in md
+    assert not (out / "model.json").exists()
+
+
 def test_the_batching_line_lists_the_rounds_only_when_there_were_several() -> None:
     summary = json.loads((ROOT / "benchmarks/results/amd-avx2/model.json").read_text())
     summary["batching_bf16"] = None
