@@ -201,6 +201,8 @@ def run_overload(
         "saturation_rps": saturation,
         "saturation_predictions_rps": round(saturation_predictions, 2),
         "offered_rps": round(offered, 2),
+        # What Locust sent: a user waiting on a slow answer cannot keep its pace, and the offer falls short.
+        "sent_rps": paced["Aggregated"]["rps"],
         "predictions": total,
         # As the saturation's predictions are counted, from Locust's statistics (503s are its failures): the
         # 200s over the duration alone also counted the answers that came after it, and read as more.
@@ -232,8 +234,8 @@ def markdown(s: dict[str, Any]) -> str:
         f"**{s['saturation_rps']:.1f} req/s**. "
         f"Offered for {s['settings']['duration_s']} s: **{s['offered_rps']:.1f} req/s** "
         f"({s['settings']['factor']:g}× saturation; {s['settings']['users']} users paced at "
-        f"{s['settings']['rate_per_user']}/s). Served: {s['served_rps']:.1f} predictions/s (at saturation "
-        f"{s['saturation_predictions_rps']:.1f}).",
+        f"{s['settings']['rate_per_user']}/s){sent(s)}. Served: {s['served_rps']:.1f} predictions/s (at "
+        f"saturation {s['saturation_predictions_rps']:.1f}).",
         "",
         "| status | predictions | p50 ms | p95 ms | p99 ms | max ms |",
         "|---|---:|---:|---:|---:|---:|",
@@ -253,6 +255,14 @@ def markdown(s: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def sent(s: dict[str, Any]) -> str:
+    """ "; sent N req/s" (older summaries did not record it), and whether that fell short of the offer."""
+    if "sent_rps" not in s:
+        return ""
+    short = ", short of the offer" if s["sent_rps"] < 0.9 * s["offered_rps"] else ""
+    return f"; Locust sent {s['sent_rps']:.1f} req/s{short}"
 
 
 def main(argv: list[str] | None = None) -> int:

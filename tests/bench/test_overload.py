@@ -117,6 +117,9 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     assert summary["served_rps"] == 9.0 and summary["saturation_predictions_rps"] == 27.0
     assert summary["predictions"] == 500
     md = (tmp_path / "out" / "overload.md").read_text()
+    # Offered 2 × 30 = 60 req/s; Locust sent 46.8, which the summary did not say.
+    assert summary["sent_rps"] == 46.8
+    assert "/s); Locust sent 46.8 req/s, short of the offer. Served: " in md
     assert "Served: 9.0 predictions/s (at saturation 27.0)." in md
     # It said "Machine: AMD EPYC, 2 CPUs", the same for the AVX2 and the AVX-512 machine.
     m = summary["machine"]
