@@ -34,6 +34,7 @@ from benchmarks.run import (
     Sampler,
     because,
     check_out,
+    environment_line,
     finite,
     free_port,
     load1,
@@ -45,6 +46,7 @@ from benchmarks.run import (
     run_cli,
     served_model,
     servers,
+    skin_environment,
     start,
     stop,
     wait_locust,
@@ -192,6 +194,7 @@ def run_overload(
         "server": {"note": server.note, "ready_s": round(ready_s, 2), **used, "rss": rss},
         "settings": {
             "model": model,
+            "environment": skin_environment(),
             "factor": factor,
             "duration_s": duration,
             "saturation_users": saturation_users,
@@ -229,6 +232,7 @@ def markdown(s: dict[str, Any]) -> str:
         *([f"Model: {s['settings']['model']}."] if "model" in s["settings"] else []),  # older runs: none
         f"Load average {s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
         f"Server: {srv['note']}.",
+        *environment_line(s["settings"]),
         "",
         f"Saturation (closed loop, {s['settings']['saturation_users']} users): "
         f"**{s['saturation_rps']:.1f} req/s**. "

@@ -695,6 +695,7 @@ def run_benchmark(
             },
             "other_requests": {"info": 1, "report": 1},
             "model": model,
+            "environment": skin_environment(),
             "bundle": str(bundle),
             "checkpoint": str(checkpoint),
         },
@@ -944,6 +945,7 @@ def markdown(summary: dict[str, Any]) -> str:
             f"- {name}: {server.get('note', '')}{describe_served(server.get('served'))}"
             for name, server in summary["servers"].items()
         ],
+        *environment_line(s),
         "",
     ]
     heads = ["req/s", "p50 ms", "p95 ms", "p99 ms", "failures", "server RSS peak MB", "server CPU cores"]
@@ -994,6 +996,22 @@ def markdown(summary: dict[str, Any]) -> str:
             met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
             lines.append(row(key, g["measured"], g["goal"], met))
     return "\n".join(lines) + "\n"
+
+
+def skin_environment() -> dict[str, str]:
+    """The SKIN_* settings this shell passes to every server: "skin-serve defaults" are not, with them.
+    SKIN_LOCUST_* are the load generator's own."""
+    found = sorted(os.environ.items())
+    return {k: v for k, v in found if k.startswith("SKIN_") and not k.startswith("SKIN_LOCUST_")}
+
+
+def environment_line(settings: dict[str, Any]) -> list[str]:
+    """The summaries' line for skin_environment(); none when the shell set nothing (older summaries: none)."""
+    found = settings.get("environment")
+    if not found:
+        return []
+    listed = ", ".join(f"{k}={v}" for k, v in found.items())
+    return [f"Set in the environment for every server (a server's own setting above wins): {listed}."]
 
 
 def machine_line(m: dict[str, Any]) -> str:

@@ -111,6 +111,7 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
         "info": {"requests": 20, "failures": 0, "rps": 1.8},
     }
     monkeypatch.setattr(overload, "paced_locust", lambda *args: (latencies, 0.1, paced))
+    monkeypatch.setenv("SKIN_MAX_QUEUE", "64")  # from the shell: the server is not "skin-serve defaults"
     summary = overload.run_overload(
         work=tmp_path / "work", out=tmp_path / "out", duration=10, log=lambda line: None
     )
@@ -125,3 +126,5 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     m = summary["machine"]
     assert f"\nMachine: {m['cpu']}, {m['cpus']} CPUs ({', '.join(m['isa'])}), {m['memory_gb']} GB; " in md
     assert "\nModel: efficientnet_b3 at 300 px.\n" in md
+    assert "\nSet in the environment for every server (a server's own setting above wins): " in md
+    assert summary["settings"]["environment"]["SKIN_MAX_QUEUE"] == "64"

@@ -100,6 +100,8 @@ def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
 
     monkeypatch.setattr(run, "model_files", lambda work, **kwargs: (tmp_path / "m.pt", tmp_path / "b"))
     monkeypatch.setattr(run, "served_model", lambda bundle, own: "a model")
+    monkeypatch.setenv("SKIN_INFERENCE_CONCURRENCY", "1")  # from the shell: the "defaults" are not
+    monkeypatch.setenv("SKIN_LOCUST_RATE", "2")  # the load generator's, not a server's
     monkeypatch.setattr(run, "start_measured", start_measured)
     monkeypatch.setattr(run, "load_run", load_run)
     out = tmp_path / "out"
@@ -116,6 +118,9 @@ def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
     assert ratio["throughput_rounds"] == [round(run.ok_rps(ours) / run.ok_rps(theirs), 2)]  # round 1's pair
     md = (out / "serving-stopped.md").read_text()
     assert f"**Stopped part-way ({why}) after 3 of 8 runs**" in md
+    assert kept["settings"]["environment"] == {"SKIN_INFERENCE_CONCURRENCY": "1"}
+    every = "Set in the environment for every server (a server's own setting above wins)"
+    assert f"\n{every}: SKIN_INFERENCE_CONCURRENCY=1.\n" in md
     assert not (out / "serving.json").exists()  # an earlier complete summary there would stay
 
 
