@@ -339,6 +339,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_taken(port: int) -> bool:
+    """Whether something already accepts connections on 127.0.0.1:port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 # The servers run on 127.0.0.1: urlopen sent these requests to an http_proxy from the environment unless
 # no_proxy named 127.0.0.1, and a ready server read as "not ready within 180 s".
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -349,6 +358,8 @@ def start(
 ) -> tuple[subprocess.Popen[bytes], float]:
     """Start the server; return it and the seconds from process start to its first ready answer."""
     url = f"http://127.0.0.1:{port}{server.ready_path}"
+    if port_taken(port):  # its answers would pass for this server's: ready at once, and measured
+        raise BenchError(f"port {port} is in use by another process; {server.name} was not started")
     env = {**os.environ, "ORT_DISABLE_TELEMETRY": "1", **server.env}
     with open(log_path, "ab") as out:
         t0 = time.perf_counter()

@@ -155,6 +155,20 @@ def test_a_server_that_fails_to_start_says_why_in_the_line(tmp_path: Path) -> No
     assert str(error.value) == f"runtime exited with 1: {says}; see {log}"
 
 
+def test_a_port_another_process_answers_on_is_refused_not_measured(tmp_path: Path) -> None:
+    # Another server there answered /readyz at once: it read as this one, ready in 0.01 s, and was measured.
+    from tests.server import answering
+
+    with answering("/readyz", b"{}") as base:
+        port = int(base.rsplit(":", 1)[1])
+        marker = tmp_path / "started"
+        server = run.Server("runtime", [sys.executable, "-c", f"open({str(marker)!r}, 'w')"], "/readyz")
+        with pytest.raises(run.BenchError) as error:
+            run.start(server, port, tmp_path / "runtime.log")
+    assert str(error.value) == f"port {port} is in use by another process; runtime was not started"
+    assert not marker.exists()
+
+
 def _load_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: object) -> dict[str, object]:
     """One load_run against ``proc``, Locust's statistics and the server's use made up, no wait for a quiet
     machine."""
