@@ -78,19 +78,20 @@ def find_split_dir(root: Path, name: str) -> Path:
     return found[0]
 
 
-def scan_split(folder: Path) -> dict[str, list[Path]]:
+def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path]]:
     """Class folder name → sorted image files (hidden files and folders, such as .ipynb_checkpoints/, and
-    other extensions are ignored)."""
+    other extensions are ignored). ``splits``: the dataset's train/ and test/, which no link is followed into.
+    """
     classes: dict[str, list[Path]] = {}
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p
-            for p in class_dir.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS
-            and not any(part.startswith(".") for part in p.relative_to(class_dir).parts)
-            and p.is_file()
-        )
-        classes[class_dir.name] = files
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
+            try:
+                entry.stat()
+            except OSError as exc:
+                why = f"it is a link to {os.readlink(entry)!r}, which cannot be opened ({exc.strerror})"
+                raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
+        if entry.is_dir():
+            classes[entry.name] = _images(entry, [folder, *splits])
     if not classes:
         raise DataError(f"{str(folder)!r} has no class folders")
     for name in classes:
@@ -103,7 +104,7 @@ def scan_split(folder: Path) -> dict[str, list[Path]]:
             why = "has a name that is not UTF-8; rename it"
             raise DataError(f"class folder '{raw}' in {str(folder)!r} {why}") from None
     empty = [name for name, files in classes.items() if not files]
-    for name in empty:  # rglob() passes over a folder it may not read: say so, not "holds no images"
+    for name in empty:  # a folder it may not read is passed over: say so, not "holds no images"
         try:
             os.listdir(folder / name)
         except OSError as exc:
@@ -116,6 +117,36 @@ def scan_split(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
+    """The image files under ``class_dir``, following links to folders (a batch kept on another disk), but not
+    one into the dataset's splits or above them (``keep_out``) or into a folder taken already: a loop, or
+    images counted twice or under another class. Such a link is skipped with a warning."""
+    bounds = [p.resolve() for p in keep_out]
+    taken = [class_dir.resolve()]
+    found: list[Path] = []
+    folders = [class_dir]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as listing:
+                names = [entry.name for entry in listing if not entry.name.startswith(".")]
+        except OSError:  # one it may not read: scan_split says why when that leaves the class empty
+            continue
+        for path in (folder / name for name in names):
+            if path.is_dir():
+                if path.is_symlink():
+                    target = path.resolve()
+                    if any(target.is_relative_to(b) or b.is_relative_to(target) for b in bounds + taken):
+                        where = "back into the dataset's train/ or test/ (or above them)"
+                        log.warning("not following link %s: it leads %s, to %s", path, where, target)
+                        continue
+                    taken.append(target)
+                folders.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42) -> Splits:
     """Read ``ROOT/train`` and ``ROOT/test``; carve a stratified, seeded validation split from train.
 
@@ -126,8 +157,9 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         problem = "is a file, not a folder" if base.exists() else "does not exist"
         raise DataError(f"dataset folder {str(root)!r} {problem}")
     base = base.resolve()
-    train_classes = scan_split(find_split_dir(base, "train"))
-    test_classes = scan_split(find_split_dir(base, "test"))
+    split_dirs = [find_split_dir(base, "train"), find_split_dir(base, "test")]
+    train_classes = scan_split(split_dirs[0], split_dirs)
+    test_classes = scan_split(split_dirs[1], split_dirs)
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))

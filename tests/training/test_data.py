@@ -370,3 +370,38 @@ def test_shuffle_sampler_is_a_permutation() -> None:
     assert sorted(draws) == list(range(10))
     sampler.set_epoch(1)
     assert sorted(sampler.draws()) == list(range(10)) and sampler.draws() != draws
+
+
+def test_a_linked_folder_in_a_class_is_read_one_that_leads_back_into_the_dataset_is_not(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    batch = tmp_path / "other-disk" / "moles-2024"  # kept elsewhere, linked in
+    shutil.move(root / "train" / "Moles", batch)
+    (root / "train" / "Moles").mkdir()
+    (root / "train" / "Moles" / "batch").symlink_to(batch)
+    (root / "train" / "Acne" / "up").symlink_to("..")  # a loop: would take every class in as Acne
+    (root / "train" / "Eczema" / "test-copy").symlink_to(root / "test" / "Eczema")  # test images in train
+    with caplog.at_level("WARNING", logger="training.data"):
+        splits = load_splits(root)
+    moles = [p for p, y in splits.train + splits.val if y == 2]
+    assert len(moles) == 16 and all(p.parent == root / "train" / "Moles" / "batch" for p in moles)
+    assert Counter(y for _, y in splits.train + splits.val) == {0: 16, 1: 16, 2: 16}
+    warned = sorted(r.getMessage().split(":")[0] for r in caplog.records)
+    assert warned == [f"not following link {root}/train/{c}" for c in ("Acne/up", "Eczema/test-copy")]
+
+
+@pytest.mark.parametrize("target", ["/nonexistent/Moles", "Moles"], ids=["missing", "loop"])
+def test_a_class_folder_link_that_leads_nowhere_is_one_line(
+    tmp_path: Path, dataset: Path, target: str
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    for split in ("train", "test"):  # both splits' Moles on a disk that is not mounted: it was left out
+        shutil.rmtree(root / split / "Moles")
+        (root / split / "Moles").symlink_to(target)
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    assert str(info.value).startswith(f"'{root}/train/Moles': it is a link to '{target}', which cannot be")
+    assert str(info.value).endswith("; fix or remove the link")
