@@ -6,6 +6,7 @@ does it; training adds augmentations that keep the size, then both convert to a 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -72,10 +73,34 @@ def find_split_dir(root: Path, name: str) -> Path:
     """``root/name`` or ``root/Name`` (both spellings occur in copies of the dataset)."""
     found = [root / n for n in (name, name.capitalize()) if (root / n).is_dir()]
     if not found:
-        raise DataError(f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder")
+        missing = f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder"
+        classes = _class_folders_in(root) if name == "train" else []
+        if classes:  # the classes themselves: a dataset not split yet
+            listed = ", ".join(classes[:3]) + (", …" if len(classes) > 3 else "")
+            raise DataError(
+                f"{missing}; its folders ({listed}) look like classes: move them into train/, and a share of "
+                "each class's images into test/ (train/CLASS/, test/CLASS/, the same class names)"
+            )
+        if name == "test":
+            raise DataError(
+                f"{missing}, which holds the test images, kept out of training: make it with the same class "
+                "folders as train/"
+            )
+        raise DataError(f"{missing}: the class folders go in {name}/ and test/ (train/CLASS/, test/CLASS/)")
     if len(found) > 1:
         raise DataError(f"{str(root)!r} has both {name}/ and {name.capitalize()}/; keep one")
     return found[0]
+
+
+def _class_folders_in(root: Path) -> list[str]:
+    """The folders right under ``root`` that hold images themselves (with the names they go by)."""
+    names = []
+    with contextlib.suppress(OSError):  # a root that may be entered but not listed: no hint then
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            with contextlib.suppress(OSError), os.scandir(folder) as listing:
+                if any(Path(e.name).suffix.lower() in IMAGE_EXTENSIONS for e in listing):
+                    names.append(folder.name)
+    return names
 
 
 def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path]]:

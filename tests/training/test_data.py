@@ -95,6 +95,13 @@ def _break_missing_test(root: Path) -> None:
     shutil.rmtree(root / "test")
 
 
+def _break_not_split_yet(root: Path) -> None:
+    for name in CLASSES:
+        shutil.move(root / "train" / name, root / name)
+    shutil.rmtree(root / "train")
+    shutil.rmtree(root / "test")
+
+
 def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
@@ -121,7 +128,17 @@ def _break_class_name_not_utf8(root: Path) -> None:
         pytest.param(_break_test_only_class, "different classes (only in test: Warts)", id="test-only-class"),
         pytest.param(_break_one_class, "has 'Acne' only", id="one-class"),
         pytest.param(_break_no_classes, "has no class folders", id="no-classes"),
-        pytest.param(_break_missing_test, "has no test/ (or Test/) folder", id="missing-test"),
+        pytest.param(
+            _break_missing_test,
+            "has no test/ (or Test/) folder, which holds the test images, kept out of training: make it with",
+            id="missing-test",
+        ),
+        pytest.param(
+            _break_not_split_yet,
+            "has no train/ (or Train/) folder; its folders (Acne, Eczema, Moles) look like classes: move "
+            "them into train/, and a share of each class's images into test/",
+            id="class-folders-not-split-yet",
+        ),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
         pytest.param(
             _break_class_name_decomposed,
