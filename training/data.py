@@ -13,6 +13,7 @@ import math
 import os
 import random
 import unicodedata
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from runtime.bundle import display_name
 from runtime.preprocess import ImageError, preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # what the runtime takes
+# Pictures in other formats, said to be left out: an iPhone's .heic, Windows' .jfif, a scanner's .tif.
+OTHER_IMAGE_EXTENSIONS = (".heic", ".heif", ".jfif", ".jpe", ".tif", ".tiff", ".bmp", ".gif", ".avif", ".dng")
 RESIZE_MODE = "stretch"
 RESIZE_FILTER = "bilinear"
 
@@ -105,8 +108,8 @@ def _class_folders_in(root: Path) -> list[str]:
 
 def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path]]:
     """Class folder name → sorted image files (hidden files and folders, such as .ipynb_checkpoints/, and
-    other extensions are ignored). ``splits``: the dataset's train/ and test/, which no link is followed into.
-    """
+    other extensions are ignored; pictures in formats the runtime does not take are warned of, then left out).
+    ``splits``: the dataset's train/ and test/, which no link is followed into."""
     classes: dict[str, list[Path]] = {}
     for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
         if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
@@ -117,6 +120,22 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
                 raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
         if entry.is_dir():
             classes[entry.name] = _images(entry, [folder, *splits])
+    others = [p for files in classes.values() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if others:
+        kinds = Counter(p.suffix.lower() for p in others)
+        log.warning(
+            "not reading %d files in %s whose format the runtime does not take (%s), e.g. %s; only %s are "
+            "read: convert them to train on them (a .jfif or .jpe is a JPEG: renaming it .jpg does)",
+            len(others),
+            folder,
+            ", ".join(f"{kind} {n}" for kind, n in kinds.most_common()),
+            others[0],
+            "/".join(IMAGE_EXTENSIONS),
+        )
+        classes = {
+            name: [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+            for name, files in classes.items()
+        }
     if not classes:
         raise DataError(f"{str(folder)!r} has no class folders")
     for name in classes:
@@ -143,9 +162,10 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
 
 
 def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
-    """The image files under ``class_dir``, following links to folders (a batch kept on another disk), but not
-    one into the dataset's splits or above them (``keep_out``) or into a folder taken already: a loop, or
-    images counted twice or under another class. Such a link is skipped with a warning."""
+    """The image files under ``class_dir`` (those in formats not read too), following links to folders (a
+    batch kept on another disk), but not one into the dataset's splits or above them (``keep_out``) or into a
+    folder taken already: a loop, or images counted twice or under another class. Such a link is skipped with
+    a warning."""
     bounds = [p.resolve() for p in keep_out]
     taken = [class_dir.resolve()]
     found: list[Path] = []
@@ -167,7 +187,7 @@ def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
                         continue
                     taken.append(target)
                 folders.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            elif path.suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS and path.is_file():
                 found.append(path)
     return sorted(found)
 

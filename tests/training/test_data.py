@@ -422,3 +422,22 @@ def test_a_class_folder_link_that_leads_nowhere_is_one_line(
         load_splits(root)
     assert str(info.value).startswith(f"'{root}/train/Moles': it is a link to '{target}', which cannot be")
     assert str(info.value).endswith("; fix or remove the link")
+
+
+def test_pictures_in_formats_the_runtime_does_not_take_are_said_to_be_left_out(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    jpeg = (root / "train" / "Acne" / "0001.jpg").read_bytes()
+    for name in ("IMG_0001.HEIC", "IMG_0002.heic", "saved.jfif"):  # an iPhone's photos, Chrome on Windows
+        (root / "train" / "Moles" / name).write_bytes(jpeg)
+    (root / "train" / "Moles" / "Thumbs.db").write_bytes(b"")  # not a picture: nothing said
+    with caplog.at_level("WARNING", logger="training.data"):
+        splits = load_splits(root)
+    assert len(splits.train + splits.val) == 48  # left out, as before
+    [message] = [r.getMessage() for r in caplog.records]
+    assert message.startswith(
+        f"not reading 3 files in {root / 'train'} whose format the runtime does not take (.heic 2, .jfif 1), "
+        f"e.g. {root}/train/Moles/IMG_0001.HEIC; only .jpg/.jpeg/.png/.webp are read"
+    )
