@@ -95,11 +95,17 @@ def find_split_dir(root: Path, name: str) -> Path:
     return found[0]
 
 
+def hidden(name: str) -> bool:
+    """A file or folder the dataset's reader passes over: hidden ones (.DS_Store, macOS's ._IMG.jpg beside
+    each image on a foreign disk, .ipynb_checkpoints/), and __MACOSX/, where a macOS zip keeps those."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _class_folders_in(root: Path) -> list[str]:
     """The folders right under ``root`` that hold images themselves (with the names they go by)."""
     names = []
     with contextlib.suppress(OSError):  # a root that may be entered but not listed: no hint then
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p.name)):
             with contextlib.suppress(OSError), os.scandir(folder) as listing:
                 if any(Path(e.name).suffix.lower() in IMAGE_EXTENSIONS for e in listing):
                     names.append(folder.name)
@@ -111,7 +117,7 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
     other extensions are ignored; pictures in formats the runtime does not take are warned of, then left out).
     ``splits``: the dataset's train/ and test/, which no link is followed into."""
     classes: dict[str, list[Path]] = {}
-    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+    for entry in sorted(p for p in folder.iterdir() if not hidden(p.name)):
         if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
             try:
                 entry.stat()
@@ -174,7 +180,7 @@ def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
         folder = folders.pop()
         try:
             with os.scandir(folder) as listing:
-                names = [entry.name for entry in listing if not entry.name.startswith(".")]
+                names = [entry.name for entry in listing if not hidden(entry.name)]
         except OSError:  # one it may not read: scan_split says why when that leaves the class empty
             continue
         for path in (folder / name for name in names):

@@ -191,7 +191,15 @@ def test_stray_files_and_hidden_folders_beside_the_classes_are_not_classes(
     shutil.copytree(dataset, tmp_path / "copy")
     (tmp_path / "copy" / "train" / "README.txt").write_text("not a class")
     shutil.copytree(dataset / "train" / "Acne", tmp_path / "copy" / "train" / ".Trash")
-    assert load_splits(tmp_path / "copy").class_names == CLASSES
+    for split in ("train", "test"):  # class folders zipped on macOS: its metadata folder beside them
+        for name in CLASSES:
+            (tmp_path / "copy" / split / "__MACOSX" / name).mkdir(parents=True)
+            (tmp_path / "copy" / split / "__MACOSX" / name / "._0001.jpg").write_bytes(b"\0\5\26\7")
+        (tmp_path / "copy" / split / "Acne" / "__MACOSX").mkdir()  # a class zipped alone
+        (tmp_path / "copy" / split / "Acne" / "__MACOSX" / "0001.jpg").write_bytes(b"")
+    splits = load_splits(tmp_path / "copy")
+    assert splits.class_names == CLASSES
+    assert not any("__MACOSX" in p.parts for p in splits.files())
 
 
 def test_an_unreadable_image_is_skipped_and_named_once(
