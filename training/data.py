@@ -179,21 +179,27 @@ def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
     while folders:
         folder = folders.pop()
         try:
-            with os.scandir(folder) as listing:
-                names = [entry.name for entry in listing if not hidden(entry.name)]
+            with os.scandir(folder) as listing:  # its entries know their type: no stat per image
+                entries = [entry for entry in listing if not hidden(entry.name)]
         except OSError:  # one it may not read: scan_split says why when that leaves the class empty
             continue
-        for path in (folder / name for name in names):
-            if path.is_dir():
-                if path.is_symlink():
+        for entry in entries:
+            path = folder / entry.name
+            if entry.is_dir():
+                if entry.is_symlink():
                     target = path.resolve()
                     if any(target.is_relative_to(b) or b.is_relative_to(target) for b in bounds + taken):
-                        where = "back into the dataset's train/ or test/ (or above them)"
-                        log.warning("not following link %s: it leads %s, to %s", path, where, target)
+                        why = (
+                            "into the dataset's train/ or test/ (or above them), or to a folder read already"
+                        )
+                        log.warning("not following link %s: it leads %s (%s)", path, why, target)
                         continue
                     taken.append(target)
                 folders.append(path)
-            elif path.suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS and path.is_file():
+            elif (
+                Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS
+                and entry.is_file()
+            ):
                 found.append(path)
     return sorted(found)
 
