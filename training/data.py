@@ -84,6 +84,9 @@ def find_split_dir(root: Path, name: str) -> Path:
                 f"{missing}; its folders ({listed}) look like classes: move them into train/, and a share of "
                 "each class's images into test/ (train/CLASS/, test/CLASS/, the same class names)"
             )
+        below = _dataset_below(root) if name == "train" else None
+        if below is not None:  # --data one level too high (a download's folder around the dataset)
+            raise DataError(f"{missing}; {str(below)!r} has one: pass --data {below}")
         if name == "test":
             raise DataError(
                 f"{missing}, which holds the test images, kept out of training: make it with the same class "
@@ -92,7 +95,28 @@ def find_split_dir(root: Path, name: str) -> Path:
         raise DataError(f"{missing}: the class folders go in {name}/ and test/ (train/CLASS/, test/CLASS/)")
     if len(found) > 1:
         raise DataError(f"{str(root)!r} has both {name}/ and {name.capitalize()}/; keep one")
+    with contextlib.suppress(OSError):
+        inside = [p for p in found[0].iterdir() if not hidden(p.name)]
+        if len(inside) == 1 and inside[0].name.lower() == name and inside[0].is_dir():  # unzipped into itself
+            raise DataError(
+                f"{str(found[0])!r} holds only a folder of the same name, {inside[0].name}/: move the class "
+                f"folders in it up one level, into {found[0]}"
+            )
     return found[0]
+
+
+def _dataset_below(root: Path) -> Path | None:
+    """A folder one or two levels under ``root`` that has a train/ (or Train/) folder, or None."""
+    level = [root]
+    try:
+        for _ in range(2):
+            level = [p for f in level for p in sorted(f.iterdir()) if not hidden(p.name) and p.is_dir()][:200]
+            for folder in level:
+                if any((folder / n).is_dir() for n in ("train", "Train")):
+                    return folder
+    except OSError:  # a folder that cannot be listed: no hint
+        pass
+    return None
 
 
 def hidden(name: str) -> bool:

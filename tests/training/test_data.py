@@ -102,6 +102,19 @@ def _break_not_split_yet(root: Path) -> None:
     shutil.rmtree(root / "test")
 
 
+def _break_unzipped_into_itself(root: Path) -> None:
+    (root / "train").rename(root / "t")
+    (root / "train").mkdir()
+    (root / "t").rename(root / "train" / "train")
+    (root / "train" / ".DS_Store").write_bytes(b"")
+
+
+def _break_one_level_too_high(root: Path) -> None:
+    (root / "SkinDisease" / "SkinDisease").mkdir(parents=True)  # as a download unpacks
+    for split in ("train", "test"):
+        (root / split).rename(root / "SkinDisease" / "SkinDisease" / split)
+
+
 def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
@@ -139,6 +152,16 @@ def _break_class_name_not_utf8(root: Path) -> None:
             "them into train/, and a share of each class's images into test/",
             id="class-folders-not-split-yet",
         ),
+        pytest.param(
+            _break_unzipped_into_itself,
+            "copy/train' holds only a folder of the same name, train/: move the class folders in it up one",
+            id="train-unzipped-into-itself",
+        ),
+        pytest.param(
+            _break_one_level_too_high,
+            "has no train/ (or Train/) folder; '{root}/SkinDisease/SkinDisease' has one: pass --data {root}/",
+            id="data-one-level-too-high",
+        ),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
         pytest.param(
             _break_class_name_decomposed,
@@ -159,7 +182,7 @@ def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, mess
     breakage(root)
     with pytest.raises(DataError) as info:
         load_splits(root)
-    assert message in str(info.value)
+    assert message.format(root=root) in str(info.value)
     assert "\n" not in str(info.value)
 
 
