@@ -703,18 +703,24 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                             write_yaml(run_dir / "config.yaml", cfg.as_dict())
                             replacing = False
                         epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
-                        if improved:
-                            save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
-                        save_checkpoint(
-                            run_dir / "last.pt",
-                            model=model,
-                            meta=epoch_meta,
-                            optimizer=optimizer.state_dict(),
-                            scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict() if scaler is not None else None,
-                            sampler={"seed": cfg.seed, "epoch": epoch + 1},
-                            state=plain(asdict(state)),
-                        )
+                        first = resumed is None and not (run_dir / "last.pt").exists()
+                        try:
+                            if improved:
+                                save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
+                            save_checkpoint(
+                                run_dir / "last.pt",
+                                model=model,
+                                meta=epoch_meta,
+                                optimizer=optimizer.state_dict(),
+                                scheduler=scheduler.state_dict(),
+                                scaler=scaler.state_dict() if scaler is not None else None,
+                                sampler={"seed": cfg.seed, "epoch": epoch + 1},
+                                state=plain(asdict(state)),
+                            )
+                        except BaseException:
+                            if first:  # its best.pt alone ("already holds best.pt") refused the same command
+                                (run_dir / "best.pt").unlink(missing_ok=True)
+                            raise
                         write_metrics(run_dir / "metrics.csv", state.history)
                     if tracker is not None:
                         tracker.log_epoch(row)

@@ -708,6 +708,19 @@ def test_a_full_disk_when_the_run_starts_leaves_no_file_that_refuses_the_same_co
     assert main(argv) == 0  # space freed: the same command
 
 
+def test_a_full_disk_at_the_first_last_pt_leaves_no_best_pt_that_refuses_the_same_command_again(
+    tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = _argv(dataset, out, "--epochs", "1")
+    with file_size_limit(800_000):  # best.pt (the weights, ~0.4 MB) fits; last.pt (and the optimizer) not
+        assert main(argv) == 2
+    assert capsys.readouterr().err == f"skin-train: error: File too large: {out / 'last.pt'}\n"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # not "already holds best.pt"
+    assert main(argv) == 0  # space freed: the same command
+    assert load_checkpoint(out / "best.pt")["epoch"] == 1
+
+
 def test_a_second_skin_train_on_a_folder_being_written_is_one_line(
     tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
