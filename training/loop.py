@@ -1008,6 +1008,8 @@ def finish(
         }
     )
     write_atomically(run_dir / "report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    if state.history:  # once more: a full disk right after the last epoch's last.pt left it behind by a row
+        write_metrics(run_dir / "metrics.csv", state.history)
     if cfg.plots:
         write_plots(run_dir, state.history, report, splits, ev, cfg.img_size, cfg.label_smoothing)
     macro = report["macro avg"]

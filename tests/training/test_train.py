@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -719,6 +720,23 @@ def test_a_full_disk_at_the_first_last_pt_leaves_no_best_pt_that_refuses_the_sam
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml"]  # not "already holds best.pt"
     assert main(argv) == 0  # space freed: the same command
     assert load_checkpoint(out / "best.pt")["epoch"] == 1
+
+
+def test_a_full_disk_at_the_last_epochs_metrics_leaves_them_to_the_resume_that_rebuilds_the_report(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+
+    def full(path: Path, history: list[dict[str, float]]) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "write_metrics", full)  # last.pt was written: the epoch is kept
+        assert main(_argv(dataset, out, "--epochs", "1")) == 2
+    assert capsys.readouterr().err.endswith(f"No space left on device: {out / 'metrics.csv'}\n")
+    assert not (out / "metrics.csv").exists()
+    assert main(["--resume", str(out)]) == 0  # space freed: nothing left to train, the report is rebuilt
+    assert [row["epoch"] for row in read_metrics(out / "metrics.csv")] == [1]
 
 
 def test_a_second_skin_train_on_a_folder_being_written_is_one_line(
