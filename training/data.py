@@ -149,6 +149,8 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
                 why = f"it is a link to {os.readlink(entry)!r}, which cannot be opened ({exc.strerror})"
                 raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
         if entry.is_dir():
+            if entry.is_symlink():
+                _check_class_link(entry, [folder, *splits])
             classes[entry.name] = _images(entry, [folder, *splits])
     others = [p for files in classes.values() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if others:
@@ -189,6 +191,19 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
             + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
         )
     return classes
+
+
+def _check_class_link(link: Path, splits: Sequence[Path]) -> None:
+    """A class folder that is a link elsewhere is read, but not one into train/ or test/ or above them: the
+    same images would count twice (test/Moles -> ../train/Moles: test images the model trained on)."""
+    target = link.resolve()
+    for split in splits:
+        if target.is_relative_to(split.resolve()) or split.resolve().is_relative_to(target):
+            raise DataError(
+                f"class folder {str(link)!r} is a link to {str(target)!r}, in or above the dataset's "
+                f"{split.name}/: its images would be read twice (as training and test images, or under two "
+                "classes); copy them instead, or remove the link"
+            )
 
 
 def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:

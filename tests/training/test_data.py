@@ -472,3 +472,37 @@ def test_pictures_in_formats_the_runtime_does_not_take_are_said_to_be_left_out(
         f"not reading 3 files in {root / 'train'} whose format the runtime does not take (.heic 2, .jfif 1), "
         f"e.g. {root}/train/Moles/IMG_0001.HEIC; only .jpg/.jpeg/.png/.webp are read"
     )
+
+
+@pytest.mark.parametrize(
+    ("link", "target", "split"),
+    [
+        pytest.param("test/Moles", "../train/Moles", "train", id="test-class-is-a-train-class"),
+        pytest.param("train/Naevi", "Moles", "train", id="two-classes-one-folder"),
+        pytest.param("train/All", "..", "train", id="the-dataset-root"),
+    ],
+)
+def test_a_class_folder_that_links_into_the_dataset_is_one_line(
+    tmp_path: Path, dataset: Path, link: str, target: str, split: str
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    if (root / link).exists():
+        shutil.rmtree(root / link)
+    (root / link).symlink_to(target)
+    if link == "train/Naevi":
+        shutil.copytree(root / "test" / "Moles", root / "test" / "Naevi")
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    assert str(info.value).startswith(f"class folder '{root / link}' is a link to '")
+    assert f"in or above the dataset's {split}/: its images would be read twice" in str(info.value)
+
+
+def test_a_class_folder_linked_from_elsewhere_is_read(tmp_path: Path, dataset: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    for split in ("train", "test"):
+        shutil.move(root / split / "Moles", tmp_path / f"moles-{split}")
+        (root / split / "Moles").symlink_to(tmp_path / f"moles-{split}")
+    splits = load_splits(root)
+    assert splits.class_names == CLASSES and len(splits.test) == 18
