@@ -206,6 +206,22 @@ def _check_class_link(link: Path, splits: Sequence[Path]) -> None:
             )
 
 
+def _check_one_folder_each(class_dirs: list[Path]) -> None:
+    """No two class folders are links to one folder (train/Moles and test/Moles -> /disk/moles: test images
+    the model trained on), or one in the other."""
+    real = [d.resolve() for d in class_dirs]
+    for i, a in enumerate(real):
+        for j in range(i + 1, len(real)):
+            if a.is_relative_to(real[j]) or real[j].is_relative_to(a):
+                both = f"{str(class_dirs[i])!r} and {str(class_dirs[j])!r}"
+                outer = a if real[j].is_relative_to(a) else real[j]
+                raise DataError(
+                    f"class folders {both} are links to one folder ({outer}), whose "
+                    "images would be read twice (as training and test images, or under two classes); copy "
+                    "them instead, or remove a link"
+                )
+
+
 def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
     """The image files under ``class_dir`` (those in formats not read too), following links to folders (a
     batch kept on another disk), but not one into the dataset's splits or above them (``keep_out``) or into a
@@ -256,6 +272,9 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
     split_dirs = [find_split_dir(base, "train"), find_split_dir(base, "test")]
     train_classes = scan_split(split_dirs[0], split_dirs)
     test_classes = scan_split(split_dirs[1], split_dirs)
+    _check_one_folder_each(
+        [split_dirs[0] / n for n in train_classes] + [split_dirs[1] / n for n in test_classes]
+    )
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))

@@ -506,3 +506,16 @@ def test_a_class_folder_linked_from_elsewhere_is_read(tmp_path: Path, dataset: P
         (root / split / "Moles").symlink_to(tmp_path / f"moles-{split}")
     splits = load_splits(root)
     assert splits.class_names == CLASSES and len(splits.test) == 18
+
+
+def test_train_and_test_class_folders_linked_to_one_folder_is_one_line(tmp_path: Path, dataset: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    shutil.move(root / "train" / "Moles", tmp_path / "moles")
+    shutil.rmtree(root / "test" / "Moles")
+    for split in ("train", "test"):
+        (root / split / "Moles").symlink_to(tmp_path / "moles")
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    both = f"'{root}/train/Moles' and '{root}/test/Moles'"
+    assert str(info.value).startswith(f"class folders {both} are links to one folder ({tmp_path}/moles)")
