@@ -480,9 +480,24 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
     names = splits.class_names
     _check_splits(splits, cfg, cluster)
     if resumed is not None:
-        for key, now in (("arch", cfg.arch), ("img_size", cfg.img_size), ("class_names", names)):
+        for key, now in (("arch", cfg.arch), ("img_size", cfg.img_size)):
             if resumed.get(key) != now:
                 raise ConfigError(f"cannot resume: the checkpoint's {key} differs from this run's ({now!r})")
+        if resumed["class_names"] != names:  # the model's outputs are its classes: a folder added or renamed
+            had = resumed["class_names"]
+            change = "; ".join(
+                f"{what}: {', '.join(map(str, found))}"
+                for what, found in (
+                    ("new", [n for n in names if n not in had]),
+                    ("gone", [n for n in had if n not in names]),
+                )
+                if found
+            )
+            change = change or "another order"
+            raise ConfigError(
+                f"cannot resume: the class folders of {cfg.data} are not the run's ({change}); a run keeps "
+                "its classes: put the folders back as they were, or start a new run"
+            )
         before = resumed.get("config", {}).get("scheduler", cfg.scheduler)
         if before != cfg.scheduler:  # its saved state belongs to the other kind of scheduler
             raise ConfigError(f"cannot resume: the run used --scheduler {before}, not {cfg.scheduler}")

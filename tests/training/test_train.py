@@ -6,6 +6,7 @@ import errno
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -428,6 +429,17 @@ def test_a_resume_after_images_were_removed_from_train_is_refused_one_repaired_i
     removed.write_bytes(saved + b"\0")
     train(resume=str(run), epochs=2)
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_a_resume_after_a_class_folder_was_renamed_says_which(tmp_path: Path, dataset: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    run = train(**TINY, data=str(data), out=str(tmp_path / "run"), epochs=1)
+    for split in ("train", "test"):
+        (data / split / "Moles").rename(data / split / "Naevi")
+    message = f"cannot resume: the class folders of {data} are not the run's (new: Naevi; gone: Moles); a run"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}"):
+        train(resume=str(run), epochs=2)
 
 
 @pytest.fixture(scope="module")
