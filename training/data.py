@@ -136,11 +136,14 @@ def _class_folders_in(root: Path) -> list[str]:
     return names
 
 
-def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path]]:
+def scan_split(
+    folder: Path, splits: Sequence[Path] = (), seen: dict[tuple[int, int], Path] | None = None
+) -> dict[str, list[Path]]:
     """Class folder name → sorted image files (hidden files and folders, such as .ipynb_checkpoints/, and
     other extensions are ignored; pictures in formats the runtime does not take are warned of, then left out).
-    ``splits``: the dataset's train/ and test/, which no link is followed into."""
+    ``splits``: the dataset's train/ and test/, which no link is followed into; ``seen``: see _images."""
     classes: dict[str, list[Path]] = {}
+    seen = {} if seen is None else seen
     for entry in sorted(p for p in folder.iterdir() if not hidden(p.name)):
         if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
             try:
@@ -149,9 +152,7 @@ def scan_split(folder: Path, splits: Sequence[Path] = ()) -> dict[str, list[Path
                 why = f"it is a link to {os.readlink(entry)!r}, which cannot be opened ({exc.strerror})"
                 raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
         if entry.is_dir():
-            if entry.is_symlink():
-                _check_class_link(entry, [folder, *splits])
-            classes[entry.name] = _images(entry, [folder, *splits])
+            classes[entry.name] = _images(entry, [folder, *splits], seen)
     others = [p for files in classes.values() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if others:
         kinds = Counter(p.suffix.lower() for p in others)
@@ -222,11 +223,12 @@ def _check_one_folder_each(class_dirs: list[Path]) -> None:
                 )
 
 
-def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
+def _images(class_dir: Path, keep_out: Sequence[Path], seen: dict[tuple[int, int], Path]) -> list[Path]:
     """The image files under ``class_dir`` (those in formats not read too), following links to folders (a
     batch kept on another disk), but not one into the dataset's splits or above them (``keep_out``) or into a
     folder taken already: a loop, or images counted twice or under another class. Such a link is skipped with
-    a warning."""
+    a warning. ``seen``: (device, inode) → path of the dataset's images so far, which no other class or split
+    may hold (a file linked, or hard-linked, into train/ and test/ both)."""
     bounds = [p.resolve() for p in keep_out]
     taken = [class_dir.resolve()]
     found: list[Path] = []
@@ -234,7 +236,8 @@ def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
     while folders:
         folder = folders.pop()
         try:
-            with os.scandir(folder) as listing:  # its entries know their type: no stat per image
+            device = folder.stat().st_dev
+            with os.scandir(folder) as listing:  # its entries know their type and inode: no stat per image
                 entries = [entry for entry in listing if not hidden(entry.name)]
         except OSError:  # one it may not read: scan_split says why when that leaves the class empty
             continue
@@ -256,6 +259,17 @@ def _images(class_dir: Path, keep_out: Sequence[Path]) -> list[Path]:
                 and entry.is_file()
             ):
                 found.append(path)
+                if entry.is_symlink():
+                    st = entry.stat()
+                    key = (st.st_dev, st.st_ino)
+                else:
+                    key = (device, entry.inode())
+                other = seen.setdefault(key, path)
+                if not other.is_relative_to(class_dir):  # twice in one class does no harm
+                    raise DataError(
+                        f"{str(other)!r} and {str(path)!r} are one file (a link, or a hard link): it would "
+                        "be read twice, as a training and a test image or under two classes; keep one"
+                    )
     return sorted(found)
 
 
@@ -270,11 +284,16 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         raise DataError(f"dataset folder {str(root)!r} {problem}")
     base = base.resolve()
     split_dirs = [find_split_dir(base, "train"), find_split_dir(base, "test")]
-    train_classes = scan_split(split_dirs[0], split_dirs)
-    test_classes = scan_split(split_dirs[1], split_dirs)
-    _check_one_folder_each(
-        [split_dirs[0] / n for n in train_classes] + [split_dirs[1] / n for n in test_classes]
-    )
+    # Links first: class folders that are one folder are said as such, not as their first image.
+    class_dirs = [
+        d for split in split_dirs for d in sorted(split.iterdir()) if not hidden(d.name) and d.is_dir()
+    ]
+    for link in (d for d in class_dirs if d.is_symlink()):
+        _check_class_link(link, split_dirs)
+    _check_one_folder_each(class_dirs)
+    seen: dict[tuple[int, int], Path] = {}
+    train_classes = scan_split(split_dirs[0], split_dirs, seen)
+    test_classes = scan_split(split_dirs[1], split_dirs, seen)
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(train_classes))

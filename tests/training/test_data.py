@@ -519,3 +519,20 @@ def test_train_and_test_class_folders_linked_to_one_folder_is_one_line(tmp_path:
         load_splits(root)
     both = f"'{root}/train/Moles' and '{root}/test/Moles'"
     assert str(info.value).startswith(f"class folders {both} are links to one folder ({tmp_path}/moles)")
+
+
+@pytest.mark.parametrize("link", [os.symlink, os.link], ids=["symbolic-link", "hard-link"])
+def test_one_image_file_in_train_and_test_is_one_line(tmp_path: Path, dataset: Path, link: Any) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    trained = root / "train" / "Moles" / "0003.png"
+    link(trained, root / "test" / "Moles" / "x.png")  # a split script's slip: a test image trained on
+    (root / "train" / "Moles" / "again.png").symlink_to(trained)  # twice in one class: no harm
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    assert str(info.value) == (
+        f"'{trained}' and '{root}/test/Moles/x.png' are one file (a link, or a hard link): it would be read "
+        "twice, as a training and a test image or under two classes; keep one"
+    )
+    (root / "test" / "Moles" / "x.png").unlink()
+    assert len(load_splits(root).train + load_splits(root).val) == 49
