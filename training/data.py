@@ -284,6 +284,15 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         raise DataError(f"dataset folder {str(root)!r} {problem}")
     base = base.resolve()
     split_dirs = [find_split_dir(base, "train"), find_split_dir(base, "test")]
+    for folder in sorted(base.iterdir()):
+        if (
+            folder.name.lower() in ("val", "valid", "validation") and folder.is_dir()
+        ):  # a download's own split
+            log.warning(
+                "not reading %s: the validation split is carved from train/ (--val-fraction); move its class "
+                "folders' images into train/ to train on them",
+                folder,
+            )
     # Links first: class folders that are one folder are said as such, not as their first image.
     class_dirs = [
         d for split in split_dirs for d in sorted(split.iterdir()) if not hidden(d.name) and d.is_dir()

@@ -536,3 +536,18 @@ def test_one_image_file_in_train_and_test_is_one_line(tmp_path: Path, dataset: P
     )
     (root / "test" / "Moles" / "x.png").unlink()
     assert len(load_splits(root).train + load_splits(root).val) == 49
+
+
+def test_a_validation_folder_beside_train_and_test_is_said_to_be_left_unread(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    shutil.copytree(root / "test", root / "valid")  # as many downloads come: train/, valid/, test/
+    with caplog.at_level("WARNING", logger="training.data"):
+        splits = load_splits(root)
+    assert not any("valid" in p.parts for p in splits.files())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not reading {root / 'valid'}: the validation split is carved from train/ (--val-fraction); move "
+        "its class folders' images into train/ to train on them"
+    ]
