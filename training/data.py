@@ -88,9 +88,11 @@ def find_split_dir(root: Path, name: str) -> Path:
         if below is not None:  # --data one level too high (a download's folder around the dataset)
             raise DataError(f"{missing}; {str(below)!r} has one: pass --data {below}")
         if name == "test":
+            held = [p.name for p in _held_out_folders(root)]
+            instead = f" (or rename {held[0]}/ to test/)" if held else ""
             raise DataError(
                 f"{missing}, which holds the test images, kept out of training: make it with the same class "
-                "folders as train/"
+                f"folders as train/{instead}"
             )
         raise DataError(f"{missing}: the class folders go in {name}/ and test/ (train/CLASS/, test/CLASS/)")
     if len(found) > 1:
@@ -117,6 +119,17 @@ def _dataset_below(root: Path) -> Path | None:
     except OSError:  # a folder that cannot be listed: no hint
         pass
     return None
+
+
+def _held_out_folders(root: Path) -> list[Path]:
+    """A download's own validation split beside train/ (val/, valid/, validation/): not read."""
+    with contextlib.suppress(OSError):
+        return [
+            p
+            for p in sorted(root.iterdir())
+            if p.name.lower() in ("val", "valid", "validation") and p.is_dir()
+        ]
+    return []
 
 
 def hidden(name: str) -> bool:
@@ -284,15 +297,12 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         raise DataError(f"dataset folder {str(root)!r} {problem}")
     base = base.resolve()
     split_dirs = [find_split_dir(base, "train"), find_split_dir(base, "test")]
-    for folder in sorted(base.iterdir()):
-        if (
-            folder.name.lower() in ("val", "valid", "validation") and folder.is_dir()
-        ):  # a download's own split
-            log.warning(
-                "not reading %s: the validation split is carved from train/ (--val-fraction); move its class "
-                "folders' images into train/ to train on them",
-                folder,
-            )
+    for folder in _held_out_folders(base):
+        log.warning(
+            "not reading %s: the validation split is carved from train/ (--val-fraction); move its class "
+            "folders' images into train/ to train on them",
+            folder,
+        )
     # Links first: class folders that are one folder are said as such, not as their first image.
     class_dirs = [
         d for split in split_dirs for d in sorted(split.iterdir()) if not hidden(d.name) and d.is_dir()

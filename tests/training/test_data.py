@@ -115,6 +115,10 @@ def _break_one_level_too_high(root: Path) -> None:
         (root / split).rename(root / "SkinDisease" / "SkinDisease" / split)
 
 
+def _break_valid_not_test(root: Path) -> None:
+    (root / "test").rename(root / "valid")
+
+
 def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
@@ -145,6 +149,11 @@ def _break_class_name_not_utf8(root: Path) -> None:
             _break_missing_test,
             "has no test/ (or Test/) folder, which holds the test images, kept out of training: make it with",
             id="missing-test",
+        ),
+        pytest.param(
+            _break_valid_not_test,
+            "kept out of training: make it with the same class folders as train/ (or rename valid/ to test/)",
+            id="valid-not-test",
         ),
         pytest.param(
             _break_not_split_yet,
