@@ -526,6 +526,9 @@
     state.items = accepted.map((file) => ({
       file: file,
       url: URL.createObjectURL(file),
+      shown: file, // what url points at: the file, or its upright copy
+      thumb: null, // the tile's small copy (an object URL), once made
+      unreadable: false,
       result: null,
       error: null,
       analysedAt: null,
@@ -535,7 +538,7 @@
     state.requestError = null;
     $("announce").textContent = "";
     renderAll();
-    for (const item of state.items) showUpright(item);
+    prepare(state.items);
   }
 
   function showInputError(problems) {
@@ -556,7 +559,10 @@
   }
 
   function releaseItems() {
-    for (const item of state.items) URL.revokeObjectURL(item.url);
+    for (const item of state.items) {
+      URL.revokeObjectURL(item.url);
+      if (item.thumb) URL.revokeObjectURL(item.thumb);
+    }
     state.items = [];
   }
 
@@ -895,11 +901,14 @@
         const button = el("button", "batch-item" + (item.error ? " has-error" : ""));
         button.type = "button";
         button.setAttribute("aria-pressed", String(i === state.selected));
-        const thumb = el("img", "thumb");
-        thumb.alt = "";
-        // A file the browser cannot decode gets a plain tile, not a broken-image icon.
-        thumb.addEventListener("error", () => thumb.replaceWith(el("span", "thumb thumb-missing", "?")));
-        thumb.src = item.url;
+        // A file the browser cannot decode gets a plain tile, not a broken-image icon; so does one not ready yet.
+        let thumb = el("span", "thumb");
+        if (item.unreadable) thumb = el("span", "thumb thumb-missing", "?");
+        else if (item.thumb) {
+          thumb = el("img", "thumb");
+          thumb.alt = "";
+          thumb.src = item.thumb;
+        }
         const text = el("span", "batch-text");
         const name = el("span", "batch-name", item.file.name || "Image " + (i + 1));
         name.title = name.textContent; // cut with "…" when long
@@ -1051,6 +1060,53 @@
     applyOpacity();
   }
 
+  // ---- thumbnails ----
+
+  // Each image is turned upright and given its tile's copy in turn, not all at once: every decode of a 12 MP
+  // photo takes about 50 MB while it lasts.
+  async function prepare(items) {
+    for (const item of items) {
+      if (state.items !== items) return; // other images were chosen meanwhile
+      await showUpright(item);
+      if (state.items !== items) return;
+      await makeThumb(item);
+    }
+  }
+
+  // A tile shows 52 px: given the photo itself, each tile held a full-size decode (16 photos of 12 MP took
+  // Chromium's page from 150 to 640 MB, enough to end a phone's tab). It gets a copy of its own size instead.
+  const THUMB_PX = 104; // 52 px at two device pixels to one
+
+  async function makeThumb(item) {
+    try {
+      const probe = new Image();
+      // Its size is known at load; an image that is never drawn is never decoded.
+      await new Promise((resolve, reject) => {
+        probe.onload = resolve;
+        probe.onerror = reject;
+        probe.src = item.url;
+      });
+      const scale = Math.min(1, THUMB_PX / Math.min(probe.naturalWidth, probe.naturalHeight));
+      const w = Math.max(1, Math.round(probe.naturalWidth * scale));
+      const h = Math.max(1, Math.round(probe.naturalHeight * scale));
+      // Decoded off the main thread (from the <img>, each photo held the page up to 0.2 s); upright, as the
+      // <img> shows it; only the small copy stays.
+      const bitmap = await createImageBitmap(item.shown, { resizeWidth: w, resizeHeight: h, resizeQuality: "medium" });
+      const canvas = document.createElement("canvas");
+      canvas.width = w;
+      canvas.height = h;
+      canvas.getContext("2d").drawImage(bitmap, 0, 0, w, h);
+      bitmap.close();
+      const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+      if (!blob) throw new Error("no copy");
+      if (!state.items.includes(item)) return;
+      item.thumb = URL.createObjectURL(blob);
+    } catch (err) {
+      item.unreadable = true;
+    }
+    if (state.items.includes(item)) renderBatch();
+  }
+
   // ---- orientation ----
 
   // The server turns an image upright by its EXIF orientation before the model sees it, so the heatmap is drawn
@@ -1082,8 +1138,8 @@
     if (!blob || !state.items.includes(item)) return;
     URL.revokeObjectURL(item.url);
     item.url = URL.createObjectURL(blob);
+    item.shown = blob;
     renderViewer();
-    renderBatch();
   }
 
   // A PNG of the WebP `file` turned upright, or null when it needs no turning (or the browser does it).
