@@ -591,6 +591,13 @@
       $("analyse").focus(); // Cancel hides as the request ends: focus stays on the next step
       state.cancel.abort();
     });
+    // Escape ends it too, from wherever focus is (it stays there, unless on Cancel, which hides).
+    document.addEventListener("keydown", (event) => {
+      if (event.key !== "Escape" || event.defaultPrevented || !state.cancel) return;
+      event.preventDefault();
+      if (document.activeElement === $("cancel")) $("analyse").focus();
+      state.cancel.abort();
+    });
     $("toggle-all").addEventListener("click", () => {
       state.showAll = !state.showAll;
       renderResult();

@@ -509,6 +509,30 @@ def test_a_slow_analysis_can_be_cancelled_and_other_images_chosen(page: Any, con
     expect(page.locator("#primary-name")).to_have_text("Actinic Keratosis")
 
 
+@pytest.mark.parametrize("focus", ["analyse", "cancel"])
+def test_escape_cancels_a_slow_analysis(page: Any, console: Console, focus: str) -> None:
+    console.allow(r"net::ERR_FAILED|Failed to load resource")
+    open_page(page)
+    held: list[Any] = []
+    page.route(PREDICT, lambda route: held.append(route))
+    page.set_input_files("#file-input", files=[png("red")])
+    page.click("#analyse")
+    while not held:
+        page.wait_for_timeout(20)
+    expect(page.locator("#cancel")).to_have_attribute("aria-keyshortcuts", "Escape")
+    page.focus("#" + focus)
+    # Only the Cancel button ended it: Escape did nothing.
+    page.keyboard.press("Escape")
+    expect(page.locator("#busy")).to_be_hidden()
+    expect(page.locator("#result-error")).to_be_hidden()
+    expect(page.locator("#announce")).to_have_text(
+        "Analysis cancelled; choose other images or press Analyse again."
+    )
+    # Focus stays where it was; on Cancel, which hides, it goes to Analyse as a click on Cancel does.
+    assert page.evaluate("document.activeElement.id") == "analyse"
+    expect(page.locator("#choose")).to_be_enabled()
+
+
 UNREADABLE = "The server's answer is not an analysis this page can read; try again, or reload the page."
 BAD_ANSWER = "The analysis failed: " + UNREADABLE
 
