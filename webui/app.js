@@ -291,6 +291,8 @@
       if (!isInfo(info)) throw new ApiError("Its description of the model is not one this page can read.", "bad_response", 200);
       state.info = info;
       state.names = new Map((info.classes || []).map((c) => [c.label, c.display_name]));
+      // The alert going away is silent: a screen reader would never hear that the page works again.
+      if (!$("service-error").hidden) $("service-back").textContent = "The model service is available again.";
       $("service-error").hidden = true;
       if (tries > 0 && $("tab-model").getAttribute("aria-selected") === "true") showModelTab();
     } catch (err) {
@@ -309,6 +311,7 @@
     // An alert's new text is read out: the same words again at each retry (every 30 s) would be too.
     if (box.textContent !== message) box.textContent = message;
     box.hidden = false;
+    $("service-back").textContent = ""; // so that the next recovery is said too
   }
 
   function limits() {

@@ -268,6 +268,9 @@ def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) 
     page.route("**/api/info", first_unavailable)
     page.goto("/")
     expect(page.locator("#service-error")).to_contain_text("The model is loading")
+    back = page.locator("#service-back")
+    expect(back).to_have_attribute("aria-live", "polite")
+    expect(back).to_be_empty()
     page.set_input_files("#file-input", files=[png("red")])
     expect(page.locator("#analyse")).to_be_disabled()
     # Asked again a few seconds later, without a reload: the error goes and Analyse works.
@@ -275,6 +278,13 @@ def test_page_recovers_when_the_service_comes_back(page: Any, console: Console) 
     expect(page.locator("#model-line .model-name")).to_have_text("skin-demo-b3 0.3.0")
     expect(page.locator("#analyse")).to_be_enabled()
     assert len(calls) == 2
+    # The alert going away was silent: the recovery is said, once, politely.
+    expect(back).to_have_text("The model service is available again.")
+
+
+def test_a_page_that_loads_normally_says_nothing_of_the_service(page: Any) -> None:
+    open_page(page)
+    expect(page.locator("#service-back")).to_be_empty()
 
 
 def test_a_service_that_stays_down_is_said_once_not_at_every_retry(page: Any, console: Console) -> None:
