@@ -1461,6 +1461,10 @@
     return value && typeof value === "object" && !Array.isArray(value) && "precision" in value && "recall" in value;
   }
 
+  function isNumber(value) {
+    return typeof value === "number" && isFinite(value);
+  }
+
   function stat(label, value, sub) {
     const div = el("div", "stat");
     div.append(el("span", "stat-label", label), el("span", "stat-value", value));
@@ -1484,9 +1488,13 @@
     const stats = [];
     if (typeof report.accuracy === "number") {
       stats.push(stat("Accuracy", pct(report.accuracy)));
-      stats.push(stat("Macro F1", pct(macro["f1-score"]), "P " + pct(macro.precision) + " · R " + pct(macro.recall)));
-      stats.push(stat("Weighted F1", pct(weighted["f1-score"]), "P " + pct(weighted.precision) + " · R " + pct(weighted.recall)));
-      if (typeof report.top3_accuracy === "number") stats.push(stat("Top-3 accuracy", pct(report.top3_accuracy)));
+      // A report with fewer numbers (accuracy alone) gets fewer tiles, not tiles of dashes.
+      for (const [label, avg] of [["Macro F1", macro], ["Weighted F1", weighted]]) {
+        if (!isNumber(avg["f1-score"])) continue;
+        const sub = isNumber(avg.precision) && isNumber(avg.recall) ? "P " + pct(avg.precision) + " · R " + pct(avg.recall) : null;
+        stats.push(stat(label, pct(avg["f1-score"]), sub));
+      }
+      if (isNumber(report.top3_accuracy)) stats.push(stat("Top-3 accuracy", pct(report.top3_accuracy)));
     } else {
       // e.g. a bundle of last.pt: the run's report described best.pt, so export left its numbers out.
       $("eval-source").textContent = "No test-set numbers for this model";

@@ -1009,6 +1009,23 @@ def test_model_tab_without_test_numbers_says_so(page: Any) -> None:
     )
 
 
+@pytest.mark.parametrize("has_pr", [False, True], ids=["accuracy-only", "f1-without-precision"])
+def test_model_tab_leaves_out_numbers_the_report_lacks(page: Any, has_pr: bool) -> None:
+    report: dict[str, Any] = {"accuracy": 0.8125}
+    if has_pr:
+        report["macro avg"] = {"f1-score": 0.7}  # a hand-written report: F1 without its P and R
+    page.route("**/api/report", lambda route: route.fulfill(json=report))
+    open_page(page)
+    page.get_by_role("tab", name="Model").click()
+    stats = page.locator("#report-stats .stat")
+    # Tiles of dashes ("Macro F1 –", "P – · R –") were drawn for the numbers the report does not have.
+    expect(stats).to_have_count(2 if has_pr else 1)
+    expect(stats.first).to_have_text("Accuracy81.3\u00a0%")
+    if has_pr:
+        expect(stats.nth(1)).to_have_text("Macro F170.0\u00a0%")
+    expect(page.locator("#report-stats")).not_to_contain_text("–")
+
+
 def _calibration_note(page: Any, **changes: object) -> Any:
     """The Model tab's calibration note, for the served report with ``changes`` to its calibration."""
 
