@@ -327,6 +327,20 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
     return resolve(from_yaml, saved, explicit), ckpt
 
 
+@contextlib.contextmanager
+def _scan_said_once(cluster: Cluster) -> Iterator[None]:
+    """Every rank scans the same folders: what the scan warns of (a val/ folder not read, files left out) is
+    said by rank 0 alone, not once per process. Images a rank fails to read later stay its own to say."""
+    scan = logging.getLogger("training.data")
+    level = scan.level
+    if not cluster.main:
+        scan.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        scan.setLevel(level)
+
+
 def setup_cluster(device_option: str) -> Cluster:
     """Join the torchrun process group when there is one (nccl on GPUs, gloo on CPUs)."""
     try:
@@ -476,7 +490,8 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             import mlflow  # noqa: F401
         except ImportError:
             raise ConfigError("--mlflow needs the mlflow package (pip install mlflow)") from None
-    splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    with _scan_said_once(cluster):
+        splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     names = splits.class_names
     _check_splits(splits, cfg, cluster)
     if resumed is not None:

@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import math
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -220,9 +221,13 @@ def _torchrun(dataset: Path, out: Path, epochs: int) -> subprocess.CompletedProc
 @pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset: Path) -> None:
     out = tmp_path / "run"
-    done = _torchrun(dataset, out, epochs=2)
+    data = tmp_path / "data"
+    shutil.copytree(dataset, data)
+    (data / "val").mkdir()  # a folder the scan warns it does not read
+    done = _torchrun(data, out, epochs=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "device cpu x2" in done.stdout
+    assert done.stderr.count("not reading") == 1  # every rank scans; rank 0 alone says what it found
     assert done.stdout.count("test: accuracy") == 1  # only rank 0 speaks and writes
     assert sorted(p.name for p in out.iterdir()) == [
         "best.pt",
@@ -234,7 +239,7 @@ def test_torchrun_two_processes_write_one_set_of_outputs(tmp_path: Path, dataset
     assert [r["epoch"] for r in read_metrics(out / "metrics.csv")] == [1, 2]
     # Validation metrics cover both ranks' shards: one process over the whole split gives the same numbers.
     best = load_checkpoint(out / "best.pt")
-    splits = load_splits(dataset)
+    splits = load_splits(data)
     ev = evaluate(model_from_checkpoint(best), eval_loader(splits.val, 64), "cpu")
     again = epoch_metrics(ev.logits, ev.labels)
     assert (again["accuracy"], again["f1"]) == (best["metrics"]["accuracy"], best["metrics"]["f1"])
