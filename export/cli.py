@@ -73,14 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.bundle import export_bundle
-    from export.errors import ExportError
+    from export.errors import ExportError, missing_module
 
     def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
     try:
+        from export.bundle import export_bundle
+
         export_bundle(
             args.checkpoint,
             args.out,
@@ -97,6 +98,11 @@ def _export(args: argparse.Namespace) -> int:
         )
     except ExportError as exc:
         print(f"skin-export: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # skin-export where only the runtime extra is installed
+        if (line := missing_module(exc)) is None:
+            raise
+        print(f"skin-export: error: {line}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, no permission: nothing half-written stays behind
         print(f"skin-export: error: {exc.strerror or exc}: {exc.filename or args.out}", file=sys.stderr)

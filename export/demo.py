@@ -357,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     except StepError as exc:
         print(f"skin-demo: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # skin-demo where only the runtime extra is installed
+        from export.errors import missing_module
+
+        if (line := missing_module(exc)) is None:
+            raise
+        print(f"skin-demo: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as stop:
         line, status = how(stop)
         print(f"skin-demo: {line}", file=sys.stderr)

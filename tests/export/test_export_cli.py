@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,6 +13,8 @@ import pytest
 from export import cli
 from export.errors import ExportError
 from training.stop import Terminated
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -127,3 +133,38 @@ def test_data_and_no_data_exclude_each_other(capsys: pytest.CaptureFixture[str])
         cli.main(["c.pt", "--out", "b", "--data", "ds", "--no-data"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "not allowed with argument" in err
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        pytest.param("export.cli", ["c.pt", "--out", "b"], id="skin-export"),
+        pytest.param("export.demo", ["--no-serve", "--bundle-dir", "b"], id="skin-demo"),
+    ],
+)
+def test_without_the_train_extra_it_says_what_to_install(
+    module: str, argv: list[str], tmp_path: Path
+) -> None:
+    """Both are installed with the package, also where only the runtime extra is (the serving image)."""
+    blocked = ("torch", "timm", "onnxsim")  # None in sys.modules: the import fails as if not installed
+    code = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); from {module} import main; "
+    code += f"sys.exit(main({argv!r}))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    prog = "skin-export" if module == "export.cli" else "skin-demo"
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr.startswith(f"{prog}: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert " is not installed; " in done.stderr and "pip install -e '.[train,runtime]'" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_missing_module_of_its_own_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only export's dependencies get the install line: a broken import of ours stays a traceback."""
+    import export.bundle
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise ModuleNotFoundError("No module named 'export.nothing'", name="export.nothing")
+
+    monkeypatch.setattr(export.bundle, "export_bundle", broken)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main(["c.pt", "--out", "b", "--quiet"])
