@@ -139,6 +139,13 @@ def export_bundle(
             say=say,
         )
         verify(staging)
+        if out.exists() or out.is_symlink():  # again: made while the bundle was built (another export to it?)
+            if not overwrite:
+                raise ExportError(
+                    f"{str(out)!r} appeared while the bundle was being built (another export to it?); "
+                    "pass --overwrite to replace it"
+                )
+            check_replaceable(out, Path(checkpoint))
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

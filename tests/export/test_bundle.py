@@ -319,6 +319,30 @@ def test_overwrite_of_the_current_folder_replaces_it(tmp_path: Path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "run"]  # no staging or old folder left
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_made_at_out_during_the_export_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """Out was free when the export began; another export (or a person) put something there meanwhile."""
+    from export import bundle as exporter
+    from tests.bundle_factory import make_bundle
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    out = tmp_path / "bundle"
+
+    def build(staging: Path, *args: Any, **kwargs: Any) -> None:
+        make_bundle(staging)
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+
+    monkeypatch.setattr(exporter, "_build", build)
+    expected = "is not a bundle folder" if overwrite else "appeared while the bundle was being built"
+    with pytest.raises(ExportError, match=expected):
+        export_bundle(checkpoint, out, overwrite=overwrite, no_data=True)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "run"]  # no staging folder left
+
+
 def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
     (tmp_path / "run" / "last.pt").write_bytes(b"the run's other checkpoint")
