@@ -138,6 +138,7 @@ def export_bundle(
             ood_acceptance=ood_acceptance,
             say=say,
         )
+        _sync(staging)
         verify(staging)
         if out.exists() or out.is_symlink():  # again: made while the bundle was built (another export to it?)
             if not overwrite:
@@ -153,6 +154,8 @@ def export_bundle(
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+    with contextlib.suppress(OSError):  # the rename on disk too; the bundle is in place either way
+        _sync_folder(out.parent)
     say(f"wrote bundle {out}")
     return out
 
@@ -888,6 +891,28 @@ def check_replaceable(out: Path, checkpoint: Path) -> None:
         raise ExportError(
             f"{str(out)!r} is not a bundle folder (it holds {others[0]!r}); --overwrite replaces only bundles"
         )
+
+
+def _sync(folder: Path) -> None:
+    """Every file of ``folder`` on disk, then the folder: renamed into place unsynced, a crash soon after
+    could leave empty files under the bundle's names (and NFS or a quota may report a full disk only here)."""
+    for path in sorted(folder.iterdir()):
+        try:
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(folder)) from None
+    finally:
+        os.close(fd)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -343,6 +343,40 @@ def test_a_folder_made_at_out_during_the_export_is_not_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "run"]  # no staging folder left
 
 
+def test_every_file_is_on_disk_before_the_bundle_is_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renamed unsynced, a crash could leave empty files under the bundle's names; NFS or a disk quota may
+    report a full disk only at fsync."""
+    import errno
+
+    from export import bundle as exporter
+    from tests.bundle_factory import make_bundle
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    monkeypatch.setattr(exporter, "_build", lambda staging, *a, **kw: make_bundle(staging))
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    export_bundle(checkpoint, tmp_path / "b", no_data=True)
+    files = sorted(p.name for p in (tmp_path / "b").iterdir())
+    assert files and set(files) <= set(synced)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        export_bundle(checkpoint, tmp_path / "c", no_data=True)
+    assert failed.value.filename.endswith(bundle.MODEL_FILE)  # the CLI's line names the file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "run"]  # nothing half-written left
+
+
 def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
     (tmp_path / "run" / "last.pt").write_bytes(b"the run's other checkpoint")
