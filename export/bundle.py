@@ -156,7 +156,7 @@ def export_bundle(
         raise
     with contextlib.suppress(OSError):  # the rename on disk too; the bundle is in place either way
         _sync_folder(out.parent)
-    say(f"wrote bundle {out}")
+    say(f"wrote bundle {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 from runtime.cli import OneLineParser
@@ -107,6 +108,7 @@ def _export(args: argparse.Namespace) -> int:
     except OSError as exc:  # disk full, no permission: nothing half-written stays behind
         print(f"skin-export: error: {exc.strerror or exc}: {exc.filename or args.out}", file=sys.stderr)
         return 2
+    say(f"serve it: skin-serve --bundle {shlex.quote(args.out)}")
     return 0
 
 

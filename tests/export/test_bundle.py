@@ -74,6 +74,9 @@ def test_probabilities_are_the_logits_scaled_by_the_fitted_temperature(
 def test_report_extends_the_training_report(exported: dict[str, Any]) -> None:
     report = exported["report"]
     assert any(m.startswith("parity: max") for m in exported["messages"])
+    # The last line: where the bundle is and what is in it.
+    files = ", ".join(sorted(p.name for p in exported["out"].iterdir()))
+    assert exported["messages"][-1] == f"wrote bundle {exported['out']}: {files}"
     # 6 validation images are too few for the out-of-distribution threshold's guarantee; nothing else to say.
     assert [note.split(":")[0] for note in report["export"]["notes"]] == ["only 6 validation images"]
     for key, value in TRAINING_REPORT.items():

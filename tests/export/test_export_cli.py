@@ -48,7 +48,10 @@ def test_defaults_reach_the_export(calls: list[dict[str, Any]], capsys: pytest.C
         "ood_acceptance": 0.95,
         "overwrite": False,
     }
-    assert capsys.readouterr().err == "a progress line\n"
+    # The last line says what to do next, in words a shell takes as they are.
+    assert capsys.readouterr().err == "a progress line\nserve it: skin-serve --bundle b\n"
+    assert cli.main(["run/best.pt", "--out", "my bundles/b"]) == 0
+    assert capsys.readouterr().err.endswith("serve it: skin-serve --bundle 'my bundles/b'\n")
 
 
 def test_every_flag_reaches_the_export(
