@@ -176,13 +176,36 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ModelError(f"checkpoint {str(path)!r} is not readable ({type(exc).__name__})") from None
+        raise ModelError(f"checkpoint {str(path)!r} {_unreadable(path, exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise ModelError(
+                f"{str(path)!r} holds only weights (a state_dict), without the architecture, image size "
+                f"and class names of a {CHECKPOINT_FORMAT} checkpoint; pass the best.pt or last.pt "
+                "skin-train wrote"
+            )
         raise ModelError(f"{str(path)!r} is not a {CHECKPOINT_FORMAT} checkpoint")
     names = ckpt.get("class_names")
     if not isinstance(names, list) or not names:
         raise ModelError(f"checkpoint {str(path)!r} has no class names")
     return ckpt
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why torch could not load ``path``, for the files people pass by mistake; else the error's type."""
+    if isinstance(exc, OSError):  # no permission, an I/O error: not the file's contents
+        return f"cannot be read: {exc.strerror or type(exc).__name__}"
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if not head:
+        return "is empty (0 bytes): a copy or a save that did not finish?"
+    if path.suffix.lower() == ".onnx":
+        return "is an ONNX model, not a training checkpoint; pass the best.pt or last.pt skin-train wrote"
+    if "Unsupported global" in str(exc):  # pickled objects, which a weights-only load never runs
+        return "is not readable: it holds pickled Python objects beyond tensors and plain values (not loaded)"
+    if head == b"PK":  # torch's format is a zip archive
+        return "is not readable: cut short (a copy or a save that did not finish?), or a zip of other files"
+    return f"is not readable ({type(exc).__name__})"
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> Any:

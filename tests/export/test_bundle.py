@@ -713,13 +713,22 @@ def bad_checkpoints(tmp_path: Path, dataset: Path) -> dict[str, tuple[Path, str]
     display = write_checkpoint(
         tmp_path / "display.pt", data=dataset, display_names=["only one"], net=_tiny(3)
     )
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    graph = tmp_path / "model.onnx"  # a bundle's graph, passed instead of the checkpoint
+    graph.write_bytes(b"\x08\x08\x12\x07pytorch" * 10)
+    weights = tmp_path / "weights.pt"
+    torch.save(_tiny(3).state_dict(), weights)
     return {
         "missing": (tmp_path / "nope.pt", "does not exist"),
         "folder": (tmp_path, "is a folder; pass the checkpoint file in it"),
         "device": (Path("/dev/null"), "checkpoint '/dev/null' is not a regular file"),
         "corrupt": (corrupt, "not readable"),
-        "truncated": (truncated, "not readable"),
-        "pickled-code": (pickled, "not readable"),
+        "truncated": (truncated, "is not readable: cut short"),
+        "pickled-code": (pickled, "is not readable: it holds pickled Python objects"),
+        "empty": (empty, "is empty (0 bytes)"),
+        "onnx": (graph, "is an ONNX model, not a training checkpoint; pass the best.pt or last.pt"),
+        "state-dict": (weights, "holds only weights (a state_dict), without the architecture"),
         "other-architecture": (other, "weights of another network than test_efficientnet"),
         "unknown-architecture": (unknown, "unknown architecture"),
         "class-count": (count, "has a head for 3 classes but lists 4 class names"),
