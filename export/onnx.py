@@ -186,11 +186,14 @@ def export_core(
         raise ExportError(f"asked for opset {opset}, the exporter wrote opset {got_opset}")
     try:
         simplified, ok = onnxsim.simplify(model)
-    except Exception as exc:
-        raise ExportError(f"onnxsim failed ({type(exc).__name__}): {str(exc)[:200]}") from None
+    except Exception as exc:  # its messages run over lines (shape inference, the checker's node dumps)
+        raise ExportError(f"onnxsim failed ({type(exc).__name__}): {_exporter_cause(exc)}") from None
     if not ok:
         raise ExportError("onnxsim could not validate the simplified graph")
-    onnx.checker.check_model(simplified, full_check=True)
+    try:
+        onnx.checker.check_model(simplified, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the simplified graph fails onnx.checker: {_exporter_cause(exc)}") from None
     for output in simplified.graph.output:  # say what each pooled feature is, for the report
         output.doc_string = dict(pools).get(output.name, output.doc_string)
     return simplified

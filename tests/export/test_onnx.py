@@ -169,6 +169,35 @@ def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
     assert "data-dependent" in message and "\x1b" not in message and "\n" not in message, message
 
 
+@pytest.mark.parametrize("step", ["onnxsim", "checker"])
+def test_a_failing_simplifier_or_checker_is_one_line(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """Both say what failed over many lines (the node, its inputs, the shapes): the CLI prints one."""
+    import onnx
+    import onnxsim
+
+    check = onnx.checker.check_model
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if step == "checker" and not kwargs.get("full_check"):  # onnxsim's own check, not export's
+            return check(*args, **kwargs)
+        raise RuntimeError(
+            "[ShapeInferenceError] Inferred shape and existing shape differ\n\nnode: Conv\n  x"
+        )
+
+    if step == "onnxsim":
+        monkeypatch.setattr(onnxsim, "simplify", failing)
+    else:
+        monkeypatch.setattr(onnx.checker, "check_model", failing)
+    net, _ = tiny
+    with pytest.raises(ExportError) as caught:
+        export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD)
+    message = str(caught.value)
+    assert message.endswith(": [ShapeInferenceError] Inferred shape and existing shape differ"), message
+    assert ("onnxsim failed" if step == "onnxsim" else "onnx.checker") in message
+
+
 def test_old_opsets_are_refused(tiny: tuple[Any, Any]) -> None:
     net, _ = tiny
     with pytest.raises(ExportError, match="opset 16"):
