@@ -87,10 +87,10 @@ def export_bundle(
     for label, value in (("target precision", target_precision), ("ood acceptance", ood_acceptance)):
         if not 0.0 < value <= 1.0:
             raise ExportError(f"{label} must be above 0 and at most 1, not {value}")
+    if out.exists() and not out.is_dir():  # first: --overwrite would not replace it either
+        raise ExportError(f"{str(out)!r} exists and is not a folder; pick another --out for the bundle")
     if out.exists() and not overwrite:
         raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{str(out)!r} exists and is not a directory")
     if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:
         raise ExportError(f"{files[0]!r} is a file: the bundle folder {str(out)!r} cannot be made under it")
     if contract.LONE_SURROGATE.search(str(out.absolute())):  # bytes that are not UTF-8

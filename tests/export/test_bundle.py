@@ -435,6 +435,17 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_out_that_is_a_file_is_refused_as_one_whatever_overwrite_says(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    """Not 'pass --overwrite' first and, once passed, 'is not a directory'."""
+    (tmp_path / "model.onnx").write_text("x")
+    with pytest.raises(ExportError, match="model.onnx' exists and is not a folder; pick another --out"):
+        export_bundle(tmp_path / "missing.pt", tmp_path / "model.onnx", overwrite=overwrite)
+    assert (tmp_path / "model.onnx").read_text() == "x"
+
+
 def test_an_out_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ExportError, match="afile' is a file: the bundle folder .* cannot be made under it"):
