@@ -116,8 +116,15 @@ def export_bundle(
     for note in notes:
         say(f"note: {note}")
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as exc:  # named by the folder asked for, not the hidden one that could not be made
+            raise OSError(exc.errno, exc.strerror or str(exc), str(out.parent)) from None
+    except BaseException:
+        _remove_folders(made)
+        raise
     # mkdtemp makes 0700 folders: a bundle must be readable like any folder this user creates (the serving
     # image runs as another user and mounts it read-only).
     umask = os.umask(0)
@@ -150,14 +157,19 @@ def export_bundle(
         _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        for folder in made:  # the folders made for out: a failed export leaves nothing behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        _remove_folders(made)
         raise
     with contextlib.suppress(OSError):  # the rename on disk too; the bundle is in place either way
         _sync_folder(out.parent)
     say(f"wrote bundle {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out
+
+
+def _remove_folders(made: list[Path]) -> None:
+    """The folders made for out, deepest first: a failed export leaves nothing behind."""
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _build(

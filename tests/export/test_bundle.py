@@ -620,6 +620,26 @@ def test_a_failed_export_removes_the_folders_it_made_for_out(dataset: Path, tmp_
     assert list((tmp_path / "kept").iterdir()) == []  # only what the export made is gone
 
 
+def test_a_folder_it_may_not_write_in_is_named_and_left_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not the hidden staging folder that could not be made in it (a name the user never gave)."""
+    import errno
+    import tempfile
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+
+    def denied(*args: Any, dir: Any = None, **kwargs: Any) -> str:
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, ".b.partial-x1y2"))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    out = tmp_path / "shared" / "new" / "b"
+    code = cli.main([str(checkpoint), "--out", str(out), "--no-data", "--quiet"])
+    assert code == 2
+    assert capsys.readouterr().err == f"skin-export: error: Permission denied: {out.parent}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the folders made for it are gone too
+
+
 def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], dataset: Path) -> None:
     import torch
 
