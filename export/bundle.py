@@ -26,7 +26,11 @@ from export.errors import ExportError
 from runtime import bundle as contract
 
 INT8_MODES = ("auto", "off")
-NO_DATA_NOTE = "no dataset (--no-data): temperature not fitted (T = 1), parity on generated images, no int8"
+# Said first: without thresholds the served answers never say "not confident" or "not a skin photo".
+NO_DATA_NOTE = (
+    "no dataset (--no-data): no confidence or out-of-distribution flags on predictions, temperature not "
+    "fitted (T = 1), parity on generated images, no int8"
+)
 NO_THRESHOLDS_NOTE = "no dataset (--no-data): no confidence or out-of-distribution thresholds"
 # Generated foreign images (text, solid colours, …): one set picks the out-of-distribution score, another one,
 # never used for a choice, measures how many of them get flagged.
@@ -781,7 +785,10 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
 
     config, class_names = info["config"], info["class_names"]
     root = data if data is not None else config.get("data")
-    hint = "pass --data ROOT, or --no-data to export without it (T = 1, parity on generated images, no int8)"
+    hint = (
+        "pass --data ROOT, or --no-data to export without it (no confidence or out-of-distribution flags, "
+        "T = 1, parity on generated images, no int8)"
+    )
     if not root:
         raise ExportError(f"the checkpoint names no dataset; {hint}")
     if not isinstance(root, str | Path):

@@ -28,7 +28,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     data.add_argument(
         "--no-data",
         action="store_true",
-        help="export without the dataset: temperature 1, parity on generated images, no int8",
+        help="export without the dataset: no confidence or out-of-distribution flags on predictions, "
+        "temperature 1, parity on generated images, no int8",
     )
     parser.add_argument(
         "--report", help="training report.json to extend (default: report.json next to the checkpoint)"

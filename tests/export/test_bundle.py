@@ -466,13 +466,16 @@ def test_an_opset_onnx_does_not_know_is_refused_before_any_work(tmp_path: Path) 
 
 def test_without_data_it_stops_unless_told_and_then_says_what_it_skipped(tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
-    with pytest.raises(ExportError, match="--no-data"):
+    # What --no-data costs is said where it is offered, the flags first (the page then never warns).
+    with pytest.raises(ExportError, match=r"--no-data to export without it \(no confidence or out-of-dis"):
         export_bundle(checkpoint, tmp_path / "bundle")
     with pytest.raises(ExportError, match="does not exist.*--no-data"):
         export_bundle(checkpoint, tmp_path / "bundle", data=tmp_path / "missing")
     assert not (tmp_path / "bundle").exists()
 
-    out = export_bundle(checkpoint, tmp_path / "bundle", no_data=True, parity_images=3)
+    said: list[str] = []
+    out = export_bundle(checkpoint, tmp_path / "bundle", no_data=True, parity_images=3, log=said.append)
+    assert said[1].startswith("note: no dataset (--no-data): no confidence or out-of-distribution flags")
     report = json.loads((out / bundle.REPORT_FILE).read_text())
     assert report["calibration"]["temperature"] == 1.0 and "no dataset" in report["calibration"]["skipped"]
     assert report["parity"]["images"] == "generated images" and report["parity"]["n"] == 3
