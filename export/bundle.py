@@ -7,6 +7,7 @@ been opened and checked the way the runtime opens it, so a failed export never l
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -169,6 +170,19 @@ def export_bundle(
     return out
 
 
+@contextlib.contextmanager
+def _scratch_full(scratch: str) -> Iterator[None]:
+    """A full disk under the scratch folder names that disk: Python's writes name no file, and the CLI would
+    blame --out's disk for a full /tmp."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = "in the scratch folder (TMPDIR picks another)"
+        raise OSError(exc.errno, f"{exc.strerror or exc} {where}", str(Path(scratch).parent)) from None
+
+
 def _remove_folders(made: list[Path]) -> None:
     """The folders made for out, deepest first: a failed export leaves nothing behind."""
     for folder in made:
@@ -286,7 +300,7 @@ def _build(
             fp32, [val_files[i] for i in kept], val_images, analysis.graph_score, view
         )
 
-    with tempfile.TemporaryDirectory(prefix="skin-export-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="skin-export-") as scratch, _scratch_full(scratch):
         if splits is not None:
             parity_files, parity_source = [p for p, _ in splits.val], "validation split"
         else:

@@ -643,6 +643,31 @@ def test_a_folder_it_may_not_write_in_is_named_and_left_as_it_was(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the folders made for it are gone too
 
 
+def test_a_full_scratch_disk_is_named_not_the_bundles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Python's writes name no file: a full /tmp (int8's, parity's scratch files) was said to be --out's."""
+    import errno
+    import tempfile
+
+    import training.synthetic
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(training.synthetic, "generate", full)  # --no-data's parity images, in scratch
+    out = tmp_path / "b"
+    assert cli.main([str(checkpoint), "--out", str(out), "--no-data", "--quiet"]) == 2
+    said = "No space left on device in the scratch folder (TMPDIR picks another)"
+    assert capsys.readouterr().err == f"skin-export: error: {said}: {scratch}\n"
+    assert not out.exists() and list(scratch.iterdir()) == []
+
+
 def test_parity_compares_the_logits_and_the_cam_too(exported: dict[str, Any], dataset: Path) -> None:
     import torch
 
