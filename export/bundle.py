@@ -522,6 +522,7 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         _meta(info, temperature=1.0, created="")  # the contract's checks, before any slow work
     except contract.BundleError as exc:
         raise ExportError(f"{where}: {exc}") from None
+    ckpt = {**ckpt, "model": _unwrapped(ckpt["model"])}
     try:
         net = model_from_checkpoint(ckpt)
     except ModelError as exc:
@@ -531,6 +532,15 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
             f"cannot rebuild {ckpt['arch']!r} from {str(path)!r} ({type(exc).__name__})"
         ) from None
     return ckpt, net, info
+
+
+def _unwrapped(state: dict[str, Any]) -> dict[str, Any]:
+    """Weights saved from a wrapper, under the network's own names: skin-train saves the network unwrapped,
+    a script of one's own may save DDP's (module.) or torch.compile's (_orig_mod.)."""
+    for prefix in ("module.", "_orig_mod."):
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            return _unwrapped({k.removeprefix(prefix): v for k, v in state.items()})
+    return state
 
 
 def _field(ckpt: dict[str, Any], key: str, kind: type, what: str, where: str) -> Any:

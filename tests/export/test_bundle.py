@@ -862,6 +862,25 @@ def test_checkpoint_fields_of_the_wrong_type_give_one_line_naming_the_field(
     assert expected in err and not out.exists(), err
 
 
+def test_weights_saved_from_ddp_or_torch_compile_export(tmp_path: Path) -> None:
+    """A script of one's own may save the wrapper's state_dict: the same network under prefixed names."""
+    import torch
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None, net=_tiny(3))
+    ckpt = torch.load(checkpoint, weights_only=True)
+    plain = ckpt["model"]
+    ckpt["model"] = {f"module._orig_mod.{k}": v for k, v in plain.items()}
+    torch.save(ckpt, checkpoint)
+    out = export_bundle(checkpoint, tmp_path / "b", no_data=True, parity_images=2)
+    report = json.loads((out / bundle.REPORT_FILE).read_text())
+    assert report["parity"]["top1_agree"] == 1.0
+    # The network exported holds the checkpoint's weights, not a fresh network's.
+    from export.bundle import _load
+
+    _, net, _ = _load(checkpoint)
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in plain.items())
+
+
 def test_pickle_payload_really_would_run(tmp_path: Path) -> None:
     """Guards the test above: plain unpickling of the payload does create the file."""
     pickle.loads(pickle.dumps(Payload(tmp_path / "ran")))
