@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -120,6 +121,8 @@ def export_bundle(
         )
     for note in notes:
         say(f"note: {note}")
+    for left in _left_behind(out):  # hidden, so never found otherwise; never removed: it may be running
+        say(f"note: {left} is left from an export to {out} that was killed (or is one still running)")
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +184,13 @@ def _scratch_full(scratch: str) -> Iterator[None]:
             raise
         where = "in the scratch folder (TMPDIR picks another)"
         raise OSError(exc.errno, f"{exc.strerror or exc} {where}", str(Path(scratch).parent)) from None
+
+
+def _left_behind(out: Path) -> list[Path]:
+    """Staging folders of exports killed outright (SIGKILL, the OOM killer), and the old bundle of one killed
+    between its two renames."""
+    name = glob.escape(out.name)
+    return sorted({*out.parent.glob(f".{name}.partial-*"), *out.parent.glob(f".{name}.old-*")})
 
 
 def _remove_folders(made: list[Path]) -> None:

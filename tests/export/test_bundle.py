@@ -380,6 +380,30 @@ def test_every_file_is_on_disk_before_the_bundle_is_renamed_into_place(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "run"]  # nothing half-written left
 
 
+def test_folders_left_by_a_killed_export_are_named_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL leaves the hidden staging folder (or, between the renames, the old bundle): said, not removed,
+    since it may be another export's, still running."""
+    from export import bundle as exporter
+    from tests.bundle_factory import make_bundle
+
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=None)
+    monkeypatch.setattr(exporter, "_build", lambda staging, *a, **kw: make_bundle(staging))
+    left = [tmp_path / ".b.old-k2", tmp_path / ".b.partial-x1", tmp_path / ".b2.partial-y"]
+    for folder in left:
+        folder.mkdir()
+    said: list[str] = []
+    export_bundle(checkpoint, tmp_path / "b", no_data=True, log=said.append)
+    notes = [line for line in said if "was killed" in line]
+    out = tmp_path / "b"
+    assert notes == [
+        f"note: {p} is left from an export to {out} that was killed (or is one still running)"
+        for p in left[:2]
+    ]
+    assert all(p.is_dir() for p in left)
+
+
 def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None:
     checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
     (tmp_path / "run" / "last.pt").write_bytes(b"the run's other checkpoint")
