@@ -167,8 +167,7 @@ def export_bundle(
         shutil.rmtree(staging, ignore_errors=True)
         _remove_folders(made)
         raise
-    with contextlib.suppress(OSError):  # the rename on disk too; the bundle is in place either way
-        _sync_folder(out.parent)
+    _sync_folder(out.parent)  # the rename on disk too
     say(f"wrote bundle {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out
 
@@ -959,13 +958,13 @@ def _sync(folder: Path) -> None:
 
 
 def _sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror or str(exc), str(folder)) from None
-    finally:
-        os.close(fd)
+    """Its names on disk, where the file system can: some (SMB, FUSE mounts) refuse to fsync a folder."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

@@ -352,6 +352,7 @@ def test_every_file_is_on_disk_before_the_bundle_is_renamed_into_place(
     """Renamed unsynced, a crash could leave empty files under the bundle's names; NFS or a disk quota may
     report a full disk only at fsync."""
     import errno
+    import stat
 
     from export import bundle as exporter
     from tests.bundle_factory import make_bundle
@@ -370,6 +371,14 @@ def test_every_file_is_on_disk_before_the_bundle_is_renamed_into_place(
     files = sorted(p.name for p in (tmp_path / "b").iterdir())
     assert files and set(files) <= set(synced)
 
+    def files_only(fd: int) -> None:  # SMB and some FUSE mounts refuse to fsync a folder
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", files_only)
+    export_bundle(checkpoint, tmp_path / "d", no_data=True)  # the files are synced: that is what counts
+
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -377,7 +386,7 @@ def test_every_file_is_on_disk_before_the_bundle_is_renamed_into_place(
     with pytest.raises(OSError, match="No space left on device") as failed:
         export_bundle(checkpoint, tmp_path / "c", no_data=True)
     assert failed.value.filename.endswith(bundle.MODEL_FILE)  # the CLI's line names the file
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "run"]  # nothing half-written left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "d", "run"]  # nothing half-written left
 
 
 def test_folders_left_by_a_killed_export_are_named_and_kept(
