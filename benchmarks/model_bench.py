@@ -36,12 +36,15 @@ from benchmarks.run import (
     OtherCpu,
     check_out,
     describe_model,
+    keep_stopped,
     load1,
     machine,
     model_files,
     quiet_machine_options,
     row,
     run_cli,
+    stopped_heading,
+    stopped_note,
     threads_or_cpus,
     wait_for_cpu,
     wait_until_quiet,
@@ -50,7 +53,6 @@ from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
 from runtime.engine import first_line, openvino_session, session_options
-from training.stop import how
 from training.synthetic import MAX_PER_CLASS
 
 Runner = Callable[[np.ndarray], np.ndarray]  # uint8 [n, H, W, 3] → probabilities [n, classes]
@@ -559,12 +561,7 @@ def model_benchmark(
                 log(f"batching with SKIN_OPENVINO=bf16: not available ({exc})")
     except BaseException as exc:  # Ctrl-C, SIGTERM, a path that failed mid-way: the paths measured are kept
         if any("error" not in r for r in results.values()):
-            why = how(exc)[0] if isinstance(exc, KeyboardInterrupt) else first_line(exc)
-            summary["stopped"] = {"why": why}
-            try:  # under another name: a complete summary from an earlier run stays as it is
-                write_summary(summary, out, log, name="model-stopped")
-            except OSError as error:
-                log(f"the paths measured could not be kept: {error}")
+            keep_stopped(exc, summary, lambda: write_summary(summary, out, log, name="model-stopped"), log)
         raise
     write_summary(summary, out, log)
     return summary
@@ -578,8 +575,7 @@ def write_summary(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(summary))
-    stopped = f" (stopped part-way: {summary['stopped']['why']})" if "stopped" in summary else ""
-    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped}")
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
 
 
 def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:
@@ -666,15 +662,10 @@ def best_path(results: dict[str, Any]) -> dict[str, Any] | None:
 
 def markdown(summary: dict[str, Any]) -> str:
     m, s = summary["machine"], summary["settings"]
-    stopped = summary.get("stopped")
     lines = [
         f"# Model benchmark ({summary['date']})",
         "",
-        *(
-            [f"**Stopped part-way ({stopped['why']})**: only what was measured before it is below.", ""]
-            if stopped
-            else []
-        ),
+        *stopped_heading(summary, "only what was measured before it is below."),
         f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({', '.join(m.get('isa', []))}); "
         f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; {s['threads']} threads.",
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "

@@ -6,7 +6,8 @@ accepted requests should keep a bounded p99, and the server's memory should stop
    ``constant_throughput``, so fast 503s do not turn into a flood and slow answers do not lower the load.
    Latencies are recorded per HTTP status; the server's RSS is sampled throughout.
 
-Writes OUT/overload.json and OUT/overload.md.
+Writes OUT/overload.json and OUT/overload.md; stopped part-way after the saturation run, that run as
+OUT/overload-stopped.*.
 
     python -m benchmarks.overload --factor 2 --duration 60
 """
@@ -18,6 +19,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ from benchmarks.run import (
     environment_line,
     finite,
     free_port,
+    keep_stopped,
     load1,
     locust,
     machine,
@@ -49,6 +52,8 @@ from benchmarks.run import (
     skin_environment,
     start,
     stop,
+    stopped_heading,
+    stopped_note,
     wait_locust,
     wait_until_quiet,
     warm,
@@ -155,21 +160,35 @@ def run_overload(
     log_path.unlink(missing_ok=True)
     proc, ready_s = start(server, port, log_path)
     base = f"http://127.0.0.1:{port}"
+    summary: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "load_at_start": quiet,
+        "server": {"note": server.note, "ready_s": round(ready_s, 2)},
+        "settings": {
+            "model": model,
+            "environment": skin_environment(),
+            "factor": factor,
+            "duration_s": duration,
+            "saturation_users": saturation_users,
+        },
+    }
     try:
         warm(base)
         stats, _ = locust(base, saturation_users, saturation_time, work / "locust" / "overload-saturation")
         saturation = ok_rps(stats["Aggregated"])  # fast errors are no throughput: 2x them would be a flood
         if saturation <= 0:
             raise BenchError("the saturation run served nothing; see the Locust log under WORK/locust/")
-        # What "served" (predictions answered 200) compares with: the saturation above counts /api/info and
-        # /api/report too, a tenth of the requests, which overload never refuses.
-        saturation_predictions = predictions_served(stats)
+        summary["saturation_rps"] = saturation
+        # What "served" (predictions answered 200) compares with: the saturation above counts /api/info
+        # and /api/report too, a tenth of the requests, which overload never refuses.
+        summary["saturation_predictions_rps"] = round(predictions_served(stats), 2)
         offered = factor * saturation
         users = max(2, round(offered / USER_RATE))
         if users > MAX_USERS:  # a fast server: the factor cap alone does not bound the users
             raise BenchError(
-                f"offering {offered:.0f} req/s takes {users} Locust users, past the {MAX_USERS} one Locust "
-                "drives; lower --factor"
+                f"offering {offered:.0f} req/s takes {users} Locust users, past the {MAX_USERS} one "
+                "Locust drives; lower --factor"
             )
         rate = offered / users
         log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({users} users × {rate:.2f}/s)")
@@ -182,61 +201,75 @@ def run_overload(
         rss = rss_profile(sampler.rss, interval)
         used = sampler.summary(duration)
         others = other.cores()
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a failure in the paced run: the saturation is kept
+        if "saturation_rps" in summary:
+            keep_stopped(
+                exc,
+                summary,
+                lambda: write_summary(summary, out, log, name="overload-stopped"),
+                log,
+                runs=(1, 2),
+            )
+        raise
     finally:
         stop(proc)
     total = sum(len(v) for v in latencies.values())
     statuses = {status: percentiles(values) for status, values in sorted(latencies.items())}
     unexpected = {s: v["count"] for s, v in statuses.items() if s not in ("200", "503")}
-    summary = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(),
-        "load_at_start": quiet,
-        "server": {"note": server.note, "ready_s": round(ready_s, 2), **used, "rss": rss},
-        "settings": {
-            "model": model,
-            "environment": skin_environment(),
-            "factor": factor,
-            "duration_s": duration,
-            "saturation_users": saturation_users,
-            "users": users,
-            "rate_per_user": round(rate, 3),
-        },
-        "saturation_rps": saturation,
-        "saturation_predictions_rps": round(saturation_predictions, 2),
-        "offered_rps": round(offered, 2),
-        # What Locust sent: a user waiting on a slow answer cannot keep its pace, and the offer falls short.
-        "sent_rps": paced["Aggregated"]["rps"],
-        "predictions": total,
-        # As the saturation's predictions are counted, from Locust's statistics (503s are its failures): the
-        # 200s over the duration alone also counted the answers that came after it, and read as more.
-        "served_rps": round(predictions_served(paced), 2),
-        "by_status": statuses,
-        "unexpected_statuses": unexpected,
-        "load_generator_cpu_cores": locust_cpu,
-        "other_cpu_cores": others,
-        "load_at_end": load1(),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "overload.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "overload.md").write_text(markdown(summary))
-    log(f"wrote {out / 'overload.json'} and {out / 'overload.md'}")
+    summary["server"].update(used, rss=rss)
+    summary["settings"].update(users=users, rate_per_user=round(rate, 3))
+    summary.update(
+        {
+            "offered_rps": round(offered, 2),
+            # What Locust sent: a user waiting on a slow answer cannot keep its pace; the offer falls short.
+            "sent_rps": paced["Aggregated"]["rps"],
+            "predictions": total,
+            # As the saturation's predictions are counted, from Locust's statistics (503s are its failures):
+            # the 200s over the duration alone also counted the answers that came after it, and read as more.
+            "served_rps": round(predictions_served(paced), 2),
+            "by_status": statuses,
+            "unexpected_statuses": unexpected,
+            "load_generator_cpu_cores": locust_cpu,
+            "other_cpu_cores": others,
+        }
+    )
+    write_summary(summary, out, log)
     return summary
 
 
+def write_summary(
+    summary: dict[str, Any], out: Path, log: Callable[[str], None], name: str = "overload"
+) -> None:
+    summary["load_at_end"] = load1()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{name}.md").write_text(markdown(summary))
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+
+
 def markdown(s: dict[str, Any]) -> str:
-    m, srv, rss = s["machine"], s["server"], s["server"]["rss"]
+    m, srv = s["machine"], s["server"]
     lines = [
         f"# Overload run ({s['date']})",
         "",
+        *stopped_heading(s, "the saturation below was measured, the overload run was not."),
         machine_line(m),
         *([f"Model: {s['settings']['model']}."] if "model" in s["settings"] else []),  # older runs: none
         f"Load average {s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
         f"Server: {srv['note']}.",
         *environment_line(s["settings"]),
         "",
+    ]
+    saturation = (
         f"Saturation (closed loop, {s['settings']['saturation_users']} users): "
-        f"**{s['saturation_rps']:.1f} req/s**. "
-        f"Offered for {s['settings']['duration_s']} s: **{s['offered_rps']:.1f} req/s** "
+        f"**{s['saturation_rps']:.1f} req/s**"
+    )
+    if "stopped" in s:
+        at = f"{s['saturation_predictions_rps']:.1f} predictions/s of them"
+        return "\n".join([*lines, f"{saturation}, {at}.", ""])
+    rss = srv["rss"]
+    lines += [
+        f"{saturation}. Offered for {s['settings']['duration_s']} s: **{s['offered_rps']:.1f} req/s** "
         f"({s['settings']['factor']:g}× saturation; {s['settings']['users']} users paced at "
         f"{s['settings']['rate_per_user']}/s){sent(s)}. Served: {s['served_rps']:.1f} predictions/s (at "
         f"saturation {s['saturation_predictions_rps']:.1f}).",

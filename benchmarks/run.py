@@ -728,15 +728,14 @@ def run_benchmark(
             results=summary["servers"],
         )
     except BaseException as exc:  # Ctrl-C, SIGTERM, a server that died: the runs finished are kept
-        done = finished_runs(summary)
-        if done:
-            planned = len(servers_to_run) * len(concurrency) * rounds
-            why = how(exc)[0] if isinstance(exc, KeyboardInterrupt) else str(exc)
-            summary["stopped"] = {"why": why, "runs_finished": done, "runs_planned": planned}
-            try:  # under another name: a complete summary from an earlier run stays as it is
-                write_summary(summary, out, log, name="serving-stopped")
-            except OSError as error:
-                log(f"the {done} runs finished could not be kept: {error}")
+        if done := finished_runs(summary):
+            keep_stopped(
+                exc,
+                summary,
+                lambda: write_summary(summary, out, log, name="serving-stopped"),
+                log,
+                runs=(done, len(servers_to_run) * len(concurrency) * rounds),
+            )
         raise
     write_summary(summary, out, log)
     return summary
@@ -755,10 +754,52 @@ def write_summary(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / f"{name}.md").write_text(markdown(summary))
-    kept = ""
-    if stopped := summary.get("stopped"):
-        kept = f" ({stopped['runs_finished']} of {stopped['runs_planned']} runs, then {stopped['why']})"
-    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{kept}")
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+
+
+def keep_stopped(
+    stop: BaseException,
+    summary: dict[str, Any],
+    write: Callable[[], None],
+    log: Callable[[str], None],
+    *,
+    runs: tuple[int, int] | None = None,
+) -> None:
+    """A benchmark stopped part-way (Ctrl-C, SIGTERM, a failure): ``summary`` is marked stopped, with why and,
+    given ``runs``, how many of the planned runs it finished, and kept by ``write``. That writes it under
+    another name than a complete run's, so a complete summary from an earlier run stays as it is."""
+    from runtime.engine import first_line
+
+    why = how(stop)[0] if isinstance(stop, KeyboardInterrupt) else first_line(stop)
+    summary["stopped"] = {"why": why}
+    if runs is not None:
+        summary["stopped"].update(runs_finished=runs[0], runs_planned=runs[1])
+    try:
+        write()
+    except OSError as error:
+        log(f"what was measured before it stopped could not be kept: {error}")
+
+
+def stopped_note(summary: dict[str, Any]) -> str:
+    """The "wrote ..." line's ending for a summary kept by keep_stopped; "" for a complete one."""
+    stopped = summary.get("stopped")
+    if not stopped:
+        return ""
+    if "runs_finished" in stopped:
+        return f" ({stopped['runs_finished']} of {stopped['runs_planned']} runs, then {stopped['why']})"
+    return f" (stopped part-way: {stopped['why']})"
+
+
+def stopped_heading(summary: dict[str, Any], rest: str) -> list[str]:
+    """The markdown's first lines for a summary kept by keep_stopped, ``rest`` saying what the page holds;
+    none for a complete one."""
+    stopped = summary.get("stopped")
+    if not stopped:
+        return []
+    after = ""
+    if "runs_finished" in stopped:
+        after = f" after {stopped['runs_finished']} of {stopped['runs_planned']} runs"
+    return [f"**Stopped part-way ({stopped['why']}){after}**: {rest}", ""]
 
 
 def check_out(out: Path, flag: str = "--out") -> None:
@@ -931,19 +972,10 @@ def markdown(summary: dict[str, Any]) -> str:
         if rounds > 1
         else ""
     )
-    stopped = summary.get("stopped")
     lines = [
         f"# Serving benchmark ({summary['date']})",
         "",
-        *(
-            [
-                f"**Stopped part-way ({stopped['why']}) after {stopped['runs_finished']} of "
-                f"{stopped['runs_planned']} runs**: the tables, ratios and goals below are those runs' only.",
-                "",
-            ]
-            if stopped
-            else []
-        ),
+        *stopped_heading(summary, "the tables, ratios and goals below are those runs' only."),
         machine_line(m),
         *([f"Model: {s['model']}{baseline}."] if "model" in s else []),  # older summaries do not say
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "

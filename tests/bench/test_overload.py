@@ -4,6 +4,7 @@ Numbers are never asserted, only that the run works and what it records is sound
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -128,3 +129,52 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     assert "\nModel: efficientnet_b3 at 300 px.\n" in md
     assert "\nSet in the environment for every server (a server's own setting above wins): " in md
     assert summary["settings"]["environment"]["SKIN_MAX_QUEUE"] == "64"
+
+
+@pytest.mark.parametrize(
+    ("stop", "why"),
+    [
+        pytest.param(KeyboardInterrupt(), "interrupted", id="ctrl-c"),
+        pytest.param(overload.BenchError("Locust exited with 1"), "Locust exited with 1", id="locust-failed"),
+    ],
+)
+def test_a_run_stopped_in_the_paced_run_keeps_the_saturation_it_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, why: str
+) -> None:
+    # The summary was written only at the end: a Ctrl-C in the minute of overload lost the saturation run.
+    saturation = {
+        "Aggregated": {"requests": 300, "failures": 0, "rps": 30.0},
+        "predict thumb 300x220 jpeg": {"requests": 270, "failures": 0, "rps": 27.0},
+    }
+    _without_servers(monkeypatch, tmp_path, saturation=saturation)
+
+    def paced_locust(*args: object) -> None:
+        raise stop
+
+    monkeypatch.setattr(overload, "paced_locust", paced_locust)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    with pytest.raises(type(stop)):
+        overload.run_overload(work=tmp_path / "work", out=out, log=lines.append)
+    kept = json.loads((out / "overload-stopped.json").read_text())
+    assert kept["stopped"] == {"why": why, "runs_finished": 1, "runs_planned": 2}
+    assert kept["saturation_rps"] == 30.0 and kept["saturation_predictions_rps"] == 27.0
+    md = (out / "overload-stopped.md").read_text()
+    assert f"\n**Stopped part-way ({why}) after 1 of 2 runs**: the saturation below was measured" in md
+    assert "\nSaturation (closed loop, 4 users): **30.0 req/s**, 27.0 predictions/s of them.\n" in md
+    assert lines[-1].endswith(f"overload-stopped.md (1 of 2 runs, then {why})")
+    assert not (out / "overload.json").exists()  # an earlier complete summary there would stay
+
+
+def test_a_run_stopped_before_the_saturation_was_measured_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _without_servers(monkeypatch, tmp_path, saturation={})
+
+    def locust(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overload, "locust", locust)
+    with pytest.raises(KeyboardInterrupt):
+        overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", log=lambda line: None)
+    assert not (tmp_path / "out").exists()
