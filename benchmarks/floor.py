@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.words import count
 from runtime import bundle as contract
 from runtime.engine import session_options
 
@@ -197,7 +198,8 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
     if len(per_kind) > 1:
         convs += f" ({'; '.join(per_kind)})"
     return (
-        f"Floor (fp32, {floor['threads']} threads): the model is {floor['total_multiply_adds'] / 1e9:.2f} G "
+        f"Floor (fp32, {count(floor['threads'], 'thread')}): the model is "
+        f"{floor['total_multiply_adds'] / 1e9:.2f} G "
         f"multiply-adds per image{f' ({kinds})' if kinds else ''}. This CPU multiplies fp32 matrices at "
         f"{floor['gemm_peak_gflops']:.0f} GFLOP/s through onnxruntime: at that speed the arithmetic alone "
         f"takes {floor['floor_ms']:.1f} ms{timed}. A profiled onnxruntime fp32 run, "

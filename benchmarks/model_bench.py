@@ -49,6 +49,7 @@ from benchmarks.run import (
     wait_for_cpu,
     wait_until_quiet,
 )
+from benchmarks.words import count
 from runtime import bundle as contract
 from runtime import int8
 from runtime.cli import OneLineParser
@@ -216,7 +217,7 @@ def candidates(
         ),
         Candidate(
             "onnxruntime fp32",
-            f"{threads} threads busy-waiting between ops, not between runs: the runtime with "
+            f"{count(threads, 'thread')} busy-waiting between ops, not between runs: the runtime with "
             "SKIN_INFERENCE_CONCURRENCY=1",
             lambda: ort_runner(fp32, threads=threads),
         ),
@@ -435,7 +436,8 @@ def model_benchmark(
         if not found:
             raise BenchError(f"no path matches {', '.join(only)}")
     quiet = wait_until_quiet(max_load, max_wait_s, log)
-    log(f"load average {quiet['load1']:.2f} at the start; {len(test)} test images, {threads} threads")
+    test_images = count(len(test), "test image")
+    log(f"load average {quiet['load1']:.2f} at the start; {test_images}, {count(threads, 'thread')}")
     reference = predict_all(ort_runner(fp32, threads=threads), test)
     results: dict[str, Any] = {}
     summary: dict[str, Any] = {
@@ -510,7 +512,7 @@ def model_benchmark(
             first = (r["error"].splitlines() or [""])[0]
             raise BenchError(f"no path could be measured ({name}: {first})")
         if timed:
-            log(f"batch 1: {rounds} rounds over {len(timed)} paths")
+            log(f"batch 1: {count(rounds, 'round')} over {count(len(timed), 'path')}")
             per_round = batch1_rounds(
                 timed,
                 one,
@@ -667,15 +669,16 @@ def markdown(summary: dict[str, Any]) -> str:
         "",
         *stopped_heading(summary, "only what was measured before it is below."),
         f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({', '.join(m.get('isa', []))}); "
-        f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; {s['threads']} threads.",
+        f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; "
+        f"{count(s['threads'], 'thread')}.",
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "
         f"{summary['load_at_end']:.2f} at the end. Each path is timed once other processes use "
         f"< {s['max_other_cpu_cores']} cores; what they used while it was timed is shown.",
         f"Agreement: top-1 against {s['reference']}, {s['test_images']} generated images; int8 calibrated on "
         f"{s['calibration_images']} other generated images.",
-        f"Batch 1: the median of {s.get('rounds_batch1', 1)} rounds, each timing every path in turn (the "
-        "order reversed every other round), so the machine's slow and fast spells fall on every path; the "
-        "rounds are listed.",
+        f"Batch 1: the median of {count(s.get('rounds_batch1', 1), 'round')}, each timing every path in turn "
+        "(the order reversed every other round), so the machine's slow and fast spells fall on every path; "
+        "the rounds are listed.",
         "",
         row(
             "path",

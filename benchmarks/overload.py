@@ -59,6 +59,7 @@ from benchmarks.run import (
     warm,
     whole,
 )
+from benchmarks.words import count
 from runtime.cli import OneLineParser
 
 # Per user at most one request a second: an accepted answer can take ~(running + queued) / S seconds, and a
@@ -191,7 +192,8 @@ def run_overload(
                 "Locust drives; lower --factor"
             )
         rate = offered / users
-        log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({users} users × {rate:.2f}/s)")
+        paced_by = f"{count(users, 'user')} × {rate:.2f}/s"
+        log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({paced_by})")
         other = OtherCpu()
         interval = 0.5
         with Sampler(proc.pid, interval=interval) as sampler:
@@ -261,7 +263,7 @@ def markdown(s: dict[str, Any]) -> str:
         "",
     ]
     saturation = (
-        f"Saturation (closed loop, {s['settings']['saturation_users']} users): "
+        f"Saturation (closed loop, {count(s['settings']['saturation_users'], 'user')}): "
         f"**{s['saturation_rps']:.1f} req/s**"
     )
     if "stopped" in s:
@@ -270,7 +272,7 @@ def markdown(s: dict[str, Any]) -> str:
     rss = srv["rss"]
     lines += [
         f"{saturation}. Offered for {s['settings']['duration_s']} s: **{s['offered_rps']:.1f} req/s** "
-        f"({s['settings']['factor']:g}× saturation; {s['settings']['users']} users paced at "
+        f"({s['settings']['factor']:g}× saturation; {count(s['settings']['users'], 'user')} paced at "
         f"{s['settings']['rate_per_user']}/s){sent(s)}. Served: {s['served_rps']:.1f} predictions/s (at "
         f"saturation {s['saturation_predictions_rps']:.1f}).",
         "",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import images
+from benchmarks.words import count
 from runtime.cli import OneLineParser
 from training.stop import how, sigterm_stops
 
@@ -430,8 +431,7 @@ def describe_served(served: dict[str, Any] | None) -> str:
         engine = f"OpenVINO {served['openvino']}"
     else:
         engine = "onnxruntime fp32 (" + ", ".join(map(str, served.get("providers") or [])) + ")"
-    threads = served.get("threads")
-    return f"; served by {engine}, {threads} thread{'' if threads == 1 else 's'}"
+    return f"; served by {engine}, {count(served.get('threads'), 'thread')}"
 
 
 def warm(base: str, rounds: int = 2) -> None:
@@ -918,7 +918,7 @@ def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
     p50_12mp = _median(s.get("predict phone 12MP jpeg", {}).get("p50_ms") for s in single)
     peaks = [run["server"]["rss_peak_mb"] for runs in server["runs"].values() for run in runs]
     rss = max(peaks, default=None)
-    cold = sorted(server["cold_start_s"])[len(server["cold_start_s"]) // 2]
+    cold = cold_start(sorted(server["cold_start_s"])[len(server["cold_start_s"]) // 2])
     worst_ratio = min((r["throughput"] for r in ratios.values() if r["throughput"]), default=None)
     rows = {
         "throughput_ratio": (worst_ratio, GOALS["throughput_ratio"], ">="),
@@ -931,6 +931,12 @@ def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
         k: {"measured": v, "goal": g, "met": None if v is None else (v >= g if op == ">=" else v <= g)}
         for k, (v, g, op) in rows.items()
     }
+
+
+def cold_start(seconds: float) -> float:
+    """A cold start to 10 ms, one rounding for the table of starts and the goal: the goal's median read 0.675
+    beside the table's 0.68."""
+    return round(seconds, 2)
 
 
 def _median(values: Iterable[float | None], digits: int = 1) -> float | None:
@@ -1021,7 +1027,7 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(row(*lead, *cells))
     lines += ["", row("server", "cold start s (each start)", "idle RSS MB"), "|---|---|---:|"]
     for name, server in summary["servers"].items():
-        starts = ", ".join(f"{t:.2f}" for t in server["cold_start_s"])
+        starts = ", ".join(f"{cold_start(t):.2f}" for t in server["cold_start_s"])
         lines.append(row(name, starts, server["idle"]["rss_peak_mb"]))
     for name, result in summary["comparison"].items():
         lines += ["", f"## {name} against the baseline", ""]

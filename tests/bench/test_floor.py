@@ -214,7 +214,7 @@ def test_the_floor_alone_from_the_command_line(tiny_bundle: Path, capsys: pytest
     # `python -m benchmarks.floor` ran nothing and exited 0: floor.py had no main.
     assert floor.main(["--bundle", str(tiny_bundle), "--threads", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("Floor (fp32, 1 threads): the model is ") and "GFLOP/s" in out[0]
+    assert out[0].startswith("Floor (fp32, 1 thread): the model is ") and "GFLOP/s" in out[0]
     assert out[1].startswith("Load average (1 min) ") and out[1].endswith(" cores.")
 
 
