@@ -161,6 +161,11 @@ def run_overload(
     log_path.unlink(missing_ok=True)
     proc, ready_s = start(server, port, log_path)
     base = f"http://127.0.0.1:{port}"
+
+    def check_alive(during: str) -> None:  # its connection errors would read as fast failed requests
+        if proc.poll() is not None:
+            raise BenchError(f"the runtime exited with {proc.returncode} during {during}; see {log_path}")
+
     summary: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -177,6 +182,7 @@ def run_overload(
     try:
         warm(base)
         stats, _ = locust(base, saturation_users, saturation_time, work / "locust" / "overload-saturation")
+        check_alive("the saturation run")
         saturation = ok_rps(stats["Aggregated"])  # fast errors are no throughput: 2x them would be a flood
         if saturation <= 0:
             raise BenchError("the saturation run served nothing; see the Locust log under WORK/locust/")
@@ -200,10 +206,11 @@ def run_overload(
             latencies, locust_cpu, paced = paced_locust(
                 base, rate, users, duration, work / "locust" / "overload"
             )
+        check_alive("the overload run")
         rss = rss_profile(sampler.rss, interval)
         used = sampler.summary(duration)
         others = other.cores()
-    except BaseException as exc:  # Ctrl-C, SIGTERM, a failure in the paced run: the saturation is kept
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a server that died: the saturation measured is kept
         if "saturation_rps" in summary:
             keep_stopped(
                 exc,

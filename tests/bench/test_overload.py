@@ -57,7 +57,8 @@ def _without_servers(
     monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
     monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
     monkeypatch.setattr(overload, "served_model", lambda bundle, own: "efficientnet_b3 at 300 px")
-    monkeypatch.setattr(overload, "start", lambda *args: (SimpleNamespace(pid=os.getpid()), 0.1))
+    server = SimpleNamespace(pid=os.getpid(), poll=lambda: None, returncode=None)
+    monkeypatch.setattr(overload, "start", lambda *args: (server, 0.1))
     monkeypatch.setattr(overload, "stop", lambda proc: None)
     monkeypatch.setattr(overload, "warm", lambda base: None)
     monkeypatch.setattr(overload, "locust", lambda *args: (saturation, {}))
@@ -178,3 +179,25 @@ def test_a_run_stopped_before_the_saturation_was_measured_keeps_nothing(
     with pytest.raises(KeyboardInterrupt):
         overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", log=lambda line: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_server_that_died_in_the_overload_run_ends_it_and_keeps_the_saturation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its connection errors came back as status 0 in a summary written as complete: "Served: 0.0".
+    saturation = {"Aggregated": {"requests": 300, "failures": 0, "rps": 30.0}}
+    _without_servers(monkeypatch, tmp_path, saturation=saturation)
+    server, _ = overload.start()  # type: ignore[call-arg]
+
+    def paced_locust(*args: object) -> tuple[dict[str, list[float]], float, dict[str, object]]:
+        server.poll = lambda: 9
+        server.returncode = 9
+        return {"0": [2.0] * 12}, 0.1, {"Aggregated": {"requests": 12, "failures": 12, "rps": 4.8}}
+
+    monkeypatch.setattr(overload, "paced_locust", paced_locust)
+    out, work = tmp_path / "out", tmp_path / "work"
+    line = f"the runtime exited with 9 during the overload run; see {work / 'overload-runtime.log'}"
+    with pytest.raises(overload.BenchError, match="^the runtime exited with 9 during the overload run; "):
+        overload.run_overload(work=work, out=out, log=lambda line: None)
+    assert json.loads((out / "overload-stopped.json").read_text())["stopped"]["why"] == line
+    assert not (out / "overload.json").exists()
