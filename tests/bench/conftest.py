@@ -34,3 +34,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     save_checkpoint(path, model=build_model("test_efficientnet", len(names), drop_rate=0.0), meta=meta)
     return path
+
+
+@pytest.fixture
+def clean_skin_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SKIN_* from the shell (make test sets SKIN_REQUIRE_OPENVINO): a test that checks what the
+    summaries record of the environment sets its own."""
+    import os
+
+    for key in [k for k in os.environ if k.startswith("SKIN_")]:
+        monkeypatch.delenv(key)

@@ -80,6 +80,7 @@ def test_bad_settings_are_refused_before_anything_is_built(
         pytest.param(run.BenchError("baseline exited with 9"), "baseline exited with 9", id="server-died"),
     ],
 )
+@pytest.mark.usefixtures("clean_skin_environment")
 def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop: BaseException, why: str
 ) -> None:
