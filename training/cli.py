@@ -142,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         if _rank0():  # under torchrun every rank stops: one line, from rank 0
             print(f"{PROG}: {line}", file=sys.stderr)
         return status
+    except ModuleNotFoundError as exc:  # where only the runtime extra is installed (the serving image)
+        from export.errors import missing_module  # standard library only: no torch in it
+
+        if (install := missing_module(exc)) is None:
+            raise
+        if _rank0():
+            print(f"{PROG}: error: {install}", file=sys.stderr)
+        return 2
 
 
 def _rank0() -> bool:

@@ -402,6 +402,15 @@ def test_switches_parse_both_ways_and_paths_stay_text() -> None:
             KeyboardInterrupt(), "0", 130, "skin-train: interrupted before training started\n", id="ctrl-c"
         ),
         pytest.param(KeyboardInterrupt(), "1", 130, "", id="ctrl-c-rank-1"),
+        pytest.param(
+            ModuleNotFoundError("No module named 'albumentations'", name="albumentations"),
+            "0",
+            2,
+            "skin-train: error: albumentations is not installed; training and export need the train and "
+            "runtime extras: pip install -e '.[train,runtime]'\n",
+            id="train-extra-missing",
+        ),
+        pytest.param(ModuleNotFoundError(name="timm"), "1", 2, "", id="train-extra-missing-rank-1"),
     ],
 )
 def test_main_exit_status_and_one_line(
@@ -427,3 +436,30 @@ def test_main_exit_status_and_one_line(
     assert main(["--data", "d", "--epochs", "2"]) == code
     assert capsys.readouterr().err == err
     assert seen == [{"data": "d", "epochs": 2}]  # only the options given
+
+
+def test_without_the_train_extra_it_says_what_to_install(tmp_path: Path) -> None:
+    """skin-train is installed with the package, also where only the runtime extra is (the serving image)."""
+    blocked = ("torch", "timm", "albumentations")  # None in sys.modules: the import fails as if not installed
+    code = f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); from training.cli import main; "
+    code += "sys.exit(main(['--data', 'd', '--out', 'run']))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    assert done.stderr == (
+        "skin-train: error: torch is not installed; training and export need the train and runtime extras: "
+        "pip install -e '.[train,runtime]'\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_module_of_its_own_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the extras' modules get the install line: a broken import of ours stays a traceback."""
+    import training.loop
+
+    def broken(**kwargs: object) -> None:
+        raise ModuleNotFoundError("No module named 'training.nothing'", name="training.nothing")
+
+    monkeypatch.setattr(training.loop, "train", broken)
+    with pytest.raises(ModuleNotFoundError):
+        main(["--data", "d"])
