@@ -818,10 +818,11 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
 
     config, class_names = info["config"], info["class_names"]
     root = data if data is not None else config.get("data")
-    hint = (
-        "pass --data ROOT, or --no-data to export without it (no confidence or out-of-distribution flags, "
-        "T = 1, parity on generated images, no int8)"
+    no_data = (
+        "or --no-data to export without it (no confidence or out-of-distribution flags, T = 1, parity on "
+        "generated images, no int8)"
     )
+    hint = f"pass --data ROOT, {no_data}"
     if not root:
         raise ExportError(f"the checkpoint names no dataset; {hint}")
     if not isinstance(root, str | Path):
@@ -840,8 +841,8 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
         )
     try:
         splits = load_splits(root, val_fraction=float(val_fraction), seed=seed)
-    except DataError as exc:
-        raise ExportError(f"{exc}; {hint}") from None
+    except DataError as exc:  # one that names the folder to pass (the dataset above or below) says it once
+        raise ExportError(f"{exc}, {no_data}" if " pass --data " in str(exc) else f"{exc}; {hint}") from None
     if splits.class_names != class_names:
         raise ExportError(
             f"the dataset at {str(root)!r} has classes {_short(splits.class_names)}, "

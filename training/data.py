@@ -77,6 +77,11 @@ def find_split_dir(root: Path, name: str) -> Path:
     found = [root / n for n in (name, name.capitalize()) if (root / n).is_dir()]
     if not found:
         missing = f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder"
+        above = _dataset_above(root) if name == "train" else None
+        if (
+            above is not None
+        ):  # --data one level too low: a split (or a class) of the dataset, not the dataset
+            raise DataError(f"{missing}: it is a folder of the dataset {str(above)!r}; pass --data {above}")
         classes = _class_folders_in(root) if name == "train" else []
         if classes:  # the classes themselves: a dataset not split yet
             listed = ", ".join(classes[:3]) + (", …" if len(classes) > 3 else "")
@@ -107,6 +112,17 @@ def find_split_dir(root: Path, name: str) -> Path:
     return found[0]
 
 
+def _dataset_above(root: Path) -> Path | None:
+    """The dataset (a folder with train/ and test/) that ``root`` is a split folder of (train/, test/,
+    valid/…) or a class folder in one, or None."""
+    for split, dataset in ((root, root.parent), (root.parent, root.parent.parent)):
+        if split.name.lower() in ("train", "test", *_HELD_OUT) and all(
+            (dataset / n).is_dir() or (dataset / n.capitalize()).is_dir() for n in ("train", "test")
+        ):
+            return dataset
+    return None
+
+
 def _dataset_below(root: Path) -> Path | None:
     """A folder one or two levels under ``root`` that has a train/ (or Train/) folder, or None."""
     level = [root]
@@ -121,14 +137,13 @@ def _dataset_below(root: Path) -> Path | None:
     return None
 
 
+_HELD_OUT = ("val", "valid", "validation")
+
+
 def _held_out_folders(root: Path) -> list[Path]:
     """A download's own validation split beside train/ (val/, valid/, validation/): not read."""
     with contextlib.suppress(OSError):
-        return [
-            p
-            for p in sorted(root.iterdir())
-            if p.name.lower() in ("val", "valid", "validation") and p.is_dir()
-        ]
+        return [p for p in sorted(root.iterdir()) if p.name.lower() in _HELD_OUT and p.is_dir()]
     return []
 
 

@@ -549,6 +549,20 @@ def test_the_dataset_must_have_the_checkpoints_classes_in_the_same_order(dataset
             _splits({**info, "class_names": names}, None, [])
 
 
+@pytest.mark.parametrize("inside", ["train", "test"])
+def test_data_inside_the_dataset_names_the_dataset_once(dataset: Path, inside: str) -> None:
+    """skin-export --data SkinDisease/train: one folder to pass, then the way without a dataset."""
+    from export.bundle import _splits
+
+    info = {"config": {}, "class_names": CLASSES, "data_fingerprint": ""}
+    with pytest.raises(ExportError) as caught:
+        _splits(info, dataset / inside, [])
+    said = str(caught.value)
+    assert (
+        said.count("pass --data") == 1 and f"pass --data {dataset}, or --no-data to export without it" in said
+    )
+
+
 def _trained_on(root: Path) -> dict[str, Any]:
     """What _splits reads of a checkpoint trained on ``root`` as it is now (its fingerprints included)."""
     from tests.export.conftest import VAL_FRACTION

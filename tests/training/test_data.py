@@ -195,6 +195,28 @@ def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, mess
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("spelling", "inside"),
+    [
+        pytest.param("train", "train", id="its-train-folder"),
+        pytest.param("train", "test", id="its-test-folder"),
+        pytest.param("Train", "Train", id="its-Train-folder"),
+        pytest.param("train", "train/Acne", id="a-class-folder"),
+    ],
+)
+def test_data_inside_the_dataset_names_the_dataset(
+    tmp_path: Path, dataset: Path, spelling: str, inside: str
+) -> None:
+    """--data SkinDisease/train: its class folders are no dataset to split; the folder above is one."""
+    root = tmp_path / "SkinDisease"
+    shutil.copytree(dataset, root)
+    (root / "train").rename(root / spelling)
+    with pytest.raises(DataError) as info:
+        load_splits(root / inside)
+    said = f"{str(root / inside)!r} has no train/ (or Train/) folder: it is a folder of the dataset"
+    assert str(info.value) == f"{said} {str(root)!r}; pass --data {root}"
+
+
 def test_a_class_folder_that_cannot_be_read_says_so(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
