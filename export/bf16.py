@@ -47,10 +47,9 @@ def measure(
     try:
         return _measure(fp32, test, flags, (size, resize, resize_filter), log)
     except Exception as exc:  # an optional check: it never costs the export
-        return {
-            "measured": False,
-            "reason": f"the bf16 check failed: {str(exc).strip()[:200] or type(exc).__name__}",
-        }
+        from runtime.engine import first_line  # OpenVINO's errors run to many lines: report.json keeps one
+
+        return {"measured": False, "reason": f"the bf16 check failed: {first_line(exc)}"}
 
 
 def _measure(
@@ -60,14 +59,14 @@ def _measure(
     view: tuple[tuple[int, int], str, str],
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    from runtime.engine import available_cpus, openvino_session
+    from runtime.engine import available_cpus, first_line, openvino_session
 
     threads = available_cpus()
     s32 = infer.session(fp32, threads=threads)
     try:
         s16 = openvino_session(fp32, threads=threads, precision="bf16")
     except bundle.BundleError as exc:
-        return {"measured": False, "reason": str(exc)}
+        return {"measured": False, "reason": first_line(exc)}
     log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
     size, resize, resize_filter = view
     fetch = heatmap.outputs(s32)

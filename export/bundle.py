@@ -383,6 +383,8 @@ def _build(
                 log=say,
                 **view,
             )
+        if not bf16_entry["measured"]:
+            say(f"bf16: not measured: {bf16_entry['reason']}")
 
     # No onnxruntime-optimized copy: the simplified graph is already folded (BN in Conv, constants), and
     # loading a saved basic-level copy of B3 measured no faster than this file (both ~150-300 ms here).

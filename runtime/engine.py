@@ -112,7 +112,10 @@ def session_options(
 
 
 def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    """The first line that says something: OpenVINO's errors open with lines naming its own source files."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    said = [line for line in lines if not (line.startswith("Exception from ") and line.endswith(":"))]
+    return (said or lines or [type(exc).__name__])[0][:300]
 
 
 @dataclass

@@ -185,6 +185,64 @@ def test_a_failing_bf16_check_never_costs_the_export(
     assert entry == {"measured": False, "reason": "the bf16 check failed: openvino exploded"}
 
 
+OPENVINO_ERROR = (  # as OpenVINO words a model it cannot read: its source files first, the cause last
+    "Exception from src/inference/src/cpp/core.cpp:105:\n"
+    "Exception from src/inference/src/model_reader.cpp:188:\n"
+    "Unable to read the model.\n\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        pytest.param(
+            "compile",
+            "OpenVINO could not compile the model: Unable to read the model.",
+            marks=needs_openvino,
+            id="compiling",
+        ),
+        pytest.param("run", "the bf16 check failed: Unable to read the model.", id="running"),
+    ],
+)
+def test_a_bf16_check_failing_in_many_lines_records_its_cause_in_one(
+    exported: dict[str, Any], dataset: Path, monkeypatch: pytest.MonkeyPatch, where: str, reason: str
+) -> None:
+    import importlib.util
+
+    import runtime.bf16
+    import runtime.engine
+    import runtime.openvino_session
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(OPENVINO_ERROR)
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == bf16.PACKAGE else real(name, *a)
+    )
+    monkeypatch.setattr(runtime.bf16, "cpu_has_bf16", lambda: True)
+    if where == "compile":
+        monkeypatch.setattr(runtime.openvino_session, "OpenVINOSession", broken)
+    else:
+        monkeypatch.setattr(runtime.engine, "openvino_session", broken)
+    fp32 = (exported["out"] / bundle.MODEL_FILE).read_bytes()
+    view = {"size": (TINY_SIZE, TINY_SIZE), "resize": "stretch", "resize_filter": "bilinear"}
+    entry = bf16.measure(fp32, test=sorted(dataset.glob("test/*/*")), flags=None, **view)  # type: ignore[arg-type]
+    assert entry == {"measured": False, "reason": reason}
+
+
+def test_bf16_not_measured_says_why_in_the_exports_output(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As int8 says its decision: the reason was in report.json alone."""
+    why = "this CPU lacks AVX-512 BF16 and AMX: OpenVINO would not run bf16"
+    monkeypatch.setattr(bf16, "measure", lambda *args, **kwargs: {"measured": False, "reason": why})
+    checkpoint = write_checkpoint(tmp_path / "run" / "best.pt", data=dataset)
+    messages: list[str] = []
+    export_bundle(checkpoint, tmp_path / "bundle", parity_images=1, int8="off", log=messages.append)
+    assert f"bf16: not measured: {why}" in messages
+
+
 @pytest.mark.parametrize(
     "moved", [pytest.param(False, id="same-heatmaps"), pytest.param(True, id="one-moved")]
 )

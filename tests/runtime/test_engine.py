@@ -209,3 +209,5 @@ def test_first_line_of_an_error() -> None:
     assert engine_module.first_line(ValueError("  one\ntwo\n")) == "one"
     assert engine_module.first_line(ValueError("")) == "ValueError"
     assert len(engine_module.first_line(ValueError("x" * 1000))) == 300
+    openvino = "Exception from src/cpp/core.cpp:105:\nException from src/a.cpp:9:\nUnable to read.\n"
+    assert engine_module.first_line(RuntimeError(openvino)) == "Unable to read."
