@@ -78,10 +78,13 @@ def find_split_dir(root: Path, name: str) -> Path:
     if not found:
         missing = f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder"
         above = _dataset_above(root) if name == "train" else None
-        if (
-            above is not None
-        ):  # --data one level too low: a split (or a class) of the dataset, not the dataset
+        if above is not None:  # --data one level too low: a split (or a class) of the dataset
             raise DataError(f"{missing}: it is a folder of the dataset {str(above)!r}; pass --data {above}")
+        if name == "train" and root.name.lower() == "train":  # the same, before test/ was made beside it
+            raise DataError(
+                f"{missing}: it is a train/ folder itself; pass --data {root.parent}, with a test/ folder "
+                "beside it"
+            )
         classes = _class_folders_in(root) if name == "train" else []
         if classes:  # the classes themselves: a dataset not split yet
             listed = ", ".join(classes[:3]) + (", …" if len(classes) > 3 else "")

@@ -217,6 +217,20 @@ def test_data_inside_the_dataset_names_the_dataset(
     assert str(info.value) == f"{said} {str(root)!r}; pass --data {root}"
 
 
+@pytest.mark.parametrize("spelling", ["train", "Train"])
+def test_data_a_train_folder_without_test_beside_it_names_its_parent(
+    tmp_path: Path, dataset: Path, spelling: str
+) -> None:
+    """Its class folders read as a dataset not split yet, and "move them into train/" nested it deeper."""
+    root = tmp_path / "SkinDisease"
+    root.mkdir()
+    shutil.copytree(dataset / "train", root / spelling)
+    with pytest.raises(DataError) as info:
+        load_splits(root / spelling)
+    said = f"{str(root / spelling)!r} has no train/ (or Train/) folder: it is a train/ folder itself"
+    assert str(info.value) == f"{said}; pass --data {root}, with a test/ folder beside it"
+
+
 def test_a_class_folder_that_cannot_be_read_says_so(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
