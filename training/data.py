@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -79,11 +80,12 @@ def find_split_dir(root: Path, name: str) -> Path:
         missing = f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder"
         above = _dataset_above(root) if name == "train" else None
         if above is not None:  # --data one level too low: a split (or a class) of the dataset
-            raise DataError(f"{missing}: it is a folder of the dataset {str(above)!r}; pass --data {above}")
+            dataset = f"it is a folder of the dataset {str(above)!r}"
+            raise DataError(f"{missing}: {dataset}; pass --data {_arg(above)}")
         if name == "train" and root.name.lower() == "train":  # the same, before test/ was made beside it
             raise DataError(
-                f"{missing}: it is a train/ folder itself; pass --data {root.parent}, with a test/ folder "
-                "beside it"
+                f"{missing}: it is a train/ folder itself; pass --data {_arg(root.parent)}, with a test/ "
+                "folder beside it"
             )
         classes = _class_folders_in(root) if name == "train" else []
         if classes:  # the classes themselves: a dataset not split yet
@@ -94,7 +96,7 @@ def find_split_dir(root: Path, name: str) -> Path:
             )
         below = _dataset_below(root) if name == "train" else None
         if below is not None:  # --data one level too high (a download's folder around the dataset)
-            raise DataError(f"{missing}; {str(below)!r} has one: pass --data {below}")
+            raise DataError(f"{missing}; {str(below)!r} has one: pass --data {_arg(below)}")
         if name == "test":
             held = [p.name for p in _held_out_folders(root)]
             instead = f" (or rename {held[0]}/ to test/)" if held else ""
@@ -113,6 +115,11 @@ def find_split_dir(root: Path, name: str) -> Path:
                 f"folders in it up one level, into {found[0]}"
             )
     return found[0]
+
+
+def _arg(path: Path) -> str:
+    """``path`` as typed after a flag: a folder named with spaces is pasted into a shell as it is said."""
+    return shlex.quote(str(path))
 
 
 def _dataset_above(root: Path) -> Path | None:

@@ -222,13 +222,13 @@ def test_data_a_train_folder_without_test_beside_it_names_its_parent(
     tmp_path: Path, dataset: Path, spelling: str
 ) -> None:
     """Its class folders read as a dataset not split yet, and "move them into train/" nested it deeper."""
-    root = tmp_path / "SkinDisease"
+    root = tmp_path / "Skin Disease"  # a name with a space: the flag is given as a shell takes it
     root.mkdir()
     shutil.copytree(dataset / "train", root / spelling)
     with pytest.raises(DataError) as info:
         load_splits(root / spelling)
     said = f"{str(root / spelling)!r} has no train/ (or Train/) folder: it is a train/ folder itself"
-    assert str(info.value) == f"{said}; pass --data {root}, with a test/ folder beside it"
+    assert str(info.value) == f"{said}; pass --data '{root}', with a test/ folder beside it"
 
 
 def test_a_class_folder_that_cannot_be_read_says_so(
