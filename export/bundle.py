@@ -368,7 +368,7 @@ def _build(
                         f"its confidence / in-distribution flags agree with fp32 on only {worst:.4f} of the "
                         f"test and foreign images (needs {quantize.MIN_AGREEMENT})"
                     )
-            say(f"int8: {int8_entry['decision']} ({int8_entry['reason']})")
+        say(f"int8: {int8_entry['decision']} ({int8_entry['reason']})")  # skipped too, as bf16 says its why
 
         if splits is None:
             bf16_entry: dict[str, Any] = {"measured": False, "reason": "no dataset to compare on"}

@@ -241,6 +241,7 @@ def test_bf16_not_measured_says_why_in_the_exports_output(
     messages: list[str] = []
     export_bundle(checkpoint, tmp_path / "bundle", parity_images=1, int8="off", log=messages.append)
     assert f"bf16: not measured: {why}" in messages
+    assert "int8: skipped (int8 off)" in messages  # said only when it was tried
 
 
 @pytest.mark.parametrize(
