@@ -176,7 +176,7 @@ async def read_files(request: Request, field: str, *, max_files: int) -> list[Pa
         form = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):  # the parser's own bound (max_files + 4) came first
-            raise _too_many(field, max_files) from None
+            raise _too_many(field, max_files, in_all=max_files + 4) from None
         raise ApiError(
             400, "bad_multipart", f"the multipart body could not be parsed: {exc.message}"
         ) from None
@@ -241,10 +241,12 @@ def _text_in(field: str) -> ApiError:
     return ApiError(400, "missing_file", message)
 
 
-def _too_many(field: str, max_files: int) -> ApiError:
+def _too_many(field: str, max_files: int, in_all: int | None = None) -> ApiError:
+    """``in_all``: the parser's bound on the files of every field came first, maybe with one in ``field``."""
+    counted = f" (the body holds more than {in_all} files in all its fields)" if in_all else ""
     if max_files == 1:
-        return ApiError(400, "too_many_files", f"send one file in '{field}'")
-    return ApiError(413, "too_many_files", f"send at most {max_files} files at once")
+        return ApiError(400, "too_many_files", f"send one file in '{field}'{counted}")
+    return ApiError(413, "too_many_files", f"send at most {max_files} files at once{counted}")
 
 
 def _safe_name(name: str | None) -> str:

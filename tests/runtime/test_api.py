@@ -319,6 +319,16 @@ def test_too_many_files_is_one_answer_whatever_the_count(
     _error(client.post(path, files=files), status, "too_many_files")
 
 
+def test_files_in_other_fields_past_the_parsers_bound_are_said_as_such(client: TestClient) -> None:
+    # One file in 'file' and five in another field: it was told "send one file in 'file'", which it did.
+    files = [("file", ("x.jpg", solid(), "image/jpeg"))]
+    files += [("other", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(5)]
+    response = client.post("/api/predict", files=files)
+    _error(response, 400, "too_many_files")
+    said = "send one file in 'file' (the body holds more than 5 files in all its fields)"
+    assert response.json()["error"]["message"] == said
+
+
 def test_multipart_media_type_is_case_insensitive(client: TestClient) -> None:
     body = (
         b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n'
