@@ -358,4 +358,18 @@ def _unidentified(fp: io.BytesIO | str | Path, allowed_formats: tuple[str, ...])
         allowed = ", ".join(allowed_formats)
         return ImageError("unsupported_format", f"{fmt} images are not accepted; send one of {allowed}", 415)
     except Exception:
-        return ImageError("not_an_image", "the file is not a recognised image")
+        pass
+    head = fp.getvalue()[:12] if isinstance(fp, io.BytesIO) else b""
+    for fmt, starts in SIGNATURES.items():  # an image of ours whose header is damaged (a PNG's failed CRC)
+        if fmt.upper() in allowed_formats and starts(head):
+            return ImageError("corrupt_image", f"the {fmt} image's header could not be read")
+    return ImageError("not_an_image", "the file is not a recognised image")
+
+
+# The first bytes of the formats taken: a file that opens with one and still cannot be identified is that
+# format, damaged, not "not an image".
+SIGNATURES = {
+    "JPEG": lambda head: head.startswith(b"\xff\xd8\xff"),
+    "PNG": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
+    "WebP": lambda head: head.startswith(b"RIFF") and head[8:12] == b"WEBP",
+}

@@ -62,7 +62,7 @@ def test_animated_images_use_their_first_frame(client: TestClient, fmt: str) -> 
         pytest.param(encode(Image.new("RGB", (8, 8)), "TIFF"), 415, "unsupported_format", id="tiff"),
         pytest.param(encode(Image.new("RGB", (8, 8)), "GIF"), 415, "unsupported_format", id="gif"),
         pytest.param(b"%PDF-1.4\n" + b"0" * 100, 400, "not_an_image", id="pdf"),
-        pytest.param(b"\xff\xd8\xff" + b"\x00" * 50, 400, "not_an_image", id="jpeg-magic-only"),
+        pytest.param(b"\xff\xd8\xff" + b"\x00" * 50, 400, "corrupt_image", id="jpeg-magic-only"),
     ],
 )
 def test_refused_formats_are_clean_4xx(client: TestClient, data: bytes, status: int, code: str) -> None:

@@ -171,6 +171,36 @@ def test_an_exif_block_of_many_tags_is_not_parsed_whole_and_still_turns(
     assert out.size == (80, 120)  # turned: the arrow image is 120 x 80 as stored
 
 
+def _png_with_a_bad_header_crc() -> bytes:
+    data = bytearray(encode(Image.new("RGB", (8, 8), (200, 20, 20)), "PNG"))
+    data[29] ^= 0xFF  # IHDR's CRC: after the 8-byte signature, its length, type and 13 bytes
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        pytest.param(_png_with_a_bad_header_crc(), "PNG", id="png-bad-crc"),
+        pytest.param(b"\xff\xd8\xff" + b"junk" * 10, "JPEG", id="jpeg-junk-after-start"),
+        pytest.param(b"RIFF\x10\x00\x00\x00WEBP" + b"junk" * 3, "WebP", id="webp-junk-after-start"),
+    ],
+)
+def test_an_image_with_a_damaged_header_is_corrupt_not_not_an_image(data: bytes, said: str) -> None:
+    # It was "the file is not a recognised image", for a file that is plainly a PNG (or JPEG, WebP).
+    with pytest.raises(ImageError) as info:
+        decode_rgb(data)
+    assert (info.value.code, str(info.value)) == (
+        "corrupt_image",
+        f"the {said} image's header could not be read",
+    )
+
+
+def test_junk_is_still_not_an_image() -> None:
+    with pytest.raises(ImageError) as info:
+        decode_rgb(b"junk" * 10)
+    assert info.value.code == "not_an_image"
+
+
 def test_phone_photo_rotation_reaches_model_input() -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise to display
