@@ -363,6 +363,12 @@ def _unidentified(fp: io.BytesIO | str | Path, allowed_formats: tuple[str, ...])
     for fmt, starts in SIGNATURES.items():  # an image of ours whose header is damaged (a PNG's failed CRC)
         if fmt.upper() in allowed_formats and starts(head):
             return ImageError("corrupt_image", f"the {fmt} image's header could not be read")
+    # Pillow cannot open an iPhone's own photos (HEIC) or AVIF at all: said as formats not taken, as GIF is.
+    if head[4:8] == b"ftyp" and (brand := HEIF_BRANDS.get(head[8:12])):
+        allowed = ", ".join(allowed_formats)
+        return ImageError(
+            "unsupported_format", f"{brand} images are not accepted; send one of {allowed}", 415
+        )
     return ImageError("not_an_image", "the file is not a recognised image")
 
 
@@ -372,4 +378,9 @@ SIGNATURES = {
     "JPEG": lambda head: head.startswith(b"\xff\xd8\xff"),
     "PNG": lambda head: head.startswith(b"\x89PNG\r\n\x1a\n"),
     "WebP": lambda head: head.startswith(b"RIFF") and head[8:12] == b"WEBP",
+}
+# An ISO media file's major brand (bytes 8-12, after "ftyp"): the still-image ones phones and browsers save.
+HEIF_BRANDS = {
+    **dict.fromkeys((b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"), "HEIC"),
+    **dict.fromkeys((b"avif", b"avis"), "AVIF"),
 }

@@ -49,9 +49,14 @@ def test_animated_images_use_their_first_frame(client: TestClient, fmt: str) -> 
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
+        # An iPhone's photo: "not a recognised image" read as if the file were broken, not its format refused.
         pytest.param(
-            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64, 400, "not_an_image", id="heic"
+            b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\0" * 64,
+            415,
+            "unsupported_format",
+            id="heic",
         ),
+        pytest.param(b"\x00\x00\x00\x1cftypavif" + b"\0" * 64, 415, "unsupported_format", id="avif"),
         pytest.param(
             b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg"></svg>',
             400,

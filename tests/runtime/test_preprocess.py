@@ -195,6 +195,14 @@ def test_an_image_with_a_damaged_header_is_corrupt_not_not_an_image(data: bytes,
     )
 
 
+@pytest.mark.parametrize(("brand", "said"), [(b"heic", "HEIC"), (b"mif1", "HEIC"), (b"avif", "AVIF")])
+def test_an_iphone_photo_is_named_as_a_format_not_taken(brand: bytes, said: str) -> None:
+    with pytest.raises(ImageError) as info:
+        decode_rgb(b"\x00\x00\x00\x18ftyp" + brand + b"\x00" * 64)
+    assert (info.value.code, info.value.status) == ("unsupported_format", 415)
+    assert str(info.value) == f"{said} images are not accepted; send one of JPEG, PNG, WEBP"
+
+
 def test_junk_is_still_not_an_image() -> None:
     with pytest.raises(ImageError) as info:
         decode_rgb(b"junk" * 10)
