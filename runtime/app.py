@@ -193,6 +193,7 @@ async def openapi_json(request: Request) -> JSONResponse:
             num_classes=state.engine.meta.num_classes,
             max_files=state.settings.max_batch_files,
             formats=state.settings.allowed_formats,
+            page=any(isinstance(route, Mount) for route in request.app.routes),
         )
     )
 

@@ -143,6 +143,7 @@ def spec(
     num_classes: int | None = None,
     max_files: int = 16,
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP"),
+    page: bool = True,
 ) -> dict[str, Any]:
     # What either upload route can answer besides 200; a batch reports a bad file's format in its own entry.
     common = {str(code): _ERROR for code in (400, 408, 413, 422, 500)}
@@ -158,7 +159,7 @@ def spec(
         "description": "how many classes to list in `top`"
         + (f"; more than the {num_classes} classes lists them all" if num_classes else ""),
     }
-    return {
+    described: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "Skin-lesion classifier",
@@ -305,3 +306,23 @@ def spec(
             },
         },
     }
+    if page:  # only where the page is served: without its folder, / is a 404
+        described["paths"]["/"] = {
+            "get": {
+                "summary": "The web page (its app.js, style.css and favicon.svg are served beside it)",
+                "responses": {
+                    "200": {
+                        "description": "The page",
+                        "headers": _REQUEST_ID,
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "206": {"description": "The byte range asked for (Range)", "headers": _REQUEST_ID},
+                    "304": {
+                        "description": "Unchanged since its ETag (If-None-Match)",
+                        "headers": _REQUEST_ID,
+                    },
+                    "default": {**_OTHER, "description": "Any other error: 416 range_not_satisfiable, ..."},
+                },
+            }
+        }
+    return described
