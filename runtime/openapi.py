@@ -248,6 +248,16 @@ def spec(
             },
         },
         "components": {
+            "parameters": {
+                "RequestId": {
+                    "name": "X-Request-ID",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": "your own id for this request, given back in the answer's X-Request-ID "
+                    "and kept in the logs if printable ASCII of at most 64 characters (else a new one)",
+                }
+            },
             "headers": {
                 "RequestId": {
                     "schema": {"type": "string", "maxLength": 64},
@@ -325,4 +335,10 @@ def spec(
                 },
             }
         }
+    # Every route reads a client's own X-Request-ID (the CORS setup allows it): each one takes it.
+    for operation in (op for item in described["paths"].values() for op in item.values()):
+        operation["parameters"] = [
+            *operation.get("parameters", []),
+            {"$ref": "#/components/parameters/RequestId"},
+        ]
     return described

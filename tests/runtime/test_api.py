@@ -630,6 +630,17 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
     assert client.get("/").headers["content-type"].startswith("text/html")
 
 
+def test_openapi_describes_the_request_id_a_client_may_send(client: TestClient) -> None:
+    # The answer's X-Request-ID was described, not the client's own one it echoes: no operation took it.
+    spec = client.get("/api/openapi.json").json()
+    param = spec["components"]["parameters"]["RequestId"]
+    assert (param["name"], param["in"], param["required"]) == ("X-Request-ID", "header", False)
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            assert {"$ref": "#/components/parameters/RequestId"} in operation["parameters"], (path, method)
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-1"}).headers["x-request-id"] == "abc-1"
+
+
 def test_openapi_leaves_out_the_page_where_none_is_served(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
