@@ -232,12 +232,17 @@ def scan_split(
     return classes
 
 
+def _nested(a: Path, b: Path) -> bool:
+    """One folder is the other or holds it: a link there would read the same images twice."""
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def _check_class_link(link: Path, splits: Sequence[Path]) -> None:
     """A class folder that is a link elsewhere is read, but not one into train/ or test/ or above them: the
     same images would count twice (test/Moles -> ../train/Moles: test images the model trained on)."""
     target = link.resolve()
     for split in splits:
-        if target.is_relative_to(split.resolve()) or split.resolve().is_relative_to(target):
+        if _nested(target, split.resolve()):
             raise DataError(
                 f"class folder {str(link)!r} is a link to {str(target)!r}, in or above the dataset's "
                 f"{split.name}/: its images would be read twice (as training and test images, or under two "
@@ -251,7 +256,7 @@ def _check_one_folder_each(class_dirs: list[Path]) -> None:
     real = [d.resolve() for d in class_dirs]
     for i, a in enumerate(real):
         for j in range(i + 1, len(real)):
-            if a.is_relative_to(real[j]) or real[j].is_relative_to(a):
+            if _nested(a, real[j]):
                 both = f"{str(class_dirs[i])!r} and {str(class_dirs[j])!r}"
                 outer = a if real[j].is_relative_to(a) else real[j]
                 raise DataError(
@@ -284,7 +289,7 @@ def _images(class_dir: Path, keep_out: Sequence[Path], seen: dict[tuple[int, int
             if entry.is_dir():
                 if entry.is_symlink():
                     target = path.resolve()
-                    if any(target.is_relative_to(b) or b.is_relative_to(target) for b in bounds + taken):
+                    if any(_nested(target, b) for b in bounds + taken):
                         why = (
                             "into the dataset's train/ or test/ (or above them), or to a folder read already"
                         )
