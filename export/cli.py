@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from export.errors import ExportError, missing_module
+    from export.errors import ExportError
+    from training.extras import missing_module
 
     def say(message: str) -> None:
         if not args.quiet:

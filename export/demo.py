@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skin-demo: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:  # skin-demo where only the runtime extra is installed
-        from export.errors import missing_module
+        from training.extras import missing_module
 
         if (line := missing_module(exc)) is None:
             raise

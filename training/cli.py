@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {line}", file=sys.stderr)
         return status
     except ModuleNotFoundError as exc:  # where only the runtime extra is installed (the serving image)
-        from export.errors import missing_module  # standard library only: no torch in it
+        from training.extras import missing_module  # standard library only: no torch in it
 
         if (install := missing_module(exc)) is None:
             raise

@@ -453,6 +453,27 @@ def test_without_the_train_extra_it_says_what_to_install(tmp_path: Path) -> None
     assert not (tmp_path / "run").exists()
 
 
+def test_every_module_training_and_export_import_gets_the_install_line() -> None:
+    """A module imported by name but missing from NEEDED would be a traceback in the serving image."""
+    import ast
+
+    from training.extras import NEEDED
+
+    optional = {"mlflow"}  # --mlflow says itself what to install
+    ours = {"runtime", "training", "export", "benchmarks", "__future__"}
+    root = Path(__file__).resolve().parents[2]
+    imported = set()
+    for path in [*root.joinpath("training").glob("*.py"), *root.joinpath("export").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - ours - optional
+    assert third_party <= NEEDED, sorted(third_party - NEEDED)
+    assert {"torch", "timm", "onnx", "numpy"} <= third_party  # the walk found the imports at all
+
+
 def test_a_missing_module_of_its_own_is_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only the extras' modules get the install line: a broken import of ours stays a traceback."""
     import training.loop
