@@ -11,6 +11,7 @@ import errno
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -95,6 +96,13 @@ def export_bundle(
             raise ExportError(f"{label} must be above 0 and at most 1, not {value}")
     if out.exists() and not out.is_dir():  # first: --overwrite would not replace it either
         raise ExportError(f"{str(out)!r} exists and is not a folder; pick another --out for the bundle")
+    if out.is_dir() and not out.is_symlink() and os.path.ismount(out):  # a volume: `docker run -v DIR:/out`
+        # The bundle is renamed into place, and a mount point cannot be renamed or replaced (EBUSY): the
+        # export would fail at its very end.
+        raise ExportError(
+            f"{str(out)!r} is a mount point, which the finished bundle cannot be renamed onto; pass a folder "
+            f"inside it (--out {shlex.quote(str(out / 'bundle'))}) or mount the folder above it"
+        )
     if out.exists() and not overwrite:
         raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
     if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:

@@ -538,6 +538,21 @@ def test_an_out_that_is_a_file_is_refused_as_one_whatever_overwrite_says(
     assert (tmp_path / "model.onnx").read_text() == "x"
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_out_that_is_a_mount_point_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """`docker run -v "$PWD/b3:/bundle" … --out /bundle`: the finished bundle could not be renamed onto it
+    (EBUSY), so the export would fail at its end."""
+    out = tmp_path / "bundle"
+    out.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out or real(p))
+    with pytest.raises(ExportError, match=r"is a mount point, .* \(--out .*/bundle/bundle\) or mount"):
+        export_bundle(tmp_path / "missing.pt", out, overwrite=overwrite)  # before the checkpoint is read
+    assert list(out.iterdir()) == []
+
+
 def test_an_out_under_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ExportError, match="afile' is a file: the bundle folder .* cannot be made under it"):
