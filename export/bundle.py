@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import json
 import os
-import shlex
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -25,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from export import place
 from export.errors import ExportError
 from runtime import bundle as contract
 
@@ -94,23 +91,7 @@ def export_bundle(
     for label, value in (("target precision", target_precision), ("ood acceptance", ood_acceptance)):
         if not 0.0 < value <= 1.0:
             raise ExportError(f"{label} must be above 0 and at most 1, not {value}")
-    if out.exists() and not out.is_dir():  # first: --overwrite would not replace it either
-        raise ExportError(f"{str(out)!r} exists and is not a folder; pick another --out for the bundle")
-    if out.is_dir() and not out.is_symlink() and os.path.ismount(out):  # a volume: `docker run -v DIR:/out`
-        # The bundle is renamed into place, and a mount point cannot be renamed or replaced (EBUSY): the
-        # export would fail at its very end.
-        raise ExportError(
-            f"{str(out)!r} is a mount point, which the finished bundle cannot be renamed onto; pass a folder "
-            f"inside it (--out {shlex.quote(str(out / 'bundle'))}) or mount the folder above it"
-        )
-    if out.exists() and not overwrite:
-        raise ExportError(f"{str(out)!r} already exists; pass --overwrite to replace it")
-    if files := [str(p) for p in out.parents if p.exists() and not p.is_dir()]:
-        raise ExportError(f"{files[0]!r} is a file: the bundle folder {str(out)!r} cannot be made under it")
-    if contract.LONE_SURROGATE.search(str(out.absolute())):  # bytes that are not UTF-8
-        raise ExportError(f"{str(out)!r} is not a UTF-8 path, which onnxruntime cannot open; rename it")
-    if out.exists():
-        check_replaceable(out, Path(checkpoint))
+    place.check_out(out, overwrite=overwrite, checkpoint=Path(checkpoint))
     if no_data and data is not None:
         raise ExportError("pass either a dataset or --no-data, not both")
     from export.onnx import check_opset
@@ -129,23 +110,9 @@ def export_bundle(
         )
     for note in notes:
         say(f"note: {note}")
-    for left in _left_behind(out):  # hidden, so never found otherwise; never removed: it may be running
+    for left in place.left_behind(out):  # hidden, so never found otherwise; never removed: it may be running
         say(f"note: {left} is left from an export to {out} that was killed (or is one still running)")
-    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # deepest first
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        except OSError as exc:  # named by the folder asked for, not the hidden one that could not be made
-            raise OSError(exc.errno, exc.strerror or str(exc), str(out.parent)) from None
-    except BaseException:
-        _remove_folders(made)
-        raise
-    # mkdtemp makes 0700 folders: a bundle must be readable like any folder this user creates (the serving
-    # image runs as another user and mounts it read-only).
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging, made = place.make_staging(out)
     try:
         _build(
             staging,
@@ -161,7 +128,7 @@ def export_bundle(
             ood_acceptance=ood_acceptance,
             say=say,
         )
-        _sync(staging)
+        place.sync(staging)
         verify(staging)
         if out.exists() or out.is_symlink():  # again: made while the bundle was built (another export to it?)
             if not overwrite:
@@ -169,13 +136,13 @@ def export_bundle(
                     f"{str(out)!r} appeared while the bundle was being built (another export to it?); "
                     "pass --overwrite to replace it"
                 )
-            check_replaceable(out, Path(checkpoint))
-        _move_into_place(staging, out)
+            place.check_replaceable(out, Path(checkpoint))
+        place.move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        _remove_folders(made)
+        place.remove_folders(made)
         raise
-    _sync_folder(out.parent)  # the rename on disk too
+    place.sync_folder(out.parent)  # the rename on disk too
     say(f"wrote bundle {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
     return out
 
@@ -191,20 +158,6 @@ def _scratch_full(scratch: str) -> Iterator[None]:
             raise
         where = "in the scratch folder (TMPDIR picks another)"
         raise OSError(exc.errno, f"{exc.strerror or exc} {where}", str(Path(scratch).parent)) from None
-
-
-def _left_behind(out: Path) -> list[Path]:
-    """Staging folders of exports killed outright (SIGKILL, the OOM killer), and the old bundle of one killed
-    between its two renames."""
-    name = glob.escape(out.name)
-    return sorted({*out.parent.glob(f".{name}.partial-*"), *out.parent.glob(f".{name}.old-*")})
-
-
-def _remove_folders(made: list[Path]) -> None:
-    """The folders made for out, deepest first: a failed export leaves nothing behind."""
-    for folder in made:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
 
 
 def _build(
@@ -935,83 +888,6 @@ def _valid_text(value: Any) -> Any:
     if isinstance(value, list):
         return [_valid_text(v) for v in value]
     return value
-
-
-def check_replaceable(out: Path, checkpoint: Path) -> None:
-    """What --overwrite may replace: a folder holding a bundle and nothing else (never a run, never other
-    files)."""
-    from export.uncertainty import PLOT_FILE
-
-    bundle_files = {contract.MODEL_FILE, contract.INT8_MODEL_FILE, contract.REPORT_FILE, PLOT_FILE}
-    if out.is_symlink():  # replacing it would replace the link, not the bundle it names
-        raise ExportError(
-            f"{str(out)!r} is a symbolic link; pass the folder it points to ({str(out.resolve())!r})"
-        )
-    if checkpoint.resolve().is_relative_to(out.resolve()):
-        raise ExportError(f"{str(out)!r} holds the checkpoint being exported; write the bundle elsewhere")
-    others = sorted(p.name for p in out.iterdir() if p.name not in bundle_files or not p.is_file())
-    if others:
-        raise ExportError(
-            f"{str(out)!r} is not a bundle folder (it holds {others[0]!r}); --overwrite replaces only bundles"
-        )
-
-
-def _sync(folder: Path) -> None:
-    """Every file of ``folder`` on disk, then the folder: renamed into place unsynced, a crash soon after
-    could leave empty files under the bundle's names (and NFS or a quota may report a full disk only here)."""
-    for path in sorted(folder.iterdir()):
-        try:
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
-    _sync_folder(folder)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Its names on disk, where the file system can: some (SMB, FUSE mounts) refuse to fsync a folder."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    # Ctrl-C or SIGTERM between the two renames would leave no bundle at out: one that comes meanwhile lets
-    # them finish, and the export ends written (it was, by then).
-    with _signals_deferred():
-        _rename_into_place(staging, out)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM do nothing while the block runs (handlers are the main thread's to change; a signal
-    mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    earlier = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in earlier.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-
-def _rename_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = staging.with_name(staging.name.replace(".partial-", ".old-"))
-    out.rename(old)
-    try:
-        staging.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _jsonable(value: Any) -> Any:

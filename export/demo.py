@@ -223,8 +223,8 @@ def _check_options(options: dict[str, Any], *, train_per_class: int, test_per_cl
 def _check_folders(bundle_dir: Path, work_dir: Path) -> None:
     """Folders the demo can write, and will not take from anyone: it deletes work_dir/data and trains over
     work_dir/run only when it made them (they hold MARKER) or they are empty."""
-    from export.bundle import check_replaceable
     from export.errors import ExportError
+    from export.place import check_replaceable
 
     # Export builds the bundle beside it and renames it into place: the bundle's parent must take new entries.
     for flag, folder, writes_in in (

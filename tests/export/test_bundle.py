@@ -503,7 +503,7 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
     # threads (numpy's, torch's), so a signal mask would not hold it off; real signals are sent here.
     import signal
 
-    from export.bundle import _move_into_place
+    from export.place import move_into_place
 
     staging, out = tmp_path / ".b.partial-x", tmp_path / "b"
     staging.mkdir()
@@ -521,7 +521,7 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Path, "rename", rename)
-        _move_into_place(staging, out)
+        move_into_place(staging, out)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
     assert (out / bundle.MODEL_FILE).read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
