@@ -209,7 +209,8 @@ def markdown(floor: dict[str, Any], fp32_ms: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.images import pixels
-    from benchmarks.run import BenchError, OtherCpu, load1, run_cli, threads_or_cpus
+    from benchmarks.machine import OtherCpu, load1
+    from benchmarks.run import BenchError, run_cli, threads_or_cpus
     from runtime.cli import OneLineParser
     from runtime.engine import Engine
 

@@ -31,14 +31,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks import floor
+from benchmarks.machine import OtherCpu, load1, machine, wait_for_cpu, wait_until_quiet
 from benchmarks.run import (
     BenchError,
-    OtherCpu,
     check_out,
     describe_model,
     keep_stopped,
-    load1,
-    machine,
     model_files,
     quiet_machine_options,
     row,
@@ -46,8 +44,6 @@ from benchmarks.run import (
     stopped_heading,
     stopped_note,
     threads_or_cpus,
-    wait_for_cpu,
-    wait_until_quiet,
 )
 from benchmarks.words import count
 from runtime import bundle as contract

@@ -26,24 +26,19 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import MB, OtherCpu, Sampler, load1, machine, machine_line, wait_until_quiet
 from benchmarks.run import (
     LOCUSTFILE,
     MAX_USERS,
-    MB,
     ROOT,
     BenchError,
-    OtherCpu,
-    Sampler,
     because,
     check_out,
     environment_line,
     finite,
     free_port,
     keep_stopped,
-    load1,
     locust,
-    machine,
-    machine_line,
     ok_rps,
     read_stats,
     run_cli,
@@ -55,7 +50,6 @@ from benchmarks.run import (
     stopped_heading,
     stopped_note,
     wait_locust,
-    wait_until_quiet,
     warm,
     whole,
 )

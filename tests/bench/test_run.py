@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks import run
+from benchmarks import machine, run
 
 
 @pytest.mark.slow
@@ -193,11 +193,11 @@ def _load_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc: object) -> 
     )
 
 
-class Sampled(run.Sampler):
+class Sampled(machine.Sampler):
     """6 CPU seconds in 10 s, 100 MB."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
-        self.rss = [100 * run.MB]
+        self.rss = [100 * machine.MB]
 
     def __enter__(self) -> Sampled:
         return self
