@@ -39,7 +39,7 @@ class NotLoggedTwice(logging.Filter):
 
 def setup(level: str | int = "info") -> None:
     """JSON lines on stderr for the runtime's loggers and for Python warnings, and no second line from uvicorn
-    for an error the runtime logged (idempotent)."""
+    for a request or an error the runtime logged (idempotent)."""
     logger = logging.getLogger("runtime")
     logger.setLevel(level.upper() if isinstance(level, str) else level)
     # Library warnings as JSON lines too, not bare text on stderr.
@@ -55,6 +55,9 @@ def setup(level: str | int = "info") -> None:
             handler._skin_json = True  # type: ignore[attr-defined]
             target.addHandler(handler)
             target.propagate = False
+    # The runtime writes one JSON line per request: uvicorn's plain-text access line for the same request
+    # (plain `uvicorn runtime.app:app` without --no-access-log) would be a second, without the request id.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     server = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, NotLoggedTwice) for f in server.filters):
         server.addFilter(NotLoggedTwice())

@@ -72,6 +72,19 @@ def test_pillows_warnings_about_an_uploads_exif_tags_are_not_logged(monkeypatch:
     assert seen == []
 
 
+def test_plain_uvicorns_access_line_is_not_written_beside_the_runtimes() -> None:
+    # `uvicorn runtime.app:app` (README's WEB_CONCURRENCY command) sets its access logger to --log-level:
+    # every request was logged twice, once in plain text without the request id.
+    access = logging.getLogger("uvicorn.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        logs.setup("info")
+        assert not access.isEnabledFor(logging.INFO)
+    finally:
+        access.setLevel(level)
+
+
 def test_uvicorn_logs_json_without_its_own_access_log() -> None:
     config = logs.uvicorn_config("debug")
     loggers = config["loggers"]
