@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runtime import bundle, logs, openapi
 from runtime.engine import Engine, available_cpus
 from runtime.gather import Gatherer
-from runtime.metrics import Metrics
+from runtime.metrics import MULTIPROCESS_DIR, Metrics
 from runtime.page import PageFiles
 from runtime.preprocess import ImageError, preprocess
 from runtime.settings import DEFAULT_WEBUI, Settings
@@ -181,7 +181,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 async def prometheus(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 async def openapi_json(request: Request) -> JSONResponse:
@@ -587,10 +587,16 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         if not served.ready:  # skin-serve warms up before uvicorn starts, so that a failure is one line
             await run_in_threadpool(served.warmup)
         m = served.meta
-        metrics.model.info({"name": m.model_name, "version": m.model_version, "sha256": served.sha256})
+        metrics.model.labels(m.model_name, m.model_version, served.sha256).set(1)
         log.info("serving %s %s from %s", m.model_name, m.model_version, served.bundle_dir)
         if not webui.is_dir():
             log.warning("no web page at %s: serving the API only (set SKIN_WEBUI_DIR)", webui)
+        if cfg.workers > 1 and not MULTIPROCESS_DIR:
+            log.warning(
+                "WEB_CONCURRENCY=%d: /metrics answers for the one worker that takes the scrape; set "
+                "PROMETHEUS_MULTIPROC_DIR to an empty folder to add up every worker's",
+                cfg.workers,
+            )
         if cfg.openvino_auto:
             log.info("SKIN_OPENVINO=auto: serving %s", cfg.openvino_auto)
         if (warning := served.bf16_warning()) is not None:
@@ -601,6 +607,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         yield
         if app.state.gather is not None:
             await app.state.gather.close()
+        metrics.close()
 
     webui = Path(cfg.webui_dir)
     try:  # a page folder or one of its files that cannot be read: start-up stops

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from prometheus_client import (
     GC_COLLECTOR,
     PLATFORM_COLLECTOR,
@@ -10,18 +13,31 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    Info,
+    generate_latest,
+    multiprocess,
 )
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24)
+# Read once, as prometheus-client reads it when first imported: with it set, each value lives in a file there,
+# so a scrape answered by any uvicorn worker adds up all of them (one worker's counters alone went 3, 1, 2
+# between scrapes, which Prometheus reads as resets).
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
 class Metrics:
     def __init__(self) -> None:
+        if MULTIPROCESS_DIR and not Path(MULTIPROCESS_DIR).is_dir():
+            raise ValueError(f"PROMETHEUS_MULTIPROC_DIR {MULTIPROCESS_DIR!r} is not a folder")
         self.registry = CollectorRegistry()
         r = self.registry
         # The process's memory, CPU and open files (process_*), Python's version and GC: what sizing needs.
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        # Across workers they would be one worker's, whichever took the scrape: then only Python's version.
+        collectors = (
+            (PLATFORM_COLLECTOR,)
+            if MULTIPROCESS_DIR
+            else (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR)
+        )
+        for collector in collectors:
             r.register(collector)
         self.requests = Counter(
             "skin_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -41,7 +57,9 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("skin_in_flight_requests", "Requests being served now", registry=r)
+        self.in_flight = Gauge(
+            "skin_in_flight_requests", "Requests being served now", registry=r, multiprocess_mode="livesum"
+        )
         self.rejected = Counter(
             "skin_rejected",
             "Error answers (an error code in the body) by code, and each refused file of a batch's 200",
@@ -55,4 +73,25 @@ class Metrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16),
             registry=r,
         )
-        self.model = Info("skin_model", "The served model", registry=r)
+        # A gauge of 1, as prometheus-client writes an Info, which it cannot share between workers.
+        self.model = Gauge(
+            "skin_model_info",
+            "The served model",
+            ["name", "version", "sha256"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+
+    def exposition(self) -> bytes:
+        """The text a scrape gets: this process's metrics, or every worker's added up."""
+        if not MULTIPROCESS_DIR:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        registry.register(PLATFORM_COLLECTOR)
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """This worker's in-flight count leaves the sum when it stops (its counters stay in it)."""
+        if MULTIPROCESS_DIR:
+            multiprocess.mark_process_dead(os.getpid())

@@ -55,6 +55,7 @@ class Settings:
     openvino: str = "off"  # f32 / bf16: run the graph on OpenVINO's CPU plugin
     openvino_auto: str = ""  # with SKIN_OPENVINO=auto: what it chose and why (logged at start-up)
     providers: tuple[str, ...] = field(default_factory=lambda: ("CPUExecutionProvider",))
+    workers: int = 1  # WEB_CONCURRENCY: uvicorn worker processes serving this app (skin-serve: 1)
 
     @classmethod
     def from_env(
@@ -100,6 +101,7 @@ class Settings:
         return cls(
             bundle=bundle,
             threads=_threads(whole("SKIN_THREADS", 0, 0, MAX_THREADS), workers),
+            workers=workers,
             inference_concurrency=concurrency,
             gather=whole("SKIN_GATHER", 1, 1, MAX_BATCH),
             max_queue=whole("SKIN_MAX_QUEUE", 8, 0, MAX_WAITING),

@@ -235,13 +235,13 @@ def _readme_settings() -> dict[str, str]:
 
 
 def test_the_readme_lists_every_setting_the_code_reads() -> None:
-    tree = ast.parse((ROOT / "runtime" / "settings.py").read_text(encoding="utf-8"))
     read = {
         node.value
-        for node in ast.walk(tree)
+        for module in ("settings.py", "metrics.py")  # metrics.py: PROMETHEUS_MULTIPROC_DIR
+        for node in ast.walk(ast.parse((ROOT / "runtime" / module).read_text(encoding="utf-8")))
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and re.fullmatch(r"SKIN_[A-Z_0-9]+|WEB_CONCURRENCY", node.value)
+        and re.fullmatch(r"SKIN_[A-Z_0-9]+|WEB_CONCURRENCY|PROMETHEUS_MULTIPROC_DIR", node.value)
     }
     assert read == set(_readme_settings())
 

@@ -1,0 +1,80 @@
+"""/metrics with several uvicorn workers (WEB_CONCURRENCY): the whole server, or a warning that it is not."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from runtime import metrics
+from runtime.app import create_app
+from runtime.settings import Settings
+from tests.server import ROOT
+
+# One worker process: serves `requests` GETs of /healthz, then prints its own scrape of /metrics.
+WORKER = """
+import sys
+from starlette.testclient import TestClient
+from runtime.app import create_app
+from runtime.settings import Settings
+
+with TestClient(create_app(Settings(bundle=sys.argv[1], threads=1, workers=2))) as client:
+    for _ in range(int(sys.argv[2])):
+        client.get("/healthz")
+    print(client.get("/metrics").text)
+"""
+
+
+def _worker(bundle: Path, requests: int, folder: Path) -> str:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, str(bundle), str(requests)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_a_scrape_adds_up_every_workers_counters(tiny_bundle: Path, tmp_path: Path) -> None:
+    # Each worker answered a scrape with its own counters alone: 3, 1, 2 between scrapes of one server.
+    _worker(tiny_bundle, 3, tmp_path)
+    text = _worker(tiny_bundle, 2, tmp_path)
+    assert 'skin_requests_total{route="/healthz",status="200"} 5.0' in text
+    # the first worker's scrape, and this one's, which is still being served
+    assert 'skin_requests_total{route="/metrics",status="200"} 1.0' in text
+    assert "\nskin_in_flight_requests 1.0" in text
+    assert text.count("\nskin_model_info{") == 1  # one model, however many workers load it
+    # the process's own would be one worker's, passed off as the server's
+    assert "process_resident_memory_bytes" not in text and "python_info" in text
+
+
+def test_several_workers_without_a_shared_folder_say_what_a_scrape_shows(
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(create_app(Settings(bundle=str(tiny_bundle), threads=1, workers=2))):
+        pass
+    warned = [r.getMessage() for r in runtime_log.records if r.levelno == logging.WARNING]
+    assert any("PROMETHEUS_MULTIPROC_DIR" in line for line in warned), warned
+
+
+def test_workers_are_read_from_web_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert Settings.from_env().workers == 3
+    assert Settings.from_env(single_process=True).workers == 1  # skin-serve runs one process
+
+
+def test_a_shared_folder_that_is_not_there_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(metrics, "MULTIPROCESS_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR .* is not a folder"):
+        metrics.Metrics()
