@@ -284,6 +284,28 @@ def _app(bundle: Path, body_timeout_s: int = 30) -> Iterator[tuple[str, subproce
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        pytest.param("client-id-7", True, id="valid"),
+        pytest.param("x" * 65, False, id="too-long"),
+        pytest.param("caf\u00e9", False, id="not-ascii"),
+    ],
+)
+@needs_nginx
+def test_nginxs_own_answers_carry_the_id_the_app_would_keep(
+    nginx_alone: tuple[int, int], sent: str, kept: bool
+) -> None:
+    # A 502 or 504 had no X-Request-ID: the client could not point at its request in the app's log.
+    request = b"GET /api/info HTTP/1.1\r\nHost: x\r\nX-Request-ID: " + sent.encode() + b"\r\n\r\n"
+    answer, _ = _raw(nginx_alone[1], request)
+    assert answer.status == 502
+    ids = answer.headers.get_all("x-request-id") or []
+    assert len(ids) == 1, ids
+    # the app keeps 1 to 64 printable ASCII characters, else takes its own: here nginx's, passed on to it
+    assert ids[0] == sent if kept else re.fullmatch(r"[0-9a-f]{32}", ids[0])
+
+
 @needs_nginx
 def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, tmp_path: Path) -> None:
     context = TLS
@@ -299,7 +321,9 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
         # the client's own request id reaches the app and comes back (to find the request in the logs)
         mine = urllib.request.Request(base + "/healthz", headers={"X-Request-ID": "client-id-42"})
         with urllib.request.urlopen(mine, context=context, timeout=5) as response:
-            assert response.headers["x-request-id"] == "client-id-42"
+            assert response.headers.get_all("x-request-id") == [
+                "client-id-42"
+            ]  # once, not nginx's and the app's
         # a prediction goes through
         boundary = "nginxboundary3"
         head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n'
@@ -380,6 +404,7 @@ def test_nginx_terminates_tls_caps_bodies_and_hides_metrics(tiny_bundle: Path, t
                 break
         assert answer.status == 429 and answer.headers["retry-after"] == "1"
         assert answer.headers["strict-transport-security"].startswith("max-age=")
+        assert answer.headers["x-request-id"]
         assert json.loads(body)["error"]["code"] == "rate_limited"
         # the app gone: 502 in JSON, not nginx's HTML page
         stop_server(app)
