@@ -42,8 +42,9 @@ def setup(level: str | int = "info") -> None:
     for a request or an error the runtime logged (idempotent)."""
     logger = logging.getLogger("runtime")
     logger.setLevel(level.upper() if isinstance(level, str) else level)
-    # Library warnings as JSON lines too, not bare text on stderr.
+    # Library warnings as JSON lines too, not bare text on stderr; none under --log-level error or critical.
     logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logger.level)
     # Pillow warns once per unreadable EXIF tag of an upload ("Corrupt EXIF data", "Skipping tag 41863"), and
     # only its orientation is read: a 0.8 MB PNG of 65,535 such tags logged 65,536 lines (21 MB) in 12 s.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
@@ -99,7 +100,8 @@ def uvicorn_config(level: str = "info") -> dict[str, Any]:
         },
         # Any other library's warnings and errors (asyncio's "socket.accept() out of system resource" when the
         # process is out of file descriptors) went to Python's last-resort handler: plain-text tracebacks.
-        "root": {"handlers": ["stderr"], "level": "WARNING"},
+        # At most warnings, fewer where --log-level asks for fewer.
+        "root": {"handlers": ["stderr"], "level": max(logging.WARNING, logging.getLevelName(level.upper()))},
         "loggers": {
             "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
             "uvicorn.error": {"level": level.upper()},

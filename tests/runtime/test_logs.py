@@ -85,6 +85,22 @@ def test_plain_uvicorns_access_line_is_not_written_beside_the_runtimes() -> None
         access.setLevel(level)
 
 
+def test_warnings_are_not_logged_under_log_level_error() -> None:
+    # `--log-level error` still wrote library warnings (Python's, asyncio's) to the log.
+    assert logs.uvicorn_config("error")["root"]["level"] == logging.ERROR
+    assert logs.uvicorn_config("debug")["root"]["level"] == logging.WARNING  # never every library's debug
+    loggers = [logging.getLogger(name) for name in ("runtime", "py.warnings")]
+    levels = [logger.level for logger in loggers]
+    try:
+        logs.setup("error")
+        assert not logging.getLogger("py.warnings").isEnabledFor(logging.WARNING)
+        logs.setup("info")
+        assert logging.getLogger("py.warnings").isEnabledFor(logging.WARNING)
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
 def test_uvicorn_logs_json_without_its_own_access_log() -> None:
     config = logs.uvicorn_config("debug")
     loggers = config["loggers"]
