@@ -78,3 +78,17 @@ def test_a_shared_folder_that_is_not_there_stops_start_up(
     monkeypatch.setattr(metrics, "MULTIPROCESS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR .* is not a folder"):
         metrics.Metrics()
+
+
+def test_a_request_that_meets_the_upload_deadline_is_in_a_bucket_of_its_own() -> None:
+    # A 408 after SKIN_BODY_TIMEOUT_S (30 s) fell past the top bucket (10.24 s): no quantile could be told.
+    counted = metrics.Metrics()
+    counted.latency.labels("/api/predict").observe(Settings().body_timeout_s)
+    buckets = [
+        (float(sample.labels["le"]), sample.value)
+        for family in counted.registry.collect()
+        if family.name == "skin_request_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    ]
+    assert any(value == 1 and le < float("inf") for le, value in buckets), buckets
