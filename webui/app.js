@@ -842,11 +842,20 @@
     if (result.confidence === "low") {
       out.push({
         title: "The model is not confident about this image.",
-        text: "No class stands out clearly; read the list below as uncertain.",
+        // Past 1 no answer can be confident: the reason is the model, not this image's classes.
+        text: neverConfident((state.info && state.info.uncertainty) || {})
+          ? "It never is: on its validation images even its most confident answers were right less often than " +
+            "the target precision, so every result is marked this way; read the list below as uncertain."
+          : "No class stands out clearly; read the list below as uncertain.",
         short: "low confidence",
       });
     }
     return out;
+  }
+
+  // Export's threshold when no confidence reached the target precision: above any probability.
+  function neverConfident(u) {
+    return Boolean(u.confidence) && typeof u.min_probability === "number" && u.min_probability > 1;
   }
 
   // What this model cannot flag. Without its thresholds the page never warns, and no warning must not read
@@ -1406,7 +1415,10 @@
 
   function uncertaintyFacts(u) {
     const list = el("ul", "plain-list");
-    if (u.confidence) {
+    if (neverConfident(u)) {
+      list.append(el("li", null, "Low confidence for every result: on the validation images no confidence " +
+        "threshold reached the target precision"));
+    } else if (u.confidence) {
       list.append(el("li", null, "Low confidence when the top class is under " + pct(u.min_probability)));
     }
     if (u.ood && u.ood_score) {

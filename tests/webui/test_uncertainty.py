@@ -88,3 +88,38 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
     finally:
         context.close()
     assert console.unexpected() == []
+
+
+def test_a_model_that_never_reached_its_target_precision_says_so_not_that_no_class_stands_out(
+    browser: Any, tmp_path: Path, console: Console
+) -> None:
+    """Export's threshold past 1 marks every answer low, a 99 % one too: the page must give that reason."""
+    from playwright.sync_api import expect
+
+    conf = {"min_probability": 1.00001, "target_precision": 0.9, "reached_on_validation": False}
+    never = {"confidence": conf}
+    url, process = start_server(make_bundle(tmp_path, with_logits=True, thresholds=never))
+    context = browser.new_context(base_url=url, viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        console.watch(page)
+        page.goto("/")
+        page.set_input_files("#file-input", files=[_png("red.png", COLOURS["red"])])
+        with page.expect_response(re.compile(r"/api/predict")) as answer:
+            page.click("#analyse")
+        body = answer.value.json()
+        assert body["confidence"] == "low" and body["primary"]["probability"] > 0.9
+        warning = page.locator("#warnings .alert")
+        expect(warning).to_have_count(1)
+        expect(warning).to_contain_text("even its most confident answers were right less often than")
+        expect(warning).not_to_contain_text("No class stands out")
+        page.get_by_role("tab", name="Model").click()
+        checks = page.locator("#model-facts .fact", has_text="Uncertainty checks").locator("li")
+        expect(checks.first).to_have_text(
+            "Low confidence for every result: on the validation images no confidence threshold reached the "
+            "target precision"
+        )
+    finally:
+        context.close()
+        stop_server(process)
+    assert console.unexpected() == []
