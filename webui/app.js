@@ -842,15 +842,28 @@
     if (result.confidence === "low") {
       out.push({
         title: "The model is not confident about this image.",
-        // Past 1 no answer can be confident: the reason is the model, not this image's classes.
-        text: neverConfident((state.info && state.info.uncertainty) || {})
-          ? "It never is: on its validation images even its most confident answers were right less often than " +
-            "the target precision, so every result is marked this way; read the list below as uncertain."
-          : "No class stands out clearly; read the list below as uncertain.",
+        text: lowConfidenceText(state.info),
         short: "low confidence",
       });
     }
     return out;
+  }
+
+  // What export measured, not a claim about this image ("no class stands out" was said of 83 % answers too).
+  function lowConfidenceText(info) {
+    const u = (info && info.uncertainty) || {};
+    const end = "; read the list below as uncertain.";
+    // Past 1 no answer can be confident: the reason is the model, not this image's classes.
+    if (neverConfident(u)) {
+      return "It never is: on its validation images even its most confident answers were right less often than " +
+        "the target precision, so every result is marked this way" + end;
+    }
+    const conf = info && info.thresholds && info.thresholds.confidence;
+    if (!isNumber(u.min_probability) || !conf || !isNumber(conf.target_precision)) {
+      return "Its top class is under the probability the model needs to count as confident" + end;
+    }
+    return "Its top class is under " + pct(u.min_probability) + ": on the validation images, the answers from " +
+      "there up were right " + pct(conf.target_precision, 0) + " of the time or more" + end;
   }
 
   // Export's threshold when no confidence reached the target precision: above any probability.

@@ -51,7 +51,16 @@ def test_foreign_looking_upload_is_named_as_such_before_the_classes(
         expect(page.locator("#model-line .model-name")).to_have_text("tiny-test-model 0.0.1")
         warnings = page.locator("#warnings .alert")
         for name, rgb, expected in (
-            ("grey.png", (128, 128, 128), ["This does not look like a skin photo.", "not confident"]),
+            (
+                "grey.png",
+                (128, 128, 128),
+                [
+                    "This does not look like a skin photo.",
+                    # What export measured: the threshold and its target, not "no class stands out".
+                    "not confident about this image. Its top class is under 90.0\u00a0%: on the validation "
+                    "images, the answers from there up were right 90\u00a0% of the time or more",
+                ],
+            ),
             ("red.png", COLOURS["red"], []),
         ):
             page.set_input_files("#file-input", files=[_png(name, rgb)])
