@@ -36,7 +36,8 @@ class Curve:
     precision: np.ndarray  # fraction of the accepted ones that are right (1 - risk)
 
 
-def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> Curve:
+def risk_coverage(confidence: np.ndarray, correct: np.ndarray, *, served: bool = False) -> Curve:
+    """``served``: values the runtime cannot tell apart (``apart``) count as ties, as equal ones always do."""
     conf = np.asarray(confidence, dtype=np.float64)
     right = np.asarray(correct, dtype=bool)
     if conf.shape != right.shape or conf.ndim != 1:
@@ -44,8 +45,9 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> Curve:
     order = np.argsort(-conf, kind="stable")
     sorted_conf = conf[order]
     hits = np.cumsum(right[order])
-    # The last index of every run of equal confidences: a threshold accepts all of a tie or none of it.
-    last = np.flatnonzero(np.append(sorted_conf[1:] != sorted_conf[:-1], True))
+    # The last index of every run of tied confidences: a threshold accepts all of a tie or none of it.
+    cut = apart(sorted_conf[:-1], sorted_conf[1:]) if served else sorted_conf[1:] != sorted_conf[:-1]
+    last = np.flatnonzero(np.append(cut, True))
     accepted = last + 1
     return Curve(sorted_conf[last], accepted / len(conf), hits[last] / accepted)
 
@@ -65,9 +67,16 @@ def at_threshold(confidence: np.ndarray, correct: np.ndarray, min_probability: f
 
 # The runtime compares the graph's float32 outputs, which differ from these float64 values by up to ~1e-6
 # (the parity check's bound): a threshold exactly on a validation value could land on either side of that
-# image once served. So a threshold sits this far (relative) past the last value it accepts, or halfway to the
-# next value it rejects when that one is closer.
+# image once served. So a threshold sits this far (relative) past the last value it accepts, and values closer
+# than twice that are accepted or refused together: float32 cannot keep them apart (probabilities within 3e-8
+# of 1, common at a small temperature, all serve as 1.0).
 EDGE = 1e-5
+
+
+def apart(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Whether a threshold fits between ``a`` and ``b`` with ``EDGE`` on either side of it."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return np.asarray(np.abs(a - b) > 2 * EDGE * np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))))
 
 
 def between(accepted: float, rejected: float | None, *, higher_is_familiar: bool) -> float:
@@ -86,11 +95,12 @@ def confidence_threshold(
     When no threshold reaches it (the most confident predictions are already too often wrong), the threshold
     sits just above 1, so every prediction is reported as low confidence: also a new image more confident than
     any validation image, which nothing says would be right more often. Otherwise the threshold lies just
-    below the last accepted confidence (``between``).
+    below the last accepted confidence (``between``); confidences too close to be told apart once served are
+    accepted or refused together (``apart``).
     """
     if not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target precision must be in (0, 1], not {target_precision}")
-    curve = risk_coverage(confidence, correct)
+    curve = risk_coverage(confidence, correct, served=True)
     if len(curve.thresholds) == 0:
         raise ValueError("no predictions to choose a confidence threshold from")
     good = np.flatnonzero(curve.precision >= target_precision)
@@ -111,7 +121,8 @@ def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_fam
     then a new image from the same distribution is accepted with probability at least ``acceptance`` (for
     exchangeable images). With fewer than acceptance / (1 - acceptance) values (19 for 95 %) that rank is past
     the end and the least familiar value is used: the guarantee no longer holds, the report says so. The
-    threshold lies just past that value (``between``): the same validation values are accepted.
+    threshold lies just past that value (``between``), and past any value too close to it to be told apart
+    once served (``apart``): the same validation values are accepted, served or not.
     """
     if not 0.0 < acceptance <= 1.0:
         raise ValueError(f"acceptance must be in (0, 1], not {acceptance}")
@@ -121,9 +132,11 @@ def acceptance_threshold(values: np.ndarray, acceptance: float, *, higher_is_fam
     if higher_is_familiar:
         ranked = ranked[::-1]
     rank = min(len(ranked), math.ceil((len(ranked) + 1) * acceptance - 1e-9))  # 1e-9: float error
+    while rank < len(ranked) and not apart(ranked[rank - 1], ranked[rank]):  # ties are accepted with it
+        rank += 1
     last = float(ranked[rank - 1])
-    beyond = ranked[rank:][ranked[rank:] != last]  # ties with the last are accepted with it
-    return between(last, float(beyond[0]) if len(beyond) else None, higher_is_familiar=higher_is_familiar)
+    beyond = float(ranked[rank]) if rank < len(ranked) else None
+    return between(last, beyond, higher_is_familiar=higher_is_familiar)
 
 
 def conformal_enough(n: int, acceptance: float) -> bool:

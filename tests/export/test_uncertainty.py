@@ -50,9 +50,10 @@ def test_a_served_value_a_little_off_the_validation_value_keeps_its_side() -> No
     conf = np.array([0.9737555553113654, 0.5])
     chosen = unc.confidence_threshold(conf, np.array([True, False]), 0.9)
     assert chosen["min_probability"] < 0.97375554  # the first image, served rounded down, is still confident
-    # A rejected value closer than that: the threshold stays halfway, so it stays out.
+    # A value closer than twice that cannot be kept apart once served: both are decided together (here the
+    # pair is right half the time, under the target: neither is confident).
     near = unc.confidence_threshold(np.array([0.8, 0.8 - 4e-6]), np.array([True, False]), 0.9)
-    assert near["min_probability"] == pytest.approx(0.8 - 2e-6)
+    assert near == {"min_probability": pytest.approx(1 + unc.EDGE), "reached": False}
     # Distances (lower is familiar): a hair above the last one accepted, relative to its size.
     t = unc.acceptance_threshold(np.array([1.0, 2.0, 3.0]), 0.5, higher_is_familiar=False)
     assert t == pytest.approx(2.0 * (1 + unc.EDGE))
@@ -80,16 +81,36 @@ def test_acceptance_threshold_is_the_split_conformal_rank(n: int, accepted: int,
     assert unc.conformal_enough(n, 0.95) is enough
 
 
-def test_values_tied_with_the_last_accepted_one_do_not_move_the_threshold_past_the_next() -> None:
-    values = np.array([1.0, 2.0, 2.0, 2.000001])  # the 2nd of 4 (ceil(5 * 0.4)), tied with the 3rd
+def test_values_tied_with_the_last_accepted_one_are_accepted_with_it_and_the_next_stays_out() -> None:
+    values = np.array([1.0, 2.0, 2.0, 2.1])  # the 2nd of 4 (ceil(5 * 0.4)), tied with the 3rd
     t = unc.acceptance_threshold(values, 0.4, higher_is_familiar=False)
-    assert (values <= t).sum() == 3  # halfway to 2.000001, not EDGE past 2.0 (which would accept it)
+    assert (values <= t).sum() == 3 and t == pytest.approx(2.0 * (1 + unc.EDGE))
     t = unc.acceptance_threshold(-values, 0.4, higher_is_familiar=True)
     assert (-values >= t).sum() == 3
-    t = unc.acceptance_threshold(values[1:], 0.5, higher_is_familiar=False)  # no tie: the next one stays out
-    assert (values[1:] <= t).sum() == 2
+    # 2.000001 serves as 2.0 give or take float32's error: it is a tie too.
+    near = np.array([1.0, 2.0, 2.0, 2.000001])
+    assert (near <= unc.acceptance_threshold(near, 0.4, higher_is_familiar=False)).sum() == 4
     # Nothing the other way but a tie: EDGE past it, never exactly on it.
     assert unc.between(2.0, 2.0, higher_is_familiar=False) == pytest.approx(2.0 * (1 + unc.EDGE))
+
+
+def test_values_float32_cannot_tell_apart_are_decided_together() -> None:
+    """At T = 0.05 export saw validation confidences 1 - 6.7e-13 (right) and 1 - 1.26e-12 (wrong): the
+    threshold went between them, yet the graph serves both as 1.0: the served decisions were not the measured
+    ones."""
+    conf = np.array([1 - 6.7e-13, 1 - 1.26e-12, 0.97, 0.9, 0.8])
+    right = np.array([True, False, True, True, False])
+    served = conf.astype(np.float32).astype(np.float64)
+    assert served[0] == served[1] == 1.0
+    for target in (0.9, 0.75, 0.5):
+        t = unc.confidence_threshold(conf, right, target)["min_probability"]
+        np.testing.assert_array_equal(served >= t, conf >= t)
+        assert unc.at_threshold(served, right, t) == unc.at_threshold(conf, right, t)
+    # The same for a score with a set acceptance (top-1 probability as the out-of-distribution score).
+    for acceptance in (0.2, 0.5, 0.9):
+        t = unc.acceptance_threshold(conf, acceptance, higher_is_familiar=True)
+        np.testing.assert_array_equal(served >= t, conf >= t)
+    assert not unc.apart(1.0, 1 - 1e-12) and unc.apart(0.9, 0.8) and not unc.apart(1000.0, 1000.01)
 
 
 @pytest.mark.parametrize("rate", [0.0, -0.5, 1.5])
