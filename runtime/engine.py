@@ -111,6 +111,15 @@ def session_options(
     return options
 
 
+def calibration_fit(report: dict[str, Any] | None) -> dict[str, bool] | None:
+    """Export's verdict on the temperature (report.json → calibration), so that a fit without a minimum is not
+    called calibrated; None where no report says."""
+    cal = report.get("calibration") if isinstance(report, dict) else None
+    if not isinstance(cal, dict):
+        return None
+    return {"fitted": "skipped" not in cal, "degenerate": cal.get("degenerate") is True}
+
+
 def first_line(exc: BaseException) -> str:
     """The first line that says something: OpenVINO's errors open with lines naming its own source files."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -273,6 +282,7 @@ class Engine:
             "input_size": list(m.input_size),
             "resize": {"mode": m.resize, "filter": m.resize_filter},
             "temperature": m.temperature,
+            "calibration": calibration_fit(self.report),
             "thresholds": m.thresholds,
             "uncertainty": self.policy.describe(),
             "has_heatmap": self.has_cam,

@@ -784,8 +784,11 @@
     $("primary-bar").style.width = (primary.probability * 100).toFixed(2) + "%";
     const temperature = state.info && state.info.temperature;
     const calibrated = typeof temperature === "number" && Math.abs(temperature - 1) > 1e-6;
-    $("prob-kind").textContent = calibrated ? "calibrated probability" : "model probability (not calibrated)";
-    $("prob-kind").title = calibrated ? "Temperature scaling, T = " + fixed(temperature, 3) : "";
+    const noFit = noTemperatureFit(state.info);
+    $("prob-kind").textContent = !calibrated ? "model probability (not calibrated)"
+      : noFit ? "temperature-scaled probability (no calibration fit)" : "calibrated probability";
+    $("prob-kind").title = !calibrated ? ""
+      : "Temperature scaling, T = " + fixed(temperature, 3) + (noFit ? "; the fit found no minimum (Model tab)" : "");
 
     $("top-heading").textContent = "Top " + result.top.length;
     const top = $("top-list");
@@ -864,6 +867,11 @@
     }
     return "Its top class is under " + pct(u.min_probability) + ": on the validation images, the answers from " +
       "there up were right " + pct(conf.target_precision, 0) + " of the time or more" + end;
+  }
+
+  // Export marks a temperature at a bound of its search "degenerate": it found no minimum, so it calibrates nothing.
+  function noTemperatureFit(info) {
+    return Boolean(info && info.calibration && info.calibration.degenerate);
   }
 
   // Export's threshold when no confidence reached the target precision: above any probability.
@@ -1411,7 +1419,7 @@
       ["Created", info.created ? formatDate(info.created) : ""],
       ["Classes", classes],
       ["Input", size.length === 2 ? size[1] + " × " + size[0] + " px, " + (resize.mode || "stretch") + " resize (" + (resize.filter || "bilinear") + ")" : ""],
-      ["Temperature", typeof info.temperature === "number" ? fixed(info.temperature, 3) + (Math.abs(info.temperature - 1) > 1e-6 ? " (calibrated)" : " (no calibration)") : ""],
+      ["Temperature", typeof info.temperature === "number" ? fixed(info.temperature, 3) + (Math.abs(info.temperature - 1) > 1e-6 ? (noTemperatureFit(info) ? " (no real fit: see Calibration)" : " (calibrated)") : " (no calibration)") : ""],
       ["Heatmap", info.has_heatmap ? "Class activation map" : "Not available for this model"],
       ["Uncertainty checks", uncertaintyFacts(info.uncertainty || {})],
       ["Runtime", runtimeLine(ort)],

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from starlette.testclient import TestClient
 from starlette.types import Message
 
 from runtime.app import create_app
-from runtime.bundle import K_CAM_GRID
+from runtime.bundle import K_CAM_GRID, REPORT_FILE
 from runtime.page import PageFiles
 from runtime.settings import DEFAULT_WEBUI, Settings
 from tests.bundle_factory import CLASS_NAMES, make_bundle
@@ -578,6 +579,37 @@ def test_info_limits_follow_the_allowed_formats(tiny_bundle: Path) -> None:
     with _client(tiny_bundle, allowed_formats=("PNG",)) as c:
         limits = c.get("/api/info").json()["limits"]
     assert limits["allowed_formats"] == ["PNG"] and limits["allowed_types"] == ["image/png"]
+
+
+@pytest.mark.parametrize(
+    ("calibration", "said"),
+    [
+        pytest.param(
+            {"temperature": 1.3, "degenerate": False}, {"fitted": True, "degenerate": False}, id="fit"
+        ),
+        pytest.param(
+            {"temperature": 0.05, "degenerate": True}, {"fitted": True, "degenerate": True}, id="no-min"
+        ),
+        pytest.param(
+            {"temperature": 1.0, "skipped": "no dataset"},
+            {"fitted": False, "degenerate": False},
+            id="no-data",
+        ),
+        pytest.param(None, None, id="no-calibration"),
+    ],
+)
+def test_info_says_whether_the_temperature_fit_found_a_minimum(
+    tmp_path: Path, calibration: dict[str, object] | None, said: dict[str, bool] | None
+) -> None:
+    # Export marks a fit at a bound of T "degenerate" (no real fit): the page must not call it calibrated.
+    directory = make_bundle(tmp_path)
+    report = json.loads((directory / REPORT_FILE).read_text())
+    report.pop("calibration", None)
+    if calibration is not None:
+        report["calibration"] = calibration
+    (directory / REPORT_FILE).write_text(json.dumps(report))
+    with _client(directory) as c:
+        assert c.get("/api/info").json()["calibration"] == said
 
 
 def test_report(client: TestClient) -> None:

@@ -647,6 +647,19 @@ def test_an_answer_from_a_new_model_brings_its_description(page: Any, ui_server:
     expect(page.locator("#all-list li").first.locator(".bar-name")).to_have_text("Acne vulgaris")
 
 
+def test_a_temperature_fit_without_a_minimum_is_not_called_calibrated(page: Any, ui_server: str) -> None:
+    # Export's verdict (report.json → calibration.degenerate, in /api/info): T = 0.05, its search's bound.
+    info = _info(ui_server)
+    info.update(temperature=0.05, calibration={"fitted": True, "degenerate": True})
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    open_page(page)
+    analyse(page, [png("red")])
+    expect(page.locator("#prob-kind")).to_have_text("temperature-scaled probability (no calibration fit)")
+    page.get_by_role("tab", name="Model").click()
+    fact = page.locator("#model-facts .fact", has_text="Temperature").locator("dd")
+    expect(fact).to_have_text("0.050 (no real fit: see Calibration)")
+
+
 def test_a_late_report_of_the_old_model_does_not_replace_the_new_ones(
     page: Any, ui_server: str, ui_bundle: Path
 ) -> None:
