@@ -386,6 +386,14 @@ def analyse(
     return Analysis(thresholds, report, curves, best["graph"])
 
 
+def plot_title(min_probability: float) -> str:
+    """The operating point, or, where no confidence reached the target (the threshold sits above 1), that none
+    did: "≥ 1.000" would read as a threshold some answers meet."""
+    if min_probability > 1:
+        return "risk–coverage (no confidence reaches the target: every prediction is low)"
+    return f"risk–coverage (accept top-1 probability ≥ {min_probability:.3f}: dots)"
+
+
 def plot_risk_coverage(
     curves: dict[str, Curve], *, min_probability: float, target_precision: float, path: Path
 ) -> None:
@@ -406,7 +414,7 @@ def plot_risk_coverage(
         [target_risk] + [float((1 - c.precision).max()) for c in curves.values() if len(c.precision)]
     )
     ax.set(
-        title=f"risk–coverage (accept top-1 probability ≥ {min_probability:.3f}: dots)",
+        title=plot_title(min_probability),
         xlabel="coverage (share of predictions kept)",
         ylabel="risk (share of kept predictions that are wrong)",
         xlim=(0, 1.02),

@@ -1282,6 +1282,11 @@
       const why = (u.notes || []).join("; ");
       out.note = checksOffSentence(off, "a flag in this record") + (why ? " (" + why + ")" : "");
     }
+    // A "low" in every record says nothing of the image: the reason goes with it, as the page gives it.
+    if (neverConfident(u)) {
+      out.confidence_note = "every answer of this model is marked low: on its validation images no confidence " +
+        "threshold reached the target precision";
+    }
     return out;
   }
 
@@ -1550,7 +1555,7 @@
       $("calibration-stats").replaceChildren(...tiles);
       $("calibration-note").textContent = !fitted
         ? "The probabilities are not calibrated: export had no validation images to fit a temperature on."
-        : "Temperature scaling makes the shown probabilities match how often the model is right; it does not change the ranking." +
+        : "Temperature scaling is fitted so that, on the validation split, the shown probabilities come closer to how often the model was right (ECE and NLL above say how close); it does not change the ranking." +
         (!cal.degenerate ? "" : cal.temperature > 1
           ? " Here the fit found no minimum (the model was rarely right on the validation images), so the probabilities " +
             "are flattened towards equal and say little."

@@ -131,6 +131,13 @@ def test_a_target_never_reached_leaves_every_prediction_low() -> None:
     assert unc.at_threshold(served, np.ones(2, bool), chosen["min_probability"])["coverage"] == 0.0
 
 
+def test_the_plot_title_says_when_no_confidence_reaches_the_target() -> None:
+    """The threshold export sets just above 1 is no operating point: "≥ 1.000" would read as one."""
+    assert unc.plot_title(0.84) == "risk–coverage (accept top-1 probability ≥ 0.840: dots)"
+    never = "risk–coverage (no confidence reaches the target: every prediction is low)"
+    assert unc.plot_title(1.00001) == never
+
+
 def test_at_threshold_accepts_a_confidence_equal_to_it_as_the_runtime_does() -> None:
     at = unc.at_threshold(CONF, RIGHT, 0.9)  # the runtime's "ok" is >= min_probability
     assert (at["n"], at["coverage"], at["precision"]) == (len(CONF), 0.5, 1.0)

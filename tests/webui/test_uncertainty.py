@@ -122,6 +122,14 @@ def test_a_model_that_never_reached_its_target_precision_says_so_not_that_no_cla
         expect(warning).to_have_count(1)
         expect(warning).to_contain_text("even its most confident answers were right less often than")
         expect(warning).not_to_contain_text("No class stands out")
+        with page.expect_download() as download:
+            page.click("#export")
+        data = json.loads(Path(download.value.path()).read_text())
+        assert data["confidence"] == "low"
+        assert data["checks"]["confidence_note"] == (
+            "every answer of this model is marked low: on its validation images no confidence threshold "
+            "reached the target precision"
+        )
         page.get_by_role("tab", name="Model").click()
         checks = page.locator("#model-facts .fact", has_text="Uncertainty checks").locator("li")
         expect(checks.first).to_have_text(

@@ -1065,8 +1065,8 @@ def test_model_tab_says_what_a_temperature_at_the_upper_bound_means(page: Any) -
 def test_model_tab_says_when_the_temperature_did_not_lower_the_ece(
     page: Any, ece_after: float, said: bool
 ) -> None:
-    # The fit minimises the NLL: on the demo model the ECE rose (8.3 % → 8.8 %) under "makes the shown
-    # probabilities match how often the model is right".
+    # The fit minimises the NLL: on the demo model the ECE rose (8.3 % → 8.8 %) under "the shown
+    # probabilities come closer to how often the model was right".
     note = _calibration_note(page, degenerate=False, ece_before=0.083, ece_after=ece_after)
     expect(note).to_contain_text("it does not change the ranking.")
     words = (
