@@ -175,13 +175,18 @@ def _class_folders_in(root: Path) -> list[str]:
 
 
 def scan_split(
-    folder: Path, splits: Sequence[Path] = (), seen: dict[tuple[int, int], Path] | None = None
+    folder: Path,
+    splits: Sequence[Path] = (),
+    seen: dict[tuple[int, int], Path] | None = None,
+    twins: dict[Path, tuple[int, int]] | None = None,
 ) -> dict[str, list[Path]]:
     """Class folder name → sorted image files (hidden files and folders, such as .ipynb_checkpoints/, and
     other extensions are ignored; pictures in formats the runtime does not take are warned of, then left out).
-    ``splits``: the dataset's train/ and test/, which no link is followed into; ``seen``: see _images."""
+    ``splits``: the dataset's train/ and test/, which no link is followed into; ``seen``, ``twins``: see
+    _images."""
     classes: dict[str, list[Path]] = {}
     seen = {} if seen is None else seen
+    twins = {} if twins is None else twins
     for entry in sorted(p for p in folder.iterdir() if not hidden(p.name)):
         if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
             try:
@@ -190,7 +195,7 @@ def scan_split(
                 why = f"it is a link to {os.readlink(entry)!r}, which cannot be opened ({exc.strerror})"
                 raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
         if entry.is_dir():
-            classes[entry.name] = _images(entry, [folder, *splits], seen)
+            classes[entry.name] = _images(entry, [folder, *splits], seen, twins)
     others = [p for files in classes.values() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if others:
         kinds = Counter(p.suffix.lower() for p in others)
@@ -266,12 +271,18 @@ def _check_one_folder_each(class_dirs: list[Path]) -> None:
                 )
 
 
-def _images(class_dir: Path, keep_out: Sequence[Path], seen: dict[tuple[int, int], Path]) -> list[Path]:
+def _images(
+    class_dir: Path,
+    keep_out: Sequence[Path],
+    seen: dict[tuple[int, int], Path],
+    twins: dict[Path, tuple[int, int]],
+) -> list[Path]:
     """The image files under ``class_dir`` (those in formats not read too), following links to folders (a
     batch kept on another disk), but not one into the dataset's splits or above them (``keep_out``) or into a
     folder taken already: a loop, or images counted twice or under another class. Such a link is skipped with
     a warning. ``seen``: (device, inode) → path of the dataset's images so far, which no other class or split
-    may hold (a file linked, or hard-linked, into train/ and test/ both)."""
+    may hold (a file linked, or hard-linked, into train/ and test/ both); ``twins``: each name of a file that
+    is in its class twice → (device, inode), which the validation split keeps together."""
     bounds = [p.resolve() for p in keep_out]
     taken = [class_dir.resolve()]
     found: list[Path] = []
@@ -308,11 +319,13 @@ def _images(class_dir: Path, keep_out: Sequence[Path], seen: dict[tuple[int, int
                 else:
                     key = (device, entry.inode())
                 other = seen.setdefault(key, path)
-                if not other.is_relative_to(class_dir):  # twice in one class does no harm
+                if not other.is_relative_to(class_dir):
                     raise DataError(
                         f"{str(other)!r} and {str(path)!r} are one file (a link, or a hard link): it would "
                         "be read twice, as a training and a test image or under two classes; keep one"
                     )
+                if other != path:  # twice in one class: trained on twice, but never also validated on
+                    twins[other] = twins[path] = key
     return sorted(found)
 
 
@@ -341,7 +354,8 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         _check_class_link(link, split_dirs)
     _check_one_folder_each(class_dirs)
     seen: dict[tuple[int, int], Path] = {}
-    train_classes = scan_split(split_dirs[0], split_dirs, seen)
+    twins: dict[Path, tuple[int, int]] = {}
+    train_classes = scan_split(split_dirs[0], split_dirs, seen, twins)
     test_classes = scan_split(split_dirs[1], split_dirs, seen)
     if set(train_classes) != set(test_classes):
         only_train = sorted(set(train_classes) - set(test_classes))
@@ -365,7 +379,7 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
     train: list[Sample] = []
     val: list[Sample] = []
     for index, name in enumerate(class_names):
-        kept, held = split_class(train_classes[name], val_fraction, seed, index)
+        kept, held = split_class(train_classes[name], val_fraction, seed, index, twins)
         train += [(p, index) for p in kept]
         val += [(p, index) for p in held]
     test = [(p, index) for index, name in enumerate(class_names) for p in test_classes[name]]
@@ -377,16 +391,33 @@ def _spelling(name: str) -> str:
     return unicodedata.normalize("NFC", name).strip()
 
 
-def split_class(files: list[Path], fraction: float, seed: int, index: int) -> tuple[list[Path], list[Path]]:
+def split_class(
+    files: list[Path],
+    fraction: float,
+    seed: int,
+    index: int,
+    twins: dict[Path, tuple[int, int]] | None = None,
+) -> tuple[list[Path], list[Path]]:
     """Hold out ``fraction`` of one class, at least one image when it has two or more.
 
     Per class by hand (rather than sklearn's stratified split) so every class appears in validation and the
     split does not depend on a library version: export rebuilds it from the checkpoint's config.
+    ``twins``: names of one file (a link, a hard link; see _images), which go where their first name goes.
     """
     n = len(files)
     n_val = min(max(round(n * fraction), 1), n - 1) if n >= 2 else 0
     order = np.random.default_rng([seed, index]).permutation(n)
     held = set(order[:n_val].tolist())
+    if twins:  # split apart, validation held images trained on; a class without them is split as before
+        side: dict[tuple[int, int], bool] = {}
+        for i, path in enumerate(files):
+            if path in twins:
+                if side.setdefault(twins[path], i in held):
+                    held.add(i)
+                else:
+                    held.discard(i)
+        if len(held) == n:  # none left to train on: the linked files train
+            held = {i for i in held if files[i] not in twins}
     return [f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held]
 
 

@@ -48,6 +48,8 @@ def test_a_class_of_two_images_keeps_one_for_training() -> None:
     kept, held = data.split_class(files, 0.8, 7, 0)  # 80 % of 2 rounds to both
     assert len(kept) == len(held) == 1 and sorted(kept + held) == files
     assert data.split_class(files[:1], 0.8, 7, 0) == (files[:1], [])  # one image: nothing held out
+    one_file = {path: (1, 2) for path in files}  # two names of one file: the class has one image to train on
+    assert data.split_class(files, 0.8, 7, 0, one_file) == (files, [])
 
 
 def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Path) -> None:
@@ -581,6 +583,31 @@ def test_one_image_file_in_train_and_test_is_one_line(tmp_path: Path, dataset: P
     )
     (root / "test" / "Moles" / "x.png").unlink()
     assert len(load_splits(root).train + load_splits(root).val) == 49
+
+
+@pytest.mark.parametrize("link", [os.symlink, os.link], ids=["symbolic-link", "hard-link"])
+def test_one_image_file_twice_in_a_class_stays_on_one_side_of_the_validation_split(
+    tmp_path: Path, dataset: Path, link: Any
+) -> None:
+    # Its two names were split on their own: validation held images the model trained on (best.pt's choice,
+    # early stopping and export's calibration then measured memorised images).
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    for image in sorted((root / "train" / "Acne").iterdir()):
+        link(image, image.with_name(f"z-{image.name}"))  # every Acne image under a second name
+
+    def files(samples: list[tuple[Path, int]]) -> set[tuple[int, int]]:
+        return {(s.st_dev, s.st_ino) for s in (path.stat() for path, _ in samples)}
+
+    for seed in range(5):
+        splits = load_splits(root, val_fraction=0.25, seed=seed)
+        assert not files(splits.train) & files(splits.val)
+        assert Counter(y for _, y in splits.val)[0] > 0 and Counter(y for _, y in splits.train)[0] > 0
+        # The other classes are split as they always were.
+        before = load_splits(dataset, val_fraction=0.25, seed=seed)
+        assert [(p.relative_to(root), y) for p, y in splits.val if y] == [
+            (p.relative_to(dataset), y) for p, y in before.val if y
+        ]
 
 
 def test_a_validation_folder_beside_train_and_test_is_said_to_be_left_unread(
