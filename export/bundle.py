@@ -51,6 +51,7 @@ TEXT_FIELDS = (
     "trained_on",
     "data_fingerprint",
     "train_fingerprint",
+    "val_fingerprint",
 )
 
 
@@ -487,6 +488,7 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         "demo": bool(_field(ckpt, "demo", bool, "true or false", where)),
         "data_fingerprint": text["data_fingerprint"],
         "train_fingerprint": text["train_fingerprint"],  # absent (empty) in checkpoints of earlier versions
+        "val_fingerprint": text["val_fingerprint"],  # the same
         "epoch": epoch,
         "config": _field(ckpt, "config", dict, "a mapping of training options", where) or {},
     }
@@ -820,6 +822,14 @@ def _splits(info: dict[str, Any], data: str | Path | None, notes: list[str]) -> 
             "was trained, so the validation split rebuilt from it would hold images the model trained on "
             "(the temperature and thresholds fitted there would be overconfident); put them back, or pass "
             "--data with the dataset as it was, or --no-data to export without it"
+        )
+    carved = info.get("val_fingerprint", "")
+    if carved and carved != splits.val_fingerprint():
+        raise ExportError(
+            f"the validation split rebuilt from {str(root)!r} differs from the one the checkpoint was "
+            "validated on, the file names being the same (another numpy, or files since linked to one "
+            "another or copied apart), so it would hold images the model trained on; export where numpy and "
+            "the files are as in training, or pass --no-data to export without it"
         )
     fingerprint = info["data_fingerprint"]
     if fingerprint and fingerprint != contract.fingerprint_files(splits.root, splits.files()):

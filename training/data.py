@@ -59,8 +59,17 @@ class Splits:
         """The names of the files the validation split is carved from (under train/, whatever its spelling):
         one added or removed reshuffles its class's split; a file repaired in place does not. Training keeps
         it in the checkpoint; resume and export compare it."""
+        return self._names(self.train + self.val)
+
+    def val_fingerprint(self) -> str:
+        """The names of the validation images: with the same files, another numpy (whose permutations are
+        the same only within one build) or another version of split_class may carve another split, which
+        would hold images the run trained on. Kept in the checkpoint; resume and export compare it."""
+        return self._names(self.val)
+
+    def _names(self, samples: list[Sample]) -> str:
         digest = hashlib.sha256()
-        for path in sorted(path.relative_to(self.root) for path, _ in self.train + self.val):
+        for path in sorted(path.relative_to(self.root) for path, _ in samples):
             digest.update(Path(*path.parts[1:]).as_posix().encode("utf-8", "surrogateescape") + b"\0")
         return digest.hexdigest()[:16]
 
@@ -400,8 +409,9 @@ def split_class(
 ) -> tuple[list[Path], list[Path]]:
     """Hold out ``fraction`` of one class, at least one image when it has two or more.
 
-    Per class by hand (rather than sklearn's stratified split) so every class appears in validation and the
-    split does not depend on a library version: export rebuilds it from the checkpoint's config.
+    Per class by hand (rather than sklearn's stratified split) so every class appears in validation; export
+    rebuilds it from the checkpoint's config (numpy's permutation may differ in another numpy: the
+    checkpoint's val_fingerprint tells).
     ``twins``: names of one file (a link, a hard link; see _images), which go where their first name goes.
     """
     n = len(files)

@@ -532,6 +532,14 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                 "the run began, which moves images between its training and validation splits; put them "
                 "back (an unreadable one may stay: it is skipped), or start a new run"
             )
+        saved_val = resumed.get("val_fingerprint")  # absent in checkpoints of earlier versions
+        if saved_val is not None and saved_val != splits.val_fingerprint():
+            raise ConfigError(
+                f"cannot resume: the validation split carved from {cfg.data} now differs from the run's, the "
+                "file names being the same (another numpy, or files since linked to one another or copied "
+                "apart), so it would hold images the run trained on; resume where numpy and the files are as "
+                "the run began, or start a new run"
+            )
     run_dir = Path(cfg.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {str(run_dir)!r} is a file, not a folder")
@@ -1117,6 +1125,7 @@ def checkpoint_meta(cfg: TrainConfig, splits: Splits) -> dict[str, Any]:
         "config": cfg.as_dict(),
         "data_fingerprint": fingerprint_files(splits.root, splits.files()),
         "train_fingerprint": splits.train_fingerprint(),
+        "val_fingerprint": splits.val_fingerprint(),
         "model_name": cfg.model_name,
         "model_version": cfg.model_version,
         "trained_on": cfg.trained_on,

@@ -648,6 +648,7 @@ def _trained_on(root: Path) -> dict[str, Any]:
         "class_names": CLASSES,
         "data_fingerprint": bundle.fingerprint_files(splits.root, splits.files()),
         "train_fingerprint": splits.train_fingerprint(),
+        "val_fingerprint": splits.val_fingerprint(),
         "val": splits.val,
     }
 
@@ -670,10 +671,27 @@ def test_a_train_folder_changed_since_training_is_refused(dataset: Path, tmp_pat
     with pytest.raises(ExportError, match="added to or removed from the train folder .* --no-data") as caught:
         _splits(info, None, [])
     assert "\n" not in str(caught.value)
-    # Older checkpoints carry no train fingerprint: the change is only a note, as before.
+    # Older checkpoints carry no fingerprint of the train folder or of the split: only a note, as before.
     notes: list[str] = []
-    _splits({**info, "train_fingerprint": ""}, None, notes)
+    _splits({**info, "train_fingerprint": "", "val_fingerprint": ""}, None, notes)
     assert notes == ["the dataset differs from the one the checkpoint was trained on (fingerprint mismatch)"]
+
+
+def test_a_validation_split_carved_otherwise_than_in_training_is_refused(
+    dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same file names, another carve (another numpy's permutation): the temperature and thresholds would
+    # be fitted on images the model trained on.
+    from export.bundle import _splits
+    from training import data
+
+    info = _trained_on(dataset)
+    real = data.split_class
+    monkeypatch.setattr(data, "split_class", lambda files, f, seed, *more: real(files, f, seed + 1, *more))
+    with pytest.raises(ExportError, match="validation split rebuilt from .* differs .* --no-data") as caught:
+        _splits(info, None, [])
+    assert "\n" not in str(caught.value)
+    _splits({**info, "val_fingerprint": ""}, None, [])  # older checkpoints carry none: as before
 
 
 def test_a_changed_test_folder_is_a_note_and_keeps_the_validation_split(

@@ -431,6 +431,20 @@ def test_a_resume_after_images_were_removed_from_train_is_refused_one_repaired_i
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
+def test_a_resume_whose_validation_split_is_carved_otherwise_is_refused(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same file names, another carve (another numpy's permutation, files linked to one another since):
+    # validation would hold images the run trained on, which train_fingerprint, names only, let through.
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    real = data.split_class
+    monkeypatch.setattr(data, "split_class", lambda files, f, seed, *more: real(files, f, seed + 1, *more))
+    kept = (run / "last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="validation split carved from .* now differs from the run's"):
+        train(resume=str(run), epochs=2)
+    assert (run / "last.pt").read_bytes() == kept
+
+
 def test_a_resume_after_a_class_folder_was_renamed_says_which(tmp_path: Path, dataset: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(dataset, data)
