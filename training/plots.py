@@ -26,6 +26,8 @@ def _figure(width: float, height: float) -> Any:
 
 def training_curves(history: Sequence[dict[str, float]], path: Path, *, label_smoothing: float = 0.0) -> None:
     """Loss, accuracy / macro-F1 and learning rate per epoch."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
     fig = _figure(13, 4)
     ax_loss, ax_score, ax_lr = fig.subplots(1, 3)
@@ -48,6 +50,8 @@ def training_curves(history: Sequence[dict[str, float]], path: Path, *, label_sm
         title="learning rate (epoch's first step)", xlabel="epoch", ylabel="learning rate", yscale="log"
     )
     ax_lr.legend()
+    for ax in (ax_loss, ax_score, ax_lr):  # numbers exist per whole epoch: no tick at 1.5 in a short run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, path, dpi=100)
 
 

@@ -35,6 +35,14 @@ def test_curves_say_which_loss_is_smoothed_and_label_their_axes(tmp_path: Path, 
     assert "first step" in ax_lr.get_title()
 
 
+def test_curves_mark_whole_epochs_only(tmp_path: Path, figures: list[Any]) -> None:
+    # A run of a few epochs had ticks at 1.5, 2.5, …: epochs that have no numbers.
+    history = [{**dict.fromkeys(METRIC_COLUMNS, 0.5), "epoch": epoch} for epoch in (1, 2, 3, 4)]
+    plots.training_curves(history, tmp_path / "curves.png")
+    for ax in figures[0].axes:
+        assert [tick % 1 for tick in ax.get_xticks()] == [0] * len(ax.get_xticks())
+
+
 def test_right_and_wrong_confidence_bars_do_not_cover_each_other(tmp_path: Path, figures: list[Any]) -> None:
     # Right and wrong predictions at the same confidences: both bars of a bin must stay in sight.
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4], [0.1, 0.9]])
