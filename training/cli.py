@@ -82,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plateau: ReduceLROnPlateau on val loss; cosine: warm-up then cosine",
         choices=SCHEDULERS,
     )
-    add(g, "--plateau-patience", "epochs without a better val loss before the lr drops", type=int)
+    add(
+        g,
+        "--plateau-patience",
+        "epochs without a better val loss that the lr waits out; it drops after the next one",
+        type=int,
+    )
     add(g, "--plateau-factor", "lr multiplier on a plateau", type=float)
     add(g, "--warmup-epochs", "linear warm-up length for --scheduler cosine", type=float)
     add(g, "--min-lr", "lower bound of the learning rate", type=float)
