@@ -191,6 +191,22 @@ def test_an_image_whose_file_name_is_not_utf8_trains(tmp_path: Path, dataset: Pa
     assert load_checkpoint(run / "last.pt")["data_fingerprint"] == fingerprint_files(root.resolve(), files)
 
 
+def test_the_test_report_is_computed_in_fp32_whatever_amp_says(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Validation may run under autocast, but report.json describes the model export ships: fp32."""
+    seen: list[torch.dtype | None] = []
+    real = loop.evaluate
+
+    def evaluate(*args: Any, amp_dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+        seen.append(amp_dtype)
+        return real(*args, amp_dtype=amp_dtype, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    train(**{**TINY, "amp": "bf16"}, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    assert seen == [torch.bfloat16, None]  # the epoch's validation, then the test report
+
+
 def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
     with pytest.raises(ConfigError, match="already holds a run"):
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
