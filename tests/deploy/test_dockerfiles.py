@@ -86,14 +86,24 @@ def test_runtime_image_is_two_stages_on_a_pinned_slim_python() -> None:
 
 def test_runtime_image_installs_the_runtime_extra_only_and_no_torch() -> None:
     build, final = dockerfile.stages(RUNTIME)
-    installs = _pip_installs(build)
-    assert len(installs) == 1 and _requirements(installs[0]) == [".[runtime]"]
+    pinned, project = _pip_installs(build)
+    assert _requirements(pinned) == [] and _requirements(project) == [".[runtime]"]
     assert not _pip_installs(final)
     names = {r.name.lower() for r in _extra("runtime")}
     assert "onnxruntime" in names and not names & set(TORCH_LIKE) and "onnx" not in names
     for inst in build.instructions + final.instructions:
         assert not re.search(r"\btorch\b", inst.args), inst
         assert not re.search(r"\b(gcc|build-essential|apt-get)\b", inst.args), inst
+
+
+def test_runtime_build_installs_the_pinned_dependencies_before_it_copies_the_sources() -> None:
+    # One layer for the ~170 MB of wheels, before any source: an edited .py file must not reinstall them.
+    build = dockerfile.stages(RUNTIME)[0]
+    first_run = build.instructions.index(build.all("RUN")[0])
+    before = [i for i in build.instructions[:first_run] if i.keyword == "COPY"]
+    assert [shlex.split(c.args)[0] for c in before] == ["deploy/runtime-constraints.txt"]
+    pinned = _pip_installs(build)[0]
+    assert pinned[pinned.index("-r") + 1] == "deploy/runtime-constraints.txt"
 
 
 def test_uvicorn_is_one_that_stops_workers_that_cannot_start() -> None:

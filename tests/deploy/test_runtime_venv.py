@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -78,21 +79,21 @@ def test_runtime_extra_in_a_clean_venv_serves_the_image_entrypoint(tiny_bundle: 
     workdir = build.last("WORKDIR")
     assert workdir is not None and workdir.args == "/src"
     _copy_context(build, src)
-    (run,) = build.all("RUN")
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / "python").symlink_to(sys.executable)  # the image's `python`
     env = {**os.environ, **build.env(), "PATH": f"{shim}:{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
-    out = subprocess.run(
-        ["/bin/sh", "-c", run.args.replace("/opt/venv", str(venv))],
-        cwd=src,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    for run in build.all("RUN"):  # each needs only files copied before it, and all of them are there
+        out = subprocess.run(
+            ["/bin/sh", "-c", run.args.replace("/opt/venv", str(venv))],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
 
     # -- what went in: the runtime extra, no torch, no pip, no test suites
     python = venv / "bin" / "python"
@@ -101,6 +102,11 @@ def test_runtime_extra_in_a_clean_venv_serves_the_image_entrypoint(tiny_bundle: 
     assert subprocess.run([python, "-I", "-c", "import torch"], capture_output=True).returncode != 0
     assert subprocess.run([python, "-I", "-c", "import pip"], capture_output=True).returncode != 0
     assert not list(site.rglob("tests"))
+    # the pinned layer installed exactly what `.[runtime]` needs: nothing missing, nothing left over
+    installed = {d.name.split("-")[0].lower() for d in site.glob("*.dist-info")}  # names as wheels write them
+    pins = (src / "deploy" / "runtime-constraints.txt").read_text().splitlines()
+    pinned = {re.sub(r"[-.]", "_", p.partition("==")[0].lower()) for p in pins if p and not p.startswith("#")}
+    assert installed == pinned | {"skinlesion"}
     check = "import runtime.app, onnxruntime, sys; print(runtime.app.__file__); print('torch' in sys.modules)"
     probe = subprocess.run(
         [python, "-I", "-c", check], capture_output=True, text=True, env={"SKIN_BUNDLE": ""}
