@@ -164,6 +164,8 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     )
     assert "cpu" in _container()["resources"]["requests"]  # utilisation is measured against the request
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # a replica that is not ready protects no one: with none ready, the default policy blocks a drain for ever
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert "replicas" not in deployment["spec"]  # the HPA owns the count; apply -k must not reset it
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
