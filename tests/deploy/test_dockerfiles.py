@@ -194,6 +194,8 @@ def test_bundle_image_copies_into_the_runtime_bundle_path() -> None:
     (copy,) = stage.all("COPY")
     assert shlex.split(copy.args)[-1].rstrip("/") == dockerfile.stages(RUNTIME)[-1].env()["SKIN_BUNDLE"]
     assert copy.flags().get("chown") == "0:0"  # the server user can read the model, never change it
+    # whatever umask exported the bundle (027 leaves uid 10001 out), everyone may read it and enter its folder
+    assert int(copy.flags()["chmod"], 8) & 0o777 == 0o555
 
 
 # ---- the training image
