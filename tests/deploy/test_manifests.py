@@ -183,6 +183,17 @@ def test_kustomize_renders_every_resource() -> None:
     assert _container()["image"].split(":")[0] == image["name"]
 
 
+@pytest.mark.parametrize("version", ["1.27.0", "latest"])  # the oldest README names, the newest shipped
+def test_manifests_match_the_kubernetes_api_schemas(version: str) -> None:
+    # Offline, with the OpenAPI schemas `pip install kubernetes-validate` bundles (not a dev dependency):
+    # strict, so a misspelt field (failureTreshold) fails here, where the checks above read it as absent.
+    validator = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    version = validator.latest_version() if version == "latest" else version
+    for kind, doc in _docs().items():
+        if kind != "Kustomization":  # kustomize's own format: no Kubernetes schema
+            validator.validate(doc, version, strict=True)
+
+
 @pytest.mark.parametrize(
     "path",
     [ROOT / "Dockerfile.runtime", ROOT / "Dockerfile.train", *sorted((ROOT / "deploy").rglob("*.*"))],
