@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -204,9 +206,27 @@ def test_bundle_image_copies_into_the_runtime_bundle_path() -> None:
 def test_train_image_is_a_pinned_cuda_pytorch_with_the_train_extra() -> None:
     (stage,) = dockerfile.stages(TRAIN)
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", stage.base)
-    (install,) = _pip_installs(stage)
-    assert _requirements(install) == [".[train,runtime,openvino]"]
-    assert "-c" in install  # the base image's torch build is kept, not replaced from PyPI
+    extras, project = _pip_installs(stage)
+    assert _requirements(extras) == [] and _requirements(project) == [".[train,runtime,openvino]"]
+    for install in extras, project:
+        assert "-c" in install  # the base image's torch build is kept, not replaced from PyPI
+
+
+def test_train_build_installs_the_extras_requirements_before_it_copies_the_sources(tmp_path: Path) -> None:
+    # Their own layer, from pyproject alone: an edited .py file must not reinstall timm, onnx, OpenVINO...
+    (stage,) = dockerfile.stages(TRAIN)
+    first_run = stage.all("RUN")[0]
+    before = stage.instructions[: stage.instructions.index(first_run)]
+    assert [shlex.split(c.args)[0] for c in before if c.keyword == "COPY"] == ["pyproject.toml"]
+    # the RUN line's own listing, run on this pyproject: every requirement of the three extras, nothing else
+    listing = re.search(r'python -c "import sys, tomllib;.*?" [a-z ]+> (\S+)', first_run.args)
+    assert listing is not None and "-r " + listing.group(1) in first_run.args
+    command = listing.group(0).replace("python ", f"{shlex.quote(sys.executable)} ", 1)
+    command = command.replace(listing.group(1), str(tmp_path / "extras.txt"))
+    subprocess.run(["/bin/sh", "-c", command], cwd=ROOT, check=True, timeout=30)
+    extras = _pyproject()["project"]["optional-dependencies"]
+    want = [r for name in ("train", "runtime", "openvino") for r in extras[name]]
+    assert (tmp_path / "extras.txt").read_text().splitlines() == want
 
 
 def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> None:
