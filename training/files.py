@@ -1,4 +1,5 @@
-"""Writing a run's files so that a full disk or a stop never leaves a part of one that passes for it whole."""
+"""Writing a run's files so that a full disk or a stop never leaves a part of one that passes for it whole;
+one skin-train at a time in a run folder."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from training.config import ConfigError
 
 
 @contextlib.contextmanager
@@ -46,3 +49,52 @@ def _write_error(exc: BaseException | None) -> OSError | None:
     while exc is not None and not isinstance(exc, OSError):
         exc = exc.__context__
     return exc
+
+
+class FolderLock:
+    """One skin-train writes a run folder at a time: a second one on the same --out (started twice, a retry
+    while the first still ran) passed its checks during the first's first epoch, or with --resume, and the
+    two wrote over each other's checkpoints, both saying "outputs in" the folder."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def take(self, folder: Path) -> None:
+        import fcntl
+
+        try:
+            fd = os.open(folder, os.O_RDONLY)  # the folder itself: no lock file to leave behind
+        except OSError:
+            return  # a folder that can be written but not listed: run unguarded, as before
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go when the process ends, however it ends
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another skin-train is writing to {folder}; wait for it to end, or pass another --out"
+            ) from None
+        except OSError:  # a file system without locks (ENOLCK on some NFS mounts): the run still goes on
+            os.close(fd)
+            return
+        self.fd = fd
+        _held.add(fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _held.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
+
+
+_held: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    """A forked DataLoader worker inherits the lock; it must not hold the folder once the run has ended."""
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)

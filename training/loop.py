@@ -13,11 +13,10 @@ import io
 import json
 import logging
 import math
-import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -31,12 +30,12 @@ from torch.utils.data import DataLoader, Subset
 from runtime.bundle import fingerprint_files
 from training import plots
 from training.augment import build_transform
+from training.cluster import Cluster, scan_said_once, setup_cluster, worker_own_group
 from training.config import (
     FIELDS,
     ConfigError,
     TrainConfig,
     check_keys,
-    first_line,
     load_yaml,
     read_config,
     resolve,
@@ -53,7 +52,7 @@ from training.data import (
     load_image,
     load_splits,
 )
-from training.files import not_a_file, write_atomically
+from training.files import FolderLock, not_a_file, write_atomically
 from training.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -65,6 +64,7 @@ from training.model import (
 )
 from training.report import classes_without, classification_summary, epoch_metrics, plain
 from training.stop import Interrupted, signals_deferred, sigterm_stops
+from training.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -106,46 +106,6 @@ class Evaluation(NamedTuple):
     logits: np.ndarray  # float32 [N, C] (for temperature scaling)
     skipped: int  # unreadable images left out
     indices: np.ndarray  # int64 [N]: position of each row in the loader's order
-
-
-@dataclass
-class Cluster:
-    rank: int
-    world_size: int
-    device: torch.device
-    owned: bool  # this call initialised the process group (and so tears it down)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    @contextlib.contextmanager
-    def shared_outcome(self) -> Iterator[None]:
-        """Around what rank 0 does alone (the folder's lock, the run's files): when that fails, the other
-        ranks stop too, quietly (rank 0 says why), rather than die in their next collective with gloo's
-        "Connection closed by peer" traceback under rank 0's one line."""
-        try:
-            yield
-        except Exception:
-            self._tell(failed=True)
-            raise
-        self._tell(failed=False)
-
-    def _tell(self, *, failed: bool) -> None:
-        if not self.distributed:
-            return
-        news = [failed]
-        dist.broadcast_object_list(news, src=0)
-        if news[0] and not self.main:
-            raise ConfigError("rank 0 stopped the run")  # only rank 0 speaks (training.cli)
 
 
 @dataclass
@@ -208,73 +168,6 @@ def train(**kwargs: Any) -> Path:
                 dist.destroy_process_group()
 
 
-def worker_own_group(worker_id: int) -> None:
-    """A DataLoader worker leaves the run's process group: a signal sent to the group (torchrun's SIGTERM, a
-    terminal's Ctrl-C, kill -TERM -PGID) killed the workers too, and torch's SIGCHLD handler turned that into
-    tracebacks in the main process. Now it reaches the run alone, which stops as for Ctrl-C and shuts them
-    down; terminate() still ends a worker that hangs, and they exit if the run dies."""
-    os.setpgid(0, 0)
-    sys.excepthook = _quiet_resource_sharer
-
-
-def _quiet_resource_sharer(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-    """A worker hands each batch's tensors to the run over a socket (multiprocessing's resource sharer, in a
-    thread that reports its errors through sys.excepthook). A run stopped mid-handover closes that socket, and
-    the worker printed a BrokenPipeError traceback under the run's one line; a handover that fails while the
-    run goes on fails in the run too, which says so. Anything else a worker reports here is still printed."""
-    if tb is None or tb.tb_frame.f_globals.get("__name__") != "multiprocessing.resource_sharer":
-        sys.__excepthook__(kind, exc, tb)
-
-
-class FolderLock:
-    """One skin-train writes a run folder at a time: a second one on the same --out (started twice, a retry
-    while the first still ran) passed its checks during the first's first epoch, or with --resume, and the
-    two wrote over each other's checkpoints, both saying "outputs in" the folder."""
-
-    def __init__(self) -> None:
-        self.fd: int | None = None
-
-    def take(self, folder: Path) -> None:
-        import fcntl
-
-        try:
-            fd = os.open(folder, os.O_RDONLY)  # the folder itself: no lock file to leave behind
-        except OSError:
-            return  # a folder that can be written but not listed: run unguarded, as before
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # let go when the process ends, however it ends
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(
-                f"another skin-train is writing to {folder}; wait for it to end, or pass another --out"
-            ) from None
-        except OSError:  # a file system without locks (ENOLCK on some NFS mounts): the run still goes on
-            os.close(fd)
-            return
-        self.fd = fd
-        _held.add(fd)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            _held.discard(self.fd)
-            os.close(self.fd)
-            self.fd = None
-
-
-_held: set[int] = set()
-
-
-def _let_go_in_child() -> None:
-    """A forked DataLoader worker inherits the lock; it must not hold the folder once the run has ended."""
-    for fd in _held:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _held.clear()
-
-
-os.register_at_fork(after_in_child=_let_go_in_child)
-
-
 def _stamp(path: Path) -> tuple[int, int, int] | None:
     """Which file is at ``path`` (inode, mtime, size), or None: tells a file written since from an old one."""
     try:
@@ -327,58 +220,7 @@ def resolve_options(kwargs: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]
     return resolve(from_yaml, saved, explicit), ckpt
 
 
-@contextlib.contextmanager
-def _scan_said_once(cluster: Cluster) -> Iterator[None]:
-    """Every rank scans the same folders: what the scan warns of (a val/ folder not read, files left out) is
-    said by rank 0 alone, not once per process. Images a rank fails to read later stay its own to say."""
-    scan = logging.getLogger("training.data")
-    level = scan.level
-    if not cluster.main:
-        scan.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        scan.setLevel(level)
-
-
-def setup_cluster(device_option: str) -> Cluster:
-    """Join the torchrun process group when there is one (nccl on GPUs, gloo on CPUs)."""
-    try:
-        world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in _TORCHRUN.items())
-    except ValueError:
-        raise ConfigError(f"{', '.join(_TORCHRUN)} must be whole numbers (torchrun sets them)") from None
-    device = pick_device(device_option, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    owned = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owned = True
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return Cluster(rank=rank, world_size=world, device=device, owned=owned)
-
-
 T = TypeVar("T")
-_TORCHRUN = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}
-
-
-def pick_device(option: str, local_rank: int = 0) -> torch.device:
-    if option == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(option)
-    except RuntimeError:
-        raise ConfigError(f"--device {option!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type not in ("cpu", "cuda"):  # mps, xpu, meta, …: not what this loop is written and tested for
-        raise ConfigError(f"--device {option!r} is not supported (use auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device asks for CUDA but no CUDA device is visible")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    return device
 
 
 def amp_setup(mode: str, device: torch.device) -> tuple[torch.dtype | None, Any]:
@@ -490,7 +332,7 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             import mlflow  # noqa: F401
         except ImportError:
             raise ConfigError("--mlflow needs the mlflow package (pip install mlflow)") from None
-    with _scan_said_once(cluster):
+    with scan_said_once(cluster):
         splits = load_splits(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     names = splits.class_names
     _check_splits(splits, cfg, cluster)
@@ -1172,52 +1014,3 @@ def _printer(enabled: bool) -> Any:
             tqdm.write(line, file=sys.stdout)
 
     return say
-
-
-class MlflowTracker:
-    """Optional MLflow logging (rank 0 only): parameters, per-epoch metrics, the run's files at the end.
-    A tracking server that cannot start a run stops skin-train before it trains, in one line; one that fails
-    later (down, full) ends the logging with a warning, never the run: its files have everything."""
-
-    def __init__(self, cfg: TrainConfig, run_dir: Path, say: Callable[[str], None]) -> None:
-        import mlflow
-
-        self.mlflow = mlflow
-        self.say = say
-        self.on = True
-        try:
-            mlflow.set_experiment(cfg.mlflow_experiment)
-            mlflow.start_run(run_name=run_dir.name)
-            mlflow.log_params({k: str(v)[:500] for k, v in cfg.as_dict().items()})
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                mlflow.end_run("FAILED")
-            raise ConfigError(f"MLflow could not start a run: {first_line(exc)}") from None
-
-    def log_epoch(self, row: dict[str, float]) -> None:
-        step = int(row["epoch"])
-        self._call(self.mlflow.log_metrics, {k: float(v) for k, v in row.items() if k != "epoch"}, step=step)
-
-    def finish(self, run_dir: Path) -> None:
-        for path in sorted(run_dir.iterdir()):
-            if path.suffix in (".json", ".csv", ".yaml", ".png"):
-                self._call(self.mlflow.log_artifact, str(path))
-
-    def close(self, status: str) -> None:
-        """status: MLflow's FINISHED, FAILED or KILLED (stopped by Ctrl-C or SIGTERM). Tried even once the
-        logging has stopped (quietly then): a run left open is ended at exit by MLflow's hook, as FINISHED."""
-        if self.on:
-            self._call(self.mlflow.end_run, status)
-            return
-        with contextlib.suppress(Exception):
-            self.mlflow.end_run(status)
-
-    def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        if not self.on:
-            return
-        try:
-            method(*args, **kwargs)
-        except Exception as exc:
-            self.on = False
-            why = first_line(exc)
-            self.say(f"warning: MLflow logging stopped ({why}); the run goes on, its files have it all")
