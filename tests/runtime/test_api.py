@@ -289,6 +289,22 @@ def test_limits_are_inclusive(tiny_bundle: Path) -> None:
             _error(c.post("/api/predict", content=body, headers=headers), 413, code)
 
 
+def test_each_body_check_is_inclusive_on_its_own(tiny_bundle: Path) -> None:
+    # In the test above, the check while streaming refuses what an off-by-one in the Content-Length one lets
+    # through (and the other way round): each is tried here without the other.
+    image = encode(Image.new("RGB", (64, 50), (220, 30, 30)), "PNG")
+    head = b'--B\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    body = head + image + b"\r\n--B--\r\n"
+    headers = {"content-type": "multipart/form-data; boundary=B"}
+    with _client(tiny_bundle, max_body_bytes=len(body)) as c:
+        declared = {**headers, "content-length": str(len(body) + 1)}  # one byte over, refused unread
+        _error(c.post("/api/predict", content=b"0" * 10, headers=declared), 413, "body_too_large")
+        chunked = c.post("/api/predict", content=iter([body]), headers=headers)  # no Content-Length
+        assert chunked.status_code == 200, chunked.text
+    with _client(tiny_bundle, max_body_bytes=len(body) - 1) as c:
+        _error(c.post("/api/predict", content=iter([body]), headers=headers), 413, "body_too_large")
+
+
 def test_body_over_limit_refused_while_streaming(client: TestClient) -> None:
     sent = 0
 
