@@ -157,8 +157,9 @@ def test_cam_extent_places_the_cells_where_the_network_centres_them() -> None:
             (32 * c + 0.5) / 300, abs=1e-5
         )
     # Per axis: rows and columns may differ (a non-square input, TF-style padding).
-    wide = _meta(input_size=(200, 400), cam_grid={"stride": [16.0, 32.0], "offset": [8.0, 11.5]})
-    assert bundle.cam_extent(wide, 12, 12) == {"left": -0.01125, "top": 0.0, "width": 0.96, "height": 0.96}
+    # The offsets are not half a stride, so each of the four numbers shows which side it was divided by.
+    wide = _meta(input_size=(200, 400), cam_grid={"stride": [16.0, 32.0], "offset": [4.0, 11.5]})
+    assert bundle.cam_extent(wide, 12, 12) == {"left": -0.01125, "top": -0.02, "width": 0.96, "height": 0.96}
 
 
 def test_thresholds_that_are_not_an_object_are_dropped() -> None:
