@@ -138,6 +138,12 @@ def test_demo_flag_is_read_case_insensitively(value: str, demo: bool) -> None:
     assert bundle.BundleMeta.from_metadata(props).demo is demo
 
 
+def test_a_bundle_without_the_demo_flag_is_not_a_demo() -> None:
+    props = _meta().to_metadata()
+    del props[bundle.K_DEMO]
+    assert bundle.BundleMeta.from_metadata(props).demo is False
+
+
 def test_a_bundle_without_a_cam_grid_spreads_the_cells_evenly() -> None:
     props = _meta().to_metadata()
     del props[bundle.K_CAM_GRID]  # written before the layout was traced
