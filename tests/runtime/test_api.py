@@ -521,6 +521,18 @@ def test_batch_keeps_order_and_isolates_bad_files(client: TestClient) -> None:
     assert body["model"]["name"] == "tiny-test-model"
 
 
+def test_batch_files_over_the_image_limit_are_refused_one_by_one(tiny_bundle: Path) -> None:
+    # A readable image over SKIN_MAX_IMAGE_MB: only the size check refuses it, not decoding.
+    small = solid("red")
+    big = encode(Image.effect_noise((64, 64), 64).convert("RGB"), "PNG")
+    assert len(big) > len(small)
+    files = [("files", ("big.png", big, "image/png")), ("files", ("small.jpg", small, "image/jpeg"))]
+    with _client(tiny_bundle, max_image_bytes=len(small)) as c:
+        results = c.post("/api/predict/batch?heatmap=false", files=files).json()["results"]
+    assert results[0]["error"]["code"] == "file_too_large" and "predictions" not in results[0]
+    assert results[1]["primary"]["label"] == "Acne"
+
+
 def test_batch_all_bad_is_still_200_with_errors(client: TestClient) -> None:
     body = client.post("/api/predict/batch", files=[("files", ("a", b"", "image/jpeg"))]).json()
     assert body["results"][0]["error"]["code"] == "empty_file"
