@@ -30,6 +30,13 @@ def test_ece_keeps_each_bin_apart() -> None:
     assert calibrate.ece(probs, labels) == pytest.approx(expected)
 
 
+def test_ece_bins_are_closed_at_the_top() -> None:
+    # Bin i is (i/n, (i+1)/n] (Guo et al.): with 4 bins, 0.75 shares bin 2 with 0.625 (exact in binary).
+    probs = np.array([[0.75, 0.25], [0.625, 0.375]])
+    labels = np.array([0, 1])
+    assert calibrate.ece(probs, labels, n_bins=4) == pytest.approx(abs(0.5 - 0.6875))
+
+
 def test_the_before_numbers_are_those_of_the_plain_softmax() -> None:
     logits, labels = np.array([[3.0, 0.0], [2.0, 1.0], [0.0, 1.0]]), np.array([0, 1, 1])
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)  # temperature 1
