@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from export import bf16, cli, heatmap, quantize
+from export import bf16, cli, heatmap, place, quantize
 from export.bundle import export_bundle
 from export.errors import ExportError
 from runtime import bundle, int8
@@ -485,6 +485,15 @@ def test_overwrite_replaces_only_a_bundle(dataset: Path, tmp_path: Path) -> None
         export_bundle(checkpoint, notes, overwrite=True, int8="off", parity_images=2)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt"]
     assert (notes / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_folder_under_a_bundle_files_name(tmp_path: Path) -> None:
+    # Only files go by the bundle's names: a folder called report.json is someone's, and would be deleted.
+    out = tmp_path / "bundle"
+    (out / bundle.REPORT_FILE).mkdir(parents=True)
+    (out / bundle.REPORT_FILE / "mine.txt").write_text("mine")
+    with pytest.raises(ExportError, match="is not a bundle folder"):
+        place.check_replaceable(out, tmp_path / "run" / "best.pt")
 
 
 def test_overwrite_refuses_a_symbolic_link(dataset: Path, tmp_path: Path) -> None:
