@@ -536,6 +536,26 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def test_a_failed_swap_puts_the_old_bundle_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The old bundle is moved aside first: if the new one then cannot take its place, out must not be empty.
+    staging, out = tmp_path / ".b.partial-x", tmp_path / "b"
+    staging.mkdir()
+    out.mkdir()
+    (out / bundle.MODEL_FILE).write_text("old")
+    real_rename = Path.rename
+
+    def rename(self: Path, target: Any) -> Any:
+        if self == staging:
+            raise OSError(28, "No space left on device")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        place.move_into_place(staging, out)
+    assert (out / bundle.MODEL_FILE).read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.partial-x", "b"]
+
+
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_an_out_that_is_a_file_is_refused_as_one_whatever_overwrite_says(
     tmp_path: Path, overwrite: bool
