@@ -52,6 +52,13 @@ def test_a_class_of_two_images_keeps_one_for_training() -> None:
     assert data.split_class(files, 0.8, 7, 0, one_file) == (files, [])
 
 
+def test_a_small_class_still_has_an_image_in_validation() -> None:
+    # 15 % of 3 rounds to none: every class must still be measured on validation.
+    files = [Path(f"{i}.jpg") for i in range(3)]
+    kept, held = data.split_class(files, 0.15, 7, 0)
+    assert len(held) == 1 and sorted(kept + held) == files
+
+
 def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Path) -> None:
     shutil.copytree(dataset / "train", tmp_path / "Train")
     shutil.copytree(dataset / "test", tmp_path / "Test")
