@@ -14,6 +14,14 @@ from tests.bundle_factory import make_bundle
 for _name in ("no_proxy", "NO_PROXY"):
     os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
 
+# The runtime's settings from the developer's shell (SKIN_TOP_K=3 in a .bashrc, WEB_CONCURRENCY=2) reached
+# Settings.from_env() and every server the tests start: tests set what they mean to try themselves.
+# SKIN_REQUIRE_OPENVINO is the suite's own switch (make test), not a runtime setting.
+for _name in [k for k in os.environ if k.startswith("SKIN_") and k != "SKIN_REQUIRE_OPENVINO"]:
+    del os.environ[_name]
+for _name in ("WEB_CONCURRENCY", "PROMETHEUS_MULTIPROC_DIR"):
+    os.environ.pop(_name, None)
+
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
