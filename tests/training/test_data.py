@@ -52,6 +52,14 @@ def test_a_class_of_two_images_keeps_one_for_training() -> None:
     assert data.split_class(files, 0.8, 7, 0, one_file) == (files, [])
 
 
+def test_the_split_is_the_one_earlier_runs_were_trained_on() -> None:
+    # Export rebuilds the validation split of a checkpoint trained earlier: were it drawn differently now
+    # (the code, or numpy's generator, changed), T and the thresholds would be fitted on training images.
+    files = [Path(f"{i:02}.jpg") for i in range(10)]
+    held = [[p.stem for p in data.split_class(files, 0.3, 42, index)[1]] for index in (0, 1)]
+    assert held == [["00", "05", "06"], ["00", "07", "08"]]  # each class draws its own
+
+
 def test_a_small_class_still_has_an_image_in_validation() -> None:
     # 15 % of 3 rounds to none: every class must still be measured on validation.
     files = [Path(f"{i}.jpg") for i in range(3)]
