@@ -70,6 +70,7 @@ def test_invalid_metadata_is_refused(overrides: dict[str, object], message: str)
     [
         pytest.param({bundle.K_CONTRACT: "99"}, "contract version", id="future-contract"),
         pytest.param({bundle.K_CONTRACT: "0"}, "contract version", id="past-contract"),
+        pytest.param({bundle.K_CONTRACT: "10"}, "contract version", id="contract-1-with-a-trailing-0"),
         # str.isdigit() takes these, int() does not: a ValueError of its own, not the contract's line
         pytest.param({bundle.K_CONTRACT: "\u00b9"}, "contract version", id="superscript-contract"),
         pytest.param({bundle.K_CONTRACT: "1" * 5000}, "contract version", id="5000-digit-contract"),
