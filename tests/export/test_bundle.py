@@ -341,6 +341,9 @@ def test_verify_refuses_a_graph_whose_probabilities_do_not_sum_to_1(tmp_path: Pa
 def test_existing_bundle_is_kept_unless_overwrite(exported: dict[str, Any]) -> None:
     with pytest.raises(ExportError, match="--overwrite"):
         export_bundle(exported["checkpoint"], exported["out"])
+    # Before any work: else only the check once the bundle is built refuses it (as "appeared while …").
+    with pytest.raises(ExportError, match="already exists; pass --overwrite"):
+        export_bundle(exported["work"] / "missing.pt", exported["out"])  # before the checkpoint is read
 
 
 def test_overwrite_replaces_the_bundle_and_leaves_no_temporary_folders(dataset: Path, tmp_path: Path) -> None:
