@@ -64,6 +64,7 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"permissions-policy", b"camera=(self), microphone=(), geolocation=()"),
 ]
+PROBE_ROUTES = ("/healthz", "/readyz", "/metrics")
 API_ROUTES = ("/api/predict/batch", "/api/predict", "/api/info", "/api/report", "/api/openapi.json")
 
 
@@ -410,11 +411,7 @@ class RequestMiddleware:
             return
         path = scope["path"]
         route = next((r for r in API_ROUTES if path == r), None) or (
-            path
-            if path in ("/healthz", "/readyz", "/metrics")
-            else "api-other"
-            if path.startswith("/api/")
-            else "static"
+            path if path in PROBE_ROUTES else "api-other" if path.startswith("/api/") else "static"
         )
         if scope["method"] == "OPTIONS":  # a browser's CORS preflight is no prediction: kept apart
             route = "options"
@@ -454,7 +451,10 @@ class RequestMiddleware:
             if error:
                 fields["error"] = error
             fields["ms"] = round(elapsed * 1000, 1)
-            access_log.info("request", extra={"fields": fields})
+            # A probe or scrape that succeeds (kubelet's every few seconds, Prometheus's: ~26,000 lines a day
+            # a pod) is a debug line; one that fails stays an info line, where it is seen.
+            quiet = route in PROBE_ROUTES and status < 400
+            access_log.log(logging.DEBUG if quiet else logging.INFO, "request", extra={"fields": fields})
 
 
 class ServerErrors:

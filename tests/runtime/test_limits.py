@@ -83,6 +83,32 @@ def test_full_server_refuses_before_parsing_the_upload(tiny_bundle: Path, path: 
         assert bad.status_code == 400
 
 
+def test_probes_and_scrapes_that_succeed_are_debug_lines_and_failures_info(
+    tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
+) -> None:
+    """kubelet probes every few seconds and Prometheus scrapes: at info they were most of the log."""
+    settings = Settings(bundle=str(tiny_bundle), threads=1)
+    with (
+        TestClient(create_app(settings)) as client,
+        runtime_log.at_level(logging.DEBUG, logger="runtime.access"),
+    ):
+        for path in ("/healthz", "/readyz", "/metrics", "/api/info"):
+            assert client.get(path).status_code == 200
+        assert client.post("/metrics").status_code == 405
+    seen = [
+        (r.fields["route"], r.fields["status"], r.levelname)
+        for r in runtime_log.records
+        if r.name == "runtime.access"
+    ]  # type: ignore[attr-defined]
+    assert seen == [
+        ("/healthz", 200, "DEBUG"),
+        ("/readyz", 200, "DEBUG"),
+        ("/metrics", 200, "DEBUG"),
+        ("/api/info", 200, "INFO"),
+        ("/metrics", 405, "INFO"),
+    ]
+
+
 def test_access_log_is_json_with_request_id_and_no_file_names(
     tiny_bundle: Path, runtime_log: pytest.LogCaptureFixture
 ) -> None:
