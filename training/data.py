@@ -7,6 +7,7 @@ does it; training adds augmentations that keep the size, then both convert to a 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -433,10 +434,20 @@ def split_class(
 
 def to_tensor(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 HWC RGB → float32 CHW in [0, 1], normalized with mean/std (as the ONNX graph does)."""
-    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-    return ((x - m) / s).contiguous()
+    # A lookup, not torch arithmetic: torch's thread pool made each image wait ~20 ms on a busy 2-core
+    # machine (2 ms alone), 300 px training images with --workers 0 loaded at 21/s.
+    table = _normalized_values(tuple(mean), tuple(std))
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    return torch.from_numpy(np.take_along_axis(table, chw.reshape(3, -1), axis=1).reshape(chw.shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _normalized_values(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: what every uint8 value of each channel becomes, by the arithmetic used before."""
+    x = torch.arange(256, dtype=torch.float32).repeat(3, 1).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32).view(3, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(3, 1)
+    return ((x - m) / s).numpy()
 
 
 _reported: set[str] = set()
