@@ -70,8 +70,9 @@ def _measure(
     log(f"bf16: comparing OpenVINO bf16 with fp32 on {len(test)} test images")
     size, resize, resize_filter = view
     fetch = heatmap.outputs(s32)
-    a, kept = infer.run_many(s32, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
-    b, _ = infer.run_many(s16, test, fetch, size=size, resize=resize, resize_filter=resize_filter)
+    (a, b), kept = infer.run_each(
+        [s32, s16], test, fetch, size=size, resize=resize, resize_filter=resize_filter
+    )
     if not kept:
         return {"measured": False, "reason": "no test image could be read"}
     p32, p16 = a[bundle.PROBS_OUTPUT], b[bundle.PROBS_OUTPUT]

@@ -687,8 +687,7 @@ def _flag_agreement(
     fetch = [contract.PROBS_OUTPUT, *policy.needs]
     foreign, _ = _foreign_pixels(view, FOREIGN_CHECK_SEED)
     judged = []
-    for sess in sessions:
-        out, _ = infer.run_many(sess, test, fetch, **view)
+    for sess, out in zip(sessions, infer.run_each(sessions, test, fetch, **view)[0], strict=True):
         more = infer.run_pixels(sess, foreign, fetch)
         judged.append(policy.judge({k: np.concatenate([out[k], more[k]]) for k in fetch}))
     return {

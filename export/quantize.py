@@ -112,8 +112,7 @@ def evaluate(
     s32, s8 = infer.session(fp32), infer.session(int8)
     fetch = heatmap.outputs(s32)
     view: dict[str, Any] = {"size": size, "resize": resize, "resize_filter": resize_filter}
-    ours, kept = infer.run_many(s32, test, fetch, **view)
-    theirs, _ = infer.run_many(s8, test, fetch, **view)
+    (ours, theirs), kept = infer.run_each([s32, s8], test, fetch, **view)
     if not kept:
         raise ExportError("int8: no test image could be read")
     heatmaps = heatmap.compare(ours, theirs)

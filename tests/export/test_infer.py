@@ -49,6 +49,27 @@ def test_run_many_indices_point_at_the_files_across_batches(files: list[Path]) -
     np.testing.assert_array_equal(out["b"], np.array(expected) + 1)
 
 
+def test_run_each_decodes_every_file_once_for_all_graphs(
+    files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[Path] = []
+    read = infer.readable
+
+    def counted(batch: list[Path], *args: Any) -> tuple[np.ndarray, list[int]]:
+        decoded.extend(batch)
+        return read(batch, *args)
+
+    monkeypatch.setattr(infer, "readable", counted)
+    (a, b), kept = infer.run_each(
+        [_Session(), _Session()], files, ["a"], size=(2, 2), resize="stretch", resize_filter="x"
+    )
+    assert decoded == files
+    expected = [i for i in range(20) if i not in (0, 17, 18)]
+    assert kept == expected
+    np.testing.assert_array_equal(a["a"], expected)
+    np.testing.assert_array_equal(b["a"], expected)
+
+
 def test_batches_leave_out_unreadable_files_and_empty_batches(files: list[Path]) -> None:
     got = list(infer.batches(files[15:], (2, 2), "stretch", "x", batch=2))  # 15 16 | 17 18 | 19
     assert [b[:, 0, 0, 0].tolist() for b in got] == [[15, 16], [19]]
