@@ -17,7 +17,7 @@ import shlex
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,8 @@ class Splits:
     train: list[Sample]
     val: list[Sample]
     test: list[Sample]
+    # Name fingerprints, made once: a resumed run compared them, then hashed both again for its checkpoint.
+    _fingerprints: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def display_names(self) -> list[str]:
@@ -60,13 +62,17 @@ class Splits:
         """The names of the files the validation split is carved from (under train/, whatever its spelling):
         one added or removed reshuffles its class's split; a file repaired in place does not. Training keeps
         it in the checkpoint; resume and export compare it."""
-        return self._names(self.train + self.val)
+        if "train" not in self._fingerprints:
+            self._fingerprints["train"] = self._names(self.train + self.val)
+        return self._fingerprints["train"]
 
     def val_fingerprint(self) -> str:
         """The names of the validation images: with the same files, another numpy (whose permutations are
         the same only within one build) or another version of split_class may carve another split, which
         would hold images the run trained on. Kept in the checkpoint; resume and export compare it."""
-        return self._names(self.val)
+        if "val" not in self._fingerprints:
+            self._fingerprints["val"] = self._names(self.val)
+        return self._fingerprints["val"]
 
     def _names(self, samples: list[Sample]) -> str:
         digest = hashlib.sha256()
