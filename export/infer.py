@@ -81,12 +81,12 @@ def run_each(
     """``run_many`` for several graphs (fp32 and int8, fp32 and bf16) on one decode of each file: decoding
     the test split once per graph was a third of an export's time with a small model."""
     parts: list[dict[str, list[np.ndarray]]] = [{name: [] for name in outputs} for _ in sessions]
+    inputs = [sess.get_inputs()[0].name for sess in sessions]
     kept: list[int] = []
     for start in range(0, len(files), BATCH):
         x, idx = readable(files[start : start + BATCH], size, resize, resize_filter)
         if len(x):
-            for sess, part in zip(sessions, parts, strict=True):
-                input_name = sess.get_inputs()[0].name
+            for sess, input_name, part in zip(sessions, inputs, parts, strict=True):
                 for name, value in zip(outputs, sess.run(outputs, {input_name: x}), strict=True):
                     part[name].append(value)
             kept += [start + i for i in idx]
