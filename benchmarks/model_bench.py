@@ -276,6 +276,23 @@ def candidates(
     return found
 
 
+def _offered(threads: int) -> list[Candidate]:
+    """The paths candidates() offers on this machine, none of them built: their names, before any model."""
+    nothing = contract.BundleMeta(
+        class_names=[], display_names=[], input_size=(0, 0), model_name="", model_version=""
+    )
+    return candidates(Path(), Path(), Path(), [], nothing, threads, np.zeros(0))  # the re-check too
+
+
+def _matching(found: list[Candidate], only: Sequence[str]) -> list[Candidate]:
+    """The paths whose name contains one of ``only`` (all when it is empty); BenchError when none does."""
+    if only:
+        found = [c for c in found if any(o.lower() in c.name.lower() for o in only)]
+        if not found:
+            raise BenchError(f"no path matches {', '.join(only)}")
+    return found
+
+
 def _importable(module: str) -> bool:
     import importlib.util
 
@@ -408,6 +425,8 @@ def model_benchmark(
     work, out = Path(work), Path(out)
     check_out(out)
     check_out(work, "--work")
+    if only:  # a misspelt path fails now, not after minutes of making the model and its images
+        _matching(_offered(threads), only)
     checkpoint, bundle_dir = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     fp32 = bundle_dir / contract.MODEL_FILE
     meta, outputs = _graph(fp32)
@@ -426,11 +445,7 @@ def model_benchmark(
     calibration_pixels = np.stack([preprocess(f, meta.input_size, **view) for f in calibration])  # type: ignore[arg-type]
     # The bf16 re-check compares logits, so it is offered only when the graph has them.
     recheck_pixels = calibration_pixels if contract.LOGITS_OUTPUT in outputs else None
-    found = candidates(checkpoint, fp32, scratch, calibration, meta, threads, recheck_pixels)
-    if only:
-        found = [c for c in found if any(o.lower() in c.name.lower() for o in only)]
-        if not found:
-            raise BenchError(f"no path matches {', '.join(only)}")
+    found = _matching(candidates(checkpoint, fp32, scratch, calibration, meta, threads, recheck_pixels), only)
     quiet = wait_until_quiet(max_load, max_wait_s, log)
     test_images = count(len(test), "test image")
     log(f"load average {quiet['load1']:.2f} at the start; {test_images}, {count(threads, 'thread')}")

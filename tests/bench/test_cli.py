@@ -177,3 +177,18 @@ def test_a_work_folder_that_is_a_file_is_one_line(
     assert importlib.import_module(f"benchmarks.{cli}").main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"benchmarks.{cli}: --work {taken}: {taken} is not a folder"]
+
+
+def test_an_only_that_names_no_path_is_refused_before_the_model_is_made(
+    no_model: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It was refused only once the model (minutes on a fresh --work) and its test images had been made.
+    from benchmarks import model_bench
+
+    argv = ["--only", "onnxruntime fp23", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert model_bench.main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "benchmarks.model_bench: no path matches onnxruntime fp23"
+    ]
+    with pytest.raises(AssertionError, match="reached the benchmark"):  # a real path goes on to the model
+        model_bench.main([*argv[:1], "int8", *argv[2:]])
