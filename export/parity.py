@@ -19,12 +19,12 @@ MAX_CAM_DIFF = 1e-3  # relative to the largest activation (at least 1): the heat
 
 
 def pick(
-    files: Sequence[Path], n: int, size: tuple[int, int], resize: str, resize_filter: str, *, seed: int = 0
+    files: Sequence[Path], n: int, size: tuple[int, int], resize: str, resize_filter: str
 ) -> tuple[list[Path], np.ndarray]:
     """Up to ``n`` readable files spread over the list (it is sorted by class), and their pixels."""
     chosen: list[Path] = []
     images: list[np.ndarray] = []
-    for i in np.random.default_rng(seed).permutation(len(files)):
+    for i in np.random.default_rng(0).permutation(len(files)):
         if len(chosen) == n:
             break
         x, kept = infer.readable([files[i]], size, resize, resize_filter)
@@ -46,7 +46,6 @@ def check_parity(
     resize: str,
     resize_filter: str,
     temperature: float,
-    tol: float = MAX_ABS_DIFF,
 ) -> dict[str, Any]:
     """Compare probabilities (and logits and class activation maps, where the graph has them) of the finished
     graph and of the torch model on up to ``n`` image files."""
@@ -80,7 +79,7 @@ def check_parity(
             logits = net(x)
         torch_probs = torch.softmax(logits / temperature, dim=1).double().numpy()
 
-    diff = float(np.abs(ort_probs - torch_probs).max())
+    diff, tol = float(np.abs(ort_probs - torch_probs).max()), MAX_ABS_DIFF
     # Classes within the tolerance of torch's top one are tied as far as parity can tell: which of them
     # float32 kernels rank first is noise (a barely trained net's two top logits, 2e-8 apart, failed export).
     graph_top = torch_probs[np.arange(len(torch_probs)), ort_probs.argmax(1)]

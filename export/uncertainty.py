@@ -160,10 +160,10 @@ def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.asarray(e / e.sum(axis=1, keepdims=True))
 
 
-def curve_points(curve: Curve, max_points: int = CURVE_POINTS) -> list[dict[str, float]]:
-    """At most ``max_points`` points of the curve, evenly spread over its thresholds, both ends kept."""
+def curve_points(curve: Curve) -> list[dict[str, float]]:
+    """At most CURVE_POINTS points of the curve, evenly spread over its thresholds, both ends kept."""
     n = len(curve.thresholds)
-    idx = np.unique(np.linspace(0, n - 1, min(n, max_points)).round().astype(int))
+    idx = np.unique(np.linspace(0, n - 1, min(n, CURVE_POINTS)).round().astype(int))
     return [
         {
             "threshold": round(float(curve.thresholds[i]), 6),
