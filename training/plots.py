@@ -82,10 +82,9 @@ def mistake_confidence(probs: np.ndarray, labels: np.ndarray, path: Path) -> Non
     _save(fig, path, dpi=100)
 
 
-def mistake_grid(
-    images: Sequence[np.ndarray], captions: Sequence[str], title: str, path: Path, columns: int = 4
-) -> None:
+def mistake_grid(images: Sequence[np.ndarray], captions: Sequence[str], title: str, path: Path) -> None:
     """A grid of images (uint8 HWC) with captions, e.g. the most confident mistakes."""
+    columns = 4
     rows = max(1, -(-len(images) // columns))
     fig = _figure(3 * columns, 3.3 * rows)
     axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
