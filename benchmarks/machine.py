@@ -62,14 +62,12 @@ class OtherCpu:
         return round(max(0.0, (busy - busy0 - (own - own0)) / max(wall - wall0, 1e-6)), 2)
 
 
-def wait_for_cpu(
-    max_other: float, max_wait_s: float, log: Callable[[str], None], window: float = 3.0
-) -> float:
+def wait_for_cpu(max_other: float, max_wait_s: float, log: Callable[[str], None]) -> float:
     """Wait until other processes use less than ``max_other`` cores over a few seconds; return their use."""
     start = time.monotonic()
     while True:
         meter = OtherCpu()
-        time.sleep(window)
+        time.sleep(3.0)
         other = meter.cores()
         if other < max_other or time.monotonic() - start > max_wait_s:
             return other

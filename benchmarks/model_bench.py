@@ -408,7 +408,6 @@ def model_benchmark(
     repeats: int = 30,
     rounds: int = 5,
     test_per_class: int = 10,
-    calibration_per_class: int = 6,
     threads: int = 0,
     bundle: str | Path | None = None,
     checkpoint: str | Path | None = None,
@@ -435,9 +434,7 @@ def model_benchmark(
     names = list(meta.class_names)
     # Seeds unlike the ones weights.py fitted BatchNorm and the head on: these images are new to the model.
     test_files = generated_images(scratch / "test", per_class=test_per_class, seed=101, class_names=names)
-    calibration = generated_images(
-        scratch / "calib", per_class=calibration_per_class, seed=202, class_names=names
-    )
+    calibration = generated_images(scratch / "calib", per_class=6, seed=202, class_names=names)
     view = {"resize_mode": meta.resize, "resize_filter": meta.resize_filter}
     test = np.stack([preprocess(f, meta.input_size, **view) for f in test_files])  # type: ignore[arg-type]
     one, eight = test[:1], batch_of(test, 8)

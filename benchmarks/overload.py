@@ -110,11 +110,11 @@ def percentiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
-def rss_profile(samples: list[int], interval: float, step_s: float = 10.0) -> dict[str, Any]:
-    """RSS every ``step_s`` seconds, the peak, and the growth over the second half of the run."""
+def rss_profile(samples: list[int], interval: float) -> dict[str, Any]:
+    """RSS every 10 s (sampled every ``interval`` s), the peak, and its growth over the second half."""
     if not samples:
         return {}
-    per_step = max(1, round(step_s / interval))
+    per_step = max(1, round(10 / interval))
     half = len(samples) // 2
     return {
         "every_10s_mb": [round(s / MB, 1) for s in samples[::per_step]],
@@ -311,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Drive the runtime at a multiple of its saturation throughput; report statuses, latency "
         "of accepted requests and memory.",
     )
-    parser.add_argument("--work", default="runs/bench", help="benchmark model, logs and Locust output")
+    parser.add_argument(
+        "--work", default="runs/bench", help="benchmark model, logs and Locust output (runs/bench)"
+    )
     parser.add_argument("--out", default="benchmarks/results", help="summary folder (benchmarks/results)")
     parser.add_argument(
         "--factor",
@@ -328,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--saturation-time", type=int, default=20, help="seconds of the saturation run (20)")
     parser.add_argument(
-        "--max-load", type=finite(0), default=0.6, help="wait for a 1-min load average below this"
+        "--max-load", type=finite(0), default=0.6, help="wait for a 1-min load average below this (0.6)"
     )
     args = parser.parse_args(argv)
     return run_cli(
