@@ -1,4 +1,5 @@
-"""README.md against the repository: the flags its command lines give, the files its Layout and lists name."""
+"""README.md against the repository: the flags its command lines give (and the values of those with a list of
+choices), the files its Layout and lists name."""
 
 from __future__ import annotations
 
@@ -81,6 +82,39 @@ def test_every_flag_a_section_names_is_its_commands(title: str, command: str) ->
     flags = set(re.findall(r"`(--[a-z0-9][a-z0-9-]*)", prose))
     assert flags
     assert not {flag for flag in flags if not re.search(rf"{flag}(?![\w-])", _help(command))}
+
+
+def _choices(command: str) -> dict[str, set[str]]:
+    """The flags of ``command`` that take one of a list of values, as --help shows them: --int8 {auto,off}."""
+    return {
+        flag: set(values.split(","))
+        for flag, values in re.findall(r"(--[a-z0-9-]+) \{([^}]*)\}", _help(command))
+    }
+
+
+def _values(flag: str, text: str) -> list[str]:
+    """The values ``text`` gives ``flag``: several for --servers a b, each of --int8 auto|off."""
+    given = re.findall(rf"(?<![\w-]){flag}[ =]((?:(?!-)[\w.-]+(?:\|[\w.-]+)* ?)+)", text)
+    return [value for words in given for word in words.split() for value in word.split("|")]
+
+
+def test_every_value_a_readme_command_line_gives_a_flag_of_choices_is_one_of_them() -> None:
+    wrong = set()
+    for line in _command_lines():
+        for command, rest in COMMAND.findall(line):
+            for flag, allowed in _choices(command).items():
+                wrong |= {f"{command} {flag} {v}" for v in _values(flag, rest) if v not in allowed}
+    for title, command in (
+        ("## The demo", "skin-demo"),
+        ("## Training", "skin-train"),
+        ("## Export", "skin-export"),
+    ):
+        spans = re.findall(r"`(--[^`]+)`", _section(title))
+        for flag, allowed in _choices(command).items():
+            wrong |= {
+                f"{command} {flag} {v}" for span in spans for v in _values(flag, span) if v not in allowed
+            }
+    assert not wrong
 
 
 def test_the_layout_names_every_module() -> None:
