@@ -84,12 +84,12 @@ def export_bundle(
     if out.name in ("", ".."):  # "." or "..": the staging folder beside it needs the folder's own name
         out = Path(os.path.abspath(out))
     if int8 not in INT8_MODES:
-        raise ExportError(f"int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
+        raise ExportError(f"--int8 must be one of {', '.join(INT8_MODES)}, not {int8!r}")
     if parity_images < 1:
-        raise ExportError("parity needs at least one image (parity_images >= 1)")
+        raise ExportError(f"--parity-images must be at least 1, not {parity_images}")
     if parity_images > MAX_PARITY_IMAGES:
-        raise ExportError(f"parity takes at most {MAX_PARITY_IMAGES} images, not {parity_images}")
-    for label, value in (("target precision", target_precision), ("ood acceptance", ood_acceptance)):
+        raise ExportError(f"--parity-images must be at most {MAX_PARITY_IMAGES}, not {parity_images}")
+    for label, value in (("--target-precision", target_precision), ("--ood-acceptance", ood_acceptance)):
         if not 0.0 < value <= 1.0:
             raise ExportError(f"{label} must be above 0 and at most 1, not {value}")
     place.check_out(out, overwrite=overwrite, checkpoint=Path(checkpoint))

@@ -1064,11 +1064,17 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     assert exit_info.value.code == 0 and "--no-data" in capsys.readouterr().out
     checkpoint = tmp_path / "x.pt"
     assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "0"]) == 2
-    assert "parity needs at least one image" in capsys.readouterr().err
+    # The messages name the flag given: "(parity_images >= 1)" and "ood acceptance" were the code's words.
+    assert capsys.readouterr().err == "skin-export: error: --parity-images must be at least 1, not 0\n"
     # --no-data generated every one of them first: 100000000 filled the disk, with nothing on screen
     assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--parity-images", "100000000"]) == 2
     err = capsys.readouterr().err
-    assert err == "skin-export: error: parity takes at most 1000 images, not 100000000\n"
+    assert err == "skin-export: error: --parity-images must be at most 1000, not 100000000\n"
+    assert cli.main([str(checkpoint), "--out", str(tmp_path / "b"), "--ood-acceptance", "0"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "skin-export: error: --ood-acceptance must be above 0 and at most 1, not 0.0\n"
+    )
 
 
 def test_cli_exports_a_bundle_the_runtime_serves(
