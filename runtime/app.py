@@ -383,8 +383,8 @@ class Admission:
         self.active = 0
 
     def check(self) -> None:
-        """503 now if no slot is free. The slot is taken only after the upload is read (``slot``), so a slow
-        client never holds one while it trickles its body."""
+        """503 now if the running and queued places are all taken. A place is taken only after the upload is
+        read (``slot``), so a slow client never holds one while it trickles its body."""
         if self.active >= self.capacity:
             raise overloaded()
 

@@ -1,7 +1,8 @@
 """The bundle contract: what export writes and the runtime reads.
 
-A bundle is a directory holding ``model.onnx`` and, optionally, ``report.json``. The ONNX file describes
-itself through ``metadata_props`` (string keys and values, defined below). This module is stdlib-only so
+A bundle is a directory holding ``model.onnx`` and, optionally, ``model.int8.onnx``, ``report.json`` and
+export's ``risk_coverage.png`` (for people; never read here). The ONNX file describes itself through
+``metadata_props`` (string keys and values, defined below). This module is stdlib-only so
 that export (torch side) and runtime (torch-free side) share it without dragging anything in.
 """
 

@@ -5,7 +5,8 @@ products in 16 bits and clip the sum (``vpmaddubsw``). A model's int8 graph then
 one export measured: on the benchmark's B3 it agreed with fp32 on 50 % of the top-1 classes, the same graph
 computed exactly on 63 %. ``session.x64quantprecision`` makes onnxruntime use its exact uint8 x uint8 kernels
 there instead, which are slower than fp32 on such a CPU. VNNI and AMX sum in 32 bits: exact and fast. ARM's
-kernels are exact too. Stdlib and runtime/bundle.py only: the engine's session options use it.
+kernels are exact too. Stdlib, runtime/bundle.py and runtime/cpuflags.py only: the engine's session options
+use it.
 """
 
 from __future__ import annotations
