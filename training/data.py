@@ -90,8 +90,13 @@ class Splits:
 
 
 def find_split_dir(root: Path, name: str) -> Path:
-    """``root/name`` or ``root/Name`` (both spellings occur in copies of the dataset)."""
-    found = [root / n for n in (name, name.capitalize()) if (root / n).is_dir()]
+    """``root/name`` or ``root/Name`` (both spellings occur in copies of the dataset), as the folder lists it:
+    on a disk that ignores case (macOS, Windows) either spelling opens the one folder."""
+    try:
+        names = set(os.listdir(root))
+    except OSError:  # a folder that can be searched but not listed: the names as given
+        names = {name, name.capitalize()}
+    found = [root / n for n in (name, name.capitalize()) if n in names and (root / n).is_dir()]
     if not found:
         missing = f"{str(root)!r} has no {name}/ (or {name.capitalize()}/) folder"
         above = _dataset_above(root) if name == "train" else None

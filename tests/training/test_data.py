@@ -82,6 +82,24 @@ def test_capitalised_split_folders_and_foreign_files(tmp_path: Path, dataset: Pa
     assert not names & {"notes.txt", ".hidden.jpg", "copy.jpg"}
 
 
+@pytest.mark.parametrize("spelling", ["train", "Train"])
+def test_split_folders_on_a_disk_that_ignores_case(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    # macOS and Windows: Train/ opens train/ too, and every dataset was refused as holding both spellings.
+    for split in ("train", "test"):
+        shutil.copytree(dataset / split, tmp_path / (split.capitalize() if spelling == "Train" else split))
+    real = Path.is_dir
+
+    def is_dir(path: Path) -> bool:
+        if path.name.lower() not in ("train", "test"):
+            return real(path)
+        return any(real(path.with_name(n)) for n in (path.name.lower(), path.name.capitalize()))
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    assert load_splits(tmp_path, val_fraction=0.25, seed=7).class_names == CLASSES
+
+
 def _break_empty_class(root: Path) -> None:
     (root / "train" / "Vitiligo").mkdir()
     (root / "test" / "Vitiligo").mkdir()
