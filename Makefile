@@ -11,9 +11,10 @@ PIP_FLAGS ?= --disable-pip-version-check --progress-bar off -q
 .PHONY: help venv runtime-venv system-deps lint typecheck test test-fast test-runtime-only demo serve serve-bundle clean
 
 help:
-	@echo "make demo   - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
-	@echo "make test   - install everything, then lint, type-check and run the whole test suite"
-	@echo "make serve  - serve a built bundle on http://127.0.0.1:8000 (BUNDLE=DIR, default bundles/demo)"
+	@echo "make demo      - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
+	@echo "make test      - install everything, then lint, type-check and run the whole test suite"
+	@echo "make test-fast - the test suite without the slow tests (no lint, no type-check)"
+	@echo "make serve     - serve a built bundle on http://127.0.0.1:8000 (BUNDLE=DIR, default bundles/demo)"
 
 # Each step says what it does; a failure ends with one line naming the step (pip's own reason is above it).
 STEP_FAILED = { echo "make: step 'environment' failed: $(1)" >&2; exit 1; }
