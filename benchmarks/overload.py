@@ -138,10 +138,19 @@ def run_overload(
     from benchmarks.weights import prepare
 
     # not 0 < factor < inf: nan passes a `factor <= 0` check and fails only after the saturation run
-    if not 0 < factor < math.inf or duration < 1 or saturation_users < 1 or saturation_time < 1:
-        raise BenchError("factor, duration, saturation users and time must be positive")
-    if factor > MAX_FACTOR or saturation_users > MAX_USERS:
-        raise BenchError(f"factor must be at most {MAX_FACTOR:g}, saturation users at most {MAX_USERS}")
+    if not 0 < factor < math.inf:
+        raise BenchError(f"--factor must be a finite number above 0, not {factor}")
+    for flag, value in (
+        ("--duration", duration),
+        ("--saturation-users", saturation_users),
+        ("--saturation-time", saturation_time),
+    ):
+        if value < 1:
+            raise BenchError(f"{flag} must be at least 1, not {value}")
+    if factor > MAX_FACTOR:
+        raise BenchError(f"--factor must be at most {MAX_FACTOR:g}, not {factor:g}")
+    if saturation_users > MAX_USERS:
+        raise BenchError(f"--saturation-users must be at most {MAX_USERS}, not {saturation_users}")
     work, out = Path(work), Path(out)
     check_out(out)
     check_out(work, "--work")

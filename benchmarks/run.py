@@ -513,10 +513,16 @@ def run_benchmark(
     unknown = [s for s in servers_to_run if s not in SERVERS]
     if unknown:
         raise BenchError(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
-    if not concurrency or min(concurrency) < 1 or run_time < 1 or rounds < 1 or cold_starts < 1:
-        raise BenchError("concurrency, rounds, run time and cold starts must be at least 1")
+    for flag, value in (
+        ("--concurrency", min(concurrency, default=0)),
+        ("--rounds", rounds),
+        ("--run-time", run_time),
+        ("--cold-starts", cold_starts),
+    ):
+        if value < 1:
+            raise BenchError(f"{flag} must be at least 1, not {value}")
     if max(concurrency) > MAX_USERS:
-        raise BenchError(f"concurrency must be at most {MAX_USERS}")
+        raise BenchError(f"--concurrency must be at most {MAX_USERS}, not {max(concurrency)}")
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
     check_out(out)

@@ -57,6 +57,25 @@ def test_float_options_must_be_finite_and_positive(
     assert f"argument {flag}: want a finite number" in line and repr(value) in line
 
 
+@pytest.mark.parametrize(
+    ("cli", "flag"),
+    [
+        ("overload", "--duration"),
+        ("overload", "--saturation-time"),
+        ("run", "--run-time"),
+        ("run", "--cold-starts"),
+    ],
+)
+def test_a_count_below_one_is_refused_naming_its_flag(
+    no_model: None, capsys: pytest.CaptureFixture[str], tmp_path: Path, cli: str, flag: str
+) -> None:
+    # It was "concurrency, rounds, run time and cold starts must be at least 1", whichever was given.
+    argv = [flag, "0", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert importlib.import_module(f"benchmarks.{cli}").main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"benchmarks.{cli}: {flag} must be at least 1, not 0"]
+
+
 @pytest.mark.parametrize(("cli", "flag"), [("overload", "--factor"), ("run", "--max-load")])
 def test_zero_is_refused_where_it_can_mean_nothing(
     no_model: None, capsys: pytest.CaptureFixture[str], cli: str, flag: str
@@ -68,7 +87,7 @@ def test_the_library_refuses_nan_factor_too(no_model: None) -> None:
     from benchmarks import overload
 
     for factor in (float("nan"), float("inf")):
-        with pytest.raises(overload.BenchError, match="must be positive"):
+        with pytest.raises(overload.BenchError, match="--factor must be a finite number above 0"):
             overload.run_overload(factor=factor)
 
 
