@@ -244,6 +244,9 @@ def test_the_readme_lists_every_setting_the_code_reads() -> None:
         and re.fullmatch(r"SKIN_[A-Z_0-9]+|WEB_CONCURRENCY|PROMETHEUS_MULTIPROC_DIR", node.value)
     }
     assert read == set(_readme_settings())
+    # and every name its prose gives is one of them: a misspelt one (SKIN_MAX_UPLOAD) would be set in vain
+    named = set(re.findall(r"SKIN_[A-Z_0-9]*[A-Z0-9]", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert named - read == set()
 
 
 def test_the_readmes_defaults_are_the_codes(monkeypatch: pytest.MonkeyPatch) -> None:
