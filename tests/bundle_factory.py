@@ -1,6 +1,6 @@
 """A tiny but real bundle built with the onnx helper API, so runtime tests need no torch.
 
-The graph is a genuine CAM model: NHWC uint8 → /255, mean/std → 1x1 conv "features" on 20x20 average-pooled
+The graph is a genuine CAM model: NHWC uint8 → /255, mean/std → 1x1 conv "features" on 8x8 average-pooled
 pixels → CAM [N, C, h, w] → global average → logits → /T → softmax. Class 0 answers to red, 1 to green,
 2 to blue, so tests can check that the right class comes back.
 
@@ -20,15 +20,14 @@ from runtime import bundle
 CLASS_NAMES = ["Acne", "Eczema", "Moles", "Psoriasis", "Warts"]
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+POOL = 8  # input pixels a CAM cell averages, each way
 
 
 def make_model(
     *,
     class_names: list[str] | None = None,
     size: int | tuple[int, int] = 64,  # an int: square; a tuple: (height, width)
-    pool: int = 8,
     temperature: float = 1.0,
-    with_cam: bool = True,
     with_logits: bool = False,
     thresholds: dict[str, object] | None = None,
     metadata: dict[str, str] | None = None,
@@ -61,7 +60,7 @@ def make_model(
         helper.make_node("Div", ["nchw", "k255"], ["x01"]),
         helper.make_node("Sub", ["x01", "mean"], ["xc"]),
         helper.make_node("Div", ["xc", "std"], ["xn"]),
-        helper.make_node("AveragePool", ["xn"], ["feat"], kernel_shape=[pool, pool], strides=[pool, pool]),
+        helper.make_node("AveragePool", ["xn"], ["feat"], kernel_shape=[POOL, POOL], strides=[POOL, POOL]),
         helper.make_node("Conv", ["feat", "w"], ["cam"]),
         helper.make_node("GlobalAveragePool", ["cam"], ["gap"]),
         helper.make_node("Reshape", ["gap", "flat"], ["logits"]),
@@ -71,9 +70,8 @@ def make_model(
     height, width = (size, size) if isinstance(size, int) else size
     out_batch = batch if output_batch is None else output_batch
     outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [out_batch, c])]
-    if with_cam:
-        cam_shape = [out_batch, c, height // pool, width // pool]
-        outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, cam_shape))
+    cam_shape = [out_batch, c, height // POOL, width // POOL]
+    outputs.append(helper.make_tensor_value_info("cam", TensorProto.FLOAT, cam_shape))
     if with_logits:  # as export writes it: the logits before temperature, for the out-of-distribution score
         outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [out_batch, c]))
     graph = helper.make_graph(
@@ -99,8 +97,8 @@ def make_model(
         mean=MEAN,
         std=STD,
         thresholds=thresholds or {},
-        # Average pooling tiles the input: cell c covers [pool c, pool (c + 1)), centred half a cell in.
-        cam_grid={"stride": [pool, pool], "offset": [pool / 2, pool / 2]} if with_cam else {},
+        # Average pooling tiles the input: cell c covers [POOL c, POOL (c + 1)), centred half a cell in.
+        cam_grid={"stride": [POOL, POOL], "offset": [POOL / 2, POOL / 2]},
     )
     props = meta.to_metadata()
     for key, value in (meta_overrides or {}).items():
