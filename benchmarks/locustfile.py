@@ -2,9 +2,10 @@
 /api/report.
 
 Closed loop with no think time: each user sends its next request as soon as the last one is answered, so
-the number of users is the concurrency. Works against the runtime and against the reference-style baseline
-(both speak the reference API). Every prediction is checked: HTTP 200 and a ``predictions`` object whose
-probabilities sum to 1; anything else counts as a failure.
+the number of users is the concurrency (the overload run paces each user instead: SKIN_LOCUST_RATE, below).
+Works against the runtime and against the reference-style baseline (both speak the reference API). Every
+prediction is checked: HTTP 200 and a ``predictions`` object whose probabilities sum to 1; anything else
+counts as a failure.
 
     locust -f benchmarks/locustfile.py --host http://127.0.0.1:8000 --headless -u 4 -r 4 --run-time 30s \\
         --csv runs/bench/locust/runtime-c4 --html runs/bench/locust/runtime-c4.html

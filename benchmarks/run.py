@@ -5,7 +5,8 @@ servers then stay up, and at each concurrency each one gets a Locust run in turn
 the image mix of benchmarks/images.py) while its RSS and CPU are sampled, ``--rounds`` times, the order
 reversed every other round. Writes Locust's CSV and HTML under WORK/locust/ and a summary with the ratios
 (JSON + markdown) under OUT; stopped part-way, the runs it finished as OUT/serving-stopped.*. Measures only
-when the machine is quiet (1-minute load average), and records the load it saw.
+when the machine is quiet (the 1-minute load average, and before each run the other processes' CPU use), and
+records what it saw.
 
     python -m benchmarks.run --concurrency 1 4 8 --run-time 30 --rounds 3
 """
