@@ -331,6 +331,38 @@ def test_files_of_very_many_tiny_pieces_are_refused_early(tmp_path, make, from_p
     assert "too many pieces" in info.value.message
 
 
+def _png_with_profiles(count: int, *, after: bool = False, text: bytes = b"") -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    profile = chunk(b"iCCP", b"p\0\0" + zlib.compress(b"\0" * (1 << 20), 9))  # 1 KB: 1 MB inflated
+    data = encode(Image.new("RGB", (8, 8)), "PNG")
+    at = data.rindex(b"IEND") - 4 if after else 33  # before IEND, or after the signature and IHDR
+    extra = chunk(b"tEXt", b"note\0" + text) if text else b""
+    return data[:at] + profile * count + extra + data[at:]
+
+
+@pytest.mark.parametrize(
+    "after", [pytest.param(False, id="before-pixels"), pytest.param(True, id="after-pixels")]
+)
+def test_a_png_of_many_colour_profiles_is_refused_before_pillow_inflates_them(after: bool) -> None:
+    # Pillow inflates every iCCP chunk it meets, up to 1 MB each: 9,000 of them in 9.5 MB took 28 s of CPU.
+    assert preprocess(_png_with_profiles(1, after=after), (16, 16)).shape == (16, 16, 3)
+    with pytest.raises(ImageError) as info:
+        open_image(_png_with_profiles(2, after=after))
+    assert (info.value.code, info.value.status) == ("corrupt_image", 400)
+    assert "more than one colour profile" in info.value.message
+
+
+def test_iccp_as_text_in_a_png_is_not_a_profile() -> None:
+    # Only chunks are counted, not the bytes "iCCP" wherever they are.
+    data = _png_with_profiles(1, text=b"iCCP, iCCP")
+    assert data.count(b"iCCP") == 3
+    assert preprocess(data, (16, 16)).shape == (16, 16, 3)
+
+
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
 def test_truncated_jpeg_is_a_clean_error(fraction: float) -> None:
     rng = np.random.default_rng(0)
