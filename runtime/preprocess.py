@@ -72,7 +72,7 @@ def open_image(
         except OSError:
             raise ImageError("corrupt_image", "the image file could not be read") from None
     if "PNG" in allowed_formats and bytes(data[:8]) == PNG_SIGNATURE:
-        _check_png_profiles(data)
+        _check_png_chunks(data)
     fp = _CappedReads(data)
     try:
         with warnings.catch_warnings():
@@ -137,21 +137,32 @@ def _check_scans(img: Image.Image, data: bytes) -> None:
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_png_profiles(data: bytes | bytearray | memoryview) -> None:
-    """PNG allows one colour profile (iCCP chunk). Pillow inflates every one it meets, up to 1 MB each, before
-    and after the pixel data: a 9.5 MB file of 9,000 such 1 KB chunks took 28 s of CPU to open."""
-    if bytes(data).count(b"iCCP") < 2:  # most files: no chunk walk
-        return
-    profiles, pos = 0, len(PNG_SIGNATURE)
+# Pillow inflates a PNG's colour profile (iCCP) and compressed text (zTXt, iTXt), up to 1 MB each, before and
+# after the pixel data. Its 64 MB bound on text counts only the text it keeps, not that with no keyword or not
+# UTF-8: 9,000 such 1 KB chunks (a 9.5 MB file) took 28 s of CPU as profiles, 52-66 s as text. PNG allows one
+# profile; real files carry a few text chunks.
+MAX_PNG_TEXTS = 64
+
+
+def _check_png_chunks(data: bytes | bytearray | memoryview) -> None:
+    raw = bytes(data)
+    if raw.count(b"iCCP") < 2 and raw.count(b"zTXt") + raw.count(b"iTXt") <= MAX_PNG_TEXTS:
+        return  # most files: no chunk walk
+    profiles = texts = 0
+    pos = len(PNG_SIGNATURE)
     for _ in range(MAX_READS):  # Pillow reads each chunk at least once: past this it refuses the file itself
-        if pos + 8 > len(data):
+        if pos + 8 > len(raw):
             return
-        length, kind = struct.unpack_from(">I4s", data, pos)
+        length, kind = struct.unpack_from(">I4s", raw, pos)
         if kind == b"IEND":  # where Pillow stops reading
             return
         profiles += kind == b"iCCP"
+        texts += kind in (b"zTXt", b"iTXt")
         if profiles > 1:
             raise ImageError("corrupt_image", "the PNG has more than one colour profile (iCCP chunk)")
+        if texts > MAX_PNG_TEXTS:
+            message = f"the PNG has more than {MAX_PNG_TEXTS} zTXt or iTXt text chunks"
+            raise ImageError("corrupt_image", message)
         pos += 12 + length  # length, type, data, CRC
 
 
