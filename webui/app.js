@@ -628,13 +628,13 @@
     try {
       if (items.length === 1) {
         const form = new FormData();
-        form.append("file", items[0].file, items[0].file.name || "image");
+        form.append("file", items[0].file, uploadName(items[0].file, 0));
         const result = await request("/api/predict" + query, { method: "POST", body: form, cancel: cancel.signal });
         if (!isResult(result)) throw new ApiError(BAD_RESULT, "bad_response", 200);
         Object.assign(items[0], { result: result, error: null, analysedAt: new Date() });
       } else {
         const form = new FormData();
-        for (const item of items) form.append("files", item.file, item.file.name || "image");
+        items.forEach((item, i) => form.append("files", item.file, uploadName(item.file, i)));
         const body = await request("/api/predict/batch" + query, { method: "POST", body: form, cancel: cancel.signal });
         // One entry per image, in order: with any other count no entry can be matched to its image.
         if (!Array.isArray(body.results) || body.results.length !== items.length) {
@@ -676,6 +676,13 @@
       const box = focused.getBoundingClientRect();
       if (box.bottom > window.innerHeight || box.top < 0) focused.scrollIntoView({ block: "nearest", behavior: behavior });
     }
+  }
+
+  // File names often carry a patient's name, and the server needs none (a batch's answers come in order): each
+  // image is sent as image-1.jpg, image-2.png, …, so the name never leaves the page, not even to a proxy.
+  function uploadName(file, index) {
+    const extension = /\.[A-Za-z0-9]{1,5}$/.exec(file.name || "");
+    return "image-" + (index + 1) + (extension ? extension[0].toLowerCase() : "");
   }
 
   // The server can be given another model while the page is open: its answers then carry classes, a
