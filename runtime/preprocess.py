@@ -30,8 +30,10 @@ MAX_SIDE = 65_535
 # 10; libjpeg-turbo suggests refusing more than 500 (its TJPARAM_SCANLIMIT).
 MAX_JPEG_SCANS = 500
 # Fewer for a larger image, as each scan costs in proportion to its pixels: 500 at 40 MP took 15 s of CPU for
-# a 380 KB file (ten scans 0.2 s), 16 of them in one batch minutes. 50 scans at the 40 MP cap, 500 up to 4 MP.
-MAX_JPEG_SCAN_PIXELS = 2_000_000_000
+# a 380 KB file, 16 of them in one batch minutes. At 2e9 scans x pixels (50 at 40 MP, 500 at 4 MP: files of
+# 20-470 KB) each still took 2-2.5 s of server CPU; this bound keeps them near 1 s, what a PNG or WebP at the
+# pixel cap costs: 20 scans at 40 MP, 66 at 12 MP, 500 up to 1.6 MP (mozjpeg writes 10 or 11, Photoshop 3-5).
+MAX_JPEG_SCAN_PIXELS = 800_000_000
 # Pillow parses JPEG markers and PNG chunks in Python, a read or a few each: a 9.4 MB JPEG of 0xFF fill bytes
 # or of empty APP1 segments took ~18 s to open (and +310 MB), a PNG of 786,000 empty chunks ~10 s. Real files
 # take tens of reads to open and one per 64 KB to decode (a PNG 3 or so per chunk).
