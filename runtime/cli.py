@@ -129,10 +129,8 @@ def serve(
     engine = Engine.from_settings(settings)
     engine.warmup()  # here, not in uvicorn's lifespan: a model that fails is then one line and exit 2
     app = OneLineStartupErrors(create_app(settings, engine=engine))
-    print(
-        f"skin-serve: {engine.meta.model_name} {engine.meta.model_version} on http://{host}:{port}/",
-        flush=True,
-    )
+    served = shown(f"{engine.meta.model_name} {engine.meta.model_version}")
+    print(f"skin-serve: {served} on http://{host}:{port}/", flush=True)
     uvicorn.run(
         app,
         host=host,
@@ -147,6 +145,12 @@ def serve(
         workers=1,  # uvicorn would otherwise take WEB_CONCURRENCY, which needs an import string
         ws="none",  # no WebSocket route: an Upgrade request is an ordinary one (not a bare 403 from wsproto)
     )
+
+
+def shown(text: str) -> str:
+    """Text from a bundle, which may come from anyone, for the terminal: control characters (an escape
+    sequence that retitles or clears it, a line break that forges a line) as escapes, not acted on."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 def main(argv: list[str] | None = None) -> int:

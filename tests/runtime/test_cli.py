@@ -327,6 +327,26 @@ def test_serve_hands_uvicorn_what_skin_serve_promises(
     assert "WEB_CONCURRENCY=4" in err and "runs one process" in err
 
 
+def test_a_bundles_name_reaches_the_terminal_without_its_control_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+
+    import uvicorn
+
+    from runtime import cli
+
+    # A bundle from someone else: an escape sequence retitles the terminal, a line break forges a line.
+    name = 'tiny\x1b]0;owned\x07\n{"level": "error"}'
+    bundle = make_bundle(tmp_path / "b", metadata={"skin.model_name": name, "skin.model_version": "1\x1b[2J"})
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # pytest's own SIGTERM stays
+    cli.serve(bundle=str(bundle), host="127.0.0.1", port=free_port(), threads=1, log_level="warning")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and out.count("\n") == 1
+    assert out.startswith('skin-serve: tiny\\x1b]0;owned\\x07\\n{"level": "error"} 1\\x1b[2J on http://')
+
+
 def test_ctrl_c_is_a_clean_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     from runtime import cli
 
