@@ -353,28 +353,26 @@ def _inflating(fill: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("extra", "allowed", "said"),
+    "extra",
     [
-        pytest.param(_png_chunk(b"iCCP", b"p\0\0" + _inflating(b"\0")), 1, "one colour profile", id="iccp"),
+        pytest.param(_png_chunk(b"iCCP", b"p\0\0" + _inflating(b"\0")), id="iccp"),
         # Text Pillow does not keep is not counted against its 64 MB for text: no keyword, or not UTF-8.
-        pytest.param(_png_chunk(b"zTXt", b"\0\0" + _inflating(b"\0")), 64, "64 zTXt or iTXt", id="ztxt"),
-        pytest.param(
-            _png_chunk(b"iTXt", b"k\0\1\0\0\0" + _inflating(b"\xff")), 64, "64 zTXt or iTXt", id="itxt"
-        ),
+        pytest.param(_png_chunk(b"zTXt", b"\0\0" + _inflating(b"\0")), id="ztxt"),
+        pytest.param(_png_chunk(b"iTXt", b"k\0\1\0\0\0" + _inflating(b"\xff")), id="itxt"),
     ],
 )
 @pytest.mark.parametrize(
     "after", [pytest.param(False, id="before-pixels"), pytest.param(True, id="after-pixels")]
 )
 def test_pngs_of_many_inflating_chunks_are_refused_before_pillow_inflates_them(
-    extra: bytes, allowed: int, said: str, after: bool
+    extra: bytes, after: bool
 ) -> None:
     # Pillow inflates each, up to 1 MB: 9,000 of them in 9.5 MB took 28-66 s of CPU.
-    assert preprocess(_png_with(extra, allowed, after=after), (16, 16)).shape == (16, 16, 3)
+    assert preprocess(_png_with(extra, 64, after=after), (16, 16)).shape == (16, 16, 3)
     with pytest.raises(ImageError) as info:
-        open_image(_png_with(extra, allowed + 1, after=after))
+        open_image(_png_with(extra, 65, after=after))
     assert (info.value.code, info.value.status) == ("corrupt_image", 400)
-    assert f"more than {said}" in info.value.message
+    assert "more than 64 compressed chunks" in info.value.message
 
 
 def test_chunk_names_as_text_in_a_png_are_not_chunks() -> None:
