@@ -48,6 +48,9 @@ def setup(level: str | int = "info") -> None:
     # Pillow warns once per unreadable EXIF tag of an upload ("Corrupt EXIF data", "Skipping tag 41863"), and
     # only its orientation is read: a 0.8 MB PNG of 65,535 such tags logged 65,536 lines (21 MB) in 12 s.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+    # Pillow's debug lines quote an upload's EXIF values (a camera's owner, an image description, the GPS
+    # block's bytes): never written, even where the root logger is at debug (a host app, a --log-config).
+    logging.getLogger("PIL").setLevel(logging.INFO)
     for name in ("runtime", "py.warnings"):
         target = logging.getLogger(name)
         if not any(getattr(h, "_skin_json", False) for h in target.handlers):

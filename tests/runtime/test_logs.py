@@ -72,6 +72,21 @@ def test_pillows_warnings_about_an_uploads_exif_tags_are_not_logged(monkeypatch:
     assert seen == []
 
 
+def test_pillows_debug_lines_about_an_uploads_exif_are_not_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Pillow logs each EXIF tag it reads at debug, with its value; a host app may run the root logger so.
+    monkeypatch.setattr(logging, "captureWarnings", lambda capture: None)
+    monkeypatch.setattr(logging.getLogger("PIL"), "level", logging.NOTSET)  # restored after the test
+    exif = Image.Exif()
+    exif[0x010E] = "Jane Doe, left forearm"  # ImageDescription
+    data = encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif.tobytes())
+    caplog.set_level(logging.DEBUG)
+    logs.setup("info")
+    assert preprocess(data, (8, 8)).shape == (8, 8, 3)
+    assert not [r for r in caplog.records if "Jane" in r.getMessage()]
+
+
 def test_plain_uvicorns_access_line_is_not_written_beside_the_runtimes() -> None:
     # `uvicorn runtime.app:app` (README's WEB_CONCURRENCY command) sets its access logger to --log-level:
     # every request was logged twice, once in plain text without the request id.
