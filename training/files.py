@@ -26,7 +26,10 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
             os.fsync(fh.fileno())
         tmp.replace(path)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)  # a half-written file would hold the space a retry needs
+        # A half-written file would hold the space a retry needs. On a read-only file system even a missing
+        # one cannot be unlinked (EROFS): that error would hide the write's, and name the .tmp file.
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         cause = _write_error(exc)
         if cause is None:
             raise

@@ -34,3 +34,28 @@ def test_a_write_replaces_the_file_whole(tmp_path: Path) -> None:
     path.write_bytes(b"old")
     write_atomically(path, b"new")
     assert path.read_bytes() == b"new" and list(tmp_path.iterdir()) == [path]
+
+
+def test_a_folder_turned_read_only_names_the_file_and_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read-only file system refuses even an unlink of a file that is not there (EROFS): that second error
+    # hid the first, and the one line named last.pt.tmp, a file that never existed.
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"epoch 1")
+    real_open = open
+
+    def read_only(file: object, *args: object, **kwargs: object) -> object:
+        if str(file).endswith(".tmp"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(file))
+        return real_open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr("builtins.open", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(OSError, match="Read-only file system") as raised:
+        write_atomically(path, b"epoch 2")
+    assert raised.value.filename == str(path)
+    assert path.read_bytes() == b"epoch 1"
