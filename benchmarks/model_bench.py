@@ -15,7 +15,6 @@ fp32 floor (benchmarks/floor.py).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from benchmarks.run import (
     quiet_machine_options,
     row,
     run_cli,
+    save_summary,
     stopped_heading,
     stopped_note,
     threads_or_cpus,
@@ -582,9 +582,7 @@ def write_summary(
 ) -> None:
     summary["load_at_end"] = load1()
     summary["best"] = best_path(summary["paths"])
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(summary))
+    save_summary(out, name, summary, markdown(summary))
     log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
 
 

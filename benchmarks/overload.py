@@ -42,6 +42,7 @@ from benchmarks.run import (
     ok_rps,
     read_stats,
     run_cli,
+    save_summary,
     served_model,
     servers,
     skin_environment,
@@ -253,9 +254,7 @@ def write_summary(
     summary: dict[str, Any], out: Path, log: Callable[[str], None], name: str = "overload"
 ) -> None:
     summary["load_at_end"] = load1()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(summary))
+    save_summary(out, name, summary, markdown(summary))
     log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
 
 

@@ -595,10 +595,18 @@ def write_summary(
     """OUT/NAME.json and OUT/NAME.md, with the ratios and goals of the runs in ``summary``."""
     summary["load_at_end"] = load1()
     summary["comparison"] = compare(summary)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / f"{name}.md").write_text(markdown(summary))
+    save_summary(out, name, summary, markdown(summary))
     log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+
+
+def save_summary(out: Path, name: str, summary: dict[str, Any], page: str) -> None:
+    """OUT/NAME.json and OUT/NAME.md, each written whole or not at all: a full disk cut the earlier
+    result's file short in place, and the error named no file."""
+    from training.files import write_atomically
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(out / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
+    write_atomically(out / f"{name}.md", page.encode("utf-8"))
 
 
 def keep_stopped(

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from benchmarks import machine, run
+from tests.training.helpers import file_size_limit
 
 
 @pytest.mark.slow
@@ -123,6 +124,21 @@ def test_a_benchmark_stopped_part_way_keeps_the_runs_it_finished(
     every = "Set in the environment for every server (a server's own setting above wins)"
     assert f"\n{every}: SKIN_INFERENCE_CONCURRENCY=1.\n" in md
     assert not (out / "serving.json").exists()  # an earlier complete summary there would stay
+
+
+def test_a_full_disk_leaves_the_earlier_summary_whole_and_names_the_file(tmp_path: Path) -> None:
+    # serving.json was written in place: a full disk left the earlier result cut short (no longer JSON),
+    # and the one line named no file ("[Errno 28] No space left on device").
+    recorded = json.loads((run.ROOT / "benchmarks/results/amd-avx2/serving.json").read_text())
+    out = tmp_path / "out"
+    out.mkdir()
+    files = ("serving.json", "serving.md")
+    earlier = {name: (out / name).write_text(name + " of an earlier run\n" * 500) for name in files}
+    with file_size_limit(4096), pytest.raises(OSError) as raised:  # writes past 4 KB fail, as on a full disk
+        run.write_summary(recorded, out, print)
+    assert raised.value.filename == str(out / "serving.json")
+    assert {name: (out / name).stat().st_size for name in files} == earlier
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)  # no temporary file left
 
 
 def test_server_cpu_is_per_second_of_the_run_not_of_locusts_whole_life(
