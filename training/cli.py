@@ -182,6 +182,7 @@ def _train(args: argparse.Namespace) -> int:
 
     from training.config import ConfigError
     from training.data import DataError
+    from training.files import RunNotSaved
     from training.loop import train
     from training.model import ModelError
 
@@ -203,6 +204,8 @@ def _train(args: argparse.Namespace) -> int:
         # one node's own (an image missing from its disk): each rank says its own, naming itself.
         if _rank0() or not _given(exc.filename, args):
             line = f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+            if isinstance(exc, RunNotSaved):  # what a full disk or a read-only folder left: how to go on
+                line += f"; {exc.then()}"
             print(f"{PROG}: error{_rank_tag()}: {line}", file=sys.stderr)
         return 2
     return 0

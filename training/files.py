@@ -4,6 +4,7 @@ one skin-train at a time in a run folder."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,20 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         if cause is None:
             raise
         raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from None
+
+
+class RunNotSaved(OSError):
+    """A run's file could not be written (a full disk, a folder turned read-only) after an epoch was saved:
+    ``run_dir``'s last.pt holds the epochs before, which --resume goes on from."""
+
+    def __init__(self, cause: OSError, run_dir: Path) -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause), cause.filename)
+        self.run_dir = run_dir
+
+    def then(self) -> str:
+        full = self.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        when = "once there is room" if full else "once it can be written"
+        return f"the epochs saved before are kept: continue with --resume {self.run_dir} {when}"
 
 
 def not_a_file(path: Path) -> str:

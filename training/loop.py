@@ -52,7 +52,7 @@ from training.data import (
     load_image,
     load_splits,
 )
-from training.files import FolderLock, not_a_file, write_atomically
+from training.files import FolderLock, RunNotSaved, not_a_file, write_atomically
 from training.model import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -162,6 +162,14 @@ def train(**kwargs: Any) -> Path:
                 # removes only after the first epoch; resuming it would continue that run, not this one.
                 raise Interrupted(None, signum=signum, previous=last.parent) from None
             raise Interrupted(last.parent if last.is_file() else None, signum=signum) from None
+        except OSError as exc:
+            # A file of the run's that could not be written: said with how to go on when epochs are saved
+            # (not the earlier run's last.pt that an --overwrite run has not replaced yet).
+            ours = isinstance(exc.filename, str) and Path(exc.filename).parent == last.parent
+            theirs = cfg.overwrite and resumed is None and _stamp(last) == before
+            if ours and last.is_file() and not theirs:
+                raise RunNotSaved(exc, last.parent) from None
+            raise
         finally:
             lock.release()
             if cluster.owned and dist.is_initialized():

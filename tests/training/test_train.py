@@ -792,10 +792,51 @@ def test_a_full_disk_at_the_last_epochs_metrics_leaves_them_to_the_resume_that_r
     with monkeypatch.context() as patch:
         patch.setattr(loop, "write_metrics", full)  # last.pt was written: the epoch is kept
         assert main(_argv(dataset, out, "--epochs", "1")) == 2
-    assert capsys.readouterr().err.endswith(f"No space left on device: {out / 'metrics.csv'}\n")
+    then = f"the epochs saved before are kept: continue with --resume {out} once there is room"
+    assert (
+        capsys.readouterr().err
+        == f"skin-train: error: No space left on device: {out / 'metrics.csv'}; {then}\n"
+    )
     assert not (out / "metrics.csv").exists()
     assert main(["--resume", str(out)]) == 0  # space freed: nothing left to train, the report is rebuilt
     assert [row["epoch"] for row in read_metrics(out / "metrics.csv")] == [1]
+
+
+@pytest.mark.parametrize(
+    ("error", "then"),
+    [
+        pytest.param(errno.ENOSPC, "once there is room", id="disk-full"),
+        pytest.param(errno.EROFS, "once it can be written", id="turned-read-only"),
+    ],
+)
+def test_a_later_epoch_that_cannot_be_saved_says_the_earlier_one_is_kept_and_how_to_go_on(
+    tmp_path: Path,
+    dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: int,
+    then: str,
+) -> None:
+    # The line named only the file ("No space left on device: run/last.pt"): whether epoch 1 survived, and
+    # that --resume goes on from it (the same command is refused: "already holds a run"), went unsaid.
+    out = tmp_path / "run"
+    real_save = loop.save_checkpoint
+
+    def full_at_epoch_2(path: Path, **kwargs: Any) -> None:
+        if kwargs["meta"]["epoch"] == 2:
+            raise OSError(error, os.strerror(error), str(path))
+        real_save(path, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", full_at_epoch_2)
+        assert main(_argv(dataset, out, "--epochs", "2")) == 2
+    kept = f"the epochs saved before are kept: continue with --resume {out} {then}"
+    file = f"{re.escape(str(out))}/(best|last)\\.pt"  # best.pt first when epoch 2 is better, else last.pt
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"skin-train: error: {os.strerror(error)}: {file}; {re.escape(kept)}\n", err)
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert main(["--resume", str(out)]) == 0  # as the line says
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
 def test_a_second_skin_train_on_a_folder_being_written_is_one_line(
