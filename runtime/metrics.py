@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
 
 from prometheus_client import (
@@ -27,6 +29,22 @@ _REQUEST_BUCKETS = (*_LATENCY_BUCKETS, 20.48, 40.96)
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 
+# prometheus-client's files there start at 64 KiB each (four here) and double as they fill.
+MULTIPROCESS_ROOM = 1 << 20
+
+
+def _check_room(folder: Path) -> None:
+    """OSError unless ``folder`` can take the metrics' files: they are written through mmap, and a page that
+    a full tmpfs cannot give ends the process with SIGBUS, no word said."""
+    with tempfile.TemporaryFile(dir=folder) as fh:  # unnamed: nothing is left there, however it ends
+        try:
+            os.posix_fallocate(fh.fileno(), 0, MULTIPROCESS_ROOM)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            # a file system that cannot reserve space (EOPNOTSUPP, EINVAL): not a reason to refuse
+
+
 class Metrics:
     def __init__(self) -> None:
         if MULTIPROCESS_DIR and not Path(MULTIPROCESS_DIR).is_dir():
@@ -42,6 +60,18 @@ class Metrics:
         )
         for collector in collectors:
             r.register(collector)
+        try:
+            if MULTIPROCESS_DIR:
+                _check_room(Path(MULTIPROCESS_DIR))
+            self._define(r)
+        except OSError as exc:  # each value is a file there: a read-only folder was a traceback
+            raise ValueError(
+                f"PROMETHEUS_MULTIPROC_DIR {MULTIPROCESS_DIR!r} cannot take the metrics' files "
+                f"({exc.strerror or exc}): give a writable folder with 1 MiB free (a tmpfs), or unset it "
+                "with one process"
+            ) from None
+
+    def _define(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "skin_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -14,7 +17,7 @@ from starlette.testclient import TestClient
 from runtime import metrics
 from runtime.app import create_app
 from runtime.settings import Settings
-from tests.server import ROOT
+from tests.server import ROOT, free_port
 
 # One worker process: serves `requests` GETs of /healthz, then prints its own scrape of /metrics.
 WORKER = """
@@ -78,6 +81,63 @@ def test_a_shared_folder_that_is_not_there_stops_start_up(
     monkeypatch.setattr(metrics, "MULTIPROCESS_DIR", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR .* is not a folder"):
         metrics.Metrics()
+
+
+def _serve(bundle: Path, folder: Path, command: list[str] | None = None, **kwargs: Any) -> Any:
+    """skin-serve with ``folder`` as PROMETHEUS_MULTIPROC_DIR; it stops before it listens when that fails."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(ROOT)}
+    serve = [sys.executable, "-m", "runtime", "--bundle", str(bundle), "--port", str(free_port())]
+    run = [*(command or []), *serve]
+    return subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_a_shared_folder_that_cannot_take_the_files_is_one_line(tiny_bundle: Path, tmp_path: Path) -> None:
+    # Writes past 32 KB fail (EFBIG, as a full disk or a quota would): prometheus-client's 64 KB file was a
+    # traceback from its mmap_dict.
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (32 << 10, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    done = _serve(tiny_bundle, tmp_path, preexec_fn=small_files)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr == (
+        f"skin-serve: PROMETHEUS_MULTIPROC_DIR {str(tmp_path)!r} cannot take the metrics' files (File too "
+        "large): give a writable folder with 1 MiB free (a tmpfs), or unset it with one process\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def _can_mount() -> bool:
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount(), reason="needs root and unshare -m (a mount namespace) for a real tmpfs")
+@pytest.mark.parametrize(
+    ("mount", "why"),
+    [
+        pytest.param(
+            'mount -t tmpfs -o size=8k none "$0" && head -c 8192 /dev/zero > "$0/x"',
+            "No space left on device",
+            id="full",
+        ),
+        pytest.param('mount -t tmpfs -o ro none "$0"', "Read-only file system", id="read-only"),
+    ],
+)
+def test_a_full_or_read_only_tmpfs_is_one_line_not_a_silent_sigbus_or_a_traceback(
+    tiny_bundle: Path, tmp_path: Path, mount: str, why: str
+) -> None:
+    # A full tmpfs ended skin-serve with SIGBUS (exit 135, nothing said) when prometheus-client first wrote
+    # to its mmap; a read-only one was a traceback.
+    script = f'{mount} && shift && exec "$@"'
+    done = _serve(
+        tiny_bundle,
+        tmp_path,
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, str(tmp_path), "-"],
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith(f"skin-serve: PROMETHEUS_MULTIPROC_DIR {str(tmp_path)!r} cannot take")
+    assert f"({why})" in done.stderr and done.stderr.count("\n") == 1
 
 
 def test_a_request_that_meets_the_upload_deadline_is_in_a_bucket_of_its_own() -> None:
