@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import logging
 import math
+import shutil
 import signal
 import sys
 import time
@@ -58,6 +60,7 @@ from training.model import (
     IMAGENET_STD,
     build_model,
     check_input_size,
+    checkpoint_size,
     load_checkpoint,
     normalization,
     save_checkpoint,
@@ -174,6 +177,19 @@ def train(**kwargs: Any) -> Path:
             lock.release()
             if cluster.owned and dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _room_to_replace(run_dir: Path, need: int) -> None:
+    """OSError (ENOSPC), the earlier run's files untouched, unless ``need`` bytes fit in their place."""
+    held = sum(p.stat().st_size for name in RUN_FILES if (p := run_dir / name).is_file())
+    room = shutil.disk_usage(run_dir).free + held
+    if need > room:
+        raise OSError(
+            errno.ENOSPC,
+            f"no room for the new run's checkpoints in {run_dir} ({need / 1e6:.1f} MB; "
+            f"{room / 1e6:.1f} MB free once the earlier run's files are removed); the earlier run is kept: "
+            "free some space, or pass another --out",
+        )
 
 
 def _stamp(path: Path) -> tuple[int, int, int] | None:
@@ -585,26 +601,30 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
                     # A stop waits for last.pt: one between best.pt and last.pt left a first epoch's best.pt
                     # that refused the same command, and one after an --overwrite's removals left neither run.
                     with signals_deferred():
+                        epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
+                        resumable = {
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "scaler": scaler.state_dict() if scaler is not None else None,
+                            "sampler": {"seed": cfg.seed, "epoch": epoch + 1},
+                            "state": plain(asdict(state)),
+                        }
                         if replacing:
+                            # Removed, the earlier run would be lost with this one if its checkpoints then
+                            # found no room (a larger --arch): both gone, "No space left on device".
+                            need = checkpoint_size(model=model, meta=epoch_meta, **resumable)
+                            if improved:
+                                need += checkpoint_size(model=model, meta=epoch_meta)
+                            _room_to_replace(run_dir, need)
                             for name in RUN_FILES:
                                 (run_dir / name).unlink(missing_ok=True)
                             write_yaml(run_dir / "config.yaml", cfg.as_dict())
                             replacing = False
-                        epoch_meta = {**meta, "epoch": epoch + 1, "metrics": plain(val)}
                         first = resumed is None and not (run_dir / "last.pt").exists()
                         try:
                             if improved:
                                 save_checkpoint(run_dir / "best.pt", model=model, meta=epoch_meta)
-                            save_checkpoint(
-                                run_dir / "last.pt",
-                                model=model,
-                                meta=epoch_meta,
-                                optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(),
-                                scaler=scaler.state_dict() if scaler is not None else None,
-                                sampler={"seed": cfg.seed, "epoch": epoch + 1},
-                                state=plain(asdict(state)),
-                            )
+                            save_checkpoint(run_dir / "last.pt", model=model, meta=epoch_meta, **resumable)
                         except BaseException:
                             if first:  # its best.pt alone ("already holds best.pt") refused the same command
                                 (run_dir / "best.pt").unlink(missing_ok=True)

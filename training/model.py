@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from training.config import first_line
 from training.files import atomic_file, not_a_file
@@ -156,12 +156,34 @@ def save_checkpoint(path: str | Path, *, model: Any, meta: dict[str, Any], **ext
     missing = [k for k in required if k not in meta]
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
-    net = getattr(model, "module", model)  # unwrap DDP
-    payload = {"format": CHECKPOINT_FORMAT, **meta, "model": net.state_dict(), **extra}
     # A file object, not a path: Python's writes raise the OSError (ENOSPC, EFBIG) that the CLI says in one
     # line; torch's own writer only said "unexpected pos", a RuntimeError and a traceback.
     with atomic_file(Path(path)) as fh:
-        torch.save(payload, fh)
+        torch.save(_payload(model, meta, extra), fh)
+
+
+def checkpoint_size(*, model: Any, meta: dict[str, Any], **extra: Any) -> int:
+    """The bytes save_checkpoint would write, counted without writing them: room can be checked first."""
+    import torch
+
+    class Counter:
+        size = 0
+
+        def write(self, data: bytes) -> int:
+            self.size += len(data)
+            return len(data)
+
+        def flush(self) -> None:
+            pass
+
+    counter = Counter()
+    torch.save(_payload(model, meta, extra), cast(BinaryIO, counter))  # torch needs only write()
+    return counter.size
+
+
+def _payload(model: Any, meta: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    net = getattr(model, "module", model)  # unwrap DDP
+    return {"format": CHECKPOINT_FORMAT, **meta, "model": net.state_dict(), **extra}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -837,6 +838,24 @@ def test_a_later_epoch_that_cannot_be_saved_says_the_earlier_one_is_kept_and_how
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert main(["--resume", str(out)]) == 0  # as the line says
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def test_an_overwrite_whose_checkpoints_would_not_fit_keeps_the_earlier_run(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The earlier run's files went first, then the new run's larger last.pt found no room: neither run was
+    # left ("No space left on device: run/last.pt", a folder holding only config.yaml).
+    out = tmp_path / "run"
+    assert main(_argv(dataset, out, "--epochs", "1")) == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(free=0))  # only the run's own room
+    argv = _argv(dataset, out, "--epochs", "1", "--overwrite", "--arch", "test_resnet")  # 4x the weights
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"skin-train: error: no room for the new run's checkpoints in {out} (")
+    assert err.endswith("the earlier run is kept: free some space, or pass another --out\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
 
 
 def test_a_second_skin_train_on_a_folder_being_written_is_one_line(
