@@ -318,6 +318,16 @@ def _check_splits(splits: Splits, cfg: TrainConfig, cluster: Cluster) -> None:
         # The first readable one ends the search: all are read anyway, this only fails fast when none is.
         if not any(load_image(path, 32) is not None for path, _ in samples):
             raise ConfigError(f"no {name} image could be read in {cfg.data}")
+    # A class none of whose images can be read (cloud placeholders, HEICs renamed .jpg) was trained as the
+    # rest, never learned, and served; only the end-of-run warning named it, and then for val and test.
+    for index, label in enumerate(splits.class_names):
+        images = [path for path, y in splits.train if y == index]
+        if images and not any(load_image(path, 32) is not None for path in images):
+            raise ConfigError(
+                f"none of the {len(images)} training images of class {label!r} can be read (e.g. "
+                f"{str(images[0])!r}; the warnings above say why), so the model could not learn it: replace "
+                "them with readable JPEG, PNG or WebP files, or remove the class from train/ and test/"
+            )
 
 
 def _check_kept(cfg: TrainConfig, saved: dict[str, Any]) -> None:

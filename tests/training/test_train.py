@@ -995,6 +995,11 @@ def _unreadable(split: str) -> Callable[[Path], None]:
     return breakage
 
 
+def _unreadable_class(root: Path) -> None:  # every training image of one class, its test images fine
+    for image in (root / "train" / "Eczema").iterdir():
+        image.write_bytes(b"")
+
+
 def _unreadable_validation(root: Path) -> None:  # the images held out of train/ (the CLI's split)
     for image, _ in load_splits(root).val:
         image.write_bytes(b"not an image")
@@ -1009,6 +1014,9 @@ def _unreadable_validation(root: Path) -> None:  # the images held out of train/
         pytest.param(_one_image_per_class, "no validation images", id="no-validation"),
         pytest.param(_unreadable("train"), "no training image could be read", id="train-unreadable"),
         pytest.param(_unreadable_validation, "no validation image could be read", id="val-unreadable"),
+        pytest.param(
+            _unreadable_class, "training images of class 'Eczema' can be read", id="class-unreadable"
+        ),
         pytest.param(_unreadable("test"), "no test image could be read", id="test-unreadable"),
     ],
 )
