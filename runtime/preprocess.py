@@ -73,6 +73,8 @@ def open_image(
             data = Path(source).read_bytes()
         except OSError:
             raise ImageError("corrupt_image", "the image file could not be read") from None
+        if not data:  # a failed copy, a cloud folder's placeholder: training said "not_an_image"
+            raise ImageError("empty_file", "the file is empty")
     if "PNG" in allowed_formats and bytes(data[:8]) == PNG_SIGNATURE:
         _check_png_chunks(data)
     fp = _CappedReads(data)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import struct
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,6 +234,14 @@ def test_refused_inputs(data: bytes, code: str, status: int) -> None:
     with pytest.raises(ImageError) as info:
         preprocess(data, (16, 16))
     assert (info.value.code, info.value.status) == (code, status)
+
+
+def test_an_empty_file_on_disk_is_said_to_be_empty(tmp_path: Path) -> None:
+    # Training reads paths: a zero-byte file was "not_an_image", which sends people looking at its format.
+    (tmp_path / "IMG_0001.jpg").write_bytes(b"")
+    with pytest.raises(ImageError) as info:
+        preprocess(tmp_path / "IMG_0001.jpg", (16, 16))
+    assert (info.value.code, info.value.message) == ("empty_file", "the file is empty")
 
 
 @pytest.mark.parametrize("from_path", [pytest.param(False, id="bytes"), pytest.param(True, id="path")])
