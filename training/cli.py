@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     add(g, "--plots", "write PNG plots", action=argparse.BooleanOptionalAction)
     add(g, "--model-name", "model name for the bundle (default: skin-ARCH)")
     add(g, "--model-version", "model version (default: the date and time)")
-    add(g, "--trained-on", "free text on the training data (default: the dataset path)")
+    add(
+        g,
+        "--trained-on",
+        "free text on the training data, shown on the page (default: the dataset folder's name)",
+    )
     add(g, "--demo", "mark the model as a demo (not for real use)", action="store_true")
     add(g, "--mlflow", "log to MLflow (needs the mlflow package)", action="store_true")
     add(g, "--mlflow-experiment", "MLflow experiment name")

@@ -195,7 +195,9 @@ def resolve(*layers: dict[str, Any]) -> TrainConfig:
     cfg.out = str(Path(cfg.out).expanduser().resolve())
     cfg.model_name = cfg.model_name or f"skin-{cfg.arch}"
     cfg.model_version = cfg.model_version or f"{datetime.now():%Y.%m.%d-%H%M}"
-    cfg.trained_on = cfg.trained_on or f"SkinDisease ImageFolder at {cfg.data}"
+    # Its name, not its path: /api/info and the page show it to everyone ("SkinDisease ImageFolder at
+    # /home/…/patients", whatever the data was).
+    cfg.trained_on = cfg.trained_on or f"ImageFolder dataset {Path(cfg.data).name}"
     _check(cfg)
     return cfg
 
