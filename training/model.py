@@ -49,7 +49,8 @@ def build_model(
         if pretrained:
             raise ModelError(
                 f"could not download ImageNet weights for {arch} ({type(exc).__name__}); "
-                "connect to the hub for --pretrained, or pass --init-weights PATH to a local weights file"
+                "connect to the hub for --pretrained, pass --init-weights PATH to a local weights file, or "
+                "--no-pretrained to start from random weights (far weaker on a small dataset)"
             ) from None
         raise
     if init_weights:

@@ -124,6 +124,21 @@ def test_unusable_init_weights_are_one_line(tmp_path: Path, case: str) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
+def test_weights_that_cannot_be_downloaded_name_every_way_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    def offline(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(ModelError) as error:
+        build_model(ARCH, 3, pretrained=True)
+    said = str(error.value)
+    # An offline clinic machine's first try: a quick trial run with random weights was not named.
+    assert all(flag in said for flag in ("--pretrained", "--init-weights", "--no-pretrained")), said
+    assert "\n" not in said
+
+
 def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_path: Path) -> None:
     net = _tiny()
     path = tmp_path / "best.pt"
