@@ -460,9 +460,7 @@ def _load(path: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
         raise ExportError(f"{where} lacks its architecture or weights")
     # Every field is checked for the type training writes: a file edited by hand (or by another tool) must
     # give one line naming the field, not a traceback or a wrong bundle.
-    display = _field(ckpt, "display_names", list, "a list", where) or [
-        contract.display_name(n) for n in names
-    ]
+    display = _field(ckpt, "display_names", list, "a list", where) or contract.display_names(names)
     if len(display) != len(names) or not all(isinstance(d, str) for d in display):
         raise ExportError(
             f"{where}: display_names must be a list of {len(names)} display names, one per class, "

@@ -87,7 +87,17 @@ class BundleError(Exception):
 
 
 def display_name(class_name: str) -> str:
+    """The reference data set's name for people of one of its folders."""
     return DISPLAY_NAMES.get(class_name, class_name.replace("_", " "))
+
+
+def display_names(class_names: list[str]) -> list[str]:
+    """Names for people: the reference data set's for its own 22 classes; another data set's folder names as
+    they are, underscores as spaces (a clinic's "Lichen" folder, of lichen sclerosus, was served as "Lichen
+    Planus")."""
+    if sorted(class_names) == sorted(DISPLAY_NAMES):
+        return [display_name(n) for n in class_names]
+    return [n.replace("_", " ") for n in class_names]
 
 
 @dataclass(frozen=True)
@@ -165,7 +175,7 @@ class BundleMeta:
         classes = _json(props, K_CLASSES)
         display = _json(props, K_DISPLAY, None)
         if display is None and isinstance(classes, list):
-            display = [display_name(str(c)) for c in classes]
+            display = display_names([str(c) for c in classes])
         thresholds = _json(props, K_THRESHOLDS, {})
         cam_grid = _json(props, K_CAM_GRID, {})
         meta = cls(

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.bundle import display_name
+from runtime.bundle import display_names
 from runtime.preprocess import ImageError, preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # what the runtime takes
@@ -52,7 +52,7 @@ class Splits:
 
     @property
     def display_names(self) -> list[str]:
-        return [display_name(n) for n in self.class_names]
+        return display_names(self.class_names)
 
     def files(self) -> list[Path]:
         """Every image file of the dataset (train folder and test folder)."""

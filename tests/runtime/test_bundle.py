@@ -225,10 +225,19 @@ def test_missing_contract_key_says_foreign_model() -> None:
 
 
 def test_display_names_default_from_class_names() -> None:
-    props = _meta(class_names=["Sun_Sunlight_Damage", "New_Class"], display_names=["x", "y"]).to_metadata()
-    del props[bundle.K_DISPLAY]
-    meta = bundle.BundleMeta.from_metadata(props)
-    assert meta.display_names == ["Sun/Sunlight Damage", "New Class"]
+    def shown(names: list[str]) -> list[str]:
+        props = _meta(class_names=names, display_names=names).to_metadata()
+        del props[bundle.K_DISPLAY]
+        return bundle.BundleMeta.from_metadata(props).display_names
+
+    # The reference data set's names only for its own classes: another set's "Lichen" is not Lichen Planus.
+    assert shown(["Lichen", "Sun_Sunlight_Damage", "New_Class"]) == [
+        "Lichen",
+        "Sun Sunlight Damage",
+        "New Class",
+    ]
+    reference = sorted(bundle.DISPLAY_NAMES)
+    assert shown(reference) == [bundle.DISPLAY_NAMES[n] for n in reference]
 
 
 def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import runtime.preprocess
+from runtime.bundle import DISPLAY_NAMES
 from tests.images import png_header
 from tests.training.helpers import CLASSES, truncated_jpeg
 from training import data
@@ -98,6 +99,27 @@ def test_split_folders_on_a_disk_that_ignores_case(
 
     monkeypatch.setattr(Path, "is_dir", is_dir)
     assert load_splits(tmp_path, val_fraction=0.25, seed=7).class_names == CLASSES
+
+
+@pytest.mark.parametrize(
+    ("folders", "shown"),
+    [
+        # A clinic's own folders: its "Lichen" may be lichen sclerosus, not the reference's Lichen Planus.
+        pytest.param(["Bullous", "Lichen", "Nail_fungus"], ["Bullous", "Lichen", "Nail fungus"], id="own"),
+        pytest.param(
+            sorted(DISPLAY_NAMES), [DISPLAY_NAMES[n] for n in sorted(DISPLAY_NAMES)], id="reference"
+        ),
+    ],
+)
+def test_display_names_are_the_reference_data_sets_only_for_its_classes(
+    tmp_path: Path, dataset: Path, folders: list[str], shown: list[str]
+) -> None:
+    image = (dataset / "train" / "Acne" / "0001.jpg").read_bytes()
+    for split in ("train", "test"):
+        for name in folders:
+            (tmp_path / split / name).mkdir(parents=True)
+            (tmp_path / split / name / "0001.jpg").write_bytes(image)
+    assert load_splits(tmp_path).display_names == shown
 
 
 def _break_empty_class(root: Path) -> None:
