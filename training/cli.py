@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add(g, "--val-fraction", "share of each training class held out for validation", type=float)
     add(g, "--img-size", "input size in pixels (square)", type=int)
-    add(g, "--workers", "data loader worker processes per GPU", type=int)
+    add(g, "--workers", "data loader worker processes per GPU, at most its CPUs", type=int)
 
     g = parser.add_argument_group("model")
     add(g, "--arch", "timm architecture")

@@ -109,6 +109,16 @@ def scan_said_once(cluster: Cluster) -> Iterator[None]:
         scan.setLevel(level)
 
 
+def loader_workers(requested: int) -> int:
+    """--workers, at most the CPUs this process may use: more only queue for them, and the default 4 on a
+    2-CPU machine had torch warn, in two lines quoting its own source, that the loader might freeze."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return min(requested, cpus)
+
+
 def worker_own_group(worker_id: int) -> None:
     """A DataLoader worker leaves the run's process group: a signal sent to the group (torchrun's SIGTERM, a
     terminal's Ctrl-C, kill -TERM -PGID) killed the workers too, and torch's SIGCHLD handler turned that into

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from runtime.bundle import fingerprint_files
 from training import plots
 from training.augment import build_transform
-from training.cluster import Cluster, scan_said_once, setup_cluster, worker_own_group
+from training.cluster import Cluster, loader_workers, scan_said_once, setup_cluster, worker_own_group
 from training.config import (
     FIELDS,
     ConfigError,
@@ -683,11 +683,12 @@ def make_loaders(
     sampler = WeightedSampler(
         len(train_set), weights, rank=cluster.rank, world_size=cluster.world_size, seed=cfg.seed
     )
+    workers = loader_workers(cfg.workers)
     common: dict[str, Any] = {
-        "num_workers": cfg.workers,
+        "num_workers": workers,
         "pin_memory": cluster.device.type == "cuda",
-        "persistent_workers": cfg.workers > 0,
-        "worker_init_fn": worker_own_group if cfg.workers > 0 else None,
+        "persistent_workers": workers > 0,
+        "worker_init_fn": worker_own_group if workers > 0 else None,
     }
     train_loader = DataLoader(
         train_set,
@@ -902,7 +903,12 @@ def finish(
     device = next(model.parameters()).device
     mean, std = normalization(cfg.arch)
     loader = eval_loader(
-        splits.test, cfg.img_size, mean=mean, std=std, batch_size=cfg.batch_size * 2, workers=cfg.workers
+        splits.test,
+        cfg.img_size,
+        mean=mean,
+        std=std,
+        batch_size=cfg.batch_size * 2,
+        workers=loader_workers(cfg.workers),
     )
     ev = evaluate(model, loader, device, amp_dtype=None, channels_last=channels_last)
     if len(ev.labels) == 0:

@@ -1168,6 +1168,21 @@ def test_each_arch_is_fed_as_its_weights_were_trained(
     assert (val_loader.dataset.dataset.mean, val_loader.dataset.dataset.std) == (mean, std)  # rank's Subset
 
 
+def test_loader_workers_are_at_most_the_cpus_this_process_may_use(
+    dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default --workers 4 on a 2-CPU machine: torch warned that the loader might freeze.
+    from training.config import TrainConfig
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cfg = TrainConfig(data=str(dataset), arch="test_efficientnet", workers=4)
+    cpu = loop.Cluster(0, 1, torch.device("cpu"), False)
+    train_loader, _, val_loader = loop.make_loaders(cfg, load_splits(dataset), cpu)
+    assert train_loader.num_workers == val_loader.num_workers == 2
+    cfg.workers = 1
+    assert loop.make_loaders(cfg, load_splits(dataset), cpu)[0].num_workers == 1
+
+
 def test_a_run_normalized_otherwise_than_its_arch_now_is_is_not_resumed(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
