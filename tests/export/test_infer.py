@@ -75,6 +75,19 @@ def test_batches_leave_out_unreadable_files_and_empty_batches(files: list[Path])
     assert [b[:, 0, 0, 0].tolist() for b in got] == [[15, 16], [19]]
 
 
+def test_an_unreadable_file_is_said_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from PIL import Image
+
+    good, empty = tmp_path / "good.png", tmp_path / "IMG_0001.jpg"
+    Image.new("RGB", (4, 4)).save(good)
+    empty.write_bytes(b"")
+    for _ in range(2):  # export reads the test split more than once
+        x, kept = infer.readable([good, empty], (2, 2), "stretch", "bilinear")
+        assert kept == [0] and x.shape == (1, 2, 2, 3)
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"skipping unreadable image {empty} (empty_file)"]
+
+
 def test_run_pixels_covers_every_image_in_order() -> None:
     x = np.arange(7, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     out = infer.run_pixels(_Session(), x, ["a"], batch=3)
