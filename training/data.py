@@ -118,8 +118,14 @@ def find_split_dir(root: Path, name: str) -> Path:
         below = _dataset_below(root) if name == "train" else None
         if below is not None:  # --data one level too high (a download's folder around the dataset)
             raise DataError(f"{missing}; {str(below)!r} has one: pass --data {_arg(below)}")
+        like = _named_like(root, name)
+        if name == "train" and like:  # Training/ and Testing/, as some downloads name them
+            renames = [f"{like[0].name}/ to train/"] + [
+                f"{p.name}/ to test/" for p in _named_like(root, "test")[:1]
+            ]
+            raise DataError(f"{missing}: rename {' and '.join(renames)}")
         if name == "test":
-            held = [p.name for p in _held_out_folders(root)]
+            held = [p.name for p in like or _held_out_folders(root)]
             instead = f" (or rename {held[0]}/ to test/)" if held else ""
             raise DataError(
                 f"{missing}, which holds the test images, kept out of training: make it with the same class "
@@ -169,6 +175,17 @@ def _dataset_below(root: Path) -> Path | None:
 
 
 _HELD_OUT = ("val", "valid", "validation")
+
+
+def _named_like(root: Path, name: str) -> list[Path]:
+    """Folders in ``root`` whose names begin as ``name`` does but are not it (Training/, test_set/)."""
+    with contextlib.suppress(OSError):
+        return [
+            p
+            for p in sorted(root.iterdir())
+            if p.name.lower().startswith(name) and p.name.lower() != name and p.is_dir()
+        ]
+    return []
 
 
 def _held_out_folders(root: Path) -> list[Path]:

@@ -176,6 +176,15 @@ def _break_valid_not_test(root: Path) -> None:
     (root / "test").rename(root / "valid")
 
 
+def _break_training_testing(root: Path) -> None:  # as some downloads name them
+    (root / "train").rename(root / "Training")
+    (root / "test").rename(root / "Testing")
+
+
+def _break_test_set(root: Path) -> None:
+    (root / "test").rename(root / "test_set")
+
+
 def _break_both_spellings(root: Path) -> None:
     shutil.copytree(root / "train", root / "Train")
 
@@ -228,6 +237,12 @@ def _break_class_name_not_utf8(root: Path) -> None:
             "has no train/ (or Train/) folder; '{root}/SkinDisease/SkinDisease' has one: pass --data {root}/",
             id="data-one-level-too-high",
         ),
+        pytest.param(
+            _break_training_testing,
+            "has no train/ (or Train/) folder: rename Training/ to train/ and Testing/ to test/",
+            id="training-testing",
+        ),
+        pytest.param(_break_test_set, "(or rename test_set/ to test/)", id="test-set"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
         pytest.param(
             _break_class_name_decomposed,
