@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -346,12 +347,19 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
     try:  # is_file() raises, not answers False, where a folder on the way may not be searched
         if not directory.is_dir():
             why = "is a file, not a directory" if directory.exists() else "does not exist"
+            if directory.suffix == ".onnx" and directory.is_file():
+                why += f": pass the folder it is in, {str(directory.parent)!r}"
+            elif directory.suffix in (".pt", ".pth") and directory.is_file():
+                why += f": it is a training checkpoint; {_export_first(directory)}"
             raise BundleError(f"bundle directory {str(directory)!r} {why}")
         has_model, has_int8 = (directory / MODEL_FILE).is_file(), (directory / INT8_MODEL_FILE).is_file()
+        run = not has_model and (directory / "best.pt").is_file()
     except OSError as exc:
         raise BundleError(f"bundle directory {str(directory)!r} cannot be read: {exc.strerror}") from None
     if not has_model:
-        raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}")
+        # skin-train's run folder, the step before a bundle: a new user's first guess at --bundle.
+        hint = f": it is a training run; {_export_first(directory / 'best.pt')}" if run else ""
+        raise BundleError(f"bundle {str(directory)!r} has no {MODEL_FILE}{hint}")
     if LONE_SURROGATE.search(str(directory.absolute())):
         raise BundleError(
             f"bundle directory {str(directory)!r} is not a UTF-8 path, which onnxruntime cannot open"
@@ -359,6 +367,10 @@ def model_path(bundle_dir: str | Path, variant: str = "auto") -> Path:
     if variant == "int8" and not has_int8:
         raise BundleError(f"bundle {str(directory)!r} has no {INT8_MODEL_FILE} (export did not ship int8)")
     return directory / (INT8_MODEL_FILE if variant != "fp32" and has_int8 else MODEL_FILE)
+
+
+def _export_first(checkpoint: Path) -> str:
+    return f"make a bundle of it first: skin-export {shlex.quote(str(checkpoint))} --out bundles/NAME"
 
 
 def sha256_file(path: str | Path) -> str:

@@ -248,6 +248,36 @@ def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        # skin-train's run folder, its checkpoint, the graph itself: what a new user tries first.
+        pytest.param(
+            "run",
+            "has no model.onnx: it is a training run; make a bundle of it first: skin-export ",
+            id="run",
+        ),
+        pytest.param(
+            "run/best.pt", "is a file, not a directory: it is a training checkpoint; make a", id="ckpt"
+        ),
+        pytest.param("b/model.onnx", "is a file, not a directory: pass the folder it is in, ", id="graph"),
+    ],
+)
+def test_a_run_or_a_file_given_as_a_bundle_says_what_to_pass(
+    tmp_path: Path, given: str, message: str
+) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(b"checkpoint")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.onnx").write_bytes(make_model())
+    with pytest.raises(bundle.BundleError) as info:
+        bundle.model_path(tmp_path / given)
+    said = str(info.value)
+    assert message in said and "\n" not in said, said
+    if given.startswith("run"):
+        assert said.endswith(f"skin-export {tmp_path / 'run' / 'best.pt'} --out bundles/NAME")
+
+
+@pytest.mark.parametrize(
     ("make", "message"),
     [
         pytest.param(lambda d: None, "has no model.onnx", id="missing-model"),
