@@ -409,7 +409,13 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
             f"only in train: {', '.join(only_train)}" if only_train else "",
             f"only in test: {', '.join(only_test)}" if only_test else "",
         ]
-        raise DataError("train and test have different classes (" + "; ".join(p for p in parts if p) + ")")
+        # Which side to fix is the user's call: say both.
+        raise DataError(
+            "train and test have different classes ("
+            + "; ".join(p for p in parts if p)
+            + "): give each class a folder in both, each with its own images, or remove the folder of a "
+            "class that has only one"
+        )
     class_names = sorted(train_classes)
     if len(class_names) < 2:
         only = class_names[0] if class_names else "none"

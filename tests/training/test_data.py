@@ -207,7 +207,11 @@ def _break_class_name_not_utf8(root: Path) -> None:
     ("breakage", "message"),
     [
         pytest.param(_break_empty_class, "holds no .jpg/.jpeg/.png/.webp images", id="empty-class-folder"),
-        pytest.param(_break_class_sets, "only in train: Moles", id="train-test-classes-differ"),
+        pytest.param(
+            _break_class_sets,
+            "(only in train: Moles): give each class a folder in both, each with its own images, or remove",
+            id="train-test-classes-differ",
+        ),
         pytest.param(_break_test_only_class, "different classes (only in test: Warts)", id="test-only-class"),
         pytest.param(_break_one_class, "has 'Acne' only", id="one-class"),
         pytest.param(_break_no_classes, "has no class folders", id="no-classes"),
