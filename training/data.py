@@ -225,7 +225,10 @@ def scan_split(
     classes: dict[str, list[Path]] = {}
     seen = {} if seen is None else seen
     twins = {} if twins is None else twins
+    loose = []
     for entry in sorted(p for p in folder.iterdir() if not hidden(p.name)):
+        if entry.suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS and entry.is_file():
+            loose.append(entry)  # in no class: left out, and said, as a sorting slip drops them unseen
         if entry.is_symlink() and not entry.exists():  # a class on a disk not mounted would go unnoticed
             try:
                 entry.stat()
@@ -234,6 +237,14 @@ def scan_split(
                 raise DataError(f"{str(entry)!r}: {why}; fix or remove the link") from None
         if entry.is_dir():
             classes[entry.name] = _images(entry, [folder, *splits], seen, twins)
+    if loose:
+        log.warning(
+            "not reading %d images in %s itself, outside the class folders, e.g. %s: move each into its "
+            "class's folder to use it",
+            len(loose),
+            folder,
+            loose[0].name,
+        )
     others = [p for files in classes.values() for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if others:
         kinds = Counter(p.suffix.lower() for p in others)

@@ -619,6 +619,23 @@ def test_a_class_folder_link_that_leads_nowhere_is_one_line(
     assert str(info.value).endswith("; fix or remove the link")
 
 
+def test_images_outside_the_class_folders_are_said_to_be_left_out(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    for name in ("IMG_5001.jpg", "IMG_5002.JPG"):  # a sorting slip: dropped beside the class folders
+        shutil.copy(root / "train" / "Acne" / "0001.jpg", root / "train" / name)
+    (root / "train" / "Thumbs.db").write_bytes(b"")  # not a picture: nothing said
+    with caplog.at_level("WARNING", logger="training.data"):
+        splits = load_splits(root)
+    assert len(splits.train + splits.val) == 48
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not reading 2 images in {root / 'train'} itself, outside the class folders, e.g. IMG_5001.jpg: "
+        "move each into its class's folder to use it"
+    ]
+
+
 def test_pictures_in_formats_the_runtime_does_not_take_are_said_to_be_left_out(
     tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
