@@ -771,7 +771,7 @@ def goals(server: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
     peaks = [run["server"]["rss_peak_mb"] for runs in server["runs"].values() for run in runs]
     rss = max(peaks, default=None)
     cold = cold_start(sorted(server["cold_start_s"])[len(server["cold_start_s"]) // 2])
-    worst_ratio = min((r["throughput"] for r in ratios.values() if r["throughput"]), default=None)
+    worst_ratio = min((r["throughput"] for r in ratios.values() if r["throughput"] is not None), default=None)
     rows = {
         "throughput_ratio": (worst_ratio, GOALS["throughput_ratio"], ">="),
         "p50_1024_ms": (p50_1024, GOALS["p50_1024_ms"], "<="),
@@ -804,11 +804,13 @@ def ok_rps(stats: dict[str, Any]) -> float:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return None if not a or not b else round(a / b, 2)
+    """a / b, or None where b is none or 0 (a baseline that answered nothing right). An a of 0 is 0.0, not
+    None: a runtime that answers nothing right at a concurrency fails the throughput goal there."""
+    return None if a is None or not b else round(a / b, 2)
 
 
 def _times(ratio: float | None) -> str:
-    """A ratio as the tables write it; "–" where there is none (a server that answered nothing right)."""
+    """A ratio as the tables write it; "–" where there is none (a baseline that answered nothing right)."""
     return "–" if ratio is None else f"{ratio}×"
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -232,6 +233,48 @@ def test_ratios_against_a_baseline_that_answered_nothing_right_are_dashes() -> N
     rows = [line for line in run.markdown(summary).splitlines() if line.startswith("| 1 | ")]
     assert rows and all(line.startswith("| 1 | – | – / – / – | ") for line in rows), rows
     assert "None" not in run.markdown(summary)
+
+
+def _summary(ours: list[list[float]], theirs: list[list[float]], cold: list[float]) -> dict[str, Any]:
+    """A summary at concurrencies 1 and 8 (``ours`` / ``theirs``: requests per second of each round there),
+    every request right unless its rate is 0; p50 and p95 ms and RSS follow the round's number."""
+
+    def runs(rates: list[float], slow: float) -> list[dict[str, Any]]:
+        return [
+            {
+                "stats": {
+                    "Aggregated": {
+                        "rps": rps or 50.0,  # 0: as fast as ever, every answer an error
+                        "requests": 100,
+                        "failures": 0 if rps else 100,
+                        "p50_ms": slow * (i + 1),
+                        "p95_ms": 3 * slow * (i + 1),
+                    },
+                    "predict photo 1024x768 jpeg": {"p50_ms": slow * (i + 1)},
+                    "predict phone 12MP jpeg": {"p50_ms": 2 * slow * (i + 1)},
+                },
+                "server": {"rss_peak_mb": 100.0 * (i + 1)},
+            }
+            for i, rps in enumerate(rates)
+        ]
+
+    return {
+        "servers": {
+            name: {
+                "cold_start_s": cold,
+                "runs": {"1": runs(rates[0], slow), "8": runs(rates[1], slow)},
+            }
+            for name, rates, slow in (("runtime", ours, 10.0), ("baseline", theirs, 40.0))
+        }
+    }
+
+
+def test_a_concurrency_the_runtime_answered_nothing_right_at_fails_the_throughput_goal() -> None:
+    summary = _summary(ours=[[40.0] * 3, [0.0, 0.0, 90.0]], theirs=[[10.0] * 3, [20.0] * 3], cold=[0.5])
+    result = run.compare(summary)["runtime"]
+    eight = result["vs_baseline"]["8"]
+    assert eight["throughput_rounds"] == [0.0, 0.0, 4.5] and eight["throughput"] == 0.0  # not 4.5, nor "–"
+    assert result["goals"]["throughput_ratio"] == {"measured": 0.0, "goal": 3.0, "met": False}
 
 
 def test_requests_to_the_servers_bypass_a_proxy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
