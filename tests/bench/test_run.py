@@ -248,7 +248,7 @@ def _summary(ours: list[list[float]], theirs: list[list[float]], cold: list[floa
                         "requests": 100,
                         "failures": 0 if rps else 100,
                         "p50_ms": slow * (i + 1),
-                        "p95_ms": 3 * slow * (i + 1),
+                        "p95_ms": slow * (i + 1) + 30.0,
                     },
                     "predict photo 1024x768 jpeg": {"p50_ms": slow * (i + 1)},
                     "predict phone 12MP jpeg": {"p50_ms": 2 * slow * (i + 1)},
@@ -266,6 +266,28 @@ def _summary(ours: list[list[float]], theirs: list[list[float]], cold: list[floa
             }
             for name, rates, slow in (("runtime", ours, 10.0), ("baseline", theirs, 40.0))
         }
+    }
+
+
+def test_ratios_and_goals_are_medians_of_the_rounds() -> None:
+    summary = _summary(
+        ours=[[30.0, 40.0, 25.0], [90.0, 80.0, 70.0]],
+        theirs=[[10.0] * 3, [20.0] * 3],
+        cold=[0.4, 1.9, 1.4, 1.6],
+    )
+    result = run.compare(summary)["runtime"]
+    one, eight = result["vs_baseline"]["1"], result["vs_baseline"]["8"]
+    assert one["throughput_rounds"] == [3.0, 4.0, 2.5] and one["throughput"] == 3.0
+    assert eight["throughput_rounds"] == [4.5, 4.0, 3.5] and eight["throughput"] == 4.0
+    # the baseline's median time over the runtime's: p50 80 / 20 ms, p95 110 / 50 ms
+    assert (one["p50_speedup"], one["p95_speedup"]) == (4.0, 2.2)
+    goals = {key: (g["measured"], g["met"]) for key, g in result["goals"].items()}
+    assert goals == {
+        "throughput_ratio": (3.0, True),  # the worst concurrency's, at the goal
+        "p50_1024_ms": (20.0, True),  # the single client's median over rounds
+        "p50_12mp_ms": (40.0, True),
+        "cold_start_s": (1.5, True),  # the median of four starts: (1.4 + 1.6) / 2
+        "rss_under_load_mb": (300.0, True),  # the peak
     }
 
 
