@@ -166,6 +166,47 @@ def test_a_client_that_left_is_not_run() -> None:
     assert int(first.probabilities[0].argmax()) == 0 and int(third.probabilities[0].argmax()) == 2
 
 
+def test_a_request_after_the_model_went_idle_runs_too() -> None:
+    async def main() -> tuple[Recorder, list[Output]]:
+        run = Recorder()
+        gatherer = Gatherer(run, Slots(1), 4)
+        first = await gatherer.infer(_images(1)[0])
+        await asyncio.sleep(0.01)  # the model idle: its worker has ended, with nothing left waiting
+        second = await asyncio.wait_for(gatherer.infer(_images(2)[1]), timeout=5)
+        return run, [first, second]
+
+    run, outputs = asyncio.run(main())
+    assert run.calls == [[0], [1]]
+    _check(outputs)
+
+
+def test_a_request_its_check_refuses_gets_that_error_and_is_not_run() -> None:
+    class Left(Exception):
+        pass
+
+    async def wanted() -> None:
+        return None
+
+    async def gone() -> None:
+        raise Left
+
+    async def main() -> tuple[Recorder, list[object]]:
+        run, slot = Recorder(), Slots(1)
+        gatherer = Gatherer(run, slot, 4)
+        async with slot.take():  # they queue while the model is busy; the second one's client leaves
+            checks = [wanted, gone, wanted]
+            tasks = [
+                asyncio.create_task(gatherer.infer(image, checks[i])) for i, image in enumerate(_images(3))
+            ]
+            await asyncio.sleep(0.01)
+        return run, list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    run, results = asyncio.run(main())
+    assert run.calls == [[0, 2]]
+    assert isinstance(results[1], Left)
+    assert [int(r.probabilities[0].argmax()) for r in (results[0], results[2])] == [0, 2]  # type: ignore[union-attr]
+
+
 class SlowEngine(Engine):
     """The tiny bundle's engine, slow enough that requests queue behind each run."""
 
