@@ -14,6 +14,7 @@ import pytest
 from runtime import engine as engine_module
 from runtime.bundle import MODEL_FILE, BundleError
 from runtime.engine import Engine, session_options
+from runtime.settings import Settings
 from tests.server import ROOT
 
 # In a process of its own: other tests' threads (servers, data loaders) would count in this one's CPU time.
@@ -144,6 +145,30 @@ def test_session_options_run_one_graph_at_a_time_on_the_threads_given() -> None:
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (3, 1)
     assert options.enable_cpu_mem_arena is False
     assert session_options(threads=1).enable_cpu_mem_arena is True
+
+
+def test_threads_are_the_cpus_this_process_may_run_on_when_fewer_than_the_quota(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # taskset -c 0,1 (or docker --cpuset-cpus) inside a 4-CPU quota: 2 threads, not 4 on 2 cores
+    (tmp_path / "cpu.max").write_text("400000 100000\n")
+    monkeypatch.setattr(engine_module, "Path", lambda path: tmp_path / Path(path).name)
+    monkeypatch.setattr(engine_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert engine_module.available_cpus() == 2
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_session_options_spin_only_when_told(spinning: bool) -> None:
+    options = session_options(threads=2, spinning=spinning)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == ("1" if spinning else "0")
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"  # never between runs
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_the_engine_takes_the_settings_threads_arena_and_spinning(tiny_bundle: Path, spinning: bool) -> None:
+    settings = Settings(bundle=str(tiny_bundle), threads=1, memory_arena=not spinning, spinning=spinning)
+    engine = Engine.from_settings(settings)
+    assert (engine.threads, engine.memory_arena, engine.spinning) == (1, not spinning, spinning)
 
 
 def test_threads_0_means_the_cpu_quota(tiny_bundle: Path) -> None:
