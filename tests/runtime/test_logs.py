@@ -33,6 +33,24 @@ def test_a_log_line_is_json_with_the_request_fields() -> None:
     assert entry["time"].endswith("Z") and "exception" not in entry
 
 
+def test_the_time_is_utc_to_the_millisecond() -> None:
+    record = _record()
+    record.created, record.msecs = 1767225600.005, 5.0  # 2026-01-01 00:00:00.005 UTC
+    assert json.loads(logs.JsonFormatter().format(record))["time"] == "2026-01-01T00:00:00.005Z"
+
+
+def test_uvicorns_second_line_for_an_error_the_runtime_logged_is_dropped_and_no_other() -> None:
+    def failed(error: Exception) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:
+            return _record(sys.exc_info())
+
+    keep = logs.NotLoggedTwice()
+    assert keep.filter(failed(logs.Logged())) is False
+    assert keep.filter(failed(ValueError("boom"))) is True and keep.filter(_record()) is True
+
+
 def test_an_exception_is_logged_with_its_traceback_in_the_same_line() -> None:
     try:
         raise ValueError("boom")
