@@ -31,6 +31,7 @@ def _graph() -> Any:
         (1.0, 1.0, 1.0, False),
         pytest.param(1.0, 1.5, 0.98, False, id="another-heatmap-on-2-percent"),
         pytest.param(1.0, 1.5, None, True, id="a-graph-without-heatmap"),
+        pytest.param(0.99, 1.1, 0.99, True, id="at-every-bound"),  # README: >= 99 % and >= 1.1x ship
     ],
 )
 def test_try_int8_hands_back_the_graph_only_when_it_ships(
