@@ -49,8 +49,10 @@ def _net(logits: list[float]) -> Any:
     return Fixed()
 
 
-def _check(logits: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setattr(parity.infer, "session", lambda model: _Session())
+def _check(
+    logits: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, graph: Any = None
+) -> dict[str, Any]:
+    monkeypatch.setattr(parity.infer, "session", lambda model: graph or _Session())
     files = []
     for i in range(2):
         files.append(tmp_path / f"{i}.png")
@@ -71,3 +73,43 @@ def test_classes_tied_within_the_tolerance_are_not_a_top1_disagreement(
 def test_a_real_top1_disagreement_still_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ExportError, match="parity failed"):
         _check(APART, tmp_path, monkeypatch)
+
+
+class _LogitsOutput:
+    name = bundle.LOGITS_OUTPUT
+
+
+class _SessionWithLogits(_Session):
+    """Also answers the logits output, as ``logits`` (each image's row) says."""
+
+    def __init__(self, logits: list[float]) -> None:
+        self.logits = logits
+
+    def get_outputs(self) -> list[Any]:
+        return [_Output(), _LogitsOutput()]
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (probs,) = super().run(names[:1], feed)
+        return [probs, np.tile(np.array(self.logits, dtype=np.float32), (len(probs), 1))]
+
+
+def test_probabilities_apart_by_more_than_the_tolerance_fail_with_the_same_top1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ~2.3e-4 apart, over the 1e-4 README promises, though both rank class 0 first
+    with pytest.raises(ExportError, match=r"max \|Δp\| = 0.000\d+ \(limit 0.0001\)"):
+        _check([0.242, 0.241, 0.1], tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize(
+    ("logits", "message"),
+    [
+        pytest.param([np.nan, 0.241, 0.1], r"max \|Δlogit\| = nan", id="nan"),
+        pytest.param([0.241001, 0.241], r"logits is \(2, 2\), torch's \(2, 3\)", id="other-shape"),
+    ],
+)
+def test_graph_logits_that_are_not_torchs_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logits: list[float], message: str
+) -> None:
+    with pytest.raises(ExportError, match=message):  # the probabilities agree: torch has GRAPH_LOGITS
+        _check(GRAPH_LOGITS, tmp_path, monkeypatch, graph=_SessionWithLogits(logits))
