@@ -101,3 +101,10 @@ def test_a_predicted_class_without_images_has_a_recall_of_0_in_the_macro_average
     report = classification_summary(_one_hot([0, 2, 1, 1], 4), labels, names, skipped=2)
     assert report["macro avg"]["recall"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)  # over a, b and c
     assert (report["class_names"], report["skipped_images"]) == (names, 2)
+
+
+def test_a_class_never_predicted_has_a_precision_of_0_in_the_validation_macro_average() -> None:
+    # "b" has images but no prediction: its precision is 0/0, counted as 0, not as a perfect 1
+    numbers = epoch_metrics(_one_hot([0, 0, 0, 0], 2), np.array([0, 0, 1, 1]))
+    assert numbers["precision"] == pytest.approx((0.5 + 0.0) / 2)
+    assert numbers["recall"] == pytest.approx((1.0 + 0.0) / 2)
