@@ -108,3 +108,9 @@ def test_a_class_never_predicted_has_a_precision_of_0_in_the_validation_macro_av
     numbers = epoch_metrics(_one_hot([0, 0, 0, 0], 2), np.array([0, 0, 1, 1]))
     assert numbers["precision"] == pytest.approx((0.5 + 0.0) / 2)
     assert numbers["recall"] == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_the_confusion_matrix_has_a_row_per_true_class_and_a_column_per_prediction() -> None:
+    # two "a" images, one predicted "b": row a, column b (the plot draws it with true classes down)
+    report = classification_summary(_one_hot([0, 1, 2], 3), np.array([0, 0, 2]), NAMES)
+    assert report["confusion_matrix"] == [[1, 1, 0], [0, 0, 0], [0, 0, 1]]
