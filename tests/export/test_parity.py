@@ -113,3 +113,14 @@ def test_graph_logits_that_are_not_torchs_fail(
 ) -> None:
     with pytest.raises(ExportError, match=message):  # the probabilities agree: torch has GRAPH_LOGITS
         _check(GRAPH_LOGITS, tmp_path, monkeypatch, graph=_SessionWithLogits(logits))
+
+
+def test_large_logits_are_compared_relative_to_their_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same probabilities (softmax ignores a shift) from logits near 100: 0.05 apart is float noise there
+    # (limit 1e-3 x 100), where an absolute 1e-3 would fail a sound export.
+    torch_logits = [100 + v for v in GRAPH_LOGITS]
+    graph = _SessionWithLogits([v + 0.05 for v in torch_logits])
+    result = _check(torch_logits, tmp_path, monkeypatch, graph=graph)
+    assert result[f"{bundle.LOGITS_OUTPUT}_max_abs_diff"] == pytest.approx(0.05, abs=1e-4)
