@@ -1046,6 +1046,18 @@ def test_a_run_without_a_validation_macro_f1_reports_none(
     assert not (run / "best.pt").exists()
 
 
+def test_a_validation_macro_f1_of_0_is_a_best_epoch_all_the_same(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every validation image wrong is a number, unlike a NaN: best.pt is that epoch's, and the report says so.
+    real = loop.epoch_metrics
+    monkeypatch.setattr(loop, "epoch_metrics", lambda *args: {**real(*args), "f1": 0.0})
+    run = train(**TINY, data=str(dataset), out=str(tmp_path / "run"), epochs=1)
+    report = json.loads((run / "report.json").read_text())
+    assert report["best_epoch"] == 1 and report["val_macro_f1"] == 0.0
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+
+
 def test_the_report_is_best_pts_whose_epoch_neither_a_tie_nor_a_resume_moves(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
