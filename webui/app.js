@@ -97,6 +97,14 @@
     return (p * 100).toFixed(d) + "\u00a0%";
   }
 
+  // The threshold with as many digits as it takes not to read as the top class's own figure beside it
+  // ("under 25.1 %" of a top class shown as 25.1 %: 0.251063 against 0.250983).
+  function pctApart(threshold, p) {
+    let digits = 1;
+    while (digits < 4 && isNumber(p) && pct(threshold, digits) === pct(p, digits)) digits += 1;
+    return pct(threshold, digits);
+  }
+
   function fixed(value, digits) {
     return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : "–";
   }
@@ -852,7 +860,7 @@
     if (result.confidence === "low") {
       out.push({
         title: "The model is not confident about this image.",
-        text: lowConfidenceText(state.info),
+        text: lowConfidenceText(state.info, result.primary && result.primary.probability),
         short: "low confidence",
       });
     }
@@ -860,7 +868,7 @@
   }
 
   // What export measured, not a claim about this image ("no class stands out" was said of 83 % answers too).
-  function lowConfidenceText(info) {
+  function lowConfidenceText(info, top) {
     const u = (info && info.uncertainty) || {};
     const end = "; read the list below as uncertain.";
     // Past 1 no answer can be confident: the reason is the model, not this image's classes.
@@ -872,7 +880,7 @@
     if (!isNumber(u.min_probability) || !conf || !isNumber(conf.target_precision)) {
       return "Its top class is under the probability the model needs to count as confident" + end;
     }
-    return "Its top class is under " + pct(u.min_probability) + ": on the validation images, the answers from " +
+    return "Its top class is under " + pctApart(u.min_probability, top) + ": on the validation images, the answers from " +
       "there up were right " + pct(conf.target_precision, 0) + " of the time or more" + end;
   }
 

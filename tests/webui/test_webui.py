@@ -660,6 +660,28 @@ def test_a_temperature_fit_without_a_minimum_is_not_called_calibrated(page: Any,
     expect(fact).to_have_text("0.050 (no real fit: see Calibration)")
 
 
+def test_a_threshold_beside_a_top_class_of_the_same_rounded_figure_gets_the_digits_that_part_them(
+    page: Any, ui_server: str
+) -> None:
+    # A 4-class model: a top class of 0.250983 shows as 25.1 %, so "under 25.1 %" read as a contradiction.
+    info = _info(ui_server)
+    info["uncertainty"] = dict(info.get("uncertainty") or {}, min_probability=0.251063)
+    info["thresholds"] = dict(
+        info.get("thresholds") or {}, confidence={"min_probability": 0.251063, "target_precision": 0.9}
+    )
+    page.route("**/api/info", lambda route: route.fulfill(status=200, json=info))
+    open_page(page)
+    answer = analyse(page, [png("red")])
+    answer["confidence"] = "low"
+    answer["primary"]["probability"] = answer["top"][0]["probability"] = 0.250983
+    page.route(PREDICT, lambda route: route.fulfill(status=200, json=answer))
+    page.click("#analyse")
+    expect(page.locator("#primary-prob")).to_have_text("25.1\u00a0%")
+    expect(page.locator("#warnings .alert")).to_contain_text(
+        "Its top class is under 25.11\u00a0%: on the validation"
+    )
+
+
 def test_a_late_report_of_the_old_model_does_not_replace_the_new_ones(
     page: Any, ui_server: str, ui_bundle: Path
 ) -> None:
