@@ -120,8 +120,9 @@ def find_split_dir(root: Path, name: str) -> Path:
             raise DataError(f"{missing}; {str(below)!r} has one: pass --data {_arg(below)}")
         like = _named_like(root, name)
         if name == "train" and like:  # Training/ and Testing/, as some downloads name them
+            test_there = any((root / n).is_dir() for n in ("test", "Test"))
             renames = [f"{like[0].name}/ to train/"] + [
-                f"{p.name}/ to test/" for p in _named_like(root, "test")[:1]
+                f"{p.name}/ to test/" for p in ([] if test_there else _named_like(root, "test")[:1])
             ]
             raise DataError(f"{missing}: rename {' and '.join(renames)}")
         if name == "test":

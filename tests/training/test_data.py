@@ -271,6 +271,16 @@ def test_bad_layouts_stop_up_front(tmp_path: Path, dataset: Path, breakage, mess
     assert "\n" not in str(info.value)
 
 
+def test_training_beside_a_test_folder_is_the_only_rename_asked(tmp_path: Path, dataset: Path) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    (root / "train").rename(root / "Training")
+    shutil.copytree(root / "test", root / "test_old")  # test/ is there: nothing to rename to it
+    with pytest.raises(DataError) as info:
+        load_splits(root)
+    assert str(info.value).endswith("has no train/ (or Train/) folder: rename Training/ to train/")
+
+
 @pytest.mark.parametrize(
     ("spelling", "inside"),
     [
