@@ -42,9 +42,24 @@ MAX_READS = 100_000
 # the bytes it hands over, the image): ~15 bytes a pixel, 0.6 GB at 40 MP. Two such decodes at once took a
 # server past the 2 GiB deploy/k8s then had (2.2 GB RSS), so WebPs above this many pixels take turns.
 BIG_WEBP_PIXELS = 16_000_000
-_BIG_WEBP = threading.Lock()
+# A progressive JPEG keeps every DCT coefficient until its last scan, whatever the reduced size: 228 MB at
+# 40 MP, 305 MB in CMYK. Above this many pixels it takes turns with the big WebPs.
+BIG_PROGRESSIVE_PIXELS = 16_000_000
+_BIG_DECODE = threading.Lock()
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def _costly(img: Image.Image) -> bool:
+    """A decode that holds far more memory than its file or its reduced size: one at a time."""
+    pixels = img.width * img.height
+    if img.format == "WEBP":
+        return pixels > BIG_WEBP_PIXELS
+    return (
+        img.format in ("JPEG", "MPO")
+        and bool(img.info.get("progressive"))
+        and pixels > BIG_PROGRESSIVE_PIXELS
+    )
 
 
 class ImageError(ValueError):
@@ -202,11 +217,11 @@ def decode_rgb(
     """Decode to an upright RGB image. ``draft_size`` (width, height) lets JPEG decode at a reduced scale."""
     img = open_image(source, max_pixels=max_pixels, allowed_formats=allowed_formats)
     try:
+        costly = _costly(img)  # before draft(), which gives a JPEG its reduced size
         if draft_size is not None and img.format in ("JPEG", "MPO"):
             # DCT scaling: decodes at 1/2, 1/4 or 1/8 while staying at least draft_size; ~4x faster on 12 MP.
             img.draft("RGB" if img.mode == "RGB" else None, draft_size)
-        big = img.format == "WEBP" and img.width * img.height > BIG_WEBP_PIXELS
-        with _BIG_WEBP if big else nullcontext():
+        with _BIG_DECODE if costly else nullcontext():
             img.load()  # animated PNG/WebP: the first frame
             if draft_size is not None:
                 img = shrink(img, draft_size)

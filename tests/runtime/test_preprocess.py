@@ -700,6 +700,19 @@ def test_big_webps_are_decoded_one_at_a_time(monkeypatch: pytest.MonkeyPatch) ->
     assert _overlap(monkeypatch, [big, big]) == 1
 
 
+def test_big_progressive_jpegs_take_turns_with_big_webps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # libjpeg holds every DCT coefficient of a progressive one to its last scan: 228-305 MB at 40 MP.
+    monkeypatch.setattr("runtime.preprocess.BIG_PROGRESSIVE_PIXELS", 60 * 60)
+    monkeypatch.setattr("runtime.preprocess.BIG_WEBP_PIXELS", 60 * 60)
+    image = Image.new("RGB", (80, 60), (200, 30, 30))
+    progressive = encode(image, "JPEG", progressive=True)
+    assert _overlap(monkeypatch, [progressive, progressive]) == 1
+    assert _overlap(monkeypatch, [progressive, encode(image, "WEBP")]) == 1
+    assert (
+        _overlap(monkeypatch, [encode(image, "JPEG"), encode(image, "JPEG")]) == 2
+    )  # baseline: side by side
+
+
 def test_small_webps_and_other_formats_decode_side_by_side(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("runtime.preprocess.BIG_WEBP_PIXELS", 60 * 60)
     small = encode(Image.new("RGB", (60, 50), (200, 30, 30)), "WEBP")
