@@ -45,7 +45,7 @@ def readable(
         except ImageError as exc:
             if f not in _reported:
                 _reported.add(f)
-                log.warning("skipping unreadable image %s (%s)", f, exc.code)
+                log.warning("skipping unreadable image %s (%s: %s)", f, exc.code, exc.message)
             continue
         kept.append(i)
     empty = np.zeros((0, *size, 3), dtype=np.uint8)

@@ -510,7 +510,7 @@ def load_image(path: Path, img_size: int) -> np.ndarray | None:
             if exc.code == "image_too_large":  # a fine photo, only bigger than the runtime would take
                 log.warning("skipping image %s: too large (%s)", path, exc.message)
             else:
-                log.warning("skipping unreadable image %s (%s)", path, exc.code)
+                log.warning("skipping unreadable image %s (%s: %s)", path, exc.code, exc.message)
         return None
 
 

@@ -85,7 +85,7 @@ def test_an_unreadable_file_is_said_once(tmp_path: Path, caplog: pytest.LogCaptu
         x, kept = infer.readable([good, empty], (2, 2), "stretch", "bilinear")
         assert kept == [0] and x.shape == (1, 2, 2, 3)
     said = [r.getMessage() for r in caplog.records]
-    assert said == [f"skipping unreadable image {empty} (empty_file)"]
+    assert said == [f"skipping unreadable image {empty} (empty_file: the file is empty)"]
 
 
 def test_run_pixels_covers_every_image_in_order() -> None:

@@ -175,7 +175,8 @@ def test_a_resumed_run_names_the_unreadable_images_found_before_it_was_resumed(
     caplog.clear()
     train(resume=str(run))  # finished: only the report, which says their paths are in the warnings above
     named = {r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping")}
-    assert named == {f"skipping unreadable image {p} (corrupt_image)" for p in still_bad}
+    # The reason too, not only its code: what to look for in the file.
+    assert named == {f"skipping unreadable image {p} (corrupt_image: {_why(p)})" for p in still_bad}
     report = json.loads((run / "report.json").read_text())
     assert report["skipped_by_split"]["train"] == len(still_bad)
 
@@ -1218,3 +1219,11 @@ def test_a_run_that_diverges_stops_in_one_line_and_keeps_no_nan_model(tmp_path: 
         "start a new run with a lower --lr, --backbone-lr-scale or --weight-decay (a resumed run keeps them)"
     )
     assert not (out / "best.pt").exists() and not (out / "last.pt").exists()
+
+
+def _why(path: Path) -> str:
+    from runtime.preprocess import ImageError, preprocess
+
+    with pytest.raises(ImageError) as info:
+        preprocess(path, (8, 8))
+    return info.value.message
