@@ -84,7 +84,8 @@ def gemm_peak_gflops(*, threads: int, size: int = 1536, rounds: int = 7) -> floa
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [size, size])],
         [weight],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # Opset 17's IR version, not this onnx's newest: onnxruntime 1.20 (the runtime's floor) loads IR <= 10.
+    model = helper.make_model_gen_version(graph, opset_imports=[helper.make_opsetid("", 17)])
     session = ort.InferenceSession(
         model.SerializeToString(), session_options(threads=threads), providers=["CPUExecutionProvider"]
     )

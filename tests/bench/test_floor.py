@@ -26,7 +26,7 @@ def save_graph(
     import onnx
     from onnx import helper, numpy_helper
 
-    model = helper.make_model(
+    model = helper.make_model_gen_version(  # opset 17's IR version, which onnxruntime 1.20 loads
         helper.make_graph(
             nodes,
             "g",

@@ -42,7 +42,9 @@ def _conv_graph(weights: np.ndarray, out_scale: float) -> bytes:
         [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
         [numpy_helper.from_array(v, name) for name, v in constants.items()],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    # opset 17's IR version: onnxruntime 1.20, the runtime's floor, refuses newer onnx's own (IR 11 and up)
+    model = helper.make_model_gen_version(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model.SerializeToString()
 
 
 def _conv_case() -> tuple[bytes, np.ndarray, np.ndarray]:
