@@ -133,6 +133,8 @@ def test_attention_with_a_bias_exports_with_a_dynamic_batch(arch: str) -> None:
 
     from export.infer import session
 
+    if not timm.list_models(arch):
+        pytest.skip(f"timm {timm.__version__} has no {arch} (1.0.31 brought it)")
     torch.manual_seed(0)
     net = timm.create_model(arch, num_classes=3).eval()
     attention = [m for m in net.modules() if getattr(m, "fused_attn", None) is not None]
