@@ -34,6 +34,9 @@ MAX_JPEG_SCANS = 500
 # 20-470 KB) each still took 2-2.5 s of server CPU; this bound keeps them near 1 s, what a PNG or WebP at the
 # pixel cap costs: 20 scans at 40 MP, 66 at 12 MP, 500 up to 1.6 MP (mozjpeg writes 10 or 11, Photoshop 3-5).
 MAX_JPEG_SCAN_PIXELS = 800_000_000
+# But never fewer than libjpeg's own progressive files have (10 scans in colour, 14 in RGB, 18 in CMYK):
+# SKIN_MAX_PIXELS may be up to 89 MP, where the bound alone leaves 8 and refused such a photo as corrupt.
+MIN_JPEG_SCANS = 18
 # Pillow parses JPEG markers and PNG chunks in Python, a read or a few each: a 9.4 MB JPEG of 0xFF fill bytes
 # or of empty APP1 segments took ~18 s to open (and +310 MB), a PNG of 786,000 empty chunks ~10 s. Real files
 # take tens of reads to open and one per 64 KB to decode (a PNG 3 or so per chunk).
@@ -143,7 +146,7 @@ class _CappedReads(io.BytesIO):
 
 
 def _check_scans(img: Image.Image, data: bytes) -> None:
-    limit = max(1, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // (img.width * img.height)))
+    limit = max(MIN_JPEG_SCANS, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_PIXELS // (img.width * img.height)))
     if _too_many_scans(data, limit):
         img.close()
         message = (

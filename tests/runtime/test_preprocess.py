@@ -289,6 +289,25 @@ def test_larger_jpegs_may_have_fewer_scans(size: tuple[int, int], limit: int) ->
 
 
 @pytest.mark.parametrize(
+    ("mode", "size"),
+    [
+        pytest.param("RGB", (10_000, 8_900), id="colour-89-mp"),  # 10 scans; the bound alone left 8
+        pytest.param("CMYK", (7_000, 7_000), id="cmyk-49-mp"),  # 18 scans; the bound alone left 16
+    ],
+)
+def test_libjpegs_own_progressive_files_open_up_to_the_highest_pixel_cap(
+    mode: str, size: tuple[int, int]
+) -> None:
+    # SKIN_MAX_PIXELS may be raised to Pillow's 89 MP: such a photo was refused as corrupt_image.
+    from runtime.preprocess import MAX_PIXELS
+
+    data = encode(Image.new(mode, (16, 16)), "JPEG", progressive=True)
+    sof = data.index(b"\xff\xc2") + 5  # after the marker, the length and the precision: height, width
+    data = data[:sof] + struct.pack(">HH", size[1], size[0]) + data[sof + 4 :]
+    assert open_image(data, max_pixels=MAX_PIXELS).size == size  # the header only: nothing decoded
+
+
+@pytest.mark.parametrize(
     "extra",
     [
         pytest.param(lambda scan: b"\0" * 7 + scan * 600, id="after-the-image"),  # a motion photo's video
