@@ -169,14 +169,13 @@ _INFLATED = (b"iCCP", b"zTXt", b"iTXt")
 
 
 def _check_png_chunks(data: bytes | bytearray | memoryview) -> None:
-    raw = bytes(data)
-    if sum(raw.count(kind) for kind in _INFLATED) <= MAX_PNG_INFLATED:
-        return  # most files: no chunk walk
+    # The chunks' headers only, in place: a real file has tens to hundreds (0.1 ms for a 10 MB PNG), where
+    # searching all its bytes for the three names took 24 ms, a fifth of its decode.
     inflated, pos = 0, len(PNG_SIGNATURE)
     for _ in range(MAX_READS):  # Pillow reads each chunk at least once: past this it refuses the file itself
-        if pos + 8 > len(raw):
+        if pos + 8 > len(data):
             return
-        length, kind = struct.unpack_from(">I4s", raw, pos)
+        length, kind = struct.unpack_from(">I4s", data, pos)
         if kind == b"IEND":  # where Pillow stops reading
             return
         inflated += kind in _INFLATED
