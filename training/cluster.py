@@ -111,12 +111,11 @@ def scan_said_once(cluster: Cluster) -> Iterator[None]:
 
 def loader_workers(requested: int) -> int:
     """--workers, at most the CPUs this process may use: more only queue for them, and the default 4 on a
-    2-CPU machine had torch warn, in two lines quoting its own source, that the loader might freeze."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return min(requested, cpus)
+    2-CPU machine had torch warn, in two lines quoting its own source, that the loader might freeze. The
+    runtime's count, the container's CPU quota included (the affinity mask alone gave 4 under 2 CPUs)."""
+    from runtime.engine import available_cpus
+
+    return min(requested, available_cpus())
 
 
 def worker_own_group(worker_id: int) -> None:

@@ -1196,6 +1196,17 @@ def test_loader_workers_are_at_most_the_cpus_this_process_may_use(
     assert loop.make_loaders(cfg, load_splits(dataset), cpu)[0].num_workers == 1
 
 
+def test_loader_workers_are_at_most_the_containers_cpu_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    # docker run --cpus 2 on a 16-core host: the affinity mask alone let the default 4 start.
+    from runtime import engine
+    from training.cluster import loader_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(engine, "_cgroup_quota", lambda: 2.0)
+    assert loader_workers(4) == 2
+    assert loader_workers(1) == 1
+
+
 def test_a_run_normalized_otherwise_than_its_arch_now_is_is_not_resumed(
     tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
