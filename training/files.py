@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -48,7 +49,8 @@ class RunNotSaved(OSError):
     def then(self) -> str:
         full = self.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
         when = "once there is room" if full else "once it can be written"
-        return f"the epochs saved before are kept: continue with --resume {self.run_dir} {when}"
+        resume = shlex.quote(str(self.run_dir))  # copied into a shell: a folder name with a space
+        return f"the epochs saved before are kept: continue with --resume {resume} {when}"
 
 
 def not_a_file(path: Path) -> str:

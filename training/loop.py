@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import shlex
 import shutil
 import signal
 import sys
@@ -425,7 +426,9 @@ def _run(cfg: TrainConfig, resumed: dict[str, Any] | None, cluster: Cluster, loc
             "would be read as images (and its folder as a class); pick another --out"
         )
     if resumed is None and (run_dir / "last.pt").exists() and not cfg.overwrite:
-        raise ConfigError(f"{str(run_dir)!r} already holds a run; pass --resume {run_dir} or --overwrite")
+        raise ConfigError(
+            f"{str(run_dir)!r} already holds a run; pass --resume {shlex.quote(str(run_dir))} or --overwrite"
+        )
     # A bundle's report.json, a hand-written config.yaml: not a new run's to replace. The config.yaml a run
     # wrote for this folder is (one stopped in its first epoch, or rank 0's under torchrun, written already).
     if resumed is None and not cfg.overwrite:

@@ -5,6 +5,7 @@ skin-demo use it too; ``stopped`` words the line skin-train prints."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import threading
 from collections.abc import Iterator
@@ -93,7 +94,7 @@ def stopped(stop: KeyboardInterrupt) -> tuple[str, int]:
             "(the same command starts the new one again)"
         )
     elif stop.run_dir is not None:
-        line = f"{what}; continue with --resume {stop.run_dir}"
+        line = f"{what}; continue with --resume {shlex.quote(str(stop.run_dir))}"
     else:
         line = f"{what} before the first epoch ended"
     return line, status

@@ -59,3 +59,14 @@ def test_a_folder_turned_read_only_names_the_file_and_its_error(
         write_atomically(path, b"epoch 2")
     assert raised.value.filename == str(path)
     assert path.read_bytes() == b"epoch 1"
+
+
+def test_the_resume_lines_quote_a_run_folder_for_the_shell() -> None:
+    # Copied into a shell, '--resume runs/my run' resumed runs/my and passed 'run' as a stray argument.
+    from training.files import RunNotSaved
+    from training.stop import Interrupted, stopped
+
+    run = Path("runs/my run")
+    full = RunNotSaved(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(run / "last.pt")), run)
+    assert "continue with --resume 'runs/my run' once there is room" in full.then()
+    assert stopped(Interrupted(run))[0].endswith("continue with --resume 'runs/my run'")

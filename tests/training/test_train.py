@@ -214,6 +214,14 @@ def test_existing_run_is_not_overwritten(run: Path, bad_data: Path) -> None:
         train(**TINY, data=str(bad_data), out=str(run), epochs=1)
 
 
+def test_the_existing_runs_resume_flag_is_quoted_for_the_shell(tmp_path: Path, dataset: Path) -> None:
+    out = tmp_path / "my run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=re.escape(f"pass --resume '{out}' or --overwrite")):
+        train(**TINY, data=str(dataset), out=str(out), epochs=1)
+
+
 def test_a_config_yaml_nested_too_deeply_is_not_a_runs_own(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("[" * 5000 + "]" * 5000)  # PyYAML recurses: not a traceback
     assert loop._config_for(tmp_path) is False
