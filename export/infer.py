@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -11,10 +10,9 @@ from typing import Any
 import numpy as np
 
 from runtime.preprocess import ImageError, preprocess
+from training.data import say_skipped
 
 BATCH = 16
-log = logging.getLogger(__name__)
-_reported: set[Path] = set()
 
 
 def session(model: bytes | str | Path, *, threads: int = 0) -> Any:
@@ -43,9 +41,7 @@ def readable(
         try:
             images.append(preprocess(f, size, resize_mode=resize, resize_filter=resize_filter))
         except ImageError as exc:
-            if f not in _reported:
-                _reported.add(f)
-                log.warning("skipping unreadable image %s (%s: %s)", f, exc.code, exc.message)
+            say_skipped(f, exc)
             continue
         kept.append(i)
     empty = np.zeros((0, *size, 3), dtype=np.uint8)

@@ -505,13 +505,18 @@ def load_image(path: Path, img_size: int) -> np.ndarray | None:
     try:
         return preprocess(path, (img_size, img_size), resize_mode=RESIZE_MODE, resize_filter=RESIZE_FILTER)
     except ImageError as exc:
-        if str(path) not in _reported:
-            _reported.add(str(path))
-            if exc.code == "image_too_large":  # a fine photo, only bigger than the runtime would take
-                log.warning("skipping image %s: too large (%s)", path, exc.message)
-            else:
-                log.warning("skipping unreadable image %s (%s: %s)", path, exc.code, exc.message)
+        say_skipped(path, exc)
         return None
+
+
+def say_skipped(path: Path, exc: ImageError) -> None:
+    """One warning per file and process, with why; export's too (it had called a large photo unreadable)."""
+    if str(path) not in _reported:
+        _reported.add(str(path))
+        if exc.code == "image_too_large":  # a fine photo, only bigger than the runtime would take
+            log.warning("skipping image %s: too large (%s)", path, exc.message)
+        else:
+            log.warning("skipping unreadable image %s (%s: %s)", path, exc.code, exc.message)
 
 
 class EvalDataset(torch.utils.data.Dataset):

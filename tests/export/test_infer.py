@@ -88,6 +88,21 @@ def test_an_unreadable_file_is_said_once(tmp_path: Path, caplog: pytest.LogCaptu
     assert said == [f"skipping unreadable image {empty} (empty_file: the file is empty)"]
 
 
+def test_a_photo_over_the_pixel_cap_is_said_too_large_as_training_says_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Export called it "unreadable image … (image_too_large: …)": a fine photo, only over the runtime's cap.
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("L", (8000, 5001)).save(big)
+    assert infer.readable([big], (2, 2), "stretch", "bilinear")[1] == []
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        f"skipping image {big}: too large (the image has 8000x5001 pixels; the limit is 40,000,000 pixels)"
+    ]
+
+
 def test_run_pixels_covers_every_image_in_order() -> None:
     x = np.arange(7, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
     out = infer.run_pixels(_Session(), x, ["a"], batch=3)
