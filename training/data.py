@@ -120,7 +120,7 @@ def find_split_dir(root: Path, name: str) -> Path:
             raise DataError(f"{missing}; {str(below)!r} has one: pass --data {_arg(below)}")
         like = _named_like(root, name)
         if name == "train" and like:  # Training/ and Testing/, as some downloads name them
-            test_there = any((root / n).is_dir() for n in ("test", "Test"))
+            test_there = any(n in names and (root / n).is_dir() for n in ("test", "Test"))
             renames = [f"{like[0].name}/ to train/"] + [
                 f"{p.name}/ to test/" for p in ([] if test_there else _named_like(root, "test")[:1])
             ]
@@ -179,12 +179,13 @@ _HELD_OUT = ("val", "valid", "validation")
 
 
 def _named_like(root: Path, name: str) -> list[Path]:
-    """Folders in ``root`` whose names begin as ``name`` does but are not it (Training/, test_set/)."""
+    """Folders in ``root`` whose names begin as ``name`` does, in any case, but are neither of its two
+    spellings (Training/, test_set/, TRAIN/: read on a disk that ignores case, before it was listed)."""
     with contextlib.suppress(OSError):
         return [
             p
             for p in sorted(root.iterdir())
-            if p.name.lower().startswith(name) and p.name.lower() != name and p.is_dir()
+            if p.name.lower().startswith(name) and p.name not in (name, name.capitalize()) and p.is_dir()
         ]
     return []
 

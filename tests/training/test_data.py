@@ -181,6 +181,11 @@ def _break_training_testing(root: Path) -> None:  # as some downloads name them
     (root / "test").rename(root / "Testing")
 
 
+def _break_upper_case(root: Path) -> None:  # opened as train/ on macOS before the folder was listed
+    (root / "train").rename(root / "TRAIN")
+    (root / "test").rename(root / "TEST")
+
+
 def _break_test_set(root: Path) -> None:
     (root / "test").rename(root / "test_set")
 
@@ -245,6 +250,11 @@ def _break_class_name_not_utf8(root: Path) -> None:
             _break_training_testing,
             "has no train/ (or Train/) folder: rename Training/ to train/ and Testing/ to test/",
             id="training-testing",
+        ),
+        pytest.param(
+            _break_upper_case,
+            "has no train/ (or Train/) folder: rename TRAIN/ to train/ and TEST/ to test/",
+            id="upper-case",
         ),
         pytest.param(_break_test_set, "(or rename test_set/ to test/)", id="test-set"),
         pytest.param(_break_both_spellings, "has both train/ and Train/", id="both-spellings"),
