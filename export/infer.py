@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 
 from runtime.preprocess import ImageError, preprocess
-from training.data import say_skipped
 
 BATCH = 16
 
@@ -41,6 +40,8 @@ def readable(
         try:
             images.append(preprocess(f, size, resize_mode=resize, resize_filter=resize_filter))
         except ImageError as exc:
+            from training.data import say_skipped  # torch with it: only where a file is skipped
+
             say_skipped(f, exc)
             continue
         kept.append(i)
