@@ -36,7 +36,7 @@ def make_checkpoint(path: str | Path, *, arch: str = ARCH, img_size: int = IMG_S
     """Write a random-weight checkpoint in training's format, with BatchNorm statistics from real passes."""
     import torch
 
-    from runtime.bundle import display_name
+    from runtime.bundle import display_names
     from runtime.preprocess import preprocess
     from training.model import IMAGENET_MEAN, IMAGENET_STD, build_model, save_checkpoint
     from training.synthetic import generate
@@ -72,7 +72,7 @@ def make_checkpoint(path: str | Path, *, arch: str = ARCH, img_size: int = IMG_S
         "arch": arch,
         "img_size": img_size,
         "class_names": CLASS_NAMES,
-        "display_names": [display_name(n) for n in CLASS_NAMES],
+        "display_names": display_names(CLASS_NAMES),
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         "resize": "stretch",
