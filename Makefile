@@ -3,12 +3,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 RUNTIME_VENV ?= .venv-runtime
+FLOORS_VENV ?= .venv-floors
 # make serve BUNDLE=DIR
 BUNDLE ?= bundles/demo
 PY := $(VENV)/bin/python
 PIP_FLAGS ?= --disable-pip-version-check --progress-bar off -q
 
-.PHONY: help venv runtime-venv system-deps lint typecheck test test-fast test-runtime-only demo serve serve-bundle clean
+.PHONY: help venv runtime-venv floors-venv system-deps lint typecheck test test-fast test-runtime-only \
+	test-runtime-floors demo serve serve-bundle clean
 
 help:
 	@echo "make demo      - build the demo model through the real pipeline, then serve http://127.0.0.1:8000"
@@ -48,6 +50,21 @@ $(RUNTIME_VENV)/.installed: pyproject.toml deploy/runtime-constraints.txt
 
 runtime-venv: $(RUNTIME_VENV)/.installed
 
+# The runtime extra at the oldest versions pyproject.toml allows (.ci/floors.py turns each >= into ==), the dev
+# extra's test tools at their newest that fit: proves those floors still hold. --clear: nothing left over from
+# floors before.
+$(FLOORS_VENV)/.installed: pyproject.toml .ci/floors.py
+	@echo "==> environment: $(FLOORS_VENV) with the runtime extra at its floors (no torch) …"
+	@$(PYTHON) -m venv --clear $(FLOORS_VENV) || $(call STEP_FAILED,$(PYTHON) -m venv --clear $(FLOORS_VENV))
+	@$(FLOORS_VENV)/bin/python .ci/floors.py runtime > $(FLOORS_VENV)/floors.txt \
+		|| $(call STEP_FAILED,.ci/floors.py runtime (the runtime extra's floors))
+	@$(FLOORS_VENV)/bin/python -m pip install $(PIP_FLAGS) --upgrade pip || $(call STEP_FAILED,upgrading pip)
+	@$(FLOORS_VENV)/bin/python -m pip install $(PIP_FLAGS) -c $(FLOORS_VENV)/floors.txt -e ".[$(RUNTIME_EXTRAS)]" \
+		|| $(call STEP_FAILED,pip install -c $(FLOORS_VENV)/floors.txt -e .[$(RUNTIME_EXTRAS)])
+	@touch $@
+
+floors-venv: $(FLOORS_VENV)/.installed
+
 # Chromium for the browser tests (Debian package; Playwright cannot download its own here), nginx and
 # openssl for the reverse-proxy test.
 # The plain nginx package, not a flavour such as nginx-light, which newer Debian releases may not carry.
@@ -69,7 +86,11 @@ test-runtime-only: runtime-venv
 	! $(RUNTIME_VENV)/bin/python -c "import torch" 2>/dev/null
 	$(RUNTIME_VENV)/bin/python -m pytest tests/runtime -q -p no:cacheprovider
 
-test: system-deps venv lint typecheck test-runtime-only
+test-runtime-floors: floors-venv
+	! $(FLOORS_VENV)/bin/python -c "import torch" 2>/dev/null
+	$(FLOORS_VENV)/bin/python -m pytest tests/runtime -q -p no:cacheprovider
+
+test: system-deps venv lint typecheck test-runtime-only test-runtime-floors
 	$(REQUIRE_OPENVINO) $(PY) -m pytest -q
 
 test-fast: venv
@@ -86,4 +107,4 @@ serve-bundle:
 	@[ -e "$(BUNDLE)" ] || { echo "make serve: no bundle at '$(BUNDLE)': build one with 'make demo', or pass BUNDLE=DIR" >&2; exit 2; }
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(FLOORS_VENV) .pytest_cache .mypy_cache .ruff_cache
