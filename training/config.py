@@ -103,6 +103,9 @@ MAX_WORKERS = 64
 # split into one tensor (20,000 images at 300 px: 22 GB) before failing, and evaluation's batch of twice that
 # overflowed Python's slicing past 2**62 with a traceback. A batch above the split takes the whole split.
 MAX_BATCH_SIZE = 4096
+# A typo's 10**9 just ran (with --scheduler cosine at its peak rate throughout, the curve stretched that far);
+# long from-scratch recipes run a few hundred epochs.
+MAX_EPOCHS = 10000
 
 
 def read_config(path: Path) -> str:
@@ -215,6 +218,7 @@ def _check(cfg: TrainConfig) -> None:
         f"--workers must be at most {MAX_WORKERS} (each is a process), got {cfg.workers}",
     )
     need(cfg.epochs >= 1, "--epochs must be at least 1")
+    need(cfg.epochs <= MAX_EPOCHS, f"--epochs must be at most {MAX_EPOCHS}, got {cfg.epochs}")
     need(cfg.batch_size >= 1, "--batch-size must be at least 1")
     need(
         cfg.batch_size <= MAX_BATCH_SIZE,

@@ -126,6 +126,7 @@ def test_a_config_that_is_no_config_file_is_one_line_not_read(
         pytest.param(
             ["--data", "x", "--batch-size", "100000000"], "--batch-size must be at most 4096", id="batch-size"
         ),
+        pytest.param(["--data", "x", "--epochs", str(10**9)], "--epochs must be at most 10000", id="epochs"),
     ],
 )
 def test_bad_options_are_one_line(
@@ -152,7 +153,7 @@ def test_bad_options_are_one_line(
         pytest.param({"lr": 1.0, "backbone_lr_scale": 1.0}, id="largest-lr"),
         pytest.param({"batch_size": 1, "img_size": 33}, id="batch-1-above-32-px"),
         pytest.param({"seed": 2**32 - 1}, id="largest-seed"),
-        pytest.param({"batch_size": 4096, "accum_steps": 2**63 - 1}, id="largest-counts"),
+        pytest.param({"batch_size": 4096, "accum_steps": 2**63 - 1, "epochs": 10000}, id="largest-counts"),
         pytest.param({"jitter_hue": 0.5}, id="most-hue"),
         pytest.param({"translate": 1.0}, id="most-translate"),
         pytest.param({"rotate": 180.0}, id="most-rotate"),
@@ -217,6 +218,8 @@ def test_options_at_the_edge_of_their_range_are_accepted(options: dict[str, obje
         # past sys.maxsize: Python's islice() and torch failed mid-run with a traceback
         pytest.param({"accum_steps": 2**63}, "--accum-steps must be at most", id="accum-steps-2-63"),
         pytest.param({"epochs": 10**20}, "--epochs must be at most", id="epochs-10-20"),
+        # a typo's 10**9 just ran on (a cosine schedule stretched that far stays at its peak rate)
+        pytest.param({"epochs": 10001}, "--epochs must be at most 10000,", id="epochs-10001"),
     ],
 )
 def test_options_just_outside_their_range_are_refused(options: dict[str, object], message: str) -> None:
