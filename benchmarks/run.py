@@ -42,7 +42,7 @@ from benchmarks.machine import (
 )
 from benchmarks.words import count
 from runtime.cli import OneLineParser
-from training.stop import how, sigterm_stops
+from training.stop import how, signals_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -989,7 +989,7 @@ def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
     from training.model import ModelError
 
     try:
-        with sigterm_stops():  # SIGTERM's default would end this process alone, its children left running
+        with signals_stop():  # SIGTERM's default would end this process alone, its children left running
             call(lambda message: print(message, file=sys.stderr, flush=True))
     except (BenchError, BundleError, ExportError, ModelError, OSError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)

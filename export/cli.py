@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from runtime.cli import OneLineParser
-from training.stop import how, sigterm_stops
+from training.stop import how, signals_stop
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -66,7 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     try:
-        with sigterm_stops():  # docker stop: the staging folder goes, as on Ctrl-C
+        with signals_stop():  # docker stop: the staging folder goes, as on Ctrl-C
             return _export(args)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: export_bundle() removed what it had written
         line, status = how(stop)

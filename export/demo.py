@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from training.stop import how, sigterm_stops
+from training.stop import how, signals_stop
 
 DEMO_LABEL = "a demo trained on generated images, not on clinical data"
 DEFAULT_BUNDLE_DIR = Path("bundles") / "demo"
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_serve:  # say so now, not after training
             _check_serving(args.host, args.port, Path(args.bundle_dir))
-        with sigterm_stops():  # docker stop while building: each step cleans up as on Ctrl-C
+        with signals_stop():  # docker stop while building: each step cleans up as on Ctrl-C
             bundle_dir = build(
                 bundle_dir=args.bundle_dir,
                 work_dir=args.work_dir,

@@ -118,20 +118,21 @@ def sync_folder(folder: Path) -> None:
 
 
 def move_into_place(staging: Path, out: Path) -> None:
-    # Ctrl-C or SIGTERM between the two renames would leave no bundle at out: one that comes meanwhile lets
-    # them finish, and the export ends written (it was, by then).
+    # Ctrl-C, SIGTERM or SIGHUP between the two renames would leave no bundle at out: one that comes meanwhile
+    # lets them finish, and the export ends written (it was, by then).
     with _signals_deferred():
         _rename_into_place(staging, out)
 
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM do nothing while the block runs (handlers are the main thread's to change; a signal
-    mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
+    """Ctrl-C, SIGTERM and SIGHUP do nothing while the block runs (handlers are the main thread's to change; a
+    signal mask would not do: the kernel hands a blocked signal to another of the process's threads)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    earlier = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    earlier = {signum: signal.signal(signum, signal.SIG_IGN) for signum in stops}
     try:
         yield
     finally:

@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
-from training.stop import sigterm_stops, stopped
+from training.stop import signals_stop, stopped
 
 PROG = "skin-train"
 
@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with sigterm_stops():  # from here: the imports take seconds, and train() keeps it on
+        with signals_stop():  # from here: the imports take seconds, and train() keeps it on
             return _train(args)
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (docker stop, torchrun passing it on)
+    except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (docker stop, torchrun passing it on) or SIGHUP
         line, status = stopped(stop)
         if _rank0():  # under torchrun every rank stops: one line, from rank 0
             print(f"{PROG}: {line}", file=sys.stderr)

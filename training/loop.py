@@ -67,7 +67,7 @@ from training.model import (
     save_checkpoint,
 )
 from training.report import classes_without, classification_summary, epoch_metrics, plain
-from training.stop import Interrupted, signals_deferred, sigterm_stops
+from training.stop import Interrupted, signals_deferred, signals_stop
 from training.tracking import MlflowTracker
 
 log = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ def train(**kwargs: Any) -> Path:
 
     Keyword names are the CLI's option names with underscores (see ``training.config.TrainConfig``).
     """
-    # SIGTERM stops a run as Ctrl-C does; last.pt stays as safe (written to a temporary file, then renamed).
-    with sigterm_stops():
+    # SIGTERM and SIGHUP stop a run as Ctrl-C does; last.pt stays safe (written to a temporary file, renamed).
+    with signals_stop():
         cfg, resumed = resolve_options(kwargs)
         cluster = setup_cluster(cfg.device)
         last = Path(cfg.out) / "last.pt"

@@ -1,6 +1,6 @@
-"""Stopping a command cleanly: SIGTERM (docker stop, Kubernetes, torchrun passing it on) raises as Ctrl-C
-does, so one ``except KeyboardInterrupt`` cleans up and says one line for both. Stdlib only: skin-export and
-skin-demo use it too; ``stopped`` words the line skin-train prints."""
+"""Stopping a command cleanly: SIGTERM (docker stop, Kubernetes, torchrun passing it on) and SIGHUP (the
+terminal closed) raise as Ctrl-C does, so one ``except KeyboardInterrupt`` cleans up and says one line for
+all. Stdlib only: skin-export and skin-demo use it too; ``stopped`` words the line skin-train prints."""
 
 from __future__ import annotations
 
@@ -14,34 +14,44 @@ from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt."""
 
-    signum = signal.SIGTERM
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Terminated
+def _stop(signum: int) -> KeyboardInterrupt:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
 
 
 @contextlib.contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """SIGTERM raises Terminated while the block runs (in the main thread: handlers belong there; elsewhere
-    nothing changes), then the earlier handler is back."""
+def signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated while the block runs (in the main thread: handlers belong there;
+    elsewhere nothing changes), then the earlier handlers are back. An ignored SIGHUP stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    earlier = signal.signal(signal.SIGTERM, _on_sigterm)
+    stops = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # nohup's: the command outlives its terminal
+        stops.append(signal.SIGHUP)
+    earlier = {signum: signal.signal(signum, _on_signal) for signum in stops}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, earlier if earlier is not None else signal.SIG_DFL)
+        for signum, handler in earlier.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait for the block to end, then stop as they would have; a second one stops at once
-    (a write that hangs). In the main thread; a signal mask would not do: the kernel hands a blocked signal
-    to another of the process's threads."""
+    """Ctrl-C, SIGTERM and SIGHUP wait for the block to end, then stop as they would have; a second one stops
+    at once (a write that hangs). In the main thread; a signal mask would not do: the kernel hands a blocked
+    signal to another of the process's threads."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -49,10 +59,12 @@ def signals_deferred() -> Iterator[None]:
 
     def hold(signum: int, frame: Any) -> None:
         if caught:
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+            raise _stop(signum)
         caught.append(signum)
 
-    stops = [s for s in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(s) is not signal.SIG_IGN]
+    stops = [
+        s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN
+    ]
     earlier = {signum: signal.signal(signum, hold) for signum in stops}  # an ignored one stays ignored
     try:
         yield
@@ -60,19 +72,21 @@ def signals_deferred() -> Iterator[None]:
         for signum, handler in earlier.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
     if caught:
-        raise Terminated if caught[0] == signal.SIGTERM else KeyboardInterrupt
+        raise _stop(caught[0])
 
 
 def how(stop: KeyboardInterrupt) -> tuple[str, int]:
-    """Interrupted or stopped by SIGTERM, in words, and the exit status (128 + the signal, as shells give)."""
+    """Interrupted, or stopped by SIGTERM or SIGHUP, in words, and the exit status (128 + the signal, as
+    shells give)."""
     signum = int(getattr(stop, "signum", signal.SIGINT))
-    return ("stopped by SIGTERM" if signum == signal.SIGTERM else "interrupted"), 128 + signum
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+    return what, 128 + signum
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM during a run; ``run_dir`` is where it can be resumed from, None before a last.pt
-    exists; ``previous`` is set when an --overwrite run stops while the earlier run's files are still there.
-    """
+    """Ctrl-C, SIGTERM or SIGHUP during a run; ``run_dir`` is where it can be resumed from, None before a
+    last.pt exists; ``previous`` is set when an --overwrite run stops while the earlier run's files are still
+    there."""
 
     def __init__(
         self, run_dir: Path | None, *, signum: int = signal.SIGINT, previous: Path | None = None

@@ -257,7 +257,7 @@ def foreign_images(
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.cli import OneLineParser
-    from training.stop import how, sigterm_stops
+    from training.stop import how, signals_stop
 
     prog = "python -m training.synthetic"
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             parser.error(f"{str(out)!r} exists and is not an empty folder; give a new one")
         existed = out.exists()
-        with sigterm_stops():
+        with signals_stop():
             root = generate(out, train_per_class=args.train, test_per_class=args.test, seed=args.seed)
     except (OSError, KeyboardInterrupt) as exc:
         if existed is not None:  # a part of a dataset would pass for one (and block the next try)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -79,13 +79,17 @@ def test_a_locust_run_that_does_not_end_is_stopped_and_one_line(
     assert proc.poll() is not None
 
 
-def _terminate_self(log: object) -> None:
-    """A real SIGTERM to this process, as `kill` or `timeout` sends it; without a handler it would end pytest
-    itself: check there is one first."""
-    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-    os.kill(os.getpid(), signal.SIGTERM)
-    time.sleep(5)
-    raise AssertionError("SIGTERM did not stop the command")
+def _signal_self(signum: int) -> Callable[[object], None]:
+    """A real signal to this process, as `kill`, `timeout` or a closed terminal sends it; without a handler it
+    would end pytest itself: check there is one first."""
+
+    def call(log: object) -> None:
+        assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+        raise AssertionError(f"signal {signum} did not stop the command")
+
+    return call
 
 
 def _interrupt(*args: object, **kwargs: object) -> None:
@@ -96,16 +100,17 @@ def _interrupt(*args: object, **kwargs: object) -> None:
     ("call", "status", "line"),
     [
         pytest.param(_interrupt, 130, "benchmarks.x: interrupted", id="ctrl-c"),
-        pytest.param(_terminate_self, 143, "benchmarks.x: stopped by SIGTERM", id="sigterm"),
+        pytest.param(_signal_self(signal.SIGTERM), 143, "benchmarks.x: stopped by SIGTERM", id="sigterm"),
+        pytest.param(_signal_self(signal.SIGHUP), 129, "benchmarks.x: stopped by SIGHUP", id="sighup"),
     ],
 )
 def test_a_stopped_benchmark_says_so_in_one_line(
     capsys: pytest.CaptureFixture[str], call: object, status: int, line: str
 ) -> None:
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     assert run.run_cli("benchmarks.x", call) == status  # type: ignore[arg-type]
     assert capsys.readouterr().err.splitlines() == [line]
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == before
 
 
 def test_ctrl_c_while_the_weights_are_made_is_one_line(

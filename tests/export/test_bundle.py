@@ -510,7 +510,7 @@ def test_overwrite_refuses_a_symbolic_link(dataset: Path, tmp_path: Path) -> Non
     assert (tmp_path / "current").is_symlink() and (tmp_path / "v3" / bundle.MODEL_FILE).read_text() == "old"
 
 
-def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: Path) -> None:
+def test_ctrl_c_sigterm_and_sighup_wait_while_the_old_bundle_is_swapped_out(tmp_path: Path) -> None:
     # Between the two renames no bundle is at out: a signal there must not stop them. The process has other
     # threads (numpy's, torch's), so a signal mask would not hold it off; real signals are sent here.
     import signal
@@ -526,15 +526,16 @@ def test_ctrl_c_and_sigterm_wait_while_the_old_bundle_is_swapped_out(tmp_path: P
 
     def rename(self: Path, target: Any) -> Any:
         moved = real_rename(self, target)
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in stops:
             os.kill(os.getpid(), signum)
         return moved
 
-    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(signum) for signum in stops]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Path, "rename", rename)
         move_into_place(staging, out)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    assert [signal.getsignal(signum) for signum in stops] == before
     assert (out / bundle.MODEL_FILE).read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_every_flag_reaches_the_export(
         ),
         pytest.param(KeyboardInterrupt(), 130, "skin-export: interrupted; nothing was written", id="ctrl-c"),
         pytest.param(Terminated(), 143, "skin-export: stopped by SIGTERM; nothing was written", id="sigterm"),
+        pytest.param(
+            Terminated(signal.SIGHUP), 129, "skin-export: stopped by SIGHUP; nothing was written", id="sighup"
+        ),
     ],
 )
 def test_failures_are_one_line_and_an_exit_status(
@@ -119,8 +123,6 @@ def test_failures_are_one_line_and_an_exit_status(
 def test_a_real_sigterm_during_the_export_is_one_line_and_143(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import signal
-
     import export.bundle
     from tests.export.conftest import terminate_self
 

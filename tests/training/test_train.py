@@ -591,8 +591,21 @@ def test_a_cosine_run_resumed_with_other_steps_per_epoch_keeps_its_place_on_the_
     assert [r["lr"] for r in got] == pytest.approx([r["lr"] for r in want])
 
 
+@pytest.mark.parametrize(
+    ("signum", "status"),
+    [
+        pytest.param(signal.SIGTERM, 143, id="sigterm"),
+        # the terminal closed: it ended the run with no line at all
+        pytest.param(signal.SIGHUP, 129, id="sighup"),
+    ],
+)
 def test_sigterm_stops_a_run_as_ctrl_c_does(
-    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    dataset: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    signum: signal.Signals,
+    status: int,
 ) -> None:
     real = loop.train_epoch
     started = 0
@@ -601,18 +614,36 @@ def test_sigterm_stops_a_run_as_ctrl_c_does(
         nonlocal started
         started += 1
         if started == 2:
-            # Without a handler SIGTERM would end pytest itself: check there is one, then send a real one.
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Without a handler the signal would end pytest itself: check there is one, then send a real one.
+            assert signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signum)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(loop, "train_epoch", terminated_in_the_second)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     out = tmp_path / "run"
-    assert main(_argv(dataset, out, "--epochs", "3")) == 143
-    assert capsys.readouterr().err == f"skin-train: stopped by SIGTERM; continue with --resume {out}\n"
-    assert signal.getsignal(signal.SIGTERM) is before
+    assert main(_argv(dataset, out, "--epochs", "3")) == status
+    assert capsys.readouterr().err == f"skin-train: stopped by {signum.name}; continue with --resume {out}\n"
+    assert signal.getsignal(signum) is before
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_a_sighup_that_nohup_ignores_leaves_the_run_going(
+    tmp_path: Path, dataset: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop.train_epoch
+
+    def hung_up(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        os.kill(os.getpid(), signal.SIGHUP)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_epoch", hung_up)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(_argv(dataset, tmp_path / "run", "--epochs", "2")) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and timm: ~7 s here
