@@ -5,11 +5,12 @@ skin-train, skin-export and skin-demo are installed with the package, also where
 """
 
 # The train and runtime extras' modules, and those they bring that training and export import by name
-# (cv2 and scipy come with albumentations, safetensors with timm). tests/training/test_cli.py checks the list.
+# (cv2 and scipy come with albumentations, safetensors and huggingface_hub with timm).
+# tests/training/test_cli.py checks the list.
 NEEDED = frozenset(
     {"torch", "torchvision", "timm", "albumentations", "onnx", "onnxsim", "onnxscript", "sklearn"}
     | {"matplotlib", "tqdm", "yaml", "onnxruntime", "numpy", "PIL"}
-    | {"cv2", "scipy", "safetensors"}
+    | {"cv2", "scipy", "safetensors", "huggingface_hub"}
 )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -14,6 +17,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "skin-checkpoint/1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HUB_CONNECT_TIMEOUT_S = 5.0
 
 
 class ModelError(Exception):
@@ -43,12 +47,17 @@ def build_model(
         raise ModelError(f"unknown architecture {arch!r} (not a timm model name)")
     if pretrained and init_weights:
         raise ModelError("use either --pretrained or --init-weights, not both")
+    unreachable = _hub_unreachable() if pretrained else None
     try:
-        model = timm.create_model(arch, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate)
+        with _hub_cache_only(unreachable is not None):
+            model = timm.create_model(
+                arch, pretrained=pretrained, num_classes=num_classes, drop_rate=drop_rate
+            )
     except Exception as exc:
         if pretrained:
+            why = f"{unreachable} cannot be reached" if unreachable else type(exc).__name__
             raise ModelError(
-                f"could not download ImageNet weights for {arch} ({type(exc).__name__}); "
+                f"could not download ImageNet weights for {arch} ({why}); "
                 "connect to the hub for --pretrained, pass --init-weights PATH to a local weights file, or "
                 "--no-pretrained to start from random weights (far weaker on a small dataset)"
             ) from None
@@ -100,6 +109,45 @@ def build_model(
             )
         model.load_state_dict(usable, strict=False)
     return model
+
+
+def _hub_unreachable() -> str | None:
+    """The weights hub's address when no connection to it opens (no network, a firewall), else None. Offline,
+    huggingface_hub retried each weights file for half a minute, a warning a try, before failing. Not tried
+    where a proxy carries the hub's traffic or HF_HUB_OFFLINE is already set."""
+    import urllib.parse
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    proxies = urllib.request.getproxies()  # as httpx reads them: HTTPS_PROXY, ALL_PROXY, …
+    if constants.is_offline_mode() or proxies.get(endpoint.scheme) or proxies.get("all"):
+        return None
+    if endpoint.hostname is None:  # a malformed HF_ENDPOINT: huggingface_hub's own error says so
+        return None
+    try:
+        port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_CONNECT_TIMEOUT_S).close()
+    except ValueError:  # a port that is no number
+        return None
+    except OSError:
+        return constants.ENDPOINT
+    return None
+
+
+@contextlib.contextmanager
+def _hub_cache_only(on: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode (HF_HUB_OFFLINE) while the block runs: weights downloaded before still
+    load from its cache, and none there fails at once."""
+    from huggingface_hub import constants
+
+    earlier = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = earlier or on
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = earlier
 
 
 def normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -125,18 +125,68 @@ def test_unusable_init_weights_are_one_line(tmp_path: Path, case: str) -> None:
 
 
 def test_weights_that_cannot_be_downloaded_name_every_way_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
     import timm
 
     def offline(*args: Any, **kwargs: Any) -> Any:
         raise OSError("Name or service not known")
 
     monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no look for the real hub
     with pytest.raises(ModelError) as error:
         build_model(ARCH, 3, pretrained=True)
     said = str(error.value)
     # An offline clinic machine's first try: a quick trial run with random weights was not named.
     assert all(flag in said for flag in ("--pretrained", "--init-weights", "--no-pretrained")), said
     assert "\n" not in said
+
+
+# Run twice: with nothing in huggingface_hub's cache, then with weights put there as a download leaves them.
+_OFFLINE = """
+from pathlib import Path
+import safetensors.torch, sys, timm, torch
+from training.model import ModelError, build_model
+
+try:
+    build_model("test_efficientnet", 3, pretrained=True)
+except ModelError as exc:
+    print(exc)
+repo = "models--" + timm.models.get_pretrained_cfg("test_efficientnet").hf_hub_id.replace("/", "--")
+(Path(sys.argv[1]) / "hub" / repo / "refs").mkdir(parents=True)
+(Path(sys.argv[1]) / "hub" / repo / "refs" / "main").write_text("a" * 40)
+snapshot = Path(sys.argv[1]) / "hub" / repo / "snapshots" / ("a" * 40)
+snapshot.mkdir(parents=True)
+donor = timm.create_model("test_efficientnet").state_dict()
+safetensors.torch.save_file(donor, snapshot / "model.safetensors")
+own = build_model("test_efficientnet", 3, pretrained=True).state_dict()
+print("from the cache:", torch.equal(own["conv_stem.weight"], donor["conv_stem.weight"]))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter: huggingface_hub reads HF_ENDPOINT and HF_HOME when imported
+def test_pretrained_weights_with_the_hub_unreachable_fail_at_once_or_come_from_the_cache(
+    tmp_path: Path,
+) -> None:
+    import subprocess
+    import sys
+
+    # Offline, huggingface_hub retried each file for half a minute, a warning line a try, before the error.
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and k != "HF_HUB_OFFLINE"}
+    env |= {"HF_ENDPOINT": "http://127.0.0.1:1", "HF_HOME": str(tmp_path / "hf")}  # port 1: refused
+    done = subprocess.run(
+        [sys.executable, "-c", _OFFLINE, str(tmp_path / "hf")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    said, loaded = done.stdout.splitlines()
+    assert said.startswith(
+        "could not download ImageNet weights for test_efficientnet (http://127.0.0.1:1 cannot be reached); "
+    )
+    assert "Retrying" not in done.stderr and "thrown while requesting" not in done.stderr
+    assert loaded == "from the cache: True"
 
 
 def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_path: Path) -> None:
