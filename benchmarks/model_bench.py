@@ -582,8 +582,8 @@ def write_summary(
 ) -> None:
     summary["load_at_end"] = load1()
     summary["best"] = best_path(summary["paths"])
-    save_summary(out, name, summary, markdown(summary))
-    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+    gone = save_summary(out, name, summary, markdown(summary))
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}{gone}")
 
 
 def _graph(model: Path) -> tuple[contract.BundleMeta, set[str]]:

@@ -254,8 +254,8 @@ def write_summary(
     summary: dict[str, Any], out: Path, log: Callable[[str], None], name: str = "overload"
 ) -> None:
     summary["load_at_end"] = load1()
-    save_summary(out, name, summary, markdown(summary))
-    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+    gone = save_summary(out, name, summary, markdown(summary))
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}{gone}")
 
 
 def markdown(s: dict[str, Any]) -> str:

@@ -595,18 +595,26 @@ def write_summary(
     """OUT/NAME.json and OUT/NAME.md, with the ratios and goals of the runs in ``summary``."""
     summary["load_at_end"] = load1()
     summary["comparison"] = compare(summary)
-    save_summary(out, name, summary, markdown(summary))
-    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}")
+    gone = save_summary(out, name, summary, markdown(summary))
+    log(f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{stopped_note(summary)}{gone}")
 
 
-def save_summary(out: Path, name: str, summary: dict[str, Any], page: str) -> None:
+def save_summary(out: Path, name: str, summary: dict[str, Any], page: str) -> str:
     """OUT/NAME.json and OUT/NAME.md, each written whole or not at all: a full disk cut the earlier
-    result's file short in place, and the error named no file."""
+    result's file short in place, and the error named no file. A complete summary then removes an earlier
+    run's OUT/NAME-stopped.*, which a reader would take for the current results beside it; what it removed
+    is the "wrote ..." line's ending."""
     from training.files import write_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / f"{name}.json", (json.dumps(summary, indent=2) + "\n").encode("utf-8"))
     write_atomically(out / f"{name}.md", page.encode("utf-8"))
+    if "stopped" in summary:
+        return ""
+    gone = [p.name for p in (out / f"{name}-stopped.json", out / f"{name}-stopped.md") if p.is_file()]
+    for filename in gone:
+        (out / filename).unlink()
+    return f"; removed {' and '.join(gone)}, from a run stopped part-way" if gone else ""
 
 
 def keep_stopped(

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import machine, run
+from benchmarks import machine, model_bench, overload, run
 from tests.training.helpers import file_size_limit
 
 
@@ -140,6 +140,33 @@ def test_a_full_disk_leaves_the_earlier_summary_whole_and_names_the_file(tmp_pat
     assert raised.value.filename == str(out / "serving.json")
     assert {name: (out / name).stat().st_size for name in files} == earlier
     assert sorted(p.name for p in out.iterdir()) == sorted(files)  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("bench", "recorded", "name"),
+    [
+        pytest.param(run, "amd-avx2/serving.json", "serving", id="serving"),
+        pytest.param(model_bench, "amd-avx2/model.json", "model", id="model"),
+        pytest.param(overload, "avx2-overload/overload.json", "overload", id="overload"),
+    ],
+)
+def test_a_complete_summary_removes_an_earlier_runs_stopped_one(
+    tmp_path: Path, bench: Any, recorded: str, name: str
+) -> None:
+    # NAME-stopped.* stayed beside a later complete NAME.* in the same OUT, where a reader took it as current.
+    summary = json.loads((run.ROOT / "benchmarks/results" / recorded).read_text())
+    out = tmp_path / "out"
+    said: list[str] = []
+    stopped = {**summary, "stopped": {"why": "interrupted"}}
+    bench.write_summary(stopped, out, said.append, name=f"{name}-stopped")
+    other = "model" if name == "serving" else "serving"
+    (out / f"{other}-stopped.json").write_text("{}")  # another benchmark's: not this one's to remove
+    bench.write_summary(summary, out, said.append)
+    assert {p.name for p in out.iterdir()} == {f"{name}.json", f"{name}.md", f"{other}-stopped.json"}
+    gone = f"; removed {name}-stopped.json and {name}-stopped.md, from a run stopped part-way"
+    assert said[-1] == f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}{gone}"
+    bench.write_summary(summary, out, said.append)  # none left: the line says nothing of it
+    assert said[-1] == f"wrote {out / f'{name}.json'} and {out / f'{name}.md'}"
 
 
 def test_server_cpu_is_per_second_of_the_run_not_of_locusts_whole_life(
