@@ -34,6 +34,7 @@ from benchmarks.run import (
     BenchError,
     because,
     check_out,
+    check_ports,
     environment_line,
     finite,
     free_port,
@@ -134,6 +135,7 @@ def run_overload(
     saturation_time: int = 20,
     max_load: float = 0.6,
     max_wait_s: float = 600.0,
+    port: int | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     from benchmarks.weights import prepare
@@ -152,6 +154,7 @@ def run_overload(
         raise BenchError(f"--factor must be at most {MAX_FACTOR:g}, not {factor:g}")
     if saturation_users > MAX_USERS:
         raise BenchError(f"--saturation-users must be at most {MAX_USERS}, not {saturation_users}")
+    check_ports(port, 1)
     work, out = Path(work), Path(out)
     check_out(out)
     check_out(work, "--work")
@@ -159,7 +162,7 @@ def run_overload(
     model = served_model(bundle, own=True)
     (work / "locust").mkdir(parents=True, exist_ok=True)
     quiet = wait_until_quiet(max_load, max_wait_s, log)
-    port = free_port()
+    port = port or free_port()
     server = servers(checkpoint, bundle, port)["runtime"]
     log_path = work / "overload-runtime.log"
     log_path.unlink(missing_ok=True)
@@ -340,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-load", type=finite(0), default=0.6, help="wait for a 1-min load average below this (0.6)"
     )
+    parser.add_argument(
+        "--port", type=whole(1, 65535), help="the runtime listens on 127.0.0.1:PORT (default: a free port)"
+    )
     args = parser.parse_args(argv)
     return run_cli(
         "benchmarks.overload",
@@ -351,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             saturation_users=args.saturation_users,
             saturation_time=args.saturation_time,
             max_load=args.max_load,
+            port=args.port,
             log=log,
         ),
     )

@@ -361,10 +361,11 @@ def start_measured(
     max_other: float,
     max_wait_s: float,
     log: Callable[[str], None],
+    port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, dict[str, Any]]:
     """Start a server ``cold_starts`` times, timing each; leave the last one running, warmed up, with its idle
-    RSS measured. Returns the process, its base URL and its result so far."""
-    port = free_port()
+    RSS measured. Returns the process, its base URL and its result so far. On ``port``, else a free one."""
+    port = port or free_port()
     server = servers(checkpoint, bundle, port)[name]
     log_path = work / f"{server.name}.log"
     log_path.unlink(missing_ok=True)
@@ -450,17 +451,20 @@ def bench_servers(
     max_wait_s: float,
     log: Callable[[str], None],
     results: dict[str, dict[str, Any]],
+    port: int | None = None,
 ) -> None:
     """Every server started (cold starts timed) and left up; then, at each concurrency, ``rounds`` rounds of
     one Locust run per server, the order reversed every other round (A B, B A, A B, ...). A run's neighbours
     in time are the other servers' runs at the same concurrency, so a slow or fast spell of the machine
     falls on both sides of a ratio rather than on one server. Each result goes into ``results`` as it
-    comes, so a benchmark stopped part-way still has the runs it finished."""
+    comes, so a benchmark stopped part-way still has the runs it finished. Given ``port``, the servers listen
+    on it and the ports after it, in the order of ``names``."""
     running: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
     try:
-        for name in names:
+        for i, name in enumerate(names):
             proc, base, results[name] = start_measured(
                 name,
+                port=port + i if port else None,
                 checkpoint=checkpoint,
                 bundle=bundle,
                 cold_starts=cold_starts,
@@ -506,6 +510,7 @@ def run_benchmark(
     max_wait_s: float = 1200.0,
     bundle: str | Path | None = None,
     checkpoint: str | Path | None = None,
+    port: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Benchmark the servers one after the other (see bench_servers); write OUT/serving.json and
@@ -526,6 +531,7 @@ def run_benchmark(
         raise BenchError(f"--concurrency must be at most {MAX_USERS}, not {max(concurrency)}")
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
+    check_ports(port, len(servers_to_run))
     check_out(out)
     check_out(work, "--work")
     own = bundle is None
@@ -570,6 +576,7 @@ def run_benchmark(
             max_wait_s=max_wait_s,
             log=log,
             results=summary["servers"],
+            port=port,
         )
     except BaseException as exc:  # Ctrl-C, SIGTERM, a server that died: the runs finished are kept
         if done := finished_runs(summary):
@@ -660,6 +667,19 @@ def stopped_heading(summary: dict[str, Any], rest: str) -> list[str]:
     if "runs_finished" in stopped:
         after = f" after {stopped['runs_finished']} of {stopped['runs_planned']} runs"
     return [f"**Stopped part-way ({stopped['why']}){after}**: {rest}", ""]
+
+
+def check_ports(port: int | None, servers: int) -> None:
+    """BenchError now if --port and the ports after it, one per server, do not all exist or one is in use:
+    found when its server starts, that came after the servers before it had started and warmed up."""
+    if port is None:
+        return
+    if not 1 <= port <= 65536 - servers:
+        last = f", and the {servers - 1} after it," if servers > 1 else ""
+        raise BenchError(f"--port {port}{last} must be from 1 to 65535")
+    taken = next((p for p in range(port, port + servers) if port_taken(p)), None)
+    if taken is not None:
+        raise BenchError(f"port {taken} is in use by another process (--port {port}, one port per server)")
 
 
 def check_out(out: Path, flag: str = "--out") -> None:
@@ -1040,6 +1060,11 @@ def main(argv: list[str] | None = None) -> int:
         "--bundle", help="serve this bundle instead of the benchmark's own (with --checkpoint)"
     )
     parser.add_argument("--checkpoint", help="the checkpoint the baseline serves (with --bundle)")
+    parser.add_argument(
+        "--port",
+        type=whole(1, 65535),
+        help="the first server listens on 127.0.0.1:PORT, the next on PORT+1, ... (default: free ports)",
+    )
     args = parser.parse_args(argv)
     return run_cli(
         "benchmarks.run",
@@ -1056,6 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
             max_wait_s=args.max_wait,
             bundle=args.bundle,
             checkpoint=args.checkpoint,
+            port=args.port,
             log=log,
         ),
     )

@@ -116,6 +116,15 @@ def test_load_settings_past_what_one_locust_can_drive_are_refused(
     assert f"argument {argv[0]}: {message}, not {argv[-1]!r}" in line
 
 
+@pytest.mark.parametrize("cli", ["run", "overload"])
+@pytest.mark.parametrize("port", ["0", "65536", "x"])
+def test_a_port_out_of_range_is_one_line(
+    no_model: None, capsys: pytest.CaptureFixture[str], cli: str, port: str
+) -> None:
+    line = _one_line_exit_2(capsys, cli, ["--port", port])
+    assert f"argument --port: want a whole number from 1 to 65535, not {port!r}" in line
+
+
 def test_the_library_caps_the_load_too(no_model: None, tmp_path: Path) -> None:
     from benchmarks import overload, run
 

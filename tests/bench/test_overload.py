@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import overload
+from benchmarks import overload, run
 from tests.server import start_server, stop_server
 
 
@@ -130,6 +130,22 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     assert "\nModel: efficientnet_b3 at 300 px.\n" in md
     assert "\nSet in the environment for every server (a server's own setting above wins): " in md
     assert summary["settings"]["environment"]["SKIN_MAX_QUEUE"] == "64"
+
+
+def test_port_puts_the_runtime_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It listened on a free port the system picked: no flag put it where a firewall allows.
+    _without_servers(monkeypatch, tmp_path, saturation={})
+    monkeypatch.setattr(run, "port_taken", lambda port: False)
+    ports = []
+
+    def start(server: object, port: int, log: Path) -> object:
+        ports.append(port)
+        raise KeyboardInterrupt  # the port is all this test needs
+
+    monkeypatch.setattr(overload, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", port=18400, log=lambda line: None)
+    assert ports == [18400]
 
 
 @pytest.mark.parametrize(

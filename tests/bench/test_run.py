@@ -337,3 +337,42 @@ def test_requests_to_the_servers_bypass_a_proxy_from_the_environment(monkeypatch
         monkeypatch.delenv("NO_PROXY", raising=False)
         served = run.served_by(base)
     assert served == backend
+
+
+def test_port_puts_the_servers_on_it_and_the_ports_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The servers listened on free ports the system picked: no flag put them where a firewall allows.
+    ports: dict[str, object] = {}
+
+    def start_measured(name: str, *, port: int | None, **kwargs: object) -> object:
+        ports[name] = port
+        if len(ports) == 2:
+            raise KeyboardInterrupt  # nothing measured: no summary, and no run needed for the ports
+        return SimpleNamespace(poll=lambda: 0), "http://127.0.0.1:1", {"runs": {}}
+
+    monkeypatch.setattr(run, "model_files", lambda work, **kwargs: (tmp_path / "m.pt", tmp_path / "b"))
+    monkeypatch.setattr(run, "served_model", lambda bundle, own: "a model")
+    monkeypatch.setattr(run, "start_measured", start_measured)
+    monkeypatch.setattr(run, "port_taken", lambda port: False)
+    with pytest.raises(KeyboardInterrupt):
+        run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", port=18400, max_load=100.0, log=print)
+    assert ports == {"runtime": 18400, "baseline": 18401}
+
+
+@pytest.mark.parametrize(
+    ("port", "taken", "message"),
+    [
+        (65535, None, "--port 65535, and the 1 after it, must be from 1 to 65535"),
+        (18400, 18401, "port 18401 is in use by another process (--port 18400, one port per server)"),
+    ],
+)
+def test_a_port_that_cannot_be_used_is_refused_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, port: int, taken: int | None, message: str
+) -> None:
+    # The second server's busy port was found only once the first had started and warmed up.
+    monkeypatch.setattr(run, "port_taken", lambda p: p == taken)
+    with pytest.raises(run.BenchError) as error:
+        run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", port=port)
+    assert str(error.value) == message
+    assert not (tmp_path / "work").exists()
