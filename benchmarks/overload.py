@@ -33,6 +33,7 @@ from benchmarks.run import (
     ROOT,
     BenchError,
     because,
+    bundle_classes,
     check_out,
     check_ports,
     environment_line,
@@ -136,6 +137,7 @@ def run_overload(
     max_load: float = 0.6,
     max_wait_s: float = 600.0,
     port: int | None = None,
+    bundle: str | Path | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
     from benchmarks.weights import prepare
@@ -158,8 +160,13 @@ def run_overload(
     work, out = Path(work), Path(out)
     check_out(out)
     check_out(work, "--work")
-    checkpoint, bundle = prepare(work, log=log)
-    model = served_model(bundle, own=True)
+    own = bundle is None
+    if bundle is None:
+        checkpoint, bundle = prepare(work, log=log)
+    else:
+        bundle_classes(bundle)  # a broken bundle is one line now
+        checkpoint, bundle = None, Path(bundle)  # the runtime alone is served: it needs no checkpoint
+    model = served_model(bundle, own=own)
     (work / "locust").mkdir(parents=True, exist_ok=True)
     quiet = wait_until_quiet(max_load, max_wait_s, log)
     port = port or free_port()
@@ -346,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=whole(1, 65535), help="the runtime listens on 127.0.0.1:PORT (default: a free port)"
     )
+    parser.add_argument("--bundle", help="serve this bundle instead of the benchmark's own")
     args = parser.parse_args(argv)
     return run_cli(
         "benchmarks.overload",
@@ -358,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             saturation_time=args.saturation_time,
             max_load=args.max_load,
             port=args.port,
+            bundle=args.bundle,
             log=log,
         ),
     )

@@ -71,7 +71,7 @@ class Server:
     note: str = ""
 
 
-def servers(checkpoint: Path, bundle_dir: Path, port: int) -> dict[str, Server]:
+def servers(checkpoint: Path | None, bundle_dir: Path, port: int) -> dict[str, Server]:
     py = sys.executable
     runtime = [py, "-m", "runtime", "--bundle", str(bundle_dir), "--port", str(port)]
     # skin-serve as shipped, then the same server under other settings: name → (environment, note).
@@ -354,7 +354,7 @@ def _number(value: str) -> float | None:
 def start_measured(
     name: str,
     *,
-    checkpoint: Path,
+    checkpoint: Path | None,  # only the baseline serves it
     bundle: Path,
     cold_starts: int,
     work: Path,
@@ -440,7 +440,7 @@ def load_run(
 def bench_servers(
     names: Sequence[str],
     *,
-    checkpoint: Path,
+    checkpoint: Path | None,  # only the baseline serves it
     bundle: Path,
     concurrency: Sequence[int],
     rounds: int,
@@ -535,7 +535,16 @@ def run_benchmark(
     check_out(out)
     check_out(work, "--work")
     own = bundle is None
-    checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
+    if bundle is not None and checkpoint is None:  # only the baseline serves a checkpoint
+        if "baseline" in servers_to_run:
+            raise BenchError(
+                "pass both --bundle and --checkpoint, or leave baseline out of --servers (it serves the "
+                "checkpoint)"
+            )
+        bundle_classes(bundle)
+        bundle = Path(bundle)
+    else:
+        checkpoint, bundle = model_files(work, bundle=bundle, checkpoint=checkpoint, log=log)
     model = served_model(bundle, own=own)
     (work / "locust").mkdir(parents=True, exist_ok=True)
 
@@ -558,7 +567,7 @@ def run_benchmark(
             "model": model,
             "environment": skin_environment(),
             "bundle": str(bundle),
-            "checkpoint": str(checkpoint),
+            "checkpoint": None if checkpoint is None else str(checkpoint),
         },
     }
     summary["servers"] = {}
@@ -702,8 +711,6 @@ def model_files(
 ) -> tuple[Path, Path]:
     """(checkpoint, bundle): the ones given (a trained model, say), or the benchmark's own, built in work."""
     from benchmarks.weights import prepare
-    from runtime.bundle import MODEL_FILE, BundleError
-    from runtime.engine import Engine
     from training.files import not_a_file
     from training.model import ModelError, load_checkpoint
 
@@ -711,14 +718,9 @@ def model_files(
         raise BenchError("pass both --bundle and --checkpoint, or neither")
     if bundle is None or checkpoint is None:
         return prepare(work, log=log)
-    if not (Path(bundle) / MODEL_FILE).is_file():
-        raise BenchError(f"--bundle {bundle}: no {MODEL_FILE} there")
+    names = bundle_classes(bundle)
     if not Path(checkpoint).is_file():
         raise BenchError(f"--checkpoint {checkpoint} {not_a_file(Path(checkpoint))}")  # a folder is no file
-    try:  # opened as the runtime opens it, so a broken bundle is one line now, not a traceback later
-        names = list(Engine(bundle, threads=1).meta.class_names)
-    except BundleError as exc:
-        raise BenchError(f"--bundle {bundle}: {exc}") from None
     try:  # and the checkpoint as torch reads it: unread, its path would be "not available" or a dead server
         ckpt = load_checkpoint(checkpoint)
     except ModelError as exc:
@@ -726,6 +728,20 @@ def model_files(
     if list(ckpt["class_names"]) != names:  # another model: its answers and speed would be compared as ours
         raise BenchError(f"--checkpoint {checkpoint} is not --bundle {bundle}'s model: their classes differ")
     return Path(checkpoint), Path(bundle)
+
+
+def bundle_classes(bundle: str | Path) -> list[str]:
+    """A --bundle's class names, opened as the runtime opens it: a broken bundle is one line now, not a
+    server that fails to start later."""
+    from runtime.bundle import MODEL_FILE, BundleError
+    from runtime.engine import Engine
+
+    if not (Path(bundle) / MODEL_FILE).is_file():
+        raise BenchError(f"--bundle {bundle}: no {MODEL_FILE} there")
+    try:
+        return list(Engine(bundle, threads=1).meta.class_names)
+    except BundleError as exc:
+        raise BenchError(f"--bundle {bundle}: {exc}") from None
 
 
 def threads_or_cpus(threads: int) -> int:
@@ -1057,9 +1073,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per server (3)")
     quiet_machine_options(parser, "run")
     parser.add_argument(
-        "--bundle", help="serve this bundle instead of the benchmark's own (with --checkpoint)"
+        "--bundle",
+        help="serve this bundle instead of the benchmark's own (with --checkpoint where baseline is served)",
     )
-    parser.add_argument("--checkpoint", help="the checkpoint the baseline serves (with --bundle)")
+    parser.add_argument("--checkpoint", help="the same model's checkpoint, which the baseline serves")
     parser.add_argument(
         "--port",
         type=whole(1, 65535),

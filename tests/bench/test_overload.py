@@ -148,6 +148,31 @@ def test_port_puts_the_runtime_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert ports == [18400]
 
 
+def test_bundle_serves_that_bundle_with_no_checkpoint(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It served the benchmark's own model alone: a bundle of one's own could not be driven past saturation.
+    _without_servers(monkeypatch, tmp_path, saturation={})
+    from benchmarks import weights
+
+    monkeypatch.setattr(weights, "prepare", None)  # the benchmark's own model is not made
+    monkeypatch.setattr(overload, "served_model", run.served_model)
+    served = []
+
+    def start(server: run.Server, port: int, log: Path) -> object:
+        served.append(server.command)
+        raise KeyboardInterrupt  # what it serves is all this test needs
+
+    monkeypatch.setattr(overload, "start", start)
+    with pytest.raises(KeyboardInterrupt):
+        overload.run_overload(
+            work=tmp_path / "work", out=tmp_path / "out", bundle=tiny_bundle, log=lambda line: None
+        )
+    assert served[0][served[0].index("--bundle") + 1] == str(tiny_bundle)
+    with pytest.raises(overload.BenchError, match="no model.onnx there"):
+        overload.run_overload(work=tmp_path / "work", out=tmp_path / "out", bundle=tmp_path)
+
+
 @pytest.mark.parametrize(
     ("stop", "why"),
     [

@@ -376,3 +376,28 @@ def test_a_port_that_cannot_be_used_is_refused_before_anything_starts(
         run.run_benchmark(work=tmp_path / "work", out=tmp_path / "out", port=port)
     assert str(error.value) == message
     assert not (tmp_path / "work").exists()
+
+
+def test_a_bundle_alone_is_served_when_the_baseline_is_not(
+    bench_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bundle of one's own without its checkpoint: "pass both --bundle and --checkpoint, or neither", though
+    # only the baseline serves a checkpoint.
+    from benchmarks import weights
+
+    monkeypatch.setattr(weights, "prepare", None)  # the benchmark's own model is not made
+    started = []
+
+    def start_measured(name: str, *, bundle: Path, checkpoint: Path | None, **kwargs: object) -> object:
+        started.append((name, bundle, checkpoint))
+        raise KeyboardInterrupt  # what it serves is all this test needs
+
+    monkeypatch.setattr(run, "start_measured", start_measured)
+    common = {"work": tmp_path / "work", "out": tmp_path / "out", "bundle": bench_bundle, "max_load": 100.0}
+    with pytest.raises(KeyboardInterrupt):
+        run.run_benchmark(servers_to_run=("runtime",), log=print, **common)  # type: ignore[arg-type]
+    assert started == [("runtime", bench_bundle, None)]
+    with pytest.raises(run.BenchError, match="or leave baseline out of --servers"):
+        run.run_benchmark(servers_to_run=("runtime", "baseline"), **common)  # type: ignore[arg-type]
+    with pytest.raises(run.BenchError, match="no model.onnx there"):
+        run.run_benchmark(servers_to_run=("runtime",), **{**common, "bundle": tmp_path})  # type: ignore[arg-type]
