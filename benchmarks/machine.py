@@ -78,8 +78,13 @@ def wait_for_cpu(max_other: float, max_wait_s: float, log: Callable[[str], None]
 def machine() -> dict[str, Any]:
     import psutil
 
+    from runtime.engine import available_cpus
+
     info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
+        # What this process and its servers may use (affinity, a container's quota), as the runtime sizes its
+        # threads: under `taskset -c 0` the line said "2 CPUs" while the runtime served with one thread.
+        "cpus": available_cpus(),
+        "host_cpus": os.cpu_count(),
         "memory_gb": round(psutil.virtual_memory().total / 1024**3, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
@@ -182,9 +187,12 @@ class Sampler:
 
 def machine_line(m: dict[str, Any]) -> str:
     """machine()'s record in one line: the CPU's name alone does not tell an AVX2 EPYC from an AVX-512 one."""
-    isa = ", ".join(m.get("isa", []))
     versions = ", ".join(f"{p} {m[p]}" for p in ("onnxruntime", "torch", "locust") if p in m)
-    return (
-        f"Machine: {m.get('cpu', '?')}, {m.get('cpus', '?')} CPUs ({isa}), {m.get('memory_gb', '?')} GB; "
-        f"Python {m.get('python', '?')}, {versions}."
-    )
+    return f"Machine: {cpus(m)}, {m.get('memory_gb', '?')} GB; Python {m.get('python', '?')}, {versions}."
+
+
+def cpus(m: dict[str, Any]) -> str:
+    """ "AMD EPYC, 2 CPUs (avx2)", or "…, 2 of 64 CPUs (…)" where the benchmark may use only some of them."""
+    used, host = m.get("cpus", "?"), m.get("host_cpus")
+    of = f" of {host}" if host not in (None, used) else ""
+    return f"{m.get('cpu', '?')}, {used}{of} CPUs ({', '.join(m.get('isa', []))})"

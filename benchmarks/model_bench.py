@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import floor
-from benchmarks.machine import OtherCpu, load1, machine, wait_for_cpu, wait_until_quiet
+from benchmarks.machine import OtherCpu, cpus, load1, machine, wait_for_cpu, wait_until_quiet
 from benchmarks.run import (
     BenchError,
     check_out,
@@ -674,7 +674,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"# Model benchmark ({summary['date']})",
         "",
         *stopped_heading(summary, "only what was measured before it is below."),
-        f"Machine: {m.get('cpu', '?')}, {m['cpus']} CPUs ({', '.join(m.get('isa', []))}); "
+        f"Machine: {cpus(m)}; "
         f"onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}. {s['model']}; "
         f"{count(s['threads'], 'thread')}.",
         f"Load average (1 min): {summary['load_at_start']['load1']:.2f} at the start, "

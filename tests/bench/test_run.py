@@ -401,3 +401,17 @@ def test_a_bundle_alone_is_served_when_the_baseline_is_not(
         run.run_benchmark(servers_to_run=("runtime", "baseline"), **common)  # type: ignore[arg-type]
     with pytest.raises(run.BenchError, match="no model.onnx there"):
         run.run_benchmark(servers_to_run=("runtime",), **{**common, "bundle": tmp_path})  # type: ignore[arg-type]
+
+
+def test_the_machine_line_counts_the_cpus_the_benchmark_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under `taskset -c 0`, or in a container with a CPU quota, it said "2 CPUs" (the host's count) while the
+    # runtime served with one thread.
+    from runtime import engine
+
+    monkeypatch.setattr(engine, "available_cpus", lambda: 1)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 64)
+    m = machine.machine()
+    assert (m["cpus"], m["host_cpus"]) == (1, 64)
+    assert machine.machine_line(m).startswith(f"Machine: {m.get('cpu', '?')}, 1 of 64 CPUs (")
+    assert ", 2 CPUs (" in machine.machine_line({**m, "cpus": 2, "host_cpus": 2})
+    assert ", 2 CPUs (" in machine.machine_line({"cpus": 2})  # summaries from before host_cpus
