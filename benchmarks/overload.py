@@ -43,6 +43,7 @@ from benchmarks.run import (
     locust,
     ok_rps,
     read_stats,
+    report_flags,
     run_cli,
     save_summary,
     served_model,
@@ -74,11 +75,11 @@ def paced_locust(
     HTTP status, the load generator's CPU use in cores, and Locust's statistics (read_stats)."""
     by_status = Path(f"{prefix}_by_status.json")
     by_status.unlink(missing_ok=True)
-    env = {**os.environ, "SKIN_LOCUST_RATE": str(rate), "SKIN_LOCUST_BY_STATUS": str(by_status)}
+    env = {**os.environ, "SKIN_LOCUST_RATE": str(rate), "SKIN_LOCUST_BY_STATUS": str(by_status.absolute())}
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", base,
         "-u", str(users), "-r", str(users), "--run-time", f"{run_time}s", "--stop-timeout", "30",
-        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
+        *report_flags(prefix), "--only-summary", "--loglevel", "WARNING",
     ]  # fmt: skip
     with open(f"{prefix}.log", "wb") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -72,6 +72,9 @@ class Server:
 
 
 def servers(checkpoint: Path | None, bundle_dir: Path, port: int) -> dict[str, Server]:
+    # The servers run in ROOT (start): a relative path, given from elsewhere, named another folder there.
+    bundle_dir = Path(bundle_dir).absolute()
+    checkpoint = None if checkpoint is None else Path(checkpoint).absolute()
     py = sys.executable
     runtime = [py, "-m", "runtime", "--bundle", str(bundle_dir), "--port", str(port)]
     # skin-serve as shipped, then the same server under other settings: name → (environment, note).
@@ -294,7 +297,7 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", base,
         "-u", str(users), "-r", str(users), "--run-time", f"{run_time}s", "--stop-timeout", "30",
-        "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary", "--loglevel", "WARNING",
+        *report_flags(prefix), "--only-summary", "--loglevel", "WARNING",
     ]  # fmt: skip
     stats_csv = Path(f"{prefix}_stats.csv")
     stats_csv.unlink(missing_ok=True)  # an earlier run's would pass for this one's if Locust failed early
@@ -311,6 +314,13 @@ def locust(base: str, users: int, run_time: int, prefix: Path) -> tuple[dict[str
         )
     stats = read_stats(stats_csv)
     return stats, {"cpu_cores": sampler.summary()["cpu_cores"], "exit_code": proc.returncode}
+
+
+def report_flags(prefix: Path) -> list[str]:
+    """Locust's --csv and --html at ``prefix``, absolute: Locust runs in ROOT, and a relative WORK from
+    elsewhere put its files there, where they were not found ("wrote no statistics")."""
+    where = Path(prefix).absolute()
+    return ["--csv", str(where), "--html", f"{where}.html"]
 
 
 def wait_locust(proc: subprocess.Popen[bytes], timeout: float, prefix: Path) -> None:

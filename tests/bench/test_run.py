@@ -415,3 +415,22 @@ def test_the_machine_line_counts_the_cpus_the_benchmark_may_use(monkeypatch: pyt
     assert machine.machine_line(m).startswith(f"Machine: {m.get('cpu', '?')}, 1 of 64 CPUs (")
     assert ", 2 CPUs (" in machine.machine_line({**m, "cpus": 2, "host_cpus": 2})
     assert ", 2 CPUs (" in machine.machine_line({"cpus": 2})  # summaries from before host_cpus
+
+
+def test_relative_paths_from_another_folder_reach_the_servers_and_locust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The servers and Locust run in the repository's folder: `--bundle own/bundle` from elsewhere was "bundle
+    # directory 'own/bundle' does not exist", and Locust's files went under the repository, unread.
+    monkeypatch.chdir(tmp_path)
+    found = run.servers(Path("own/model.pt"), Path("own/bundle"), 1)
+    bundle, checkpoint = str(tmp_path / "own/bundle"), str(tmp_path / "own/model.pt")
+    assert found["runtime"].command[found["runtime"].command.index("--bundle") + 1] == bundle
+    baseline = found["baseline"].command
+    assert baseline[baseline.index("--checkpoint") + 1] == checkpoint
+    assert baseline[baseline.index("--report") + 1] == str(tmp_path / "own/bundle/report.json")
+    assert found["runtime-2workers"].env["SKIN_BUNDLE"] == bundle
+    (tmp_path / "work").mkdir()
+    stats, _ = run.locust(f"http://127.0.0.1:{run.free_port()}", 1, 1, Path("work/x"))  # all failures
+    assert (tmp_path / "work/x_stats.csv").is_file() and (tmp_path / "work/x.html").is_file()
+    assert stats["Aggregated"]["failures"] == stats["Aggregated"]["requests"]
