@@ -541,6 +541,8 @@ def run_benchmark(
         raise BenchError(f"--concurrency must be at most {MAX_USERS}, not {max(concurrency)}")
     if len(set(servers_to_run)) != len(servers_to_run):
         raise BenchError("name each server once (--rounds repeats the runs)")
+    if len(set(concurrency)) != len(concurrency):  # a second run at one filed as a second round, unordered
+        raise BenchError("name each concurrency once (--rounds repeats the runs)")
     check_ports(port, len(servers_to_run))
     check_out(out)
     check_out(work, "--work")

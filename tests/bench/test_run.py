@@ -65,6 +65,7 @@ def test_rounds_interleave_the_servers_and_ratios_pair_neighbouring_runs(
         ({"rounds": 0}, "must be at least 1"),
         ({"cold_starts": 0}, "must be at least 1"),
         ({"servers_to_run": ("runtime", "runtime")}, "name each server once"),
+        ({"concurrency": (1, 4, 1)}, "name each concurrency once"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_built(
