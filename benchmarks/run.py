@@ -794,11 +794,11 @@ def compare(summary: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     base = found.get("baseline")
     for name, server in found.items():
-        if name == "baseline" or base is None:
+        if name == "baseline":
             continue
         ratios = {}
-        for users, runs in server["runs"].items():
-            others = base["runs"].get(users)
+        for users, runs in server["runs"].items():  # no baseline, no ratios: the other goals still stand
+            others = base["runs"].get(users) if base else None
             if not others:
                 continue
             ours = [run["stats"]["Aggregated"] for run in runs]
@@ -940,6 +940,10 @@ def markdown(summary: dict[str, Any]) -> str:
         starts = ", ".join(f"{cold_start(t):.2f}" for t in server["cold_start_s"])
         lines.append(row(name, starts, server["idle"]["rss_peak_mb"]))
     for name, result in summary["comparison"].items():
+        if "baseline" not in summary["servers"]:
+            lines += ["", f"## {name}: the goals (no baseline was served, so no ratios)", ""]
+            lines += goal_rows(result["goals"])
+            continue
         lines += ["", f"## {name} against the baseline", ""]
         each = ["each round"] if rounds > 1 else []
         lines += [
@@ -950,11 +954,17 @@ def markdown(summary: dict[str, Any]) -> str:
             per_round = [" / ".join(_times(x) for x in r["throughput_rounds"])] if rounds > 1 else []
             speedups = [_times(r["p50_speedup"]), _times(r["p95_speedup"])]
             lines.append(row(users, _times(r["throughput"]), *per_round, *speedups))
-        lines += ["", row("goal", "measured", "target", "met"), "|---|---:|---:|---|"]
-        for key, g in result["goals"].items():
-            met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
-            lines.append(row(key, g["measured"], g["goal"], met))
+        lines += ["", *goal_rows(result["goals"])]
     return "\n".join(lines) + "\n"
+
+
+def goal_rows(found: dict[str, Any]) -> list[str]:
+    """The goals table: each goal, what was measured, its target and whether it was met ("–": not known)."""
+    lines = [row("goal", "measured", "target", "met"), "|---|---:|---:|---|"]
+    for key, g in found.items():
+        met = "–" if g["met"] is None else ("yes" if g["met"] else "no")
+        lines.append(row(key, g["measured"], g["goal"], met))
+    return lines
 
 
 def skin_environment() -> dict[str, str]:

@@ -435,3 +435,21 @@ def test_relative_paths_from_another_folder_reach_the_servers_and_locust(
     stats, _ = run.locust(f"http://127.0.0.1:{run.free_port()}", 1, 1, Path("work/x"))  # all failures
     assert (tmp_path / "work/x_stats.csv").is_file() and (tmp_path / "work/x.html").is_file()
     assert stats["Aggregated"]["failures"] == stats["Aggregated"]["requests"]
+
+
+def test_without_a_baseline_the_goals_are_still_set_against_the_runs() -> None:
+    # A bundle served alone (--servers runtime) got no goals at all: latency, cold start and memory need no
+    # baseline, only the throughput ratio does.
+    summary = json.loads((run.ROOT / "benchmarks/results/amd-avx2/serving.json").read_text())
+    del summary["servers"]["baseline"]
+    summary["comparison"] = run.compare(summary)
+    goals = summary["comparison"]["runtime"]["goals"]
+    assert goals["throughput_ratio"]["measured"] is None and goals["throughput_ratio"]["met"] is None
+    assert goals["p50_1024_ms"]["measured"] == run._median(
+        one["stats"]["predict photo 1024x768 jpeg"]["p50_ms"]
+        for one in summary["servers"]["runtime"]["runs"]["1"]
+    )
+    assert goals["rss_under_load_mb"]["measured"] is not None
+    md = run.markdown(summary)
+    assert "## runtime: the goals (no baseline was served, so no ratios)" in md
+    assert "| throughput_ratio | – | 3.0 | – |" in md and "against the baseline" not in md
