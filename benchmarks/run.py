@@ -158,8 +158,8 @@ def servers(checkpoint: Path | None, bundle_dir: Path, port: int) -> dict[str, S
                 "benchmarks.baseline_server",
                 "--checkpoint",
                 str(checkpoint),
-                "--report",
-                str(bundle_dir / "report.json"),
+                # report.json is optional in a bundle; without one, the baseline serves {} at /api/report
+                *(["--report", str(report)] if (report := bundle_dir / "report.json").is_file() else []),
                 "--port",
                 str(port),
             ],  # fmt: skip

@@ -91,3 +91,51 @@ def test_the_overload_pacing_left_in_the_environment_does_not_reach_a_closed_loo
     stats, _ = run.locust(f"http://127.0.0.1:{run.free_port()}", 1, 2, tmp_path / "x")
     assert stats["Aggregated"]["requests"] > 10  # nothing listens there: refused at once, again and again
     assert not by_status.exists()
+
+
+def test_a_bundle_without_a_report_is_measured_not_failed(tmp_path: Path) -> None:
+    # report.json is optional in a bundle: the runtime's 404 no_report counted as a failed request (its
+    # throughput then fell by the /api/report share), and the baseline, handed a missing --report, did not
+    # start ("baseline exited with 2: … report.json does not exist").
+    import subprocess
+    import sys
+
+    baseline = run.servers(tmp_path / "m.pt", tmp_path, 1)["baseline"].command
+    assert "--report" not in baseline
+    (tmp_path / "report.json").write_text("{}")
+    baseline = run.servers(tmp_path / "m.pt", tmp_path, 1)["baseline"].command
+    assert baseline[baseline.index("--report") + 1] == str(tmp_path / "report.json")
+    # Locust patches the interpreter with gevent on import: the tasks are tried in one of their own.
+    script = """
+import json
+from types import SimpleNamespace
+from benchmarks import locustfile
+
+class Response:
+    def __init__(self, status, body):
+        self.status_code, self.body, self.said = status, body, "nothing"
+    def json(self):
+        return json.loads(self.body)
+    def success(self):
+        self.said = "success"
+    def failure(self, why):
+        self.said = why
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc):
+        return False
+
+for status, body in [
+    (404, '{"error": {"code": "no_report", "message": "no report"}}'),
+    (404, '{"error": {"code": "not_found", "message": "no such path"}}'),
+    (404, 'not json'),
+    (200, '{}'),
+]:
+    response = Response(status, body)
+    locustfile.report(SimpleNamespace(client=SimpleNamespace(get=lambda *a, **k: response)))
+    print(response.said)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=run.ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.split("\n")[:4] == ["success", "HTTP 404", "HTTP 404", "nothing"], done.stderr

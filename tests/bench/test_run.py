@@ -424,6 +424,8 @@ def test_relative_paths_from_another_folder_reach_the_servers_and_locust(
     # The servers and Locust run in the repository's folder: `--bundle own/bundle` from elsewhere was "bundle
     # directory 'own/bundle' does not exist", and Locust's files went under the repository, unread.
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "own/bundle").mkdir(parents=True)
+    (tmp_path / "own/bundle/report.json").write_text("{}")
     found = run.servers(Path("own/model.pt"), Path("own/bundle"), 1)
     bundle, checkpoint = str(tmp_path / "own/bundle"), str(tmp_path / "own/model.pt")
     assert found["runtime"].command[found["runtime"].command.index("--bundle") + 1] == bundle
