@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +30,9 @@ MIN_OPSET = 18
 TEMPERATURE_INIT = "skin_temperature"
 POOL_PREFIX = "skin_pool_"  # core-graph outputs: [batch, channels] feature means of one stage
 OOD_PREFIX = "skin_ood_"  # names of the nodes and initializers of the Mahalanobis score (kept float by int8)
+# torch 2.9 (Dockerfile.train's) warns at every export that torchvision's roi_align and roi_pool lack type
+# hints, 4 lines that --quiet printed too; torch 2.14 logs them at debug level.
+SCHEMA_LOGGER = "torch.onnx._internal.exporter._schemas"
 
 
 def check_opset(opset: int) -> None:
@@ -161,7 +165,7 @@ def export_core(
     outputs += [name for name, _ in pools]
     # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
-    with _unfused_attention(net):
+    with _unfused_attention(net), _quiet(SCHEMA_LOGGER):
         try:
             program = torch.onnx.export(
                 wrapped,
@@ -208,6 +212,18 @@ def _exporter_cause(exc: Exception) -> str:
     cause = lines[lines.index("## Exception summary") + 1]
     cause = re.sub(r"^<class '(?:[\w.]*\.)?(\w+)'>", r"\1", cause)  # "<class 'a.b.ValueError'>" -> ValueError
     return f"{step}: {cause}"[:300]
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Only errors from this logger while inside."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -171,6 +171,31 @@ def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
     assert "data-dependent" in message and "\x1b" not in message and "\n" not in message, message
 
 
+def test_the_exporters_type_hint_warnings_are_not_printed(
+    tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """torch 2.9 warns of torchvision's ops at each export (2.14, which CI runs, does not): as it would."""
+    import logging
+
+    import torch
+
+    export = torch.onnx.export
+    schemas = "torch.onnx._internal.exporter._schemas"  # the module that warns
+
+    def warning_export(*args: Any, **kwargs: Any) -> Any:
+        logging.getLogger(schemas).warning(
+            "Missing annotation for parameter 'input' from (input, rois). Treating as an Input."
+        )
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", warning_export)
+    net, _ = tiny
+    with caplog.at_level(logging.DEBUG):
+        export_onnx.export_core(net, size=(64, 64), mean=MEAN, std=STD)
+    assert not [r for r in caplog.records if r.name == schemas]
+    assert logging.getLogger(schemas).level == logging.NOTSET  # as it was
+
+
 @pytest.mark.parametrize("step", ["onnxsim", "checker"])
 def test_a_failing_simplifier_or_checker_is_one_line(
     tiny: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch, step: str
