@@ -206,6 +206,9 @@ def test_bundle_image_copies_into_the_runtime_bundle_path() -> None:
 def test_train_image_is_a_pinned_cuda_pytorch_with_the_train_extra() -> None:
     (stage,) = dockerfile.stages(TRAIN)
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", stage.base)
+    # the base's torch is kept (-c keep-torch.txt): the train extra has to allow it, or pip cannot resolve
+    (torch,) = [r for r in _extra("train") if r.name == "torch"]
+    assert Version(stage.base.split(":")[1].split("-")[0]) in torch.specifier, (stage.base, str(torch))
     extras, project = _pip_installs(stage)
     assert _requirements(extras) == [] and _requirements(project) == [".[train,runtime,openvino]"]
     for install in extras, project:
