@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,3 +40,15 @@ def runtime_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureF
         yield caplog
     finally:
         logger.removeHandler(caplog.handler)
+
+
+@pytest.fixture
+def sighup_heard() -> Iterator[None]:
+    """SIGHUP handled as a terminal's command has it, for the test: under nohup (a CI job may run so) it is
+    ignored, and the commands rightly leave an ignored SIGHUP ignored, so a test of their SIGHUP line
+    failed."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, before)

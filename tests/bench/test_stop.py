@@ -104,6 +104,7 @@ def _interrupt(*args: object, **kwargs: object) -> None:
         pytest.param(_signal_self(signal.SIGHUP), 129, "benchmarks.x: stopped by SIGHUP", id="sighup"),
     ],
 )
+@pytest.mark.usefixtures("sighup_heard")
 def test_a_stopped_benchmark_says_so_in_one_line(
     capsys: pytest.CaptureFixture[str], call: object, status: int, line: str
 ) -> None:

@@ -599,6 +599,7 @@ def test_a_cosine_run_resumed_with_other_steps_per_epoch_keeps_its_place_on_the_
         pytest.param(signal.SIGHUP, 129, id="sighup"),
     ],
 )
+@pytest.mark.usefixtures("sighup_heard")
 def test_sigterm_stops_a_run_as_ctrl_c_does(
     tmp_path: Path,
     dataset: Path,
