@@ -122,7 +122,8 @@ def _hub_unreachable() -> str | None:
 
     endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
     proxies = urllib.request.getproxies()  # as httpx reads them: HTTPS_PROXY, ALL_PROXY, …
-    if constants.is_offline_mode() or proxies.get(endpoint.scheme) or proxies.get("all"):
+    # the attribute, not is_offline_mode(): huggingface_hub 0.x (timm takes any version) has no such function
+    if constants.HF_HUB_OFFLINE or proxies.get(endpoint.scheme) or proxies.get("all"):
         return None
     if endpoint.hostname is None:  # a malformed HF_ENDPOINT: huggingface_hub's own error says so
         return None

@@ -189,6 +189,23 @@ def test_pretrained_weights_with_the_hub_unreachable_fail_at_once_or_come_from_t
     assert loaded == "from the cache: True"
 
 
+def test_the_hub_check_works_with_huggingface_hub_0x(monkeypatch: pytest.MonkeyPatch) -> None:
+    # timm asks for any huggingface_hub: 0.x has the HF_HUB_OFFLINE attribute but no is_offline_mode()
+    # (an AttributeError with a traceback, before the download's own error handling).
+    from huggingface_hub import constants
+
+    from training import model as model_module
+
+    monkeypatch.delattr(constants, "is_offline_mode", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:1")  # port 1: refused
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert model_module._hub_unreachable() == "http://127.0.0.1:1"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # offline already: no check
+    assert model_module._hub_unreachable() is None
+
+
 def test_checkpoint_round_trip_unwraps_data_parallel_and_loads_in_eval_mode(tmp_path: Path) -> None:
     net = _tiny()
     path = tmp_path / "best.pt"
