@@ -4,6 +4,7 @@ and the DataLoader workers' own process group."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import sys
@@ -71,6 +72,11 @@ def setup_cluster(device_option: str) -> Cluster:
         torch.backends.cudnn.benchmark = True
     owned = False
     if world > 1 and not dist.is_initialized():
+        # DDP imports torch._dynamo. Imported after the group exists, it keeps references to the group (torch
+        # 2.14), so destroy_process_group() did not free it and gloo's threads lived on into interpreter exit:
+        # likely why a finished run rarely aborted there ("terminate called without an active exception").
+        importlib.import_module("torch._dynamo")
+
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         owned = True
     if dist.is_initialized():

@@ -4,6 +4,7 @@ import dataclasses
 import fcntl
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -216,6 +217,39 @@ def _torchrun(dataset: Path, out: Path, epochs: int) -> subprocess.CompletedProc
     # TMPDIR: torchrun leaves a torchelastic_* folder there on every run.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(out.parent)}
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+
+
+_GLOO_THREADS = """
+import os, sys
+import torch
+import torch.distributed as dist
+from training.cluster import setup_cluster
+
+cluster = setup_cluster("cpu")
+net = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(4, 2))
+net(torch.ones(3, 4)).sum().backward()
+del net
+dist.destroy_process_group()
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print(f"rank {cluster.rank}: {sum('gloo' in n for n in names)} gloo threads", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_under_torchrun_the_process_group_ends_with_the_run(tmp_path: Path) -> None:
+    # DDP imports torch._dynamo, which, imported after the group existed, kept it alive past
+    # destroy_process_group(): gloo's threads lived on into interpreter exit, the likely cause of a finished
+    # run's rare abort there ("terminate called without an active exception", torchrun exit 1).
+    script = tmp_path / "ddp.py"
+    script.write_text(_GLOO_THREADS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command.append(str(script))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the two ranks share torchrun's stdout: their lines may interleave
+    threads = sorted(re.findall(r"rank (\d): (\d+) gloo threads", done.stdout))
+    assert threads == [("0", "0"), ("1", "0")], done.stdout
 
 
 @pytest.mark.slow
