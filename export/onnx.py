@@ -10,8 +10,10 @@ export/uncertainty.py). While exporting, the core graph also returns pooled feat
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import logging
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +35,7 @@ OOD_PREFIX = "skin_ood_"  # names of the nodes and initializers of the Mahalanob
 # torch 2.9 (Dockerfile.train's) warns at every export that torchvision's roi_align and roi_pool lack type
 # hints, 4 lines that --quiet printed too; torch 2.14 logs them at debug level.
 SCHEMA_LOGGER = "torch.onnx._internal.exporter._schemas"
+DRAFT_EXPORT_FLAG = "TORCH_ONNX_ENABLE_DRAFT_EXPORT"
 
 
 def check_opset(opset: int) -> None:
@@ -165,7 +168,7 @@ def export_core(
     outputs += [name for name, _ in pools]
     # Batch 2 in the example: torch.export specializes dimensions of size 0 and 1.
     example = torch.randint(0, 256, (2, *size, 3), dtype=torch.uint8)
-    with _unfused_attention(net), _quiet(SCHEMA_LOGGER):
+    with _unfused_attention(net), _quiet(SCHEMA_LOGGER), _without_draft_export():
         try:
             program = torch.onnx.export(
                 wrapped,
@@ -224,6 +227,32 @@ def _quiet(name: str) -> Iterator[None]:
         yield
     finally:
         log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_draft_export() -> Iterator[None]:
+    """torch.onnx's capture strategies less draft export, which DRAFT_EXPORT_FLAG=1 adds.
+
+    Draft export exports a net that branches on its data as if the other branch did not exist; we rely on
+    the exporter refusing such a net. torch reads the variable once, at import, into this tuple, which it
+    reads again at every export: so the tuple is the place, not the environment.
+    """
+    try:
+        capture: Any = importlib.import_module("torch.onnx._internal.exporter._capture_strategies")
+        strategies = capture.CAPTURE_STRATEGIES
+    except (ImportError, AttributeError):  # a torch laid out otherwise: then only the variable can tell
+        if os.environ.get(DRAFT_EXPORT_FLAG) == "1":
+            raise ExportError(
+                f"{DRAFT_EXPORT_FLAG}=1 would let torch export a net that branches on its data as if one "
+                "branch did not exist; unset it"
+            ) from None
+        yield
+        return
+    capture.CAPTURE_STRATEGIES = tuple(s for s in strategies if "Draft" not in s.__name__)
+    try:
+        yield
+    finally:
+        capture.CAPTURE_STRATEGIES = strategies
 
 
 @contextlib.contextmanager

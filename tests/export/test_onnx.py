@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +15,7 @@ from runtime import bundle
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +152,8 @@ def test_attention_with_a_bias_exports_with_a_dynamic_batch(arch: str) -> None:
     assert attention and [m.fused_attn for m in attention] == before
 
 
-def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
-    """torch.onnx's own message opens with advice in terminal colours; the cause is what is said."""
+def branching_net() -> Any:
+    """A net that branches on its data: torch.export cannot trace it."""
     import torch
 
     class Branching(torch.nn.Module):
@@ -159,16 +164,53 @@ def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
 
         def forward_features(self, x: Any) -> Any:
             y = self.conv(x)
-            return y * 2 if y.sum() > 0 else y  # a branch on the data: torch.export cannot trace it
+            return y * 2 if y.sum() > 0 else y
 
         def forward_head(self, features: Any, pre_logits: bool = False) -> Any:
             pooled = features.mean(dim=(2, 3))
             return pooled if pre_logits else self.fc(pooled)
 
+    return Branching().eval()
+
+
+def test_a_net_the_exporter_cannot_take_is_one_line_naming_the_cause() -> None:
+    """torch.onnx's own message opens with advice in terminal colours; the cause is what is said."""
     with pytest.raises(ExportError) as caught:
-        export_onnx.export_core(Branching().eval(), size=(32, 32), mean=MEAN, std=STD)
+        export_onnx.export_core(branching_net(), size=(32, 32), mean=MEAN, std=STD)
     message = str(caught.value)
     assert "data-dependent" in message and "\x1b" not in message and "\n" not in message, message
+
+
+@pytest.mark.slow
+def test_draft_export_asked_for_in_the_environment_is_not_used() -> None:
+    """torch reads the variable when its exporter is first imported: a fresh interpreter, as a user's."""
+    code = (
+        "from export import onnx as export_onnx\n"
+        "from export.errors import ExportError\n"
+        "from tests.export.test_onnx import MEAN, STD, branching_net\n"
+        "from torch.onnx import _flags\n"
+        "assert _flags.ENABLE_DRAFT_EXPORT\n"  # the variable took effect in torch
+        "try:\n"
+        "    export_onnx.export_core(branching_net(), size=(32, 32), mean=MEAN, std=STD)\n"
+        "except ExportError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), export_onnx.DRAFT_EXPORT_FLAG: "1"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused: ") and "data-dependent" in done.stdout, done.stdout
+
+
+def test_where_torch_keeps_no_strategies_the_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another torch's layout: the variable set is one line before any export work."""
+
+    def missing(name: str) -> Any:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(export_onnx.importlib, "import_module", missing)
+    monkeypatch.setenv(export_onnx.DRAFT_EXPORT_FLAG, "1")
+    with pytest.raises(ExportError, match="TORCH_ONNX_ENABLE_DRAFT_EXPORT=1 would let torch export"):
+        export_onnx.export_core(branching_net(), size=(32, 32), mean=MEAN, std=STD)
 
 
 def test_the_exporters_type_hint_warnings_are_not_printed(
