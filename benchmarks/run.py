@@ -42,7 +42,7 @@ from benchmarks.machine import (
 )
 from benchmarks.words import count
 from runtime.cli import OneLineParser
-from training.stop import how, signals_stop
+from training.stop import how, say_stopped, signals_stop
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
@@ -1062,7 +1062,7 @@ def run_cli(prog: str, call: Callable[[Callable[[str], None]], object]) -> int:
         return 2
     except KeyboardInterrupt as interrupt:
         line, status = how(interrupt)
-        print(f"{prog}: {line}", file=sys.stderr)
+        say_stopped(f"{prog}: {line}")
         return status
     return 0
 

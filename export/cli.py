@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from runtime.cli import OneLineParser
-from training.stop import how, signals_stop
+from training.stop import how, say_stopped, signals_stop
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args)
     except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: export_bundle() removed what it had written
         line, status = how(stop)
-        print(f"skin-export: {line}; nothing was written", file=sys.stderr)
+        say_stopped(f"skin-export: {line}; nothing was written")
         return status
 
 

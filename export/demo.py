@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from training.stop import how, signals_stop
+from training.stop import how, say_stopped, signals_stop
 
 DEMO_LABEL = "a demo trained on generated images, not on clinical data"
 DEFAULT_BUNDLE_DIR = Path("bundles") / "demo"
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as stop:
         line, status = how(stop)
-        print(f"skin-demo: {line}", file=sys.stderr)
+        say_stopped(f"skin-demo: {line}")
         return status
     if (hint := bf16_hint(bundle_dir)) is not None:
         print(hint)

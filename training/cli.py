@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from runtime.cli import OneLineParser
 from training.config import AMP_MODES, DEFAULTS, SAMPLERS, SCHEDULERS
-from training.stop import signals_stop, stopped
+from training.stop import say_stopped, signals_stop, stopped
 
 PROG = "skin-train"
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C, SIGTERM (docker stop, torchrun passing it on) or SIGHUP
         line, status = stopped(stop)
         if _rank0():  # under torchrun every rank stops: one line, from rank 0
-            print(f"{PROG}: {line}", file=sys.stderr)
+            say_stopped(f"{PROG}: {line}")
         return status
     except ModuleNotFoundError as exc:  # where only the runtime extra is installed (the serving image)
         from training.extras import missing_module  # standard library only: no torch in it

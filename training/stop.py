@@ -5,8 +5,10 @@ all. Stdlib only: skin-export and skin-demo use it too; ``stopped`` words the li
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,6 +83,19 @@ def how(stop: KeyboardInterrupt) -> tuple[str, int]:
     signum = int(getattr(stop, "signum", signal.SIGINT))
     what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     return what, 128 + signum
+
+
+def say_stopped(line: str) -> None:
+    """The stop line on stderr. Where it cannot be written (the closed terminal was stderr: EIO; a pipe's
+    reader gone: EPIPE), nothing is said: the exit status still tells, and what was written is safe. stderr
+    then goes to os.devnull, or the interpreter's flush of the line at exit would fail too (exit 120)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a closed stream; no file number
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -257,7 +257,7 @@ def foreign_images(
 
 def main(argv: list[str] | None = None) -> int:
     from runtime.cli import OneLineParser
-    from training.stop import how, signals_stop
+    from training.stop import how, say_stopped, signals_stop
 
     prog = "python -m training.synthetic"
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             _remove_written(out, keep_folder=existed)
         if isinstance(exc, KeyboardInterrupt):
             line, status = how(exc)
-            print(f"{prog}: {line}; nothing was written", file=sys.stderr)
+            say_stopped(f"{prog}: {line}; nothing was written")
             return status
         print(f"{prog}: error: {exc.strerror or exc}: {exc.filename or out}", file=sys.stderr)
         return 2
