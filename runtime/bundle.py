@@ -93,10 +93,10 @@ def display_name(class_name: str) -> str:
 
 
 def display_names(class_names: list[str]) -> list[str]:
-    """Names for people: the reference data set's for its own 22 classes; another data set's folder names as
-    they are, underscores as spaces (a clinic's "Lichen" folder, of lichen sclerosus, was served as "Lichen
-    Planus")."""
-    if sorted(class_names) == sorted(DISPLAY_NAMES):
+    """Names for people: the reference data set's when every class is one of its 22 (all or some); another
+    data set's folder names as they are, underscores as spaces (a clinic's "Lichen" folder, of lichen
+    sclerosus, beside folders of its own, was served as "Lichen Planus")."""
+    if set(class_names) <= DISPLAY_NAMES.keys():
         return [display_name(n) for n in class_names]
     return [n.replace("_", " ") for n in class_names]
 

@@ -238,6 +238,12 @@ def test_display_names_default_from_class_names() -> None:
     ]
     reference = sorted(bundle.DISPLAY_NAMES)
     assert shown(reference) == [bundle.DISPLAY_NAMES[n] for n in reference]
+    # Some of its classes only: still its names ("Seborrh Keratoses" before).
+    assert shown(["Seborrh_Keratoses", "Acne", "Sun_Sunlight_Damage"]) == [
+        "Seborrheic Keratoses",
+        "Acne",
+        "Sun/Sunlight Damage",
+    ]
 
 
 def test_engine_loads_factory_bundle(tiny_bundle: Path) -> None:

@@ -109,6 +109,12 @@ def test_split_folders_on_a_disk_that_ignores_case(
         pytest.param(
             sorted(DISPLAY_NAMES), [DISPLAY_NAMES[n] for n in sorted(DISPLAY_NAMES)], id="reference"
         ),
+        # 5 of the reference's 22: its names too ("Seborrh Keratoses", "Unknown Normal" before).
+        pytest.param(
+            ["Acne", "Lichen", "Seborrh_Keratoses", "Sun_Sunlight_Damage", "Unknown_Normal"],
+            ["Acne", "Lichen Planus", "Seborrheic Keratoses", "Sun/Sunlight Damage", "Unknown/Normal"],
+            id="reference-subset",
+        ),
     ],
 )
 def test_display_names_are_the_reference_data_sets_only_for_its_classes(
