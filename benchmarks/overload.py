@@ -201,7 +201,7 @@ def run_overload(
         saturation = ok_rps(stats["Aggregated"])  # fast errors are no throughput: 2x them would be a flood
         if saturation <= 0:
             raise BenchError("the saturation run served nothing; see the Locust log under WORK/locust/")
-        summary["saturation_rps"] = saturation
+        summary["saturation_rps"] = round(saturation, 2)  # the offer below is taken from the unrounded rate
         # What "served" (predictions answered 200) compares with: the saturation above counts /api/info
         # and /api/report too, a tenth of the requests, which overload never refuses.
         summary["saturation_predictions_rps"] = round(predictions_served(stats), 2)
@@ -246,7 +246,7 @@ def run_overload(
         {
             "offered_rps": round(offered, 2),
             # What Locust sent: a user waiting on a slow answer cannot keep its pace; the offer falls short.
-            "sent_rps": paced["Aggregated"]["rps"],
+            "sent_rps": round(paced["Aggregated"]["rps"], 2),
             "predictions": total,
             # As the saturation's predictions are counted, from Locust's statistics (503s are its failures):
             # the 200s over the duration alone also counted the answers that came after it, and read as more.

@@ -132,6 +132,15 @@ def test_served_predictions_are_set_against_the_saturations_predictions(
     assert summary["settings"]["environment"]["SKIN_MAX_QUEUE"] == "64"
 
 
+def test_predictions_served_add_up_locusts_rates_unrounded(tmp_path: Path) -> None:
+    # Each kind's rate was rounded to 2 decimals before they were added: four of 1.004/s read 4.0, not 4.02.
+    path = tmp_path / "x_stats.csv"
+    rows = [f"POST,predict kind {i},100,0,900.0,1.004,900,1000,1100" for i in range(4)]
+    header = "Type,Name,Request Count,Failure Count,Average Response Time,Requests/s,50%,95%,99%"
+    path.write_text("\n".join([header, *rows, ",Aggregated,400,0,900.0,4.016,900,1000,1100"]) + "\n")
+    assert round(overload.predictions_served(run.read_stats(path)), 2) == 4.02
+
+
 def test_port_puts_the_runtime_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # It listened on a free port the system picked: no flag put it where a firewall allows.
     _without_servers(monkeypatch, tmp_path, saturation={})

@@ -319,6 +319,34 @@ def test_ratios_and_goals_are_medians_of_the_rounds() -> None:
     }
 
 
+def test_ratios_are_taken_from_locusts_rates_unrounded(tmp_path: Path) -> None:
+    # Rates were rounded to 2 decimals when read: under 1 req/s that moved a ratio by a percent or more,
+    # 0.996 / 0.334 req/s (2.98x) read 1.0 / 0.33 = 3.03x, and met the throughput goal.
+    def aggregated(rps: str) -> dict[str, Any]:
+        path = tmp_path / f"{rps}_stats.csv"
+        path.write_text(
+            "Type,Name,Request Count,Failure Count,Average Response Time,Requests/s,50%,95%,99%\n"
+            f",Aggregated,100,0,900.0,{rps},900,1000,1100\n"
+        )
+        return dict(run.read_stats(path)["Aggregated"])
+
+    summary = _summary(ours=[[1.0], [1.0]], theirs=[[1.0], [1.0]], cold=[0.5])
+    for name, rps in (("runtime", "0.996"), ("baseline", "0.334")):
+        for runs in summary["servers"][name]["runs"].values():
+            runs[0]["stats"]["Aggregated"].update(aggregated(rps))
+    result = run.compare(summary)["runtime"]
+    assert result["vs_baseline"]["1"]["throughput"] == 2.98
+    assert result["goals"]["throughput_ratio"] == {"measured": 2.98, "goal": 3.0, "met": False}
+    # Shown to 2 decimals, judged unrounded: 29.96 / 10 req/s is 3.0x in the table, and short of 3x.
+    result = run.compare(_summary(ours=[[29.96], [40.0]], theirs=[[10.0], [10.0]], cold=[0.5]))["runtime"]
+    assert result["goals"]["throughput_ratio"] == {"measured": 3.0, "goal": 3.0, "met": False}
+    # The tables round the rate where they show it.
+    recorded = json.loads((run.ROOT / "benchmarks/results/amd-avx2/serving.json").read_text())
+    recorded["servers"]["runtime"]["runs"]["1"][0]["stats"]["Aggregated"].update(aggregated("0.33412"))
+    recorded["comparison"] = run.compare(recorded)
+    assert "\n| runtime | 1 | 1 | 0.33 | " in run.markdown(recorded)
+
+
 def test_a_concurrency_the_runtime_answered_nothing_right_at_fails_the_throughput_goal() -> None:
     summary = _summary(ours=[[40.0] * 3, [0.0, 0.0, 90.0]], theirs=[[10.0] * 3, [20.0] * 3], cold=[0.5])
     result = run.compare(summary)["runtime"]
