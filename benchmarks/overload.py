@@ -6,6 +6,7 @@ accepted requests should keep a bounded p99, and the server's memory should stop
    ``constant_throughput``, so fast 503s do not turn into a flood and slow answers do not lower the load.
    Latencies are recorded per HTTP status; the server's RSS is sampled throughout.
 
+Each run waits for a quiet machine first, as benchmarks.run's runs do (--max-load, --max-other, --max-wait).
 Writes OUT/overload.json and OUT/overload.md; stopped part-way after the saturation run, that run as
 OUT/overload-stopped.*.
 
@@ -26,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.machine import MB, OtherCpu, Sampler, load1, machine, machine_line, wait_until_quiet
+from benchmarks.machine import (
+    MB,
+    OtherCpu,
+    Sampler,
+    load1,
+    machine,
+    machine_line,
+    wait_for_cpu,
+    wait_until_quiet,
+)
 from benchmarks.run import (
     LOCUSTFILE,
     MAX_USERS,
@@ -42,6 +52,7 @@ from benchmarks.run import (
     keep_stopped,
     locust,
     ok_rps,
+    quiet_machine_options,
     read_stats,
     report_flags,
     run_cli,
@@ -136,7 +147,8 @@ def run_overload(
     saturation_users: int = 4,
     saturation_time: int = 20,
     max_load: float = 0.6,
-    max_wait_s: float = 600.0,
+    max_other: float = 0.25,
+    max_wait_s: float = 1200.0,
     port: int | None = None,
     bundle: str | Path | None = None,
     log: Any = print,
@@ -192,10 +204,12 @@ def run_overload(
             "factor": factor,
             "duration_s": duration,
             "saturation_users": saturation_users,
+            "max_other_cpu_cores": max_other,
         },
     }
     try:
         warm(base)
+        wait_for_cpu(max_other, max_wait_s, log)
         stats, _ = locust(base, saturation_users, saturation_time, work / "locust" / "overload-saturation")
         check_alive("the saturation run")
         saturation = ok_rps(stats["Aggregated"])  # fast errors are no throughput: 2x them would be a flood
@@ -215,6 +229,7 @@ def run_overload(
         rate = offered / users
         paced_by = f"{count(users, 'user')} × {rate:.2f}/s"
         log(f"saturation {saturation:.1f} req/s; offering {offered:.1f} req/s ({paced_by})")
+        wait_for_cpu(max_other, max_wait_s, log)
         other = OtherCpu()
         interval = 0.5
         with Sampler(proc.pid, interval=interval) as sampler:
@@ -277,8 +292,8 @@ def markdown(s: dict[str, Any]) -> str:
         *stopped_heading(s, "the saturation below was measured, the overload run was not."),
         machine_line(m),
         *([f"Model: {s['settings']['model']}."] if "model" in s["settings"] else []),  # older runs: none
-        f"Load average {s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end. "
-        f"Server: {srv['note']}.",
+        f"Load average {s['load_at_start']['load1']:.2f} at the start, {s['load_at_end']:.2f} at the end"
+        f"{each_run(s['settings'])}. Server: {srv['note']}.",
         *environment_line(s["settings"]),
         "",
     ]
@@ -316,6 +331,13 @@ def markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def each_run(settings: dict[str, Any]) -> str:
+    """ "; each run started once …", as serving.md says it (older summaries did not record it)."""
+    if "max_other_cpu_cores" not in settings:
+        return ""
+    return f"; each run started once other processes used < {settings['max_other_cpu_cores']} cores"
+
+
 def sent(s: dict[str, Any]) -> str:
     """ "; sent N req/s" (older summaries did not record it), and whether that fell short of the offer."""
     if "sent_rps" not in s:
@@ -348,9 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"closed-loop users to find saturation, at most {MAX_USERS} (4)",
     )
     parser.add_argument("--saturation-time", type=int, default=20, help="seconds of the saturation run (20)")
-    parser.add_argument(
-        "--max-load", type=finite(0), default=0.6, help="wait for a 1-min load average below this (0.6)"
-    )
+    quiet_machine_options(parser, "run (saturation, then overload)")
     parser.add_argument(
         "--port", type=whole(1, 65535), help="the runtime listens on 127.0.0.1:PORT (default: a free port)"
     )
@@ -366,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             saturation_users=args.saturation_users,
             saturation_time=args.saturation_time,
             max_load=args.max_load,
+            max_other=args.max_other,
+            max_wait_s=args.max_wait,
             port=args.port,
             bundle=args.bundle,
             log=log,

@@ -41,10 +41,9 @@ def test_a_bad_flag_is_one_line_not_the_usage(capsys: pytest.CaptureFixture[str]
     ("cli", "flag"),
     [
         ("overload", "--factor"),
-        ("overload", "--max-load"),
         *[
             (cli, flag)
-            for cli in ("model_bench", "run")
+            for cli in ("model_bench", "run", "overload")
             for flag in ("--max-load", "--max-other", "--max-wait")
         ],
     ],

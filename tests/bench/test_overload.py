@@ -56,6 +56,7 @@ def _without_servers(
 
     monkeypatch.setattr(weights, "prepare", lambda *args, **kwargs: (tmp_path / "m.pt", tmp_path))
     monkeypatch.setattr(overload, "wait_until_quiet", lambda *args: {"load1": 0.0})
+    monkeypatch.setattr(overload, "wait_for_cpu", lambda *args: 0.0)
     monkeypatch.setattr(overload, "served_model", lambda bundle, own: "efficientnet_b3 at 300 px")
     server = SimpleNamespace(pid=os.getpid(), poll=lambda: None, returncode=None)
     monkeypatch.setattr(overload, "start", lambda *args: (server, 0.1))
@@ -139,6 +140,49 @@ def test_predictions_served_add_up_locusts_rates_unrounded(tmp_path: Path) -> No
     header = "Type,Name,Request Count,Failure Count,Average Response Time,Requests/s,50%,95%,99%"
     path.write_text("\n".join([header, *rows, ",Aggregated,400,0,900.0,4.016,900,1000,1100"]) + "\n")
     assert round(overload.predictions_served(run.read_stats(path)), 2) == 4.02
+
+
+@pytest.mark.parametrize(
+    ("argv", "other", "wait"),
+    [
+        pytest.param([], 0.25, 1200.0, id="run's-defaults"),
+        pytest.param(["--max-other", "0.5", "--max-wait", "7"], 0.5, 7.0, id="given"),
+    ],
+)
+def test_each_run_waits_for_a_quiet_machine_as_benchmarks_run_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], other: float, wait: float
+) -> None:
+    # It had --max-load alone, waited a fixed 600 s for it, and never looked at other processes' CPU use.
+    saturation = {"Aggregated": {"requests": 300, "failures": 0, "rps": 30.0}}
+    _without_servers(monkeypatch, tmp_path, saturation=saturation)
+    seen: list[tuple[object, ...]] = []
+
+    def quiet(max_load: float, max_wait_s: float, log: object) -> dict[str, float]:
+        seen.append(("load", max_load, max_wait_s))
+        return {"load1": 0.0}
+
+    def cpu(max_other: float, max_wait_s: float, log: object) -> float:
+        seen.append(("cpu", max_other, max_wait_s))
+        return 0.0
+
+    def saturation_run(*args: object) -> tuple[dict[str, object], dict[str, object]]:
+        seen.append(("saturation run",))
+        return saturation, {}
+
+    def overload_run(*args: object) -> tuple[dict[str, list[float]], float, dict[str, object]]:
+        seen.append(("overload run",))
+        return {"200": [1.0]}, 0.1, saturation
+
+    monkeypatch.setattr(overload, "wait_until_quiet", quiet)
+    monkeypatch.setattr(overload, "wait_for_cpu", cpu)
+    monkeypatch.setattr(overload, "locust", saturation_run)
+    monkeypatch.setattr(overload, "paced_locust", overload_run)
+    out = tmp_path / "out"
+    assert overload.main(["--work", str(tmp_path / "work"), "--out", str(out), *argv]) == 0
+    at = ("cpu", other, wait)
+    assert seen == [("load", 0.6, wait), at, ("saturation run",), at, ("overload run",)]
+    said = f" at the end; each run started once other processes used < {other} cores. Server: "
+    assert said in (out / "overload.md").read_text()
 
 
 def test_port_puts_the_runtime_on_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
