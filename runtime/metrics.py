@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -45,6 +47,60 @@ def _check_room(folder: Path) -> None:
             # a file system that cannot reserve space (EOPNOTSUPP, EINVAL): not a reason to refuse
 
 
+def _lock_file(folder: Path, pid: int | str) -> Path:
+    """The file a worker holds locked while it lives, named by its PID as prometheus-client names its own."""
+    return folder / f"worker_{pid}.lock"
+
+
+# This process's lock, by folder: tests build many apps in one process, and a second lock on the same file
+# from the same process would be refused.
+_held: dict[tuple[int, Path], int] = {}
+
+
+def _hold(folder: Path) -> None:
+    """Lock this worker's file before its first value file exists: the kernel lets go of the lock however the
+    process ends, SIGKILL and the OOM killer too."""
+    key = (os.getpid(), folder)
+    if key not in _held:
+        fd = os.open(_lock_file(folder, os.getpid()), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        _held[key] = fd
+
+
+def _let_go(folder: Path) -> None:
+    fd = _held.pop((os.getpid(), folder), None)
+    if fd is not None:
+        with contextlib.suppress(FileNotFoundError):
+            _lock_file(folder, os.getpid()).unlink()
+        os.close(fd)
+
+
+def forget_gone(folder: Path) -> None:
+    """Take out of the sum the live gauges (skin_in_flight_requests) of workers gone without a word (SIGKILL,
+    the OOM killer): their requests no longer exist. A worker is gone when its lock can be taken: unlike a
+    PID, a lock is not fooled by a zombie, a PID used again or another PID namespace."""
+    for gauge in folder.glob("gauge_live*_*.db"):
+        pid = gauge.stem.rsplit("_", 1)[-1]
+        lock = _lock_file(folder, pid)
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # none: not one of ours (each worker locks before it writes), left in the sum
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # its values, then its lock: a scrape stopped in between leaves the next one an unheld lock
+            multiprocess.mark_process_dead(pid, str(folder))
+            lock.unlink()
+        except OSError:
+            pass  # held: the worker runs; or another worker's scrape took the files out first
+        finally:
+            os.close(fd)
+
+
 class Metrics:
     def __init__(self) -> None:
         if MULTIPROCESS_DIR and not Path(MULTIPROCESS_DIR).is_dir():
@@ -63,6 +119,7 @@ class Metrics:
         try:
             if MULTIPROCESS_DIR:
                 _check_room(Path(MULTIPROCESS_DIR))
+                _hold(Path(MULTIPROCESS_DIR))
             self._define(r)
         except OSError as exc:  # each value is a file there: a read-only folder was a traceback
             raise ValueError(
@@ -119,6 +176,7 @@ class Metrics:
         """The text a scrape gets: this process's metrics, or every worker's added up."""
         if not MULTIPROCESS_DIR:
             return generate_latest(self.registry)
+        forget_gone(Path(MULTIPROCESS_DIR))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(PLATFORM_COLLECTOR)
@@ -128,3 +186,4 @@ class Metrics:
         """This worker's in-flight count leaves the sum when it stops (its counters stay in it)."""
         if MULTIPROCESS_DIR:
             multiprocess.mark_process_dead(os.getpid())
+            _let_go(Path(MULTIPROCESS_DIR))

@@ -6,9 +6,11 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -33,17 +35,34 @@ with TestClient(create_app(Settings(bundle=sys.argv[1], threads=1, workers=2))) 
 """
 
 
-def _worker(bundle: Path, requests: int, folder: Path) -> str:
+# A worker killed outright (SIGKILL, the OOM killer) in the middle of a request: here, its scrape of /metrics.
+KILLED = """
+import os, signal, sys
+from starlette.testclient import TestClient
+from runtime.app import create_app
+from runtime.settings import Settings
+
+with TestClient(create_app(Settings(bundle=sys.argv[1], threads=1, workers=2))) as client:
+    client.get("/healthz")
+    client.app.state.metrics.exposition = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    client.get("/metrics")
+"""
+
+# A worker whose scrape of /metrics is held, in flight, until a line comes on its stdin.
+HELD = KILLED.replace("os.kill(os.getpid(), signal.SIGKILL)", "print(flush=True) or sys.stdin.readline()")
+
+
+def _worker(bundle: Path, requests: int, folder: Path, script: str = WORKER, returncode: int = 0) -> str:
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, str(bundle), str(requests)],
+        [sys.executable, "-c", script, str(bundle), str(requests)],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == returncode, done.stderr[-2000:]
     return done.stdout
 
 
@@ -58,6 +77,24 @@ def test_a_scrape_adds_up_every_workers_counters(tiny_bundle: Path, tmp_path: Pa
     assert text.count("\nskin_model_info{") == 1  # one model, however many workers load it
     # the process's own would be one worker's, passed off as the server's
     assert "process_resident_memory_bytes" not in text and "python_info" in text
+
+
+def test_a_worker_killed_outright_leaves_the_in_flight_sum(tiny_bundle: Path, tmp_path: Path) -> None:
+    # Its request stayed in skin_in_flight_requests for ever: 3.0 here, with two requests running.
+    _worker(tiny_bundle, 0, tmp_path, KILLED, -signal.SIGKILL)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+    with subprocess.Popen(
+        [sys.executable, "-c", HELD, str(tiny_bundle)], cwd=ROOT, env=env, stdin=PIPE, stdout=PIPE, text=True
+    ) as held:  # a live worker's request, which stays in the sum
+        assert held.stdout is not None and held.stdin is not None
+        assert held.stdout.readline() == "\n"
+        text = _worker(tiny_bundle, 0, tmp_path)
+        held.stdin.write("\n")
+        held.stdin.close()
+        assert held.wait(timeout=60) == 0
+    assert "\nskin_in_flight_requests 2.0" in text  # the held request and this scrape
+    assert 'skin_requests_total{route="/healthz",status="200"} 2.0' in text  # what the gone one served stays
+    assert list(tmp_path.glob("gauge_live*")) == list(tmp_path.glob("*.lock")) == []  # none runs now
 
 
 def test_several_workers_without_a_shared_folder_say_what_a_scrape_shows(
