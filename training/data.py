@@ -15,7 +15,7 @@ import os
 import random
 import shlex
 import unicodedata
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,8 @@ class Splits:
     test: list[Sample]
     # Name fingerprints, made once: a resumed run compared them, then hashed both again for its checkpoint.
     _fingerprints: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # Byte-identical copies found by the scan (find_copies), which report.json records.
+    copies: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def display_names(self) -> list[str]:
@@ -440,7 +442,78 @@ def load_splits(root: str | Path, *, val_fraction: float = 0.15, seed: int = 42)
         train += [(p, index) for p in kept]
         val += [(p, index) for p in held]
     test = [(p, index) for index, name in enumerate(class_names) for p in test_classes[name]]
-    return Splits(root=base, class_names=class_names, train=train, val=val, test=test)
+    copies = find_copies(base, train, val, test)
+    return Splits(root=base, class_names=class_names, train=train, val=val, test=test, copies=copies)
+
+
+def find_copies(root: Path, train: list[Sample], val: list[Sample], test: list[Sample]) -> dict[str, int]:
+    """Count and warn of byte-identical copies (not links: _images refuses or pairs those), one line a kind:
+    test images with a copy in train/ (the test numbers then overstate), images under two or more classes
+    (a label conflict), validation images with a copy in the training split (validation, which picks
+    best.pt, then overstates). Only said: the splits stay as they are (checkpoints name their validation
+    split). Files are read only when they share a size, and whole only when they share their last bytes."""
+    splits = (("train", train), ("val", val), ("test", test))
+    items = [(path, split, label) for split, samples in splits for path, label in samples]
+    groups = _alike(items, lambda item: item[0].stat().st_size)
+    groups = [g for group in groups for g in _alike(group, _tail)]
+    groups = [g for group in groups for g in _alike(group, _whole)]
+    found: dict[str, list[tuple[Path, list[Path]]]] = {kind: [] for kind in _COPIES}
+    for group in groups:
+        where = {split for _, split, _ in group}
+        for path, split, _ in group:
+            if split == "test" and where & {"train", "val"}:
+                found["test_of_train"].append((path, [p for p, s, _ in group if s != "test"]))
+            if split == "val" and "train" in where:
+                found["val_of_train"].append((path, [p for p, s, _ in group if s == "train"]))
+        if len({label for _, _, label in group}) > 1:
+            paths = sorted(p for p, _, _ in group)
+            found["across_classes"].append((paths[0], paths[1:]))
+    for kind, what in _COPIES.items():
+        if found[kind]:
+            path, copies = min(found[kind])
+            example = " = ".join(p.relative_to(root).as_posix() for p in [path, *copies[:2]])
+            log.warning(what, len(found[kind]), root, example)
+    return {kind: len(items) for kind, items in found.items()}
+
+
+# One line a kind of copy: its count, the dataset, an example (a path = its copies).
+_COPIES = {
+    "test_of_train": (
+        "test images with a byte-identical copy in train/: %d in %s, e.g. %s; the test numbers overstate "
+        "what the model knows: remove one of each pair"
+    ),
+    "across_classes": (
+        "images under two or more classes (byte-identical copies): %d in %s, e.g. %s; their labels "
+        "conflict: keep each in its one class"
+    ),
+    "val_of_train": (
+        "validation images with a byte-identical copy left in training: %d in %s, e.g. %s; validation, "
+        "which picks best.pt, overstates: remove one of each pair from train/"
+    ),
+}
+_Item = tuple[Path, str, int]  # an image, its split (train, val, test) and class
+_TAIL = 4096  # a JPEG's last bytes are its own; its first are headers and tables that many files share
+
+
+def _alike(items: list[_Item], key: Callable[[_Item], object]) -> list[list[_Item]]:
+    """The groups of two or more ``items`` with one key; one that cannot be read is in none (it is skipped,
+    and said, when loaded)."""
+    groups: dict[object, list[_Item]] = defaultdict(list)
+    for item in items:
+        with contextlib.suppress(OSError):
+            groups[key(item)].append(item)
+    return [group for group in groups.values() if len(group) > 1]
+
+
+def _tail(item: _Item) -> bytes:
+    with open(item[0], "rb", buffering=0) as file:  # unbuffered: one read, of the bytes asked for
+        file.seek(max(file.seek(0, os.SEEK_END) - _TAIL, 0))
+        return hashlib.blake2b(file.read(_TAIL)).digest()
+
+
+def _whole(item: _Item) -> bytes:
+    with open(item[0], "rb") as file:
+        return hashlib.file_digest(file, "blake2b").digest()
 
 
 def _spelling(name: str) -> str:

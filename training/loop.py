@@ -926,6 +926,7 @@ def finish(
         {
             "skipped_by_split": skipped,
             "classes_without_images_by_split": missing,
+            "identical_copies": splits.copies,
             "model_name": cfg.model_name,
             "model_version": cfg.model_version,
             "architecture": cfg.arch,

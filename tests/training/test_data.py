@@ -15,6 +15,7 @@ from runtime.bundle import DISPLAY_NAMES
 from tests.images import png_header
 from tests.training.helpers import CLASSES, truncated_jpeg
 from training import data
+from training.cluster import Cluster, scan_said_once
 from training.config import DEFAULTS, TrainConfig
 from training.data import (
     DataError,
@@ -783,3 +784,63 @@ def test_a_validation_folder_beside_train_and_test_is_said_to_be_left_unread(
         f"not reading {root / 'valid'}: the validation split is carved from train/ (--val-fraction); move "
         "its class folders' images into train/ to train on them"
     ]
+
+
+def _with_copies(root: Path) -> dict[str, str]:
+    """One copy of each kind added to ``root`` (the generated dataset): copy → the image it copies."""
+    copies = {"test/Moles/x.png": "train/Moles/0003.png", "test/Eczema/x.jpg": "test/Acne/0001.jpg"}
+    (root / "train/Acne/x.png").write_bytes(b"a copy, soon")
+    split = load_splits(root)  # the names, not the bytes, decide each side: pick one across from x.png
+    val = {p.relative_to(root).as_posix() for p, y in split.val if y == 0}
+    side = split.train if "train/Acne/x.png" in val else split.val
+    copies["train/Acne/x.png"] = next(p.relative_to(root).as_posix() for p, y in side if y == 0)
+    for copy, image in copies.items():
+        shutil.copyfile(root / image, root / copy)
+    return copies
+
+
+def test_byte_identical_copies_are_said_once_a_kind_and_counted(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A scraped data set holds copies that links and inodes do not show: a test image trained on, one image
+    # under two labels, a validation image trained on (best.pt picked on it).
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    copies = _with_copies(root)
+    with caplog.at_level("WARNING", logger="training.data"):
+        splits = load_splits(root)
+    assert splits.copies == {"test_of_train": 1, "across_classes": 1, "val_of_train": 1}
+    pair = ["train/Acne/x.png", copies["train/Acne/x.png"]]  # one of them in validation
+    val, trained = pair if root / pair[0] in {p for p, _ in splits.val} else pair[::-1]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"test images with a byte-identical copy in train/: 1 in {root}, e.g. test/Moles/x.png = "
+        "train/Moles/0003.png; the test numbers overstate what the model knows: remove one of each pair",
+        f"images under two or more classes (byte-identical copies): 1 in {root}, e.g. test/Acne/0001.jpg = "
+        "test/Eczema/x.jpg; their labels conflict: keep each in its one class",
+        f"validation images with a byte-identical copy left in training: 1 in {root}, e.g. {val} = "
+        f"{trained}; validation, which picks best.pt, overstates: remove one of each pair from train/",
+    ]
+    # Only said: the split is the one the names give (checkpoints name it), as it was before copies were
+    # looked for, and as it is with other bytes in the copies.
+    assert splits.val_fingerprint() == "33185e4b5b28a7bf"
+    for copy in copies:
+        with (root / copy).open("ab") as file:
+            file.write(b"\0")
+    caplog.clear()
+    again = load_splits(root)
+    assert again == splits and again.copies == dict.fromkeys(splits.copies, 0) and not caplog.records
+
+
+def test_links_are_no_copies_and_other_ranks_say_nothing(
+    tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "copy"
+    shutil.copytree(dataset, root)
+    os.link(root / "train/Acne/0000.png", root / "train/Acne/x.png")  # one file: kept on one side
+    with caplog.at_level("WARNING", logger="training.data"):
+        assert load_splits(root).copies == {"test_of_train": 0, "across_classes": 0, "val_of_train": 0}
+        (root / "train/Acne/x.png").unlink()
+        _with_copies(root)
+        with scan_said_once(Cluster(1, 2, torch.device("cpu"), False)):  # every torchrun rank scans
+            assert sum(load_splits(root).copies.values()) == 3
+    assert not caplog.records

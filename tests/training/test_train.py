@@ -1130,6 +1130,15 @@ def test_the_report_is_best_pts_whose_epoch_neither_a_tie_nor_a_resume_moves(
     assert not np.allclose(reported[-1], test_probs("last.pt"), atol=1e-3)  # epoch 3's: other numbers
 
 
+def test_the_report_counts_byte_identical_copies(tmp_path: Path, dataset: Path) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    shutil.copyfile(root / "train" / "Moles" / "0003.png", root / "test" / "Moles" / "x.png")
+    run = train(**TINY, data=str(root), out=str(tmp_path / "run"), epochs=1)
+    report = json.loads((run / "report.json").read_text())
+    assert report["identical_copies"] == {"test_of_train": 1, "across_classes": 0, "val_of_train": 0}
+
+
 def test_classes_without_images_are_named(
     tmp_path: Path, dataset: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
