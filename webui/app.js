@@ -1614,6 +1614,16 @@
       extra.unshift(["Classes without test images", missing.map((label) => displayName(String(label))).join(", ") +
         " (support 0; the macro averages leave out those the model never predicted)"]);
     }
+    // Counted by training: byte-identical images, which make the numbers above less to be trusted.
+    const copies = report.identical_copies || {};
+    const copied = [
+      [copies.test_of_train, "test images with a copy in the training data: the test numbers overstate"],
+      [copies.across_classes, "images under two or more classes"],
+      [copies.val_of_train, "validation images with a copy left in training"],
+    ].filter(([n]) => isNumber(n) && n > 0);
+    if (copied.length) {
+      extra.unshift(["Identical copies in the data", copied.map(([n, what]) => n + " " + what).join("; ")]);
+    }
     $("report-note").hidden = !report.demo_note;
     $("report-note").textContent = report.demo_note ? String(report.demo_note) : "";
     $("extra-report").hidden = !extra.length;
