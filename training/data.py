@@ -454,7 +454,7 @@ def find_copies(root: Path, train: list[Sample], val: list[Sample], test: list[S
     split). Files are read only when they share a size, and whole only when they share their last bytes."""
     splits = (("train", train), ("val", val), ("test", test))
     items = [(path, split, label) for split, samples in splits for path, label in samples]
-    groups = _alike(items, lambda item: item[0].stat().st_size)
+    groups = _alike(items, lambda item: item[0].stat().st_size or None)  # an empty file is no image
     groups = [g for group in groups for g in _alike(group, _tail)]
     groups = [g for group in groups for g in _alike(group, _whole)]
     found: dict[str, list[tuple[Path, list[Path]]]] = {kind: [] for kind in _COPIES}
@@ -496,12 +496,13 @@ _TAIL = 4096  # a JPEG's last bytes are its own; its first are headers and table
 
 
 def _alike(items: list[_Item], key: Callable[[_Item], object]) -> list[list[_Item]]:
-    """The groups of two or more ``items`` with one key; one that cannot be read is in none (it is skipped,
-    and said, when loaded)."""
+    """The groups of two or more ``items`` with one key; one whose key is None, or that cannot be read, is in
+    none (it is skipped, and said, when loaded)."""
     groups: dict[object, list[_Item]] = defaultdict(list)
     for item in items:
         with contextlib.suppress(OSError):
-            groups[key(item)].append(item)
+            if (found := key(item)) is not None:
+                groups[found].append(item)
     return [group for group in groups.values() if len(group) > 1]
 
 

@@ -831,12 +831,19 @@ def test_byte_identical_copies_are_said_once_a_kind_and_counted(
     assert again == splits and again.copies == dict.fromkeys(splits.copies, 0) and not caplog.records
 
 
-def test_links_are_no_copies_and_other_ranks_say_nothing(
+def test_links_and_empty_files_are_no_copies_and_other_ranks_say_nothing(
     tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "copy"
     shutil.copytree(dataset, root)
     os.link(root / "train/Acne/0000.png", root / "train/Acne/x.png")  # one file: kept on one side
+    for name in (
+        "train/Eczema/0000.png",
+        "train/Eczema/0001.jpg",
+        "train/Moles/0002.jpeg",
+        "test/Acne/0000.png",
+    ):
+        (root / name).write_bytes(b"")  # failed downloads: said as unreadable when loaded, not as copies
     with caplog.at_level("WARNING", logger="training.data"):
         assert load_splits(root).copies == {"test_of_train": 0, "across_classes": 0, "val_of_train": 0}
         (root / "train/Acne/x.png").unlink()
