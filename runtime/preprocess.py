@@ -198,27 +198,33 @@ _JPEG_MARKER = re.compile(rb"\xff([^\x00\xd0-\xd7\xff])")
 
 
 def _check_jpeg_segments(data: bytes | bytearray | memoryview) -> None:
-    """The segments before the first scan (SOS), skipped by their lengths as Pillow reads them, each marker
-    counted: a real file has tens (~0.02 ms here), where Pillow takes ~10 us a segment."""
+    """The segments before the first scan (SOS), walked as Pillow walks them, each marker counted: a real
+    file has tens (~0.02 ms here), where Pillow takes ~10 us a segment."""
     exif, pos = 0, 2  # after SOI
     for _ in range(MAX_JPEG_SEGMENTS + 1):
         marker = _JPEG_MARKER.search(data, pos)
-        if marker is None or marker[1] in (b"\xd9", b"\xda"):  # the file or the image (EOI) ends, or a scan
-            return
+        if marker is None or marker[1] == b"\xda" or marker[1] < b"\xc0":  # the end, a scan, or a code
+            return  # Pillow does not know ("no marker found"): it reads no further
         pos = marker.end()
-        if marker[1] in (b"\x01", b"\xd8"):  # TEM, SOI: no length follows
+        if marker[1] in _NO_LENGTH:
             continue
-        exif += marker[1] == b"\xe1" and data[pos + 2 : pos + 8] == b"Exif\0\0"
+        length = int.from_bytes(data[pos : pos + 2], "big")  # it counts itself, not the marker
+        exif += marker[1] == b"\xe1" and length >= 8 and data[pos + 2 : pos + 8] == b"Exif\0\0"
         if exif > MAX_JPEG_EXIF_SEGMENTS:
             message = (
                 f"the JPEG is cut into too many pieces (more than {MAX_JPEG_EXIF_SEGMENTS} EXIF segments)"
             )
             raise ImageError("corrupt_image", message)
-        pos += int.from_bytes(data[pos : pos + 2], "big")  # the length counts itself, not the marker
+        pos += max(length, 2)
     message = (
         f"the JPEG is cut into too many pieces (more than {MAX_JPEG_SEGMENTS:,} segments before its pixels)"
     )
     raise ImageError("corrupt_image", message)
+
+
+# Markers Pillow reads no length after: SOI, EOI (before the first scan it reads on past one), JPG and JPGn
+# (with a length taken from their next bytes, segments after them went uncounted).
+_NO_LENGTH = {bytes([code]) for code in (0xC8, 0xD8, 0xD9, *range(0xF0, 0xFE))}
 
 
 def _too_many_scans(data: bytes, limit: int) -> bool:

@@ -398,6 +398,22 @@ def test_jpegs_of_very_many_header_segments_are_refused_before_pillow_parses_the
     assert info.value.message == f"the JPEG is cut into too many pieces ({what})"
 
 
+@pytest.mark.parametrize(
+    "before",
+    [
+        pytest.param(b"\xff\xd9", id="after-an-eoi"),  # Pillow reads on past an EOI before the first scan
+        pytest.param(b"\xff\xf0", id="after-a-jpg0"),  # and reads no length after JPGn: FF E1 is no length
+    ],
+)
+def test_exif_segments_past_markers_that_pillow_walks_over_are_counted(before: bytes) -> None:
+    # The walk stopped at the EOI, or jumped FF E1 (65,505) bytes: 24,000 EXIF segments after either took
+    # Pillow 10 s and 6 s of CPU.
+    exif = _segment(0xE1, b"Exif\0\0" + bytes(380))
+    with pytest.raises(ImageError) as info:
+        open_image(_jpeg_of_segments(before + exif * 65, 1))
+    assert info.value.message == "the JPEG is cut into too many pieces (more than 64 EXIF segments)"
+
+
 def _png_with(extra: bytes, count: int, *, after: bool = False, text: bytes = b"") -> bytes:
     """A small PNG with ``count`` chunks ``extra`` after its header, or before its end."""
     data = encode(Image.new("RGB", (8, 8)), "PNG")
