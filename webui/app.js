@@ -1617,12 +1617,13 @@
     // Counted by training: byte-identical images, which make the numbers above less to be trusted.
     const copies = report.identical_copies || {};
     const copied = [
-      [copies.test_of_train, "test images with a copy in the training data: the test numbers overstate"],
-      [copies.across_classes, "images under two or more classes"],
-      [copies.val_of_train, "validation images with a copy left in training"],
+      [copies.test_of_train, "test ", " with a copy in the training data: the test numbers overstate"],
+      [copies.across_classes, "", " under two or more classes"],
+      [copies.val_of_train, "validation ", " with a copy left in training"],
     ].filter(([n]) => isNumber(n) && n > 0);
     if (copied.length) {
-      extra.unshift(["Identical copies in the data", copied.map(([n, what]) => n + " " + what).join("; ")]);
+      const said = copied.map(([n, kind, what]) => n + " " + kind + (n === 1 ? "image" : "images") + what);
+      extra.unshift(["Identical copies in the data", said.join("; ")]);
     }
     $("report-note").hidden = !report.demo_note;
     $("report-note").textContent = report.demo_note ? String(report.demo_note) : "";
