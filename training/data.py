@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from runtime.bundle import display_names
-from runtime.preprocess import ImageError, preprocess
+from runtime.preprocess import ImageError, open_image, preprocess
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")  # what the runtime takes
 # Pictures in other formats, said to be left out: an iPhone's .heic, Windows' .jfif, a scanner's .tif.
@@ -451,12 +451,14 @@ def find_copies(root: Path, train: list[Sample], val: list[Sample], test: list[S
     test images with a copy in train/ (the test numbers then overstate), images under two or more classes
     (a label conflict), validation images with a copy in the training split (validation, which picks
     best.pt, then overstates). Only said: the splits stay as they are (checkpoints name their validation
-    split). Files are read only when they share a size, and whole only when they share their last bytes."""
+    split). Files are read only when they share a size, and whole only when they share their last bytes;
+    copies that are no image (a failed download: an empty file, an error page saved as .jpg) are none."""
     splits = (("train", train), ("val", val), ("test", test))
     items = [(path, split, label) for split, samples in splits for path, label in samples]
     groups = _alike(items, lambda item: item[0].stat().st_size or None)  # an empty file is no image
     groups = [g for group in groups for g in _alike(group, _tail)]
     groups = [g for group in groups for g in _alike(group, _whole)]
+    groups = [group for group in groups if _an_image(group[0][0])]  # one of them: they are the same bytes
     found: dict[str, list[tuple[Path, list[Path]]]] = {kind: [] for kind in _COPIES}
     for group in groups:
         where = {split for _, split, _ in group}
@@ -504,6 +506,16 @@ def _alike(items: list[_Item], key: Callable[[_Item], object]) -> list[list[_Ite
             if (found := key(item)) is not None:
                 groups[found].append(item)
     return [group for group in groups.values() if len(group) > 1]
+
+
+def _an_image(path: Path) -> bool:
+    """Whether the file opens as the loader opens it (header and size): one that does not is skipped when
+    loaded, trained and tested on by no split."""
+    try:
+        open_image(path).close()
+    except ImageError:
+        return False
+    return True
 
 
 def _tail(item: _Item) -> bytes:

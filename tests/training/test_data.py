@@ -831,7 +831,7 @@ def test_byte_identical_copies_are_said_once_a_kind_and_counted(
     assert again == splits and again.copies == dict.fromkeys(splits.copies, 0) and not caplog.records
 
 
-def test_links_and_empty_files_are_no_copies_and_other_ranks_say_nothing(
+def test_links_and_failed_downloads_are_no_copies_and_other_ranks_say_nothing(
     tmp_path: Path, dataset: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "copy"
@@ -844,6 +844,8 @@ def test_links_and_empty_files_are_no_copies_and_other_ranks_say_nothing(
         "test/Acne/0000.png",
     ):
         (root / name).write_bytes(b"")  # failed downloads: said as unreadable when loaded, not as copies
+    for name in ("train/Eczema/page.jpg", "train/Moles/page.jpg", "test/Moles/page.jpg"):
+        (root / name).write_bytes(b"<html><body>403 Forbidden</body></html>\n")  # one saved as a page: so too
     with caplog.at_level("WARNING", logger="training.data"):
         assert load_splits(root).copies == {"test_of_train": 0, "across_classes": 0, "val_of_train": 0}
         (root / "train/Acne/x.png").unlink()
