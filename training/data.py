@@ -461,15 +461,18 @@ def find_copies(root: Path, train: list[Sample], val: list[Sample], test: list[S
     groups = [group for group in groups if _an_image(group[0][0])]  # one of them: they are the same bytes
     found: dict[str, list[tuple[Path, list[Path]]]] = {kind: [] for kind in _COPIES}
     for group in groups:
-        where = {split for _, split, _ in group}
+        # The first two copies of each kind, for the example: listing every copy for each of k copies of one
+        # placeholder image made k² entries.
+        trained = sorted(p for p, s, _ in group if s != "test")[:2]
+        kept = sorted(p for p, s, _ in group if s == "train")[:2]
         for path, split, _ in group:
-            if split == "test" and where & {"train", "val"}:
-                found["test_of_train"].append((path, [p for p, s, _ in group if s != "test"]))
-            if split == "val" and "train" in where:
-                found["val_of_train"].append((path, [p for p, s, _ in group if s == "train"]))
+            if split == "test" and trained:
+                found["test_of_train"].append((path, trained))
+            if split == "val" and kept:
+                found["val_of_train"].append((path, kept))
         if len({label for _, _, label in group}) > 1:
             paths = sorted(p for p, _, _ in group)
-            found["across_classes"].append((paths[0], paths[1:]))
+            found["across_classes"].append((paths[0], paths[1:3]))
     for kind, what in _COPIES.items():
         if found[kind]:
             path, copies = min(found[kind])
